@@ -1,0 +1,61 @@
+"""The exception tree of leanloop.
+
+Every error a user can meet derives from :class:`LeanloopError`; its message is written for the
+operator who reads it (what failed, where, and what to do), on one line. Foreign exceptions are
+wrapped at the boundary with ``raise X(...) from e`` so tracebacks keep the cause.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BundleError",
+    "ConfigError",
+    "FrameError",
+    "HubError",
+    "LeanloopError",
+    "PipelineError",
+    "StoreError",
+    "TrustError",
+    "UpdateError",
+]
+
+
+class LeanloopError(Exception):
+    """Root of every error leanloop raises on purpose."""
+
+
+class ConfigError(LeanloopError):
+    """A configuration file or value is invalid (unknown key, wrong type, missing file)."""
+
+
+class BackendError(LeanloopError):
+    """An inference engine failed to load or run a model, or is not installed."""
+
+
+class PipelineError(LeanloopError):
+    """A pipeline graph is invalid or a stage failed in a way that is not a bad frame."""
+
+
+class FrameError(LeanloopError):
+    """One frame could not be decoded or processed; the pipeline goes on with the next."""
+
+
+class BundleError(LeanloopError):
+    """A bundle is malformed, incomplete, or a file does not match the manifest."""
+
+
+class TrustError(LeanloopError):
+    """Signed metadata did not verify: bad signature, expired, rolled back, or hash mismatch."""
+
+
+class UpdateError(LeanloopError):
+    """An update could not be fetched, staged, health-checked or activated."""
+
+
+class StoreError(LeanloopError):
+    """The sample store could not read or write a record."""
+
+
+class HubError(LeanloopError):
+    """The hub refused a request or could not be reached."""

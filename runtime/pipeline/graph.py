@@ -1,0 +1,199 @@
+"""The pipeline graph (``pipeline.yaml`` inside a bundle), validated with unknown keys rejected.
+
+A pipeline is an ordered list of stages. Each stage names a model of the manifest, how to turn
+its input into a tensor (``pre``) and how to turn the engine's outputs into results (``post``).
+A stage reads either the whole frame or, with ``for_each: <stage>``, one crop per detection of an
+earlier stage (fan-out), batched when the model accepts a batch.
+
+Example (the demo's digit reader)::
+
+    format: leanloop.pipeline/1
+    stages:
+      - name: detector
+        model: detector
+        pre: {resize: [96, 96], color: gray, scale: 0.00392156862745098}
+        post: {type: yolo_v8, score_threshold: 0.3, nms_iou: 0.45, class_agnostic: true}
+      - name: classifier
+        model: classifier
+        for_each: detector
+        crop: {margin: 0.15, square: true}
+        pre: {resize: [28, 28], color: gray, scale: 0.00392156862745098}
+        post: {type: softmax, top_k: 3}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.errors import PipelineError
+
+__all__ = [
+    "PIPELINE_FORMAT",
+    "Anchors",
+    "ClassifyPost",
+    "CropSpec",
+    "PipelineSpec",
+    "PluginPost",
+    "PreSpec",
+    "SsdPost",
+    "StageSpec",
+    "YoloPost",
+    "load_pipeline_spec",
+    "parse_pipeline_spec",
+]
+
+PIPELINE_FORMAT = "leanloop.pipeline/1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreSpec(_Strict):
+    """How a frame (or crop) becomes the model's input tensor."""
+
+    resize: tuple[int, int] = Field(description="target (width, height) in pixels")
+    mode: Literal["stretch", "letterbox"] = Field(
+        default="stretch", description="letterbox keeps the aspect ratio and pads with pad_value"
+    )
+    pad_value: int = Field(default=114, ge=0, le=255)
+    color: Literal["gray", "rgb", "bgr"] = Field(default="rgb", description="channel order")
+    scale: float = Field(default=1.0, description="multiply pixel values (0..255) by this first")
+    mean: list[float] | None = Field(default=None, description="per channel, after scale")
+    std: list[float] | None = Field(default=None, description="per channel, after scale")
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    dtype: Literal["float32", "uint8", "int8"] = "float32"
+    quant_scale: float | None = Field(default=None, description="int8 inputs: real = scale*(q-zp)")
+    quant_zero_point: int | None = None
+    plugin: str | None = Field(
+        default=None,
+        description="dotted path 'pkg.module:function' replacing the built-in pre-processing; "
+        "signature fn(image: np.ndarray[H,W,3] uint8 BGR, spec: PreSpec) -> np.ndarray",
+    )
+
+
+class CropSpec(_Strict):
+    """How a detection of an earlier stage becomes the next stage's input image."""
+
+    margin: float = Field(default=0.1, ge=0, le=2, description="fraction of box size added")
+    square: bool = Field(default=False, description="expand the crop to a square first")
+    min_size: int = Field(default=2, ge=1, description="smaller boxes are skipped")
+
+
+class ClassifyPost(_Strict):
+    """Classification head: logits (or probabilities) -> scores, top-k."""
+
+    type: Literal["softmax", "sigmoid", "identity"]
+    top_k: int = Field(default=1, ge=1)
+    output: int | str = Field(default=0, description="which model output (index or name)")
+
+
+class Anchors(_Strict):
+    """SSD anchor generation: one anchor per (feature map cell, size, aspect ratio)."""
+
+    feature_maps: list[tuple[int, int]] = Field(description="(width, height) of each map")
+    sizes: list[list[float]] = Field(description="anchor sizes per map, fraction of input")
+    aspect_ratios: list[float] = Field(default_factory=lambda: [1.0])
+    variances: tuple[float, float] = (0.1, 0.2)
+
+
+class _BoxPost(_Strict):
+    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    nms_iou: float = Field(default=0.45, gt=0, le=1)
+    class_agnostic: bool = Field(default=False, description="NMS across classes")
+    max_detections: int = Field(default=100, ge=1)
+    classes: list[str] | None = Field(
+        default=None, description="detector's own class names; default: the bundle ontology"
+    )
+
+
+class YoloPost(_BoxPost):
+    """YOLO-style outputs in input-pixel cx,cy,w,h.
+
+    ``yolo_v8``: one output [1, 4+C, N] (class scores already sigmoid).
+    ``yolo_v5``: one output [1, N, 5+C] (objectness and class scores already sigmoid).
+    """
+
+    type: Literal["yolo_v8", "yolo_v5"]
+
+
+class SsdPost(_BoxPost):
+    """SSD-style: box deltas [1, N, 4] and class logits [1, N, C+1] (index 0 is background)."""
+
+    type: Literal["ssd"]
+    anchors: Anchors
+    boxes_output: int | str = 0
+    scores_output: int | str = 1
+
+
+class PluginPost(_Strict):
+    """User decoder: ``fn(outputs: list[np.ndarray], ctx: PostContext) -> StageResult``."""
+
+    type: Literal["plugin"]
+    function: str = Field(description="dotted path 'pkg.module:function'")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+PostSpec = Annotated[ClassifyPost | YoloPost | SsdPost | PluginPost, Field(discriminator="type")]
+
+
+class StageSpec(_Strict):
+    """One network of the pipeline."""
+
+    name: str
+    model: str = Field(description="key in the manifest's models")
+    for_each: str | None = Field(default=None, description="earlier detection stage to fan out")
+    crop: CropSpec = Field(default_factory=CropSpec)
+    batch: int = Field(default=0, ge=0, description="max crops per call; 0: model's batch size")
+    pre: PreSpec
+    post: PostSpec
+
+
+class PipelineSpec(_Strict):
+    """``pipeline.yaml``."""
+
+    format: Literal["leanloop.pipeline/1"] = PIPELINE_FORMAT
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineSpec:
+        seen: dict[str, StageSpec] = {}
+        for st in self.stages:
+            if st.name in seen:
+                raise ValueError(f"stage name {st.name!r} is used twice")
+            if st.for_each is not None:
+                src = seen.get(st.for_each)
+                if src is None:
+                    raise ValueError(
+                        f"stage {st.name!r}: for_each names {st.for_each!r}, "
+                        "which is not an earlier stage"
+                    )
+                if isinstance(src.post, ClassifyPost):
+                    raise ValueError(
+                        f"stage {st.name!r}: for_each needs a detection stage, "
+                        f"{st.for_each!r} is a classifier"
+                    )
+            seen[st.name] = st
+        return self
+
+
+def parse_pipeline_spec(data: Any, where: str = "pipeline.yaml") -> PipelineSpec:
+    """Validate a parsed YAML/JSON object. Raises PipelineError with a one-line reason."""
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise PipelineError(f"{where}: {loc}: {first['msg']}") from e
+
+
+def load_pipeline_spec(text: str, where: str = "pipeline.yaml") -> PipelineSpec:
+    """Parse YAML text. Raises PipelineError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{where}: not valid YAML: {e}".splitlines()[0]) from e
+    return parse_pipeline_spec(data, where)

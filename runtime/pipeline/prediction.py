@@ -1,0 +1,137 @@
+"""The output of a pipeline: one :class:`Prediction` per frame.
+
+Every stage yields a list of :class:`Item`. A whole-frame classifier yields one item without a
+box; a detector yields one item per kept box; a ``for_each`` stage yields one item per parent
+detection, with ``parent`` set to that detection's index in the parent stage. Scores are the
+post-processed values (softmax probabilities, sigmoid scores); ``scores`` keeps the full vector
+where the head has one, so uncertainty can be computed downstream.
+
+The JSON form (``to_dict`` / ``from_dict``) is stable: it is what the results sink writes, what
+the sample store keeps, what golden health checks compare, and what ``leanloop infer --json``
+prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Item", "Prediction", "StageResult"]
+
+
+@dataclass
+class Item:
+    """One result of one stage: a class (and box for detections)."""
+
+    class_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in frame pixels
+    scores: list[float] | None = None  # full score vector where the head has one
+    parent: int | None = None  # index of the parent detection for for_each stages
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score}
+        if self.box is not None:
+            d["box"] = [round(float(v), 3) for v in self.box]
+        if self.scores is not None:
+            d["scores"] = [float(s) for s in self.scores]
+        if self.parent is not None:
+            d["parent"] = self.parent
+        if self.top_k:
+            d["top_k"] = [[lbl, float(s)] for lbl, s in self.top_k]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Item:
+        box = d.get("box")
+        return cls(
+            class_id=int(d["class_id"]),
+            label=str(d["label"]),
+            score=float(d["score"]),
+            box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])) if box else None,
+            scores=[float(s) for s in d["scores"]] if d.get("scores") is not None else None,
+            parent=int(d["parent"]) if d.get("parent") is not None else None,
+            top_k=[(str(a), float(b)) for a, b in d.get("top_k", [])],
+        )
+
+
+@dataclass
+class StageResult:
+    """All items of one stage for one frame, and the stage's wall time."""
+
+    stage: str
+    kind: str  # "classification" or "detection"
+    items: list[Item]
+    latency_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "items": [i.to_dict() for i in self.items],
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, stage: str, d: dict[str, Any]) -> StageResult:
+        return cls(
+            stage=stage,
+            kind=str(d["kind"]),
+            items=[Item.from_dict(i) for i in d["items"]],
+            latency_ms=float(d.get("latency_ms", 0.0)),
+        )
+
+
+@dataclass
+class Prediction:
+    """Everything the pipeline says about one frame."""
+
+    frame_id: str
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    error: str | None = None  # set when the frame could not be processed (bad frame)
+    bundle: str = ""
+    bundle_version: int = 0
+    ontology_version: int = 0
+    latency_ms: float = 0.0
+    width: int = 0
+    height: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def final_items(self) -> list[Item]:
+        """Items of the last stage: what the pipeline concludes (e.g. the digit classes)."""
+        if not self.stages:
+            return []
+        return list(self.stages.values())[-1].items
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "frame_id": self.frame_id,
+            "bundle": self.bundle,
+            "bundle_version": self.bundle_version,
+            "ontology_version": self.ontology_version,
+            "latency_ms": round(self.latency_ms, 3),
+            "size": [self.width, self.height],
+            "stages": {k: v.to_dict() for k, v in self.stages.items()},
+        }
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Prediction:
+        size = d.get("size", [0, 0])
+        return cls(
+            frame_id=str(d["frame_id"]),
+            stages={k: StageResult.from_dict(k, v) for k, v in d.get("stages", {}).items()},
+            error=d.get("error"),
+            bundle=str(d.get("bundle", "")),
+            bundle_version=int(d.get("bundle_version", 0)),
+            ontology_version=int(d.get("ontology_version", 0)),
+            latency_ms=float(d.get("latency_ms", 0.0)),
+            width=int(size[0]),
+            height=int(size[1]),
+        )
