@@ -1,0 +1,81 @@
+"""The hub's errors: one :class:`~runtime.errors.HubError` subclass per HTTP answer.
+
+Handlers and the storage/repository cores raise these; the app's single error middleware turns
+each into ``{"error": "<message>"}`` with the class's ``status``. The admin client raises the
+same classes when the hub answers with that status, so a caller on either side of the wire
+catches one family. Messages are one line, written for the operator who reads them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from runtime.errors import HubError
+
+__all__ = [
+    "AuthError",
+    "BadRequest",
+    "Conflict",
+    "ForbiddenError",
+    "HubUnavailable",
+    "NotFound",
+    "TooLarge",
+    "error_for_status",
+]
+
+
+class _HttpHubError(HubError):
+    """A hub error that has a natural HTTP status."""
+
+    status: ClassVar[int] = 500
+
+
+class BadRequest(_HttpHubError):
+    """The request is malformed: bad JSON, unknown fields, a hash or signature that does not check."""
+
+    status = 400
+
+
+class AuthError(_HttpHubError):
+    """No token, or a token the hub does not know."""
+
+    status = 401
+
+
+class ForbiddenError(_HttpHubError):
+    """A valid token of the wrong kind (a device token on an admin route, or the reverse)."""
+
+    status = 403
+
+
+class NotFound(_HttpHubError):
+    """The named device, sample, bundle, job, blob or metadata file does not exist."""
+
+    status = 404
+
+
+class Conflict(_HttpHubError):
+    """The request clashes with the hub's state: version not newer, job not finished, …"""
+
+    status = 409
+
+
+class TooLarge(_HttpHubError):
+    """The request body (or one of its parts) is over its size cap."""
+
+    status = 413
+
+
+class HubUnavailable(HubError):
+    """The hub could not be reached, or answered with something that is not the Hub API."""
+
+
+_BY_STATUS: dict[int, type[HubError]] = {
+    cls.status: cls for cls in (BadRequest, AuthError, ForbiddenError, NotFound, Conflict, TooLarge)
+}
+
+
+def error_for_status(status: int, message: str) -> HubError:
+    """The error a client raises for an HTTP error ``status`` (unknown ones: HubUnavailable)."""
+    cls = _BY_STATUS.get(status, HubUnavailable)
+    return cls(f"{message} (HTTP {status})" if cls is HubUnavailable else message)

@@ -1,0 +1,505 @@
+"""Embedded storage of the hub: one SQLite file for the rows and one folder for the bytes.
+
+Bytes (bundle files, sample images) are content-addressed blobs, ``<data>/blobs/ab/abcdef…`` by
+sha256: a blob is written to a temp file in ``<data>/blobs/tmp``, fsynced, and ``os.replace``d
+into place only after its hash checked, so a reader never sees half a blob and a name always
+matches its content. Rows live in ``<data>/hub.sqlite3`` (WAL journal, so readers never wait for
+the writer):
+
+- ``devices``: enrolled devices, their cohort, the sha256 of their token (never the token), the
+  desired bundle/version a rollout set, and the last status they reported;
+- ``samples``: uploaded or imported samples, ``pending`` until annotated, ranked by priority;
+- ``bundles``: bundle versions that became current targets, with their manifest;
+- ``jobs``: training jobs and their state ``queued → running → done | failed``.
+
+Queries are tiny and indexed, so the app calls :class:`HubDB` straight from the event loop; only
+blob writes (fsync of megabytes) go to a thread. One-hub scale by design; a fleet that outgrows
+it runs the same code on PostgreSQL and an object store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from hub.errors import BadRequest, NotFound
+from runtime._atomic import fsync_dir
+
+__all__ = [
+    "BlobStore",
+    "BlobWriter",
+    "Device",
+    "HubDB",
+    "Job",
+    "JobState",
+    "Sample",
+    "SampleState",
+    "check_sha256",
+]
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+SampleState = Literal["pending", "annotated"]
+JobState = Literal["queued", "running", "done", "failed"]
+
+
+def check_sha256(value: str) -> str:
+    """Return ``value`` if it is 64 lower-case hex digits; raise BadRequest otherwise."""
+    if not _SHA256_RE.match(value):
+        raise BadRequest(f"{value[:80]!r} is not a lower-case hex sha256")
+    return value
+
+
+class BlobWriter:
+    """A blob being written: feed chunks, then :meth:`commit` (checks the hash) or :meth:`abort`."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        fd, tmp = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=store.tmp_dir)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._tmp = Path(tmp)
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append a chunk (hashed as it goes)."""
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self, expected_sha256: str | None = None) -> tuple[str, bool]:
+        """Fsync and move the blob into place; return (sha256, newly stored).
+
+        Raises BadRequest (and keeps nothing) if the content does not hash to
+        ``expected_sha256``. Storing a blob that already exists is a no-op.
+        """
+        sha256 = self._hash.hexdigest()
+        try:
+            if expected_sha256 is not None and sha256 != expected_sha256:
+                raise BadRequest(f"content hashes to {sha256}, not {expected_sha256}")
+            final = self._store.path(sha256)
+            if final.exists():
+                return sha256, False
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
+            fsync_dir(final.parent)
+            return sha256, True
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the temp file (safe to call more than once)."""
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+class BlobStore:
+    """Content-addressed files under ``root``: ``root/ab/abcdef…`` named by their sha256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp_dir.glob("*.tmp"):  # left by a crash mid-upload
+            stale.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob with this hash lives (whether or not it exists)."""
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256
+
+    def size(self, sha256: str) -> int | None:
+        """Size in bytes of a stored blob, or None if it is not stored."""
+        try:
+            return self.path(sha256).stat().st_size
+        except (FileNotFoundError, BadRequest):
+            return None
+
+    def has(self, sha256: str) -> bool:
+        """True if a blob with this hash is stored."""
+        return self.size(sha256) is not None
+
+    def read(self, sha256: str) -> bytes:
+        """The blob's bytes. Raises NotFound."""
+        try:
+            return self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no blob {sha256}") from None
+
+    def writer(self) -> BlobWriter:
+        """Start writing a blob whose hash is known only at the end."""
+        return BlobWriter(self)
+
+    def put(self, data: bytes, expected_sha256: str | None = None) -> tuple[str, bool]:
+        """Store ``data``; return (sha256, newly stored). Raises BadRequest on a hash mismatch."""
+        w = self.writer()
+        try:
+            w.write(data)
+        except BaseException:
+            w.abort()
+            raise
+        return w.commit(expected_sha256)
+
+
+@dataclass(frozen=True)
+class Device:
+    """An enrolled device as the hub knows it."""
+
+    id: str
+    cohort: str | None
+    desired_bundle: str | None
+    desired_version: int | None
+    status: dict[str, Any] | None
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A stored sample: the device's meta, its image blob, and the annotation once there."""
+
+    id: str
+    bundle: str
+    device_id: str
+    priority: float
+    meta: dict[str, Any]
+    image_sha256: str
+    state: SampleState
+    annotation: dict[str, Any] | None
+    created: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training job."""
+
+    id: int
+    state: JobState
+    params: dict[str, Any]
+    error: str | None
+    log_path: str | None
+    artifact_path: str | None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    cohort TEXT,
+    token_hash TEXT NOT NULL UNIQUE,
+    desired_bundle TEXT,
+    desired_version INTEGER,
+    status_json TEXT,
+    last_seen REAL
+);
+CREATE INDEX IF NOT EXISTS devices_cohort ON devices(cohort);
+CREATE TABLE IF NOT EXISTS samples (
+    id TEXT PRIMARY KEY,
+    bundle TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    priority REAL NOT NULL,
+    meta_json TEXT NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'annotated')),
+    annotation_json TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_queue ON samples(bundle, state, priority DESC, created);
+CREATE TABLE IF NOT EXISTS bundles (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    manifest_json TEXT NOT NULL,
+    published REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+    params TEXT NOT NULL,
+    error TEXT,
+    log_path TEXT,
+    artifact_path TEXT,
+    created REAL NOT NULL
+);
+"""
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class HubDB:
+    """The hub's rows in SQLite. Every method is one short statement or transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        self._db.close()
+
+    # -- devices -------------------------------------------------------------------------------
+
+    def enroll_device(self, device_id: str, cohort: str | None, token_hash: str) -> None:
+        """Add a device, or give an enrolled one a new token (its old token stops working).
+
+        A re-enrolment keeps the device's desired bundle; ``cohort`` replaces the old one only
+        when given.
+        """
+        self._db.execute(
+            "INSERT INTO devices (id, cohort, token_hash) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET token_hash = excluded.token_hash, "
+            "cohort = COALESCE(excluded.cohort, devices.cohort)",
+            (device_id, cohort, token_hash),
+        )
+
+    def device_by_token_hash(self, token_hash: str) -> tuple[str, str] | None:
+        """(device id, stored token hash) for a token hash, or None."""
+        row = self._db.execute(
+            "SELECT id, token_hash FROM devices WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return (row["id"], row["token_hash"]) if row else None
+
+    def _device(self, row: sqlite3.Row) -> Device:
+        return Device(
+            id=row["id"],
+            cohort=row["cohort"],
+            desired_bundle=row["desired_bundle"],
+            desired_version=row["desired_version"],
+            status=_loads(row["status_json"]),
+            last_seen=row["last_seen"],
+        )
+
+    def device(self, device_id: str) -> Device:
+        """One device. Raises NotFound."""
+        row = self._db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no device {device_id!r}")
+        return self._device(row)
+
+    def devices(self) -> list[Device]:
+        """All devices, by id."""
+        return [self._device(r) for r in self._db.execute("SELECT * FROM devices ORDER BY id")]
+
+    def touch_device(self, device_id: str, status: dict[str, Any] | None = None) -> None:
+        """Record that a device was seen now, with its reported status if given."""
+        if status is None:
+            self._db.execute(
+                "UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id)
+            )
+        else:
+            self._db.execute(
+                "UPDATE devices SET last_seen = ?, status_json = ? WHERE id = ?",
+                (time.time(), json.dumps(status), device_id),
+            )
+
+    def set_desired(
+        self, bundle: str, version: int, devices: list[str] | None, cohort: str | None
+    ) -> int:
+        """Point devices at a bundle version: the listed ones, a cohort, or (neither) all.
+
+        Returns how many devices now want it. Raises NotFound if a listed device is unknown
+        (and then changes nothing).
+        """
+        with self._transaction():
+            if devices is not None:
+                known = {
+                    r["id"]
+                    for r in self._db.execute(
+                        f"SELECT id FROM devices WHERE id IN ({','.join('?' * len(devices))})",
+                        devices,
+                    )
+                }
+                missing = sorted(set(devices) - known)
+                if missing:
+                    raise NotFound(f"unknown devices: {', '.join(missing[:5])}")
+                where, args = f"id IN ({','.join('?' * len(devices))})", list(devices)
+                if cohort is not None:
+                    where, args = where + " AND cohort = ?", [*args, cohort]
+            elif cohort is not None:
+                where, args = "cohort = ?", [cohort]
+            else:
+                where, args = "1 = 1", []
+            cur = self._db.execute(
+                f"UPDATE devices SET desired_bundle = ?, desired_version = ? WHERE {where}",
+                [bundle, version, *args],
+            )
+            return cur.rowcount
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- samples -------------------------------------------------------------------------------
+
+    def add_sample(
+        self,
+        sample_id: str,
+        bundle: str,
+        device_id: str,
+        priority: float,
+        meta: dict[str, Any],
+        image_sha256: str,
+        annotation: dict[str, Any] | None = None,
+    ) -> bool:
+        """Insert a sample; return False (and change nothing) if the id is already stored."""
+        cur = self._db.execute(
+            "INSERT INTO samples (id, bundle, device_id, priority, meta_json, image_sha256, state,"
+            " annotation_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(id) DO NOTHING",
+            (
+                sample_id,
+                bundle,
+                device_id,
+                priority,
+                json.dumps(meta),
+                image_sha256,
+                "pending" if annotation is None else "annotated",
+                None if annotation is None else json.dumps(annotation),
+                time.time(),
+            ),
+        )
+        return cur.rowcount == 1
+
+    def _sample(self, row: sqlite3.Row) -> Sample:
+        return Sample(
+            id=row["id"],
+            bundle=row["bundle"],
+            device_id=row["device_id"],
+            priority=row["priority"],
+            meta=json.loads(row["meta_json"]),
+            image_sha256=row["image_sha256"],
+            state=row["state"],
+            annotation=_loads(row["annotation_json"]),
+            created=row["created"],
+        )
+
+    def sample(self, sample_id: str) -> Sample:
+        """One sample. Raises NotFound."""
+        row = self._db.execute("SELECT * FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no sample {sample_id!r}")
+        return self._sample(row)
+
+    def samples(
+        self, bundle: str | None, state: SampleState | None, limit: int | None
+    ) -> list[Sample]:
+        """Samples ranked for annotation: highest priority first, then oldest first."""
+        where, args = [], []
+        if bundle is not None:
+            where.append("bundle = ?")
+            args.append(bundle)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        sql = "SELECT * FROM samples"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY priority DESC, created, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(str(limit))
+        return [self._sample(r) for r in self._db.execute(sql, args)]
+
+    def annotate(self, sample_id: str, annotation: dict[str, Any]) -> None:
+        """Store a sample's annotation and mark it annotated (a new one replaces the old).
+
+        Raises NotFound.
+        """
+        cur = self._db.execute(
+            "UPDATE samples SET annotation_json = ?, state = 'annotated' WHERE id = ?",
+            (json.dumps(annotation), sample_id),
+        )
+        if cur.rowcount == 0:
+            raise NotFound(f"no sample {sample_id!r}")
+
+    # -- bundles -------------------------------------------------------------------------------
+
+    def add_bundle(self, name: str, version: int, manifest: dict[str, Any]) -> None:
+        """Record a bundle version that became a current target (again: no-op)."""
+        self._db.execute(
+            "INSERT INTO bundles (name, version, manifest_json, published) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(name, version) DO NOTHING",
+            (name, version, json.dumps(manifest), time.time()),
+        )
+
+    def has_bundle(self, name: str, version: int) -> bool:
+        """True if this bundle version was published."""
+        return (
+            self._db.execute(
+                "SELECT 1 FROM bundles WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            is not None
+        )
+
+    def bundles(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """Every published bundle version: (name, version, manifest)."""
+        return [
+            (r["name"], r["version"], json.loads(r["manifest_json"]))
+            for r in self._db.execute("SELECT * FROM bundles ORDER BY name, version")
+        ]
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def add_job(self, params: dict[str, Any]) -> int:
+        """Create a queued job and return its id."""
+        cur = self._db.execute(
+            "INSERT INTO jobs (state, params, created) VALUES ('queued', ?, ?)",
+            (json.dumps(params), time.time()),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def set_job(self, job_id: int, state: JobState, **fields: str | None) -> None:
+        """Move a job to ``state``; ``fields`` may set error, log_path, artifact_path."""
+        allowed = {"error", "log_path", "artifact_path"}
+        if not set(fields) <= allowed:
+            raise ValueError(f"unknown job fields {set(fields) - allowed}")
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._db.execute(
+            f"UPDATE jobs SET state = ?{', ' + cols if cols else ''} WHERE id = ?",
+            [state, *fields.values(), job_id],
+        )
+
+    def job(self, job_id: int) -> Job:
+        """One job. Raises NotFound."""
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return Job(
+            id=row["id"],
+            state=row["state"],
+            params=json.loads(row["params"]),
+            error=row["error"],
+            log_path=row["log_path"],
+            artifact_path=row["artifact_path"],
+        )
+
+    def jobs_in(self, state: JobState) -> list[int]:
+        """Ids of the jobs in ``state``, oldest first."""
+        return [
+            r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY id", (state,))
+        ]

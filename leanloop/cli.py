@@ -1,0 +1,309 @@
+"""The ``leanloop`` console command: one entry point for devices, operators and hub admins.
+
+Device and operator commands import only ``runtime``; hub-side commands (``hub``, ``keys``,
+``bundle publish``, ``train``, ``demo``) import ``hub``/``trainer`` lazily, so a device without
+the hub extra still gets a clear message instead of an ImportError. Every command ends bad
+input with a one-line ``error: ...`` and exit code 2, a failed operation with exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from runtime.errors import BundleError, ConfigError, LeanloopError, PipelineError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="leanloop: the Lean AI loop for vision at the edge.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+bundle_app = typer.Typer(help="Build, verify and publish signed model bundles.",
+                         no_args_is_help=True)
+device_app = typer.Typer(help="The device service.", no_args_is_help=True)
+samples_app = typer.Typer(help="The device's sample store.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(device_app, name="device")
+app.add_typer(samples_app, name="samples")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def handled(fn: F) -> F:
+    """Turn leanloop errors into one line on stderr and the documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except typer.Exit:
+            raise
+        except _INPUT_ERRORS as e:
+            _fail(str(e), 2)
+        except LeanloopError as e:
+            _fail(str(e), 1)
+        except ImportError as e:
+            _fail(f"{e.name or e}: not installed here; install leanloop[hub] for hub-side "
+                  "commands", 1)
+        except KeyboardInterrupt:
+            _fail("interrupted", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---- device side -----------------------------------------------------------------------
+
+
+@device_app.command("run")
+@handled
+def device_run(
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the device service (what the systemd unit starts)."""
+    from runtime.config import load_config
+    from runtime.service import DeviceService
+
+    _setup_logging(verbose)
+    cfg = load_config(config)
+    raise typer.Exit(DeviceService(cfg).run())
+
+
+@app.command("infer")
+@handled
+def infer(
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    bundle: Annotated[Path, typer.Option(help="bundle folder")],
+    backend: Annotated[str, typer.Option(help="onnxruntime | openvino | litert")] = "onnxruntime",
+    threads: Annotated[int, typer.Option(help="engine threads; 0: default")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Run a bundle's pipeline on image files and print the predictions."""
+    from runtime.backends.base import BackendOptions
+    from runtime.bundle.loader import load_bundle
+
+    loaded = load_bundle(bundle, backend, BackendOptions(threads=threads))
+    failed = 0
+    try:
+        for img in images:
+            try:
+                data = img.read_bytes()
+            except OSError as e:
+                data = b""
+                typer.echo(f"error: {img}: {e.strerror}", err=True)
+            pred = loaded.pipeline.run_bytes(data, frame_id=str(img))
+            failed += int(pred.error is not None)
+            if as_json:
+                typer.echo(json.dumps(pred.to_dict()))
+            elif pred.error:
+                typer.echo(f"{img}: error: {pred.error}")
+            else:
+                items = ", ".join(
+                    f"{i.label} {i.score:.2f}" + (f" @{[round(v) for v in i.box]}" if i.box else "")
+                    for i in pred.final_items()
+                )
+                typer.echo(f"{img}: {items or '(nothing)'}  [{pred.latency_ms:.1f} ms]")
+    finally:
+        loaded.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
+    if state_dir is not None:
+        return state_dir
+    from runtime.config import load_config
+
+    return load_config(config).state_dir
+
+
+@app.command("status")
+@handled
+def status(
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Operator view of the device: versions, update state, health, fps, latency, store."""
+    from runtime.operator import read_status
+
+    st = read_status(_state_dir(config, state_dir))
+    if as_json:
+        typer.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None)
+    act, prev = st.get("active") or {}, st.get("previous") or {}
+    t.add_row("service", "running" if st.get("running") else "not running")
+    t.add_row("active", f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})"
+              if act else "none")
+    t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
+    t.add_row("update", str(st.get("update_state")))
+    if st.get("last_update_error"):
+        t.add_row("last error", str(st["last_update_error"]))
+    c = st.get("counters", {})
+    t.add_row("frames", f"{c.get('frames', 0)} ({c.get('frame_errors', 0)} errors), "
+              f"{st.get('fps', 0)} fps")
+    lat = st.get("latency_ms") or {}
+    t.add_row("latency", f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms")
+    s = st.get("store") or {}
+    t.add_row("store", f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
+              f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload")
+    Console().print(t)
+
+
+@app.command("rollback")
+@handled
+def rollback(
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Return to the previous committed bundle (works with the service stopped)."""
+    from runtime.operator import offline_rollback
+
+    sd = _state_dir(config, state_dir)
+    if not yes and not typer.confirm("Roll back to the previous committed bundle?"):
+        raise typer.Exit(1)
+    typer.echo(offline_rollback(sd))
+
+
+@samples_app.command("list")
+@handled
+def samples_list(
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    top: Annotated[int, typer.Option(help="how many")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What the sample store holds, most valuable first."""
+    from runtime.operator import list_samples
+
+    rows = list_samples(_state_dir(config, state_dir), top)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("id", "priority", "frame", "bundle", "prediction", "state")
+    for r in rows:
+        t.add_row(r["id"], f"{r['priority']:.3f}", r["frame_id"],
+                  f"{r['bundle']} v{r['bundle_version']}", r["summary"], r["upload_state"])
+    Console().print(t)
+
+
+# ---- bundles ---------------------------------------------------------------------------
+
+
+@bundle_app.command("build")
+@handled
+def bundle_build(
+    src: Annotated[Path, typer.Argument(help="bundle source folder")],
+    out: Annotated[Path, typer.Option(help="output bundle folder (new or empty)")],
+    name: Annotated[str, typer.Option(help="bundle name")] = "digits",
+    version: Annotated[int, typer.Option(help="bundle version (monotonic)")] = 1,
+) -> None:
+    """Make a bundle (manifest, golden expected outputs) from a source folder."""
+    from runtime.bundle.build import build_bundle
+
+    m = build_bundle(src, out, name=name, version=version)
+    typer.echo(f"built {m.name} v{m.version}: {len(m.files)} files in {out}")
+
+
+@bundle_app.command("verify")
+@handled
+def bundle_verify(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    root: Annotated[Path, typer.Option(help="trusted root.json")],
+    targets: Annotated[Path | None, typer.Option(help="signed targets.json (default: "
+                                                  "<bundle>/../targets.json or the hub's)")]
+    = None,
+) -> None:
+    """Offline check of a bundle's files against its manifest and signed targets metadata."""
+    from runtime.bundle.verify import verify_offline
+
+    m = verify_offline(bundle, root, targets)
+    typer.echo(f"ok: {m.name} v{m.version}, {len(m.files) + 1} files verified")
+
+
+@bundle_app.command("publish")
+@handled
+def bundle_publish(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    hub: Annotated[str, typer.Option(help="hub URL")],
+    keys: Annotated[Path, typer.Option(help="keys folder from `leanloop keys init`")],
+    token: Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN",
+                                              help="admin token")] = None,
+    cohort: Annotated[str | None, typer.Option(help="roll out to this cohort")] = None,
+) -> None:
+    """Sign a bundle's files as TUF targets and upload them to the hub."""
+    from hub.cli import publish_command
+
+    if not token:
+        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
+    publish_command(bundle, hub, keys, token, cohort)
+
+
+def _mount_hub() -> None:
+    """Mount the hub-side sub-commands when the hub package imports (it needs aiohttp)."""
+    try:
+        from hub.cli import hub_app, keys_app
+    except ImportError:
+        return
+    app.add_typer(hub_app, name="hub")
+    app.add_typer(keys_app, name="keys")
+
+
+@app.command("demo")
+@handled
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the run keeps its files")] = Path(
+        "demo-work"),
+    iterations: Annotated[int, typer.Option(min=1, help="Build-Measure-Learn iterations")] = 3,
+    devices: Annotated[int, typer.Option(min=1, help="device processes per arm")] = 2,
+    frames: Annotated[int, typer.Option(min=10, help="production frames per device per "
+                                                   "iteration")] = 150,
+    budget: Annotated[int, typer.Option(min=1, help="frames labelled per iteration per arm")]
+    = 40,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="also write report.json")] = False,
+) -> None:
+    """The whole loop on one machine: hub, devices, train, publish, update, collect, retrain."""
+    from leanloop.demo import DemoSettings, run_demo
+
+    run_demo(DemoSettings(workdir=workdir, iterations=iterations, devices=devices,
+                          frames=frames, budget=budget, seed=seed, json_report=as_json))
+
+
+_mount_hub()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

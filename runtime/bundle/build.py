@@ -1,0 +1,177 @@
+"""Build a bundle from a source folder (what ``leanloop bundle build`` runs, admin side).
+
+A source folder holds ``pipeline.yaml``, ``ontology.yaml``, ``models/`` and ``golden/*.png``
+(and optionally ``notes.json``; a ``checkpoint/`` folder of training state is ignored). Build
+copies them into the output folder, describes each model's I/O signature as the engine reports
+it, runs the pipeline on the golden images to record ``golden/expected.json``, and writes
+``manifest.json`` listing every file with its sha256 and size. The result is what
+``leanloop bundle publish`` signs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from runtime._atomic import atomic_write_bytes
+from runtime._version import __version__
+from runtime.backends.base import BackendOptions
+from runtime.bundle.health import compute_expected
+from runtime.bundle.loader import file_sha256, load_bundle
+from runtime.bundle.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    HealthCheck,
+    Manifest,
+    ModelEntry,
+    Ontology,
+    TensorSpec,
+)
+from runtime.errors import BundleError
+from runtime.pipeline.graph import load_pipeline_spec
+
+__all__ = ["IGNORED_SOURCE_DIRS", "build_bundle"]
+
+IGNORED_SOURCE_DIRS = ("checkpoint",)
+_MODEL_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
+_GOLDEN_EXPECTED = "golden/expected.json"
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise BundleError(f"{path}: missing") from e
+    except (OSError, yaml.YAMLError) as e:
+        raise BundleError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from e
+
+
+def _copy_source(src: Path, out: Path) -> list[str]:
+    files: list[str] = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src).as_posix()
+        if rel.split("/")[0] in IGNORED_SOURCE_DIRS or rel == MANIFEST_NAME:
+            continue
+        if rel == _GOLDEN_EXPECTED:
+            continue
+        if p.is_symlink():
+            raise BundleError(f"{p}: symbolic links are not allowed in a bundle source")
+        if p.is_dir():
+            continue
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dst)
+        files.append(rel)
+    return files
+
+
+def _signature(backend_inputs: list[TensorSpec]) -> list[TensorSpec]:
+    return [TensorSpec(name=t.name, shape=list(t.shape), dtype=t.dtype) for t in backend_inputs]
+
+
+def build_bundle(
+    src: Path,
+    out: Path,
+    name: str,
+    version: int,
+    notes: dict[str, str] | None = None,
+) -> Manifest:
+    """Build ``out`` from ``src``. ``out`` must not exist or be empty. Raises BundleError."""
+    from runtime.backends import load_backend
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise BundleError(f"{src}: not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    onto_raw = _read_yaml(src / "ontology.yaml")
+    try:
+        ontology = Ontology.model_validate(onto_raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise BundleError(
+            f"{src / 'ontology.yaml'}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        ) from e
+    spec = load_pipeline_spec((src / "pipeline.yaml").read_text(), str(src / "pipeline.yaml"))
+    files = _copy_source(src, out)
+
+    models: dict[str, ModelEntry] = {}
+    for stage in spec.stages:
+        if stage.model in models:
+            continue
+        candidates = [f for f in files if f.startswith("models/") and Path(f).stem == stage.model]
+        primary = [f for f in candidates if f.endswith(".onnx")] or [
+            f for f in candidates if Path(f).suffix in _MODEL_FORMATS
+        ]
+        if not primary:
+            raise BundleError(f"{src}: no model file models/{stage.model}.onnx for stage "
+                              f"{stage.name!r}")
+        path = primary[0]
+        fmt = _MODEL_FORMATS[Path(path).suffix]
+        backend = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
+        eng = load_backend(backend, out / path, BackendOptions(warmup_runs=0))
+        try:
+            sig_in, sig_out = _signature(eng.inputs), _signature(eng.outputs)
+        finally:
+            eng.close()
+        alternates = {
+            _MODEL_FORMATS[Path(f).suffix]: f
+            for f in candidates
+            if f != path and Path(f).suffix in _MODEL_FORMATS
+        }
+        models[stage.model] = ModelEntry(
+            path=path, format=fmt, inputs=sig_in, outputs=sig_out, alternates=alternates  # type: ignore[arg-type]
+        )
+
+    golden = [f for f in files if f.startswith("golden/") and f.endswith((".png", ".jpg"))]
+    all_notes = dict(notes or {})
+    notes_path = src / "notes.json"
+    if notes_path.exists():
+        try:
+            all_notes.update({str(k): str(v) for k, v in json.loads(notes_path.read_text()).items()})
+        except (OSError, ValueError, AttributeError) as e:
+            raise BundleError(f"{notes_path}: not a JSON object: {e}") from e
+
+    def _manifest(health: HealthCheck | None) -> Manifest:
+        listed = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        entries = {
+            rel: FileEntry(sha256=file_sha256(out / rel), size=(out / rel).stat().st_size)
+            for rel in listed
+            if rel != MANIFEST_NAME
+        }
+        return Manifest(
+            name=name,
+            version=version,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            min_runtime=__version__,
+            ontology=ontology,
+            models=models,
+            health=health,
+            files=entries,
+            notes=all_notes,
+        )
+
+    def _write(m: Manifest) -> None:
+        atomic_write_bytes(out / MANIFEST_NAME, m.model_dump_json(indent=2).encode() + b"\n")
+
+    # First pass without the health check so the pipeline can be loaded to compute it.
+    _write(_manifest(None))
+    health: HealthCheck | None = None
+    if golden:
+        loaded = load_bundle(out, verify=True)
+        try:
+            expected = compute_expected(loaded, golden)
+        finally:
+            loaded.close()
+        atomic_write_bytes(out / _GOLDEN_EXPECTED, json.dumps(expected, indent=1).encode())
+        health = HealthCheck(inputs=golden, expected=_GOLDEN_EXPECTED)
+    manifest = _manifest(health)
+    _write(manifest)
+    return manifest

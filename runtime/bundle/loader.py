@@ -1,0 +1,165 @@
+"""Verify a bundle folder against its manifest and load its pipeline on an engine.
+
+``verify_bundle_dir`` is the offline integrity check: every file the manifest lists must be
+present with the listed size and sha256, and no path may escape the folder. ``load_bundle``
+verifies (unless told not to), picks each model's file for the requested engine, loads it
+through the backend registry and builds the :class:`~runtime.pipeline.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from runtime.backends.base import Backend, BackendOptions
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+from runtime.errors import BundleError, LeanloopError
+
+if TYPE_CHECKING:
+    from runtime.pipeline.pipeline import Pipeline
+
+__all__ = ["LoadedBundle", "file_sha256", "load_bundle", "read_manifest", "verify_bundle_dir"]
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Parse ``manifest.json``. Raises BundleError with a one-line reason."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError as e:
+        raise BundleError(f"{path}: no manifest.json") from e
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: not readable JSON: {e}") from e
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise BundleError(f"{path}: {loc}: {first['msg']}") from e
+
+
+def _inside(root: Path, rel: str) -> Path:
+    p = (root / rel).resolve()
+    if not p.is_relative_to(root.resolve()):
+        raise BundleError(f"{rel}: escapes the bundle folder")
+    return p
+
+
+def verify_bundle_dir(bundle_dir: Path) -> Manifest:
+    """Check every listed file's size and sha256. Raises BundleError naming the first bad file."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for rel, entry in manifest.files.items():
+        p = _inside(bundle_dir, rel)
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError as e:
+            raise BundleError(f"{bundle_dir}: {rel} is missing") from e
+        if size != entry.size:
+            raise BundleError(f"{bundle_dir}: {rel} is {size} bytes, manifest says {entry.size}")
+        if file_sha256(p) != entry.sha256:
+            raise BundleError(f"{bundle_dir}: {rel} does not match its sha256 in the manifest")
+    if manifest.pipeline not in manifest.files:
+        raise BundleError(f"{bundle_dir}: pipeline file {manifest.pipeline} is not listed")
+    for key, model in manifest.models.items():
+        for rel in [model.path, *model.alternates.values()]:
+            if rel not in manifest.files:
+                raise BundleError(f"{bundle_dir}: model {key!r} file {rel} is not listed")
+    return manifest
+
+
+_FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
+
+
+@dataclass
+class LoadedBundle:
+    """A verified bundle with its models loaded and its pipeline ready to run."""
+
+    path: Path
+    manifest: Manifest
+    pipeline: Pipeline
+    backend: str
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+def _model_file(bundle_dir: Path, manifest: Manifest, key: str, backend: str) -> Path:
+    entry = manifest.models[key]
+    want = _FORMAT_OF_BACKEND.get(backend)
+    if want is None or entry.format == want:
+        return _inside(bundle_dir, entry.path)
+    if want in entry.alternates:
+        return _inside(bundle_dir, entry.alternates[want])
+    # OpenVINO reads ONNX directly.
+    if backend == "openvino" and entry.format == "onnx":
+        return _inside(bundle_dir, entry.path)
+    raise BundleError(
+        f"model {key!r} has no {want} file for backend {backend} "
+        f"(has {entry.format}{', ' + ', '.join(entry.alternates) if entry.alternates else ''})"
+    )
+
+
+def load_bundle(
+    bundle_dir: Path,
+    backend: str = "onnxruntime",
+    options: BackendOptions | None = None,
+    verify: bool = True,
+) -> LoadedBundle:
+    """Verify and load a bundle. Raises BundleError, BackendError or PipelineError."""
+    from runtime.backends import load_backend
+    from runtime.pipeline.graph import load_pipeline_spec
+    from runtime.pipeline.pipeline import Pipeline
+
+    bundle_dir = Path(bundle_dir)
+    manifest = verify_bundle_dir(bundle_dir) if verify else read_manifest(bundle_dir)
+    pipe_path = _inside(bundle_dir, manifest.pipeline)
+    try:
+        text = pipe_path.read_text()
+    except OSError as e:
+        raise BundleError(f"{pipe_path}: cannot read: {e}") from e
+    spec = load_pipeline_spec(text, where=str(pipe_path))
+    opts = options or BackendOptions()
+    models: dict[str, Backend] = {}
+    try:
+        for stage in spec.stages:
+            if stage.model in models:
+                continue
+            if stage.model not in manifest.models:
+                raise BundleError(
+                    f"{pipe_path}: stage {stage.name!r} names model {stage.model!r}, "
+                    "which the manifest does not list"
+                )
+            models[stage.model] = load_backend(
+                backend, _model_file(bundle_dir, manifest, stage.model, backend), opts
+            )
+        pipeline = Pipeline(
+            spec,
+            models,
+            classes=list(manifest.ontology.classes),
+            bundle=manifest.name,
+            bundle_version=manifest.version,
+            ontology_version=manifest.ontology.version,
+        )
+    except LeanloopError:
+        for m in models.values():
+            m.close()
+        raise
+    return LoadedBundle(path=bundle_dir, manifest=manifest, pipeline=pipeline, backend=backend)
+

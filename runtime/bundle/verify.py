@@ -1,0 +1,64 @@
+"""Offline verification of a bundle against signed TUF metadata (``leanloop bundle verify``).
+
+Pure checks, no network: the root is trusted as given; the targets metadata must be signed by
+the root's targets role (threshold), unexpired; the manifest and every file it lists must be
+targets named ``<bundle>/<version>/<path>`` with exactly the file's length and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root, Targets
+
+from runtime.bundle.loader import file_sha256, verify_bundle_dir
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+from runtime.errors import TrustError
+
+__all__ = ["verify_offline"]
+
+
+def _load(path: Path, what: str) -> Metadata:  # type: ignore[type-arg]
+    try:
+        return Metadata.from_bytes(path.read_bytes())
+    except OSError as e:
+        raise TrustError(f"{path}: cannot read {what}: {e.strerror}") from e
+    except Exception as e:
+        raise TrustError(f"{path}: not valid {what} metadata: {e}") from e
+
+
+def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None) -> Manifest:
+    """Raise TrustError/BundleError with a one-line reason, or return the verified manifest."""
+    bundle_dir = Path(bundle_dir)
+    if targets_path is None:
+        raise TrustError("no signed targets metadata given: pass --targets FILE")
+    root_md = _load(Path(root_path), "root")
+    targets_md = _load(Path(targets_path), "targets")
+    if not isinstance(root_md.signed, Root):
+        raise TrustError(f"{root_path}: is not root metadata")
+    if not isinstance(targets_md.signed, Targets):
+        raise TrustError(f"{targets_path}: is not targets metadata")
+    try:
+        root_md.signed.verify_delegate(Targets.type, targets_md.signed_bytes, targets_md.signatures)
+    except UnsignedMetadataError as e:
+        raise TrustError(f"{targets_path}: signature does not verify against the root: {e}") from e
+    now = datetime.now(timezone.utc)
+    if targets_md.signed.is_expired(now):
+        raise TrustError(f"{targets_path}: expired on {targets_md.signed.expires:%Y-%m-%d}")
+    manifest = verify_bundle_dir(bundle_dir)
+    files = {MANIFEST_NAME: None, **{k: v for k, v in manifest.files.items()}}
+    for rel in files:
+        name = manifest.target_name(rel)
+        tf = targets_md.signed.targets.get(name)
+        if tf is None:
+            raise TrustError(f"{rel}: not a signed target ({name})")
+        p = bundle_dir / rel
+        size = p.stat().st_size
+        sha = file_sha256(p)
+        if tf.length != size or tf.hashes.get("sha256") != sha:
+            raise TrustError(f"{rel}: does not match its signed target (size or sha256)")
+    _ = hashlib  # hashes compared as hex strings above
+    return manifest

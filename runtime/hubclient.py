@@ -1,0 +1,126 @@
+"""The device's HTTP client for the hub: enrollment, desired bundle, heartbeat, sample upload.
+
+Synchronous (urllib3) with timeouts; the service calls it from its background threads, never
+from the frame path. Every failure becomes a :class:`HubError` with a one-line reason. The
+device token is kept in ``<state>/device.json`` (mode 0600), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from runtime._atomic import atomic_write_json
+from runtime.errors import HubError
+
+__all__ = ["HubClient", "load_or_enroll"]
+
+_MAX_JSON_RESPONSE = 1 << 20
+
+
+class HubClient:
+    """Talks to one hub with one device token."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, allowed_methods=None,
+                                  status_forcelist=(502, 503, 504), raise_on_status=False),
+        )
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        url = f"{self.url}/api/v1{path}"
+        headers = {**self._headers(), **kw.pop("headers", {})}
+        try:
+            r = self._http.request(method, url, headers=headers, preload_content=False, **kw)
+        except urllib3.exceptions.HTTPError as e:
+            raise HubError(f"hub {self.url} unreachable: {type(e).__name__}: {e}") from e
+        try:
+            body = r.read(_MAX_JSON_RESPONSE + 1, decode_content=True)
+        finally:
+            r.release_conn()
+        if len(body) > _MAX_JSON_RESPONSE:
+            raise HubError(f"{method} {path}: hub answer larger than {_MAX_JSON_RESPONSE} bytes")
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError as e:
+            raise HubError(f"{method} {path}: hub answered HTTP {r.status} with non-JSON") from e
+        if r.status >= 400:
+            msg = data.get("error") if isinstance(data, dict) else None
+            raise HubError(f"{method} {path}: HTTP {r.status}: {msg or 'no reason given'}")
+        return data
+
+    def enroll(self, device_id: str, enroll_token: str, cohort: str | None) -> str:
+        """Trade the fleet enrollment secret for a device token."""
+        body = {"device_id": device_id, "enroll_token": enroll_token}
+        if cohort:
+            body["cohort"] = cohort
+        data = self._request(
+            "POST", "/enroll", body=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        token = data.get("device_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise HubError("enroll: hub gave no device token")
+        self.token = token
+        return token
+
+    def desired(self) -> tuple[str | None, int | None]:
+        """What the hub wants this device to run (an unsigned hint; content is verified)."""
+        data = self._request("GET", "/device/desired")
+        name, version = data.get("bundle"), data.get("version")
+        if name is not None and not isinstance(name, str):
+            raise HubError("desired: bundle is not a string")
+        if version is not None and not isinstance(version, int):
+            raise HubError("desired: version is not an integer")
+        return name, version
+
+    def heartbeat(self, status: dict[str, Any]) -> None:
+        self._request(
+            "POST", "/device/heartbeat", body=json.dumps(status),
+            headers={"Content-Type": "application/json"},
+        )
+
+    def put_sample(self, meta: dict[str, Any], image: bytes) -> str:
+        """Upload one sample; idempotent by id. Returns "stored" or "duplicate"."""
+        fields = {
+            "meta": ("meta.json", json.dumps(meta).encode(), "application/json"),
+            "image": ("image.jpg", image, "image/jpeg"),
+        }
+        data = self._request("PUT", f"/device/samples/{meta['id']}", fields=fields)
+        status = data.get("status") if isinstance(data, dict) else None
+        if status not in ("stored", "duplicate"):
+            raise HubError(f"sample {meta['id']}: unexpected hub answer {data!r}"[:200])
+        return str(status)
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+def load_or_enroll(
+    client: HubClient, state_dir: Path, device_id: str, enroll_token: str | None,
+    cohort: str | None,
+) -> None:
+    """Use the stored device token, or enroll once and store it (mode 0600)."""
+    path = Path(state_dir) / "device.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("device_id") == device_id and data.get("hub") == client.url:
+                client.token = str(data["device_token"])
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: enroll again
+    if not enroll_token:
+        raise HubError("device is not enrolled and no enrollment token is configured")
+    token = client.enroll(device_id, enroll_token, cohort)
+    atomic_write_json(
+        path, {"device_id": device_id, "hub": client.url, "device_token": token}, mode=0o600
+    )

@@ -1,0 +1,168 @@
+"""Fetch a bundle through TUF: nothing is installed unless signed targets metadata vouches for it.
+
+The device pins a root (``trust.root`` in its config, copied at provisioning). Each check makes
+a fresh python-tuf ``Updater`` (root → timestamp → snapshot → targets, with rollback, expiry,
+threshold and mix-and-match protection done by python-tuf), then looks up
+``<bundle>/<version>/manifest.json``. The manifest is downloaded as a target (so its hash is
+signed), parsed, and each file it lists must itself be a target with the very same length and
+sha256. Files the device already has with the same hash are copied locally instead of
+downloaded. Downloads never read past the signed length (python-tuf enforces ``max_length``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import urllib3
+from tuf.api import exceptions as tuf_exc
+from tuf.ngclient import FetcherInterface, Updater
+
+from runtime.bundle.loader import _inside, file_sha256, read_manifest
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+from runtime.errors import BundleError, TrustError, UpdateError
+
+__all__ = ["AuthFetcher", "BundleFetcher", "FetchResult"]
+
+
+class AuthFetcher(FetcherInterface):
+    """python-tuf fetcher that sends the device token and counts the bytes it receives."""
+
+    def __init__(self, token: str | None, timeout_s: float = 30.0, chunk: int = 64 * 1024) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout_s
+        self._chunk = chunk
+        self._http = urllib3.PoolManager(retries=urllib3.Retry(total=2, backoff_factor=0.2))
+        self.bytes_received = 0
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        try:
+            r = self._http.request(
+                "GET", url, headers=self._headers, preload_content=False,
+                timeout=urllib3.Timeout(self._timeout),
+            )
+        except urllib3.exceptions.MaxRetryError as e:
+            if isinstance(e.reason, urllib3.exceptions.TimeoutError):
+                raise tuf_exc.SlowRetrievalError from e
+            raise tuf_exc.DownloadError(f"{url}: {e.reason}") from e
+        if r.status >= 400:
+            r.release_conn()
+            raise tuf_exc.DownloadHTTPError(f"HTTP {r.status} for {url}", r.status)
+        return self._chunks(r)
+
+    def _chunks(self, r: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            for chunk in r.stream(self._chunk):
+                self.bytes_received += len(chunk)
+                yield chunk
+        except urllib3.exceptions.HTTPError as e:
+            raise tuf_exc.DownloadError(f"download interrupted: {e}") from e
+        finally:
+            r.release_conn()
+
+
+class FetchResult:
+    """What a fetch did: the manifest, bytes downloaded, files reused locally."""
+
+    def __init__(self, manifest: Manifest, downloaded_bytes: int, reused: int, fetched: int):
+        self.manifest = manifest
+        self.downloaded_bytes = downloaded_bytes
+        self.reused = reused
+        self.fetched = fetched
+
+
+class BundleFetcher:
+    """Verified download of bundles from a hub's TUF repository."""
+
+    def __init__(
+        self, metadata_dir: Path, pinned_root: Path, hub_url: str, token: str | None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.metadata_dir = Path(metadata_dir)
+        self.pinned_root = Path(pinned_root)
+        self.base = hub_url.rstrip("/") + "/api/v1/tuf"
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _updater(self, fetcher: AuthFetcher) -> Updater:
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        cached = self.metadata_dir / "root.json"
+        try:
+            # The pinned root bootstraps trust once; afterwards the cached (possibly rotated)
+            # root is the anchor, as python-tuf intends.
+            bootstrap = None if cached.exists() else self.pinned_root.read_bytes()
+        except OSError as e:
+            raise TrustError(f"pinned root {self.pinned_root}: cannot read: {e}") from e
+        try:
+            return Updater(
+                metadata_dir=str(self.metadata_dir),
+                metadata_base_url=f"{self.base}/metadata/",
+                target_base_url=f"{self.base}/targets/",
+                fetcher=fetcher,
+                bootstrap=bootstrap,
+            )
+        except (tuf_exc.RepositoryError, ValueError) as e:
+            raise TrustError(f"trusted root is invalid: {e}") from e
+
+    def fetch(
+        self, name: str, version: int, dest: Path, reuse_dirs: list[Path] | None = None
+    ) -> FetchResult:
+        """Download bundle ``name`` ``version`` into the empty folder ``dest``.
+
+        Raises TrustError (metadata or a file does not verify), UpdateError (not published,
+        network), BundleError (manifest malformed or inconsistent with signed metadata).
+        """
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        fetcher = AuthFetcher(self.token, self.timeout_s)
+        up = self._updater(fetcher)
+        try:
+            up.refresh()
+            target = f"{name}/{version}/{MANIFEST_NAME}"
+            info = up.get_targetinfo(target)
+            if info is None:
+                raise UpdateError(f"{name} v{version} is not in the signed targets metadata")
+            up.download_target(info, filepath=str(dest / MANIFEST_NAME))
+            manifest = read_manifest(dest)
+            if manifest.name != name or manifest.version != version:
+                raise TrustError(
+                    f"signed manifest for {name} v{version} names "
+                    f"{manifest.name} v{manifest.version}"
+                )
+            reused = fetched = 0
+            for rel, entry in sorted(manifest.files.items()):
+                ti = up.get_targetinfo(manifest.target_name(rel))
+                if ti is None:
+                    raise TrustError(f"{rel}: listed in the manifest but not a signed target")
+                if ti.length != entry.size or ti.hashes.get("sha256") != entry.sha256:
+                    raise TrustError(f"{rel}: manifest and signed targets metadata disagree")
+                out = _inside(dest, rel)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                local = _find_local(rel, entry.sha256, entry.size, reuse_dirs or [])
+                if local is not None:
+                    shutil.copyfile(local, out)
+                    if file_sha256(out) == entry.sha256:
+                        reused += 1
+                        continue
+                up.download_target(ti, filepath=str(out))
+                fetched += 1
+        except tuf_exc.RepositoryError as e:
+            raise TrustError(f"signed metadata rejected: {type(e).__name__}: {e}") from e
+        except tuf_exc.DownloadError as e:
+            raise UpdateError(f"download failed: {type(e).__name__}: {e}") from e
+        except BundleError as e:
+            raise TrustError(f"signed manifest is invalid: {e}") from e
+        return FetchResult(manifest, fetcher.bytes_received, reused, fetched)
+
+
+def _find_local(rel: str, sha256: str, size: int, dirs: list[Path]) -> Path | None:
+    """A file with the same path and hash in a bundle the device already trusts."""
+    for d in dirs:
+        p = d / rel
+        try:
+            if p.is_file() and p.stat().st_size == size and file_sha256(p) == sha256:
+                return p
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,209 @@
+"""Two bundle slots (A/B) and the persisted state that says which one serves.
+
+The state file (``<state>/slots.json``) is written atomically *before* each step takes effect,
+so a device killed at any point restarts into a known situation:
+
+- a slot left ``staging`` was half-written: it is wiped (the active slot was never touched);
+- a slot left ``trial`` was activated but never committed: the device returns to the previous
+  committed slot (the new bundle may be what killed it) and records the version as bad;
+- ``committed`` and ``staged`` slots are kept as they are.
+
+Versions never go down: ``highest`` remembers, per bundle name, the highest version ever
+activated, and staging a lower or equal one is refused (except through an explicit rollback).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime._atomic import atomic_write_bytes
+from runtime.errors import UpdateError
+
+__all__ = ["SlotInfo", "SlotName", "Slots", "SlotsState"]
+
+SlotName = Literal["a", "b"]
+SlotStatus = Literal["empty", "staging", "staged", "trial", "committed", "bad"]
+
+
+class SlotInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: SlotStatus = "empty"
+    bundle: str | None = None
+    version: int | None = None
+
+
+class SlotsState(BaseModel):
+    """``slots.json``: persisted names never change (devices in the field read old files)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["leanloop.slots/1"] = "leanloop.slots/1"
+    active: SlotName | None = None
+    previous: SlotName | None = None
+    slots: dict[SlotName, SlotInfo] = Field(
+        default_factory=lambda: {"a": SlotInfo(), "b": SlotInfo()}
+    )
+    highest: dict[str, int] = Field(default_factory=dict)
+    bad_versions: dict[str, list[int]] = Field(default_factory=dict)
+    last_event: str = ""
+
+
+class Slots:
+    """The A/B slot folders under ``<state>/slots`` and their state file."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        self.path = self.root / "slots.json"
+        self.state = self._load()
+
+    def _load(self) -> SlotsState:
+        if not self.path.exists():
+            return SlotsState()
+        try:
+            return SlotsState.model_validate(json.loads(self.path.read_bytes()))
+        except (OSError, ValueError, ValidationError) as e:
+            raise UpdateError(f"{self.path}: unreadable slot state: {str(e).splitlines()[0]}") from e
+
+    def save(self, event: str) -> None:
+        self.state.last_event = event
+        atomic_write_bytes(self.path, self.state.model_dump_json(indent=2).encode() + b"\n")
+
+    def dir(self, slot: SlotName) -> Path:
+        return self.root / "slots" / slot
+
+    @property
+    def active_dir(self) -> Path | None:
+        return self.dir(self.state.active) if self.state.active else None
+
+    def inactive(self) -> SlotName:
+        return "b" if self.state.active == "a" else "a"
+
+    def info(self, slot: SlotName) -> SlotInfo:
+        return self.state.slots[slot]
+
+    def recover(self) -> list[str]:
+        """Bring the state to a safe point after a restart. Returns what it did, for the log."""
+        did: list[str] = []
+        for name, info in self.state.slots.items():
+            if info.status == "staging":
+                shutil.rmtree(self.dir(name), ignore_errors=True)
+                self.state.slots[name] = SlotInfo()
+                did.append(f"slot {name}: discarded a half-staged bundle")
+        act = self.state.active
+        if act is not None and self.state.slots[act].status == "trial":
+            info = self.state.slots[act]
+            self._mark_bad(info)
+            prev = self.state.previous
+            if prev is not None and self.state.slots[prev].status == "committed":
+                self.state.active, self.state.previous = prev, None
+                did.append(
+                    f"slot {act}: {info.bundle} v{info.version} was in trial at restart; "
+                    f"rolled back to slot {prev}"
+                )
+            else:
+                self.state.active = None
+                did.append(f"slot {act}: {info.bundle} v{info.version} was in trial; no fallback")
+            info.status = "bad"
+        if did:
+            self.save("recover")
+        return did
+
+    def _mark_bad(self, info: SlotInfo) -> None:
+        if info.bundle and info.version is not None:
+            bad = self.state.bad_versions.setdefault(info.bundle, [])
+            if info.version not in bad:
+                bad.append(info.version)
+
+    def check_version(self, bundle: str, version: int) -> None:
+        """Refuse versions that would go down or that already failed here. Raises UpdateError."""
+        act = self.state.active
+        if act is not None:
+            info = self.state.slots[act]
+            if info.bundle == bundle and info.version is not None and version <= info.version:
+                raise UpdateError(
+                    f"{bundle} v{version} is not newer than the active v{info.version}"
+                )
+        high = self.state.highest.get(bundle)
+        if high is not None and version < high:
+            raise UpdateError(f"{bundle} v{version} is older than v{high} already installed")
+        if version in self.state.bad_versions.get(bundle, []):
+            raise UpdateError(f"{bundle} v{version} failed on this device before")
+
+    def begin_staging(self, bundle: str, version: int) -> tuple[SlotName, Path]:
+        """Persist ``staging`` for the inactive slot, then empty its folder."""
+        self.check_version(bundle, version)
+        slot = self.inactive()
+        self.state.slots[slot] = SlotInfo(status="staging", bundle=bundle, version=version)
+        self.save(f"staging {bundle} v{version} in slot {slot}")
+        d = self.dir(slot)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return slot, d
+
+    def abort_staging(self, slot: SlotName, reason: str, bad: bool = False) -> None:
+        info = self.state.slots[slot]
+        if bad:
+            self._mark_bad(info)
+        shutil.rmtree(self.dir(slot), ignore_errors=True)
+        self.state.slots[slot] = SlotInfo()
+        self.save(f"aborted slot {slot}: {reason}")
+
+    def mark_staged(self, slot: SlotName) -> None:
+        self.state.slots[slot].status = "staged"
+        self.save(f"staged slot {slot}")
+
+    def activate(self, slot: SlotName) -> None:
+        """Persist the switch (status ``trial``) before the service serves from ``slot``."""
+        info = self.state.slots[slot]
+        if info.status != "staged":
+            raise UpdateError(f"slot {slot} is {info.status}, not staged")
+        info.status = "trial"
+        if self.state.active is not None and self.state.active != slot:
+            self.state.previous = self.state.active
+        self.state.active = slot
+        if info.bundle and info.version is not None:
+            self.state.highest[info.bundle] = max(
+                info.version, self.state.highest.get(info.bundle, 0)
+            )
+        self.save(f"activated slot {slot} ({info.bundle} v{info.version}) for trial")
+
+    def commit(self) -> None:
+        act = self.state.active
+        if act is None or self.state.slots[act].status != "trial":
+            return
+        self.state.slots[act].status = "committed"
+        self.save(f"committed slot {act}")
+
+    def fail_trial(self, reason: str) -> SlotName | None:
+        """The active bundle failed its trial: go back to the previous committed slot."""
+        act = self.state.active
+        if act is None:
+            return None
+        info = self.state.slots[act]
+        self._mark_bad(info)
+        info.status = "bad"
+        prev = self.state.previous
+        if prev is not None and self.state.slots[prev].status == "committed":
+            self.state.active, self.state.previous = prev, None
+        else:
+            self.state.active = None
+        self.save(f"trial failed for slot {act}: {reason}")
+        return self.state.active
+
+    def rollback(self) -> SlotName:
+        """Operator rollback to the previous committed bundle. Raises UpdateError if none."""
+        prev = self.state.previous
+        if prev is None or self.state.slots[prev].status != "committed":
+            raise UpdateError("no previous committed bundle to roll back to")
+        act = self.state.active
+        if act is not None:
+            self._mark_bad(self.state.slots[act])
+            self.state.slots[act].status = "bad"
+        self.state.active, self.state.previous = prev, None
+        info = self.state.slots[prev]
+        self.save(f"operator rollback to slot {prev} ({info.bundle} v{info.version})")
+        return prev
