@@ -408,7 +408,8 @@ class HubDB:
         self, bundle: str | None, state: SampleState | None, limit: int | None
     ) -> list[Sample]:
         """Samples ranked for annotation: highest priority first, then oldest first."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if bundle is not None:
             where.append("bundle = ?")
             args.append(bundle)
@@ -421,7 +422,7 @@ class HubDB:
         sql += " ORDER BY priority DESC, created, id"
         if limit is not None:
             sql += " LIMIT ?"
-            args.append(str(limit))
+            args.append(limit)
         return [self._sample(r) for r in self._db.execute(sql, args)]
 
     def annotate(self, sample_id: str, annotation: dict[str, Any]) -> None:

