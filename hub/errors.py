@@ -17,6 +17,7 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "ForbiddenError",
+    "HubHTTPError",
     "HubUnavailable",
     "NotFound",
     "TooLarge",
@@ -24,43 +25,43 @@ __all__ = [
 ]
 
 
-class _HttpHubError(HubError):
+class HubHTTPError(HubError):
     """A hub error that has a natural HTTP status."""
 
     status: ClassVar[int] = 500
 
 
-class BadRequest(_HttpHubError):
-    """The request is malformed: bad JSON, unknown fields, a hash or signature that does not check."""
+class BadRequest(HubHTTPError):
+    """The request is malformed: bad JSON, unknown fields, a hash or signature that fails."""
 
     status = 400
 
 
-class AuthError(_HttpHubError):
+class AuthError(HubHTTPError):
     """No token, or a token the hub does not know."""
 
     status = 401
 
 
-class ForbiddenError(_HttpHubError):
+class ForbiddenError(HubHTTPError):
     """A valid token of the wrong kind (a device token on an admin route, or the reverse)."""
 
     status = 403
 
 
-class NotFound(_HttpHubError):
+class NotFound(HubHTTPError):
     """The named device, sample, bundle, job, blob or metadata file does not exist."""
 
     status = 404
 
 
-class Conflict(_HttpHubError):
+class Conflict(HubHTTPError):
     """The request clashes with the hub's state: version not newer, job not finished, …"""
 
     status = 409
 
 
-class TooLarge(_HttpHubError):
+class TooLarge(HubHTTPError):
     """The request body (or one of its parts) is over its size cap."""
 
     status = 413

@@ -25,7 +25,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from hub.storage import BlobStore, HubDB
+from hub.storage import BlobStore, HubDB, Sample
 
 __all__ = ["JobRunner", "export_samples", "log_tail", "pack_source"]
 
@@ -34,18 +34,19 @@ log = logging.getLogger(__name__)
 _LOG_TAIL_BYTES = 4096
 
 
-def export_samples(db: HubDB, blobs: BlobStore, bundle: str, job_dir: Path) -> int:
-    """Write the bundle's annotated samples for the trainer; return how many were written."""
+def export_samples(samples: list[Sample], blobs: BlobStore, job_dir: Path) -> int:
+    """Write annotated samples for the trainer; return how many were written.
+
+    Takes the rows (read on the event loop) so that only file work runs in a worker thread.
+    """
     images = job_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
-    count = 0
     with open(job_dir / "annotations.jsonl", "w", encoding="utf-8") as out:
-        for sample in db.samples(bundle, "annotated", None):
+        for sample in samples:
             boxes = (sample.annotation or {}).get("boxes", [])
             (images / f"{sample.id}.jpg").write_bytes(blobs.read(sample.image_sha256))
             out.write(json.dumps({"id": sample.id, "boxes": boxes}) + "\n")
-            count += 1
-    return count
+    return len(samples)
 
 
 def pack_source(source: Path, dest: Path) -> None:
@@ -130,7 +131,9 @@ class JobRunner:
             try:
                 await self._run(job_id)
             except asyncio.CancelledError:
-                self._db.set_job(job_id, "failed", error="the hub stopped while the job was running")
+                self._db.set_job(
+                    job_id, "failed", error="the hub stopped while the job was running"
+                )
                 raise
             except Exception as e:  # a job failure must never stop the runner
                 log.exception("job %s failed", job_id)
@@ -143,11 +146,12 @@ class JobRunner:
         log_path = job_dir / "job.log"
         self._db.set_job(job_id, "running", log_path=str(log_path))
         loop = asyncio.get_running_loop()
-        count = await loop.run_in_executor(
-            None, export_samples, self._db, self._blobs, job.params["bundle"], job_dir
-        )
+        samples = self._db.samples(job.params["bundle"], "annotated", None)
+        count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
         if count == 0:
-            self._db.set_job(job_id, "failed", error=f"no annotated samples for {job.params['bundle']}")
+            self._db.set_job(
+                job_id, "failed", error=f"no annotated samples for {job.params['bundle']}"
+            )
             return
         source = job_dir / "source"
         argv = [
@@ -169,7 +173,9 @@ class JobRunner:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                self._db.set_job(job_id, "failed", error=f"trainer timed out after {self._timeout_s} s")
+                self._db.set_job(
+                    job_id, "failed", error=f"trainer timed out after {self._timeout_s} s"
+                )
                 return
             except asyncio.CancelledError:
                 if proc.returncode is None:

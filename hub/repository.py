@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
@@ -92,7 +92,10 @@ class TufRepository:
         if not versions["root"]:
             raise ConfigError(f"no root metadata in {self._dir}; start the hub once with --keys")
         self._root = Metadata[Root].from_bytes(self._read(f"{max(versions['root'])}.root.json"))
-        for role, signer in (("snapshot", self._snapshot_signer), ("timestamp", self._timestamp_signer)):
+        for role, signer in (
+            ("snapshot", self._snapshot_signer),
+            ("timestamp", self._timestamp_signer),
+        ):
             if signer.public_key.keyid not in self._root.signed.roles[role].keyids:
                 raise ConfigError(f"the online {role} key is not the {role} key of root.json")
 
@@ -187,7 +190,8 @@ class TufRepository:
         if self._targets is None:
             return {}
         return {
-            path: (tf.hashes["sha256"], tf.length) for path, tf in self._targets.signed.targets.items()
+            path: (tf.hashes["sha256"], tf.length)
+            for path, tf in self._targets.signed.targets.items()
         }
 
     def metadata_bytes(self, filename: str) -> bytes:
@@ -233,7 +237,9 @@ class TufRepository:
         try:
             self._root.signed.verify_delegate(Targets.type, md.signed_bytes, md.signatures)
         except UnsignedMetadataError as e:
-            raise BadRequest(f"targets metadata is not signed by the root's targets key: {e}") from e
+            raise BadRequest(
+                f"targets metadata is not signed by the root's targets key: {e}"
+            ) from e
         if md.signed.version != self.targets_version + 1:
             raise Conflict(
                 f"targets version {md.signed.version} is not {self.targets_version + 1}"
@@ -251,7 +257,9 @@ class TufRepository:
             if size is None:
                 raise BadRequest(f"target {path}: blob {sha256} is not uploaded; PUT it first")
             if size != info.length:
-                raise BadRequest(f"target {path}: blob is {size} bytes, signed length {info.length}")
+                raise BadRequest(
+                    f"target {path}: blob is {size} bytes, signed length {info.length}"
+                )
         return md
 
     # -- writing -------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def load_signer(path: Path) -> CryptoSigner:
     """
     try:
         private_key = load_pem_private_key(Path(path).read_bytes(), password=None)
-        return CryptoSigner(private_key)  # type: ignore[arg-type]
+        return CryptoSigner(private_key)
     except FileNotFoundError as e:
         raise ConfigError(f"signing key {path} not found; run `leanloop keys init`") from e
     except (ValueError, TypeError) as e:
@@ -85,7 +85,9 @@ def init_keys(out_dir: Path, expires_days: int = 365) -> None:
     """
     out = Path(out_dir)
     if (out / "root.json").exists():
-        raise ConfigError(f"{out / 'root.json'} already exists; refusing to replace the root of trust")
+        raise ConfigError(
+            f"{out / 'root.json'} already exists; refusing to replace the root of trust"
+        )
     signers = {role: CryptoSigner.generate_ed25519() for role in KEY_FILES}
     for role, rel in KEY_FILES.items():
         path = out / rel

@@ -27,6 +27,7 @@ import re
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -344,7 +345,7 @@ class HubDB:
             return cur.rowcount
 
     @contextlib.contextmanager
-    def _transaction(self) -> Any:
+    def _transaction(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -502,5 +503,6 @@ class HubDB:
     def jobs_in(self, state: JobState) -> list[int]:
         """Ids of the jobs in ``state``, oldest first."""
         return [
-            r["id"] for r in self._db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY id", (state,))
+            r["id"]
+            for r in self._db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY id", (state,))
         ]

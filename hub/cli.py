@@ -1,0 +1,102 @@
+"""Hub commands, mounted by the ``leanloop`` console command.
+
+- ``hub_app``: ``serve --data DIR [--host H] [--port P] [--keys DIR]``
+- ``keys_app``: ``init --out DIR [--expires-days N]``
+- :func:`publish_command`: upload a built bundle, sign it into targets, optionally roll it out.
+
+Each command is a thin shell over :mod:`hub.app`, :mod:`hub.signing` and :mod:`hub.client`;
+leanloop errors are printed on one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hub.signing import init_keys
+from runtime.errors import LeanloopError
+
+__all__ = ["hub_app", "keys_app", "publish_command"]
+
+hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the signing keys (TUF roles).", no_args_is_help=True)
+
+
+@hub_app.callback()
+def _hub_group() -> None:
+    """Run the hub (a callback keeps `serve` a sub-command even while it is the only one)."""
+
+
+@keys_app.callback()
+def _keys_group() -> None:
+    """Manage the signing keys (TUF roles)."""
+
+
+def _fail(e: LeanloopError) -> typer.Exit:
+    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+@hub_app.command("serve")
+def serve(
+    data: Annotated[Path, typer.Option("--data", help="hub data folder")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8470,
+    keys: Annotated[
+        Path | None, typer.Option("--keys", help="`keys init` folder, needed on first start")
+    ] = None,
+) -> None:
+    """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
+    from hub.app import run
+    from hub.config import HubConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        run(HubConfig(data_dir=data, host=host, port=port, keys_dir=keys))
+    except LeanloopError as e:
+        raise _fail(e) from e
+
+
+@keys_app.command("init")
+def keys_init(
+    out: Annotated[Path, typer.Option("--out", help="folder to create the keys in")],
+    expires_days: Annotated[int, typer.Option(help="root metadata lifetime")] = 365,
+) -> None:
+    """Create root/targets (admin, offline) and snapshot/timestamp (hub) keys and root.json."""
+    try:
+        init_keys(out, expires_days)
+    except LeanloopError as e:
+        raise _fail(e) from e
+    typer.echo(f"wrote {out}/root.json; keep {out}/admin offline, give {out}/online to the hub")
+
+
+def publish_command(
+    bundle_dir: Annotated[Path, typer.Argument(help="a built bundle folder (with manifest.json)")],
+    hub_url: Annotated[str, typer.Option("--hub", help="hub URL")] = "http://127.0.0.1:8470",
+    keys_dir: Annotated[Path, typer.Option("--keys", help="`keys init` folder")] = Path("keys"),
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
+    cohort: Annotated[
+        str | None, typer.Option("--cohort", help="also roll the bundle out to this cohort")
+    ] = None,
+) -> None:
+    """Upload a bundle, sign it into the hub's targets, and optionally roll it out to a cohort."""
+    from hub.client import HubAdminClient
+    from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+
+    if token is None:
+        raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
+    client = HubAdminClient(hub_url, token)
+    try:
+        version = client.publish_bundle(bundle_dir, keys_dir)
+        manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_bytes())
+        typer.echo(f"published {manifest.name} {manifest.version} (targets version {version})")
+        if cohort is not None:
+            n = client.rollout(manifest.name, manifest.version, cohort=cohort)
+            typer.echo(f"rolled out to {n} device(s) of cohort {cohort}")
+    except LeanloopError as e:
+        raise _fail(e) from e

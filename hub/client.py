@@ -1,0 +1,252 @@
+"""A small synchronous client of the hub's admin API (urllib3, with timeouts).
+
+It is what ``leanloop bundle publish``, ``leanloop train`` and the demo use. Publishing is the
+one flow with logic on this side, because the targets key never leaves the admin:
+
+1. read ``manifest.json`` and check every file it lists against its sha256 and size;
+2. upload every file and the manifest as blobs (``PUT /admin/blobs/{sha256}``);
+3. fetch the hub's current targets, verify it and sign version + 1 with one target per file
+   ``<name>/<version>/<path>`` and ``<name>/<version>/manifest.json``
+   (:func:`hub.signing.sign_targets`);
+4. post it (``POST /admin/targets``).
+
+Every error is a :class:`~runtime.errors.HubError` subclass from :mod:`hub.errors` with the
+hub's one-line message: the same class the hub raised on its side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import urllib3
+
+from hub.errors import HubUnavailable, NotFound, error_for_status
+from hub.signing import TargetAddition, sign_targets
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+from runtime.errors import BundleError
+
+__all__ = ["HubAdminClient", "safe_extract_tar"]
+
+Box = list[Any]  # [x1, y1, x2, y2, "label"]
+
+
+def safe_extract_tar(data: bytes, dest_dir: Path) -> list[str]:
+    """Extract a tar(.gz) into ``dest_dir``: regular files and folders only, none escaping it.
+
+    Checks every member before writing anything. Returns the extracted file names. Raises
+    BundleError for absolute paths, ``..``, links, devices or FIFOs.
+    """
+    dest = Path(dest_dir).resolve()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                p = PurePosixPath(m.name)
+                if p.is_absolute() or ".." in p.parts or "\\" in m.name:
+                    raise BundleError(f"archive member {m.name!r} escapes the destination")
+                if not (m.isfile() or m.isdir()):
+                    raise BundleError(f"archive member {m.name!r} is a link or special file")
+                if not (dest / m.name).resolve().is_relative_to(dest):
+                    raise BundleError(f"archive member {m.name!r} escapes the destination")
+            dest.mkdir(parents=True, exist_ok=True)
+            tar.extractall(dest, members=members, filter="data")
+    except tarfile.TarError as e:
+        raise BundleError(f"job artifact is not a valid tar archive: {e}") from e
+    return [m.name for m in members if m.isfile()]
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+class HubAdminClient:
+    """The admin's view of one hub, authenticated with the admin token."""
+
+    def __init__(
+        self, url: str, token: str, connect_timeout: float = 10.0, read_timeout: float = 120.0
+    ) -> None:
+        self._base = url.rstrip("/") + "/api/v1"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            retries=False,
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        json_body: Any = None,
+        fields: dict[str, tuple[str, bytes, str]] | None = None,
+        query: dict[str, Any] | None = None,
+    ) -> bytes:
+        headers = dict(self._headers)
+        url = self._base + path
+        try:
+            if fields is not None:
+                resp = self._http.request(method, url, fields=fields, headers=headers)
+            elif json_body is not None:
+                resp = self._http.request(method, url, json=json_body, headers=headers)
+            elif query is not None:
+                q = {k: str(v) for k, v in query.items() if v is not None}
+                resp = self._http.request(method, url, fields=q, headers=headers)
+            else:
+                if body is not None:
+                    headers["Content-Type"] = "application/octet-stream"
+                resp = self._http.request(method, url, body=body, headers=headers)
+        except urllib3.exceptions.HTTPError as e:
+            raise HubUnavailable(f"{method} {url} failed: {e}") from e
+        if resp.status >= 400:
+            try:
+                message = str(json.loads(resp.data)["error"])
+            except (ValueError, KeyError, TypeError):
+                message = resp.data[:200].decode("utf-8", errors="replace") or resp.reason or ""
+            raise error_for_status(resp.status, message)
+        return bytes(resp.data)
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        data = self._request(method, path, **kw)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise HubUnavailable(f"{method} {path} did not answer JSON") from e
+
+    # -- bundles -------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> bool:
+        """Upload bytes as a blob; return True if the hub did not have them yet."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        return bool(self._json("PUT", f"/admin/blobs/{sha256}", body=data)["stored"])
+
+    def current_targets(self) -> bytes | None:
+        """The hub's current signed targets metadata (None before the first publish)."""
+        try:
+            return self._request("GET", "/admin/tuf/targets")
+        except NotFound:
+            return None
+
+    def post_targets(self, signed: bytes) -> int:
+        """Post signed targets metadata; return the version the hub now serves."""
+        return int(self._json("POST", "/admin/targets", body=signed)["version"])
+
+    def publish_bundle(self, bundle_dir: Path, keys_dir: Path, expires_days: int = 365) -> int:
+        """Upload a built bundle folder and sign it into the hub's targets; return that version.
+
+        Raises BundleError (manifest invalid, a file missing or not matching it), TrustError
+        (the hub's current targets are not signed by our targets key), HubError subclasses.
+        """
+        bundle_dir = Path(bundle_dir)
+        try:
+            manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
+            manifest = Manifest.model_validate_json(manifest_bytes)
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{bundle_dir}/{MANIFEST_NAME} is not a valid manifest: {e}") from e
+        additions: dict[str, TargetAddition] = {}
+        for rel, entry in manifest.files.items():
+            path = bundle_dir / rel
+            try:
+                sha256, size = _sha256_file(path)
+            except OSError as e:
+                raise BundleError(f"bundle file {path} cannot be read: {e}") from e
+            if (sha256, size) != (entry.sha256, entry.size):
+                raise BundleError(f"bundle file {path} does not match its manifest entry")
+            self.put_blob(path.read_bytes())
+            additions[manifest.target_name(rel)] = (sha256, size, None)
+        self.put_blob(manifest_bytes)
+        additions[manifest.target_name(MANIFEST_NAME)] = (
+            hashlib.sha256(manifest_bytes).hexdigest(),
+            len(manifest_bytes),
+            {"bundle": manifest.name, "version": manifest.version},
+        )
+        signed = sign_targets(self.current_targets(), additions, keys_dir, expires_days)
+        return self.post_targets(signed)
+
+    # -- fleet ---------------------------------------------------------------------------------
+
+    def rollout(
+        self,
+        bundle: str,
+        version: int,
+        devices: list[str] | None = None,
+        cohort: str | None = None,
+    ) -> int:
+        """Ask devices (listed, a cohort, or all) to run a bundle version; return how many."""
+        body: dict[str, Any] = {"bundle": bundle, "version": version}
+        if devices is not None:
+            body["devices"] = devices
+        if cohort is not None:
+            body["cohort"] = cohort
+        return int(self._json("POST", "/admin/rollouts", json_body=body)["devices"])
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device: ``device_id``, ``cohort``, ``desired``, ``status``, ``last_seen``."""
+        return list(self._json("GET", "/admin/devices"))
+
+    # -- samples -------------------------------------------------------------------------------
+
+    def samples(
+        self, bundle: str | None = None, state: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The annotation queue, highest priority first."""
+        query = {"bundle": bundle, "state": state, "limit": limit}
+        return list(self._json("GET", "/admin/samples", query=query))
+
+    def sample_image(self, sample_id: str) -> bytes:
+        """A sample's image bytes."""
+        return self._request("GET", f"/admin/samples/{sample_id}/image")
+
+    def annotate(self, sample_id: str, boxes: list[Box], annotator: str) -> None:
+        """Store boxes ``[x1, y1, x2, y2, label]`` for a sample."""
+        body = {"boxes": boxes, "annotator": annotator}
+        self._json("POST", f"/admin/samples/{sample_id}/annotation", json_body=body)
+
+    def import_sample(self, meta: dict[str, Any], image: bytes, boxes: list[Box]) -> str:
+        """Import an already-labelled sample (``meta`` needs ``bundle``); return its id."""
+        annotation = {"boxes": boxes, "annotator": str(meta.get("annotator", "import"))}
+        fields = {
+            "meta": ("meta.json", json.dumps(meta).encode(), "application/json"),
+            "image": ("image.jpg", image, "image/jpeg"),
+            "annotation": ("annotation.json", json.dumps(annotation).encode(), "application/json"),
+        }
+        return str(self._json("POST", "/admin/samples", fields=fields)["id"])
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def start_train(
+        self,
+        bundle: str,
+        version: int,
+        init_from: int | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> int:
+        """Queue a training job; return its id."""
+        body = {
+            "bundle": bundle,
+            "version": version,
+            "init_from": init_from,
+            "params": params or {},
+        }
+        return int(self._json("POST", "/admin/jobs/train", json_body=body)["job"])
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """A job's ``state`` (queued|running|done|failed), ``error`` and ``log_tail``."""
+        return dict(self._json("GET", f"/admin/jobs/{job_id}"))
+
+    def job_artifact(self, job_id: int, dest_dir: Path) -> Path:
+        """Download a done job's bundle source and extract it safely into ``dest_dir``."""
+        data = self._request("GET", f"/admin/jobs/{job_id}/artifact")
+        safe_extract_tar(data, Path(dest_dir))
+        return Path(dest_dir)

@@ -1,0 +1,51 @@
+"""The hub's configuration: one pydantic model, unknown keys rejected so a typo fails at start."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["HubConfig"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class HubConfig(BaseModel):
+    """Everything ``create_app`` needs; field descriptions double as operator documentation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(description="hub state: SQLite, blobs, TUF metadata, tokens, jobs")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8470, ge=0, le=65535, description="TCP port (0: any free port)")
+    keys_dir: Path | None = Field(
+        default=None,
+        description="a `keys init` folder; on first start root.json and the online keys are "
+        "copied from it into the data dir (not needed afterwards)",
+    )
+    timestamp_expiry_s: float = Field(
+        default=86400, gt=0, description="life of a timestamp signature; re-signed at half-life"
+    )
+    snapshot_expiry_s: float = Field(
+        default=7 * 86400, gt=0, description="life of a snapshot signature; re-signed at half-life"
+    )
+    timestamp_check_interval_s: float = Field(
+        default=600, gt=0, description="how often the hub checks whether to re-sign timestamp"
+    )
+    trainer_command: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", "trainer.job"],
+        min_length=1,
+        description="command of a training job; --annotations/--images/--out[/--init-from] "
+        "are appended",
+    )
+    job_timeout_s: float | None = Field(
+        default=None, gt=0, description="kill a training job after this long (None: never)"
+    )
+    max_blob_bytes: int = Field(default=2048 * MiB, gt=0, description="cap of one uploaded blob")
+    max_targets_bytes: int = Field(default=8 * MiB, gt=0, description="cap of targets metadata")
+    max_heartbeat_bytes: int = Field(default=64 * KiB, gt=0, description="cap of a heartbeat")
+    max_meta_bytes: int = Field(default=256 * KiB, gt=0, description="cap of a sample's meta")
+    max_image_bytes: int = Field(default=4 * MiB, gt=0, description="cap of a sample's image")

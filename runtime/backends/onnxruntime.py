@@ -1,0 +1,186 @@
+"""ONNX Runtime backend: one ``InferenceSession`` per model.
+
+``load`` builds the session with settings chosen for a small edge device running one frame at a
+time: ``intra_op_num_threads`` from :class:`~runtime.backends.base.BackendOptions` (0 lets ORT
+pick), one inter-op thread, sequential execution and every graph optimisation. Execution
+providers come from the options in order of preference (default: CPU); providers this ORT
+build does not have are skipped with a warning rather than failing, so one device config can
+serve a fleet with mixed hardware.
+
+The model's signature is read once and reported as :class:`~runtime.bundle.manifest.TensorSpec`
+with numpy dtype names (``tensor(float)`` -> ``float32``) and dynamic axes as strings. The
+session is then warmed up with zero tensors (dynamic axes set to 1) so the first real frame
+does not pay for lazy initialisation.
+
+``run`` is the hot path: output names are pre-computed and the call goes straight to
+``session.run``; the only extra cost is the ``try`` that wraps ORT's exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import BackendOptions
+from runtime.bundle.manifest import TensorSpec
+from runtime.errors import BackendError
+
+try:
+    import onnxruntime as _ort
+except ImportError as _e:  # pragma: no cover - depends on the install
+    _ort = None
+    _IMPORT_ERROR: str | None = f"onnxruntime is not installed ({_e})"
+else:
+    _IMPORT_ERROR = None
+
+__all__ = ["NAME", "OrtBackend", "load", "ort_dtype", "unavailable_reason"]
+
+NAME = "onnxruntime"
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+
+_log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(uint16)": "uint16",
+    "tensor(int16)": "int16",
+    "tensor(uint32)": "uint32",
+    "tensor(int32)": "int32",
+    "tensor(uint64)": "uint64",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
+
+
+def ort_dtype(type_str: str) -> str:
+    """Map an ORT type string (``'tensor(float)'``) to a numpy dtype name (``'float32'``).
+
+    Unknown types keep their inner name (``'tensor(bfloat16)'`` -> ``'bfloat16'``).
+    """
+    known = _DTYPES.get(type_str)
+    if known is not None:
+        return known
+    if type_str.startswith("tensor(") and type_str.endswith(")"):
+        return type_str[len("tensor(") : -1]
+    return type_str
+
+
+def unavailable_reason() -> str | None:
+    """None when onnxruntime can be imported, else why not (with the extra to install)."""
+    if _IMPORT_ERROR is not None:
+        return f"{_IMPORT_ERROR}; install it with pip install 'leanloop[device]'"
+    return None
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape: list[int | str] = []
+    for i, d in enumerate(arg.shape or []):
+        if isinstance(d, int) and d >= 0:
+            shape.append(d)
+        elif isinstance(d, str) and d:
+            shape.append(d)
+        else:  # unnamed dynamic axis (None or -1)
+            shape.append(f"dim{i}")
+    return TensorSpec(name=arg.name, shape=shape, dtype=ort_dtype(arg.type))
+
+
+def _choose_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
+    chosen = [p for p in wanted if p in available]
+    for p in wanted:
+        if p not in available:
+            _log.warning(
+                "onnxruntime: execution provider %s is not available here (have: %s); skipped",
+                p,
+                ", ".join(available),
+            )
+    return chosen or ["CPUExecutionProvider"]
+
+
+class OrtBackend:
+    """A model loaded in an ONNX Runtime session. Construct with :func:`load`."""
+
+    name = NAME
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        """Load and warm up ``path``. Raises BackendError naming the file and the engine."""
+        if _ort is None:
+            raise BackendError(f"{path}: {unavailable_reason()}")
+        self.path = Path(path)
+        so = _ort.SessionOptions()
+        so.intra_op_num_threads = max(0, int(options.threads))
+        so.inter_op_num_threads = 1
+        so.execution_mode = _ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = _ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = _choose_providers(
+            tuple(options.providers) or DEFAULT_PROVIDERS, _ort.get_available_providers()
+        )
+        if not self.path.is_file():
+            raise BackendError(f"{self.path}: onnxruntime: no such model file")
+        try:
+            self._session: Any = _ort.InferenceSession(
+                str(self.path), sess_options=so, providers=providers
+            )
+            self._inputs = [_spec(a) for a in self._session.get_inputs()]
+            self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        except Exception as e:  # ORT raises its own pybind exception types
+            raise BackendError(f"{self.path}: onnxruntime cannot load the model: {_line(e)}") from e
+        self._output_names = [o.name for o in self._outputs]
+        self.providers: list[str] = list(self._session.get_providers())
+        self.threads = so.intra_op_num_threads
+        self.warmup(options.warmup_runs)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def session(self) -> Any:
+        """The underlying ``ort.InferenceSession`` (benchmarks compare against it)."""
+        return self._session
+
+    def warmup(self, runs: int) -> None:
+        """Run ``runs`` times on zeros of the input shapes (dynamic axes -> 1). Raises BackendError."""
+        if runs <= 0:
+            return
+        feed = {
+            t.name: np.zeros([d if isinstance(d, int) else 1 for d in t.shape], dtype=t.dtype)
+            for t in self._inputs
+            if t.dtype != "str"
+        }
+        for _ in range(runs):
+            self.run(feed)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; outputs in signature order. Raises BackendError."""
+        try:
+            return self._session.run(self._output_names, inputs)  # type: ignore[no-any-return]
+        except Exception as e:
+            if self._session is None:
+                raise BackendError(f"{self.path}: onnxruntime: the model is closed") from e
+            raise BackendError(f"{self.path}: onnxruntime run failed: {_line(e)}") from e
+
+    def close(self) -> None:
+        """Release the session. Further ``run`` calls raise BackendError."""
+        self._session = None
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def load(path: Path, options: BackendOptions) -> OrtBackend:
+    """Load (and warm up) the ONNX model at ``path``. Raises BackendError."""
+    return OrtBackend(path, options)

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.config import DeviceConfig, load_config
+from runtime.errors import ConfigError
+
+
+def test_defaults_work_when_no_file_is_given() -> None:
+    cfg = load_config(None)
+    assert isinstance(cfg, DeviceConfig)
+    assert cfg.inference.backend == "onnxruntime"
+
+
+def test_unknown_key_is_rejected_when_config_has_a_typo(tmp_path: Path) -> None:
+    p = tmp_path / "d.yaml"
+    p.write_text("device_id: x\nstore:\n  max_byte: 10\n")
+    with pytest.raises(ConfigError, match=r"store\.max_byte"):
+        load_config(p)
+
+
+def test_error_names_the_file_when_it_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_error_is_one_line_when_yaml_is_broken(tmp_path: Path) -> None:
+    p = tmp_path / "d.yaml"
+    p.write_text("a: [\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert "\n" not in str(ei.value)
