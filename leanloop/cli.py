@@ -18,14 +18,19 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from runtime.errors import BundleError, ConfigError, LeanloopError, PipelineError
+from runtime.errors import ConfigError, LeanloopError, PipelineError
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="leanloop: the Lean AI loop for vision at the edge.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-bundle_app = typer.Typer(help="Build, verify and publish signed model bundles.",
-                         no_args_is_help=True)
+app = typer.Typer(
+    help="leanloop: the Lean AI loop for vision at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bundle_app = typer.Typer(
+    help="Build, verify and publish signed model bundles.", no_args_is_help=True
+)
 device_app = typer.Typer(help="The device service.", no_args_is_help=True)
 samples_app = typer.Typer(help="The device's sample store.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
@@ -55,8 +60,9 @@ def handled(fn: F) -> F:
         except LeanloopError as e:
             _fail(str(e), 1)
         except ImportError as e:
-            _fail(f"{e.name or e}: not installed here; install leanloop[hub] for hub-side "
-                  "commands", 1)
+            _fail(
+                f"{e.name or e}: not installed here; install leanloop[hub] for hub-side commands", 1
+            )
         except KeyboardInterrupt:
             _fail("interrupted", 1)
 
@@ -157,20 +163,27 @@ def status(
     t = Table(show_header=False, box=None)
     act, prev = st.get("active") or {}, st.get("previous") or {}
     t.add_row("service", "running" if st.get("running") else "not running")
-    t.add_row("active", f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})"
-              if act else "none")
+    t.add_row(
+        "active",
+        f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})" if act else "none",
+    )
     t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
     t.add_row("update", str(st.get("update_state")))
     if st.get("last_update_error"):
         t.add_row("last error", str(st["last_update_error"]))
     c = st.get("counters", {})
-    t.add_row("frames", f"{c.get('frames', 0)} ({c.get('frame_errors', 0)} errors), "
-              f"{st.get('fps', 0)} fps")
+    t.add_row(
+        "frames",
+        f"{c.get('frames', 0)} ({c.get('frame_errors', 0)} errors), {st.get('fps', 0)} fps",
+    )
     lat = st.get("latency_ms") or {}
     t.add_row("latency", f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms")
     s = st.get("store") or {}
-    t.add_row("store", f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
-              f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload")
+    t.add_row(
+        "store",
+        f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
+        f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload",
+    )
     Console().print(t)
 
 
@@ -210,8 +223,14 @@ def samples_list(
 
     t = Table("id", "priority", "frame", "bundle", "prediction", "state")
     for r in rows:
-        t.add_row(r["id"], f"{r['priority']:.3f}", r["frame_id"],
-                  f"{r['bundle']} v{r['bundle_version']}", r["summary"], r["upload_state"])
+        t.add_row(
+            r["id"],
+            f"{r['priority']:.3f}",
+            r["frame_id"],
+            f"{r['bundle']} v{r['bundle_version']}",
+            r["summary"],
+            r["upload_state"],
+        )
     Console().print(t)
 
 
@@ -238,9 +257,10 @@ def bundle_build(
 def bundle_verify(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     root: Annotated[Path, typer.Option(help="trusted root.json")],
-    targets: Annotated[Path | None, typer.Option(help="signed targets.json (default: "
-                                                  "<bundle>/../targets.json or the hub's)")]
-    = None,
+    targets: Annotated[
+        Path | None,
+        typer.Option(help="signed targets.json (default: <bundle>/../targets.json or the hub's)"),
+    ] = None,
 ) -> None:
     """Offline check of a bundle's files against its manifest and signed targets metadata."""
     from runtime.bundle.verify import verify_offline
@@ -255,8 +275,9 @@ def bundle_publish(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     hub: Annotated[str, typer.Option(help="hub URL")],
     keys: Annotated[Path, typer.Option(help="keys folder from `leanloop keys init`")],
-    token: Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN",
-                                              help="admin token")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
     cohort: Annotated[str | None, typer.Option(help="roll out to this cohort")] = None,
 ) -> None:
     """Sign a bundle's files as TUF targets and upload them to the hub."""
@@ -281,21 +302,31 @@ def _mount_hub() -> None:
 @handled
 def demo(
     workdir: Annotated[Path, typer.Option(help="where the run keeps its files")] = Path(
-        "demo-work"),
+        "demo-work"
+    ),
     iterations: Annotated[int, typer.Option(min=1, help="Build-Measure-Learn iterations")] = 3,
     devices: Annotated[int, typer.Option(min=1, help="device processes per arm")] = 2,
-    frames: Annotated[int, typer.Option(min=10, help="production frames per device per "
-                                                   "iteration")] = 150,
-    budget: Annotated[int, typer.Option(min=1, help="frames labelled per iteration per arm")]
-    = 40,
+    frames: Annotated[
+        int, typer.Option(min=10, help="production frames per device per iteration")
+    ] = 150,
+    budget: Annotated[int, typer.Option(min=1, help="frames labelled per iteration per arm")] = 40,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="also write report.json")] = False,
 ) -> None:
     """The whole loop on one machine: hub, devices, train, publish, update, collect, retrain."""
     from leanloop.demo import DemoSettings, run_demo
 
-    run_demo(DemoSettings(workdir=workdir, iterations=iterations, devices=devices,
-                          frames=frames, budget=budget, seed=seed, json_report=as_json))
+    run_demo(
+        DemoSettings(
+            workdir=workdir,
+            iterations=iterations,
+            devices=devices,
+            frames=frames,
+            budget=budget,
+            seed=seed,
+            json_report=as_json,
+        )
+    )
 
 
 _mount_hub()

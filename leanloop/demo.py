@@ -90,8 +90,9 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def score_frame(pred: dict[str, Any], gt_boxes: list[list[float]], gt_labels: list[int]
-                ) -> tuple[bool, int]:
+def score_frame(
+    pred: dict[str, Any], gt_boxes: list[list[float]], gt_labels: list[int]
+) -> tuple[bool, int]:
     """(whole frame read right, digits right) for one prediction against the ground truth.
 
     The frame is right when the digits read left to right equal the true ones (what a reader
@@ -102,7 +103,7 @@ def score_frame(pred: dict[str, Any], gt_boxes: list[list[float]], gt_labels: li
     if pred.get("error") or not stages:
         return False, 0
     items = list(stages.values())[-1]["items"]
-    got = sorted(((it["box"][0], it["label"]) for it in items if it.get("box")))
+    got = sorted((it["box"][0], it["label"]) for it in items if it.get("box"))
     want = sorted(zip((b[0] for b in gt_boxes), (str(x) for x in gt_labels), strict=True))
     frame_ok = [lbl for _, lbl in got] == [lbl for _, lbl in want]
     right, used = 0, set()
@@ -127,8 +128,9 @@ class _Procs:
         log.parent.mkdir(parents=True, exist_ok=True)
         f = open(log, "ab")  # noqa: SIM115 - the child keeps it
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            args, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         self.procs[name] = p
         return p
 
@@ -160,7 +162,7 @@ class Demo:
         self.rows: list[Row] = []
         self.labels = dict.fromkeys(ARMS, 0)
         self.version = dict.fromkeys(ARMS, 1)
-        self.last_job: dict[str, str] = {}
+        self.last_job: dict[str, int] = {}
 
     def say(self, msg: str) -> None:
         if not self.s.quiet:
@@ -183,10 +185,25 @@ class Demo:
         init_keys(self.work / "keys")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.procs.start("hub", [sys.executable, "-m", "leanloop.cli", "hub", "serve",
-                                 "--data", str(self.work / "hub"), "--port", str(self.port),
-                                 "--host", "127.0.0.1", "--keys", str(self.work / "keys")],
-                         self.work / "logs" / "hub.log")
+        self.procs.start(
+            "hub",
+            [
+                sys.executable,
+                "-m",
+                "leanloop.cli",
+                "hub",
+                "serve",
+                "--data",
+                str(self.work / "hub"),
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+                "--keys",
+                str(self.work / "keys"),
+            ],
+            self.work / "logs" / "hub.log",
+        )
         deadline = time.monotonic() + 60
         while not (self.work / "hub" / "admin.token").exists() or not self._port_open():
             self.procs.check()
@@ -215,10 +232,17 @@ class Demo:
                     "device_id": dev,
                     "state_dir": str(d / "state"),
                     "root": str(self.work / "keys" / "root.json"),
-                    "hub": {"url": self.url, "enroll_token": self.enroll_token, "cohort": arm,
-                            "poll_interval_s": 0.5},
-                    "source": {"path": str(d / "inbox"), "pattern": "*.png",
-                               "poll_interval_s": 0.05},
+                    "hub": {
+                        "url": self.url,
+                        "enroll_token": self.enroll_token,
+                        "cohort": arm,
+                        "poll_interval_s": 0.5,
+                    },
+                    "source": {
+                        "path": str(d / "inbox"),
+                        "pattern": "*.png",
+                        "poll_interval_s": 0.05,
+                    },
                     "inference": {"threads": 1},
                     "store": {"max_bytes": 2 << 20, "jpeg_quality": 95},
                     "sampling": {"weights": weights, "seed": self.s.seed},
@@ -226,9 +250,19 @@ class Demo:
                     "update": {"trial_frames": 10},
                 }
                 (d / "device.yaml").write_text(yaml.safe_dump(cfg))
-                self.procs.start(dev, [sys.executable, "-m", "leanloop.cli", "device", "run",
-                                       "--config", str(d / "device.yaml")],
-                                 self.work / "logs" / f"{dev}.log")
+                self.procs.start(
+                    dev,
+                    [
+                        sys.executable,
+                        "-m",
+                        "leanloop.cli",
+                        "device",
+                        "run",
+                        "--config",
+                        str(d / "device.yaml"),
+                    ],
+                    self.work / "logs" / f"{dev}.log",
+                )
         self.say(f"started {len(ARMS) * self.s.devices} device processes")
 
     # ---- data ----------------------------------------------------------------------------
@@ -250,11 +284,17 @@ class Demo:
         n = 0
         for arm in ARMS:
             for i, fr in enumerate(self.seed_frames):
-                ok, png = cv2.imencode(".png", fr.image)
-                meta = {"id": f"seed-{i:05d}", "frame_id": f"seed-{i:05d}.png",
-                        "bundle": f"digits-{arm}", "device_id": "lab", "priority": 0.0}
-                boxes = [[*map(float, b), str(lbl)] for b, lbl in zip(fr.boxes, fr.labels,
-                                                                     strict=True)]
+                _ok, png = cv2.imencode(".png", fr.image)
+                meta = {
+                    "id": f"seed-{i:05d}",
+                    "frame_id": f"seed-{i:05d}.png",
+                    "bundle": f"digits-{arm}",
+                    "device_id": "lab",
+                    "priority": 0.0,
+                }
+                boxes = [
+                    [*map(float, b), str(lbl)] for b, lbl in zip(fr.boxes, fr.labels, strict=True)
+                ]
                 self.hub.import_sample(meta, png.tobytes(), boxes)
             n = sum(len(f.labels) for f in self.seed_frames)
             self.labels[arm] = n
@@ -266,16 +306,19 @@ class Demo:
 
         for k in range(self.s.devices):
             stream = ProductionStream(
-                seed=self.s.seed * 1000 + k, images=self.images[self.pools["production"]],
+                seed=self.s.seed * 1000 + k,
+                images=self.images[self.pools["production"]],
                 labels=self.labels_all[self.pools["production"]],
                 n_frames=self.s.frames * (self.s.iterations + 1),
             )
             frames = stream.segment(it, self.s.frames)
             for j, fr in enumerate(frames):
                 name = f"it{it:02d}-d{k + 1}-{j:05d}.png"
-                self.gt[f"{k + 1}/{name}"] = ([list(map(float, b)) for b in fr.boxes],
-                                              [int(x) for x in fr.labels])
-                ok, png = cv2.imencode(".png", fr.image)
+                self.gt[f"{k + 1}/{name}"] = (
+                    [list(map(float, b)) for b in fr.boxes],
+                    [int(x) for x in fr.labels],
+                )
+                _ok, png = cv2.imencode(".png", fr.image)
                 for arm in ARMS:
                     inbox = self.work / "devices" / f"{arm}-{k + 1}" / "inbox"
                     tmp = inbox / f".{name}"
@@ -361,15 +404,22 @@ class Demo:
                     frames += int(fok)
                     right += r
                     digits += len(labels)
-                bytes_dl.append((self._status(dev).get("counters") or {}).get(
-                    "bytes_downloaded", 0))
+                bytes_dl.append(
+                    (self._status(dev).get("counters") or {}).get("bytes_downloaded", 0)
+                )
             n = self.s.frames * self.s.devices
-            self.rows.append(Row(
-                iteration=it, arm=arm, version=self.version[arm],
-                frame_accuracy=frames / n, digit_accuracy=right / max(1, digits),
-                labels=self.labels[arm], bytes_per_device=int(np.mean(bytes_dl)),
-                wall_s=round(time.monotonic() - self.t0, 1),
-            ))
+            self.rows.append(
+                Row(
+                    iteration=it,
+                    arm=arm,
+                    version=self.version[arm],
+                    frame_accuracy=frames / n,
+                    digit_accuracy=right / max(1, digits),
+                    labels=self.labels[arm],
+                    bytes_per_device=int(np.mean(bytes_dl)),
+                    wall_s=round(time.monotonic() - self.t0, 1),
+                )
+            )
 
     def annotate(self, arm: str) -> int:
         """The oracle labels the top of the hub's queue for this arm."""
@@ -378,16 +428,22 @@ class Demo:
         for meta in queue:
             k = str(meta["device_id"]).rsplit("-", 1)[1]
             boxes, labels = self.gt[f"{k}/{meta['frame_id']}"]
-            self.hub.annotate(meta["id"], [[*b, str(lbl)] for b, lbl in
-                                           zip(boxes, labels, strict=True)], annotator="oracle")
+            self.hub.annotate(
+                meta["id"],
+                [[*b, str(lbl)] for b, lbl in zip(boxes, labels, strict=True)],
+                annotator="oracle",
+            )
             n += len(labels)
         self.labels[arm] += n
         return len(queue)
 
     def train(self, arm: str, version: int) -> Path:
         job = self.hub.start_train(f"digits-{arm}", version, self.last_job.get(arm))
-        self.wait(f"training job {job}", lambda: self.hub.job(job)["state"] in ("done", "failed"),
-                  timeout=600)
+        self.wait(
+            f"training job {job}",
+            lambda: self.hub.job(job)["state"] in ("done", "failed"),
+            timeout=600,
+        )
         info = self.hub.job(job)
         if info["state"] != "done":
             raise DemoError(f"training job {job} failed: {info.get('error')}")
@@ -444,9 +500,15 @@ class Demo:
             t.add_column(col)
         for r in self.rows:
             if r.iteration == it:
-                t.add_row("uncertainty" if r.arm == "unc" else "random", f"v{r.version}",
-                          f"{r.frame_accuracy:.1%}", f"{r.digit_accuracy:.1%}", str(r.labels),
-                          f"{r.bytes_per_device:,}", f"{r.wall_s}")
+                t.add_row(
+                    "uncertainty" if r.arm == "unc" else "random",
+                    f"v{r.version}",
+                    f"{r.frame_accuracy:.1%}",
+                    f"{r.digit_accuracy:.1%}",
+                    str(r.labels),
+                    f"{r.bytes_per_device:,}",
+                    f"{r.wall_s}",
+                )
         Console(stderr=self.s.quiet).print(t)
 
 
@@ -461,8 +523,14 @@ def print_summary(rows: list[Row]) -> None:
     for it in its:
         u = next(r for r in rows if r.iteration == it and r.arm == "unc")
         r_ = next(r for r in rows if r.iteration == it and r.arm == "rnd")
-        t.add_row(str(it), f"{u.labels}", f"{u.frame_accuracy:.1%}", f"{r_.frame_accuracy:.1%}",
-                  f"{u.frame_accuracy - r_.frame_accuracy:+.1%}", f"{u.bytes_per_device:,}")
+        t.add_row(
+            str(it),
+            f"{u.labels}",
+            f"{u.frame_accuracy:.1%}",
+            f"{r_.frame_accuracy:.1%}",
+            f"{u.frame_accuracy - r_.frame_accuracy:+.1%}",
+            f"{u.bytes_per_device:,}",
+        )
     Console().print(t)
 
 
@@ -474,9 +542,10 @@ def run_demo(s: DemoSettings) -> list[Row]:
         demo.procs.stop_all()
     print_summary(rows)
     if s.json_report:
-        report = {"settings": {k: str(v) if isinstance(v, Path) else v
-                               for k, v in asdict(s).items()},
-                  "rows": [asdict(r) for r in rows]}
+        report = {
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
+            "rows": [asdict(r) for r in rows],
+        }
         path = demo.work / "report.json"
         path.write_text(json.dumps(report, indent=2))
         print(f"report: {path}", file=sys.stderr)

@@ -29,8 +29,13 @@ class HubClient:
         self.token = token
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, allowed_methods=None,
-                                  status_forcelist=(502, 503, 504), raise_on_status=False),
+            retries=urllib3.Retry(
+                total=2,
+                backoff_factor=0.2,
+                allowed_methods=None,
+                status_forcelist=(502, 503, 504),
+                raise_on_status=False,
+            ),
         )
 
     def _headers(self) -> dict[str, str]:
@@ -84,7 +89,9 @@ class HubClient:
 
     def heartbeat(self, status: dict[str, Any]) -> None:
         self._request(
-            "POST", "/device/heartbeat", body=json.dumps(status),
+            "POST",
+            "/device/heartbeat",
+            body=json.dumps(status),
             headers={"Content-Type": "application/json"},
         )
 
@@ -105,7 +112,10 @@ class HubClient:
 
 
 def load_or_enroll(
-    client: HubClient, state_dir: Path, device_id: str, enroll_token: str | None,
+    client: HubClient,
+    state_dir: Path,
+    device_id: str,
+    enroll_token: str | None,
     cohort: str | None,
 ) -> None:
     """Use the stored device token, or enroll once and store it (mode 0600)."""

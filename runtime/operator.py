@@ -45,8 +45,12 @@ def read_status(state_dir: Path) -> dict[str, Any]:
         act = slots.state.active
         if act:
             i = slots.info(act)
-            st["active"] = {"slot": act, "bundle": i.bundle, "version": i.version,
-                            "status": i.status}
+            st["active"] = {
+                "slot": act,
+                "bundle": i.bundle,
+                "version": i.version,
+                "status": i.status,
+            }
     st["running"] = service_pid(state_dir) is not None
     return st
 
@@ -75,13 +79,19 @@ def list_samples(state_dir: Path, top: int) -> list[dict[str, Any]]:
         for r in store.top(top, state="pending"):
             items = r.prediction.get("stages", {})
             last = list(items.values())[-1]["items"] if items else []
-            rows.append({
-                "id": r.id, "priority": r.priority, "frame_id": r.frame_id,
-                "bundle": r.bundle, "bundle_version": r.bundle_version,
-                "summary": " ".join(f"{i['label']}:{i['score']:.2f}" for i in last),
-                "upload_state": r.upload_state, "scores": r.scores,
-                "feedback": r.feedback.to_dict() if r.feedback else None,
-            })
+            rows.append(
+                {
+                    "id": r.id,
+                    "priority": r.priority,
+                    "frame_id": r.frame_id,
+                    "bundle": r.bundle,
+                    "bundle_version": r.bundle_version,
+                    "summary": " ".join(f"{i['label']}:{i['score']:.2f}" for i in last),
+                    "upload_state": r.upload_state,
+                    "scores": r.scores,
+                    "feedback": r.feedback.to_dict() if r.feedback else None,
+                }
+            )
         return rows
     finally:
         store.close()

@@ -84,8 +84,14 @@ class DeviceService:
         self._next: tuple[SlotName, LoadedBundle] | None = None
         self._trial: dict[str, int] | None = None
         self.counters: dict[str, Any] = {
-            "frames": 0, "frame_errors": 0, "bytes_downloaded": 0, "updates": 0,
-            "rollbacks": 0, "update_errors": 0, "uploaded": 0, "upload_errors": 0,
+            "frames": 0,
+            "frame_errors": 0,
+            "bytes_downloaded": 0,
+            "updates": 0,
+            "rollbacks": 0,
+            "update_errors": 0,
+            "uploaded": 0,
+            "upload_errors": 0,
         }
         self.last_update_error: str | None = None
         self.update_state = "idle"
@@ -97,15 +103,20 @@ class DeviceService:
         self.store = SampleStore(self.state_dir / "samples", max_bytes=cfg.store.max_bytes)
         scorer = make_scorer(cfg.sampling.weights, cfg.sampling.reducer, cfg.sampling.seed)
         self.writer = StoreWriter(
-            self.store, scorer, device_id=cfg.device_id, jpeg_quality=cfg.store.jpeg_quality,
-            queue_size=cfg.store.queue_size, min_priority=cfg.store.min_priority,
+            self.store,
+            scorer,
+            device_id=cfg.device_id,
+            jpeg_quality=cfg.store.jpeg_quality,
+            queue_size=cfg.store.queue_size,
+            min_priority=cfg.store.min_priority,
         )
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )
         sink_path = cfg.sink.path or self.state_dir / "results.jsonl"
-        self.sink: JsonlSink | NullSink = JsonlSink(sink_path) if cfg.sink.type == "jsonl" \
-            else NullSink()
+        self.sink: JsonlSink | NullSink = (
+            JsonlSink(sink_path) if cfg.sink.type == "jsonl" else NullSink()
+        )
         self.hub: HubClient | None = None
         self.fetcher: BundleFetcher | None = None
         self.uploader: Uploader | None = None
@@ -116,8 +127,9 @@ class DeviceService:
         """Load the active slot at start; fall back to the previous slot if it cannot load."""
         while self.slots.active_dir is not None:
             try:
-                self.bundle = load_bundle(self.slots.active_dir, self.cfg.inference.backend,
-                                          self.options)
+                self.bundle = load_bundle(
+                    self.slots.active_dir, self.cfg.inference.backend, self.options
+                )
                 info = self.slots.info(self.slots.state.active)  # type: ignore[arg-type]
                 if info.status == "trial":
                     self._trial = {"frames": 0, "errors": 0}
@@ -191,8 +203,12 @@ class DeviceService:
             image = decode_image(data)
         except FrameError as e:
             image = None
-            pred = Prediction(frame_id=frame_id, error=str(e), bundle=self.bundle.manifest.name,
-                              bundle_version=self.bundle.manifest.version)
+            pred = Prediction(
+                frame_id=frame_id,
+                error=str(e),
+                bundle=self.bundle.manifest.name,
+                bundle_version=self.bundle.manifest.version,
+            )
         if image is not None:
             pred = pipeline.run(image, frame_id)
         self.sink.write(pred)
@@ -234,12 +250,16 @@ class DeviceService:
                     raise HubError(f"{hub.enroll_token_file}: cannot read: {e}") from e
             load_or_enroll(self.hub, self.state_dir, self.cfg.device_id, token, hub.cohort)
             if self.cfg.root is None:
-                raise UpdateError("no pinned root configured (config key 'root'): "
-                                  "cannot verify bundles")
-            self.fetcher = BundleFetcher(self.state_dir / "tuf", self.cfg.root, hub.url,
-                                         self.hub.token)
+                raise UpdateError(
+                    "no pinned root configured (config key 'root'): cannot verify bundles"
+                )
+            self.fetcher = BundleFetcher(
+                self.state_dir / "tuf", self.cfg.root, hub.url, self.hub.token
+            )
             self.uploader = Uploader(
-                self.store, self.hub, batch=self.cfg.upload.batch,
+                self.store,
+                self.hub,
+                batch=self.cfg.upload.batch,
                 byte_budget_per_cycle=self.cfg.upload.byte_budget_per_cycle,
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
             )
@@ -299,8 +319,15 @@ class DeviceService:
         self.slots.mark_staged(slot)
         self.update_state = "staged"
         self.last_update_error = None
-        log.info("staged %s v%s in slot %s (%d fetched, %d reused, %d bytes)", name, version,
-                 slot, res.fetched, res.reused, res.downloaded_bytes)
+        log.info(
+            "staged %s v%s in slot %s (%d fetched, %d reused, %d bytes)",
+            name,
+            version,
+            slot,
+            res.fetched,
+            res.reused,
+            res.downloaded_bytes,
+        )
         with self._lock:
             self._next = (slot, loaded)
 
@@ -351,10 +378,17 @@ class DeviceService:
             "pid": os.getpid(),
             "time": time.time(),
             "uptime_s": round(up, 1),
-            "active": {"slot": act, "bundle": info.bundle, "version": info.version,
-                       "status": info.status} if info else None,
+            "active": {
+                "slot": act,
+                "bundle": info.bundle,
+                "version": info.version,
+                "status": info.status,
+            }
+            if info
+            else None,
             "previous": {"slot": prev, "bundle": pinfo.bundle, "version": pinfo.version}
-            if pinfo else None,
+            if pinfo
+            else None,
             "update_state": self.update_state,
             "last_update_error": self.last_update_error,
             "counters": dict(self.counters),

@@ -48,7 +48,8 @@ class FolderSource:
         if not self.folder.is_dir():
             return
         names = sorted(
-            p for p in self.folder.glob(self.pattern)
+            p
+            for p in self.folder.glob(self.pattern)
             if p.is_file() and not p.name.startswith(".") and p.name > self._last
         )
         self._pending = names

@@ -39,7 +39,10 @@ class AuthFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
         try:
             r = self._http.request(
-                "GET", url, headers=self._headers, preload_content=False,
+                "GET",
+                url,
+                headers=self._headers,
+                preload_content=False,
                 timeout=urllib3.Timeout(self._timeout),
             )
         except urllib3.exceptions.MaxRetryError as e:
@@ -76,7 +79,11 @@ class BundleFetcher:
     """Verified download of bundles from a hub's TUF repository."""
 
     def __init__(
-        self, metadata_dir: Path, pinned_root: Path, hub_url: str, token: str | None,
+        self,
+        metadata_dir: Path,
+        pinned_root: Path,
+        hub_url: str,
+        token: str | None,
         timeout_s: float = 30.0,
     ) -> None:
         self.metadata_dir = Path(metadata_dir)

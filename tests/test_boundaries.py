@@ -1,4 +1,4 @@
-"""Architecture boundaries: runtime never imports hub/trainer/torch; bsdiff imports nothing of ours."""
+"""Architecture boundaries: runtime never imports hub/trainer/torch; bsdiff imports none of ours."""
 
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ _BLOCK = textwrap.dedent(
 def _import_all(package: str, blocked: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _BLOCK, blocked, package],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -111,8 +111,9 @@ def build_bundle(
             f for f in candidates if Path(f).suffix in _MODEL_FORMATS
         ]
         if not primary:
-            raise BundleError(f"{src}: no model file models/{stage.model}.onnx for stage "
-                              f"{stage.name!r}")
+            raise BundleError(
+                f"{src}: no model file models/{stage.model}.onnx for stage {stage.name!r}"
+            )
         path = primary[0]
         fmt = _MODEL_FORMATS[Path(path).suffix]
         backend = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
@@ -127,7 +128,11 @@ def build_bundle(
             if f != path and Path(f).suffix in _MODEL_FORMATS
         }
         models[stage.model] = ModelEntry(
-            path=path, format=fmt, inputs=sig_in, outputs=sig_out, alternates=alternates  # type: ignore[arg-type]
+            path=path,
+            format=fmt,
+            inputs=sig_in,
+            outputs=sig_out,
+            alternates=alternates,
         )
 
     golden = [f for f in files if f.startswith("golden/") and f.endswith((".png", ".jpg"))]
@@ -135,7 +140,9 @@ def build_bundle(
     notes_path = src / "notes.json"
     if notes_path.exists():
         try:
-            all_notes.update({str(k): str(v) for k, v in json.loads(notes_path.read_text()).items()})
+            all_notes.update(
+                {str(k): str(v) for k, v in json.loads(notes_path.read_text()).items()}
+            )
         except (OSError, ValueError, AttributeError) as e:
             raise BundleError(f"{notes_path}: not a JSON object: {e}") from e
 

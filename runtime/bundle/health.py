@@ -10,7 +10,6 @@ becomes active. This catches a model that loads but computes garbage on this dev
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from runtime.bundle.loader import LoadedBundle
@@ -76,8 +75,6 @@ def run_health_check(loaded: LoadedBundle) -> None:
         except OSError as e:
             raise BundleError(f"health check: cannot read {rel}: {e}") from e
         got = loaded.pipeline.run_bytes(data, frame_id=rel)
-        diff = compare_predictions(
-            got, expected[rel], health.score_tolerance, health.box_tolerance
-        )
+        diff = compare_predictions(got, expected[rel], health.score_tolerance, health.box_tolerance)
         if diff is not None:
             raise BundleError(f"health check failed on {rel}: {diff}")

@@ -162,4 +162,3 @@ def load_bundle(
             m.close()
         raise
     return LoadedBundle(path=bundle_dir, manifest=manifest, pipeline=pipeline, backend=backend)
-

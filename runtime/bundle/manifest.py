@@ -116,7 +116,7 @@ class HealthCheck(_Strict):
 class Manifest(_Strict):
     """``manifest.json`` of a bundle."""
 
-    format: Literal["leanloop.bundle/1"] = BUNDLE_FORMAT
+    format: Literal["leanloop.bundle/1"] = "leanloop.bundle/1"
     name: str = Field(description="bundle name, e.g. 'digits'")
     version: int = Field(ge=1, description="monotonic per bundle name")
     created: str = Field(description="ISO 8601 UTC time of the build")

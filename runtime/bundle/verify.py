@@ -8,7 +8,7 @@ targets named ``<bundle>/<version>/<path>`` with exactly the file's length and s
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tuf.api.exceptions import UnsignedMetadataError
@@ -21,7 +21,7 @@ from runtime.errors import TrustError
 __all__ = ["verify_offline"]
 
 
-def _load(path: Path, what: str) -> Metadata:  # type: ignore[type-arg]
+def _load(path: Path, what: str) -> Metadata:
     try:
         return Metadata.from_bytes(path.read_bytes())
     except OSError as e:
@@ -45,7 +45,7 @@ def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None)
         root_md.signed.verify_delegate(Targets.type, targets_md.signed_bytes, targets_md.signatures)
     except UnsignedMetadataError as e:
         raise TrustError(f"{targets_path}: signature does not verify against the root: {e}") from e
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if targets_md.signed.is_expired(now):
         raise TrustError(f"{targets_path}: expired on {targets_md.signed.expires:%Y-%m-%d}")
     manifest = verify_bundle_dir(bundle_dir)

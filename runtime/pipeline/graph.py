@@ -130,9 +130,17 @@ class SsdPost(_BoxPost):
 
 
 class PluginPost(_Strict):
-    """User decoder: ``fn(outputs: list[np.ndarray], ctx: PostContext) -> StageResult``."""
+    """User decoder: ``fn(outputs: list[np.ndarray], ctx: PostContext) -> list[Item]``.
+
+    ``PostContext`` and ``Item`` are in :mod:`runtime.pipeline.postprocess` and
+    :mod:`runtime.pipeline.prediction`.
+    """
 
     type: Literal["plugin"]
+    kind: Literal["detection", "classification"] = Field(
+        default="detection",
+        description="what the items are: detections (with boxes) can feed a for_each stage",
+    )
     function: str = Field(description="dotted path 'pkg.module:function'")
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -155,7 +163,7 @@ class StageSpec(_Strict):
 class PipelineSpec(_Strict):
     """``pipeline.yaml``."""
 
-    format: Literal["leanloop.pipeline/1"] = PIPELINE_FORMAT
+    format: Literal["leanloop.pipeline/1"] = "leanloop.pipeline/1"
     stages: list[StageSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -171,7 +179,9 @@ class PipelineSpec(_Strict):
                         f"stage {st.name!r}: for_each names {st.for_each!r}, "
                         "which is not an earlier stage"
                     )
-                if isinstance(src.post, ClassifyPost):
+                if isinstance(src.post, ClassifyPost) or (
+                    isinstance(src.post, PluginPost) and src.post.kind == "classification"
+                ):
                     raise ValueError(
                         f"stage {st.name!r}: for_each needs a detection stage, "
                         f"{st.for_each!r} is a classifier"

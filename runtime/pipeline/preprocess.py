@@ -23,6 +23,7 @@ __all__ = [
     "Letterbox",
     "as_bgr",
     "crop_box",
+    "crop_region",
     "decode_image",
     "load_plugin",
     "preprocess",
@@ -46,7 +47,7 @@ def load_plugin(path: str) -> Callable[..., Any]:
         raise PipelineError(f"plug-in {path!r} cannot be loaded: {e}") from e
     if not callable(fn):
         raise PipelineError(f"plug-in {path!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -59,7 +60,8 @@ def decode_image(data: bytes) -> np.ndarray:
         raise FrameError("frame is not a decodable image")
     if img.dtype != np.uint8:
         # 16-bit PNGs and the like: scale to 8 bits.
-        img = (img.astype(np.float32) / float(np.iinfo(img.dtype).max) * 255.0).astype(np.uint8)
+        top = 65535.0 if img.dtype == np.uint16 else 1.0  # imdecode gives uint16 or float32
+        img = np.clip(img.astype(np.float32) / top * 255.0, 0, 255).astype(np.uint8)
     return as_bgr(img)
 
 
@@ -86,14 +88,15 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def crop_box(
-    image: np.ndarray, box: tuple[float, float, float, float], spec: CropSpec
-) -> np.ndarray | None:
-    """Crop ``box`` (x1,y1,x2,y2 pixels) with margin, clamped to the frame.
+def crop_region(
+    image_size: tuple[int, int], box: tuple[float, float, float, float], spec: CropSpec
+) -> tuple[int, int, int, int] | None:
+    """The integer pixel region (x1, y1, x2, y2) that :func:`crop_box` cuts from a frame of
+    ``image_size`` (width, height): ``box`` with margin (and squared), clamped to the frame.
 
-    Returns None when the clamped crop is smaller than ``spec.min_size`` on a side.
+    Returns None when the clamped region is smaller than ``spec.min_size`` on a side.
     """
-    h, w = image.shape[:2]
+    w, h = image_size
     x1, y1, x2, y2 = (float(v) for v in box)
     bw, bh = x2 - x1, y2 - y1
     if spec.square:
@@ -108,6 +111,21 @@ def crop_box(
     iy2 = min(h, int(np.ceil(y2 + my)))
     if ix2 - ix1 < spec.min_size or iy2 - iy1 < spec.min_size:
         return None
+    return ix1, iy1, ix2, iy2
+
+
+def crop_box(
+    image: np.ndarray, box: tuple[float, float, float, float], spec: CropSpec
+) -> np.ndarray | None:
+    """Crop ``box`` (x1,y1,x2,y2 pixels) with margin, clamped to the frame.
+
+    Returns None when the clamped crop is smaller than ``spec.min_size`` on a side.
+    """
+    h, w = image.shape[:2]
+    region = crop_region((w, h), box, spec)
+    if region is None:
+        return None
+    ix1, iy1, ix2, iy2 = region
     return image[iy1:iy2, ix1:ix2]
 
 

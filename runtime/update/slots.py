@@ -45,7 +45,7 @@ class SlotsState(BaseModel):
     active: SlotName | None = None
     previous: SlotName | None = None
     slots: dict[SlotName, SlotInfo] = Field(
-        default_factory=lambda: {"a": SlotInfo(), "b": SlotInfo()}
+        default_factory=lambda: {"a": SlotInfo(), "b": SlotInfo()}  # type: ignore[arg-type]
     )
     highest: dict[str, int] = Field(default_factory=dict)
     bad_versions: dict[str, list[int]] = Field(default_factory=dict)
@@ -66,7 +66,9 @@ class Slots:
         try:
             return SlotsState.model_validate(json.loads(self.path.read_bytes()))
         except (OSError, ValueError, ValidationError) as e:
-            raise UpdateError(f"{self.path}: unreadable slot state: {str(e).splitlines()[0]}") from e
+            raise UpdateError(
+                f"{self.path}: unreadable slot state: {str(e).splitlines()[0]}"
+            ) from e
 
     def save(self, event: str) -> None:
         self.state.last_event = event

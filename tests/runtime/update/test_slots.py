@@ -73,8 +73,9 @@ def test_operator_rollback_returns_to_previous_when_one_is_committed(tmp_path: P
         s.rollback()
 
 
-def test_state_file_is_unchanged_when_replace_fails(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_file_is_unchanged_when_replace_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = Slots(tmp_path)
     _install(s, "digits", 1)
     before = (tmp_path / "slots.json").read_bytes()
