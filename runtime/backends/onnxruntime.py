@@ -83,9 +83,7 @@ def unavailable_reason() -> str | None:
 def _spec(arg: Any) -> TensorSpec:
     shape: list[int | str] = []
     for i, d in enumerate(arg.shape or []):
-        if isinstance(d, int) and d >= 0:
-            shape.append(d)
-        elif isinstance(d, str) and d:
+        if (isinstance(d, int) and d >= 0) or (isinstance(d, str) and d):
             shape.append(d)
         else:  # unnamed dynamic axis (None or -1)
             shape.append(f"dim{i}")
@@ -151,7 +149,7 @@ class OrtBackend:
         return self._session
 
     def warmup(self, runs: int) -> None:
-        """Run ``runs`` times on zeros of the input shapes (dynamic axes -> 1). Raises BackendError."""
+        """Run ``runs`` times on zeros of the inputs (dynamic axes: 1). Raises BackendError."""
         if runs <= 0:
             return
         feed = {
@@ -165,7 +163,7 @@ class OrtBackend:
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run once; outputs in signature order. Raises BackendError."""
         try:
-            return self._session.run(self._output_names, inputs)  # type: ignore[no-any-return]
+            return self._session.run(self._output_names, inputs)
         except Exception as e:
             if self._session is None:
                 raise BackendError(f"{self.path}: onnxruntime: the model is closed") from e

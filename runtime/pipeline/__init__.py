@@ -1,0 +1,77 @@
+"""The device pipeline: graph spec, pre-processing, engines' outputs decoded into predictions.
+
+``graph`` parses ``pipeline.yaml``; ``preprocess`` turns frames and crops into input tensors
+(shared with the trainer); ``postprocess`` decodes raw outputs into items; ``pipeline`` runs the
+stages over loaded backends; ``prediction`` is the per-frame result and its stable JSON form.
+"""
+
+from __future__ import annotations
+
+from runtime.pipeline.graph import (
+    PIPELINE_FORMAT,
+    Anchors,
+    ClassifyPost,
+    CropSpec,
+    PipelineSpec,
+    PluginPost,
+    PreSpec,
+    SsdPost,
+    StageSpec,
+    YoloPost,
+    load_pipeline_spec,
+    parse_pipeline_spec,
+)
+from runtime.pipeline.pipeline import Decoder, Pipeline
+from runtime.pipeline.postprocess import (
+    PostContext,
+    classify,
+    decode_ssd,
+    decode_yolo_v5,
+    decode_yolo_v8,
+    nms,
+    ssd_anchors,
+)
+from runtime.pipeline.prediction import Item, Prediction, StageResult
+from runtime.pipeline.preprocess import (
+    Letterbox,
+    as_bgr,
+    crop_box,
+    crop_region,
+    decode_image,
+    load_plugin,
+    preprocess,
+)
+
+__all__ = [
+    "PIPELINE_FORMAT",
+    "Anchors",
+    "ClassifyPost",
+    "CropSpec",
+    "Decoder",
+    "Item",
+    "Letterbox",
+    "Pipeline",
+    "PipelineSpec",
+    "PluginPost",
+    "PostContext",
+    "PreSpec",
+    "Prediction",
+    "SsdPost",
+    "StageResult",
+    "StageSpec",
+    "YoloPost",
+    "as_bgr",
+    "classify",
+    "crop_box",
+    "crop_region",
+    "decode_image",
+    "decode_ssd",
+    "decode_yolo_v5",
+    "decode_yolo_v8",
+    "load_pipeline_spec",
+    "load_plugin",
+    "nms",
+    "parse_pipeline_spec",
+    "preprocess",
+    "ssd_anchors",
+]

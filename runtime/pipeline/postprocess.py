@@ -1,0 +1,397 @@
+"""Post-processing: turn an engine's raw output tensors into lists of prediction items.
+
+Everything here is pure numpy (no engine, no I/O), so each decoder is tested on hand-built
+tensors. The pipeline picks one decoder per stage from the stage's ``post`` spec:
+
+- :func:`classify` — ``softmax`` / ``sigmoid`` / ``identity`` over a ``[B, C]`` (or ``[B, C, 1,
+  1]``) output; one item per batch row, with the top-k and the full score vector.
+- :func:`decode_yolo_v8` — one output ``[1, 4+C, N]``: rows ``cx, cy, w, h`` in model-input
+  pixels, then C class scores that are already sigmoid.
+- :func:`decode_yolo_v5` — one output ``[1, N, 5+C]``: ``cx, cy, w, h, objectness, C class
+  scores`` (sigmoid already); a box's score is ``objectness * class score``.
+- :func:`decode_ssd` — box deltas ``[1, N, 4]`` against generated anchors (:func:`ssd_anchors`)
+  and class logits ``[1, N, C+1]`` (softmax, index 0 is background).
+
+Detection decoders then share one tail: keep boxes scoring at least ``score_threshold``, map
+them from model-input pixels to source-image pixels with :meth:`Letterbox.to_source`, clamp
+them to the image (boxes left with no area are dropped), run greedy :func:`nms` (per class
+unless ``class_agnostic``) and keep at most ``max_detections``, best first. Class names come
+from the post spec's ``classes`` when given, else from the bundle ontology; an id beyond the
+list is labelled with its number.
+
+Plug-in decoders
+----------------
+``post: {type: plugin, function: "pkg.module:fn", params: {...}}`` calls::
+
+    fn(outputs: list[np.ndarray], ctx: PostContext) -> list[Item]
+
+``outputs`` are the model's outputs in signature order for **one** image (batch of one);
+``ctx`` carries the stage's :class:`~runtime.pipeline.graph.PluginPost` spec, the class names,
+the :class:`~runtime.pipeline.preprocess.Letterbox` from model-input to source pixels, the source
+image size ``(width, height)`` and the spec's ``params``. Boxes must be returned in source-image
+pixels (use ``ctx.letterbox.to_source``). Anything the function raises makes that frame an error
+result; it never stops the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import PipelineError
+from runtime.pipeline.graph import Anchors, ClassifyPost, PluginPost, SsdPost, YoloPost
+from runtime.pipeline.prediction import Item
+from runtime.pipeline.preprocess import Letterbox
+
+__all__ = [
+    "PostContext",
+    "classify",
+    "decode_ssd",
+    "decode_yolo_v5",
+    "decode_yolo_v8",
+    "label_of",
+    "nms",
+    "select_output",
+    "sigmoid",
+    "softmax",
+    "ssd_anchors",
+]
+
+
+@dataclass(frozen=True)
+class PostContext:
+    """What a plug-in decoder gets besides the raw outputs."""
+
+    spec: PluginPost
+    classes: list[str]
+    letterbox: Letterbox
+    image_size: tuple[int, int]  # source image (width, height) in pixels
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- small helpers --------------------------------------------------------------------------
+
+
+def label_of(class_id: int, classes: Sequence[str]) -> str:
+    """The class name of ``class_id``, or its number when the list is too short."""
+    return classes[class_id] if 0 <= class_id < len(classes) else str(class_id)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float32."""
+    z = x.astype(np.float32, copy=True)
+    z -= z.max(axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=axis, keepdims=True)
+    return z
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function in float32, written with tanh so large inputs do not overflow."""
+    z = x.astype(np.float32, copy=True)
+    z *= 0.5
+    np.tanh(z, out=z)
+    z += 1.0
+    z *= 0.5
+    return z
+
+
+def select_output(
+    outputs: Sequence[np.ndarray], which: int | str, names: Sequence[str] | None = None
+) -> np.ndarray:
+    """The output ``which`` names: an index, or a name looked up in ``names``.
+
+    Raises PipelineError when it does not exist.
+    """
+    if isinstance(which, str):
+        if names is None or which not in names:
+            raise PipelineError(f"model has no output named {which!r} (has {list(names or [])})")
+        which = list(names).index(which)
+    if not -len(outputs) <= which < len(outputs):
+        raise PipelineError(f"model has no output {which} (it has {len(outputs)})")
+    return outputs[which]
+
+
+# ---- classification -------------------------------------------------------------------------
+
+
+def classify(
+    outputs: Sequence[np.ndarray],
+    spec: ClassifyPost,
+    classes: Sequence[str],
+    names: Sequence[str] | None = None,
+) -> list[Item]:
+    """Scores per batch row -> one item per row: best class, top-k and the full score vector.
+
+    Raises PipelineError when the selected output does not exist.
+    """
+    raw = np.asarray(select_output(outputs, spec.output, names))
+    rows = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
+    if spec.type == "softmax":
+        probs = softmax(rows, axis=1)
+    elif spec.type == "sigmoid":
+        probs = sigmoid(rows)
+    else:
+        probs = rows.astype(np.float32, copy=False)
+    n_classes = probs.shape[1]
+    k = min(spec.top_k, n_classes)
+    if k == 1:
+        order = probs.argmax(axis=1)[:, None]
+    else:
+        part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        part_scores = np.take_along_axis(probs, part, axis=1)
+        order = np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
+    top_scores = np.take_along_axis(probs, order, axis=1).tolist()
+    order_l = order.tolist()
+    items: list[Item] = []
+    for row, ids, scores in zip(probs.tolist(), order_l, top_scores, strict=True):
+        best = ids[0]
+        items.append(
+            Item(
+                class_id=best,
+                label=label_of(best, classes),
+                score=scores[0],
+                scores=row,
+                top_k=[(label_of(i, classes), s) for i, s in zip(ids, scores, strict=True)],
+            )
+        )
+    return items
+
+
+# ---- NMS ------------------------------------------------------------------------------------
+
+
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou: float,
+    class_ids: np.ndarray | None = None,
+    max_keep: int | None = None,
+) -> np.ndarray:
+    """Greedy non-maximum suppression; indices of the kept boxes, best score first.
+
+    ``boxes`` is ``N×4`` x1,y1,x2,y2. A box is suppressed when its IoU with an already kept box
+    is above ``iou``. With ``class_ids`` boxes only suppress boxes of the same class (done by
+    shifting each class to its own disjoint region, so it stays one vectorised pass). Stops
+    after ``max_keep`` boxes.
+    """
+    n = len(boxes)
+    if n == 0:
+        return np.empty(0, dtype=np.intp)
+    b = np.asarray(boxes, dtype=np.float32).reshape(n, 4)
+    if class_ids is not None:
+        span = float(b.max() - b.min()) + 1.0
+        b = b + (np.asarray(class_ids, dtype=np.float32).reshape(n, 1) * span)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    order = np.argsort(-np.asarray(scores, dtype=np.float32).reshape(n), kind="stable")
+    limit = n if max_keep is None else max_keep
+    keep: list[int] = []
+    while order.size and len(keep) < limit:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        if not rest.size:
+            break
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        union = areas[i] + areas[rest] - inter
+        overlap = inter / np.maximum(union, 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.intp)
+
+
+# ---- detection ------------------------------------------------------------------------------
+
+
+def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+    out = np.empty_like(b, dtype=np.float32)
+    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
+    out[:, 0] = b[:, 0] - half_w
+    out[:, 1] = b[:, 1] - half_h
+    out[:, 2] = b[:, 0] + half_w
+    out[:, 3] = b[:, 1] + half_h
+    return out
+
+
+def _single(output: np.ndarray, what: str, width: int) -> np.ndarray:
+    """Drop the batch axis of a batch-of-one output and check its last axis."""
+    a = np.asarray(output)
+    if a.ndim == 3:
+        if a.shape[0] != 1:
+            raise PipelineError(f"{what}: expected a batch of one, got shape {a.shape}")
+        a = a[0]
+    if a.ndim != 2 or (width > 0 and a.shape[1] != width):
+        raise PipelineError(f"{what}: unexpected output shape {np.shape(output)}")
+    return a
+
+
+def _finish(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    spec: YoloPost | SsdPost,
+    classes: Sequence[str],
+    letterbox: Letterbox,
+    image_size: tuple[int, int],
+) -> list[Item]:
+    """Shared tail: threshold, map to source pixels, clamp, NMS, cap, build items."""
+    keep = scores >= spec.score_threshold
+    if not keep.any():
+        return []
+    boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+    src = letterbox.to_source(boxes)
+    w, h = image_size
+    src[:, 0::2] = np.clip(src[:, 0::2], 0, w)
+    src[:, 1::2] = np.clip(src[:, 1::2], 0, h)
+    has_area = (src[:, 2] > src[:, 0]) & (src[:, 3] > src[:, 1])
+    if not has_area.all():
+        src, scores, class_ids = src[has_area], scores[has_area], class_ids[has_area]
+    idx = nms(
+        src,
+        scores,
+        spec.nms_iou,
+        class_ids=None if spec.class_agnostic else class_ids,
+        max_keep=spec.max_detections,
+    )
+    names = spec.classes if spec.classes is not None else classes
+    return [
+        Item(
+            class_id=c,
+            label=label_of(c, names),
+            score=s,
+            box=(b[0], b[1], b[2], b[3]),
+        )
+        for b, s, c in zip(
+            src[idx].tolist(), scores[idx].tolist(), class_ids[idx].tolist(), strict=True
+        )
+    ]
+
+
+def decode_yolo_v8(
+    outputs: Sequence[np.ndarray],
+    spec: YoloPost,
+    classes: Sequence[str],
+    letterbox: Letterbox,
+    image_size: tuple[int, int],
+) -> list[Item]:
+    """Decode one ``[1, 4+C, N]`` output (cx,cy,w,h in input pixels, sigmoid class scores).
+
+    Raises PipelineError when the output does not have that layout.
+    """
+    pred = _single(outputs[0], "yolo_v8", 0)
+    if pred.shape[0] < 5:
+        raise PipelineError(f"yolo_v8: expected [1, 4+C, N], got shape {np.shape(outputs[0])}")
+    cls_scores = pred[4:]
+    class_ids = cls_scores.argmax(axis=0)
+    scores = np.take_along_axis(cls_scores, class_ids[None], axis=0)[0].astype(np.float32)
+    boxes = _cxcywh_to_xyxy(pred[:4].T)
+    return _finish(boxes, scores, class_ids, spec, classes, letterbox, image_size)
+
+
+def decode_yolo_v5(
+    outputs: Sequence[np.ndarray],
+    spec: YoloPost,
+    classes: Sequence[str],
+    letterbox: Letterbox,
+    image_size: tuple[int, int],
+) -> list[Item]:
+    """Decode one ``[1, N, 5+C]`` output; score = objectness × best class score.
+
+    Raises PipelineError when the output does not have that layout.
+    """
+    pred = _single(outputs[0], "yolo_v5", 0)
+    if pred.shape[1] < 6:
+        raise PipelineError(f"yolo_v5: expected [1, N, 5+C], got shape {np.shape(outputs[0])}")
+    cls_scores = pred[:, 5:]
+    class_ids = cls_scores.argmax(axis=1)
+    best = np.take_along_axis(cls_scores, class_ids[:, None], axis=1)[:, 0]
+    scores = (pred[:, 4] * best).astype(np.float32)
+    boxes = _cxcywh_to_xyxy(pred[:, :4])
+    return _finish(boxes, scores, class_ids, spec, classes, letterbox, image_size)
+
+
+def ssd_anchors(spec: Anchors) -> np.ndarray:
+    """Generate SSD anchors as an ``N×4`` float32 array of ``cx, cy, w, h`` (fractions of input).
+
+    For each feature map ``k`` of size ``(fw, fh)``, in order: rows ``j`` in ``0..fh-1``, columns
+    ``i`` in ``0..fw-1``, each size ``s`` of ``sizes[k]``, each aspect ratio ``ar``::
+
+        cx = (i + 0.5) / fw        cy = (j + 0.5) / fh
+        w  = s * sqrt(ar)          h  = s / sqrt(ar)
+
+    so ``N = sum_k fw_k * fh_k * len(sizes[k]) * len(aspect_ratios)``. The model must emit its
+    boxes in this same order. Raises PipelineError when ``sizes`` does not have one list per
+    feature map.
+    """
+    if len(spec.sizes) != len(spec.feature_maps):
+        raise PipelineError(
+            f"ssd anchors: {len(spec.feature_maps)} feature maps but {len(spec.sizes)} size lists"
+        )
+    ratios = np.sqrt(np.asarray(spec.aspect_ratios, dtype=np.float64))
+    parts: list[np.ndarray] = []
+    for (fw, fh), sizes in zip(spec.feature_maps, spec.sizes, strict=True):
+        s = np.asarray(sizes, dtype=np.float64)
+        wh = np.stack(
+            [(s[:, None] * ratios[None, :]).ravel(), (s[:, None] / ratios[None, :]).ravel()],
+            axis=1,
+        )  # [S*R, 2], sizes outer, ratios inner
+        jj, ii = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+        centers = np.stack([(ii.ravel() + 0.5) / fw, (jj.ravel() + 0.5) / fh], axis=1)
+        m = len(wh)
+        block = np.empty((len(centers) * m, 4), dtype=np.float64)
+        block[:, :2] = np.repeat(centers, m, axis=0)
+        block[:, 2:] = np.tile(wh, (len(centers), 1))
+        parts.append(block)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def decode_ssd(
+    outputs: Sequence[np.ndarray],
+    spec: SsdPost,
+    classes: Sequence[str],
+    letterbox: Letterbox,
+    image_size: tuple[int, int],
+    input_size: tuple[int, int],
+    anchors: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+) -> list[Item]:
+    """Decode SSD box deltas ``[1, N, 4]`` and class logits ``[1, N, C+1]``.
+
+    Standard SSD decoding with variances ``(v0, v1)`` against anchors ``(acx, acy, aw, ah)``::
+
+        cx = acx + dx * v0 * aw        cy = acy + dy * v0 * ah
+        w  = aw * exp(dw * v1)         h  = ah * exp(dh * v1)
+
+    The result is a fraction of the model input, scaled by ``input_size`` (width, height) to
+    input pixels. Class scores are a softmax over C+1 logits; index 0 is background, so class
+    ``c`` of the result is logit ``c + 1``. ``anchors`` defaults to ``ssd_anchors(spec.anchors)``
+    (pass them pre-computed on the hot path). Raises PipelineError on shape mismatches.
+    """
+    anchors = ssd_anchors(spec.anchors) if anchors is None else anchors
+    deltas = _single(select_output(outputs, spec.boxes_output, names), "ssd boxes", 4)
+    logits = _single(select_output(outputs, spec.scores_output, names), "ssd scores", 0)
+    if len(deltas) != len(anchors) or len(logits) != len(anchors) or logits.shape[1] < 2:
+        raise PipelineError(
+            f"ssd: {len(anchors)} anchors but boxes {np.shape(deltas)} and scores "
+            f"{np.shape(logits)}"
+        )
+    v0, v1 = spec.anchors.variances
+    d = deltas.astype(np.float32, copy=False)
+    a = anchors
+    cx = a[:, 0] + d[:, 0] * v0 * a[:, 2]
+    cy = a[:, 1] + d[:, 1] * v0 * a[:, 3]
+    w = a[:, 2] * np.exp(d[:, 2] * v1)
+    h = a[:, 3] * np.exp(d[:, 3] * v1)
+    tw, th = input_size
+    boxes = np.stack(
+        [(cx - w / 2) * tw, (cy - h / 2) * th, (cx + w / 2) * tw, (cy + h / 2) * th], axis=1
+    ).astype(np.float32)
+    probs = softmax(logits, axis=1)[:, 1:]
+    class_ids = probs.argmax(axis=1)
+    scores = np.take_along_axis(probs, class_ids[:, None], axis=1)[:, 0]
+    return _finish(boxes, scores, class_ids, spec, classes, letterbox, image_size)
