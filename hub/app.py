@@ -328,8 +328,12 @@ async def enroll(request: web.Request) -> web.Response:
 @routes.get(f"{API}/device/desired")
 async def desired(request: web.Request) -> web.Response:
     """The bundle version a rollout asked this device to run (nulls: none yet)."""
-    device = request.app[DB].device(_device_id(request))
-    return web.json_response({"bundle": device.desired_bundle, "version": device.desired_version})
+    db = request.app[DB]
+    device = db.device(_device_id(request))
+    bundle, version = device.desired_bundle, device.desired_version
+    if bundle is None:
+        bundle, version = db.cohort_desired(device.cohort)
+    return web.json_response({"bundle": bundle, "version": version})
 
 
 @routes.post(f"{API}/device/heartbeat")

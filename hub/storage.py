@@ -206,6 +206,11 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen REAL
 );
 CREATE INDEX IF NOT EXISTS devices_cohort ON devices(cohort);
+CREATE TABLE IF NOT EXISTS cohorts (
+    name TEXT PRIMARY KEY,
+    desired_bundle TEXT NOT NULL,
+    desired_version INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS samples (
     id TEXT PRIMARY KEY,
     bundle TEXT NOT NULL,
@@ -288,6 +293,15 @@ class HubDB:
             last_seen=row["last_seen"],
         )
 
+    def cohort_desired(self, cohort: str | None) -> tuple[str | None, int | None]:
+        """The bundle version the last cohort-wide rollout named, or (None, None)."""
+        if cohort is None:
+            return None, None
+        row = self._db.execute(
+            "SELECT desired_bundle, desired_version FROM cohorts WHERE name = ?", (cohort,)
+        ).fetchone()
+        return (row["desired_bundle"], row["desired_version"]) if row else (None, None)
+
     def device(self, device_id: str) -> Device:
         """One device. Raises NotFound."""
         row = self._db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
@@ -336,6 +350,14 @@ class HubDB:
                     where, args = where + " AND cohort = ?", [*args, cohort]
             elif cohort is not None:
                 where, args = "cohort = ?", [cohort]
+                # Devices that join the cohort later start from the cohort's rollout.
+                self._db.execute(
+                    "INSERT INTO cohorts (name, desired_bundle, desired_version) "
+                    "VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                    "desired_bundle = excluded.desired_bundle, "
+                    "desired_version = excluded.desired_version",
+                    (cohort, bundle, version),
+                )
             else:
                 where, args = "1 = 1", []
             cur = self._db.execute(

@@ -303,3 +303,21 @@ async def test_annotation_when_sample_is_unknown_is_404(hub: Hub) -> None:
         f"{API}/admin/samples/nope/annotation", json=body, headers=hub.admin
     )
     assert resp.status == 404
+
+
+async def test_desired_when_device_joins_cohort_after_its_rollout_follows_the_cohort(
+    hub: Hub, make_bundle: Any
+) -> None:
+    await hub.publish(make_bundle("digits", 1))
+    resp = await hub.client.post(
+        f"{API}/admin/rollouts",
+        json={"bundle": "digits", "version": 1, "cohort": "lab"},
+        headers=hub.admin,
+    )
+    assert await resp.json() == {"devices": 0}
+    late = await hub.enroll("cam-9", cohort="lab")
+    other = await hub.enroll("cam-10", cohort="field")
+    got = await (await hub.client.get(f"{API}/device/desired", headers=late)).json()
+    assert got == {"bundle": "digits", "version": 1}
+    got = await (await hub.client.get(f"{API}/device/desired", headers=other)).json()
+    assert got == {"bundle": None, "version": None}
