@@ -317,7 +317,8 @@ class Pipeline:
                     "pipeline %s v%s: stage %s failed (%d so far)",
                     self.bundle, self.bundle_version, stage_name, self._failures, exc_info=True,
                 )
-            return self._failed(frame_id, f"stage {stage_name}: {_one_line(e)}", t0)
+            where = f"stage {stage_name}" if stage_name else "frame"
+            return self._failed(frame_id, f"{where}: {_one_line(e)}", t0)
         total = (time.perf_counter() - t0) * 1000.0
         stats["frames"] += 1
         stats["latency_ms"] += _EWMA * (total - stats["latency_ms"])
