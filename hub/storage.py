@@ -195,6 +195,9 @@ class Job:
     artifact_path: str | None
 
 
+# The cohorts row that a fleet-wide rollout (no devices, no cohort) writes.
+FLEET = "*"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
@@ -294,13 +297,16 @@ class HubDB:
         )
 
     def cohort_desired(self, cohort: str | None) -> tuple[str | None, int | None]:
-        """The bundle version the last cohort-wide rollout named, or (None, None)."""
-        if cohort is None:
-            return None, None
-        row = self._db.execute(
-            "SELECT desired_bundle, desired_version FROM cohorts WHERE name = ?", (cohort,)
-        ).fetchone()
-        return (row["desired_bundle"], row["desired_version"]) if row else (None, None)
+        """What the last rollout to this cohort (else to the whole fleet) named, or Nones."""
+        for name in (cohort, FLEET):
+            if name is None:
+                continue
+            row = self._db.execute(
+                "SELECT desired_bundle, desired_version FROM cohorts WHERE name = ?", (name,)
+            ).fetchone()
+            if row:
+                return row["desired_bundle"], row["desired_version"]
+        return None, None
 
     def device(self, device_id: str) -> Device:
         """One device. Raises NotFound."""
@@ -348,18 +354,16 @@ class HubDB:
                 where, args = f"id IN ({','.join('?' * len(devices))})", list(devices)
                 if cohort is not None:
                     where, args = where + " AND cohort = ?", [*args, cohort]
-            elif cohort is not None:
-                where, args = "cohort = ?", [cohort]
-                # Devices that join the cohort later start from the cohort's rollout.
+            else:
+                where, args = ("cohort = ?", [cohort]) if cohort is not None else ("1 = 1", [])
+                # Devices that join later start from the cohort's (or the fleet's) rollout.
                 self._db.execute(
                     "INSERT INTO cohorts (name, desired_bundle, desired_version) "
                     "VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                     "desired_bundle = excluded.desired_bundle, "
                     "desired_version = excluded.desired_version",
-                    (cohort, bundle, version),
+                    (cohort if cohort is not None else FLEET, bundle, version),
                 )
-            else:
-                where, args = "1 = 1", []
             cur = self._db.execute(
                 f"UPDATE devices SET desired_bundle = ?, desired_version = ? WHERE {where}",
                 [bundle, version, *args],

@@ -88,6 +88,12 @@ class UploadSettings(_Strict):
 
 class UpdateSettings(_Strict):
     trial_frames: int = Field(default=20, ge=0, description="frames before a commit")
+    trial_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="the trial also ends after this long, judged on the frames it saw (a "
+        "device without frames commits on its health check alone)",
+    )
     trial_max_error_rate: float = Field(default=0.2, ge=0, le=1)
 
 

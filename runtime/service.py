@@ -82,7 +82,7 @@ class DeviceService:
         self.options = BackendOptions(threads=cfg.inference.threads)
         self.bundle: LoadedBundle | None = None
         self._next: tuple[SlotName, LoadedBundle] | None = None
-        self._trial: dict[str, int] | None = None
+        self._trial: dict[str, float] | None = None
         self.counters: dict[str, Any] = {
             "frames": 0,
             "frame_errors": 0,
@@ -132,7 +132,7 @@ class DeviceService:
                 )
                 info = self.slots.info(self.slots.state.active)  # type: ignore[arg-type]
                 if info.status == "trial":
-                    self._trial = {"frames": 0, "errors": 0}
+                    self._trial = {"frames": 0, "errors": 0, "t0": time.monotonic()}
                 return
             except LeanloopError as e:
                 log.error("active bundle does not load: %s", e)
@@ -148,7 +148,7 @@ class DeviceService:
         slot, loaded = nxt
         self.slots.activate(slot)  # persisted before the first frame is served from it
         old, self.bundle = self.bundle, loaded
-        self._trial = {"frames": 0, "errors": 0}
+        self._trial = {"frames": 0, "errors": 0, "t0": time.monotonic()}
         self.counters["updates"] += 1
         self.update_state = "trial"
         log.info("serving %s v%s (trial)", loaded.manifest.name, loaded.manifest.version)
@@ -187,8 +187,23 @@ class DeviceService:
 
     # ---- the hot path ------------------------------------------------------------------
 
+    def _judge_trial(self) -> None:
+        """End the trial when it has seen enough frames or lasted long enough."""
+        t = self._trial
+        if t is None:
+            return
+        enough = t["frames"] >= self.cfg.update.trial_frames
+        if not enough and time.monotonic() - t["t0"] < self.cfg.update.trial_s:
+            return
+        rate = t["errors"] / max(1.0, t["frames"])
+        if rate > self.cfg.update.trial_max_error_rate:
+            self._end_trial(False, f"error rate {rate:.0%} over {int(t['frames'])} frames")
+        else:
+            self._end_trial(True, "trial passed")
+
     def _frame_step(self) -> bool:
         self._swap_if_ready()
+        self._judge_trial()
         if self.bundle is None:
             return False
         got = self.source.next()
@@ -222,13 +237,7 @@ class DeviceService:
         if self._trial is not None:
             self._trial["frames"] += 1
             self._trial["errors"] += int(pred.error is not None and image is not None)
-            t = self._trial
-            if t["frames"] >= self.cfg.update.trial_frames:
-                rate = t["errors"] / max(1, t["frames"])
-                if rate > self.cfg.update.trial_max_error_rate:
-                    self._end_trial(False, f"error rate {rate:.0%} over {t['frames']} frames")
-                else:
-                    self._end_trial(True, "trial passed")
+            self._judge_trial()
         if self.cfg.source.fps_limit > 0:
             time.sleep(1.0 / self.cfg.source.fps_limit)
         return True

@@ -230,8 +230,7 @@ def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
     gap = 2
     x1, y1, x2, y2 = box
     return any(
-        x1 < b[2] + gap and b[0] < x2 + gap and y1 < b[3] + gap and b[1] < y2 + gap
-        for b in others
+        x1 < b[2] + gap and b[0] < x2 + gap and y1 < b[3] + gap and b[1] < y2 + gap for b in others
     )
 
 
@@ -288,8 +287,9 @@ def compose_frame(
         ys, xs = np.nonzero(alpha > _INK_THRESHOLD / 255.0)
         if len(xs) == 0:
             continue
-        placed.append((x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1,
-                       y + int(ys.max()) + 1))
+        placed.append(
+            (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
+        )
         frame_labels.append(int(labels[idx]))
     if style.blur and rng.random() < style.blur:
         canvas = cv2.GaussianBlur(canvas, (3, 3), float(rng.uniform(0.5, 1.0)))

@@ -51,8 +51,12 @@ def decode_yolo_v8(
     keep = keep[np.argsort(-score[keep], kind="stable")]
     chosen: list[tuple[Box, float]] = []
     for i in keep:
-        box = (float(cx[i] - w[i] / 2), float(cy[i] - h[i] / 2), float(cx[i] + w[i] / 2),
-               float(cy[i] + h[i] / 2))
+        box = (
+            float(cx[i] - w[i] / 2),
+            float(cy[i] - h[i] / 2),
+            float(cx[i] + w[i] / 2),
+            float(cy[i] + h[i] / 2),
+        )
         if all(box_iou(box, other) <= nms_iou for other, _ in chosen):
             chosen.append((box, float(score[i])))
     return chosen

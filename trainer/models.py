@@ -16,6 +16,8 @@ exported graph, so the device runs no detector-specific code.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -50,20 +52,22 @@ class DigitDetector(nn.Module):
             _conv(64, 64),
         )
         self.head = nn.Conv2d(64, 5, 1)
-        cells = DETECTOR_INPUT // DETECTOR_STRIDE
+        self.cells = cells = DETECTOR_INPUT // DETECTOR_STRIDE
         gy, gx = torch.meshgrid(torch.arange(cells), torch.arange(cells), indexing="ij")
         self.register_buffer("grid", torch.stack([gx, gy]).float().reshape(1, 2, -1), False)
+        bias = cast(torch.Tensor, self.head.bias)
         with torch.no_grad():  # start with few, confident "no digit" cells: stable BCE
-            self.head.bias.zero_()
-            self.head.bias[0] = -4.0
+            bias.zero_()
+            bias[0] = -4.0
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Raw head ``[B, 5, 12, 12]``: objectness logit, dx, dy (logits), log w, log h."""
-        return self.head(self.features(x))  # type: ignore[no-any-return]
+        return self.head(self.features(x))
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw head → ``[B, 5, 144]``: cx, cy, w, h (input pixels) and sigmoid score."""
-        flat = raw.flatten(2)
+        # A constant target shape (not flatten) keeps the exported output's 5 and 144 static.
+        flat = raw.reshape(-1, 5, self.cells * self.cells)
         grid: torch.Tensor = self.grid  # type: ignore[assignment]
         centre = (grid + torch.sigmoid(flat[:, 1:3])) * DETECTOR_STRIDE
         size = torch.exp(flat[:, 3:5].clamp(-_LOG_SIZE_LIMIT, _LOG_SIZE_LIMIT)) * ANCHOR_PX
@@ -96,4 +100,4 @@ class DigitClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))  # type: ignore[no-any-return]
+        return self.classifier(self.features(x))

@@ -38,7 +38,13 @@ import torch.nn.functional as F
 
 from runtime.pipeline.preprocess import crop_box, preprocess
 from trainer.errors import TrainerError
-from trainer.models import ANCHOR_PX, DETECTOR_INPUT, DETECTOR_STRIDE, DigitClassifier, DigitDetector
+from trainer.models import (
+    ANCHOR_PX,
+    DETECTOR_INPUT,
+    DETECTOR_STRIDE,
+    DigitClassifier,
+    DigitDetector,
+)
 from trainer.stages import CLASSIFIER_CROP, CLASSIFIER_PRE, DETECTOR_PRE
 
 __all__ = [
@@ -244,12 +250,15 @@ def _cut_patches(frames: list[AnnotatedFrame], pad: int = 3) -> list[_Patch]:
         h, w = fr.image.shape[:2]
         for (x1, y1, x2, y2), label in zip(fr.boxes, fr.labels, strict=True):
             ix1, iy1 = max(0, int(x1) - pad), max(0, int(y1) - pad)
-            ix2, iy2 = min(w, int(math.ceil(x2)) + pad), min(h, int(math.ceil(y2)) + pad)
+            ix2, iy2 = min(w, math.ceil(x2) + pad), min(h, math.ceil(y2) + pad)
             if ix2 - ix1 < 4 or iy2 - iy1 < 4:
                 continue
             patches.append(
-                _Patch(fr.image[iy1:iy2, ix1:ix2].copy(), (x1 - ix1, y1 - iy1, x2 - ix1, y2 - iy1),
-                       label)
+                _Patch(
+                    fr.image[iy1:iy2, ix1:ix2].copy(),
+                    (x1 - ix1, y1 - iy1, x2 - ix1, y2 - iy1),
+                    label,
+                )
             )
     return patches
 
@@ -258,19 +267,21 @@ def _clean_background(fr: AnnotatedFrame) -> np.ndarray:
     """The frame with its digits painted out (what the scene looks like without them)."""
     mask = np.zeros(fr.image.shape[:2], np.uint8)
     for x1, y1, x2, y2 in fr.boxes:
-        cv2.rectangle(mask, (int(x1) - 2, int(y1) - 2), (int(math.ceil(x2)) + 2,
-                                                         int(math.ceil(y2)) + 2), 255, -1)
+        cv2.rectangle(
+            mask, (int(x1) - 2, int(y1) - 2), (math.ceil(x2) + 2, math.ceil(y2) + 2), 255, -1
+        )
     if not mask.any():
         return fr.image.copy()
     return cv2.inpaint(fr.image, mask, 3, cv2.INPAINT_TELEA)
 
 
-def _paste(rng: np.random.Generator, canvas: np.ndarray, patch: _Patch, x: int, y: int,
-           scale: float) -> None:
+def _paste(
+    rng: np.random.Generator, canvas: np.ndarray, patch: _Patch, x: int, y: int, scale: float
+) -> None:
     img = cv2.resize(patch.image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
     # A soft matte from the patch's own contrast: ink is what is clearly above its background.
-    low, peak = np.percentile(gray, 25) + 6.0, np.percentile(gray, 99)
+    low, peak = float(np.percentile(gray, 25)) + 6.0, float(np.percentile(gray, 99))
     alpha = np.clip((gray - low) / max(peak - low, 10.0), 0, 1)
     alpha *= float(rng.uniform(0.55, 1.0))
     h, w = gray.shape
@@ -304,8 +315,9 @@ def synthesize_frames(
                 continue
             for _attempt in range(20):
                 x, y = int(rng.integers(0, w - pw)), int(rng.integers(0, h - ph))
-                if not any(x < b[2] and b[0] < x + pw and y < b[3] and b[1] < y + ph
-                           for b in taken):
+                if not any(
+                    x < b[2] and b[0] < x + pw and y < b[3] and b[1] < y + ph for b in taken
+                ):
                     break
             else:
                 continue
@@ -446,13 +458,19 @@ def train_models(
 
     if init is not None:
         models = load_checkpoint(init)
-        det_steps, cls_steps, lr = params.warm_detector_steps, params.warm_classifier_steps, (
-            params.warm_lr)
+        det_steps, cls_steps, lr = (
+            params.warm_detector_steps,
+            params.warm_classifier_steps,
+            (params.warm_lr),
+        )
     else:
         models = TrainedModels(DigitDetector(), DigitClassifier())
         det_steps, cls_steps, lr = params.detector_steps, params.classifier_steps, params.lr
-    metrics: dict[str, float] = {"frames": float(len(annotated)), "digits": float(n_digits),
-                                 "warm_start": float(init is not None)}
+    metrics: dict[str, float] = {
+        "frames": float(len(annotated)),
+        "digits": float(n_digits),
+        "warm_start": float(init is not None),
+    }
 
     t0 = time.perf_counter()
     n_syn = min(params.max_synthetic, round(params.synthetic_per_frame * len(annotated)))
@@ -465,8 +483,9 @@ def train_models(
         return _detector_loss(models.detector.raw(x), det_t[idx], params.pos_weight)
 
     t1 = time.perf_counter()
-    metrics["detector_loss"] = _fit(models.detector, len(det_x), params.detector_batch,
-                                    det_steps, lr, gen, det_loss)
+    metrics["detector_loss"] = _fit(
+        models.detector, len(det_x), params.detector_batch, det_steps, lr, gen, det_loss
+    )
     metrics["detector_train_s"] = time.perf_counter() - t1
     metrics["detector_samples"] = float(len(det_x))
 
@@ -482,12 +501,14 @@ def train_models(
         return F.cross_entropy(models.classifier(cls_x[idx]), cls_y[idx], label_smoothing=0.05)
 
     t3 = time.perf_counter()
-    metrics["classifier_loss"] = _fit(models.classifier, len(cls_x), params.classifier_batch,
-                                      cls_steps, lr, gen, cls_loss)
+    metrics["classifier_loss"] = _fit(
+        models.classifier, len(cls_x), params.classifier_batch, cls_steps, lr, gen, cls_loss
+    )
     metrics["classifier_train_s"] = time.perf_counter() - t3
     metrics["classifier_samples"] = float(len(cls_x))
     metrics["train_s"] = time.perf_counter() - t0
-    log.info("trained on %d frames (%d digits) in %.1f s", len(annotated), n_digits,
-             metrics["train_s"])
+    log.info(
+        "trained on %d frames (%d digits) in %.1f s", len(annotated), n_digits, metrics["train_s"]
+    )
     models.metrics = metrics
     return models

@@ -1,0 +1,137 @@
+"""A real device process against a real hub: install a signed bundle, serve, upload; refuse
+tampered files and bad signatures with a one-line reason while serving the bundle it has."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conftest import BundleMaker, Device
+
+from hub.app import BLOBS
+from hub.client import HubAdminClient
+from hub.testing import LiveHub
+from runtime.bundle.loader import read_manifest
+
+BOXES_V1 = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
+BOXES_V2 = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
+
+
+def _active(version: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda st: (st.get("active") or {}).get("version") == version
+
+
+def _serve_v1(
+    admin: HubAdminClient, make_bundle: BundleMaker, start_device: Callable[..., Device]
+) -> Device:
+    admin.publish_bundle(make_bundle(1, BOXES_V1), _keys(admin))
+    admin.rollout("digits", 1)
+    dev = start_device()
+    dev.wait("v1 committed", lambda st: _active(1)(st) and st["active"]["status"] == "committed")
+    return dev
+
+
+def _keys(admin: HubAdminClient) -> Path:
+    return admin._keys  # type: ignore[attr-defined,no-any-return]
+
+
+def test_device_installs_serves_and_uploads_when_bundle_is_signed(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    admin._keys = keys  # type: ignore[attr-defined]
+    dev = _serve_v1(admin, make_bundle, start_device)
+    names = dev.feed(6)
+    dev.wait("frames processed", lambda st: st["counters"]["frames"] >= 6)
+    res = dev.results()
+    pred = res[names[0]]
+    assert pred["bundle_version"] == 1
+    labels = [it["label"] for it in pred["stages"]["classifier"]["items"]]
+    assert labels == ["2", "7"]  # brightness 60 -> 2, 200 -> 7
+    dev.wait("trial committed", lambda st: st["active"]["status"] == "committed")
+    dev.wait("samples uploaded", lambda st: st["counters"]["uploaded"] >= 1)
+    assert admin.samples("digits", state="pending", limit=50)
+
+
+def test_device_refuses_tampered_file_and_keeps_serving_when_hub_blob_is_altered(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    admin._keys = keys  # type: ignore[attr-defined]
+    dev = _serve_v1(admin, make_bundle, start_device)
+    v2 = make_bundle(2, BOXES_V2)
+    admin.publish_bundle(v2, keys)
+    sha = read_manifest(v2).files["models/detector.onnx"].sha256
+    blob = live_hub.app[BLOBS].path(sha)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    admin.rollout("digits", 2)
+    st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
+    err = st["last_update_error"]
+    assert "\n" not in err and "digits v2 refused" in err, err
+    assert st["active"]["version"] == 1
+    names = dev.feed(3)
+    dev.wait("frames after refusal", lambda st: st["counters"]["frames"] >= 3)
+    assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
+    slots = json.loads((dev.state / "slots.json").read_text())
+    assert all(s["status"] != "staging" for s in slots["slots"].values())
+
+
+def test_device_refuses_metadata_and_keeps_serving_when_signature_is_bad(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    admin._keys = keys  # type: ignore[attr-defined]
+    dev = _serve_v1(admin, make_bundle, start_device)
+    admin.publish_bundle(make_bundle(2, BOXES_V2), keys)
+    ts = live_hub.config.data_dir / "tuf" / "timestamp.json"
+    md = json.loads(ts.read_text())
+    sig = md["signatures"][0]["sig"]
+    md["signatures"][0]["sig"] = ("0" if sig[0] != "0" else "1") + sig[1:]
+    ts.write_text(json.dumps(md))
+    admin.rollout("digits", 2)
+    st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
+    err = st["last_update_error"]
+    assert "\n" not in err and "signed metadata rejected" in err, err
+    assert st["active"]["version"] == 1
+    names = dev.feed(2)
+    dev.wait("frames after refusal", lambda st: st["counters"]["frames"] >= 2)
+    assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
+
+
+def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    admin._keys = keys  # type: ignore[attr-defined]
+    dev = _serve_v1(admin, make_bundle, start_device)
+    first = dev.status()["counters"]["bytes_downloaded"]
+    v2 = make_bundle(2, BOXES_V2)
+    admin.publish_bundle(v2, keys)
+    admin.rollout("digits", 2)
+    dev.feed(4)
+    st = dev.wait(
+        "v2 committed", lambda st: _active(2)(st) and st["active"]["status"] == "committed"
+    )
+    clf = read_manifest(v2).files["models/classifier.onnx"].size
+    # The classifier is byte-identical between v1 and v2: it is copied from the active slot.
+    assert (
+        st["counters"]["bytes_downloaded"] - first
+        < sum(f.size for f in read_manifest(v2).files.values()) - clf + 20000
+    )
+    assert st["previous"]["version"] == 1
