@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,7 +150,7 @@ def load_checkpoint(folder: Path) -> TrainedModels:
             net.load_state_dict(state)
         except FileNotFoundError as e:
             raise TrainerError(f"{path}: checkpoint missing; train from scratch instead") from e
-        except (RuntimeError, OSError, ValueError) as e:
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise TrainerError(f"{path}: not a {key} checkpoint of this trainer: {first}") from e
         net.eval()
@@ -461,7 +462,7 @@ def train_models(
         det_steps, cls_steps, lr = (
             params.warm_detector_steps,
             params.warm_classifier_steps,
-            (params.warm_lr),
+            params.warm_lr,
         )
     else:
         models = TrainedModels(DigitDetector(), DigitClassifier())

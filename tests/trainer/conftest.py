@@ -3,6 +3,7 @@ shared by every test that needs trained networks (training once keeps the suite 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,20 @@ def frames_of(digits: Digits, pool: str, style: Style, n: int, seed: int) -> lis
 
 def annotated(frames: list[Frame]) -> list[AnnotatedFrame]:
     return [AnnotatedFrame(f.image, f.boxes, f.labels) for f in frames]
+
+
+MakeFrames = Callable[[str, Style, int, int], list[Frame]]
+
+
+@pytest.fixture(scope="session")
+def make_frames(digits: Digits) -> MakeFrames:
+    """``make_frames(pool, style, n, seed)``: n composed frames from one digit pool."""
+    return lambda pool, style, n, seed: frames_of(digits, pool, style, n, seed)
+
+
+@pytest.fixture(scope="session")
+def quick() -> TrainParams:
+    return QUICK
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from conftest import Digits, frames_of
 
 from trainer import data
-from trainer.data import FIELD_STYLE, LAB_STYLE, ProductionStream, Style, compose_frame
+from trainer.data import FIELD_STYLE, LAB_STYLE, Frame, ProductionStream, Style, compose_frame
+
+Digits = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
+MakeFrames = Callable[[str, Style, int, int], list[Frame]]
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -54,9 +56,9 @@ def test_split_pools_when_split_are_disjoint_cover_all_and_repeat_by_seed() -> N
 
 @pytest.mark.parametrize("style", [LAB_STYLE, FIELD_STYLE], ids=["lab", "field"])
 def test_compose_frame_when_drawn_many_times_boxes_are_inside_and_disjoint(
-    digits: Digits, style: Style
+    make_frames: MakeFrames, style: Style
 ) -> None:
-    for fr in frames_of(digits, "seed", style, 150, seed=11):
+    for fr in make_frames("seed", style, 150, seed=11):
         assert fr.image.shape == (96, 96, 3) and fr.image.dtype == np.uint8
         assert 1 <= len(fr.boxes) <= 3 and len(fr.boxes) == len(fr.labels)
         for i, (x1, y1, x2, y2) in enumerate(fr.boxes):
@@ -68,8 +70,8 @@ def test_compose_frame_when_drawn_many_times_boxes_are_inside_and_disjoint(
             assert gray[int(y1) : int(y2), int(x1) : int(x2)].max() > np.median(gray) + 25
 
 
-def test_compose_frame_when_field_prior_is_skewed_labels_follow_it(digits: Digits) -> None:
-    labels = [lbl for fr in frames_of(digits, "seed", FIELD_STYLE, 600, 5) for lbl in fr.labels]
+def test_compose_frame_when_field_prior_is_skewed_labels_follow_it(make_frames: MakeFrames) -> None:
+    labels = [lbl for fr in make_frames("seed", FIELD_STYLE, 600, 5) for lbl in fr.labels]
     freq = np.bincount(labels, minlength=10) / len(labels)
     prior = np.asarray(FIELD_STYLE.class_prior) / sum(FIELD_STYLE.class_prior)
     # ~1,200 digits: the standard error of a frequency is at most ~0.015
@@ -77,24 +79,27 @@ def test_compose_frame_when_field_prior_is_skewed_labels_follow_it(digits: Digit
     assert freq[7] > 0.25 and freq[2] > 0.17 and freq[0] < 0.07
 
 
-def test_compose_frame_when_lab_prior_is_uniform_labels_are_balanced(digits: Digits) -> None:
-    labels = [lbl for fr in frames_of(digits, "seed", LAB_STYLE, 600, 5) for lbl in fr.labels]
+def test_compose_frame_when_lab_prior_is_uniform_labels_are_balanced(
+    make_frames: MakeFrames,
+) -> None:
+    labels = [lbl for fr in make_frames("seed", LAB_STYLE, 600, 5) for lbl in fr.labels]
     freq = np.bincount(labels, minlength=10) / len(labels)
     assert np.abs(freq - 0.1).max() < 0.04
 
 
-def test_compose_frame_when_same_seed_gives_identical_frames(digits: Digits) -> None:
-    a = frames_of(digits, "seed", FIELD_STYLE, 5, seed=3)
-    b = frames_of(digits, "seed", FIELD_STYLE, 5, seed=3)
-    assert all(np.array_equal(x.image, y.image) and x.boxes == y.boxes for x, y in zip(a, b))
+def test_compose_frame_when_same_seed_gives_identical_frames(make_frames: MakeFrames) -> None:
+    a = make_frames("seed", FIELD_STYLE, 5, seed=3)
+    b = make_frames("seed", FIELD_STYLE, 5, seed=3)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.image, y.image) and x.boxes == y.boxes
 
 
 def test_field_style_when_compared_to_lab_gives_fainter_brighter_noisier_frames(
-    digits: Digits,
+    make_frames: MakeFrames,
 ) -> None:
     def stats(style: Style) -> tuple[float, float, float]:
         bg, ink, noise = [], [], []
-        for fr in frames_of(digits, "seed", style, 60, seed=9):
+        for fr in make_frames("seed", style, 60, seed=9):
             gray = fr.image.mean(axis=2)
             mask = np.zeros(gray.shape, bool)
             for x1, y1, x2, y2 in fr.boxes:
@@ -122,12 +127,14 @@ def test_production_stream_when_same_seed_is_deterministic_and_random_access(
     b = ProductionStream(4, images[idx], labels[idx], n_frames=40)
     seg_a, seg_b = a.segment(2, 10), b.segment(2, 10)
     assert len(seg_a) == 10
-    assert all(np.array_equal(x.image, y.image) and x.labels == y.labels
-               for x, y in zip(seg_a, seg_b, strict=True))
+    assert all(
+        np.array_equal(x.image, y.image) and x.labels == y.labels
+        for x, y in zip(seg_a, seg_b, strict=True)
+    )
     whole = list(a)
-    assert all(np.array_equal(x.image, y.image) for x, y in zip(whole[20:30], seg_a))
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(whole[20:30], seg_a, strict=True))
     other = ProductionStream(5, images[idx], labels[idx], n_frames=40).segment(2, 10)
-    assert not all(np.array_equal(x.image, y.image) for x, y in zip(seg_a, other))
+    assert not all(np.array_equal(x.image, y.image) for x, y in zip(seg_a, other, strict=True))
 
 
 def test_production_stream_when_time_goes_on_drifts_toward_field(digits: Digits) -> None:
@@ -144,8 +151,12 @@ def test_production_stream_when_time_goes_on_drifts_toward_field(digits: Digits)
 
 def test_compose_frame_when_pool_is_empty_raises() -> None:
     with pytest.raises(ValueError, match="non-empty"):
-        compose_frame(np.random.default_rng(0), np.zeros((0, 28, 28), np.uint8),
-                      np.zeros(0, np.int64), LAB_STYLE)
+        compose_frame(
+            np.random.default_rng(0),
+            np.zeros((0, 28, 28), np.uint8),
+            np.zeros(0, np.int64),
+            LAB_STYLE,
+        )
 
 
 def test_data_module_when_imported_does_not_import_torch() -> None:

@@ -1,0 +1,140 @@
+"""trainer.job: the command the hub runs, end to end on a tiny labelled set."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import pytest
+
+from trainer.data import LAB_STYLE, Frame, Style
+from trainer.job import main
+
+MakeFrames = Callable[[str, Style, int, int], list[Frame]]
+TINY = json.dumps(
+    {
+        "detector_steps": 4,
+        "classifier_steps": 4,
+        "warm_detector_steps": 2,
+        "warm_classifier_steps": 2,
+        "views_per_digit": 2,
+        "synthetic_per_frame": 0.5,
+    }
+)
+
+
+def _export(frames: list[Frame], folder: Path) -> tuple[Path, Path]:
+    """What the hub's ``export_samples`` writes: annotations.jsonl and images/<id>.jpg."""
+    images = folder / "images"
+    images.mkdir(parents=True)
+    lines = []
+    for i, fr in enumerate(frames):
+        cv2.imwrite(str(images / f"s{i:03d}.jpg"), fr.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        boxes = [[*b, str(lbl)] for b, lbl in zip(fr.boxes, fr.labels, strict=True)]
+        lines.append(json.dumps({"id": f"s{i:03d}", "boxes": boxes}))
+    lines.append(json.dumps({"id": "empty", "boxes": []}))  # a negative frame
+    cv2.imwrite(str(images / "empty.jpg"), frames[0].image * 0 + 30)
+    (folder / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "annotations.jsonl", images
+
+
+def test_job_cli_when_run_on_a_tiny_set_writes_a_source_and_warm_starts(
+    make_frames: MakeFrames, tmp_path: Path
+) -> None:
+    ann, images = _export(make_frames("seed", LAB_STYLE, 8, 31), tmp_path)
+    first = tmp_path / "job1" / "source"
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.job",
+        "--annotations",
+        str(ann),
+        "--images",
+        str(images),
+        "--params",
+        TINY,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # what the demo's hub passes on
+    run = subprocess.run(
+        [*cmd, "--out", str(first)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "loaded 9 frames" in run.stdout
+    assert (first / "models" / "detector.onnx").is_file()
+    assert (first / "checkpoint" / "detector.pt").is_file()
+
+    second = tmp_path / "job2" / "source"
+    code = main(
+        [
+            "--annotations",
+            str(ann),
+            "--images",
+            str(images),
+            "--params",
+            TINY,
+            "--out",
+            str(second),
+            "--init-from",
+            str(first / "checkpoint"),
+        ]
+    )
+    assert code == 0
+    notes = json.loads((second / "notes.json").read_text())
+    assert notes["train.warm_start"] == "1"
+    assert notes["init_from"].endswith("checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "s000", "boxes": [[1, 2, 30, 40, "seven"]]}', "not ontology classes"),
+        ('{"id": "nope", "boxes": []}', "missing"),
+        ('{"boxes": []}', "not an annotation line"),
+        ('{"id": "s000", "boxes": [[30, 2, 1, 40, "7"]]}', "x2 <= x1"),
+        ('{"id": "../s000", "boxes": []}', "not a plain file name"),
+    ],
+)
+def test_job_cli_when_input_is_bad_exits_2_with_one_line(
+    make_frames: MakeFrames,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    line: str,
+    message: str,
+) -> None:
+    ann, images = _export(make_frames("seed", LAB_STYLE, 1, 32), tmp_path)
+    ann.write_text(line + "\n")
+    code = main(
+        ["--annotations", str(ann), "--images", str(images), "--out", str(tmp_path / "out")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.startswith("error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_job_cli_when_init_from_is_missing_exits_2(
+    make_frames: MakeFrames, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ann, images = _export(make_frames("seed", LAB_STYLE, 1, 33), tmp_path)
+    code = main(
+        [
+            "--annotations",
+            str(ann),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "out"),
+            "--init-from",
+            str(tmp_path / "nowhere"),
+        ]
+    )
+    assert code == 2 and "no checkpoint" in capsys.readouterr().err
