@@ -310,6 +310,7 @@ class Demo:
                 images=self.images[self.pools["production"]],
                 labels=self.labels_all[self.pools["production"]],
                 n_frames=self.s.frames * (self.s.iterations + 1),
+                start_mix=0.4, end_mix=0.85, ramp_frames=self.s.frames,
             )
             frames = stream.segment(it, self.s.frames)
             for j, fr in enumerate(frames):
@@ -378,11 +379,17 @@ class Demo:
         self.wait(f"devices to process segment {it}", done)
 
         def uploaded() -> bool:
+            # status.json lags the results file by up to a second: only trust a status that
+            # has counted every frame of this segment.
             for arm in ARMS:
                 for dev in self.device_ids(arm):
                     st = self._status(dev)
+                    if (st.get("counters") or {}).get("frames", 0) < (it + 1) * self.s.frames:
+                        return False
                     store, w = st.get("store") or {}, st.get("writer") or {}
-                    if store.get("pending", 1) or w.get("queued", 0):
+                    settled = sum(w.get(k, 0) for k in ("stored", "rejected", "skipped",
+                                                         "dropped", "errors"))
+                    if w.get("offered", 0) != settled or store.get("pending", 1):
                         return False
             return True
 

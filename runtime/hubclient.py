@@ -28,6 +28,7 @@ class HubClient:
         self.url = url.rstrip("/")
         self.token = token
         self._http = urllib3.PoolManager(
+            maxsize=4,  # the update and upload threads share the client
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
             retries=urllib3.Retry(
                 total=2,

@@ -326,9 +326,13 @@ class ProductionStream:
         lab: Style = LAB_STYLE,
         field: Style = FIELD_STYLE,
         size: int = 96,
+        ramp_frames: int | None = None,
     ) -> None:
         if n_frames < 1:
             raise ValueError("a production stream needs at least one frame")
+        # The style moves from start_mix to end_mix over the first ramp_frames frames (default:
+        # the whole stream), then stays: a new style arrives and stays.
+        self.ramp_frames = ramp_frames if ramp_frames is not None else n_frames - 1
         self.seed, self.n_frames, self.size = seed, n_frames, size
         self.images, self.labels = images, labels
         self.start_mix, self.end_mix = start_mix, end_mix
@@ -339,7 +343,7 @@ class ProductionStream:
 
     def progress(self, k: int) -> float:
         """Where frame ``k`` sits in the stream, 0 (start) to 1 (end)."""
-        return k / (self.n_frames - 1) if self.n_frames > 1 else 1.0
+        return min(1.0, k / self.ramp_frames) if self.ramp_frames > 0 else 1.0
 
     def mix(self, k: int) -> float:
         """Probability that frame ``k`` is drawn in the field style."""
