@@ -61,6 +61,7 @@ class DemoSettings:
     json_report: bool = False
     timeout_s: float = 300.0
     quiet: bool = False
+    train_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -445,7 +446,8 @@ class Demo:
         return len(queue)
 
     def train(self, arm: str, version: int) -> Path:
-        job = self.hub.start_train(f"digits-{arm}", version, self.last_job.get(arm))
+        job = self.hub.start_train(f"digits-{arm}", version, self.last_job.get(arm),
+                                   params=self.s.train_params or None)
         self.wait(
             f"training job {job}",
             lambda: self.hub.job(job)["state"] in ("done", "failed"),

@@ -1,0 +1,131 @@
+"""Bundle build, offline verify, golden health check and the CLI around them, on real models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import BundleMaker, painted_frame
+from typer.testing import CliRunner
+
+from hub.client import HubAdminClient
+from hub.signing import init_keys
+from hub.testing import LiveHub
+from leanloop.cli import app
+from runtime.bundle.health import run_health_check
+from runtime.bundle.loader import file_sha256, load_bundle, verify_bundle_dir
+from runtime.bundle.verify import verify_offline
+from runtime.errors import BundleError, TrustError
+
+BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
+
+
+def _rehash(bundle: Path, rel: str) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    p = bundle / rel
+    m["files"][rel] = {"sha256": file_sha256(p), "size": p.stat().st_size}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def test_build_lists_every_file_and_records_golden_outputs_when_source_is_valid(
+    make_bundle: BundleMaker,
+) -> None:
+    b = make_bundle(1, BOXES)
+    m = verify_bundle_dir(b)
+    assert {"pipeline.yaml", "ontology.yaml", "models/detector.onnx", "models/classifier.onnx",
+            "golden/000.png", "golden/expected.json"} <= set(m.files)
+    assert m.models["classifier"].inputs[0].shape[0] == "batch"
+    loaded = load_bundle(b)
+    try:
+        run_health_check(loaded)
+    finally:
+        loaded.close()
+
+
+def test_verify_names_the_file_when_one_byte_is_flipped(make_bundle: BundleMaker) -> None:
+    b = make_bundle(1, BOXES)
+    p = b / "models" / "detector.onnx"
+    data = bytearray(p.read_bytes())
+    data[100] ^= 1
+    p.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"models/detector\.onnx does not match"):
+        verify_bundle_dir(b)
+
+
+def test_health_check_fails_when_outputs_differ_from_golden(make_bundle: BundleMaker) -> None:
+    b = make_bundle(1, BOXES)
+    exp_path = b / "golden" / "expected.json"
+    exp = json.loads(exp_path.read_text())
+    item = exp["golden/000.png"]["classifier"]["items"][0]
+    item["class_id"], item["label"] = (item["class_id"] + 1) % 10, "x"
+    exp_path.write_text(json.dumps(exp))
+    _rehash(b, "golden/expected.json")
+    loaded = load_bundle(b)
+    try:
+        with pytest.raises(BundleError, match="health check failed on golden/000.png"):
+            run_health_check(loaded)
+    finally:
+        loaded.close()
+
+
+def test_offline_verify_accepts_signed_bundle_and_rejects_wrong_root_when_keys_differ(
+    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    tmp_path: Path,
+) -> None:
+    b = make_bundle(1, BOXES)
+    admin.publish_bundle(b, keys)
+    targets = tmp_path / "targets.json"
+    targets.write_bytes(admin.current_targets() or b"")
+    assert verify_offline(b, keys / "root.json", targets).version == 1
+    init_keys(tmp_path / "other")
+    with pytest.raises(TrustError, match="signature does not verify"):
+        verify_offline(b, tmp_path / "other" / "root.json", targets)
+    (b / "pipeline.yaml").write_text((b / "pipeline.yaml").read_text() + "\n")
+    _rehash(b, "pipeline.yaml")
+    with pytest.raises(TrustError, match="manifest.json: does not match its signed target"):
+        verify_offline(b, keys / "root.json", targets)
+
+
+def test_cli_verify_exits_1_with_one_line_when_bundle_is_tampered(
+    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    tmp_path: Path,
+) -> None:
+    b = make_bundle(1, BOXES)
+    admin.publish_bundle(b, keys)
+    targets = tmp_path / "t.json"
+    targets.write_bytes(admin.current_targets() or b"")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["bundle", "verify", str(b), "--root", str(keys / "root.json"),
+                             "--targets", str(targets)])
+    assert ok.exit_code == 0, ok.output
+    (b / "golden" / "000.png").write_bytes(b"not a png")
+    bad = runner.invoke(app, ["bundle", "verify", str(b), "--root", str(keys / "root.json"),
+                              "--targets", str(targets)])
+    assert bad.exit_code == 1
+    lines = [ln for ln in bad.output.splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "golden/000.png" in lines[0]
+
+
+def test_cli_infer_reports_bad_frames_and_keeps_going_when_images_are_mixed(
+    make_bundle: BundleMaker, tmp_path: Path,
+) -> None:
+    b = make_bundle(1, BOXES)
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), painted_frame())
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG truncated")
+    r = CliRunner().invoke(app, ["infer", "--bundle", str(b), "--json", str(corrupt), str(good)])
+    assert r.exit_code == 1
+    preds = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert preds[0]["error"] and "error" not in preds[1]
+    assert [i["label"] for i in preds[1]["stages"]["classifier"]["items"]] == ["2", "7"]
+
+
+def test_cli_rejects_config_with_exit_2_when_a_key_is_unknown(tmp_path: Path) -> None:
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("device_id: x\nsourc: {}\n")
+    r = CliRunner().invoke(app, ["device", "run", "--config", str(cfg)])
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("error: ") and "sourc" in r.output
