@@ -6,7 +6,8 @@ training run wants every core of a small hub). The runner
 1. exports the bundle's annotated samples: ``annotations.jsonl`` (one
    ``{"id": …, "boxes": [[x1, y1, x2, y2, "label"], …]}`` per line) and ``images/<id>.jpg``;
 2. runs ``<trainer_command> --annotations F --images D --out <job>/source
-   [--init-from <data>/jobs/<prev>/source/checkpoint] [--params JSON]`` with stdout and stderr to ``job.log``
+   [--init-from <data>/jobs/<prev>/source/checkpoint]
+   [--params JSON]`` with stdout and stderr to ``job.log``
    (``trainer_command`` is ``python -m trainer.job`` unless the config says otherwise);
 3. packs ``source/`` as ``source.tar.gz`` (the artifact) and marks the job ``done`` — or
    ``failed`` with a one-line error at any step.

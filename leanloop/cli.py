@@ -309,7 +309,7 @@ def demo(
     frames: Annotated[
         int, typer.Option(min=10, help="production frames per device per iteration")
     ] = 150,
-    budget: Annotated[int, typer.Option(min=1, help="frames labelled per iteration per arm")] = 40,
+    budget: Annotated[int, typer.Option(min=1, help="digit labels per iteration per arm")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="also write report.json")] = False,
 ) -> None:

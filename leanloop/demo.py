@@ -13,7 +13,8 @@ has its own bundle lineage (``digits-unc``, ``digits-rnd``), both starting from 
 
 Iteration 0 measures the MVP (v1, trained on the seed batch). Each later iteration:
 devices run a production segment → keep and upload their most valuable samples → the hub ranks
-them → the oracle labels the top ``budget`` frames → a training job retrains (warm start) →
+them → the oracle labels the top frames, ``budget`` digit labels per arm → a training job
+retrains (warm start) →
 the admin builds, signs (TUF) and publishes v+1 → devices fetch, verify, health-check and swap
 → the next segment is measured with the new model. The table reports production accuracy (on
 the segment each model actually served), labels used, bytes downloaded per device, wall time.
@@ -55,7 +56,7 @@ class DemoSettings:
     iterations: int = 3
     devices: int = 2
     frames: int = 150
-    budget: int = 40
+    budget: int = 100
     seed: int = 0
     seed_frames: int = 150
     json_report: bool = False
@@ -311,7 +312,7 @@ class Demo:
                 images=self.images[self.pools["production"]],
                 labels=self.labels_all[self.pools["production"]],
                 n_frames=self.s.frames * (self.s.iterations + 1),
-                start_mix=0.4, end_mix=0.85, ramp_frames=self.s.frames,
+                start_mix=0.7, end_mix=0.9,
             )
             frames = stream.segment(it, self.s.frames)
             for j, fr in enumerate(frames):
@@ -429,21 +430,28 @@ class Demo:
                 )
             )
 
-    def annotate(self, arm: str) -> int:
-        """The oracle labels the top of the hub's queue for this arm."""
-        queue = self.hub.samples(f"digits-{arm}", state="pending", limit=self.s.budget)
-        n = 0
+    def annotate(self, arm: str) -> tuple[int, int]:
+        """The oracle labels the top of the hub's ranked queue for this arm, up to the budget.
+
+        The budget counts digit labels (boxes with a class), so both arms get exactly the same
+        annotation effort whatever frames their ranking picks. Returns (frames, labels).
+        """
+        queue = self.hub.samples(f"digits-{arm}", state="pending", limit=4 * self.s.budget)
+        left, frames = self.s.budget, 0
         for meta in queue:
+            if left <= 0:
+                break
             k = str(meta["device_id"]).rsplit("-", 1)[1]
             boxes, labels = self.gt[f"{k}/{meta['frame_id']}"]
-            self.hub.annotate(
-                meta["id"],
-                [[*b, str(lbl)] for b, lbl in zip(boxes, labels, strict=True)],
-                annotator="oracle",
-            )
-            n += len(labels)
-        self.labels[arm] += n
-        return len(queue)
+            if len(labels) > left:
+                continue  # a smaller frame further down may still fit
+            self.hub.annotate(meta["id"], [[*b, str(lbl)] for b, lbl in
+                                           zip(boxes, labels, strict=True)], annotator="oracle")
+            left -= len(labels)
+            frames += 1
+        used = self.s.budget - left
+        self.labels[arm] += used
+        return frames, used
 
     def train(self, arm: str, version: int) -> Path:
         job = self.hub.start_train(f"digits-{arm}", version, self.last_job.get(arm),
@@ -491,9 +499,10 @@ class Demo:
             if it == self.s.iterations:
                 break
             for arm in ARMS:
-                n = self.annotate(arm)
+                n, used = self.annotate(arm)
                 self.version[arm] += 1
-                self.say(f"{arm}: oracle labelled {n} frames; training v{self.version[arm]}")
+                self.say(f"{arm}: oracle labelled {used} digits in {n} frames; "
+                         f"training v{self.version[arm]}")
                 src = self.train(arm, self.version[arm])
                 self.publish(arm, src, self.version[arm])
             self.wait_versions()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import BundleMaker, painted_frame
+from loopkit import BundleMaker, painted_frame
 from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
@@ -64,7 +64,7 @@ def test_health_check_fails_when_outputs_differ_from_golden(make_bundle: BundleM
     _rehash(b, "golden/expected.json")
     loaded = load_bundle(b)
     try:
-        with pytest.raises(BundleError, match="health check failed on golden/000.png"):
+        with pytest.raises(BundleError, match=r"health check failed on golden/000\.png"):
             run_health_check(loaded)
     finally:
         loaded.close()
@@ -84,7 +84,7 @@ def test_offline_verify_accepts_signed_bundle_and_rejects_wrong_root_when_keys_d
         verify_offline(b, tmp_path / "other" / "root.json", targets)
     (b / "pipeline.yaml").write_text((b / "pipeline.yaml").read_text() + "\n")
     _rehash(b, "pipeline.yaml")
-    with pytest.raises(TrustError, match="manifest.json: does not match its signed target"):
+    with pytest.raises(TrustError, match=r"manifest\.json: does not match its signed target"):
         verify_offline(b, keys / "root.json", targets)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import BundleMaker, Device
+from loopkit import BundleMaker, Device
 
 from hub.app import BLOBS
 from hub.client import HubAdminClient

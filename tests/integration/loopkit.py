@@ -1,0 +1,224 @@
+"""Shared kit for integration tests: real bundles, a real hub on loopback, real devices.
+
+Bundles are built from small real ONNX models (a constant-box YOLOv8-layout detector and a
+brightness classifier exported with torch, the same builders the pipeline tests use), signed
+with real TUF keys, served by the real hub app, and installed by real device processes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "pipeline"))
+from pipeline_models import (
+    export_brightness_classifier,
+    make_constant_detector,
+    yolo_v8_preds,
+)
+
+from hub.client import HubAdminClient
+from hub.config import HubConfig
+from hub.signing import init_keys
+from hub.testing import LiveHub
+from runtime.bundle.build import build_bundle
+
+PIPELINE = {
+    "format": "leanloop.pipeline/1",
+    "stages": [
+        {
+            "name": "detector",
+            "model": "detector",
+            "pre": {"resize": [96, 96], "color": "gray", "scale": 1 / 255},
+            "post": {
+                "type": "yolo_v8",
+                "score_threshold": 0.3,
+                "nms_iou": 0.3,
+                "class_agnostic": True,
+                "classes": ["digit"],
+            },
+        },
+        {
+            "name": "classifier",
+            "model": "classifier",
+            "for_each": "detector",
+            "crop": {"margin": 0.0},
+            "pre": {"resize": [28, 28], "color": "gray", "scale": 1 / 255},
+            "post": {"type": "softmax", "top_k": 3},
+        },
+    ],
+}
+
+
+def painted_frame(levels: tuple[int, int] = (60, 200)) -> np.ndarray:
+    """A 96×96 frame with two patches whose brightness the classifier reads as a class."""
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[10:40, 10:40] = levels[0]
+    img[50:90, 50:90] = levels[1]
+    return img
+
+
+def write_source(
+    folder: Path, boxes: list[tuple[float, float, float, float]], classifier: Path
+) -> Path:
+    (folder / "models").mkdir(parents=True)
+    (folder / "golden").mkdir()
+    make_constant_detector(
+        folder / "models" / "detector.onnx", yolo_v8_preds([(*b, [0.9]) for b in boxes])
+    )
+    (folder / "models" / "classifier.onnx").write_bytes(classifier.read_bytes())
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(PIPELINE))
+    (folder / "ontology.yaml").write_text(
+        yaml.safe_dump({"id": "digits", "version": 1, "classes": [str(i) for i in range(10)]})
+    )
+    cv2.imwrite(str(folder / "golden" / "000.png"), painted_frame())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def classifier_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("clf")
+    return export_brightness_classifier(d / "classifier.onnx", batch=None)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    init_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def live_hub(tmp_path: Path, keys: Path) -> Iterator[LiveHub]:
+    cfg = HubConfig(
+        data_dir=tmp_path / "hub", port=0, keys_dir=keys, timestamp_check_interval_s=3600
+    )
+    with LiveHub(cfg) as hub:
+        yield hub
+
+
+@pytest.fixture
+def admin(live_hub: LiveHub) -> HubAdminClient:
+    return HubAdminClient(live_hub.url, live_hub.admin_token)
+
+
+BundleMaker = Callable[[int, list[tuple[float, float, float, float]]], Path]
+
+
+@pytest.fixture
+def make_bundle(tmp_path: Path, classifier_onnx: Path) -> BundleMaker:
+    def make(version: int, boxes: list[tuple[float, float, float, float]]) -> Path:
+        src = write_source(tmp_path / f"src-v{version}", boxes, classifier_onnx)
+        out = tmp_path / f"bundle-v{version}"
+        build_bundle(src, out, name="digits", version=version)
+        return out
+
+    return make
+
+
+class Device:
+    """A real device process (``leanloop device run``) with its own state dir."""
+
+    def __init__(
+        self, root: Path, hub: LiveHub, trust_root: Path, device_id: str = "cam-1", **overrides: Any
+    ) -> None:
+        self.dir = root / device_id
+        self.inbox = self.dir / "inbox"
+        self.state = self.dir / "state"
+        self.inbox.mkdir(parents=True)
+        cfg: dict[str, Any] = {
+            "device_id": device_id,
+            "state_dir": str(self.state),
+            "root": str(trust_root),
+            "hub": {"url": hub.url, "enroll_token": hub.enroll_token, "poll_interval_s": 0.3},
+            "source": {"path": str(self.inbox), "pattern": "*.png", "poll_interval_s": 0.05},
+            "upload": {"interval_s": 0.3},
+            "update": {"trial_frames": 2, "trial_s": 1.0},
+        }
+        cfg.update(overrides)
+        self.config = self.dir / "device.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.log = open(self.dir / "device.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leanloop.cli", "device", "run", "--config", str(self.config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._n = 0
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.state / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait(
+        self, what: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"device exited ({self.proc.returncode}): {self.tail()}")
+            st = self.status()
+            if st and cond(st):
+                return st
+            time.sleep(0.1)
+        raise AssertionError(
+            f"timed out waiting for {what}; status={self.status()}; log={self.tail()}"
+        )
+
+    def tail(self) -> str:
+        return (self.dir / "device.log").read_text()[-3000:]
+
+    def feed(self, n: int, levels: tuple[int, int] = (60, 200)) -> list[str]:
+        names = []
+        for _ in range(n):
+            name = f"f{self._n:06d}.png"
+            self._n += 1
+            tmp = self.inbox / f".{name}"
+            cv2.imwrite(str(tmp.with_suffix(".png")), painted_frame(levels))
+            tmp.with_suffix(".png").rename(self.inbox / name)
+            names.append(name)
+        return names
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        p = self.state / "results.jsonl"
+        out = {}
+        if p.exists():
+            for line in p.read_text().splitlines():
+                d = json.loads(line)
+                out[d["frame_id"]] = d
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_device(tmp_path: Path, live_hub: LiveHub, keys: Path) -> Iterator[Callable[..., Device]]:
+    devices: list[Device] = []
+
+    def start(device_id: str = "cam-1", **overrides: Any) -> Device:
+        d = Device(tmp_path / "devices", live_hub, keys / "root.json", device_id, **overrides)
+        devices.append(d)
+        return d
+
+    yield start
+    for d in devices:
+        d.stop()
