@@ -306,7 +306,9 @@ class DeviceService:
         slot, dest = self.slots.begin_staging(name, version)
         reuse = [self.slots.active_dir] if self.slots.active_dir else []
         try:
-            res = self.fetcher.fetch(name, version, dest, reuse_dirs=reuse)
+            res = self.fetcher.fetch(
+                name, version, dest, reuse_dirs=reuse, backend=self.cfg.inference.backend
+            )
             self.counters["bytes_downloaded"] += res.downloaded_bytes
             self.update_state = "verifying"
             loaded = load_bundle(dest, self.cfg.inference.backend, self.options, verify=True)

@@ -19,7 +19,8 @@ import urllib3
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient import FetcherInterface, Updater
 
-from runtime.bundle.loader import _inside, file_sha256, read_manifest
+from runtime._atomic import atomic_write_json
+from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import BundleError, TrustError, UpdateError
 
@@ -113,9 +114,17 @@ class BundleFetcher:
             raise TrustError(f"trusted root is invalid: {e}") from e
 
     def fetch(
-        self, name: str, version: int, dest: Path, reuse_dirs: list[Path] | None = None
+        self,
+        name: str,
+        version: int,
+        dest: Path,
+        reuse_dirs: list[Path] | None = None,
+        backend: str | None = None,
     ) -> FetchResult:
         """Download bundle ``name`` ``version`` into the empty folder ``dest``.
+
+        With ``backend`` set, model files of other engine formats are not downloaded (they are
+        listed in ``.skipped.json``); every other file is.
 
         Raises TrustError (metadata or a file does not verify), UpdateError (not published,
         network), BundleError (manifest malformed or inconsistent with signed metadata).
@@ -138,12 +147,17 @@ class BundleFetcher:
                     f"{manifest.name} v{manifest.version}"
                 )
             reused = fetched = 0
+            skip = unneeded_files(manifest, backend) if backend else set()
+            if skip:
+                atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
             for rel, entry in sorted(manifest.files.items()):
                 ti = up.get_targetinfo(manifest.target_name(rel))
                 if ti is None:
                     raise TrustError(f"{rel}: listed in the manifest but not a signed target")
                 if ti.length != entry.size or ti.hashes.get("sha256") != entry.sha256:
                     raise TrustError(f"{rel}: manifest and signed targets metadata disagree")
+                if rel in skip:
+                    continue
                 out = _inside(dest, rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 local = _find_local(rel, entry.sha256, entry.size, reuse_dirs or [])

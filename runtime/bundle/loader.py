@@ -23,7 +23,20 @@ from runtime.errors import BundleError, LeanloopError
 if TYPE_CHECKING:
     from runtime.pipeline.pipeline import Pipeline
 
-__all__ = ["LoadedBundle", "file_sha256", "load_bundle", "read_manifest", "verify_bundle_dir"]
+__all__ = [
+    "SKIPPED_NAME",
+    "LoadedBundle",
+    "file_sha256",
+    "load_bundle",
+    "read_manifest",
+    "unneeded_files",
+    "verify_bundle_dir",
+]
+
+# Written by the device's fetcher: model files of engine formats this device does not use,
+# which it chose not to download. Only *missing* files may be excused by it; a present file
+# must always match its hash.
+SKIPPED_NAME = ".skipped.json"
 
 _CHUNK = 1 << 20
 
@@ -65,11 +78,14 @@ def verify_bundle_dir(bundle_dir: Path) -> Manifest:
     """Check every listed file's size and sha256. Raises BundleError naming the first bad file."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    skipped = _skipped(bundle_dir)
     for rel, entry in manifest.files.items():
         p = _inside(bundle_dir, rel)
         try:
             size = p.stat().st_size
         except FileNotFoundError as e:
+            if rel in skipped:
+                continue
             raise BundleError(f"{bundle_dir}: {rel} is missing") from e
         if size != entry.size:
             raise BundleError(f"{bundle_dir}: {rel} is {size} bytes, manifest says {entry.size}")
@@ -87,6 +103,38 @@ def verify_bundle_dir(bundle_dir: Path) -> Manifest:
 _FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
 
 
+def _skipped(bundle_dir: Path) -> set[str]:
+    try:
+        data = json.loads((bundle_dir / SKIPPED_NAME).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {str(x) for x in data} if isinstance(data, list) else set()
+
+
+def _with_sidecars(rel: str, manifest: Manifest) -> set[str]:
+    """A model file and the files it needs beside it (OpenVINO IR: ``.xml`` + ``.bin``)."""
+    out = {rel}
+    if rel.endswith(".xml"):
+        sidecar = rel[: -len(".xml")] + ".bin"
+        if sidecar in manifest.files:
+            out.add(sidecar)
+    return out
+
+
+def unneeded_files(manifest: Manifest, backend: str) -> set[str]:
+    """Model files of other engine formats that a device running ``backend`` never reads."""
+    every: set[str] = set()
+    needed: set[str] = set()
+    for key, entry in manifest.models.items():
+        for rel in [entry.path, *entry.alternates.values()]:
+            every |= _with_sidecars(rel, manifest)
+        try:
+            needed |= _with_sidecars(_model_rel(manifest, key, backend), manifest)
+        except BundleError:
+            return set()  # this backend cannot run the bundle: skip nothing, fail at load
+    return every - needed
+
+
 @dataclass
 class LoadedBundle:
     """A verified bundle with its models loaded and its pipeline ready to run."""
@@ -100,20 +148,25 @@ class LoadedBundle:
         self.pipeline.close()
 
 
-def _model_file(bundle_dir: Path, manifest: Manifest, key: str, backend: str) -> Path:
+def _model_rel(manifest: Manifest, key: str, backend: str) -> str:
+    """The file of model ``key`` that ``backend`` reads. Raises BundleError if there is none."""
     entry = manifest.models[key]
     want = _FORMAT_OF_BACKEND.get(backend)
     if want is None or entry.format == want:
-        return _inside(bundle_dir, entry.path)
+        return entry.path
     if want in entry.alternates:
-        return _inside(bundle_dir, entry.alternates[want])
+        return entry.alternates[want]
     # OpenVINO reads ONNX directly.
     if backend == "openvino" and entry.format == "onnx":
-        return _inside(bundle_dir, entry.path)
+        return entry.path
     raise BundleError(
         f"model {key!r} has no {want} file for backend {backend} "
         f"(has {entry.format}{', ' + ', '.join(entry.alternates) if entry.alternates else ''})"
     )
+
+
+def _model_file(bundle_dir: Path, manifest: Manifest, key: str, backend: str) -> Path:
+    return _inside(bundle_dir, _model_rel(manifest, key, backend))
 
 
 def load_bundle(

@@ -111,13 +111,16 @@ def admin(live_hub: LiveHub) -> HubAdminClient:
     return HubAdminClient(live_hub.url, live_hub.admin_token)
 
 
-BundleMaker = Callable[[int, list[tuple[float, float, float, float]]], Path]
+BundleMaker = Callable[..., Path]
 
 
 @pytest.fixture
 def make_bundle(tmp_path: Path, classifier_onnx: Path) -> BundleMaker:
-    def make(version: int, boxes: list[tuple[float, float, float, float]]) -> Path:
+    def make(version: int, boxes: list[tuple[float, float, float, float]],
+             extra: dict[str, bytes] | None = None) -> Path:
         src = write_source(tmp_path / f"src-v{version}", boxes, classifier_onnx)
+        for rel, data in (extra or {}).items():
+            (src / rel).write_bytes(data)
         out = tmp_path / f"bundle-v{version}"
         build_bundle(src, out, name="digits", version=version)
         return out

@@ -135,3 +135,21 @@ def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
         < sum(f.size for f in read_manifest(v2).files.values()) - clf + 20000
     )
     assert st["previous"]["version"] == 1
+
+
+def test_device_skips_model_files_of_other_engines_when_bundle_carries_several_formats(
+    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    tflite = b"TFL3" + bytes(300_000)  # an alternate format this ONNX Runtime device never reads
+    b = make_bundle(1, BOXES_V1, extra={"models/detector.tflite": tflite})
+    assert read_manifest(b).models["detector"].alternates == {"tflite": "models/detector.tflite"}
+    admin.publish_bundle(b, keys)
+    admin.rollout("digits", 1)
+    dev = start_device()
+    st = dev.wait("v1 committed", lambda st: _active(1)(st)
+                  and st["active"]["status"] == "committed")
+    assert st["counters"]["bytes_downloaded"] < 300_000
+    slot = dev.state / "slots" / st["active"]["slot"]
+    assert not (slot / "models" / "detector.tflite").exists()
+    assert json.loads((slot / ".skipped.json").read_text()) == ["models/detector.tflite"]
