@@ -5,6 +5,9 @@ deterministic, no extra dependencies, and these small CNNs need nothing newer). 
 dynamic batch axis named ``batch``. The detector's graph includes its box decoding, so its single
 output is the ``[batch, 5, 144]`` YOLOv8 layout the device pipeline decodes.
 
+:func:`export_alternates` then writes the same networks for the device's other engines
+(OpenVINO IR and TFLite, :mod:`trainer.export_formats`), each verified the same way.
+
 Every export is checked: the file is loaded by onnxruntime (the device engine), run on a fixed
 random input, and compared with torch; a difference above ``tolerance`` (1e-4) raises
 :class:`~trainer.errors.TrainerError` rather than shipping a model that disagrees with itself.
@@ -22,9 +25,11 @@ from trainer.errors import TrainerError
 from trainer.train import TrainedModels
 
 __all__ = [
+    "ALTERNATE_FORMATS",
     "CLASSIFIER_IO",
     "DETECTOR_IO",
     "OPSET",
+    "export_alternates",
     "export_models",
     "export_onnx",
     "verify_onnx",
@@ -130,3 +135,47 @@ def export_models(models: TrainedModels, folder: Path) -> dict[str, float]:
     ):
         diffs[key] = export_onnx(net, folder / f"{key}.onnx", inp, out, shape)
     return diffs
+
+
+ALTERNATE_FORMATS = ("openvino", "tflite")
+"""Formats written beside the ONNX files by :func:`export_alternates` (see
+:mod:`trainer.export_formats`)."""
+
+
+def export_alternates(
+    models: TrainedModels,
+    folder: Path,
+    formats: tuple[str, ...] = ALTERNATE_FORMATS,
+    skip_unavailable: bool = True,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Write the other engines' files next to the ONNX files :func:`export_models` wrote:
+    ``<key>.xml`` + ``<key>.bin`` (``openvino``) and ``<key>.tflite`` (``tflite``).
+
+    Returns ``({"<format>.<key>": max abs diff vs torch}, {"<format>": why it was skipped})``.
+    A format whose exporter is not installed (TFLite without ``leanloop[export]``) is skipped
+    when ``skip_unavailable``, else raises. Raises TrainerError for a failed or wrong export.
+    """
+    from trainer.export_formats import export_openvino, export_tflite, tflite_unavailable_reason
+
+    unknown = set(formats) - set(ALTERNATE_FORMATS)
+    if unknown:
+        raise TrainerError(f"unknown export formats {sorted(unknown)} (known: {ALTERNATE_FORMATS})")
+    diffs: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    pairs = (
+        ("detector", models.detector, DETECTOR_IO),
+        ("classifier", models.classifier, CLASSIFIER_IO),
+    )
+    if "openvino" in formats:
+        for key, net, (_, _, shape) in pairs:
+            diffs[f"openvino.{key}"] = export_openvino(
+                net, folder / f"{key}.onnx", folder / f"{key}.xml", shape
+            )
+    if "tflite" in formats:
+        reason = tflite_unavailable_reason()
+        if reason is not None and skip_unavailable:
+            skipped["tflite"] = reason
+        else:
+            for key, net, (_, _, shape) in pairs:
+                diffs[f"tflite.{key}"] = export_tflite(net, folder / f"{key}.tflite", shape)
+    return diffs, skipped

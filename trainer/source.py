@@ -6,6 +6,9 @@ Layout (see ``docs/architecture.md``)::
     ontology.yaml          id: digits, version: 1, classes "0".."9"
     models/detector.onnx   [batch,1,96,96] -> [batch,5,144] (YOLOv8 layout, one class)
     models/classifier.onnx [batch,1,28,28] -> [batch,10] logits
+    models/<key>.xml/.bin  the same networks as OpenVINO IR (fp32, dynamic batch)
+    models/<key>.tflite    the same networks as TFLite (fp32, batch 1, NCHW); written only when
+                           litert-torch (``leanloop[export]``) is installed, else noted as skipped
     golden/000.png …       frames for the install-time health check
     notes.json             flat string map: training metrics and the caller's notes
     checkpoint/            torch state dicts for the next warm start; NOT part of the bundle
@@ -30,7 +33,7 @@ import yaml
 from runtime.errors import PipelineError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
 from trainer.errors import TrainerError
-from trainer.export import export_models
+from trainer.export import ALTERNATE_FORMATS, export_alternates, export_models
 from trainer.stages import CLASSES, ONTOLOGY_ID, ONTOLOGY_VERSION, pipeline_spec
 from trainer.train import TrainedModels
 
@@ -78,11 +81,14 @@ def write_bundle_source(
     models: TrainedModels,
     golden_frames: list[np.ndarray],
     notes: dict[str, Any],
+    formats: tuple[str, ...] = ALTERNATE_FORMATS,
 ) -> Path:
     """Write the bundle source folder ``out_dir`` (replacing it) and return it.
 
     ``golden_frames`` are BGR uint8 frames saved as ``golden/000.png`` …; ``notes`` are merged
-    with the training metrics into ``notes.json`` (values turned into strings).
+    with the training metrics into ``notes.json`` (values turned into strings). ``formats``
+    are the model formats written beside ONNX (``openvino``, ``tflite``; ``()`` for ONNX only);
+    bundle build records them as each model's ``alternates``.
     Raises TrainerError (export or validation failed) or OSError (disk).
     """
     out_dir = Path(out_dir)
@@ -93,6 +99,7 @@ def write_bundle_source(
         ontology = {"id": ONTOLOGY_ID, "version": ONTOLOGY_VERSION, "classes": CLASSES}
         (tmp / "ontology.yaml").write_text(yaml.safe_dump(ontology, sort_keys=False))
         diffs = export_models(models, tmp / "models")
+        alt_diffs, skipped = export_alternates(models, tmp / "models", formats)
         golden = tmp / "golden"
         golden.mkdir()
         for i, frame in enumerate(golden_frames):
@@ -102,6 +109,8 @@ def write_bundle_source(
             (golden / f"{i:03d}.png").write_bytes(png.tobytes())
         all_notes: dict[str, Any] = {f"train.{k}": v for k, v in models.metrics.items()}
         all_notes.update({f"onnx_max_diff.{k}": v for k, v in diffs.items()})
+        all_notes.update({f"max_diff.{k}": v for k, v in alt_diffs.items()})
+        all_notes.update({f"export_skipped.{k}": v for k, v in skipped.items()})
         all_notes.update(notes)
         (tmp / "notes.json").write_text(json.dumps(_flat_notes(all_notes), indent=1) + "\n")
         models.save_checkpoint(tmp / CHECKPOINT_DIR)

@@ -35,6 +35,8 @@ __all__ = [
 
 REGISTRY: dict[str, str] = {
     "onnxruntime": "runtime.backends.onnxruntime",
+    "openvino": "runtime.backends.openvino",
+    "litert": "runtime.backends.litert",
 }
 """Backend name -> module implementing it (imported lazily)."""
 
@@ -48,10 +50,15 @@ def _module(name: str) -> ModuleType:
     try:
         return importlib.import_module(mod_path)
     except ImportError as e:
+        extra = _EXTRA.get(name, "device")
         raise BackendError(
             f"backend {name!r} cannot be imported: {e}; install it with "
-            "pip install 'leanloop[device]'"
+            f"pip install 'leanloop[{extra}]'"
         ) from e
+
+
+# The pip extra that brings each engine.
+_EXTRA = {"onnxruntime": "device", "openvino": "openvino", "litert": "litert"}
 
 
 def load_backend(name: str, path: Path | str, options: BackendOptions | None = None) -> Backend:

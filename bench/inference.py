@@ -1,0 +1,450 @@
+"""What the device runtime costs over the raw inference engines, measured in one run.
+
+The story of one ``python -m bench`` run:
+
+1. **Models.** A MobileNetV2-size network (:class:`bench.models.MobileNetV2Like`, 224×224,
+   random seeded weights) is exported by the trainer's own exporters to ONNX, OpenVINO IR and
+   (when ``litert-torch`` is installed) TFLite; so are a digit detector that always finds three
+   boxes and the digit classifier, for the two-stage pipeline.
+2. **(a) Single model.** For 1 and 2 threads: the raw ``InferenceSession.run`` against the
+   pipeline on the same session (so the same file and thread count, and no second thread pool
+   spinning on the two cores) — ``Pipeline.run_tensor`` on the already pre-processed tensor
+   (backend + softmax/top-k decoding), and the whole ``Pipeline.run`` on a 640×480 BGR frame
+   (resize, colour, normalise, layout, model, decode).
+3. **(b) Two stages.** Detector → classifier with three detections per frame: the whole
+   ``Pipeline.run`` against the sum of the raw calls it needs (detector on one tensor,
+   classifier on a batch of three crops), and against those raw calls plus the same
+   pre-processing written by hand — the second ratio isolates the pipeline's own orchestration
+   (cropping bookkeeping, decoding, NMS, result objects) from the image work any caller does.
+4. **(c) Engines.** The MobileNet file on each engine (ORT, OpenVINO, LiteRT) through its
+   leanloop backend and through the engine's own API on the backend's engine object
+   (``session.run``, ``InferRequest.infer``, ``set_tensor``/``invoke``/``get_tensor``), batch 1:
+   p50, p90 and back-to-back throughput.
+5. **(d) Memory.** Peak RSS of a fresh device process that loads the digit bundle on each
+   engine and runs one frame, next to a process that only imports the runtime. It is read
+   from ``VmHWM`` in ``/proc/self/status``: ``ru_maxrss`` is printed too, but Linux carries the
+   parent's high-water mark across fork+exec, so from a benchmark process that holds torch it
+   reports the parent's size, not the device's.
+
+Timing: every comparison runs its contenders **interleaved** — each repetition runs every
+contender a few times, in an order rotated per repetition — so drift (thermal, other processes
+on the 2 cores) hits all of them alike; figures are medians over all calls. Ratios are printed,
+never asserted. The figures go to ``<out>/inference.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Timing", "interleaved", "run_all"]
+
+
+@dataclass
+class Timing:
+    """Per-call wall times of one contender, in milliseconds."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.samples, 90))
+
+    @property
+    def per_s(self) -> float:
+        """Calls per second when run back to back (from the mean)."""
+        return 1000.0 * len(self.samples) / sum(self.samples)
+
+    def summary(self) -> dict[str, float]:
+        return {"p50_ms": self.p50, "p90_ms": self.p90, "per_s": self.per_s, "n": len(self.samples)}
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], reps: int, inner: int, warmup: int = 3
+) -> dict[str, Timing]:
+    """Time each contender ``reps * inner`` times, interleaved, order rotated per repetition."""
+    names = list(contenders)
+    for name in names:
+        for _ in range(warmup):
+            contenders[name]()
+    out = {n: Timing() for n in names}
+    clock = time.perf_counter
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = contenders[name]
+            samples = out[name].samples
+            for _ in range(inner):
+                t0 = clock()
+                fn()
+                samples.append((clock() - t0) * 1000.0)
+    return out
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---- models -------------------------------------------------------------------------------
+
+
+def _export(work: Path, quick: bool) -> dict[str, Any]:
+    """Export the benchmark networks; returns paths and what could not be exported."""
+    from bench.models import FixedBoxesDetector, MobileNetV2Like
+    from trainer.export import CLASSIFIER_IO, DETECTOR_IO, export_onnx
+    from trainer.export_formats import export_openvino, export_tflite, tflite_unavailable_reason
+    from trainer.models import DigitClassifier
+    from trainer.source import write_bundle_source
+    from trainer.stages import pipeline_spec  # noqa: F401  (same graph as the device bundle)
+    from trainer.train import TrainedModels
+
+    t0 = time.perf_counter()
+    tflite_reason = tflite_unavailable_reason()
+    net = MobileNetV2Like().eval()
+    files: dict[str, Path] = {"onnx": work / "mobilenet.onnx", "openvino": work / "mobilenet.xml"}
+    # Random weights give large logits; a looser check still catches a broken export.
+    export_onnx(net, files["onnx"], "images", "logits", (3, 224, 224), tolerance=1e-2)
+    export_openvino(net, files["onnx"], files["openvino"], (3, 224, 224), tolerance=1e-2)
+    if tflite_reason is None:
+        files["tflite"] = work / "mobilenet.tflite"
+        export_tflite(net, files["tflite"], (3, 224, 224), tolerance=1e-2)
+    boxes = [(20.0, 48.0, 18.0, 18.0), (48.0, 48.0, 18.0, 18.0), (76.0, 48.0, 18.0, 18.0)]
+    det = FixedBoxesDetector(boxes).eval()
+    cls = DigitClassifier().eval()
+    two = {"detector": work / "detector.onnx", "classifier": work / "classifier.onnx"}
+    export_onnx(det, two["detector"], *DETECTOR_IO)
+    export_onnx(cls, two["classifier"], *CLASSIFIER_IO)
+    formats = ("openvino", "tflite") if tflite_reason is None else ("openvino",)
+    golden = [np.zeros((96, 96, 3), np.uint8)]
+    source = write_bundle_source(work / "source", TrainedModels(det, cls), golden, {}, formats)
+    _say(f"models exported in {time.perf_counter() - t0:.0f} s")
+    return {"mobilenet": files, "two_stage": two, "source": source, "tflite_skip": tflite_reason}
+
+
+# ---- (a) single model ---------------------------------------------------------------------
+
+
+def _mobilenet_spec() -> Any:
+    from runtime.pipeline.graph import ClassifyPost, PipelineSpec, PreSpec, StageSpec
+
+    pre = PreSpec(
+        resize=(224, 224),
+        color="rgb",
+        scale=1 / 255,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+    )
+    stage = StageSpec(name="net", model="net", pre=pre, post=ClassifyPost(type="softmax", top_k=5))
+    return PipelineSpec(stages=[stage])
+
+
+def _single_model(onnx: Path, reps: int, inner: int) -> list[dict[str, Any]]:
+    from runtime.backends import BackendOptions
+    from runtime.backends.onnxruntime import load as load_ort
+    from runtime.pipeline.pipeline import Pipeline
+    from runtime.pipeline.preprocess import preprocess
+
+    spec = _mobilenet_spec()
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    tensor, _ = preprocess(frame, spec.stages[0].pre)
+    rows = []
+    for threads in (1, 2):
+        be = load_ort(onnx, BackendOptions(threads=threads))
+        raw = be.session  # the very InferenceSession the pipeline calls: same file, threads
+        in_name, out_names = raw.get_inputs()[0].name, [raw.get_outputs()[0].name]
+        pipe = Pipeline(spec, {"net": be}, classes=[f"c{i}" for i in range(1000)])
+        t = interleaved(
+            {
+                "raw": partial(raw.run, out_names, {in_name: tensor}),
+                "run_tensor": partial(pipe.run_tensor, tensor),
+                "run": partial(pipe.run, frame),
+            },
+            reps,
+            inner,
+        )
+        be.close()
+        row = {
+            "threads": threads,
+            **{f"{k}_p50_ms": v.p50 for k, v in t.items()},
+            "run_tensor_ratio": t["run_tensor"].p50 / t["raw"].p50,
+            "run_ratio": t["run"].p50 / t["raw"].p50,
+            "n": len(t["raw"].samples),
+        }
+        rows.append(row)
+        _say(
+            f"(a) MobileNet 224 b1, {threads} thread(s): raw {row['raw_p50_ms']:.2f} ms | "
+            f"run_tensor {row['run_tensor_p50_ms']:.2f} ms = {row['run_tensor_ratio']:.3f}x | "
+            f"run (640x480 frame incl. pre) {row['run_p50_ms']:.2f} ms = {row['run_ratio']:.3f}x"
+        )
+    return rows
+
+
+# ---- (b) detector -> classifier -----------------------------------------------------------
+
+
+def _two_stage(files: dict[str, Path], reps: int, inner: int) -> list[dict[str, Any]]:
+    from runtime.backends import Backend, BackendOptions
+    from runtime.backends.onnxruntime import load as load_ort
+    from runtime.pipeline.pipeline import Pipeline
+    from runtime.pipeline.preprocess import crop_region, preprocess
+    from trainer.stages import CLASSES, pipeline_spec
+
+    spec = pipeline_spec()
+    det_st, cls_st = spec.stages
+    frame = np.random.default_rng(1).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    rows = []
+    for threads in (1, 2):
+        ort_models = {k: load_ort(p, BackendOptions(threads=threads)) for k, p in files.items()}
+        models: dict[str, Backend] = dict(ort_models)
+        raw_det, raw_cls = ort_models["detector"].session, ort_models["classifier"].session
+        pipe = Pipeline(spec, models, classes=CLASSES)
+        pred = pipe.run(frame)
+        dets = pred.stages["detector"].items
+        if len(dets) != 3 or len(pred.stages["classifier"].items) != 3:
+            raise RuntimeError(f"the benchmark detector found {len(dets)} boxes, not 3")
+        det_x, _ = preprocess(frame, det_st.pre)
+        crops = []
+        for d in dets:
+            assert d.box is not None
+            region = crop_region((192, 192), d.box, cls_st.crop)
+            assert region is not None
+            x1, y1, x2, y2 = region
+            crops.append(preprocess(frame[y1:y2, x1:x2], cls_st.pre)[0])
+        cls_x = np.concatenate(crops)
+
+        regions = [crop_region((192, 192), d.box, cls_st.crop) for d in dets if d.box]
+
+        def raw_sum(d: Any = raw_det, c: Any = raw_cls, dx: Any = det_x, cx: Any = cls_x) -> None:
+            d.run(None, {"images": dx})
+            c.run(None, {"crops": cx})
+
+        def raw_with_pre(d: Any = raw_det, c: Any = raw_cls, rs: Any = regions) -> None:
+            # What a hand-written loop must do too: pre-process the frame and the three crops.
+            d.run(None, {"images": preprocess(frame, det_st.pre)[0]})
+            xs = [preprocess(frame[y1:y2, x1:x2], cls_st.pre)[0] for x1, y1, x2, y2 in rs]
+            c.run(None, {"crops": np.concatenate(xs)})
+
+        t = interleaved(
+            {"raw_sum": raw_sum, "raw_with_pre": raw_with_pre, "run": partial(pipe.run, frame)},
+            reps,
+            inner,
+        )
+        pipe.close()
+        row = {
+            "threads": threads,
+            "detections": 3,
+            "raw_sum_p50_ms": t["raw_sum"].p50,
+            "raw_with_pre_p50_ms": t["raw_with_pre"].p50,
+            "run_p50_ms": t["run"].p50,
+            "ratio": t["run"].p50 / t["raw_sum"].p50,
+            "ratio_vs_raw_with_pre": t["run"].p50 / t["raw_with_pre"].p50,
+            "n": len(t["run"].samples),
+        }
+        rows.append(row)
+        _say(
+            f"(b) detector -> classifier x3, {threads} thread(s): raw det+cls(batch 3) "
+            f"{row['raw_sum_p50_ms']:.3f} ms | Pipeline.run (192x192 frame incl. pre, crops, "
+            f"NMS) {row['run_p50_ms']:.3f} ms = {row['ratio']:.3f}x; vs raw calls + the same "
+            f"pre-processing by hand {row['raw_with_pre_p50_ms']:.3f} ms: "
+            f"{row['ratio_vs_raw_with_pre']:.3f}x"
+        )
+    return rows
+
+
+# ---- (c) engines --------------------------------------------------------------------------
+
+
+def _raw_engine_call(engine: str, backend: Any, x: np.ndarray) -> Callable[[], object]:
+    """The engine's own API on the backend's own engine object (same file, same threads), so
+    the comparison is the wrapper alone and two thread pools never fight over the cores."""
+    if engine == "onnxruntime":
+        sess = backend.session
+        name = sess.get_inputs()[0].name
+        return lambda: sess.run(None, {name: x})
+    if engine == "openvino":
+        req = backend.request
+        return lambda: req.infer({0: x})
+    interp = backend.interpreter
+    i_idx = interp.get_input_details()[0]["index"]
+    o_idx = interp.get_output_details()[0]["index"]
+
+    def call() -> object:
+        interp.set_tensor(i_idx, x)
+        interp.invoke()
+        return interp.get_tensor(o_idx)
+
+    return call
+
+
+def _engines(files: dict[str, Path], reps: int, inner: int) -> list[dict[str, Any]]:
+    from runtime.backends import BackendOptions, load_backend
+
+    engines = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
+    x = np.random.default_rng(2).random((1, 3, 224, 224), dtype=np.float32)
+    rows = []
+    for threads in (1, 2):
+        contenders: dict[str, Callable[[], object]] = {}
+        for engine, fmt in engines.items():
+            if fmt not in files:
+                continue
+            be = load_backend(engine, files[fmt], BackendOptions(threads=threads))
+            feed = {be.inputs[0].name: x}
+            contenders[f"{engine}.backend"] = partial(be.run, feed)
+            contenders[f"{engine}.raw"] = _raw_engine_call(engine, be, x)
+        t = interleaved(contenders, reps, inner)
+        for engine in engines:
+            if f"{engine}.raw" not in t:
+                continue
+            raw, ours = t[f"{engine}.raw"], t[f"{engine}.backend"]
+            row = {
+                "engine": engine,
+                "threads": threads,
+                "raw_p50_ms": raw.p50,
+                "backend_p50_ms": ours.p50,
+                "backend_p90_ms": ours.p90,
+                "backend_per_s": ours.per_s,
+                "ratio": ours.p50 / raw.p50,
+                "n": len(ours.samples),
+            }
+            rows.append(row)
+            _say(
+                f"(c) {engine:<11} {threads} thread(s): raw {raw.p50:7.2f} ms | backend "
+                f"{ours.p50:7.2f} ms (p90 {ours.p90:.2f}) = {row['ratio']:.3f}x | "
+                f"{ours.per_s:6.1f} frames/s"
+            )
+    return rows
+
+
+# ---- (d) memory ---------------------------------------------------------------------------
+
+_RSS_SCRIPT = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from runtime.bundle.loader import load_bundle
+from runtime.pipeline.pipeline import Pipeline  # noqa: F401
+if sys.argv[2] != "none":
+    from runtime.backends import BackendOptions
+    b = load_bundle(Path(sys.argv[1]), sys.argv[2], BackendOptions(threads=2))
+    pred = b.pipeline.run(np.zeros((192, 192, 3), np.uint8))
+    assert pred.error is None, pred.error
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, hwm[0].split()[1] if hwm else -1)
+"""
+
+
+def _peak_rss(bundle: Path, engines: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    for engine in ["none", *engines]:
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_SCRIPT, str(bundle), engine],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=300,
+        )
+        if out.returncode != 0:
+            _say(f"(d) {engine}: the device process failed: {out.stderr.strip()[-300:]}")
+            continue
+        maxrss_kib, hwm_kib = map(int, out.stdout.strip().splitlines()[-1].split())
+        label = "runtime imports only" if engine == "none" else f"bundle on {engine}"
+        rows.append(
+            {"engine": engine, "peak_rss_mib": hwm_kib / 1024.0, "ru_maxrss_mib": maxrss_kib / 1024}
+        )
+        _say(
+            f"(d) peak RSS, {label:<24} {hwm_kib / 1024.0:7.1f} MiB (VmHWM; ru_maxrss "
+            f"{maxrss_kib / 1024.0:.1f} MiB)"
+        )
+    return rows
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
+    """Run (a)–(d), print the figures and write ``out/inference.json``; returns the figures."""
+    from runtime.bundle.build import build_bundle
+
+    t0 = time.perf_counter()
+    reps, inner = (4, 3) if quick else (20, 5)
+    results: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "method": "interleaved repetitions, order rotated; medians of all calls",
+        "reps": reps,
+        "inner": inner,
+    }
+    with tempfile.TemporaryDirectory(prefix="leanloop-bench-") as tmp:
+        work = Path(tmp)
+        made = _export(work, quick)
+        if made["tflite_skip"]:
+            _say(f"LiteRT column skipped: {made['tflite_skip']}")
+        results["single_model"] = _single_model(made["mobilenet"]["onnx"], reps, inner)
+        results["two_stage"] = _two_stage(made["two_stage"], reps * 2, inner * 2)
+        results["engines"] = _engines(made["mobilenet"], reps, inner)
+        bundle = work / "bundle"
+        build_bundle(made["source"], bundle, "bench-digits", 1)
+        engines = ["onnxruntime", "openvino"] + ([] if made["tflite_skip"] else ["litert"])
+        results["peak_rss"] = _peak_rss(bundle, engines)
+    results["seconds"] = time.perf_counter() - t0
+    _print_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inference.json").write_text(json.dumps(results, indent=1) + "\n")
+    _say(f"wrote {out / 'inference.json'} ({results['seconds']:.0f} s)")
+    return results
+
+
+def _print_table(r: dict[str, Any]) -> None:
+    lines = ["", "leanloop inference overhead (ratio = leanloop p50 / raw engine p50)", ""]
+    lines.append(f"{'measure':<58}{'thr':>4}{'raw ms':>10}{'ours ms':>10}{'ratio':>8}")
+    for row in r["single_model"]:
+        lines.append(
+            f"{'(a) MobileNet b1: Pipeline.run_tensor vs session.run':<58}{row['threads']:>4}"
+            f"{row['raw_p50_ms']:>10.2f}{row['run_tensor_p50_ms']:>10.2f}"
+            f"{row['run_tensor_ratio']:>8.3f}"
+        )
+        lines.append(
+            f"{'(a) MobileNet b1: Pipeline.run (640x480 + pre) vs run':<58}{row['threads']:>4}"
+            f"{row['raw_p50_ms']:>10.2f}{row['run_p50_ms']:>10.2f}{row['run_ratio']:>8.3f}"
+        )
+    for row in r["two_stage"]:
+        lines.append(
+            f"{'(b) detector -> classifier x3: run vs sum of raw calls':<58}{row['threads']:>4}"
+            f"{row['raw_sum_p50_ms']:>10.3f}{row['run_p50_ms']:>10.3f}{row['ratio']:>8.3f}"
+        )
+        lines.append(
+            f"{'(b) detector -> classifier x3: run vs raw calls + same pre':<58}"
+            f"{row['threads']:>4}{row['raw_with_pre_p50_ms']:>10.3f}{row['run_p50_ms']:>10.3f}"
+            f"{row['ratio_vs_raw_with_pre']:>8.3f}"
+        )
+    for row in r["engines"]:
+        label = f"(c) {row['engine']} backend.run ({row['backend_per_s']:.0f} frames/s)"
+        lines.append(
+            f"{label:<58}{row['threads']:>4}{row['raw_p50_ms']:>10.2f}"
+            f"{row['backend_p50_ms']:>10.2f}{row['ratio']:>8.3f}"
+        )
+    for row in r["peak_rss"]:
+        lines.append(f"(d) peak RSS {row['engine']:<12} {row['peak_rss_mib']:8.1f} MiB")
+    _say("\n".join(lines))
