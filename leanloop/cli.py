@@ -33,9 +33,11 @@ bundle_app = typer.Typer(
 )
 device_app = typer.Typer(help="The device service.", no_args_is_help=True)
 samples_app = typer.Typer(help="The device's sample store.", no_args_is_help=True)
+delta_app = typer.Typer(help="The delta codec on any two files.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
 app.add_typer(samples_app, name="samples")
+app.add_typer(delta_app, name="delta")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
@@ -232,6 +234,56 @@ def samples_list(
             r["upload_state"],
         )
     Console().print(t)
+
+
+# ---- deltas ----------------------------------------------------------------------------
+
+
+def _delta_error(e: Exception) -> None:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 1)
+
+
+@delta_app.command("make")
+@handled
+def delta_make(
+    old: Annotated[Path, typer.Argument(help="base file the device has")],
+    new: Annotated[Path, typer.Argument(help="file the device should end up with")],
+    patch: Annotated[Path, typer.Argument(help="patch file to write")],
+    codec: Annotated[str, typer.Option(help="auto | tensor | hdiffpatch | zstd-dict | bsdiff4")]
+    = "auto",
+) -> None:
+    """Make a verified patch from OLD to NEW (tensor-aware for model files)."""
+    from bsdiff import DeltaError, codec_name, make_patch, read_header
+
+    try:
+        data = make_patch(old.read_bytes(), new.read_bytes(), codec=codec)
+    except DeltaError as e:
+        _delta_error(e)
+        return
+    from runtime._atomic import atomic_write_bytes
+
+    atomic_write_bytes(patch, data)
+    h = read_header(data)
+    typer.echo(f"{patch}: {len(data)} bytes ({len(data) / max(1, h.result_size):.2%} of "
+               f"{h.result_size}), codec {codec_name(h.codec)}")
+
+
+@delta_app.command("apply")
+@handled
+def delta_apply(
+    old: Annotated[Path, typer.Argument(help="base file")],
+    patch: Annotated[Path, typer.Argument(help="patch file")],
+    out: Annotated[Path, typer.Argument(help="result file to write (atomically)")],
+) -> None:
+    """Apply PATCH to OLD; the result is written only if its sha256 matches the patch header."""
+    from bsdiff import DeltaError, apply_patch_file
+
+    try:
+        h = apply_patch_file(old, patch, out)
+    except DeltaError as e:
+        _delta_error(e)
+        return
+    typer.echo(f"{out}: {h.result_size} bytes, sha256 {h.result_sha256.hex()[:16]}… verified")
 
 
 # ---- bundles ---------------------------------------------------------------------------
