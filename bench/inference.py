@@ -11,11 +11,23 @@ The story of one ``python -m bench`` run:
    spinning on the two cores) — ``Pipeline.run_tensor`` on the already pre-processed tensor
    (backend + softmax/top-k decoding), and the whole ``Pipeline.run`` on a 640×480 BGR frame
    (resize, colour, normalise, layout, model, decode).
-3. **(b) Two stages.** Detector → classifier with three detections per frame: the whole
-   ``Pipeline.run`` against the sum of the raw calls it needs (detector on one tensor,
-   classifier on a batch of three crops), and against those raw calls plus the same
-   pre-processing written by hand — the second ratio isolates the pipeline's own orchestration
-   (cropping bookkeeping, decoding, NMS, result objects) from the image work any caller does.
+3. **(b) Two stages.** Detector → classifier with three detections per frame, on a 192×192
+   BGR frame. Two baselines, both on the pipeline's own sessions:
+
+   - *sum of raw calls*: the two ``session.run`` calls a hand-written loop makes on the same,
+     already pre-processed tensors (the detector on the 96×96 frame tensor, the classifier on
+     the batch of three 28×28 crops) — engine time only;
+   - *raw calls + the same pre-processing by hand*: those calls plus the image work any caller
+     must do too — resize/grey/scale the frame, cut and pre-process the three crops (with
+     :func:`~runtime.pipeline.preprocess.preprocess`, one crop at a time, as a loop would) and
+     stack them. The crop regions are computed once outside the timed call, and the detector
+     output is not decoded, so the baseline still leaves out work a real loop must do.
+
+   The first ratio is the issue's acceptance figure; with these tiny models (≈1 ms of engine
+   time) it is bounded below by the pre-processing alone. The second isolates the pipeline's
+   own orchestration (detector decoding, NMS, crop bookkeeping, classifier decoding, result
+   objects). The absolute overhead (ms per frame) is printed too, since a fixed Python cost
+   reads as a large ratio against a 1 ms model pair and a small one against a real detector.
 4. **(c) Engines.** The MobileNet file on each engine (ORT, OpenVINO, LiteRT) through its
    leanloop backend and through the engine's own API on the backend's engine object
    (``session.run``, ``InferRequest.infer``, ``set_tensor``/``invoke``/``get_tensor``), batch 1:
@@ -25,6 +37,11 @@ The story of one ``python -m bench`` run:
    from ``VmHWM`` in ``/proc/self/status``: ``ru_maxrss`` is printed too, but Linux carries the
    parent's high-water mark across fork+exec, so from a benchmark process that holds torch it
    reports the parent's size, not the device's.
+
+Raw baselines always call the very ``InferenceSession`` the backend built, so they share its
+file, thread count and session options (including spinning disabled, see
+:data:`runtime.backends.onnxruntime.SESSION_CONFIG`), and no second thread pool competes for
+the cores.
 
 Timing: every comparison runs its contenders **interleaved** — each repetition runs every
 contender a few times, in an order rotated per repetition — so drift (thermal, other processes
@@ -203,6 +220,7 @@ def _two_stage(files: dict[str, Path], reps: int, inner: int) -> list[dict[str, 
     from runtime.backends import Backend, BackendOptions
     from runtime.backends.onnxruntime import load as load_ort
     from runtime.pipeline.pipeline import Pipeline
+    from runtime.pipeline.postprocess import softmax
     from runtime.pipeline.preprocess import crop_region, preprocess
     from trainer.stages import CLASSES, pipeline_spec
 
@@ -228,6 +246,11 @@ def _two_stage(files: dict[str, Path], reps: int, inner: int) -> list[dict[str, 
             x1, y1, x2, y2 = region
             crops.append(preprocess(frame[y1:y2, x1:x2], cls_st.pre)[0])
         cls_x = np.concatenate(crops)
+        # The raw calls must see what the pipeline feeds its engine: same tensors, same scores.
+        raw_probs = softmax(raw_cls.run(None, {"crops": cls_x})[0], axis=1)
+        got = np.array([i.scores for i in pred.stages["classifier"].items], dtype=np.float32)
+        if not np.array_equal(raw_probs, got):
+            raise RuntimeError("the raw classifier call does not reproduce the pipeline's scores")
 
         regions = [crop_region((192, 192), d.box, cls_st.crop) for d in dets if d.box]
 
@@ -255,6 +278,8 @@ def _two_stage(files: dict[str, Path], reps: int, inner: int) -> list[dict[str, 
             "run_p50_ms": t["run"].p50,
             "ratio": t["run"].p50 / t["raw_sum"].p50,
             "ratio_vs_raw_with_pre": t["run"].p50 / t["raw_with_pre"].p50,
+            "overhead_ms": t["run"].p50 - t["raw_sum"].p50,
+            "overhead_vs_raw_with_pre_ms": t["run"].p50 - t["raw_with_pre"].p50,
             "n": len(t["run"].samples),
         }
         rows.append(row)
@@ -263,7 +288,8 @@ def _two_stage(files: dict[str, Path], reps: int, inner: int) -> list[dict[str, 
             f"{row['raw_sum_p50_ms']:.3f} ms | Pipeline.run (192x192 frame incl. pre, crops, "
             f"NMS) {row['run_p50_ms']:.3f} ms = {row['ratio']:.3f}x; vs raw calls + the same "
             f"pre-processing by hand {row['raw_with_pre_p50_ms']:.3f} ms: "
-            f"{row['ratio_vs_raw_with_pre']:.3f}x"
+            f"{row['ratio_vs_raw_with_pre']:.3f}x (+{row['overhead_ms']:.3f} ms / "
+            f"+{row['overhead_vs_raw_with_pre_ms']:.3f} ms per frame)"
         )
     return rows
 

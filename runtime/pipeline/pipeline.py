@@ -16,11 +16,13 @@ Per frame, :meth:`Pipeline.run` (or :meth:`Pipeline.run_bytes` for encoded image
    and decodes the outputs (one item for a classifier, one per kept box for a detector). A
    ``for_each`` stage cuts one crop per detection of its parent stage
    (:func:`~runtime.pipeline.preprocess.crop_region`; too-small crops are skipped),
-   pre-processes each and runs them **batched** when the model's first input has a dynamic
-   batch axis (in chunks of ``stage.batch`` when it is > 0), in chunks padded to the batch size
-   when the model has a fixed batch > 1, else one call per crop. Every item it yields has
-   ``parent`` = the index of its detection; items without a box get the parent's box, boxes
-   found inside a crop are moved to frame pixels;
+   pre-processes them into one batch tensor
+   (:func:`~runtime.pipeline.preprocess.preprocess_batch`: each crop resized on its own,
+   colour/scaling/layout once for all) and runs them **batched** when the model's first input
+   has a dynamic batch axis (in chunks of ``stage.batch`` when it is > 0), in chunks padded to
+   the batch size when the model has a fixed batch > 1, else one call per crop. Every item it
+   yields has ``parent`` = the index of its detection; items without a box get the parent's
+   box, boxes found inside a crop are moved to frame pixels;
 3. times every stage (``StageResult.latency_ms``) and the frame (``Prediction.latency_ms``).
 
 A bad frame never raises: an undecodable, empty or wrongly typed frame — or any failure while a
@@ -69,6 +71,7 @@ from runtime.pipeline.preprocess import (
     decode_image,
     load_plugin,
     preprocess,
+    preprocess_batch,
 )
 
 __all__ = ["Decoder", "Pipeline"]
@@ -97,6 +100,9 @@ class _Stage:
         "decode",
         "input_name",
         "input_rank",
+        "key_calls",
+        "key_items",
+        "key_latency",
         "kind",
         "model",
         "name",
@@ -123,6 +129,9 @@ class _Stage:
         self.pre: PreSpec = spec.pre
         self.crop = spec.crop
         self.plugin_pre = spec.pre.plugin is not None
+        self.key_calls = f"stage.{spec.name}.calls"  # Pipeline.stats keys, built once
+        self.key_items = f"stage.{spec.name}.items"
+        self.key_latency = f"stage.{spec.name}.latency_ms"
         # A classifier decodes a whole batch at once (one item per row); other decoders see one
         # image at a time.
         self.rowwise = not isinstance(spec.post, ClassifyPost)
@@ -305,9 +314,8 @@ class Pipeline:
                 res = StageResult(st.name, st.kind, items, ms)
                 results[st.name] = res
                 done.append(res)
-                key = f"stage.{st.name}."
-                stats[key + "items"] += len(items)
-                stats[key + "latency_ms"] += _EWMA * (ms - stats[key + "latency_ms"])
+                stats[st.key_items] += len(items)
+                stats[st.key_latency] += _EWMA * (ms - stats[st.key_latency])
         except FrameError as e:
             return self._failed(frame_id, _one_line(e), t0)
         except Exception as e:
@@ -354,7 +362,7 @@ class Pipeline:
     def _call(self, st: _Stage, batch: np.ndarray) -> list[np.ndarray]:
         """One model call; pads a short batch for fixed-batch models and trims the outputs."""
         n = batch.shape[0]
-        self.stats[f"stage.{st.name}.calls"] += 1
+        self.stats[st.key_calls] += 1
         if st.pad_to <= n:
             return st.model.run({st.input_name: batch})
         padded = np.zeros((st.pad_to, *batch.shape[1:]), dtype=batch.dtype)
@@ -370,37 +378,43 @@ class Pipeline:
         self, st: _Stage, frame: np.ndarray, parents: Sequence[Item], w: int, h: int
     ) -> list[Item]:
         owners: list[tuple[int, Item, tuple[int, int, int, int]]] = []
-        tensors: list[np.ndarray] = []
-        lbs: list[Letterbox] = []
+        crops: list[np.ndarray] = []
+        size = (w, h)
         for idx, parent in enumerate(parents):
             if parent.box is None:
                 continue
-            region = crop_region((w, h), parent.box, st.crop)
+            region = crop_region(size, parent.box, st.crop)
             if region is None:
                 continue
             x1, y1, x2, y2 = region
-            tensor, lb = self._tensor(st, frame[y1:y2, x1:x2])
             owners.append((idx, parent, region))
-            tensors.append(tensor)
-            lbs.append(lb)
-        if not tensors:
+            crops.append(frame[y1:y2, x1:x2])
+        if not crops:
             return []
-        n = len(tensors)
+        lbs: list[Letterbox]
+        if st.plugin_pre:
+            pairs = [self._tensor(st, c) for c in crops]
+            tensors = np.concatenate([t for t, _ in pairs], axis=0)
+            lbs = [lb for _, lb in pairs]
+        else:
+            # The crops are views of the BGR frame: one batch, resized one by one, the rest of
+            # the pre-processing in one pass; chunks below are views of it.
+            tensors, lbs = preprocess_batch(crops, st.pre)
+        n = len(crops)
         chunk = st.chunk if st.chunk > 0 else n
         items: list[Item] = []
         for start in range(0, n, chunk):
-            part = tensors[start : start + chunk]
-            batch = part[0] if len(part) == 1 else np.concatenate(part, axis=0)
+            batch = tensors[start : start + chunk]
             outs = self._call(st, batch)
             if st.rowwise:
-                for r in range(len(part)):
+                for r in range(len(batch)):
                     idx, parent, (x1, y1, x2, y2) = owners[start + r]
                     row = [o[r : r + 1] for o in outs]
                     found = st.decode(row, lbs[start + r], (x2 - x1, y2 - y1))
                     items.extend(_adopt(found, idx, parent, x1, y1))
             else:
                 found = st.decode(outs, _IDENTITY, (w, h))
-                for r, item in enumerate(found[: len(part)]):
+                for r, item in enumerate(found[: len(batch)]):
                     idx, parent, _ = owners[start + r]
                     item.parent = idx
                     item.box = parent.box

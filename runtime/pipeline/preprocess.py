@@ -10,7 +10,8 @@ Frames are ``uint8`` arrays, ``H×W×3`` in BGR order (what cameras and OpenCV g
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -27,6 +28,7 @@ __all__ = [
     "decode_image",
     "load_plugin",
     "preprocess",
+    "preprocess_batch",
 ]
 
 MAX_FRAME_SIDE = 8192
@@ -105,10 +107,10 @@ def crop_region(
         x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
         bw = bh = side
     mx, my = bw * spec.margin / 2, bh * spec.margin / 2
-    ix1 = max(0, int(np.floor(x1 - mx)))
-    iy1 = max(0, int(np.floor(y1 - my)))
-    ix2 = min(w, int(np.ceil(x2 + mx)))
-    iy2 = min(h, int(np.ceil(y2 + my)))
+    ix1 = max(0, math.floor(x1 - mx))
+    iy1 = max(0, math.floor(y1 - my))
+    ix2 = min(w, math.ceil(x2 + mx))
+    iy2 = min(h, math.ceil(y2 + my))
     if ix2 - ix1 < spec.min_size or iy2 - iy1 < spec.min_size:
         return None
     return ix1, iy1, ix2, iy2
@@ -140,8 +142,8 @@ class Letterbox:
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
         """Map ``N×4`` x1,y1,x2,y2 boxes in input pixels to source pixels."""
         out = boxes.astype(np.float32, copy=True)
-        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale_x
-        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale_y
+        out[:, 0::2] = (out[:, 0::2] - self.pad_x) / self.scale_x
+        out[:, 1::2] = (out[:, 1::2] - self.pad_y) / self.scale_y
         return out
 
 
@@ -174,22 +176,63 @@ def preprocess(image: np.ndarray, spec: PreSpec) -> tuple[np.ndarray, Letterbox]
         tw, th = spec.resize
         return tensor, Letterbox(tw / w, th / h, 0.0, 0.0)
     resized, lb = _resize(image, spec)
+    return _to_tensor(resized[None], spec), lb
+
+
+def preprocess_batch(
+    images: Sequence[np.ndarray], spec: PreSpec
+) -> tuple[np.ndarray, list[Letterbox]]:
+    """Turn BGR uint8 images (e.g. the crops of one frame) into one ``N×…`` input batch.
+
+    The result is exactly ``np.concatenate([preprocess(i, spec)[0] for i in images])``: each
+    image is resized on its own, then colour, scaling and layout run once over the whole batch
+    (they are per pixel), which saves a round of numpy calls per image. Images must already
+    be BGR (``H×W×3`` uint8; strided views such as crops of a frame are fine). Not for
+    ``pre.plugin`` specs, which make their own tensors one image at a time.
+    """
+    if spec.plugin:
+        raise PipelineError("preprocess_batch: a pre plug-in makes its tensors one at a time")
+    if not images:
+        raise PipelineError("preprocess_batch: no images")
+    if len(images) == 1:
+        resized, lb = _resize(images[0], spec)
+        return _to_tensor(resized[None], spec), [lb]
+    tw, th = spec.resize
+    stack = np.empty((len(images), th, tw, 3), dtype=np.uint8)
+    lbs: list[Letterbox] = []
+    for i, image in enumerate(images):
+        stack[i], lb = _resize(image, spec)
+        lbs.append(lb)
+    return _to_tensor(stack, spec), lbs
+
+
+def _to_tensor(batch: np.ndarray, spec: PreSpec) -> np.ndarray:
+    """Colour, scale/normalise, quantise and lay out an ``N×H×W×3`` BGR uint8 batch."""
     if spec.color == "gray":
-        chw = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None]
+        n, th, tw = batch.shape[:3]
+        # BGR -> gray is per pixel, so one call over the N images stacked row-wise is the same.
+        flat = batch.reshape(n * th, tw, 3)
+        chw = cv2.cvtColor(flat, cv2.COLOR_BGR2GRAY).reshape(n, th, tw, 1)
     elif spec.color == "rgb":
-        chw = resized[:, :, ::-1]
+        chw = batch[..., ::-1]
     else:
-        chw = resized
+        chw = batch
     if spec.dtype == "uint8" and spec.scale == 1.0 and spec.mean is None and spec.std is None:
-        arr = np.ascontiguousarray(chw)
+        arr = chw
     else:
-        x = chw.astype(np.float32)
-        if spec.scale != 1.0:
-            x *= np.float32(spec.scale)
-        if spec.mean is not None:
-            x -= np.asarray(spec.mean, dtype=np.float32)
-        if spec.std is not None:
-            x /= np.asarray(spec.std, dtype=np.float32)
+        x = _normalised(chw, spec)
+        if x is not None:
+            arr = x
+        else:
+            x = chw.astype(np.float32)
+            if spec.scale != 1.0:
+                x *= np.float32(spec.scale)
+            if spec.mean is not None:
+                x -= np.asarray(spec.mean, dtype=np.float32)
+            if spec.std is not None:
+                x /= np.asarray(spec.std, dtype=np.float32)
+            if spec.layout == "nchw":
+                x = np.transpose(x, (0, 3, 1, 2))
         if spec.dtype == "float32":
             arr = x
         elif spec.dtype == "uint8":
@@ -198,6 +241,42 @@ def preprocess(image: np.ndarray, spec: PreSpec) -> tuple[np.ndarray, Letterbox]
             qs = spec.quant_scale or 1.0
             zp = spec.quant_zero_point or 0
             arr = np.clip(np.rint(x / qs + zp), -128, 127).astype(np.int8)
+        return np.ascontiguousarray(arr)
     if spec.layout == "nchw":
-        arr = np.transpose(arr, (2, 0, 1))
-    return np.ascontiguousarray(arr[None]), lb
+        arr = np.transpose(arr, (0, 3, 1, 2))
+    return np.ascontiguousarray(arr)
+
+
+def _normalised(chw: np.ndarray, spec: PreSpec) -> np.ndarray | None:
+    """``(float32(pixel) * scale - mean[c]) / std[c]`` one channel plane at a time, written
+    straight into the output layout; None when mean/std do not have one value per channel.
+
+    Element for element the same float32 arithmetic as broadcasting over the channel axis,
+    but numpy's broadcast over a last axis of 3 costs ~30x a plane-wise op: on a 224×224 RGB
+    image it is ~0.9 ms against ~0.05 ms.
+    """
+    channels = chw.shape[3]
+    per_channel: list[list[np.float32] | None] = []
+    for values in (spec.mean, spec.std):
+        if values is None:
+            per_channel.append(None)
+        elif len(values) in (1, channels):
+            v = np.asarray(values, dtype=np.float32)
+            per_channel.append([v[0] if len(v) == 1 else v[c] for c in range(channels)])
+        else:
+            return None  # an odd broadcast (e.g. 3 means for gray): the general path does it
+    mean, std = per_channel
+    n, th, tw = chw.shape[:3]
+    nchw = spec.layout == "nchw"
+    x = np.empty((n, channels, th, tw) if nchw else (n, th, tw, channels), dtype=np.float32)
+    scale = np.float32(spec.scale)
+    for c in range(channels):
+        plane = x[:, c] if nchw else x[..., c]
+        plane[...] = chw[..., c]
+        if spec.scale != 1.0:
+            plane *= scale
+        if mean is not None:
+            plane -= mean[c]
+        if std is not None:
+            plane /= std[c]
+    return x

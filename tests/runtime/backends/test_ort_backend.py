@@ -71,6 +71,13 @@ def test_session_uses_the_configured_threads_when_set(float_model: Path) -> None
     assert (be.threads, so.intra_op_num_threads, so.inter_op_num_threads) == (2, 2, 1)
 
 
+def test_thread_pools_do_not_spin_when_a_session_is_built(float_model: Path) -> None:
+    # Spinning workers steal the core the Python pre/post-processing needs on a 2-core device.
+    so = load(float_model, BackendOptions(threads=2)).session.get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert so.get_session_config_entry(key) == "0"
+
+
 def test_unavailable_providers_are_skipped_with_a_warning_when_requested(
     float_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
