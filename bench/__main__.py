@@ -1,20 +1,33 @@
-"""``python -m bench [--out DIR] [--quick]``: run the inference benchmark and print its table."""
+"""``python -m bench [--out DIR] [--quick] [--only inference|delta]``: run the benchmarks.
+
+Each benchmark prints its table and writes JSON under ``--out``: ``inference.json`` (pipeline
+vs raw engine calls, engines side by side, peak RSS) and ``delta.json`` (patch size and time,
+ours vs bsdiff4 / hdiffpatch / zstd --patch-from / xdelta3 / zstd -19). Ratios are against
+anchors measured in the same run; nothing here asserts a number.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from bench.inference import run_all
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    parser.add_argument("--only", choices=("inference", "delta"), help="run one benchmark")
     args = parser.parse_args(argv)
-    run_all(args.out, quick=args.quick)
-    return 0
+    rc = 0
+    if args.only in (None, "inference"):
+        from bench.inference import run_all
+
+        run_all(args.out, quick=args.quick)
+    if args.only in (None, "delta"):
+        from bench.delta import main as delta_main
+
+        rc = delta_main(["--out", str(args.out)]) or rc
+    return rc
 
 
 if __name__ == "__main__":
