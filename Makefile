@@ -27,6 +27,9 @@ lint: install
 	$(VENV)/bin/mypy runtime hub trainer bsdiff leanloop
 
 bench: install
+	@# Delta anchors that come as CLI tools (skipped with a note when they cannot be installed).
+	@command -v xdelta3 >/dev/null && command -v zstd >/dev/null || \
+		(apt-get install -y -q xdelta3 zstd >/dev/null 2>&1 || echo "note: xdelta3/zstd CLI not installed")
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
