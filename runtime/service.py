@@ -32,9 +32,17 @@ from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
 from runtime.bundle.loader import LoadedBundle, load_bundle
 from runtime.config import DeviceConfig
-from runtime.errors import BundleError, HubError, LeanloopError, TrustError, UpdateError
+from runtime.errors import (
+    BundleError,
+    FrameError,
+    HubError,
+    LeanloopError,
+    TrustError,
+    UpdateError,
+)
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.pipeline.prediction import Prediction
+from runtime.pipeline.preprocess import decode_image
 from runtime.sampling import make_scorer
 from runtime.sources import FolderSource, JsonlSink, NullSink
 from runtime.store.lmdb_store import SampleStore
@@ -174,17 +182,6 @@ class DeviceService:
             bad.close()
         self._load_active()
 
-    def rollback(self) -> str:
-        """Operator rollback while running (the CLI reaches it through the status file)."""
-        slot = self.slots.rollback()
-        old = self.bundle
-        self.bundle = load_bundle(self.slots.dir(slot), self.cfg.inference.backend, self.options)
-        self._trial = None
-        if old is not None:
-            old.close()
-        self.counters["rollbacks"] += 1
-        return slot
-
     # ---- the hot path ------------------------------------------------------------------
 
     def _judge_trial(self) -> None:
@@ -211,9 +208,6 @@ class DeviceService:
             return False
         frame_id, data = got
         pipeline = self.bundle.pipeline
-        from runtime.errors import FrameError
-        from runtime.pipeline.preprocess import decode_image
-
         try:
             image = decode_image(data)
         except FrameError as e:
