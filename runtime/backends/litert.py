@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends._common import EngineBackend, first_line
 from runtime.backends.base import BackendOptions
 from runtime.bundle.manifest import TensorSpec
 from runtime.errors import BackendError
@@ -142,11 +143,6 @@ def _spec(detail: dict[str, Any], quant: Quantization | None) -> TensorSpec:
     return TensorSpec(name=str(detail["name"]), shape=shape, dtype=dtype)
 
 
-def _line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 class _Runner:
     """One interpreter with its tensors allocated for one set of input shapes."""
 
@@ -159,7 +155,7 @@ class _Runner:
         self.out_index = [int(d["index"]) for d in interp.get_output_details()]
 
 
-class LiteRtBackend:
+class LiteRtBackend(EngineBackend):
     """A ``.tflite`` model in a LiteRT interpreter. Construct with :func:`load`."""
 
     name = NAME
@@ -180,7 +176,7 @@ class LiteRtBackend:
         except BackendError:
             raise
         except Exception as e:  # the interpreter raises ValueError / RuntimeError
-            raise BackendError(f"{self.path}: litert cannot load the model: {_line(e)}") from e
+            raise BackendError(f"{self.path}: litert cannot load the model: {first_line(e)}") from e
         self._in_quant = [
             _quantization(d, f"{self.path}: litert: input {d['name']!r}") for d in in_details
         ]
@@ -205,14 +201,6 @@ class LiteRtBackend:
         return _Interpreter(model_path=str(self.path), num_threads=threads)
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def interpreter(self) -> Any:
         """The interpreter allocated for the model's own batch size (benchmarks use it)."""
         return self._runner.interp
@@ -226,17 +214,6 @@ class LiteRtBackend:
     def split_batch_sizes(self) -> list[int]:
         """Batch sizes the graph refused to resize to, run one sample at a time."""
         return sorted(self._split)
-
-    def warmup(self, runs: int) -> None:
-        """Run ``runs`` times on zeros of the inputs (dynamic axes: 1). Raises BackendError."""
-        if runs <= 0:
-            return
-        feed = {
-            t.name: np.zeros([d if isinstance(d, int) else 1 for d in t.shape], dtype=t.dtype)
-            for t in self._inputs
-        }
-        for _ in range(runs):
-            self.run(feed)
 
     def _runner_for(self, batch: int) -> _Runner:
         if batch == self._runner.batch:
@@ -256,7 +233,7 @@ class LiteRtBackend:
                 return self._runner
             raise BackendError(
                 f"{self.path}: litert cannot run batch size {batch} "
-                f"(the model is built for {self._runner.batch}): {_line(e)}"
+                f"(the model is built for {self._runner.batch}): {first_line(e)}"
             ) from e
         runner = _Runner(interp, batch)
         self._others[batch] = runner
@@ -305,7 +282,7 @@ class LiteRtBackend:
                 outs.append(out if quant is None else dequantize(out, quant))
             return outs
         except Exception as e:
-            raise BackendError(f"{self.path}: litert run failed: {_line(e)}") from e
+            raise BackendError(f"{self.path}: litert run failed: {first_line(e)}") from e
 
     def close(self) -> None:
         """Drop the interpreters. Further ``run`` calls raise BackendError."""

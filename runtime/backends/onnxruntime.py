@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends._common import EngineBackend, first_line
 from runtime.backends.base import BackendOptions
 from runtime.bundle.manifest import TensorSpec
 from runtime.errors import BackendError
@@ -119,7 +120,7 @@ def _choose_providers(wanted: tuple[str, ...], available: list[str]) -> list[str
     return chosen or ["CPUExecutionProvider"]
 
 
-class OrtBackend:
+class OrtBackend(EngineBackend):
     """A model loaded in an ONNX Runtime session. Construct with :func:`load`."""
 
     name = NAME
@@ -148,36 +149,18 @@ class OrtBackend:
             self._inputs = [_spec(a) for a in self._session.get_inputs()]
             self._outputs = [_spec(a) for a in self._session.get_outputs()]
         except Exception as e:  # ORT raises its own pybind exception types
-            raise BackendError(f"{self.path}: onnxruntime cannot load the model: {_line(e)}") from e
+            raise BackendError(
+                f"{self.path}: onnxruntime cannot load the model: {first_line(e)}"
+            ) from e
         self._output_names = [o.name for o in self._outputs]
         self.providers: list[str] = list(self._session.get_providers())
         self.threads = so.intra_op_num_threads
         self.warmup(options.warmup_runs)
 
     @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
     def session(self) -> Any:
         """The underlying ``ort.InferenceSession`` (benchmarks compare against it)."""
         return self._session
-
-    def warmup(self, runs: int) -> None:
-        """Run ``runs`` times on zeros of the inputs (dynamic axes: 1). Raises BackendError."""
-        if runs <= 0:
-            return
-        feed = {
-            t.name: np.zeros([d if isinstance(d, int) else 1 for d in t.shape], dtype=t.dtype)
-            for t in self._inputs
-            if t.dtype != "str"
-        }
-        for _ in range(runs):
-            self.run(feed)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run once; outputs in signature order. Raises BackendError."""
@@ -186,16 +169,11 @@ class OrtBackend:
         except Exception as e:
             if self._session is None:
                 raise BackendError(f"{self.path}: onnxruntime: the model is closed") from e
-            raise BackendError(f"{self.path}: onnxruntime run failed: {_line(e)}") from e
+            raise BackendError(f"{self.path}: onnxruntime run failed: {first_line(e)}") from e
 
     def close(self) -> None:
         """Release the session. Further ``run`` calls raise BackendError."""
         self._session = None
-
-
-def _line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def load(path: Path, options: BackendOptions) -> OrtBackend:

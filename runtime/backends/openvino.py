@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends._common import EngineBackend, first_line
 from runtime.backends.base import BackendOptions
 from runtime.bundle.manifest import TensorSpec
 from runtime.errors import BackendError
@@ -62,11 +63,6 @@ def _core() -> Any:
     return _CORE
 
 
-def _line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
 def _port_name(port: Any, fallback: str) -> str:
     try:
         name = str(port.get_any_name())
@@ -86,7 +82,7 @@ def _spec(port: Any, fallback: str) -> TensorSpec:
     return TensorSpec(name=_port_name(port, fallback), shape=shape, dtype=dtype)
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(EngineBackend):
     """A model compiled by OpenVINO with one reusable infer request. Construct with :func:`load`."""
 
     name = NAME
@@ -119,17 +115,11 @@ class OpenVinoBackend:
             self._outputs = [_spec(p, f"output{i}") for i, p in enumerate(self._compiled.outputs)]
             self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         except Exception as e:  # OpenVINO raises RuntimeError and its own pybind types
-            raise BackendError(f"{self.path}: openvino cannot load the model: {_line(e)}") from e
+            raise BackendError(
+                f"{self.path}: openvino cannot load the model: {first_line(e)}"
+            ) from e
         self._ports = dict(zip((t.name for t in self._inputs), self._compiled.inputs, strict=True))
         self.warmup(options.warmup_runs)
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     @property
     def compiled_model(self) -> Any:
@@ -140,17 +130,6 @@ class OpenVinoBackend:
     def request(self) -> Any:
         """The reused ``openvino.InferRequest``."""
         return self._request
-
-    def warmup(self, runs: int) -> None:
-        """Run ``runs`` times on zeros of the inputs (dynamic axes: 1). Raises BackendError."""
-        if runs <= 0:
-            return
-        feed = {
-            t.name: np.zeros([d if isinstance(d, int) else 1 for d in t.shape], dtype=t.dtype)
-            for t in self._inputs
-        }
-        for _ in range(runs):
-            self.run(feed)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run once; outputs in signature order. Raises BackendError."""
@@ -166,7 +145,7 @@ class OpenVinoBackend:
         except Exception as e:
             if self._request is None:
                 raise BackendError(f"{self.path}: openvino: the model is closed") from e
-            raise BackendError(f"{self.path}: openvino run failed: {_line(e)}") from e
+            raise BackendError(f"{self.path}: openvino run failed: {first_line(e)}") from e
 
     def close(self) -> None:
         """Release the request and the compiled model. Further ``run`` calls raise BackendError."""
