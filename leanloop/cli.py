@@ -34,10 +34,12 @@ bundle_app = typer.Typer(
 device_app = typer.Typer(help="The device service.", no_args_is_help=True)
 samples_app = typer.Typer(help="The device's sample store.", no_args_is_help=True)
 delta_app = typer.Typer(help="The delta codec on any two files.", no_args_is_help=True)
+feedback_app = typer.Typer(help="Corrective feedback on stored predictions.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(device_app, name="device")
 app.add_typer(samples_app, name="samples")
 app.add_typer(delta_app, name="delta")
+app.add_typer(feedback_app, name="feedback")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
@@ -145,6 +147,13 @@ def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
     return load_config(config).state_dir
 
 
+def _store_bytes(config: Path | None) -> int:
+    """The service's ``store.max_bytes`` (the operator must open LMDB with the same map size)."""
+    from runtime.config import load_config
+
+    return load_config(config).store.max_bytes
+
+
 @app.command("status")
 @handled
 def status(
@@ -216,7 +225,7 @@ def samples_list(
     """What the sample store holds, most valuable first."""
     from runtime.operator import list_samples
 
-    rows = list_samples(_state_dir(config, state_dir), top)
+    rows = list_samples(_state_dir(config, state_dir), top, _store_bytes(config))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -236,6 +245,63 @@ def samples_list(
     Console().print(t)
 
 
+def _feedback(
+    config: Path | None,
+    state_dir: Path | None,
+    sample_id: str,
+    label: str | None,
+    who: str | None,
+    item: int | None,
+    as_json: bool,
+) -> None:
+    import getpass
+
+    from runtime.operator import give_feedback
+
+    out = give_feedback(
+        _state_dir(config, state_dir),
+        _store_bytes(config),
+        sample_id,
+        label,
+        who or getpass.getuser(),
+        item,
+    )
+    if as_json:
+        typer.echo(json.dumps(out))
+    else:
+        what = f"corrected to {label}" if label else "confirmed"
+        typer.echo(f"{sample_id}: {what}; priority now {out['priority']:.3f}")
+
+
+@feedback_app.command("confirm")
+@handled
+def feedback_confirm(
+    sample_id: Annotated[str, typer.Argument(help="sample id (leanloop samples list)")],
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    who: Annotated[str | None, typer.Option(help="operator name (default: login)")] = None,
+    item: Annotated[int | None, typer.Option(help="which detection (default: whole frame)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The stored prediction is right."""
+    _feedback(config, state_dir, sample_id, None, who, item, as_json)
+
+
+@feedback_app.command("correct")
+@handled
+def feedback_correct(
+    sample_id: Annotated[str, typer.Argument(help="sample id (leanloop samples list)")],
+    label: Annotated[str, typer.Option(help="the right label (a class of the ontology)")],
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    who: Annotated[str | None, typer.Option(help="operator name (default: login)")] = None,
+    item: Annotated[int | None, typer.Option(help="which detection (default: whole frame)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The stored prediction is wrong; record the right label (top upload priority)."""
+    _feedback(config, state_dir, sample_id, label, who, item, as_json)
+
+
 # ---- deltas ----------------------------------------------------------------------------
 
 
@@ -249,8 +315,9 @@ def delta_make(
     old: Annotated[Path, typer.Argument(help="base file the device has")],
     new: Annotated[Path, typer.Argument(help="file the device should end up with")],
     patch: Annotated[Path, typer.Argument(help="patch file to write")],
-    codec: Annotated[str, typer.Option(help="auto | tensor | hdiffpatch | zstd-dict | bsdiff4")]
-    = "auto",
+    codec: Annotated[
+        str, typer.Option(help="auto | tensor | hdiffpatch | zstd-dict | bsdiff4")
+    ] = "auto",
 ) -> None:
     """Make a verified patch from OLD to NEW (tensor-aware for model files)."""
     from bsdiff import DeltaError, codec_name, make_patch, read_header
@@ -264,8 +331,10 @@ def delta_make(
 
     atomic_write_bytes(patch, data)
     h = read_header(data)
-    typer.echo(f"{patch}: {len(data)} bytes ({len(data) / max(1, h.result_size):.2%} of "
-               f"{h.result_size}), codec {codec_name(h.codec)}")
+    typer.echo(
+        f"{patch}: {len(data)} bytes ({len(data) / max(1, h.result_size):.2%} of "
+        f"{h.result_size}), codec {codec_name(h.codec)}"
+    )
 
 
 @delta_app.command("apply")

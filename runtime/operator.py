@@ -16,7 +16,7 @@ from typing import Any
 from runtime.errors import ConfigError, UpdateError
 from runtime.update.slots import Slots
 
-__all__ = ["list_samples", "offline_rollback", "read_status", "service_pid"]
+__all__ = ["give_feedback", "list_samples", "offline_rollback", "read_status", "service_pid"]
 
 
 def service_pid(state_dir: Path) -> int | None:
@@ -67,13 +67,18 @@ def offline_rollback(state_dir: Path) -> str:
     return f"rolled back to {i.bundle} v{i.version} (slot {slot})"
 
 
-def list_samples(state_dir: Path, top: int) -> list[dict[str, Any]]:
+def list_samples(state_dir: Path, top: int, max_bytes: int) -> list[dict[str, Any]]:
+    """The ``top`` pending samples, most valuable first.
+
+    ``max_bytes`` must be the service's ``store.max_bytes``: LMDB's map size is shared by every
+    process that opens the store, so the operator opens it exactly as the service does.
+    """
     from runtime.store.lmdb_store import SampleStore
 
     path = state_dir / "samples"
     if not path.exists():
         return []
-    store = SampleStore(path, max_bytes=1 << 40)
+    store = SampleStore(path, max_bytes=max_bytes)
     try:
         rows = []
         for r in store.top(top, state="pending"):
@@ -95,3 +100,57 @@ def list_samples(state_dir: Path, top: int) -> list[dict[str, Any]]:
         return rows
     finally:
         store.close()
+
+
+def _active_classes(state_dir: Path) -> tuple[list[str], int]:
+    from runtime.bundle.loader import read_manifest
+
+    slots = Slots(state_dir)
+    d = slots.active_dir
+    if d is None:
+        raise UpdateError("no active bundle: cannot check labels against its ontology")
+    m = read_manifest(d)
+    return list(m.ontology.classes), m.version
+
+
+def give_feedback(
+    state_dir: Path,
+    max_bytes: int,
+    sample_id: str,
+    label: str | None,
+    who: str,
+    item: int | None = None,
+) -> dict[str, Any]:
+    """Record a confirmation (``label`` None) or a correction on a stored sample.
+
+    Works with the service up or down (LMDB serialises writers across processes). Raises
+    ConfigError for a label the active bundle's ontology does not know, StoreError for an
+    unknown sample.
+    """
+    import time
+
+    from runtime.store.lmdb_store import SampleStore
+    from runtime.store.record import Feedback
+
+    classes, version = _active_classes(state_dir)
+    if label is not None and label not in classes:
+        raise ConfigError(
+            f"unknown label {label!r}: the active bundle's ontology has {', '.join(classes)}"
+        )
+    path = state_dir / "samples"
+    if not path.exists():
+        raise ConfigError(f"{path}: no sample store")
+    fb = Feedback(
+        kind="correct" if label is not None else "confirm",
+        label=label,
+        who=who,
+        when=time.time(),
+        bundle_version=version,
+        item=item,
+    )
+    store = SampleStore(path, max_bytes=max_bytes)
+    try:
+        rec = store.set_feedback(sample_id, fb)
+    finally:
+        store.close()
+    return {"id": rec.id, "priority": rec.priority, "feedback": fb.to_dict()}

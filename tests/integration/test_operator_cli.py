@@ -1,0 +1,77 @@
+"""The field operator's commands against a running device: status, samples, feedback, rollback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from loopkit import BundleMaker, Device
+from typer.testing import CliRunner
+
+from hub.client import HubAdminClient
+from hub.testing import LiveHub
+from leanloop.cli import app
+
+BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
+
+
+def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
+    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    admin.publish_bundle(make_bundle(1, BOXES), keys)
+    admin.rollout("digits", 1)
+    dev = start_device(upload={"interval_s": 3600})  # keep samples on the device
+    dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
+    dev.feed(5)
+    dev.wait("stored", lambda st: st["writer"]["stored"] >= 5)
+    runner = CliRunner()
+    cfg = ["--config", str(dev.config)]
+
+    r = runner.invoke(app, ["status", *cfg, "--json"])
+    assert r.exit_code == 0, r.output
+    st = json.loads(r.stdout)
+    assert st["running"] and st["active"]["version"] == 1
+
+    r = runner.invoke(app, ["samples", "list", *cfg, "--top", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert len(rows) == 3 and rows[0]["priority"] >= rows[-1]["priority"]
+    last = rows[-1]["id"]
+
+    r = runner.invoke(app, ["feedback", "correct", last, "--label", "5", "--who", "ana", *cfg])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(runner.invoke(app, ["samples", "list", *cfg, "--json"]).stdout)
+    assert rows[0]["id"] == last  # corrected samples go first
+    assert rows[0]["feedback"]["label"] == "5" and rows[0]["feedback"]["who"] == "ana"
+
+    r = runner.invoke(app, ["feedback", "correct", last, "--label", "banana", *cfg])
+    assert r.exit_code == 2 and r.output.startswith("error: unknown label 'banana'")
+    assert r.output.count("\n") == 1
+    r = runner.invoke(app, ["feedback", "confirm", "0000-nope", *cfg])
+    assert r.exit_code == 1 and "no sample 0000-nope" in r.output
+
+    r = runner.invoke(app, ["rollback", "--yes", *cfg])
+    assert r.exit_code == 1 and "service is running" in r.output
+
+
+def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
+    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    admin.publish_bundle(make_bundle(1, BOXES), keys)
+    admin.rollout("digits", 1)
+    dev = start_device()
+    dev.wait("v1 committed", lambda st: (st.get("active") or {}).get("status") == "committed")
+    admin.publish_bundle(make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), keys)
+    admin.rollout("digits", 2)
+    dev.wait("v2 committed", lambda st: st["active"]["version"] == 2
+             and st["active"]["status"] == "committed")
+    dev.stop()
+    r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
+    assert r.exit_code == 0, r.output
+    assert "rolled back to digits v1" in r.output
+    slots = json.loads((dev.state / "slots.json").read_text())
+    assert slots["slots"][slots["active"]]["version"] == 1
+    assert 2 in slots["bad_versions"]["digits"]  # the hub's v2 is not re-installed by itself
