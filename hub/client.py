@@ -5,10 +5,15 @@ one flow with logic on this side, because the targets key never leaves the admin
 
 1. read ``manifest.json`` and check every file it lists against its sha256 and size;
 2. upload every file and the manifest as blobs (``PUT /admin/blobs/{sha256}``);
-3. fetch the hub's current targets, verify it and sign version + 1 with one target per file
-   ``<name>/<version>/<path>`` and ``<name>/<version>/manifest.json``
+3. fetch the hub's current targets; for each file that changed since one of the 2 most recent
+   earlier published versions of the bundle, download that base from the hub, make a patch
+   (:func:`bsdiff.make_patch`) and, if it is under 90% of the file, upload it as the extra
+   target ``<name>/<version>/<path>.from-<base sha256[:16]>.lldelta`` whose signed ``custom``
+   names ``delta_of``, ``base_sha256`` and ``result_sha256`` (:func:`delta_bases`);
+4. verify the current targets and sign version + 1 with one target per file
+   ``<name>/<version>/<path>``, each delta, and ``<name>/<version>/manifest.json``
    (:func:`hub.signing.sign_targets`);
-4. post it (``POST /admin/targets``).
+5. post it (``POST /admin/targets``).
 
 Every error is a :class:`~runtime.errors.HubError` subclass from :mod:`hub.errors` with the
 hub's one-line message: the same class the hub raised on its side.
@@ -20,19 +25,63 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import urllib3
 
+import bsdiff
 from hub.errors import HubUnavailable, NotFound, error_for_status
 from hub.signing import TargetAddition, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import BundleError
+from runtime.trust import delta_target_name
 
-__all__ = ["HubAdminClient", "safe_extract_tar"]
+__all__ = [
+    "DELTA_BASE_VERSIONS",
+    "DELTA_MAX_RATIO",
+    "HubAdminClient",
+    "delta_bases",
+    "safe_extract_tar",
+]
 
 Box = list[Any]  # [x1, y1, x2, y2, "label"]
+
+DELTA_BASE_VERSIONS = 2
+"""Deltas are made from at most this many of the most recent earlier versions of a bundle."""
+DELTA_MAX_RATIO = 0.9
+"""A delta is published only if it is smaller than this fraction of the full file."""
+
+
+def delta_bases(
+    targets: Mapping[str, Any], manifest: Manifest, keep: int = DELTA_BASE_VERSIONS
+) -> dict[str, list[tuple[str, str]]]:
+    """Bases to make deltas from: bundle path → [(base target path, base sha256)], newest first.
+
+    ``targets`` is the ``signed.targets`` mapping of targets metadata (JSON form). Bases are the
+    same path in the ``keep`` most recent published versions (those with a manifest target)
+    below ``manifest.version``, with a sha256 other than the new file's; each hash once.
+    """
+    prefix = f"{manifest.name}/"
+    versions: dict[int, dict[str, str]] = {}
+    for path, info in targets.items():
+        vtext, sep, rel = path.removeprefix(prefix).partition("/")
+        if not path.startswith(prefix) or not sep or not vtext.isdigit():
+            continue
+        if int(vtext) < manifest.version:
+            sha = (info.get("hashes") or {}).get("sha256") if isinstance(info, dict) else None
+            if isinstance(sha, str):
+                versions.setdefault(int(vtext), {})[rel] = sha
+    recent = sorted((v for v, files in versions.items() if MANIFEST_NAME in files), reverse=True)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for rel, entry in manifest.files.items():
+        for v in recent[:keep]:
+            sha = versions[v].get(rel)
+            if sha is None or sha == entry.sha256 or any(sha == s for _, s in out.get(rel, [])):
+                continue
+            out.setdefault(rel, []).append((f"{manifest.name}/{v}/{rel}", sha))
+    return out
 
 
 def safe_extract_tar(data: bytes, dest_dir: Path) -> list[str]:
@@ -171,8 +220,58 @@ class HubAdminClient:
             len(manifest_bytes),
             {"bundle": manifest.name, "version": manifest.version},
         )
-        signed = sign_targets(self.current_targets(), additions, keys_dir, expires_days)
+        current = self.current_targets()
+        if current is not None:
+            additions.update(self._deltas(bundle_dir, manifest, current))
+        signed = sign_targets(current, additions, keys_dir, expires_days)
         return self.post_targets(signed)
+
+    def _deltas(
+        self, bundle_dir: Path, manifest: Manifest, current: bytes
+    ) -> dict[str, TargetAddition]:
+        """Upload patches from earlier versions' files (:func:`delta_bases`); their targets.
+
+        A base that cannot be fetched or hashes wrong, or a patch that fails or is too big, is
+        skipped: deltas are an optimisation, the full file is always a target too.
+        """
+        try:
+            targets = json.loads(current)["signed"]["targets"]
+            if not isinstance(targets, dict):
+                return {}
+        except (ValueError, KeyError, TypeError):
+            return {}  # sign_targets reports malformed metadata
+        out: dict[str, TargetAddition] = {}
+        for rel, bases in delta_bases(targets, manifest).items():
+            entry = manifest.files[rel]
+            new = (bundle_dir / rel).read_bytes()
+            for base_target, base_sha in bases:
+                dirname, _, filename = base_target.rpartition("/")
+                try:
+                    old = self._request("GET", f"/tuf/targets/{dirname}/{base_sha}.{filename}")
+                except (NotFound, HubUnavailable):
+                    continue
+                if hashlib.sha256(old).hexdigest() != base_sha:
+                    continue
+                try:
+                    patch = bsdiff.make_patch(old, new)
+                except bsdiff.DeltaError:
+                    continue
+                if len(patch) >= DELTA_MAX_RATIO * entry.size:
+                    continue
+                self.put_blob(patch)
+                custom = {
+                    "leanloop": {
+                        "delta_of": rel,
+                        "base_sha256": base_sha,
+                        "result_sha256": entry.sha256,
+                    }
+                }
+                out[delta_target_name(manifest.target_name(rel), base_sha)] = (
+                    hashlib.sha256(patch).hexdigest(),
+                    len(patch),
+                    custom,
+                )
+        return out
 
     # -- fleet ---------------------------------------------------------------------------------
 

@@ -325,12 +325,15 @@ class DeviceService:
         self.update_state = "staged"
         self.last_update_error = None
         log.info(
-            "staged %s v%s in slot %s (%d fetched, %d reused, %d bytes)",
+            "staged %s v%s in slot %s (%d fetched, %d reused, %d by delta, %d delta fallbacks, "
+            "%d bytes)",
             name,
             version,
             slot,
             res.fetched,
             res.reused,
+            res.delta_files,
+            res.delta_fallbacks,
             res.downloaded_bytes,
         )
         with self._lock:

@@ -6,11 +6,18 @@ threshold and mix-and-match protection done by python-tuf), then looks up
 ``<bundle>/<version>/manifest.json``. The manifest is downloaded as a target (so its hash is
 signed), parsed, and each file it lists must itself be a target with the very same length and
 sha256. Files the device already has with the same hash are copied locally instead of
-downloaded. Downloads never read past the signed length (python-tuf enforces ``max_length``).
+downloaded. For a changed file whose old version the device has (sha256 X), the target
+``<file target>.from-<X[:16]>.lldelta`` is used if it is signed with ``custom.leanloop``
+naming base X and the wanted result: it is downloaded as a target (length and hash checked),
+applied with :func:`bsdiff.apply_patch_file` and the result hashed again; any failure falls back
+to the full file. Downloads never read past the signed length (python-tuf enforces
+``max_length``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +26,20 @@ import urllib3
 from tuf.api import exceptions as tuf_exc
 from tuf.ngclient import FetcherInterface, Updater
 
+import bsdiff
 from runtime._atomic import atomic_write_json
 from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
-from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from runtime.errors import BundleError, TrustError, UpdateError
 
-__all__ = ["AuthFetcher", "BundleFetcher", "FetchResult"]
+__all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
+
+log = logging.getLogger("leanloop.trust")
+
+
+def delta_target_name(file_target: str, base_sha256: str) -> str:
+    """Target path of the patch that turns the file with ``base_sha256`` into ``file_target``."""
+    return f"{file_target}.from-{base_sha256[:16]}.lldelta"
 
 
 class AuthFetcher(FetcherInterface):
@@ -67,13 +82,24 @@ class AuthFetcher(FetcherInterface):
 
 
 class FetchResult:
-    """What a fetch did: the manifest, bytes downloaded, files reused locally."""
+    """What a fetch did: the manifest, bytes downloaded, files reused locally, files fetched in
+    full, files rebuilt from a delta, and deltas that failed (then fetched in full)."""
 
-    def __init__(self, manifest: Manifest, downloaded_bytes: int, reused: int, fetched: int):
+    def __init__(
+        self,
+        manifest: Manifest,
+        downloaded_bytes: int,
+        reused: int,
+        fetched: int,
+        delta_files: int = 0,
+        delta_fallbacks: int = 0,
+    ):
         self.manifest = manifest
         self.downloaded_bytes = downloaded_bytes
         self.reused = reused
         self.fetched = fetched
+        self.delta_files = delta_files
+        self.delta_fallbacks = delta_fallbacks
 
 
 class BundleFetcher:
@@ -146,7 +172,7 @@ class BundleFetcher:
                     f"signed manifest for {name} v{version} names "
                     f"{manifest.name} v{manifest.version}"
                 )
-            reused = fetched = 0
+            reused = fetched = delta_files = delta_fallbacks = 0
             skip = unneeded_files(manifest, backend) if backend else set()
             if skip:
                 atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
@@ -166,6 +192,14 @@ class BundleFetcher:
                     if file_sha256(out) == entry.sha256:
                         reused += 1
                         continue
+                done = _apply_delta(
+                    up, manifest.target_name(rel), rel, entry, out, reuse_dirs or []
+                )
+                if done:
+                    delta_files += 1
+                    continue
+                if done is not None:
+                    delta_fallbacks += 1
                 up.download_target(ti, filepath=str(out))
                 fetched += 1
         except tuf_exc.RepositoryError as e:
@@ -174,7 +208,55 @@ class BundleFetcher:
             raise UpdateError(f"download failed: {type(e).__name__}: {e}") from e
         except BundleError as e:
             raise TrustError(f"signed manifest is invalid: {e}") from e
-        return FetchResult(manifest, fetcher.bytes_received, reused, fetched)
+        return FetchResult(
+            manifest, fetcher.bytes_received, reused, fetched, delta_files, delta_fallbacks
+        )
+
+
+def _apply_delta(
+    up: Updater, target: str, rel: str, entry: FileEntry, out: Path, dirs: list[Path]
+) -> bool | None:
+    """Rebuild ``out`` from a local old version of ``rel`` and a signed delta target.
+
+    Returns None if no signed delta fits a base the device has, True if ``out`` now holds the
+    wanted file, False if a delta was tried and failed (nothing is left at ``out``).
+    """
+    for d in dirs:
+        base = d / rel
+        try:
+            if not base.is_file():
+                continue
+            have = file_sha256(base)
+        except OSError:
+            continue
+        if have == entry.sha256:
+            continue
+        ti = up.get_targetinfo(delta_target_name(target, have))
+        custom = ti.custom if ti is not None else None
+        meta = custom.get("leanloop") if isinstance(custom, dict) else None
+        if (
+            ti is None
+            or not isinstance(meta, dict)
+            or meta.get("base_sha256") != have
+            or meta.get("result_sha256") != entry.sha256
+        ):
+            continue
+        patch = out.with_name(f".{out.name}.lldelta")
+        try:
+            up.download_target(ti, filepath=str(patch))
+            bsdiff.apply_patch_file(base, patch, out, max_result=entry.size)
+            if file_sha256(out) != entry.sha256:
+                raise bsdiff.ResultMismatchError(f"{rel}: patched file does not hash as signed")
+            return True
+        except (tuf_exc.RepositoryError, tuf_exc.DownloadError, bsdiff.DeltaError, OSError) as e:
+            log.warning("delta for %s failed, fetching the full file: %s", rel, e)
+            with contextlib.suppress(OSError):
+                out.unlink(missing_ok=True)
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                patch.unlink(missing_ok=True)
+    return None
 
 
 def _find_local(rel: str, sha256: str, size: int, dirs: list[Path]) -> Path | None:

@@ -27,6 +27,7 @@ from pipeline_models import (
     yolo_v8_preds,
 )
 
+from hub.app import BLOBS
 from hub.client import HubAdminClient
 from hub.config import HubConfig
 from hub.signing import init_keys
@@ -114,10 +115,28 @@ def admin(live_hub: LiveHub) -> HubAdminClient:
 BundleMaker = Callable[..., Path]
 
 
+def delta_targets(admin: HubAdminClient, file_target: str) -> dict[str, dict[str, Any]]:
+    """The signed delta targets (path → target info) that rebuild ``file_target``."""
+    targets = json.loads(admin.current_targets() or b"{}")["signed"]["targets"]
+    prefix = f"{file_target}.from-"
+    return {p: t for p, t in targets.items() if p.startswith(prefix) and p.endswith(".lldelta")}
+
+
+def flip_blob_byte(hub: LiveHub, sha256: str) -> None:
+    """Corrupt a blob in the hub's store in place (one byte in the middle)."""
+    blob = hub.app[BLOBS].path(sha256)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
 @pytest.fixture
 def make_bundle(tmp_path: Path, classifier_onnx: Path) -> BundleMaker:
-    def make(version: int, boxes: list[tuple[float, float, float, float]],
-             extra: dict[str, bytes] | None = None) -> Path:
+    def make(
+        version: int,
+        boxes: list[tuple[float, float, float, float]],
+        extra: dict[str, bytes] | None = None,
+    ) -> Path:
         src = write_source(tmp_path / f"src-v{version}", boxes, classifier_onnx)
         for rel, data in (extra or {}).items():
             (src / rel).write_bytes(data)

@@ -34,8 +34,14 @@ def test_build_lists_every_file_and_records_golden_outputs_when_source_is_valid(
 ) -> None:
     b = make_bundle(1, BOXES)
     m = verify_bundle_dir(b)
-    assert {"pipeline.yaml", "ontology.yaml", "models/detector.onnx", "models/classifier.onnx",
-            "golden/000.png", "golden/expected.json"} <= set(m.files)
+    assert {
+        "pipeline.yaml",
+        "ontology.yaml",
+        "models/detector.onnx",
+        "models/classifier.onnx",
+        "golden/000.png",
+        "golden/expected.json",
+    } <= set(m.files)
     assert m.models["classifier"].inputs[0].shape[0] == "batch"
     loaded = load_bundle(b)
     try:
@@ -71,7 +77,10 @@ def test_health_check_fails_when_outputs_differ_from_golden(make_bundle: BundleM
 
 
 def test_offline_verify_accepts_signed_bundle_and_rejects_wrong_root_when_keys_differ(
-    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
     tmp_path: Path,
 ) -> None:
     b = make_bundle(1, BOXES)
@@ -89,7 +98,10 @@ def test_offline_verify_accepts_signed_bundle_and_rejects_wrong_root_when_keys_d
 
 
 def test_cli_verify_exits_1_with_one_line_when_bundle_is_tampered(
-    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
     tmp_path: Path,
 ) -> None:
     b = make_bundle(1, BOXES)
@@ -97,19 +109,24 @@ def test_cli_verify_exits_1_with_one_line_when_bundle_is_tampered(
     targets = tmp_path / "t.json"
     targets.write_bytes(admin.current_targets() or b"")
     runner = CliRunner()
-    ok = runner.invoke(app, ["bundle", "verify", str(b), "--root", str(keys / "root.json"),
-                             "--targets", str(targets)])
+    ok = runner.invoke(
+        app,
+        ["bundle", "verify", str(b), "--root", str(keys / "root.json"), "--targets", str(targets)],
+    )
     assert ok.exit_code == 0, ok.output
     (b / "golden" / "000.png").write_bytes(b"not a png")
-    bad = runner.invoke(app, ["bundle", "verify", str(b), "--root", str(keys / "root.json"),
-                              "--targets", str(targets)])
+    bad = runner.invoke(
+        app,
+        ["bundle", "verify", str(b), "--root", str(keys / "root.json"), "--targets", str(targets)],
+    )
     assert bad.exit_code == 1
     lines = [ln for ln in bad.output.splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "golden/000.png" in lines[0]
 
 
 def test_cli_infer_reports_bad_frames_and_keeps_going_when_images_are_mixed(
-    make_bundle: BundleMaker, tmp_path: Path,
+    make_bundle: BundleMaker,
+    tmp_path: Path,
 ) -> None:
     b = make_bundle(1, BOXES)
     good = tmp_path / "good.png"

@@ -10,17 +10,26 @@ import pytest
 from leanloop.demo import DemoSettings, run_demo, score_frame
 
 FAST_TRAINING = {
-    "detector_steps": 120, "classifier_steps": 120,
-    "warm_detector_steps": 40, "warm_classifier_steps": 60,
-    "max_synthetic": 120, "views_per_digit": 6,
+    "detector_steps": 120,
+    "classifier_steps": 120,
+    "warm_detector_steps": 40,
+    "warm_classifier_steps": 60,
+    "max_synthetic": 120,
+    "views_per_digit": 6,
 }
 
 
 def test_score_frame_reads_digits_left_to_right_when_boxes_overlap_truth() -> None:
-    pred = {"stages": {"classifier": {"items": [
-        {"label": "7", "box": [50, 10, 70, 40], "score": 0.9},
-        {"label": "1", "box": [10, 10, 30, 40], "score": 0.8},
-    ]}}}
+    pred = {
+        "stages": {
+            "classifier": {
+                "items": [
+                    {"label": "7", "box": [50, 10, 70, 40], "score": 0.9},
+                    {"label": "1", "box": [10, 10, 30, 40], "score": 0.8},
+                ]
+            }
+        }
+    }
     boxes = [[10.0, 10.0, 30.0, 40.0], [50.0, 10.0, 70.0, 40.0]]
     assert score_frame(pred, boxes, [1, 7]) == (True, 2)
     assert score_frame(pred, boxes, [1, 2]) == (False, 1)
@@ -29,12 +38,25 @@ def test_score_frame_reads_digits_left_to_right_when_boxes_overlap_truth() -> No
 
 @pytest.mark.integration
 def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path: Path) -> None:
-    s = DemoSettings(workdir=tmp_path / "demo", iterations=1, devices=1, frames=30, budget=8,
-                     seed_frames=60, json_report=True, quiet=True, timeout_s=180,
-                     train_params=FAST_TRAINING)
+    s = DemoSettings(
+        workdir=tmp_path / "demo",
+        iterations=1,
+        devices=1,
+        frames=30,
+        budget=8,
+        seed_frames=60,
+        json_report=True,
+        quiet=True,
+        timeout_s=180,
+        train_params=FAST_TRAINING,
+    )
     rows = run_demo(s)
     assert [(r.iteration, r.arm, r.version) for r in rows] == [
-        (0, "unc", 1), (0, "rnd", 1), (1, "unc", 2), (1, "rnd", 2)]
+        (0, "unc", 1),
+        (0, "rnd", 1),
+        (1, "unc", 2),
+        (1, "rnd", 2),
+    ]
     first, later = rows[0], rows[2]
     assert later.labels > first.labels  # the oracle labelled uploaded samples
     assert first.bytes_per_device > 0 and later.bytes_per_device > first.bytes_per_device

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loopkit import BundleMaker, Device
+from loopkit import BundleMaker, Device, delta_targets, flip_blob_byte
 
-from hub.app import BLOBS
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
 from runtime.bundle.loader import read_manifest
@@ -24,17 +23,16 @@ def _active(version: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def _serve_v1(
-    admin: HubAdminClient, make_bundle: BundleMaker, start_device: Callable[..., Device]
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
 ) -> Device:
-    admin.publish_bundle(make_bundle(1, BOXES_V1), _keys(admin))
+    admin.publish_bundle(make_bundle(1, BOXES_V1), keys)
     admin.rollout("digits", 1)
     dev = start_device()
     dev.wait("v1 committed", lambda st: _active(1)(st) and st["active"]["status"] == "committed")
     return dev
-
-
-def _keys(admin: HubAdminClient) -> Path:
-    return admin._keys  # type: ignore[attr-defined,no-any-return]
 
 
 def test_device_installs_serves_and_uploads_when_bundle_is_signed(
@@ -44,8 +42,7 @@ def test_device_installs_serves_and_uploads_when_bundle_is_signed(
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
-    admin._keys = keys  # type: ignore[attr-defined]
-    dev = _serve_v1(admin, make_bundle, start_device)
+    dev = _serve_v1(admin, keys, make_bundle, start_device)
     names = dev.feed(6)
     dev.wait("frames processed", lambda st: st["counters"]["frames"] >= 6)
     res = dev.results()
@@ -65,15 +62,16 @@ def test_device_refuses_tampered_file_and_keeps_serving_when_hub_blob_is_altered
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
-    admin._keys = keys  # type: ignore[attr-defined]
-    dev = _serve_v1(admin, make_bundle, start_device)
+    dev = _serve_v1(admin, keys, make_bundle, start_device)
     v2 = make_bundle(2, BOXES_V2)
     admin.publish_bundle(v2, keys)
     sha = read_manifest(v2).files["models/detector.onnx"].sha256
-    blob = live_hub.app[BLOBS].path(sha)
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    flip_blob_byte(live_hub, sha)
+    # The delta from v1 is corrupted too, so the device falls back to the (bad) full file.
+    deltas = delta_targets(admin, "digits/2/models/detector.onnx")
+    assert deltas
+    for info in deltas.values():
+        flip_blob_byte(live_hub, info["hashes"]["sha256"])
     admin.rollout("digits", 2)
     st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
     err = st["last_update_error"]
@@ -93,8 +91,7 @@ def test_device_refuses_metadata_and_keeps_serving_when_signature_is_bad(
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
-    admin._keys = keys  # type: ignore[attr-defined]
-    dev = _serve_v1(admin, make_bundle, start_device)
+    dev = _serve_v1(admin, keys, make_bundle, start_device)
     admin.publish_bundle(make_bundle(2, BOXES_V2), keys)
     ts = live_hub.config.data_dir / "tuf" / "timestamp.json"
     md = json.loads(ts.read_text())
@@ -118,8 +115,7 @@ def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
-    admin._keys = keys  # type: ignore[attr-defined]
-    dev = _serve_v1(admin, make_bundle, start_device)
+    dev = _serve_v1(admin, keys, make_bundle, start_device)
     first = dev.status()["counters"]["bytes_downloaded"]
     v2 = make_bundle(2, BOXES_V2)
     admin.publish_bundle(v2, keys)
@@ -138,7 +134,10 @@ def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
 
 
 def test_device_skips_model_files_of_other_engines_when_bundle_carries_several_formats(
-    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
     tflite = b"TFL3" + bytes(300_000)  # an alternate format this ONNX Runtime device never reads
@@ -147,8 +146,9 @@ def test_device_skips_model_files_of_other_engines_when_bundle_carries_several_f
     admin.publish_bundle(b, keys)
     admin.rollout("digits", 1)
     dev = start_device()
-    st = dev.wait("v1 committed", lambda st: _active(1)(st)
-                  and st["active"]["status"] == "committed")
+    st = dev.wait(
+        "v1 committed", lambda st: _active(1)(st) and st["active"]["status"] == "committed"
+    )
     assert st["counters"]["bytes_downloaded"] < 300_000
     slot = dev.state / "slots" / st["active"]["slot"]
     assert not (slot / "models" / "detector.tflite").exists()

@@ -17,7 +17,10 @@ BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 
 
 def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
-    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
     admin.publish_bundle(make_bundle(1, BOXES), keys)
@@ -57,7 +60,10 @@ def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
 
 
 def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
-    live_hub: LiveHub, admin: HubAdminClient, keys: Path, make_bundle: BundleMaker,
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
     admin.publish_bundle(make_bundle(1, BOXES), keys)
@@ -66,8 +72,10 @@ def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
     dev.wait("v1 committed", lambda st: (st.get("active") or {}).get("status") == "committed")
     admin.publish_bundle(make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), keys)
     admin.rollout("digits", 2)
-    dev.wait("v2 committed", lambda st: st["active"]["version"] == 2
-             and st["active"]["status"] == "committed")
+    dev.wait(
+        "v2 committed",
+        lambda st: st["active"]["version"] == 2 and st["active"]["status"] == "committed",
+    )
     dev.stop()
     r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
     assert r.exit_code == 0, r.output
