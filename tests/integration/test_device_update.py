@@ -35,6 +35,18 @@ def _serve_v1(
     return dev
 
 
+def _assert_refused_and_serving_v1(dev: Device, reason: str) -> None:
+    """The device reports a one-line refusal naming ``reason`` and keeps serving v1."""
+    st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
+    err = st["last_update_error"]
+    assert "\n" not in err and reason in err, err
+    assert st["active"]["version"] == 1
+    before = st["counters"]["frames"]
+    names = dev.feed(3)
+    dev.wait("frames after refusal", lambda st: st["counters"]["frames"] >= before + 3)
+    assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
+
+
 def test_device_installs_serves_and_uploads_when_bundle_is_signed(
     live_hub: LiveHub,
     admin: HubAdminClient,
@@ -73,13 +85,7 @@ def test_device_refuses_tampered_file_and_keeps_serving_when_hub_blob_is_altered
     for info in deltas.values():
         flip_blob_byte(live_hub, info["hashes"]["sha256"])
     admin.rollout("digits", 2)
-    st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
-    err = st["last_update_error"]
-    assert "\n" not in err and "digits v2 refused" in err, err
-    assert st["active"]["version"] == 1
-    names = dev.feed(3)
-    dev.wait("frames after refusal", lambda st: st["counters"]["frames"] >= 3)
-    assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
+    _assert_refused_and_serving_v1(dev, "digits v2 refused")
     slots = json.loads((dev.state / "slots.json").read_text())
     assert all(s["status"] != "staging" for s in slots["slots"].values())
 
@@ -99,13 +105,7 @@ def test_device_refuses_metadata_and_keeps_serving_when_signature_is_bad(
     md["signatures"][0]["sig"] = ("0" if sig[0] != "0" else "1") + sig[1:]
     ts.write_text(json.dumps(md))
     admin.rollout("digits", 2)
-    st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
-    err = st["last_update_error"]
-    assert "\n" not in err and "signed metadata rejected" in err, err
-    assert st["active"]["version"] == 1
-    names = dev.feed(2)
-    dev.wait("frames after refusal", lambda st: st["counters"]["frames"] >= 2)
-    assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
+    _assert_refused_and_serving_v1(dev, "signed metadata rejected")
 
 
 def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
