@@ -231,7 +231,6 @@ class DeviceService:
         if self._trial is not None:
             self._trial["frames"] += 1
             self._trial["errors"] += int(pred.error is not None and image is not None)
-            self._judge_trial()
         if self.cfg.source.fps_limit > 0:
             time.sleep(1.0 / self.cfg.source.fps_limit)
         return True

@@ -173,6 +173,7 @@ class BundleFetcher:
                     f"{manifest.name} v{manifest.version}"
                 )
             reused = fetched = delta_files = delta_fallbacks = 0
+            local = _LocalFiles(reuse_dirs or [])
             skip = unneeded_files(manifest, backend) if backend else set()
             if skip:
                 atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
@@ -186,15 +187,14 @@ class BundleFetcher:
                     continue
                 out = _inside(dest, rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                local = _find_local(rel, entry.sha256, entry.size, reuse_dirs or [])
-                if local is not None:
-                    shutil.copyfile(local, out)
+                olds = local.versions(rel)
+                same = next((p for p, sha in olds if sha == entry.sha256), None)
+                if same is not None:
+                    shutil.copyfile(same, out)
                     if file_sha256(out) == entry.sha256:
                         reused += 1
                         continue
-                done = _apply_delta(
-                    up, manifest.target_name(rel), rel, entry, out, reuse_dirs or []
-                )
+                done = _apply_delta(up, manifest.target_name(rel), rel, entry, out, olds)
                 if done:
                     delta_files += 1
                     continue
@@ -214,21 +214,14 @@ class BundleFetcher:
 
 
 def _apply_delta(
-    up: Updater, target: str, rel: str, entry: FileEntry, out: Path, dirs: list[Path]
+    up: Updater, target: str, rel: str, entry: FileEntry, out: Path, olds: list[tuple[Path, str]]
 ) -> bool | None:
     """Rebuild ``out`` from a local old version of ``rel`` and a signed delta target.
 
     Returns None if no signed delta fits a base the device has, True if ``out`` now holds the
     wanted file, False if a delta was tried and failed (nothing is left at ``out``).
     """
-    for d in dirs:
-        base = d / rel
-        try:
-            if not base.is_file():
-                continue
-            have = file_sha256(base)
-        except OSError:
-            continue
+    for base, have in olds:
         if have == entry.sha256:
             continue
         ti = up.get_targetinfo(delta_target_name(target, have))
@@ -259,13 +252,23 @@ def _apply_delta(
     return None
 
 
-def _find_local(rel: str, sha256: str, size: int, dirs: list[Path]) -> Path | None:
-    """A file with the same path and hash in a bundle the device already trusts."""
-    for d in dirs:
-        p = d / rel
-        try:
-            if p.is_file() and p.stat().st_size == size and file_sha256(p) == sha256:
-                return p
-        except OSError:
-            continue
-    return None
+class _LocalFiles:
+    """The device's own copies of a bundle path (in the slots it trusts), each hashed once."""
+
+    def __init__(self, dirs: list[Path]) -> None:
+        self._dirs = dirs
+        self._seen: dict[str, list[tuple[Path, str]]] = {}
+
+    def versions(self, rel: str) -> list[tuple[Path, str]]:
+        """(path, sha256) of every local file at ``rel``."""
+        if rel not in self._seen:
+            found = []
+            for d in self._dirs:
+                p = d / rel
+                try:
+                    if p.is_file():
+                        found.append((p, file_sha256(p)))
+                except OSError:
+                    continue
+            self._seen[rel] = found
+        return self._seen[rel]

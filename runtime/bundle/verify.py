@@ -7,7 +7,6 @@ targets named ``<bundle>/<version>/<path>`` with exactly the file's length and s
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,8 +48,7 @@ def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None)
     if targets_md.signed.is_expired(now):
         raise TrustError(f"{targets_path}: expired on {targets_md.signed.expires:%Y-%m-%d}")
     manifest = verify_bundle_dir(bundle_dir)
-    files = {MANIFEST_NAME: None, **{k: v for k, v in manifest.files.items()}}
-    for rel in files:
+    for rel in [MANIFEST_NAME, *manifest.files]:
         name = manifest.target_name(rel)
         tf = targets_md.signed.targets.get(name)
         if tf is None:
@@ -60,5 +58,4 @@ def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None)
         sha = file_sha256(p)
         if tf.length != size or tf.hashes.get("sha256") != sha:
             raise TrustError(f"{rel}: does not match its signed target (size or sha256)")
-    _ = hashlib  # hashes compared as hex strings above
     return manifest
