@@ -147,6 +147,20 @@ def make_bundle(tmp_path: Path, classifier_onnx: Path) -> BundleMaker:
     return make
 
 
+def committed(version: int) -> Callable[[dict[str, Any]], bool]:
+    """A status predicate: ``version`` is active and committed."""
+    return lambda st: (
+        (st.get("active") or {}).get("version") == version
+        and (st["active"]["status"] == "committed")
+    )
+
+
+def publish(admin: HubAdminClient, keys: Path, bundle: Path, version: int) -> None:
+    """Sign and publish a built bundle, then roll it out to the whole fleet."""
+    admin.publish_bundle(bundle, keys)
+    admin.rollout("digits", version)
+
+
 class Device:
     """A real device process (``leanloop device run``) with its own state dir."""
 

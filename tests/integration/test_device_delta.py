@@ -11,9 +11,8 @@ import random
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from loopkit import BundleMaker, Device, delta_targets, flip_blob_byte
+from loopkit import BundleMaker, Device, committed, delta_targets, flip_blob_byte, publish
 
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
@@ -34,12 +33,6 @@ def _counts(log: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _committed(version: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda st: (
-        (st.get("active") or {}).get("version") == version and st["active"]["status"] == "committed"
-    )
-
-
 def _update_to_v2(
     live_hub: LiveHub,
     admin: HubAdminClient,
@@ -52,10 +45,9 @@ def _update_to_v2(
 
     Returns (device, bytes downloaded for v2, number of delta targets of v2).
     """
-    admin.publish_bundle(make_bundle(1, BOXES_V1, extra={DATA: DATA_V1}), keys)
-    admin.rollout("digits", 1)
+    publish(admin, keys, make_bundle(1, BOXES_V1, extra={DATA: DATA_V1}), 1)
     dev = start_device()
-    dev.wait("v1 committed", _committed(1))
+    dev.wait("v1 committed", committed(1))
     first = dev.status()["counters"]["bytes_downloaded"]
     v2 = make_bundle(2, BOXES_V2, extra={DATA: DATA_V2})
     admin.publish_bundle(v2, keys)
@@ -72,7 +64,7 @@ def _update_to_v2(
     assert delta_targets(admin, f"digits/2/{DATA}")
     admin.rollout("digits", 2)
     dev.feed(4)
-    st = dev.wait("v2 committed", _committed(2))
+    st = dev.wait("v2 committed", committed(2))
     slot = dev.state / "slots" / st["active"]["slot"]
     for rel, entry in manifest.files.items():
         assert file_sha256(slot / rel) == entry.sha256

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from loopkit import BundleMaker, Device, delta_targets, flip_blob_byte
+from loopkit import BundleMaker, Device, committed, delta_targets, flip_blob_byte, publish
 
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
@@ -18,20 +17,15 @@ BOXES_V1 = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 BOXES_V2 = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 
 
-def _active(version: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda st: (st.get("active") or {}).get("version") == version
-
-
 def _serve_v1(
     admin: HubAdminClient,
     keys: Path,
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> Device:
-    admin.publish_bundle(make_bundle(1, BOXES_V1), keys)
-    admin.rollout("digits", 1)
+    publish(admin, keys, make_bundle(1, BOXES_V1), 1)
     dev = start_device()
-    dev.wait("v1 committed", lambda st: _active(1)(st) and st["active"]["status"] == "committed")
+    dev.wait("v1 committed", committed(1))
     return dev
 
 
@@ -121,9 +115,7 @@ def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
     admin.publish_bundle(v2, keys)
     admin.rollout("digits", 2)
     dev.feed(4)
-    st = dev.wait(
-        "v2 committed", lambda st: _active(2)(st) and st["active"]["status"] == "committed"
-    )
+    st = dev.wait("v2 committed", committed(2))
     clf = read_manifest(v2).files["models/classifier.onnx"].size
     # The classifier is byte-identical between v1 and v2: it is copied from the active slot.
     assert (
@@ -146,9 +138,7 @@ def test_device_skips_model_files_of_other_engines_when_bundle_carries_several_f
     admin.publish_bundle(b, keys)
     admin.rollout("digits", 1)
     dev = start_device()
-    st = dev.wait(
-        "v1 committed", lambda st: _active(1)(st) and st["active"]["status"] == "committed"
-    )
+    st = dev.wait("v1 committed", committed(1))
     assert st["counters"]["bytes_downloaded"] < 300_000
     slot = dev.state / "slots" / st["active"]["slot"]
     assert not (slot / "models" / "detector.tflite").exists()

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from loopkit import BundleMaker, Device
+from loopkit import BundleMaker, Device, committed, publish
 from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
@@ -23,8 +23,7 @@ def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
-    admin.publish_bundle(make_bundle(1, BOXES), keys)
-    admin.rollout("digits", 1)
+    publish(admin, keys, make_bundle(1, BOXES), 1)
     dev = start_device(upload={"interval_s": 3600})  # keep samples on the device
     dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
     dev.feed(5)
@@ -66,16 +65,11 @@ def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
     make_bundle: BundleMaker,
     start_device: Callable[..., Device],
 ) -> None:
-    admin.publish_bundle(make_bundle(1, BOXES), keys)
-    admin.rollout("digits", 1)
+    publish(admin, keys, make_bundle(1, BOXES), 1)
     dev = start_device()
-    dev.wait("v1 committed", lambda st: (st.get("active") or {}).get("status") == "committed")
-    admin.publish_bundle(make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), keys)
-    admin.rollout("digits", 2)
-    dev.wait(
-        "v2 committed",
-        lambda st: st["active"]["version"] == 2 and st["active"]["status"] == "committed",
-    )
+    dev.wait("v1 committed", committed(1))
+    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+    dev.wait("v2 committed", committed(2))
     dev.stop()
     r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
     assert r.exit_code == 0, r.output
