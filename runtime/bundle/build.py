@@ -82,15 +82,31 @@ def build_bundle(
     version: int,
     notes: dict[str, str] | None = None,
 ) -> Manifest:
-    """Build ``out`` from ``src``. ``out`` must not exist or be empty. Raises BundleError."""
-    from runtime.backends import load_backend
+    """Build ``out`` from ``src``. ``out`` must not exist or be empty. Raises BundleError.
 
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise BundleError(f"{src}: not a folder")
+    On any failure ``out`` is removed again, so no half-built bundle is left to publish.
+    """
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out}: exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    existed = out.exists()
+    try:
+        return _build(Path(src), out, name, version, notes)
+    except BaseException:
+        # ``out`` was empty or absent: whatever is in it now is ours.
+        shutil.rmtree(out, ignore_errors=True)
+        if existed:
+            out.mkdir()
+        raise
+
+
+def _build(
+    src: Path, out: Path, name: str, version: int, notes: dict[str, str] | None
+) -> Manifest:
+    from runtime.backends import load_backend
+
+    if not src.is_dir():
+        raise BundleError(f"{src}: not a folder")
     onto_raw = _read_yaml(src / "ontology.yaml")
     try:
         ontology = Ontology.model_validate(onto_raw)
@@ -100,6 +116,7 @@ def build_bundle(
             f"{src / 'ontology.yaml'}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from e
     spec = load_pipeline_spec((src / "pipeline.yaml").read_text(), str(src / "pipeline.yaml"))
+    out.mkdir(parents=True, exist_ok=True)  # only once the source's own files are valid
     files = _copy_source(src, out)
 
     models: dict[str, ModelEntry] = {}

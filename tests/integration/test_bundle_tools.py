@@ -146,3 +146,28 @@ def test_cli_rejects_config_with_exit_2_when_a_key_is_unknown(tmp_path: Path) ->
     r = CliRunner().invoke(app, ["device", "run", "--config", str(cfg)])
     assert r.exit_code == 2
     assert r.output.strip().startswith("error: ") and "sourc" in r.output
+
+
+def test_cli_build_names_the_missing_file_when_source_is_incomplete(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pipeline.yaml").write_text("format: leanloop.pipeline/1\nstages: []\n")
+    r = CliRunner().invoke(app, ["bundle", "build", str(src), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1
+    assert r.output.count("\n") == 1 and r.output.startswith("error: ")
+    assert "ontology.yaml: missing" in r.output
+    assert not (tmp_path / "out").exists()  # nothing half-built is left
+
+
+def test_build_leaves_a_non_empty_out_untouched_when_it_refuses(
+    make_bundle: BundleMaker, tmp_path: Path
+) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    src = make_bundle(1, BOXES)  # any folder; build must refuse before reading it
+    from runtime.bundle.build import build_bundle
+
+    with pytest.raises(BundleError, match="exists and is not empty"):
+        build_bundle(src, out, name="digits", version=1)
+    assert (out / "keep.txt").read_text() == "mine"
