@@ -96,6 +96,10 @@ class Prediction:
     latency_ms: float = 0.0
     width: int = 0
     height: int = 0
+    # Set only on a copy the shadow worker made: how a candidate bundle's output on the same
+    # frame compared with this one, e.g. {"disagreement": 0.0..1.0, "candidate_version": 3,
+    # ...}. The sampling strategy "disagreement" reads ``shadow["disagreement"]``.
+    shadow: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,6 +123,8 @@ class Prediction:
         }
         if self.error is not None:
             d["error"] = self.error
+        if self.shadow is not None:
+            d["shadow"] = self.shadow
         return d
 
     @classmethod
@@ -134,4 +140,5 @@ class Prediction:
             latency_ms=float(d.get("latency_ms", 0.0)),
             width=int(size[0]),
             height=int(size[1]),
+            shadow=dict(d["shadow"]) if isinstance(d.get("shadow"), dict) else None,
         )
