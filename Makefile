@@ -24,7 +24,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy runtime hub trainer bsdiff leanloop
+	$(VENV)/bin/mypy runtime hub trainer bsdiff leanloop bench hil
 
 bench: install
 	@# Delta anchors that come as CLI tools (skipped with a note when they cannot be installed).
