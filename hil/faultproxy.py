@@ -11,8 +11,9 @@ Each connection is cut once ``cut_every`` bytes have been relayed on it in the w
 direction (``"down"``: server → client, ``"up"``: client → server, ``"both"``: the sum). The
 cut is ``"fin"`` by default: the peer receives exactly those bytes, then the connection closes
 mid-message (deterministic, what a test counting bytes wants); ``cut="rst"`` resets it
-instead, and Linux then discards whatever the peer had not read yet, as on a real dropped link. ``rate_bps`` caps the relay rate per direction to shape a slow link. Counters are totals
-over all connections so a test can compare bytes on the wire with the bytes of the payload.
+instead, and Linux then discards whatever the peer had not read yet, as on a real dropped link.
+``rate_bps`` caps the relay rate (both directions together) to shape a slow link. Counters are
+totals over all connections so a test can compare bytes on the wire with the bytes of the payload.
 
 Threads, not asyncio, so it runs beside any client or server without sharing an event loop.
 """
@@ -66,10 +67,8 @@ class _Conn:
                 s.shutdown(socket.SHUT_RD if abort else socket.SHUT_RDWR)
             except OSError:
                 pass
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
     def allowance(self, want: int, direction: Direction) -> int:
         """How many of ``want`` bytes may pass before the cut (``want`` when not watched)."""
