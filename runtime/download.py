@@ -16,10 +16,12 @@ and its sha256. :meth:`Downloader.fetch` brings exactly those bytes to a destina
    body byte is read; a body without one is read up to the signed length and then probed for
    a single further byte: an endless or oversized body is cut there and refused
    (:class:`OversizeError`, partial deleted).
-4. Dropped connections, timeouts, HTTP 408/429/5xx are retried with exponential backoff and
-   full jitter (a random wait in ``[0, min(max, base * 2**k)]``); each attempt resumes from what
-   is on disk. ``max_attempts`` failed attempts in a row without a new byte give up with a
-   one-line :class:`DownloadError`; the partial is kept for the next fetch.
+4. Dropped connections, timeouts, HTTP 408/429/5xx are retried; each attempt resumes from what
+   is on disk. An attempt that brought new bytes is retried at once (the link works, it just
+   drops); the k-th failed attempt in a row without a new byte waits a random time in
+   ``[0, min(backoff_max_s, backoff_base_s * 2**(k-1))]`` (exponential backoff, full jitter),
+   and ``max_attempts`` of them give up with a one-line :class:`DownloadError`; the partial is
+   kept for the next fetch.
 5. At the end the file is hashed: a mismatch deletes the partial (:class:`HashMismatchError`),
    a match moves it to the destination.
 
@@ -257,23 +259,29 @@ class Downloader:
             have = self.resume_point(sha256, length)
             if have == length:
                 break
+            before = self.stats.bytes_received
             try:
                 self._attempt(url, length, part, side, have)
                 continue  # the loop re-reads what is on disk; complete means have == length
             except _Retry as e:
                 reason = str(e)
-            if self.resume_point(sha256, length) > have:
-                failures = 0  # progress: the link works, it just drops
-            failures += 1
+            progressed = self.stats.bytes_received > before
+            failures = 0 if progressed else failures + 1
             if failures >= s.max_attempts:
                 raise DownloadError(
                     f"{url}: gave up after {failures} attempts in a row without progress "
                     f"({self.resume_point(sha256, length)} of {length} bytes kept): {reason}"
                 )
             self.stats.retries += 1
-            delay = backoff_delay(failures, s.backoff_base_s, s.backoff_max_s, self._rand)
+            # A link that brought bytes works, it just drops: go on at once; otherwise back off.
+            delay = (
+                0.0
+                if progressed
+                else backoff_delay(failures, s.backoff_base_s, s.backoff_max_s, self._rand)
+            )
             log.info("download %s: %s; retry in %.2fs", url, reason, delay)
-            self._sleep(delay)
+            if delay:
+                self._sleep(delay)
         self._finish(url, part, side, length, sha256, Path(dest))
         return Path(dest)
 

@@ -22,8 +22,8 @@ import pytest
 from runtime import download
 from runtime.config import DownloadSettings
 from runtime.download import (
-    DownloadError,
     Downloader,
+    DownloadError,
     HashMismatchError,
     OversizeError,
     TokenBucket,
@@ -63,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         srv = self.server
         srv.requests.append(dict(self.headers))
         step = srv.script.pop(0) if srv.script else "ok"
@@ -138,7 +138,7 @@ def test_fetch_when_link_is_cut_resumes_with_range_and_if_range(
 def test_fetch_when_partial_exists_from_earlier_process_sends_only_the_rest(
     server: _Server, tmp_path: Path
 ) -> None:
-    server.script = ["cut:120000"]
+    server.script = ["cut:120000", "500"]
     first = _downloader(tmp_path, max_attempts=1)
     with pytest.raises(DownloadError, match="gave up after 1 attempts"):
         first.fetch(_url(server), len(DATA), SHA, tmp_path / "out.bin")
@@ -150,7 +150,7 @@ def test_fetch_when_partial_exists_from_earlier_process_sends_only_the_rest(
 
 
 def test_fetch_when_etag_changed_restarts_from_zero(server: _Server, tmp_path: Path) -> None:
-    server.script = ["cut:100000"]
+    server.script = ["cut:100000", "500"]
     d = _downloader(tmp_path, max_attempts=1)
     with pytest.raises(DownloadError):
         d.fetch(_url(server), len(DATA), SHA, tmp_path / "out.bin")
@@ -168,6 +168,7 @@ REFUSALS = [
     (["endless"], {}, OversizeError, False, "more than the signed 300000 bytes"),
     (["cut:1000", "bad-range"], {}, DownloadError, True, "does not continue a partial"),
     (["cut:1000", "500", "500", "500"], {"max_attempts": 3}, DownloadError, True, "HTTP 500"),
+    (["500", "500", "cut:0"], {"max_attempts": 3}, DownloadError, False, "0 bytes read"),
 ]
 
 
@@ -196,12 +197,12 @@ def test_fetch_when_server_misbehaves_refuses_with_one_line_reason(
 def test_fetch_when_gives_up_counts_attempts_since_last_progress(
     server: _Server, tmp_path: Path
 ) -> None:
-    server.script = ["cut:1000", "500", "500", "500", "500"]
+    server.script = ["cut:1000", "500", "cut:2000", "500", "500", "500", "500"]
     d = _downloader(tmp_path, max_attempts=3)
-    with pytest.raises(DownloadError, match=r"gave up after 3 attempts .*\(1000 of 300000"):
+    with pytest.raises(DownloadError, match=r"gave up after 3 attempts .*\(3000 of 300000"):
         d.fetch(_url(server), len(DATA), SHA, tmp_path / "out.bin")
-    assert len(server.requests) == 3
-    assert d.stats.retries == 2
+    assert len(server.requests) == 6  # the cut that brought bytes reset the count
+    assert d.stats.retries == 5
 
 
 def test_fetch_when_bytes_do_not_hash_as_signed_deletes_partial(
