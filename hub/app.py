@@ -439,13 +439,16 @@ async def tuf_target(request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         f.seek(start)
         left = end - start
-        while left > 0:
-            chunk = await loop.run_in_executor(None, f.read, min(_CHUNK, left))
-            if not chunk:
-                break
-            await resp.write(chunk)
-            left -= len(chunk)
-        await resp.write_eof()
+        try:
+            while left > 0:
+                chunk = await loop.run_in_executor(None, f.read, min(_CHUNK, left))
+                if not chunk:
+                    break
+                await resp.write(chunk)
+                left -= len(chunk)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the device hung up (a dropped link); it resumes with a Range request
     return resp
 
 
