@@ -16,17 +16,20 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import urllib3
 
 from hil.faultproxy import FaultProxy
+from hub.app import BLOBS
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
 from hub.testing import make_bundle as make_plain_bundle
 from runtime.config import DownloadSettings
-from runtime.download import Downloader
+from runtime.download import Downloader, DownloadError, OversizeError
+from runtime.errors import TrustError
 from runtime.trust import BundleFetcher
 
 SIZE = 2 << 20
@@ -149,3 +152,45 @@ def test_bundle_fetcher_when_link_is_cut_fetches_the_verified_bundle(
     assert fetcher.counters["download_resumes"] >= SIZE // CUT - 1
     assert res.downloaded_bytes >= SIZE
     assert not list((tmp_path / "state" / "downloads").iterdir())
+
+
+def _flip(data: bytes) -> bytes:
+    return data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
+
+
+# How the hub's copy of the blob is damaged → the error the device refuses it with.
+DAMAGED = [
+    ("flipped byte", _flip, TrustError, "hash to"),
+    ("oversized", lambda d: d + b"\0" * 4096, OversizeError, "the signed length is"),
+    ("truncated", lambda d: d[: len(d) // 2], DownloadError, "the signed length is"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "damage", "error", "reason"), DAMAGED, ids=[d[0] for d in DAMAGED]
+)
+def test_bundle_fetcher_when_blob_is_damaged_refuses_with_one_line_reason(
+    published: Published,
+    keys: Path,
+    tmp_path: Path,
+    case: str,
+    damage: Callable[[bytes], bytes],
+    error: type[Exception],
+    reason: str,
+) -> None:
+    blob = published.hub.app[BLOBS].path(published.sha256)
+    blob.write_bytes(damage(published.data))
+    fetcher = BundleFetcher(
+        tmp_path / "state" / "tuf",
+        keys / "root.json",
+        published.hub.url,
+        published.token,
+        download=_settings(max_attempts=2),
+    )
+    with pytest.raises(error, match=reason) as info:
+        fetcher.fetch("blobs", 1, tmp_path / "slot")
+    assert "\n" not in str(info.value), case
+    assert not (tmp_path / "slot" / "big.bin").exists()
+    manifest = (published.folder / "manifest.json").stat().st_size
+    assert fetcher.counters["download_bytes_received"] <= manifest + SIZE + 1
+    assert not list((tmp_path / "state" / "downloads").glob("*.part"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from runtime import download
-from runtime.config import DownloadSettings
+from runtime.config import DownloadSettings, load_config
 from runtime.download import (
     Downloader,
     DownloadError,
@@ -29,6 +29,7 @@ from runtime.download import (
     TokenBucket,
     backoff_delay,
 )
+from runtime.errors import ConfigError
 
 DATA = random.Random(4).randbytes(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -273,3 +274,12 @@ def test_backoff_delay_when_failures_grow_doubles_up_to_cap() -> None:
         3.0,
     ]
     assert backoff_delay(3, 0.5, 3.0, lambda: 0.25) == 0.5  # full jitter: uniform in [0, cap]
+
+
+def test_download_settings_when_key_is_misspelt_fail_at_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text("download: {rate_limit_bps: 1000, max_attemps: 3}\n")
+    with pytest.raises(ConfigError, match="download.max_attemps"):
+        load_config(cfg)
+    cfg.write_text("download: {rate_limit_bps: 1000}\n")
+    assert load_config(cfg).download.rate_limit_bps == 1000
