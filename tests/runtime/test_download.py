@@ -279,7 +279,7 @@ def test_backoff_delay_when_failures_grow_doubles_up_to_cap() -> None:
 def test_download_settings_when_key_is_misspelt_fail_at_load(tmp_path: Path) -> None:
     cfg = tmp_path / "device.yaml"
     cfg.write_text("download: {rate_limit_bps: 1000, max_attemps: 3}\n")
-    with pytest.raises(ConfigError, match="download.max_attemps"):
+    with pytest.raises(ConfigError, match=r"download\.max_attemps"):
         load_config(cfg)
     cfg.write_text("download: {rate_limit_bps: 1000}\n")
     assert load_config(cfg).download.rate_limit_bps == 1000
