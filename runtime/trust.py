@@ -191,7 +191,7 @@ class BundleFetcher:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         fetcher = AuthFetcher(self.token, self.timeout_s)
-        received = self.downloader.stats.bytes_received
+        body_before = self.downloader.stats.bytes_received
         up = self._updater(fetcher)
         try:
             up.refresh()
@@ -245,7 +245,7 @@ class BundleFetcher:
             raise UpdateError(f"download failed: {type(e).__name__}: {e}") from e
         except BundleError as e:
             raise TrustError(f"signed manifest is invalid: {e}") from e
-        received = fetcher.bytes_received + self.downloader.stats.bytes_received - received
+        received = fetcher.bytes_received + self.downloader.stats.bytes_received - body_before
         return FetchResult(manifest, received, reused, fetched, delta_files, delta_fallbacks)
 
 
