@@ -1,8 +1,9 @@
 """The resumable downloader against a real HTTP server on loopback that misbehaves on cue.
 
 Each request the server gets takes the next step of a script (``ok``: serve the file honouring
-Range/If-Range; ``cut:N``: announce the whole answer, send N body bytes, close; ``500``;
-``endless``; ``oversize``; ``bad-range``; ``etag:X``: serve under another ETag). Pure parts
+Range/If-Range; ``cut:N``: announce the whole answer, send N body bytes, close; ``stall:N``: the
+same, silent for a second before closing; ``500``; ``endless``; ``oversize``; ``bad-range``;
+``etag:X``: serve under another ETag). Pure parts
 (token bucket, backoff) are tested on their own.
 """
 
@@ -94,9 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
             cr_start = start + 1 if step == "bad-range" else start
             headers["Content-Range"] = f"bytes {cr_start}-{len(data) - 1}/{len(data)}"
         self._head(status, len(body), headers)
-        if step.startswith("cut:"):
-            self.wfile.write(body[: int(step[4:])])
+        if step.startswith(("cut:", "stall:")):
+            self.wfile.write(body[: int(step.split(":")[1])])
             self.wfile.flush()
+            if step.startswith("stall:"):
+                time.sleep(1.0)  # a link that goes silent
             self.close_connection = True
             return
         self.wfile.write(body)
@@ -134,6 +137,15 @@ def test_fetch_when_link_is_cut_resumes_with_range_and_if_range(
     assert {r.get("If-Range") for r in server.requests[1:]} == {f'"{SHA}"'}
     assert server.requests[0]["Authorization"] == "Bearer tok"
     assert not list((tmp_path / "downloads").iterdir())  # partial and sidecar moved/removed
+
+
+def test_fetch_when_link_goes_silent_times_out_and_resumes(server: _Server, tmp_path: Path) -> None:
+    server.script = ["stall:50000"]
+    d = _downloader(tmp_path, read_timeout_s=0.2)
+    d.fetch(_url(server), len(DATA), SHA, tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == DATA
+    assert (d.stats.retries, d.stats.resumes) == (1, 1)
+    assert d.stats.bytes_received == len(DATA)
 
 
 def test_fetch_when_partial_exists_from_earlier_process_sends_only_the_rest(
