@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -384,14 +385,71 @@ async def tuf_metadata(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/json")
 
 
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def _blob_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    """The one byte range ``[start, end)`` to send, or None for the whole blob.
+
+    ``Range: bytes=a-[b]`` is honoured only if ``If-Range`` is absent or is the blob's own
+    strong ETag (a device resuming a partial of some other content gets the whole blob, 200).
+    Any other range form (suffix, several ranges) is ignored: the whole blob is sent.
+    """
+    m = _RANGE_RE.match(request.headers.get("Range", "").strip())
+    if_range = request.headers.get("If-Range")
+    if m is None or (if_range is not None and if_range.strip() != etag):
+        return None
+    start = int(m[1])
+    end = min(size, int(m[2]) + 1) if m[2] else size
+    if start >= size or end <= start:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
 @routes.get(f"{API}/tuf/targets/{{path:.+}}")
-async def tuf_target(request: web.Request) -> web.FileResponse:
-    """A target file by ``<dir>/<sha256>.<name>``, only if that hash is a current target."""
+async def tuf_target(request: web.Request) -> web.StreamResponse:
+    """A target file by ``<dir>/<sha256>.<name>``, only if that hash is a current target.
+
+    Resumable: the blob's sha256 is its strong, stable ETag, and ``Range`` + ``If-Range`` get a
+    206 with the rest of it (aiohttp's FileResponse keys its ETag on mtime and reads If-Range
+    only as a date, so blobs are streamed here instead).
+    """
     sha256, _ = request.app[REPO].target_blob(request.match_info["path"])
     path = request.app[BLOBS].path(sha256)
-    if not path.exists():
-        raise NotFound(f"target blob {sha256} is missing from the blob store")
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    try:
+        f = path.open("rb")
+    except FileNotFoundError as e:
+        raise NotFound(f"target blob {sha256} is missing from the blob store") from e
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        etag = f'"{sha256}"'
+        rng = _blob_range(request, size, etag)
+        start, end = rng or (0, size)
+        resp = web.StreamResponse(
+            status=206 if rng else 200,
+            headers={"Content-Type": "application/octet-stream", "ETag": etag},
+        )
+        resp.headers["Accept-Ranges"] = "bytes"
+        if rng:
+            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        resp.content_length = end - start
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        loop = asyncio.get_running_loop()
+        f.seek(start)
+        left = end - start
+        try:
+            while left > 0:
+                chunk = await loop.run_in_executor(None, f.read, min(_CHUNK, left))
+                if not chunk:
+                    break
+                await resp.write(chunk)
+                left -= len(chunk)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the device hung up (a dropped link); it resumes with a Range request
+    return resp
 
 
 @routes.get(f"{API}/admin/tuf/targets")

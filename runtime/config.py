@@ -17,6 +17,7 @@ from runtime.errors import ConfigError
 
 __all__ = [
     "DeviceConfig",
+    "DownloadSettings",
     "HubSettings",
     "InferenceSettings",
     "SamplingSettings",
@@ -97,6 +98,39 @@ class UpdateSettings(_Strict):
     trial_max_error_rate: float = Field(default=0.2, ge=0, le=1)
 
 
+class DownloadSettings(_Strict):
+    """How target files (bundle files, deltas) are downloaded: see :mod:`runtime.download`."""
+
+    rate_limit_bps: int = Field(
+        default=0, ge=0, description="cap on download bytes per second (token bucket); 0: none"
+    )
+    max_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="attempts in a row that bring no new byte before a download gives up "
+        "(the partial file is kept for the next try)",
+    )
+    backoff_base_s: float = Field(
+        default=0.5, gt=0, description="first retry waits up to this long (full jitter)"
+    )
+    backoff_max_s: float = Field(
+        default=30.0, gt=0, description="the wait before a retry doubles up to this cap"
+    )
+    connect_timeout_s: float = Field(default=10.0, gt=0, description="TCP connect timeout")
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, description="a connection silent this long is dropped and retried"
+    )
+    chunk_bytes: int = Field(
+        default=64 << 10, ge=1024, description="largest read from the socket at a time"
+    )
+    partial_max_age_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="partial downloads of files no longer wanted are deleted once untouched "
+        "this long",
+    )
+
+
 class DeviceConfig(_Strict):
     """``leanloop device run --config FILE``."""
 
@@ -111,6 +145,7 @@ class DeviceConfig(_Strict):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     upload: UploadSettings = Field(default_factory=UploadSettings)
     update: UpdateSettings = Field(default_factory=UpdateSettings)
+    download: DownloadSettings = Field(default_factory=DownloadSettings)
     status_interval_s: float = Field(default=1.0, gt=0)
 
 

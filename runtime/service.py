@@ -256,7 +256,12 @@ class DeviceService:
                     "no pinned root configured (config key 'root'): cannot verify bundles"
                 )
             self.fetcher = BundleFetcher(
-                self.state_dir / "tuf", self.cfg.root, hub.url, self.hub.token
+                self.state_dir / "tuf",
+                self.cfg.root,
+                hub.url,
+                self.hub.token,
+                downloads_dir=self.state_dir / "downloads",
+                download=self.cfg.download,
             )
             self.uploader = Uploader(
                 self.store,
@@ -398,7 +403,7 @@ class DeviceService:
             else None,
             "update_state": self.update_state,
             "last_update_error": self.last_update_error,
-            "counters": dict(self.counters),
+            "counters": {**self.counters, **(self.fetcher.counters if self.fetcher else {})},
             "fps": round(self.counters["frames"] / up, 2) if up > 0 else 0.0,
             "latency_ms": {"p50": self.latency.pct(0.5), "p99": self.latency.pct(0.99)},
             "store": self.store.stats(),

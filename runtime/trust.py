@@ -10,8 +10,11 @@ downloaded. For a changed file whose old version the device has (sha256 X), the 
 ``<file target>.from-<X[:16]>.lldelta`` is used if it is signed with ``custom.leanloop``
 naming base X and the wanted result: it is downloaded as a target (length and hash checked),
 applied with :func:`bsdiff.apply_patch_file` and the result hashed again; any failure falls back
-to the full file. Downloads never read past the signed length (python-tuf enforces
-``max_length``).
+to the full file. Metadata is fetched by python-tuf (which enforces each role's ``max_length``);
+target files (manifest, bundle files, deltas) by :class:`runtime.download.Downloader`: resumable
+across restarts (partials keyed by sha256 under ``<state_dir>/downloads``), rate-capped,
+retried with backoff, never reading past the signed length; each result is then checked once
+more against its signed targetinfo (``TargetFile.verify_length_and_hashes``).
 """
 
 from __future__ import annotations
@@ -19,17 +22,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import urllib3
 from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater
 
 import bsdiff
 from runtime._atomic import atomic_write_json
 from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
 from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
+from runtime.config import DownloadSettings
+from runtime.download import Downloader, DownloadError, HashMismatchError
 from runtime.errors import BundleError, TrustError, UpdateError
 
 __all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
@@ -112,12 +119,38 @@ class BundleFetcher:
         hub_url: str,
         token: str | None,
         timeout_s: float = 30.0,
+        *,
+        downloads_dir: Path | None = None,
+        download: DownloadSettings | None = None,
     ) -> None:
         self.metadata_dir = Path(metadata_dir)
         self.pinned_root = Path(pinned_root)
         self.base = hub_url.rstrip("/") + "/api/v1/tuf"
         self.token = token
         self.timeout_s = timeout_s
+        # Partials survive restarts; default beside the metadata dir (<state_dir>/downloads).
+        self.downloader = Downloader(
+            downloads_dir or self.metadata_dir.parent / "downloads", token, download
+        )
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Download totals of this process (bytes received, resumes, retries, restarts)."""
+        return self.downloader.stats.as_counters()
+
+    def _download(self, ti: TargetFile, out: Path) -> None:
+        """One target file through the resumable downloader, then checked against ``ti``.
+
+        The hub serves consistent-snapshot targets at ``<dir>/<sha256>.<name>``.
+        """
+        sha256 = ti.hashes.get("sha256")
+        if sha256 is None:
+            raise TrustError(f"{ti.path}: signed without a sha256 hash")
+        dirname, sep, basename = ti.path.rpartition("/")
+        url = f"{self.base}/targets/{quote(f'{dirname}{sep}{sha256}.{basename}')}"
+        self.downloader.fetch(url, ti.length, sha256, out)
+        with out.open("rb") as f:
+            ti.verify_length_and_hashes(f)
 
     def _updater(self, fetcher: AuthFetcher) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +191,7 @@ class BundleFetcher:
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         fetcher = AuthFetcher(self.token, self.timeout_s)
+        body_before = self.downloader.stats.bytes_received
         up = self._updater(fetcher)
         try:
             up.refresh()
@@ -165,7 +199,7 @@ class BundleFetcher:
             info = up.get_targetinfo(target)
             if info is None:
                 raise UpdateError(f"{name} v{version} is not in the signed targets metadata")
-            up.download_target(info, filepath=str(dest / MANIFEST_NAME))
+            self._download(info, dest / MANIFEST_NAME)
             manifest = read_manifest(dest)
             if manifest.name != name or manifest.version != version:
                 raise TrustError(
@@ -173,6 +207,7 @@ class BundleFetcher:
                     f"{manifest.name} v{manifest.version}"
                 )
             reused = fetched = delta_files = delta_fallbacks = 0
+            self.downloader.prune(keep={e.sha256 for e in manifest.files.values()})
             local = _LocalFiles(reuse_dirs or [])
             skip = unneeded_files(manifest, backend) if backend else set()
             if skip:
@@ -194,13 +229,15 @@ class BundleFetcher:
                     if file_sha256(out) == entry.sha256:
                         reused += 1
                         continue
-                done = _apply_delta(up, manifest.target_name(rel), rel, entry, out, olds)
+                done = _apply_delta(
+                    up, self._download, manifest.target_name(rel), rel, entry, out, olds
+                )
                 if done:
                     delta_files += 1
                     continue
                 if done is not None:
                     delta_fallbacks += 1
-                up.download_target(ti, filepath=str(out))
+                self._download(ti, out)
                 fetched += 1
         except tuf_exc.RepositoryError as e:
             raise TrustError(f"signed metadata rejected: {type(e).__name__}: {e}") from e
@@ -208,13 +245,18 @@ class BundleFetcher:
             raise UpdateError(f"download failed: {type(e).__name__}: {e}") from e
         except BundleError as e:
             raise TrustError(f"signed manifest is invalid: {e}") from e
-        return FetchResult(
-            manifest, fetcher.bytes_received, reused, fetched, delta_files, delta_fallbacks
-        )
+        received = fetcher.bytes_received + self.downloader.stats.bytes_received - body_before
+        return FetchResult(manifest, received, reused, fetched, delta_files, delta_fallbacks)
 
 
 def _apply_delta(
-    up: Updater, target: str, rel: str, entry: FileEntry, out: Path, olds: list[tuple[Path, str]]
+    up: Updater,
+    download: Callable[[TargetFile, Path], None],
+    target: str,
+    rel: str,
+    entry: FileEntry,
+    out: Path,
+    olds: list[tuple[Path, str]],
 ) -> bool | None:
     """Rebuild ``out`` from a local old version of ``rel`` and a signed delta target.
 
@@ -236,12 +278,18 @@ def _apply_delta(
             continue
         patch = out.with_name(f".{out.name}.lldelta")
         try:
-            up.download_target(ti, filepath=str(patch))
+            download(ti, patch)
             bsdiff.apply_patch_file(base, patch, out, max_result=entry.size)
             if file_sha256(out) != entry.sha256:
                 raise bsdiff.ResultMismatchError(f"{rel}: patched file does not hash as signed")
             return True
-        except (tuf_exc.RepositoryError, tuf_exc.DownloadError, bsdiff.DeltaError, OSError) as e:
+        except (
+            tuf_exc.RepositoryError,
+            DownloadError,
+            HashMismatchError,
+            bsdiff.DeltaError,
+            OSError,
+        ) as e:
             log.warning("delta for %s failed, fetching the full file: %s", rel, e)
             with contextlib.suppress(OSError):
                 out.unlink(missing_ok=True)
