@@ -143,13 +143,13 @@ def compare(prod: Prediction, cand: Prediction, iou_threshold: float = 0.5) -> F
         pl = p.label if p else NONE_LABEL
         cl = c.label if c else NONE_LABEL
         agree = pl == cl
-        deltas = [c.score - p.score] if p is not None and c is not None else []
+        top1_delta = [c.score - p.score] if p is not None and c is not None else []
         return FrameComparison(
             agree=agree,
             disagreement=0.0 if agree else 1.0,
             kind="classification",
             flips=[(pl, cl)] if p is not None or c is not None else [],
-            confidence_deltas=deltas,
+            confidence_deltas=top1_delta,
             matched=int(p is not None and c is not None),
             label_agree=int(agree and p is not None),
             missed=int(p is not None and c is None),

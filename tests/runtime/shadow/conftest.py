@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shadowkit / shadow_plugins
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 
-from pipeline_models import export_brightness_classifier  # noqa: E402
+from pipeline_models import export_brightness_classifier
 
 
 @pytest.fixture(scope="session")
