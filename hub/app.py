@@ -378,9 +378,12 @@ async def desired(request: web.Request) -> web.Response:
     bundle, version = device.desired_bundle, device.desired_version
     if bundle is None:
         bundle, version = db.cohort_desired(device.cohort)
+    body: dict[str, Any] = {"bundle": bundle, "version": version}
     # Shadow mode: the candidate (with its promotion rule) next to the production bundle.
     candidate = db.shadow_candidate(device)
-    return web.json_response({"bundle": bundle, "version": version, "candidate": candidate})
+    if candidate is not None:
+        body["candidate"] = candidate
+    return web.json_response(body)
 
 
 @routes.post(f"{API}/device/shadow")
