@@ -369,6 +369,68 @@ def shadow_report(
     Console().print(t)
 
 
+def _admin_client(hub: str, token: str | None) -> Any:
+    from hub.client import HubAdminClient
+
+    if not token:
+        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
+    return HubAdminClient(hub, token)
+
+
+@shadow_app.command("assign")
+@handled
+def shadow_assign(
+    bundle: Annotated[str, typer.Argument(help="bundle name")],
+    version: Annotated[int, typer.Argument(help="published bundle version (the candidate)")],
+    hub: Annotated[str, typer.Option(help="hub URL")] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
+    cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
+    device: Annotated[list[str] | None, typer.Option(help="only these devices")] = None,
+    min_frames: Annotated[int, typer.Option(help="frames both models must answer")] = 500,
+    min_agreement: Annotated[float, typer.Option(help="lowest agreement that promotes")] = 0.98,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="δ on corrected frames (candidate vs production accuracy)")
+    ] = 0.02,
+    measure_only: Annotated[bool, typer.Option(help="report, never promote")] = False,
+) -> None:
+    """Hub admin: run a candidate in shadow mode on devices, a cohort, or the fleet."""
+    rule = {
+        "min_frames": min_frames,
+        "min_agreement": min_agreement,
+        "max_accuracy_drop": max_accuracy_drop,
+        "promote": not measure_only,
+    }
+    n = _admin_client(hub, token).shadow_rollout(bundle, version, rule, device or None, cohort)
+    typer.echo(f"{bundle} v{version} in shadow on {n} device(s)")
+
+
+@shadow_app.command("fleet")
+@handled
+def shadow_fleet(
+    hub: Annotated[str, typer.Option(help="hub URL")] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
+    cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Hub admin: shadow telemetry per cohort (and per device with --json)."""
+    view = _admin_client(hub, token).shadow(cohort)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, sort_keys=True))
+        return
+    for g in view["cohorts"]:
+        c = g["candidate"] or {}
+        agreement = f"{g['agreement']:.2%}" if g["agreement"] is not None else "-"
+        typer.echo(
+            f"cohort {g['cohort'] or '-'}: {c.get('bundle')} v{c.get('version')} on "
+            f"{len(g['devices'])} device(s) {g['status']}: agreement {agreement} over "
+            f"{g['stats']['compared']} frames, shed {g['shed_fraction']:.1%}"
+        )
+
+
 # ---- deltas ----------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "shadow
 from shadowkit import build
 
 from hub.client import HubAdminClient
+from hub.testing import LiveHub
 
 SHADOW = {"frame_timeout_s": 1.0, "report_interval_s": 0.2, "nice": 5}
 POISON = (255, 200)
@@ -113,6 +114,7 @@ def test_shadow_promotes_through_trial_when_identical_candidate_agrees(
 
 def test_shadow_rejects_and_shows_the_flips_when_candidate_swaps_two_labels(
     tmp_path: Path,
+    live_hub: LiveHub,
     admin: HubAdminClient,
     keys: Path,
     classifier_onnx: Path,
@@ -122,7 +124,13 @@ def test_shadow_rejects_and_shows_the_flips_when_candidate_swaps_two_labels(
     dev = start_device(shadow=SHADOW)
     dev.wait("v1 committed", committed(1))
     admin.publish_bundle(build(tmp_path, classifier_onnx, 2, swap=("2", "7")), keys)
-    admin.shadow_rollout("digits", 2, rule={"min_frames": 4, "min_agreement": 0.9})
+    out = subprocess.run(
+        [sys.executable, "-m", "leanloop.cli", "shadow", "assign", "digits", "2",
+         "--hub", live_hub.url, "--min-frames", "4", "--min-agreement", "0.9"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "LEANLOOP_ADMIN_TOKEN": live_hub.admin_token},
+    )  # fmt: skip
+    assert out.stdout.strip() == "digits v2 in shadow on 1 device(s)"
     rep = wait_report(dev, "rejected", lambda r: r["status"] == "rejected", feed=(60, 200))
     n = rep["stats"]["compared"]
     assert n >= 4 and rep["stats"]["agreed"] == 0
