@@ -252,6 +252,9 @@ class ShadowManager:
         resume: bool,
     ) -> None:
         rep = self.report
+        old = rep.production
+        if old is None or (old.bundle, old.version) != (prod.bundle, prod.version):
+            resume = False  # measured against another production bundle: start over
         if not resume:
             rep.stats = type(rep.stats)()
             rep.seen = {}

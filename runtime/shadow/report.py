@@ -133,10 +133,11 @@ class ShadowReport(_Strict):
         del self.history[:-MAX_HISTORY]
 
     def judged(self, bundle: str, version: int) -> HistoryEntry | None:
-        """How this candidate ended here before, if it did."""
+        """How this candidate ended here before, if it did (a cancelled run does not count: the
+        hub may assign it again, or a production update may have needed its slot)."""
         for h in reversed(self.history):
             if h.bundle == bundle and h.version == version:
-                return h
+                return None if h.outcome == "cancelled" else h
         return None
 
     def note_seen(self, frame_id: str, labels: list[str | None]) -> None:
