@@ -26,7 +26,8 @@ from shadowkit import build
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
 
-SHADOW = {"frame_timeout_s": 1.0, "report_interval_s": 0.2, "nice": 5}
+SHADOW = {"frame_timeout_s": 10.0, "report_interval_s": 0.2, "nice": 5}
+HANG_TIMEOUT = {**SHADOW, "frame_timeout_s": 1.0}
 POISON = (255, 200)
 
 
@@ -182,8 +183,8 @@ def test_shadow_leaves_production_output_identical_when_candidate_crashes_or_han
     admin.publish_bundle(build(tmp_path, classifier_onnx, 3, plugin="hang_on_poison"), keys)
     base = start_device("plain")
     cases = {
-        name: (start_device(name, shadow=SHADOW), version)
-        for name, version in (("crash", 2), ("hang", 3))
+        name: (start_device(name, shadow=cfg), version)
+        for name, version, cfg in (("crash", 2, SHADOW), ("hang", 3, HANG_TIMEOUT))
     }
     for dev, _ in [*cases.values(), (base, 0)]:
         dev.wait("v1 committed", committed(1))
@@ -251,3 +252,57 @@ def test_shadow_promotion_rolls_back_when_promoted_candidate_fails_its_trial(
         time.sleep(0.2)
     [d] = admin.devices()
     assert d["desired"] != {"bundle": "digits", "version": 2}
+
+
+def _workers(parent: int) -> list[int]:
+    """Pids of shadow worker processes whose parent is ``parent``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"runtime.shadow.worker" in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def test_shadow_resumes_and_worker_exits_when_device_is_killed_mid_shadow(
+    tmp_path: Path,
+    admin: HubAdminClient,
+    keys: Path,
+    classifier_onnx: Path,
+    start_device: Callable[..., Device],
+) -> None:
+    _production(admin, keys, tmp_path, classifier_onnx)
+    dev = start_device(shadow=SHADOW)
+    dev.wait("v1 committed", committed(1))
+    admin.publish_bundle(build(tmp_path, classifier_onnx, 2), keys)
+    admin.shadow_rollout("digits", 2, rule={"min_frames": 1000})
+    before = wait_report(dev, "3 compared", lambda r: r["stats"]["compared"] >= 3, feed=(60, 200))
+    [worker] = _workers(dev.proc.pid)
+    dev.proc.kill()  # SIGKILL: no clean-up in the service
+    dev.proc.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists():  # EOF on its pipe: the orphan ends by itself
+        assert time.monotonic() < deadline, "shadow worker outlived its service"
+        time.sleep(0.05)
+    dev.proc = subprocess.Popen(
+        [sys.executable, "-m", "leanloop.cli", "device", "run", "--config", str(dev.config)],
+        stdout=dev.log,
+        stderr=subprocess.STDOUT,
+    )
+    rep = wait_report(
+        dev,
+        "resumed and counting",
+        lambda r: r["status"] == "running" and r["stats"]["compared"] > before["stats"]["compared"],
+        feed=(60, 200),
+    )
+    assert rep["started"] == before["started"]  # the same measurement, continued
+    assert rep["candidate"]["slot"] == before["candidate"]["slot"]
+    slots = json.loads((dev.state / "slots.json").read_text())
+    assert slots["slots"][rep["candidate"]["slot"]]["status"] == "staged"
+    assert rep["stats"]["agreed"] == rep["stats"]["compared"]
