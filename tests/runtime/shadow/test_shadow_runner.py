@@ -62,7 +62,7 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
 
 
 def _runner(bundle: Path, on_result: Any, **kw: Any) -> ShadowRunner:
-    opts: dict[str, Any] = {"frame_timeout_s": 2.0, "load_timeout_s": 60.0, "nice": 5}
+    opts: dict[str, Any] = {"frame_timeout_s": 10.0, "load_timeout_s": 60.0, "nice": 5}
     opts.update(kw)
     return ShadowRunner(bundle, on_result, **opts)
 
@@ -108,7 +108,7 @@ def test_runner_compares_when_candidate_is_identical_or_has_two_labels_swapped(
     ("candidate", "reason"),
     [
         ("segv", "worker crashed (killed by SIGSEGV) on frame f2"),
-        ("hang", "worker hung: no answer for frame f2 within 1 s"),
+        ("hang", "worker hung: no answer for frame f2 within 2 s"),
         ("raise", "error rate 33% over 3 frames"),
     ],
 )
@@ -120,7 +120,7 @@ def test_runner_disables_candidate_when_worker_crashes_hangs_or_errors(
     runner = _runner(
         bundles[candidate],
         got,
-        frame_timeout_s=1.0,
+        frame_timeout_s=2.0,
         error_min_frames=3,
         max_error_rate=0.2,
         on_disable=disabled.append,
