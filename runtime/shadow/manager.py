@@ -268,19 +268,16 @@ class ShadowManager:
         self._set("staging", None)
         self.save()
         try:
-            slot = self._stage(fetcher, bundle, version)
-        except (UpdateError, BundleError) as e:
-            if (
-                isinstance(e, UpdateError)
-                and not isinstance(e, TrustError)
-                and ("download failed" in str(e) or "not in the signed" in str(e))
-            ):
-                self._retry_at = time.monotonic() + 10 * self.settings.report_interval_s
-                self._set("idle", f"staging failed, will retry: {e}")
-                return
+            self.slots.check_version(bundle, version)  # not newer, or failed here before
+        except UpdateError as e:
             self._finish("refused", str(e))
             return
-        except LeanloopError as e:
+        try:
+            slot = self._stage(fetcher, bundle, version)
+        except BundleError as e:  # malformed: the same again next time
+            self._finish("refused", str(e))
+            return
+        except LeanloopError as e:  # network, metadata, not published yet: try again later
             self._retry_at = time.monotonic() + 10 * self.settings.report_interval_s
             self._set("idle", f"staging failed, will retry: {e}")
             return

@@ -138,3 +138,54 @@ def test_save_report_when_replace_fails_keeps_old_file_and_no_temp(
     assert load_report(tmp_path).status == "running"
     (tmp_path / "shadow.json").write_text("{not json")
     assert load_report(tmp_path).status == "idle"  # unreadable: start fresh, say so in the log
+
+
+class _Hub:
+    """The two members of the device's HubClient the manager uses (answers as the hub does)."""
+
+    def __init__(self, desired: dict[str, Any]) -> None:
+        self.last_desired = desired
+        self.sent: list[dict[str, Any]] = []
+
+    def shadow_report(self, summary: dict[str, Any]) -> None:
+        self.sent.append(summary)
+
+
+class _NoFetch:
+    def fetch(self, *a: Any, **kw: Any) -> Any:
+        raise AssertionError("nothing may be fetched")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "busy", "status", "words"),
+    [
+        ({"bundle": "digits", "version": 2}, False, "refused", "not newer than the active v3"),
+        ({"bundle": "digits", "version": 3}, False, "refused", "not newer than the active v3"),
+        ({"bundle": "digits", "version": 4}, True, "idle", None),  # update in flight: wait
+        (None, False, "idle", None),
+    ],
+)
+def test_poll_when_candidate_cannot_or_must_not_start_yet(
+    manager: Any, candidate: Any, busy: bool, status: str, words: str | None
+) -> None:
+    slots = manager.slots
+    slots.state.active = "a"
+    slots.state.slots["a"] = slots.state.slots["a"].model_copy(
+        update={"status": "committed", "bundle": "digits", "version": 3}
+    )
+    manager.report = ShadowReport()
+    desired: dict[str, Any] = {"bundle": "digits", "version": 3}
+    if candidate is not None:
+        desired["candidate"] = candidate
+    hub = _Hub(desired)
+    manager.poll(hub, _NoFetch(), busy)
+    rep = load_report(manager.state_dir)
+    assert rep.status == status
+    if words is not None:
+        assert words in (rep.reason or "")
+        assert rep.history[-1].outcome == "refused"
+        assert [s["status"] for s in hub.sent] == ["refused"]
+        manager.poll(hub, _NoFetch(), busy)  # judged: not tried again, nothing new to send
+        assert len(hub.sent) == 1
+    else:
+        assert hub.sent == []
