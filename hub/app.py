@@ -51,6 +51,7 @@ from runtime.bundle.manifest import Manifest
 from runtime.errors import LeanloopError
 from runtime.shadow.compare import ShadowStats
 from runtime.shadow.promotion import PromotionRule
+from runtime.shadow.report import ShadowStatus
 from runtime.store.record import SampleRecord, new_sample_id
 
 __all__ = [
@@ -228,7 +229,7 @@ class ShadowTelemetry(_Body):
     The model has no place for frames or frame ids: the hub never receives them this way.
     """
 
-    status: str = Field(max_length=32)
+    status: ShadowStatus
     reason: str | None = Field(default=None, max_length=2000)
     candidate: _ShadowRef | None = None
     production: _ShadowRef | None = None
