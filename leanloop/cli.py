@@ -332,7 +332,7 @@ def shadow_report(
     t.add_row("candidate", f"{c.bundle} v{c.version} (slot {c.slot})" if c else "none")
     t.add_row("production", f"{p.bundle} v{p.version}" if p else "none")
     enabled = rep.status in ("staging", "starting", "running", "promoting")
-    t.add_row("status", f"{rep.status} ({'enabled' if enabled else 'disabled'})")
+    t.add_row("status", f"{rep.status} (candidate {'enabled' if enabled else 'off'})")
     if rep.reason:
         t.add_row("reason", rep.reason)
     if rep.verdict:
@@ -343,6 +343,14 @@ def shadow_report(
     t.add_row(
         "boxes",
         f"{st.matched} matched, {st.label_agree} same label, {st.missed} missed, {st.extra} extra",
+    )
+    t.add_row(
+        "flip matrix",
+        "; ".join(
+            f"{a}: " + ", ".join(f"{b} {n}" for b, n in sorted(row.items()))
+            for a, row in sorted(st.flip_matrix.items())
+        )
+        or "-",
     )
     flips = st.flips_only()
     t.add_row(
