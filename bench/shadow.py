@@ -25,6 +25,7 @@ Ratios are printed, never asserted; the figures go to ``<out>/shadow.json``.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -132,6 +133,7 @@ def run_shadow(out: Path, quick: bool = False) -> dict[str, Any]:
     from runtime.shadow.runner import ShadowRunner
 
     t_all = time.perf_counter()
+    load_before = os.getloadavg()[0]
     rounds = 2 if quick else 4
     n_paced = 45 if quick else 150  # 3 s / 10 s at 15 fps per arm and round
     n_max = 150 if quick else 600
@@ -184,9 +186,15 @@ def run_shadow(out: Path, quick: bool = False) -> dict[str, Any]:
             "state": runner.state,
         },
         "quick": quick,
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
         "seconds": round(time.perf_counter() - t_all, 1),
     }
-    _say("shadow mode: production with a same-size candidate in shadow, on vs off")
+    _say(
+        "shadow mode: production with a same-size candidate in shadow, on vs off "
+        f"(load average {results['loadavg_1min'][0]} -> {results['loadavg_1min'][1]} on "
+        f"{results['cpus']} CPUs: figures from a busy machine are noise)"
+    )
     _say(f"{'arm':<12}{'frames':>8}{'p50 ms':>9}{'p99 ms':>9}{'fps':>8}{'shed':>8}")
     for k, v in res.items():
         _say(
