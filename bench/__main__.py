@@ -1,9 +1,10 @@
-"""``python -m bench [--out DIR] [--quick] [--only inference|delta|download]``: run the benchmarks.
+"""``python -m bench [--out DIR] [--quick] [--only SECTION]``: run the benchmarks.
 
 Each benchmark prints its table and writes JSON under ``--out``: ``inference.json`` (pipeline
-vs raw engine calls, engines side by side, peak RSS) and ``delta.json`` (patch size and time,
-ours vs bsdiff4 / hdiffpatch / zstd --patch-from / xdelta3 / zstd -19) and ``download.json``
-(bytes on the wire and time of a download cut every 256 KiB). Ratios are against
+vs raw engine calls, engines side by side, peak RSS), ``delta.json`` (patch size and time,
+ours vs bsdiff4 / hdiffpatch / zstd --patch-from / xdelta3 / zstd -19), ``download.json``
+(bytes on the wire and time of a download cut every 256 KiB) and ``shadow.json`` (production
+latency/throughput with a shadow candidate on vs off). Ratios are against
 anchors measured in the same run; nothing here asserts a number.
 """
 
@@ -18,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument(
-        "--only", choices=("inference", "delta", "download"), help="run one benchmark"
+        "--only",
+        choices=("inference", "delta", "download", "shadow"),
+        help="run one benchmark",
     )
     args = parser.parse_args(argv)
     rc = 0
@@ -34,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.download import main as download_main
 
         rc = download_main(["--out", str(args.out)]) or rc
+    if args.only in (None, "shadow"):
+        from bench.shadow import run_shadow
+
+        run_shadow(args.out, quick=args.quick)
     return rc
 
 

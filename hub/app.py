@@ -50,6 +50,9 @@ from hub.storage import BlobStore, HubDB, check_sha256
 from runtime._atomic import atomic_write_bytes
 from runtime.bundle.manifest import Manifest
 from runtime.errors import LeanloopError
+from runtime.shadow.compare import ShadowStats
+from runtime.shadow.promotion import PromotionRule
+from runtime.shadow.report import ShadowStatus
 from runtime.store.record import SampleRecord, new_sample_id
 
 __all__ = [
@@ -198,6 +201,49 @@ class RolloutRequest(_Body):
     cohort: str | None = Field(default=None, pattern=_NAME_PATTERN)
 
 
+class ShadowRolloutRequest(_Body):
+    """``POST /admin/shadow/rollouts``: a candidate in shadow mode for devices/a cohort/all."""
+
+    bundle: str = Field(pattern=_NAME_PATTERN)
+    version: int = Field(ge=1)
+    devices: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    cohort: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    rule: PromotionRule = Field(default_factory=PromotionRule)
+
+
+class ShadowCancelRequest(_Body):
+    """``POST /admin/shadow/cancel``: withdraw the candidate of devices, a cohort, or all."""
+
+    devices: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    cohort: str | None = Field(default=None, pattern=_NAME_PATTERN)
+
+
+class _ShadowRef(_Body):
+    bundle: str = Field(max_length=64)
+    version: int
+    slot: str | None = Field(default=None, max_length=1)
+
+
+class ShadowTelemetry(_Body):
+    """``POST /device/shadow``: a device's shadow summary — counts, matrices, histograms.
+
+    The model has no place for frames or frame ids: the hub never receives them this way.
+    """
+
+    status: ShadowStatus
+    reason: str | None = Field(default=None, max_length=2000)
+    candidate: _ShadowRef | None = None
+    production: _ShadowRef | None = None
+    rule: PromotionRule | None = None
+    verdict: str | None = Field(default=None, max_length=2000)
+    started: float | None = None
+    updated: float | None = None
+    counters: dict[str, int] = Field(default_factory=dict, max_length=32)
+    shed_fraction: float = 0.0
+    agreement: float | None = None
+    stats: ShadowStats = Field(default_factory=ShadowStats)
+
+
 Box = tuple[float, float, float, float, str]
 
 
@@ -334,7 +380,29 @@ async def desired(request: web.Request) -> web.Response:
     bundle, version = device.desired_bundle, device.desired_version
     if bundle is None:
         bundle, version = db.cohort_desired(device.cohort)
-    return web.json_response({"bundle": bundle, "version": version})
+    body: dict[str, Any] = {"bundle": bundle, "version": version}
+    # Shadow mode: the candidate (with its promotion rule) next to the production bundle.
+    candidate = db.shadow_candidate(device)
+    if candidate is not None:
+        body["candidate"] = candidate
+    return web.json_response(body)
+
+
+@routes.post(f"{API}/device/shadow")
+async def shadow_telemetry(request: web.Request) -> web.Response:
+    """Store a device's shadow summary; a ``promoted`` candidate becomes its desired bundle."""
+    cap = request.app[CONFIG].max_heartbeat_bytes
+    body = _parse(ShadowTelemetry, await _read_capped(request, cap, "shadow report"), "report")
+    device_id = _device_id(request)
+    db = request.app[DB]
+    db.put_shadow_report(device_id, body.model_dump())
+    c = body.candidate
+    if body.status == "promoted" and c is not None and db.has_bundle(c.bundle, c.version):
+        # The device committed it after its trial: make it what the hub wants there too, so the
+        # next desired answer does not point back at the old production version.
+        db.set_desired(c.bundle, c.version, [device_id], None)
+        log.info("device %s promoted shadow candidate %s v%s", device_id, c.bundle, c.version)
+    return web.json_response({})
 
 
 @routes.post(f"{API}/device/heartbeat")
@@ -562,6 +630,77 @@ async def devices(request: web.Request) -> web.Response:
             }
             for d in request.app[DB].devices()
         ]
+    )
+
+
+# -- admin: shadow mode -------------------------------------------------------------------------
+
+
+@routes.post(f"{API}/admin/shadow/rollouts")
+async def shadow_rollout(request: web.Request) -> web.Response:
+    """Assign a published bundle version as a shadow candidate, with its promotion rule."""
+    raw = await _read_capped(request, 4 * 1024 * 1024, "shadow rollout")
+    body = _parse(ShadowRolloutRequest, raw, "shadow rollout")
+    db = request.app[DB]
+    if not db.has_bundle(body.bundle, body.version):
+        raise NotFound(f"bundle {body.bundle} version {body.version} is not published")
+    n = db.set_shadow(body.bundle, body.version, body.rule.model_dump(), body.devices, body.cohort)
+    return web.json_response({"devices": n})
+
+
+@routes.post(f"{API}/admin/shadow/cancel")
+async def shadow_cancel(request: web.Request) -> web.Response:
+    """Withdraw shadow candidates; devices stop their worker at their next poll."""
+    raw = await _read_capped(request, 4 * 1024 * 1024, "shadow cancel")
+    body = _parse(ShadowCancelRequest, raw, "shadow cancel")
+    return web.json_response({"removed": request.app[DB].clear_shadow(body.devices, body.cohort)})
+
+
+def _aggregate(rows: list[tuple[str, str | None, dict[str, Any], float]]) -> list[dict[str, Any]]:
+    """Sum device reports per (cohort, candidate): counts, flip matrix, histograms."""
+    groups: dict[tuple[str | None, str | None, int | None], dict[str, Any]] = {}
+    for device_id, cohort, rep, _updated in rows:
+        cand = rep.get("candidate") or {}
+        key = (cohort, cand.get("bundle"), cand.get("version"))
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {
+                "cohort": cohort,
+                "candidate": {"bundle": key[1], "version": key[2]} if key[1] else None,
+                "devices": [],
+                "status": {},
+                "counters": {},
+                "stats": ShadowStats(),
+            }
+        g["devices"].append(device_id)
+        g["status"][rep.get("status")] = g["status"].get(rep.get("status"), 0) + 1
+        for k, v in (rep.get("counters") or {}).items():
+            g["counters"][k] = g["counters"].get(k, 0) + int(v)
+        with contextlib.suppress(ValidationError, ValueError):
+            g["stats"].merge(ShadowStats.model_validate(rep.get("stats") or {}))
+    out = []
+    for g in groups.values():
+        stats: ShadowStats = g.pop("stats")
+        offered = g["counters"].get("offered", 0)
+        g["shed_fraction"] = g["counters"].get("shed", 0) / offered if offered else 0.0
+        g["agreement"] = stats.agreement
+        g["stats"] = stats.model_dump()
+        out.append(g)
+    return out
+
+
+@routes.get(f"{API}/admin/shadow")
+async def shadow_overview(request: web.Request) -> web.Response:
+    """Shadow telemetry per device and aggregated per cohort (``?cohort=`` filters)."""
+    cohort = request.query.get("cohort")
+    rows = request.app[DB].shadow_reports(cohort)
+    return web.json_response(
+        {
+            "devices": [
+                {"device_id": d, "cohort": c, "updated": u, "report": r} for d, c, r, u in rows
+            ],
+            "cohorts": _aggregate(rows),
+        }
     )
 
 

@@ -294,6 +294,39 @@ class HubAdminClient:
         """Every device: ``device_id``, ``cohort``, ``desired``, ``status``, ``last_seen``."""
         return list(self._json("GET", "/admin/devices"))
 
+    # -- shadow mode ---------------------------------------------------------------------------
+
+    def shadow_rollout(
+        self,
+        bundle: str,
+        version: int,
+        rule: dict[str, Any] | None = None,
+        devices: list[str] | None = None,
+        cohort: str | None = None,
+    ) -> int:
+        """Run a bundle version in shadow mode (listed devices, a cohort, or all) with a
+        promotion rule (``min_frames``, ``min_agreement``, ``max_accuracy_drop``, ...); return
+        how many devices it reaches."""
+        body: dict[str, Any] = {"bundle": bundle, "version": version, "rule": rule or {}}
+        if devices is not None:
+            body["devices"] = devices
+        if cohort is not None:
+            body["cohort"] = cohort
+        return int(self._json("POST", "/admin/shadow/rollouts", json_body=body)["devices"])
+
+    def shadow_cancel(self, devices: list[str] | None = None, cohort: str | None = None) -> int:
+        """Withdraw shadow candidates; return how many assignments were removed."""
+        body: dict[str, Any] = {}
+        if devices is not None:
+            body["devices"] = devices
+        if cohort is not None:
+            body["cohort"] = cohort
+        return int(self._json("POST", "/admin/shadow/cancel", json_body=body)["removed"])
+
+    def shadow(self, cohort: str | None = None) -> dict[str, Any]:
+        """Shadow telemetry: ``devices`` (each device's last report) and ``cohorts`` (summed)."""
+        return dict(self._json("GET", "/admin/shadow", query={"cohort": cohort}))
+
     # -- samples -------------------------------------------------------------------------------
 
     def samples(

@@ -40,6 +40,8 @@ app.add_typer(device_app, name="device")
 app.add_typer(samples_app, name="samples")
 app.add_typer(delta_app, name="delta")
 app.add_typer(feedback_app, name="feedback")
+shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
+app.add_typer(shadow_app, name="shadow")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
@@ -300,6 +302,141 @@ def feedback_correct(
 ) -> None:
     """The stored prediction is wrong; record the right label (top upload priority)."""
     _feedback(config, state_dir, sample_id, label, who, item, as_json)
+
+
+@shadow_app.command("report")
+@handled
+def shadow_report(
+    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The shadow candidate: status, agreement, flips, latency, shed frames (shadow.json)."""
+    from runtime.shadow.report import REPORT_NAME, load_report
+
+    sd = _state_dir(config, state_dir)
+    if not sd.is_dir():
+        raise ConfigError(f"{sd}: no such state folder")
+    rep = load_report(sd)
+    if as_json:
+        typer.echo(json.dumps(rep.summary() | {"history": [h.model_dump() for h in rep.history]}))
+        return
+    if not (sd / REPORT_NAME).exists():
+        typer.echo("no shadow candidate has run on this device")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=False, box=None)
+    c, p = rep.candidate, rep.production
+    t.add_row("candidate", f"{c.bundle} v{c.version} (slot {c.slot})" if c else "none")
+    t.add_row("production", f"{p.bundle} v{p.version}" if p else "none")
+    enabled = rep.status in ("staging", "starting", "running", "promoting")
+    t.add_row("status", f"{rep.status} (candidate {'enabled' if enabled else 'off'})")
+    if rep.reason:
+        t.add_row("reason", rep.reason)
+    if rep.verdict:
+        t.add_row("rule", rep.verdict)
+    st = rep.stats
+    agreement = f"{st.agreement:.2%}" if st.agreement is not None else "-"
+    t.add_row("agreement", f"{agreement} of {st.compared} frames ({st.agreed} agree)")
+    t.add_row(
+        "boxes",
+        f"{st.matched} matched, {st.label_agree} same label, {st.missed} missed, {st.extra} extra",
+    )
+    t.add_row(
+        "flip matrix",
+        "; ".join(
+            f"{a}: " + ", ".join(f"{b} {n}" for b, n in sorted(row.items()))
+            for a, row in sorted(st.flip_matrix.items())
+        )
+        or "-",
+    )
+    flips = st.flips_only()
+    t.add_row(
+        "flips",
+        ", ".join(f"{a} -> {b}: {n}" for a, row in sorted(flips.items()) for b, n in row.items())
+        or "none",
+    )
+    for who in ("production", "candidate"):
+        hist = st.latency_ms.get(who, {}).get("total")
+        if hist is not None and hist.n:
+            t.add_row(
+                f"latency {who}",
+                f"mean {hist.mean:.1f} ms, p50 <= {hist.quantile(0.5)} ms, "
+                f"p99 <= {hist.quantile(0.99)} ms",
+            )
+    k = rep.counters
+    offered = k.get("offered", 0)
+    t.add_row(
+        "frames",
+        f"{offered} offered, {k.get('shed', 0)} shed "
+        f"({k.get('shed', 0) / offered if offered else 0:.1%}), {k.get('answered', 0)} answered, "
+        f"{k.get('errors', 0)} errors, {k.get('disagreements_stored', 0)} disagreements stored",
+    )
+    Console().print(t)
+
+
+def _admin_client(hub: str, token: str | None) -> Any:
+    from hub.client import HubAdminClient
+
+    if not token:
+        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
+    return HubAdminClient(hub, token)
+
+
+@shadow_app.command("assign")
+@handled
+def shadow_assign(
+    bundle: Annotated[str, typer.Argument(help="bundle name")],
+    version: Annotated[int, typer.Argument(help="published bundle version (the candidate)")],
+    hub: Annotated[str, typer.Option(help="hub URL")] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
+    cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
+    device: Annotated[list[str] | None, typer.Option(help="only these devices")] = None,
+    min_frames: Annotated[int, typer.Option(help="frames both models must answer")] = 500,
+    min_agreement: Annotated[float, typer.Option(help="lowest agreement that promotes")] = 0.98,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="δ on corrected frames (candidate vs production accuracy)")
+    ] = 0.02,
+    measure_only: Annotated[bool, typer.Option(help="report, never promote")] = False,
+) -> None:
+    """Hub admin: run a candidate in shadow mode on devices, a cohort, or the fleet."""
+    rule = {
+        "min_frames": min_frames,
+        "min_agreement": min_agreement,
+        "max_accuracy_drop": max_accuracy_drop,
+        "promote": not measure_only,
+    }
+    n = _admin_client(hub, token).shadow_rollout(bundle, version, rule, device or None, cohort)
+    typer.echo(f"{bundle} v{version} in shadow on {n} device(s)")
+
+
+@shadow_app.command("fleet")
+@handled
+def shadow_fleet(
+    hub: Annotated[str, typer.Option(help="hub URL")] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
+    cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Hub admin: shadow telemetry per cohort (and per device with --json)."""
+    view = _admin_client(hub, token).shadow(cohort)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, sort_keys=True))
+        return
+    for g in view["cohorts"]:
+        c = g["candidate"] or {}
+        agreement = f"{g['agreement']:.2%}" if g["agreement"] is not None else "-"
+        typer.echo(
+            f"cohort {g['cohort'] or '-'}: {c.get('bundle')} v{c.get('version')} on "
+            f"{len(g['devices'])} device(s) {g['status']}: agreement {agreement} over "
+            f"{g['stats']['compared']} frames, shed {g['shed_fraction']:.1%}"
+        )
 
 
 # ---- deltas ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "HubSettings",
     "InferenceSettings",
     "SamplingSettings",
+    "ShadowSettings",
     "SinkSettings",
     "SourceSettings",
     "StoreSettings",
@@ -131,6 +132,38 @@ class DownloadSettings(_Strict):
     )
 
 
+class ShadowSettings(_Strict):
+    """Shadow-mode A/B: a candidate bundle the hub assigns runs beside production, never serving."""
+
+    enabled: bool = Field(default=True, description="accept shadow candidates from the hub")
+    queue_size: int = Field(
+        default=4, ge=1, description="frames waiting for the candidate; more are shed and counted"
+    )
+    frame_timeout_s: float = Field(
+        default=5.0, gt=0, description="a candidate frame slower than this is a hang: disabled"
+    )
+    load_timeout_s: float = Field(
+        default=120.0, gt=0, description="time for the worker to load and health-check it"
+    )
+    max_error_rate: float = Field(
+        default=0.2, ge=0, le=1, description="candidate error rate that disables it"
+    )
+    error_min_frames: int = Field(
+        default=20, ge=1, description="answers needed before the error rate is judged"
+    )
+    nice: int = Field(default=10, ge=0, le=19, description="OS niceness added to the worker")
+    threads: int = Field(default=1, ge=0, description="candidate engine threads; 0: default")
+    iou_threshold: float = Field(
+        default=0.5, gt=0, le=1, description="IoU at which two boxes are the same object"
+    )
+    store_disagreements: bool = Field(
+        default=True, description="offer frames the models disagree on to the sample store"
+    )
+    report_interval_s: float = Field(
+        default=5.0, gt=0, description="how often shadow.json is written and sent to the hub"
+    )
+
+
 class DeviceConfig(_Strict):
     """``leanloop device run --config FILE``."""
 
@@ -146,6 +179,7 @@ class DeviceConfig(_Strict):
     upload: UploadSettings = Field(default_factory=UploadSettings)
     update: UpdateSettings = Field(default_factory=UpdateSettings)
     download: DownloadSettings = Field(default_factory=DownloadSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     status_interval_s: float = Field(default=1.0, gt=0)
 
 

@@ -27,6 +27,8 @@ class HubClient:
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        # The whole last answer of GET /device/desired (it also carries the shadow candidate).
+        self.last_desired: dict[str, Any] = {}
         self._http = urllib3.PoolManager(
             maxsize=4,  # the update and upload threads share the client
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
@@ -81,6 +83,7 @@ class HubClient:
     def desired(self) -> tuple[str | None, int | None]:
         """What the hub wants this device to run (an unsigned hint; content is verified)."""
         data = self._request("GET", "/device/desired")
+        self.last_desired = data if isinstance(data, dict) else {}
         name, version = data.get("bundle"), data.get("version")
         if name is not None and not isinstance(name, str):
             raise HubError("desired: bundle is not a string")
@@ -93,6 +96,15 @@ class HubClient:
             "POST",
             "/device/heartbeat",
             body=json.dumps(status),
+            headers={"Content-Type": "application/json"},
+        )
+
+    def shadow_report(self, summary: dict[str, Any]) -> None:
+        """Send the shadow telemetry summary (counts, matrices, histograms; never frames)."""
+        self._request(
+            "POST",
+            "/device/shadow",
+            body=json.dumps(summary),
             headers={"Content-Type": "application/json"},
         )
 

@@ -44,6 +44,7 @@ from runtime.hubclient import HubClient, load_or_enroll
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
 from runtime.sampling import make_scorer
+from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.writer import StoreWriter
@@ -128,6 +129,8 @@ class DeviceService:
         self.hub: HubClient | None = None
         self.fetcher: BundleFetcher | None = None
         self.uploader: Uploader | None = None
+        # shadow hook 1/5: shadow-mode A/B (runtime/shadow); idle until the hub assigns one.
+        self.shadow = ShadowManager(cfg, self.slots, self.writer, self.store, self._handoff)
 
     # ---- bundle activation -------------------------------------------------------------
 
@@ -147,6 +150,11 @@ class DeviceService:
                 self.slots.fail_trial(f"does not load at start: {e}")
                 self.counters["rollbacks"] += 1
         self.bundle = None
+
+    def _handoff(self, slot: SlotName, loaded: LoadedBundle) -> None:
+        """shadow hook 2/5: a promoted shadow candidate takes the normal swap → trial path."""
+        with self._lock:
+            self._next = (slot, loaded)
 
     def _swap_if_ready(self) -> None:
         with self._lock:
@@ -228,6 +236,7 @@ class DeviceService:
         else:
             self.latency.add(pred.latency_ms)
             self.writer.offer(image, pred)  # type: ignore[arg-type]
+            self.shadow.offer(frame_id, data, pred)  # shadow hook 3/5: non-blocking copy
         if self._trial is not None:
             self._trial["frames"] += 1
             self._trial["errors"] += int(pred.error is not None and image is not None)
@@ -346,6 +355,10 @@ class DeviceService:
     def _update_loop(self) -> None:
         while not self._stop.is_set():
             try:
+                # shadow hook 4/5: stage/run/judge the hub's shadow candidate (before the update
+                # check, so a just-committed promotion is reported before desired is compared).
+                busy = self._trial is not None or self._next is not None
+                self.shadow.poll(self.hub, self.fetcher, busy)
                 self._update_once()
             except LeanloopError as e:
                 self.counters["update_errors"] += 1
@@ -439,6 +452,7 @@ class DeviceService:
                     self._stop.wait(self.cfg.source.poll_interval_s)
         finally:
             self.source.persist()
+            self.shadow.close()  # shadow hook 5/5: stop the candidate's worker
             self.writer.close(timeout=5.0)
             for t in threads:
                 t.join(timeout=2.0)

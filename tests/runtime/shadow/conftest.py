@@ -1,0 +1,31 @@
+"""Fixtures of the shadow tests: the torch-exported classifier, built once per session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # shadowkit / shadow_plugins
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
+
+from pipeline_models import export_brightness_classifier
+
+
+@pytest.fixture(scope="session")
+def shadow_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_brightness_classifier(
+        tmp_path_factory.mktemp("shadow_clf") / "classifier.onnx", batch=None
+    )
+
+
+@pytest.fixture(autouse=True)
+def plugins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker and device processes import ``shadow_plugins`` by dotted path, like any plug-in."""
+    import os
+
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    )
