@@ -47,7 +47,7 @@ class Clock:
         return self.t
 
     def mono(self) -> float:
-        return self.t.timestamp()
+        return (self.t - datetime(2026, 1, 1, tzinfo=UTC)).total_seconds()
 
     def sleep(self, s: float) -> None:
         self.slept += s
