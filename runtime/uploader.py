@@ -90,7 +90,7 @@ _MAX_STALLS = 3  # failed parts in a row that moved nothing end the cycle
 
 def encode_payload(meta: Mapping[str, Any], image: bytes) -> bytes:
     """One sample as uploaded: ``b"LLU1"``, meta length (4 bytes, big-endian), meta, image."""
-    raw = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+    raw = json.dumps(meta, separators=(",", ":")).encode()  # key order kept: stages are ordered
     return _PAYLOAD_HEAD.pack(_PAYLOAD_MAGIC, len(raw)) + raw + bytes(image)
 
 

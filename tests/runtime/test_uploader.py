@@ -167,8 +167,10 @@ def test_fake_hub_implements_sample_sink_protocol(store: SpyStore) -> None:
 
 def test_payload_when_decoded_gives_back_meta_and_image() -> None:
     r = record(0.5)
+    r.prediction = {"stages": {"det": {"items": []}, "clf": {"items": []}}}
     meta, image = decode_payload(encode_payload(r.to_meta(), r.image))
     assert (meta, image) == (r.to_meta(), r.image)
+    assert list(meta["prediction"]["stages"]) == ["det", "clf"]  # order matters: last = final
     for bad in (b"", b"XXXX\x00\x00\x00\x01{", b"LLU1\x00\x00\x10\x00{}"):
         with pytest.raises(ValueError):
             decode_payload(bad)
