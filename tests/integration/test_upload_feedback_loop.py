@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 from loopkit import BundleMaker, Device, publish
+from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
+from leanloop.cli import app
 from runtime.operator import give_feedback, list_samples
 
 BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
@@ -53,6 +55,8 @@ def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
     st = dev.wait("feedback in status", lambda st: (st.get("feedback") or {}).get("reviewed"))
     assert st["feedback"]["confusion"] == {predicted: {label: 1}}
     assert st["feedback"]["classes"][predicted]["accuracy"] == 0.0
+    shown = CliRunner().invoke(app, ["status", "--config", str(dev.config)])
+    assert "1 reviewed, 1 corrected" in shown.stdout
     wait_for(
         "the correction in a heartbeat at the hub",
         lambda: (
