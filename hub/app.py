@@ -508,6 +508,8 @@ async def upload_part(request: web.Request) -> web.Response:
     path = uploads.path(device_id, sample_id, sha256, length)
     uploads.drop(device_id, sample_id, keep=path)  # a different payload of the same sample
     held = path.stat().st_size if path.exists() else 0
+    if not held:
+        uploads.make_room(device_id, keep=path)
     if offset > held:
         raise Conflict(f"offset {offset} is past the {held} bytes the hub holds; ask again")
     key = (device_id, sample_id)

@@ -170,8 +170,9 @@ class PartialUploads:
     Files untouched for ``max_age_s`` are removed at start (a device that never came back).
     """
 
-    def __init__(self, root: Path, max_age_s: float = 7 * 86400) -> None:
+    def __init__(self, root: Path, max_age_s: float = 7 * 86400, per_device: int = 16) -> None:
         self.root = Path(root)
+        self.per_device = per_device
         self.root.mkdir(parents=True, exist_ok=True)
         cutoff = time.time() - max_age_s
         for stale in self.root.glob("*/*.part"):
@@ -193,6 +194,21 @@ class PartialUploads:
     def drop(self, device_id: str, sample_id: str, keep: Path | None = None) -> None:
         """Remove the partial uploads of a sample (all but ``keep``)."""
         for p in (self.root / device_id).glob(f"{sample_id}.*.part"):
+            if p != keep:
+                p.unlink(missing_ok=True)
+
+    def make_room(self, device_id: str, keep: Path) -> None:
+        """Keep at most ``per_device`` partial uploads of a device: the oldest others go.
+
+        A device uploads one sample at a time, so more means abandoned uploads (or a device
+        misbehaving); this bounds the disk a device can hold with partial bytes.
+        """
+        parts = []
+        for p in (self.root / device_id).glob("*.part"):
+            with contextlib.suppress(OSError):
+                parts.append((p.stat().st_mtime, p))
+        parts.sort()
+        for _, p in parts[: max(0, len(parts) - self.per_device + 1)]:
             if p != keep:
                 p.unlink(missing_ok=True)
 

@@ -34,6 +34,7 @@ __all__ = ["LEDGER_NAME", "FeedbackLedger", "feedback_summary", "predicted_label
 
 LEDGER_NAME = "feedback_ledger.json"
 _UNKNOWN = "?"  # the predicted label of an item the prediction does not have
+_KEEP = 50  # classes and confusion pairs kept in the status (it travels in every heartbeat)
 
 Entry = tuple[str, str, str | None, int]  # predicted label, kind, corrected label, count
 
@@ -127,6 +128,25 @@ class FeedbackLedger:
         return out
 
 
+def _bounded(out: dict[str, Any], keep: int = _KEEP) -> dict[str, Any]:
+    """At most ``keep`` classes (the most reviewed) and confusion pairs (the most frequent), so
+    the status stays well under the hub's heartbeat cap; ``truncated`` says when cut."""
+    classes = out["classes"]
+    pairs = [(n, p, c) for p, row in out["confusion"].items() for c, n in row.items()]
+    if len(classes) <= keep and len(pairs) <= keep:
+        return out
+    top = sorted(classes, key=lambda k: -(classes[k]["confirmations"] + classes[k]["corrections"]))
+    confusion: dict[str, dict[str, int]] = {}
+    for n, p, c in sorted(pairs, reverse=True)[:keep]:
+        confusion.setdefault(p, {})[c] = n
+    return {
+        **out,
+        "classes": {k: classes[k] for k in sorted(top[:keep])},
+        "confusion": confusion,
+        "truncated": True,
+    }
+
+
 _cache: dict[Path, tuple[float, dict[str, Any]]] = {}
 _cache_lock = threading.Lock()
 
@@ -151,7 +171,7 @@ def feedback_summary(store: SampleStore, state_dir: Path, max_age_s: float = 5.0
         entries += [e for r in store.feedback_records() if (e := _entry(r)) is not None]
     except StoreError:
         partial = True
-    out = tally(entries)
+    out = _bounded(tally(entries))
     if partial:
         out["partial"] = True
     with _cache_lock:

@@ -217,3 +217,14 @@ async def test_feedback_metrics_when_devices_report_are_per_device(hub: Hub) -> 
     assert out["fleet"]["reviewed"] == 3
     r = await hub.client.get(f"{API}/admin/feedback", headers=a)
     assert r.status == 403
+
+
+async def test_resumable_upload_when_device_abandons_many_keeps_a_bounded_number(hub: Hub) -> None:
+    cam = await hub.enroll("cam-1")
+    for i in range(20):
+        payload = encode_payload(meta(100 + i, "cam-1", 0.5), b"x" * 1000)
+        r = await patch(hub, cam, sid(100 + i), payload, 0, 500)
+        assert (await r.json())["status"] == "partial"
+    parts = list((hub.config.data_dir / "uploads" / "cam-1").glob("*.part"))
+    assert len(parts) == 16
+    assert any(p.name.startswith(sid(119)) for p in parts)  # the newest is kept

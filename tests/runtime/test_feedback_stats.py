@@ -110,3 +110,19 @@ def test_ledger_when_file_is_unreadable_starts_again(tmp_path: Path) -> None:
     ledger.add(r)
     ledger.add(r)
     assert FeedbackLedger(path).entries() == [("2", "correct", "5", 2)]
+
+
+def test_feedback_summary_when_many_classes_are_reviewed_stays_small(tmp_path: Path) -> None:
+    ledger = FeedbackLedger(tmp_path / LEDGER_NAME)
+    for i in range(120):
+        r = record([f"c{i}"])
+        r.feedback = Feedback("correct", f"d{i % 7}", "op", 1.0, 1)
+        ledger.add(r)
+    store = SampleStore(tmp_path / "samples", max_bytes=1 << 20)
+    try:
+        out = feedback_summary(store, tmp_path, max_age_s=0)
+    finally:
+        store.close()
+    assert out["truncated"] is True and out["reviewed"] == 120  # totals stay exact
+    assert len(out["classes"]) == 50
+    assert sum(len(row) for row in out["confusion"].values()) == 50
