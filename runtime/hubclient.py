@@ -180,6 +180,7 @@ class HubClient:
             f"/device/samples/{sample_id}/feedback",
             body=json.dumps({"feedback": feedback}),
             headers={"Content-Type": "application/json"},
+            retries=False,  # one request, one charge to the budget; the uploader retries
         )
         status = data.get("status") if isinstance(data, dict) else None
         if status != "stored":

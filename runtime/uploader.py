@@ -395,23 +395,26 @@ class Uploader:
 
     # ---- budget ------------------------------------------------------------------------
 
-    def _allowance(self, want: int) -> int:
-        """Body bytes the next request may carry (<= want), charging its overhead; or _Stop."""
+    def _allowance(self, want: int, need: int | None = None) -> int:
+        """Charge the next request: its overhead plus up to ``want`` body bytes, at least ``need``
+        (default: 1 byte of a part, or all of a fixed body: ``need=want``). Returns the body
+        bytes allowed. Raises _Stop naming the limit that leaves less than ``need``."""
+        if need is None:
+            need = min(want, 1)
         left = self.policy.window_left()
         if left is None:
             raise _Stop("window")
         allowed = self.policy.budget_left() - REQUEST_OVERHEAD
-        if allowed < (1 if want > 0 else 0):
+        if allowed < need:
             raise _Stop("budget")
         if self.byte_budget is not None:
-            cycle = self.byte_budget - self._cycle_spent - REQUEST_OVERHEAD
-            if cycle < (1 if want > 0 else 0):
+            allowed = min(allowed, self.byte_budget - self._cycle_spent - REQUEST_OVERHEAD)
+            if allowed < need:
                 raise _Stop("cycle_budget")
-            allowed = min(allowed, cycle)
         if self.rate is not None and not math.isinf(left):
-            # Start no part that could not finish, at the capped rate, before the window ends.
+            # Start nothing that could not finish, at the capped rate, before the window ends.
             allowed = min(allowed, self.rate.rate * left - REQUEST_OVERHEAD)
-            if want > 0 and allowed < 1:
+            if allowed < need:
                 raise _Stop("window")
         n = int(min(want, allowed))
         self._charge(n + REQUEST_OVERHEAD)
@@ -439,8 +442,10 @@ class Uploader:
             if ans.status == "stored":
                 if record.feedback is None:
                     return "duplicate"
-                self._allowance(0)
-                self.sink.put_feedback(record.id, record.feedback.to_dict())
+                feedback = record.feedback.to_dict()
+                body = len(json.dumps({"feedback": feedback}).encode())
+                self._allowance(body, need=body)
+                self.sink.put_feedback(record.id, feedback)
                 counts["feedback_only"] += 1
                 return "feedback"
             offset = ans.offset
