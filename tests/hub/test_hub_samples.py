@@ -4,16 +4,17 @@ queue (dedup by image, corrected first, per-device rank), and feedback metrics p
 from __future__ import annotations
 
 import hashlib
+import socket
+import time
 from typing import Any
 
 import pytest
 
-from hub.testing import API, HubTestSession, sample_form, sample_meta
-from runtime.uploader import encode_payload
+from hub.testing import API, HubTestSession, LiveHub, sample_form, sample_meta
+from runtime.hubclient import HubClient
+from runtime.uploader import PartAnswer, encode_payload
 
 Hub = HubTestSession
-
-pytestmark = pytest.mark.asyncio
 
 
 def sid(i: int) -> str:
@@ -64,6 +65,7 @@ async def queue(hub: Hub, **query: str) -> list[dict[str, Any]]:
     return list(await resp.json())
 
 
+@pytest.mark.asyncio
 async def test_resumable_upload_when_sent_in_parts_with_a_rewind_stores_once(hub: Hub) -> None:
     cam = await hub.enroll("cam-1")
     m = meta(1, "cam-1", 0.5)
@@ -97,6 +99,7 @@ async def test_resumable_upload_when_sent_in_parts_with_a_rewind_stores_once(hub
         ({"Upload-Length": "10"}, 400, "Upload-Length"),
     ],
 )
+@pytest.mark.asyncio
 async def test_resumable_upload_when_headers_are_wrong_is_refused(
     hub: Hub, change: dict[str, str], status: int, message: str
 ) -> None:
@@ -117,6 +120,7 @@ async def test_resumable_upload_when_headers_are_wrong_is_refused(
     assert not list((hub.config.data_dir / "uploads").glob("*/*.part"))
 
 
+@pytest.mark.asyncio
 async def test_resumable_upload_when_payload_is_not_a_sample_is_400(hub: Hub) -> None:
     cam = await hub.enroll("cam-1")
     bad = encode_payload({**meta(3, "cam-1", 0.5), "device_id": "cam-2"}, b"img")
@@ -124,6 +128,7 @@ async def test_resumable_upload_when_payload_is_not_a_sample_is_400(hub: Hub) ->
     assert r.status == 400 and "not this device" in (await r.json())["error"]
 
 
+@pytest.mark.asyncio
 async def test_feedback_when_sent_after_upload_updates_sample_and_lifts_it(hub: Hub) -> None:
     cam, other = await hub.enroll("cam-1"), await hub.enroll("cam-2")
     for i, p in enumerate([0.9, 0.8, 0.1]):
@@ -153,6 +158,7 @@ async def test_feedback_when_sent_after_upload_updates_sample_and_lifts_it(hub: 
     assert r.status == 400 and "needs a label" in (await r.json())["error"]
 
 
+@pytest.mark.asyncio
 async def test_upload_when_sample_is_known_and_meta_has_feedback_records_it(hub: Hub) -> None:
     cam = await hub.enroll("cam-1")
     m = meta(1, "cam-1", 0.2)
@@ -163,6 +169,7 @@ async def test_upload_when_sample_is_known_and_meta_has_feedback_records_it(hub:
     assert (await queue(hub))[0]["queue"]["tier"] == "corrected"
 
 
+@pytest.mark.asyncio
 async def test_queue_when_devices_send_same_image_shows_it_once(hub: Hub) -> None:
     a, b = await hub.enroll("cam-1"), await hub.enroll("cam-2")
     await put(hub, a, meta(1, "cam-1", 0.4), b"same image")
@@ -178,6 +185,7 @@ async def test_queue_when_devices_send_same_image_shows_it_once(hub: Hub) -> Non
     assert [s["id"] for s in await queue(hub)] == [sid(3)]  # the copy is not asked again
 
 
+@pytest.mark.asyncio
 async def test_queue_when_one_device_is_noisy_interleaves_devices_by_rank(hub: Hub) -> None:
     noisy, quiet = await hub.enroll("noisy"), await hub.enroll("quiet")
     for i in range(5):
@@ -191,6 +199,7 @@ async def test_queue_when_one_device_is_noisy_interleaves_devices_by_rank(hub: H
     assert len(await queue(hub, limit="3")) == 3
 
 
+@pytest.mark.asyncio
 async def test_feedback_metrics_when_devices_report_are_per_device(hub: Hub) -> None:
     a, b = await hub.enroll("cam-1"), await hub.enroll("cam-2")
     await put(hub, a, meta(1, "cam-1", 0.5, label="1"), b"x1")
@@ -219,6 +228,7 @@ async def test_feedback_metrics_when_devices_report_are_per_device(hub: Hub) -> 
     assert r.status == 403
 
 
+@pytest.mark.asyncio
 async def test_resumable_upload_when_device_abandons_many_keeps_a_bounded_number(hub: Hub) -> None:
     cam = await hub.enroll("cam-1")
     for i in range(20):
@@ -228,3 +238,34 @@ async def test_resumable_upload_when_device_abandons_many_keeps_a_bounded_number
     parts = list((hub.config.data_dir / "uploads" / "cam-1").glob("*.part"))
     assert len(parts) == 16
     assert any(p.name.startswith(sid(119)) for p in parts)  # the newest is kept
+
+
+def test_resumable_upload_when_stale_request_wakes_up_cannot_corrupt_newer_one(
+    live_hub: LiveHub,
+) -> None:
+    """A request stuck on a dead link is superseded by the device's next one; if its bytes
+    arrive later they are refused, not written over the newer upload."""
+    client = HubClient(live_hub.url)
+    token = client.enroll("cam-1", live_hub.enroll_token, None)
+    m = meta(7, "cam-1", 0.5)
+    payload = encode_payload(m, bytes(range(256)) * 400)
+    sha = hashlib.sha256(payload).hexdigest()
+    stale = socket.create_connection(("127.0.0.1", live_hub.port))
+    head = (
+        f"PATCH {API}/device/samples/{m['id']}/upload HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {len(payload)}\r\n"
+        f"Upload-Offset: 0\r\nUpload-Length: {len(payload)}\r\nUpload-Sha256: {sha}\r\n\r\n"
+    )
+    stale.sendall(head.encode() + payload[:30_000])
+    deadline = time.monotonic() + 10
+    while client.upload_status(m["id"], sha).offset < 30_000:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    ans = client.upload_part(m["id"], sha, len(payload), 20_000, payload[20_000:60_000])
+    assert ans == PartAnswer("partial", 60_000)
+    stale.sendall(b"\x00" * 40_000)  # the stale request wakes up with bytes of its own
+    stale.settimeout(10)
+    assert b" 409 " in stale.recv(4096).split(b"\r\n")[0] + b" "
+    stale.close()
+    ans = client.upload_part(m["id"], sha, len(payload), 60_000, payload[60_000:])
+    assert ans == PartAnswer("stored", len(payload))  # the hash check passed: no corruption
