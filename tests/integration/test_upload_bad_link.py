@@ -105,8 +105,10 @@ def assert_hub_has_exactly(hub: LiveHub, records: list[SampleRecord]) -> None:
 
 # "fin": the hub receives every byte relayed before the cut (what the 1.1x bound is about);
 # "rst": the hub's kernel discards what the hub had not read yet when the reset came, so those
-# relayed bytes are lost and sent again: nothing lost or duplicated, but more bytes.
-@pytest.mark.parametrize(("cut", "max_ratio"), [("fin", 1.1), ("rst", 1.5)])
+# relayed bytes are lost and sent again: nothing lost or duplicated, but more bytes (measured
+# 1.22-1.34x on an idle-ish machine; how much is unread at a reset depends on the hub's load,
+# hence the loose bound).
+@pytest.mark.parametrize(("cut", "max_ratio"), [("fin", 1.1), ("rst", 2.0)])
 def test_upload_when_link_drops_every_64_kib_loses_and_duplicates_nothing(
     live_hub: LiveHub, store: SampleStore, cut: str, max_ratio: float
 ) -> None:
