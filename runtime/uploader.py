@@ -26,9 +26,11 @@ small, policed and safe to interrupt:
    and the record stays for the next cycle.
 
 A crash between the hub's acknowledgement and the release re-sends one sample's first part
-next time; the hub answers "duplicate" and the store releases it then. A record whose priority
-changed while it was in flight (the first feedback) is not released, so the newer version goes
-next cycle. The rate cap is a token bucket consulted before every 16 KiB of a part.
+next time; the hub answers "duplicate" and the store releases it then. A record whose feedback
+changed while it was in flight is not released, and its new feedback goes alone next cycle.
+(A change between that check and the release, a few microseconds, is not seen unless it moved
+the priority: the store has no version to compare against.) The rate cap is a token bucket
+consulted before every 16 KiB of a part.
 """
 
 from __future__ import annotations
@@ -516,9 +518,14 @@ class Uploader:
                 failed, stopped = 1, "error"
                 log.warning("upload of %s failed, retrying next cycle: %s", record.id, e)
                 break
-            released = self.store.release(
-                [record.id], expected_priority={record.id: record.priority}
-            )
+            # Feedback that changed while the sample was in flight (a first feedback changes
+            # the priority, a later one only the feedback) keeps the record for the next cycle.
+            current = self.store.get(record.id)
+            released = 0
+            if current is None or current.feedback == record.feedback:
+                released = self.store.release(
+                    [record.id], expected_priority={record.id: record.priority}
+                )
             if released and self.ledger is not None:
                 self.ledger.add(record)
             counts["sent"] += 1

@@ -428,3 +428,21 @@ def test_uploader_from_settings_when_configured_applies_policy(
     assert up.rate is not None and up.rate.rate == 1000
     assert up.status()["window_open"] is True
     assert json.loads(json.dumps(up.status()))["budget_left_bytes"] == 5000
+
+
+def test_uploader_keeps_record_when_feedback_is_replaced_in_flight(store: SpyStore) -> None:
+    r = record(0.5)
+    store.put(r)
+    store.set_feedback(r.id, Feedback("confirm", None, "op", 1.0, 1))
+
+    class ReplaceMidFlight(FakeHub):
+        def upload_part(self, sample_id: str, *a: Any, **kw: Any) -> PartAnswer:
+            if self.part_calls == 0:  # same priority as before: only the feedback differs
+                self.store.set_feedback(sample_id, Feedback("correct", "4", "op", 2.0, 1))
+            return super().upload_part(sample_id, *a, **kw)
+
+    hub = ReplaceMidFlight(store)
+    up = Uploader(store, hub, batch=5)
+    assert up.run_once().sent == 1 and store.released == []
+    assert up.run_once().feedback_only == 1
+    assert hub.feedback[r.id]["kind"] == "correct" and store.get(r.id) is None
