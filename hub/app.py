@@ -46,14 +46,16 @@ from hub.errors import (
 )
 from hub.jobs import JobRunner, log_tail
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, check_sha256
+from hub.storage import BlobStore, HubDB, PartialUploads, check_sha256
 from runtime._atomic import atomic_write_bytes
 from runtime.bundle.manifest import Manifest
 from runtime.errors import LeanloopError
+from runtime.feedback_stats import predicted_label, tally
 from runtime.shadow.compare import ShadowStats
 from runtime.shadow.promotion import PromotionRule
 from runtime.shadow.report import ShadowStatus
 from runtime.store.record import SampleRecord, new_sample_id
+from runtime.uploader import decode_payload
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -63,6 +65,7 @@ __all__ = [
     "ENROLL_TOKEN",
     "JOBS",
     "REPO",
+    "UPLOADS",
     "HubConfig",
     "create_app",
     "run",
@@ -80,6 +83,8 @@ JOBS = web.AppKey("jobs", JobRunner)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
+UPLOADS = web.AppKey("uploads", PartialUploads)
+UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(_NAME_PATTERN)
@@ -414,33 +419,228 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-@routes.put(f"{API}/device/samples/{{sample_id}}")
-async def upload_sample(request: web.Request) -> web.Response:
-    """Store a sample (``meta`` + ``image``); the same id again is a no-op ("duplicate")."""
-    cfg = request.app[CONFIG]
+def _sample_id(request: web.Request) -> str:
     sample_id = request.match_info["sample_id"]
     if not _NAME_RE.match(sample_id):
         raise BadRequest(f"bad sample id {sample_id[:80]!r}")
-    parts = await _read_parts(
-        request, {"meta": cfg.max_meta_bytes, "image": cfg.max_image_bytes}, {"meta", "image"}
-    )
-    meta = _json_object(parts["meta"], "meta")
+    return sample_id
+
+
+class FeedbackBody(_Body):
+    """A device's feedback on a sample (``runtime.store.record.Feedback.to_dict``)."""
+
+    kind: Literal["confirm", "correct"]
+    label: str | None = Field(default=None, min_length=1, max_length=200)
+    who: str = Field(default="", max_length=200)
+    when: float = 0.0
+    bundle_version: int = Field(default=0, ge=0)
+    item: int | None = Field(default=None, ge=0)
+
+
+class FeedbackRequest(_Body):
+    """``PUT /device/samples/{id}/feedback``."""
+
+    feedback: FeedbackBody
+
+
+def _check_feedback(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
     try:
-        record = SampleRecord.from_meta(meta, parts["image"])
+        fb = FeedbackBody.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "feedback"
+        raise BadRequest(f"bad feedback: {where}: {first['msg']}") from e
+    if fb.kind == "correct" and fb.label is None:
+        raise BadRequest("bad feedback: a correction needs a label")
+    return fb.model_dump()
+
+
+def _record_feedback(db: HubDB, sample_id: str, device_id: str, meta: dict[str, Any]) -> None:
+    fb = _check_feedback(meta.get("feedback"))
+    if fb is not None:
+        predicted = predicted_label(meta.get("prediction") or {}, fb.get("item"))
+        db.set_feedback(sample_id, device_id, fb, predicted)
+
+
+async def _store_sample(
+    app: web.Application, device_id: str, sample_id: str, meta: dict[str, Any], image: bytes
+) -> str:
+    """Check and store an uploaded sample; "stored" or "duplicate" (the id is known).
+
+    A duplicate still brings its feedback: a device re-sends a sample whose feedback changed.
+    """
+    try:
+        record = SampleRecord.from_meta(meta, image)
     except (KeyError, TypeError, ValueError) as e:
         raise BadRequest(f"meta is not a sample record: {type(e).__name__}: {e}") from e
-    device_id = _device_id(request)
     if record.id != sample_id:
         raise BadRequest(f"meta id {record.id!r} is not the URL's {sample_id!r}")
     if record.device_id != device_id:
         raise BadRequest(f"meta device_id {record.device_id!r} is not this device ({device_id})")
-    db = request.app[DB]
-    with contextlib.suppress(NotFound):
-        db.sample(sample_id)
-        return web.json_response({"status": "duplicate"})
-    image_sha256 = await _store_blob(request.app, parts["image"])
+    feedback = _check_feedback(meta.get("feedback"))
+    db = app[DB]
+    try:
+        known = db.sample(sample_id)
+    except NotFound:
+        known = None
+    if known is not None:
+        if known.device_id != device_id:
+            raise ForbiddenError(f"sample {sample_id} belongs to another device")
+        if feedback is not None:
+            _record_feedback(db, sample_id, device_id, meta)
+        return "duplicate"
+    image_sha256 = await _store_blob(app, image)
     stored = db.add_sample(sample_id, record.bundle, device_id, record.priority, meta, image_sha256)
-    return web.json_response({"status": "stored" if stored else "duplicate"})
+    if feedback is not None:
+        _record_feedback(db, sample_id, device_id, meta)
+    return "stored" if stored else "duplicate"
+
+
+@routes.put(f"{API}/device/samples/{{sample_id}}")
+async def upload_sample(request: web.Request) -> web.Response:
+    """Store a sample (``meta`` + ``image``); the same id again is a no-op ("duplicate")."""
+    cfg = request.app[CONFIG]
+    sample_id = _sample_id(request)
+    parts = await _read_parts(
+        request, {"meta": cfg.max_meta_bytes, "image": cfg.max_image_bytes}, {"meta", "image"}
+    )
+    meta = _json_object(parts["meta"], "meta")
+    status = await _store_sample(request.app, _device_id(request), sample_id, meta, parts["image"])
+    return web.json_response({"status": status})
+
+
+def _upload_answer(status: str, offset: int) -> web.Response:
+    return web.json_response({"status": status, "offset": offset})
+
+
+def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
+    try:
+        sample = db.sample(sample_id)
+    except NotFound:
+        return False
+    if sample.device_id != device_id:
+        raise ForbiddenError(f"sample {sample_id} belongs to another device")
+    return True
+
+
+@routes.get(f"{API}/device/samples/{{sample_id}}/upload")
+async def upload_status(request: web.Request) -> web.Response:
+    """How far a resumable upload got: ``stored``, or ``partial`` with the bytes held."""
+    sample_id = _sample_id(request)
+    sha256 = check_sha256(request.query.get("sha256", ""))
+    device_id = _device_id(request)
+    if _known_sample(request.app[DB], device_id, sample_id):
+        return _upload_answer("stored", 0)
+    return _upload_answer("partial", request.app[UPLOADS].offset(device_id, sample_id, sha256))
+
+
+def _int_header(request: web.Request, name: str) -> int:
+    try:
+        value = int(request.headers[name])
+    except KeyError:
+        raise BadRequest(f"missing header {name}") from None
+    except ValueError:
+        raise BadRequest(f"header {name} is not an integer") from None
+    if value < 0:
+        raise BadRequest(f"header {name} is negative")
+    return value
+
+
+@routes.patch(f"{API}/device/samples/{{sample_id}}/upload")
+async def upload_part(request: web.Request) -> web.Response:
+    """Append bytes to a sample's payload at ``Upload-Offset``; store it once complete.
+
+    The payload (:func:`runtime.uploader.encode_payload`) has ``Upload-Length`` bytes hashing
+    to ``Upload-Sha256``. Bytes are kept as they arrive, so a part cut by the link still counts;
+    an offset below what the hub holds rewinds to it (a device that lost track), one above is
+    409. A later request for the same upload supersedes one still reading (a dead link). The
+    complete payload is hash-checked, decoded and stored like ``PUT /device/samples/{id}``.
+    """
+    app = request.app
+    cfg = app[CONFIG]
+    sample_id = _sample_id(request)
+    device_id = _device_id(request)
+    offset = _int_header(request, "Upload-Offset")
+    length = _int_header(request, "Upload-Length")
+    sha256 = check_sha256(request.headers.get("Upload-Sha256", ""))
+    cap = cfg.max_meta_bytes + cfg.max_image_bytes + 64
+    if length > cap:
+        raise TooLarge(f"sample payload is {length} bytes; the limit is {cap}")
+    body_len = request.content_length
+    if body_len is None or offset + body_len > length:
+        raise BadRequest("Content-Length is required and must not run past Upload-Length")
+    if _known_sample(app[DB], device_id, sample_id):
+        return _upload_answer("duplicate", length)
+    uploads = app[UPLOADS]
+    path = uploads.path(device_id, sample_id, sha256, length)
+    uploads.drop(device_id, sample_id, keep=path)  # a different payload of the same sample
+    held = path.stat().st_size if path.exists() else 0
+    if not held:
+        uploads.make_room(device_id, keep=path)
+    if offset > held:
+        raise Conflict(f"offset {offset} is past the {held} bytes the hub holds; ask again")
+    key = (device_id, sample_id)
+    me = object()
+    app[UPLOAD_WRITERS][key] = me  # supersedes a request still reading on a dead link
+    size = offset
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Unbuffered: every chunk reaches the file at once, and a superseded request has
+        # nothing left in a buffer to flush over the newer one's bytes when it closes.
+        with open(path, "r+b" if held else "wb", buffering=0) as f:
+            f.truncate(offset)
+            f.seek(offset)
+            try:
+                async for chunk in request.content.iter_chunked(_CHUNK):
+                    if app[UPLOAD_WRITERS].get(key) is not me:
+                        raise Conflict("a newer request took over this upload")
+                    if size + len(chunk) > length:
+                        raise BadRequest("body runs past Upload-Length")
+                    f.write(chunk)
+                    size += len(chunk)
+            except ConnectionError:
+                # The link dropped mid-part: keep what arrived, the device resumes from here
+                # (nobody reads this answer).
+                log.info("upload of %s cut at %d of %d bytes", sample_id, size, length)
+                return _upload_answer("partial", size)
+    finally:
+        if app[UPLOAD_WRITERS].get(key) is me:
+            del app[UPLOAD_WRITERS][key]
+    if size < length:
+        return _upload_answer("partial", size)
+    payload = path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        path.unlink(missing_ok=True)
+        raise BadRequest(f"sample {sample_id}: payload does not hash to Upload-Sha256; send again")
+    try:
+        meta, image = decode_payload(payload)
+    except ValueError as e:
+        path.unlink(missing_ok=True)
+        raise BadRequest(f"sample {sample_id}: {e}") from e
+    try:
+        status = await _store_sample(app, device_id, sample_id, meta, image)
+    finally:
+        path.unlink(missing_ok=True)
+    return _upload_answer(status, length)
+
+
+@routes.put(f"{API}/device/samples/{{sample_id}}/feedback")
+async def sample_feedback(request: web.Request) -> web.Response:
+    """Feedback on a sample this device uploaded earlier; a correction lifts it to the top."""
+    sample_id = _sample_id(request)
+    body = _parse(FeedbackRequest, await _read_capped(request, 16 * 1024, "feedback"), "feedback")
+    fb = _check_feedback(body.feedback.model_dump())
+    assert fb is not None
+    db = request.app[DB]
+    device_id = _device_id(request)
+    sample = db.sample(sample_id)
+    if sample.device_id != device_id:
+        raise ForbiddenError(f"sample {sample_id} belongs to another device")
+    predicted = predicted_label(sample.meta.get("prediction") or {}, fb.get("item"))
+    db.set_feedback(sample_id, device_id, fb, predicted)
+    return web.json_response({"status": "stored"})
 
 
 # -- TUF ----------------------------------------------------------------------------------------
@@ -739,7 +939,8 @@ async def import_sample(request: web.Request) -> web.Response:
 
 @routes.get(f"{API}/admin/samples")
 async def list_samples(request: web.Request) -> web.Response:
-    """The annotation queue: samples ranked by priority, highest first."""
+    """The annotation queue (``state=pending``: ranked across devices, one entry per image,
+    see :meth:`hub.storage.HubDB.annotation_queue`), or stored samples by priority."""
     q = request.query
     state = q.get("state")
     if state not in (None, "pending", "annotated"):
@@ -750,10 +951,43 @@ async def list_samples(request: web.Request) -> web.Response:
         raise BadRequest("limit must be an integer") from None
     if not 1 <= limit <= 10_000:
         raise BadRequest("limit must be between 1 and 10000")
-    samples = request.app[DB].samples(q.get("bundle"), state, limit)  # type: ignore[arg-type]
+    db = request.app[DB]
+    if state == "pending":
+        return web.json_response(
+            [
+                {
+                    **e.sample.meta,
+                    "id": e.sample.id,
+                    "state": e.sample.state,
+                    "annotation": None,
+                    "feedback": e.feedback or e.sample.meta.get("feedback"),
+                    "queue": {"tier": e.tier, "device_rank": e.device_rank, "copies": e.copies},
+                }
+                for e in db.annotation_queue(q.get("bundle"), limit)
+            ]
+        )
+    samples = db.samples(q.get("bundle"), state, limit)  # type: ignore[arg-type]
     return web.json_response(
         [{**s.meta, "id": s.id, "state": s.state, "annotation": s.annotation} for s in samples]
     )
+
+
+@routes.get(f"{API}/admin/feedback")
+async def feedback_metrics(request: web.Request) -> web.Response:
+    """Feedback metrics per device: from the feedback the hub received (``hub``) and as the
+    device last reported in its heartbeat (``reported``, which also counts feedback on samples
+    not uploaded yet)."""
+    db = request.app[DB]
+    by_device: dict[str, list[tuple[str, str, str | None, int]]] = {}
+    for device_id, predicted, kind, label in db.feedback_entries(request.query.get("bundle")):
+        by_device.setdefault(device_id, []).append((predicted, kind, label, 1))
+    out: dict[str, Any] = {}
+    for d in db.devices():
+        reported = (d.status or {}).get("feedback")
+        if d.id in by_device or reported is not None:
+            out[d.id] = {"hub": tally(by_device.get(d.id, [])), "reported": reported}
+    everything = [e for entries in by_device.values() for e in entries]
+    return web.json_response({"devices": out, "fleet": tally(everything)})
 
 
 @routes.get(f"{API}/admin/samples/{{sample_id}}/image")
@@ -846,6 +1080,7 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
         snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
     )
     app[DB] = HubDB(data / "hub.sqlite3")
+    app[UPLOADS] = PartialUploads(data / "uploads")
     yield
     app[DB].close()
 
@@ -887,6 +1122,7 @@ def create_app(config: HubConfig) -> web.Application:
     app = web.Application(client_max_size=cap, middlewares=[error_middleware, auth_middleware])
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
+    app[UPLOAD_WRITERS] = {}
     app.cleanup_ctx.extend([_storage_ctx, _timestamp_ctx, _jobs_ctx])
     app.add_routes(routes)
     return app

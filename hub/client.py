@@ -332,9 +332,13 @@ class HubAdminClient:
     def samples(
         self, bundle: str | None = None, state: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        """The annotation queue, highest priority first."""
+        """``state="pending"``: the annotation queue ranked across devices; else by priority."""
         query = {"bundle": bundle, "state": state, "limit": limit}
         return list(self._json("GET", "/admin/samples", query=query))
+
+    def feedback_metrics(self, bundle: str | None = None) -> dict[str, Any]:
+        """Feedback metrics per device (hub-side and as last reported) and for the fleet."""
+        return dict(self._json("GET", "/admin/feedback", query={"bundle": bundle}))
 
     def sample_image(self, sample_id: str) -> bytes:
         """A sample's image bytes."""

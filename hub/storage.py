@@ -9,6 +9,9 @@ the writer):
 - ``devices``: enrolled devices, their cohort, the sha256 of their token (never the token), the
   desired bundle/version a rollout set, and the last status they reported;
 - ``samples``: uploaded or imported samples, ``pending`` until annotated, ranked by priority;
+- ``sample_feedback``: the latest human feedback (confirm/correct) a device sent on a sample,
+  with the label the model had predicted; it drives the annotation queue's ranking
+  (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
 - ``bundles``: bundle versions that became current targets, with their manifest;
 - ``jobs``: training jobs and their state ``queued → running → done | failed``.
 
@@ -42,6 +45,8 @@ __all__ = [
     "HubDB",
     "Job",
     "JobState",
+    "PartialUploads",
+    "QueueEntry",
     "Sample",
     "SampleState",
     "check_sha256",
@@ -156,6 +161,58 @@ class BlobStore:
         return w.commit(expected_sha256)
 
 
+class PartialUploads:
+    """Sample payloads being uploaded in parts: ``<root>/<device>/<id>.<sha256>.<length>.part``.
+
+    The file name carries everything the hub must remember about an upload, and the file's size
+    *is* the offset the device resumes from, so there is no second state to disagree with. A
+    new payload for the same sample id (its meta changed on the device) replaces the old one.
+    Files untouched for ``max_age_s`` are removed at start (a device that never came back).
+    """
+
+    def __init__(self, root: Path, max_age_s: float = 7 * 86400, per_device: int = 16) -> None:
+        self.root = Path(root)
+        self.per_device = per_device
+        self.root.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - max_age_s
+        for stale in self.root.glob("*/*.part"):
+            with contextlib.suppress(OSError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+
+    def path(self, device_id: str, sample_id: str, sha256: str, length: int) -> Path:
+        check_sha256(sha256)
+        return self.root / device_id / f"{sample_id}.{sha256}.{int(length)}.part"
+
+    def offset(self, device_id: str, sample_id: str, sha256: str) -> int:
+        """Bytes held of this payload (0: none)."""
+        for p in (self.root / device_id).glob(f"{sample_id}.{check_sha256(sha256)}.*.part"):
+            with contextlib.suppress(OSError):
+                return p.stat().st_size
+        return 0
+
+    def drop(self, device_id: str, sample_id: str, keep: Path | None = None) -> None:
+        """Remove the partial uploads of a sample (all but ``keep``)."""
+        for p in (self.root / device_id).glob(f"{sample_id}.*.part"):
+            if p != keep:
+                p.unlink(missing_ok=True)
+
+    def make_room(self, device_id: str, keep: Path) -> None:
+        """Keep at most ``per_device`` partial uploads of a device: the oldest others go.
+
+        A device uploads one sample at a time, so more means abandoned uploads (or a device
+        misbehaving); this bounds the disk a device can hold with partial bytes.
+        """
+        parts = []
+        for p in (self.root / device_id).glob("*.part"):
+            with contextlib.suppress(OSError):
+                parts.append((p.stat().st_mtime, p))
+        parts.sort()
+        for _, p in parts[: max(0, len(parts) - self.per_device + 1)]:
+            if p != keep:
+                p.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class Device:
     """An enrolled device as the hub knows it."""
@@ -181,6 +238,17 @@ class Sample:
     state: SampleState
     annotation: dict[str, Any] | None
     created: float
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A sample's place in the annotation queue and why (see :meth:`HubDB.annotation_queue`)."""
+
+    sample: Sample
+    tier: Literal["corrected", "unreviewed", "confirmed"]
+    device_rank: int  # 1: the device's best pending sample of this bundle
+    copies: int  # pending samples with the same image (this one stands for all)
+    feedback: dict[str, Any] | None  # the latest feedback on this image, if any
 
 
 @dataclass(frozen=True)
@@ -226,6 +294,16 @@ CREATE TABLE IF NOT EXISTS samples (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_queue ON samples(bundle, state, priority DESC, created);
+CREATE TABLE IF NOT EXISTS sample_feedback (
+    sample_id TEXT PRIMARY KEY REFERENCES samples(id),
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('confirm', 'correct')),
+    label TEXT,
+    predicted TEXT NOT NULL,
+    feedback_json TEXT NOT NULL,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_image ON samples(image_sha256);
 CREATE TABLE IF NOT EXISTS bundles (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -599,6 +677,126 @@ class HubDB:
         )
         if cur.rowcount == 0:
             raise NotFound(f"no sample {sample_id!r}")
+
+    # -- feedback and the annotation queue -----------------------------------------------------
+
+    def set_feedback(
+        self, sample_id: str, device_id: str, feedback: dict[str, Any], predicted: str
+    ) -> None:
+        """Store (or replace) the feedback on a sample. Raises NotFound."""
+        self.sample(sample_id)
+        self._db.execute(
+            "INSERT INTO sample_feedback (sample_id, device_id, kind, label, predicted,"
+            " feedback_json, received) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(sample_id) DO UPDATE SET kind = excluded.kind, label = excluded.label,"
+            " predicted = excluded.predicted, feedback_json = excluded.feedback_json,"
+            " received = excluded.received",
+            (
+                sample_id,
+                device_id,
+                feedback["kind"],
+                feedback.get("label"),
+                predicted,
+                json.dumps(feedback),
+                time.time(),
+            ),
+        )
+
+    def feedback(self, sample_id: str) -> dict[str, Any] | None:
+        """The latest feedback stored for a sample, or None."""
+        row = self._db.execute(
+            "SELECT feedback_json FROM sample_feedback WHERE sample_id = ?", (sample_id,)
+        ).fetchone()
+        return json.loads(row["feedback_json"]) if row else None
+
+    def feedback_entries(self, bundle: str | None = None) -> list[tuple[str, str, str, str | None]]:
+        """(device id, predicted label, kind, corrected label) of every stored feedback."""
+        sql = (
+            "SELECT f.device_id, f.predicted, f.kind, f.label FROM sample_feedback f"
+            " JOIN samples s ON s.id = f.sample_id"
+        )
+        args: list[Any] = []
+        if bundle is not None:
+            sql += " WHERE s.bundle = ?"
+            args.append(bundle)
+        return [
+            (r["device_id"], r["predicted"], r["kind"], r["label"])
+            for r in self._db.execute(sql + " ORDER BY f.device_id", args)
+        ]
+
+    def annotation_queue(self, bundle: str | None, limit: int | None) -> list[QueueEntry]:
+        """Pending samples ranked for a human, across devices (docs/architecture.md, "Hub
+        annotation queue").
+
+        1. **One image, one entry**: pending samples with the same image sha256 (in a bundle)
+           collapse to the best of them, and an image already annotated under another sample
+           is not asked again;
+        2. **tiers**: an image a human corrected on a device comes first (the model was wrong
+           and the label is half done), then unreviewed ones, then confirmed ones (a human
+           already agreed with the model: they teach least);
+        3. **per-device rank**: within a tier, each device's k-th best sample competes in round
+           k (round-robin by rank), so a device that uploads many samples, or scores all of
+           them high, cannot push the other devices' best ones down; ties within a round go
+           to the higher raw priority, then the older sample.
+        """
+        where, args = "", list[Any]()
+        if bundle is not None:
+            where, args = " AND s.bundle = ?", [bundle]
+        sql = f"""
+        WITH fb AS (
+            SELECT s.bundle, s.image_sha256,
+                   MAX(f.kind = 'correct') AS corrected, MAX(f.kind = 'confirm') AS confirmed,
+                   MAX(f.received) AS last_received
+            FROM sample_feedback f JOIN samples s ON s.id = f.sample_id
+            GROUP BY s.bundle, s.image_sha256
+        ),
+        pending AS (
+            SELECT s.*,
+                   COUNT(*) OVER (PARTITION BY s.bundle, s.image_sha256) AS copies,
+                   ROW_NUMBER() OVER (PARTITION BY s.bundle, s.image_sha256
+                                      ORDER BY s.priority DESC, s.created, s.id) AS copy_rank
+            FROM samples s
+            WHERE s.state = 'pending'{where}
+              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.state = 'annotated'
+                              AND a.bundle = s.bundle AND a.image_sha256 = s.image_sha256)
+        ),
+        ranked AS (
+            SELECT p.*, COALESCE(fb.corrected, 0) AS corrected,
+                   COALESCE(fb.confirmed, 0) AS confirmed,
+                   ROW_NUMBER() OVER (PARTITION BY p.bundle, p.device_id
+                                      ORDER BY p.priority DESC, p.created, p.id) AS device_rank
+            FROM pending p LEFT JOIN fb ON fb.bundle = p.bundle
+                                       AND fb.image_sha256 = p.image_sha256
+            WHERE p.copy_rank = 1
+        )
+        SELECT * FROM ranked
+        ORDER BY CASE WHEN corrected THEN 0 WHEN confirmed THEN 2 ELSE 1 END,
+                 device_rank, priority DESC, created, id
+        """
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        out: list[QueueEntry] = []
+        for r in self._db.execute(sql, args).fetchall():
+            tier: Literal["corrected", "unreviewed", "confirmed"] = (
+                "corrected" if r["corrected"] else "confirmed" if r["confirmed"] else "unreviewed"
+            )
+            out.append(
+                QueueEntry(
+                    self._sample(r), tier, r["device_rank"], r["copies"], self._image_feedback(r)
+                )
+            )
+        return out
+
+    def _image_feedback(self, row: sqlite3.Row) -> dict[str, Any] | None:
+        """The latest feedback on any sample with this image, corrections first."""
+        fb = self._db.execute(
+            "SELECT f.feedback_json FROM sample_feedback f JOIN samples s ON s.id = f.sample_id"
+            " WHERE s.bundle = ? AND s.image_sha256 = ?"
+            " ORDER BY f.kind = 'correct' DESC, f.received DESC LIMIT 1",
+            (row["bundle"], row["image_sha256"]),
+        ).fetchone()
+        return json.loads(fb["feedback_json"]) if fb else None
 
     # -- bundles -------------------------------------------------------------------------------
 

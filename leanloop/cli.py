@@ -197,6 +197,9 @@ def status(
         f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
         f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload",
     )
+    if fb := st.get("feedback"):  # per class: leanloop status --json
+        t.add_row("feedback", f"{fb.get('reviewed')} reviewed, {fb.get('corrections')} corrected, "
+                  f"accuracy on reviewed {fb.get('accuracy')}")  # fmt: skip
     Console().print(t)
 
 

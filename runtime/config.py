@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runtime.errors import ConfigError
 
@@ -80,12 +80,65 @@ class SamplingSettings(_Strict):
 
 
 class UploadSettings(_Strict):
-    interval_s: float = Field(default=10.0, gt=0)
-    batch: int = Field(default=32, ge=1)
-    byte_budget_per_cycle: int | None = Field(default=None, ge=1)
+    """When, how much and how fast samples go to the hub (see docs/operations.md, "Upload")."""
+
+    interval_s: float = Field(default=10.0, gt=0, description="seconds between upload cycles")
+    batch: int = Field(default=32, ge=1, description="samples finished per cycle at most")
+    byte_budget_per_cycle: int | None = Field(
+        default=None, ge=1, description="bytes sent per cycle at most (none: no cap)"
+    )
     only_when_idle_s: float = Field(
         default=0.0, ge=0, description="upload only after the source was idle this long"
     )
+    windows: list[str] = Field(
+        default_factory=list,
+        description='local-time windows when uploads may run, "HH:MM-HH:MM" (may cross '
+        'midnight, e.g. "22:00-06:00"); empty: any time',
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA zone of the windows and of the daily budget's midnight (e.g. "
+        '"Europe/Paris"); none: the system\'s local time',
+    )
+    daily_budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="bytes the uploader may put on the link per local day, requests included; "
+        "persisted across restarts, reset at local midnight (none: no cap)",
+    )
+    rate_bps: float | None = Field(
+        default=None, gt=0, description="upload rate cap in bytes/s, a token bucket (none: no cap)"
+    )
+    burst_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="token bucket depth of the rate cap, in bytes"
+    )
+    part_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="a sample goes in resumable parts of at most this many bytes; a dropped "
+        "link loses at most the part in flight, and the hub keeps what it received",
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, v: list[str]) -> list[str]:
+        from runtime.uploader import parse_window
+
+        for w in v:
+            parse_window(w)  # raises ValueError with a one-line reason
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str | None) -> str | None:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError) as e:
+                raise ValueError(f"unknown time zone {v!r}") from e
+        return v
 
 
 class UpdateSettings(_Strict):

@@ -1,5 +1,9 @@
 """The device's HTTP client for the hub: enrollment, desired bundle, heartbeat, sample upload.
 
+Samples go in resumable parts (``upload_status`` / ``upload_part``, the sink the
+:class:`~runtime.uploader.Uploader` drives) and feedback given after an upload alone
+(``put_feedback``); ``put_sample`` is the older one-request upload.
+
 Synchronous (urllib3) with timeouts; the service calls it from its background threads, never
 from the frame path. Every failure becomes a :class:`HubError` with a one-line reason. The
 device token is kept in ``<state>/device.json`` (mode 0600), written atomically.
@@ -8,6 +12,7 @@ device token is kept in ``<state>/device.json`` (mode 0600), written atomically.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +20,12 @@ import urllib3
 
 from runtime._atomic import atomic_write_json
 from runtime.errors import HubError
+from runtime.uploader import PartAnswer
 
 __all__ = ["HubClient", "load_or_enroll"]
 
 _MAX_JSON_RESPONSE = 1 << 20
+_SLICE = 16 * 1024  # a part is sent in slices of this size, each paced by the rate cap
 
 
 class HubClient:
@@ -49,10 +56,12 @@ class HubClient:
         headers = {**self._headers(), **kw.pop("headers", {})}
         try:
             r = self._http.request(method, url, headers=headers, preload_content=False, **kw)
-        except urllib3.exceptions.HTTPError as e:
+        except (urllib3.exceptions.HTTPError, OSError) as e:
             raise HubError(f"hub {self.url} unreachable: {type(e).__name__}: {e}") from e
         try:
             body = r.read(_MAX_JSON_RESPONSE + 1, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise HubError(f"{method} {path}: answer cut: {type(e).__name__}: {e}") from e
         finally:
             r.release_conn()
         if len(body) > _MAX_JSON_RESPONSE:
@@ -119,6 +128,76 @@ class HubClient:
         if status not in ("stored", "duplicate"):
             raise HubError(f"sample {meta['id']}: unexpected hub answer {data!r}"[:200])
         return str(status)
+
+    # -- resumable sample upload (see runtime.uploader) ------------------------------------
+
+    @staticmethod
+    def _part_answer(data: Any, what: str) -> PartAnswer:
+        status = data.get("status") if isinstance(data, dict) else None
+        offset = data.get("offset") if isinstance(data, dict) else None
+        if status not in ("partial", "stored", "duplicate") or not isinstance(offset, int):
+            raise HubError(f"{what}: unexpected hub answer {data!r}"[:200])
+        return PartAnswer(str(status), offset)
+
+    def upload_status(self, sample_id: str, sha256: str) -> PartAnswer:
+        """Whether the hub stores the sample, else how many bytes of this payload it holds."""
+        data = self._request(
+            "GET", f"/device/samples/{sample_id}/upload", fields={"sha256": sha256}, retries=False
+        )
+        return self._part_answer(data, f"sample {sample_id}")
+
+    def upload_part(
+        self,
+        sample_id: str,
+        sha256: str,
+        length: int,
+        offset: int,
+        data: bytes,
+        pace: Callable[[int], None] | None = None,
+    ) -> PartAnswer:
+        """Send payload bytes ``[offset, offset + len(data))`` of a sample.
+
+        Not retried by urllib3 (a blind retry would re-send bytes the hub already kept; the
+        uploader asks for the offset instead). ``pace(n)`` runs before every 16 KiB slice.
+        """
+
+        def body() -> Iterator[bytes]:
+            view = memoryview(data)
+            for i in range(0, len(view), _SLICE):
+                piece = view[i : i + _SLICE]
+                if pace is not None:
+                    pace(len(piece))
+                yield bytes(piece)
+
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(data)),
+            "Upload-Offset": str(offset),
+            "Upload-Length": str(length),
+            "Upload-Sha256": sha256,
+        }
+        answer = self._request(
+            "PATCH",
+            f"/device/samples/{sample_id}/upload",
+            body=body(),
+            headers=headers,
+            retries=False,
+        )
+        return self._part_answer(answer, f"sample {sample_id}")
+
+    def put_feedback(self, sample_id: str, feedback: dict[str, Any]) -> str:
+        """Attach (or replace) feedback on a sample the hub already stores."""
+        data = self._request(
+            "PUT",
+            f"/device/samples/{sample_id}/feedback",
+            body=json.dumps({"feedback": feedback}),
+            headers={"Content-Type": "application/json"},
+            retries=False,  # one request, one charge to the budget; the uploader retries
+        )
+        status = data.get("status") if isinstance(data, dict) else None
+        if status != "stored":
+            raise HubError(f"feedback on {sample_id}: unexpected hub answer {data!r}"[:200])
+        return "stored"
 
     def close(self) -> None:
         self._http.clear()

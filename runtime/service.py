@@ -40,6 +40,7 @@ from runtime.errors import (
     TrustError,
     UpdateError,
 )
+from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
@@ -272,12 +273,13 @@ class DeviceService:
                 downloads_dir=self.state_dir / "downloads",
                 download=self.cfg.download,
             )
-            self.uploader = Uploader(
+            self.uploader = Uploader.from_settings(
                 self.store,
                 self.hub,
-                batch=self.cfg.upload.batch,
-                byte_budget_per_cycle=self.cfg.upload.byte_budget_per_cycle,
+                self.cfg.upload,  # windows, daily budget, rate cap, resumable parts
+                self.state_dir,
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
+                ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
             )
         return True
 
@@ -422,6 +424,8 @@ class DeviceService:
             "store": self.store.stats(),
             "writer": self.writer.stats(),
             "source_idle_s": round(self.source.idle_for(), 2),
+            "feedback": feedback_summary(self.store, self.state_dir),
+            "upload": self.uploader.status() if self.uploader is not None else None,
         }
 
     def write_status(self) -> None:

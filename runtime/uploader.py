@@ -1,50 +1,318 @@
 """The uploader: send the most valuable stored samples to the hub, and forget them only then.
 
-Devices sit on poor links, so each upload **cycle** (:meth:`Uploader.run_once`) is small and
-safe to interrupt:
+Devices sit on poor, metered links, so each upload **cycle** (:meth:`Uploader.run_once`) is
+small, policed and safe to interrupt:
 
-1. an optional ``gate`` (an upload window, "the source has been idle for a while") is asked
-   first; a closed gate skips the cycle;
-2. up to ``batch`` pending records are read from the store, highest priority first;
-3. each is sent through a :class:`SampleSink` (the device's hub client does an HTTP PUT, which
-   is idempotent by sample id), and **released** from the store only after the sink
-   acknowledged it ("stored" or "duplicate");
-4. the first failure ends the cycle — the failed sample and the rest stay in the store for the
-   next cycle; the optional per-cycle byte budget ends it too, without skipping ahead of a
-   higher-priority sample. A sample larger than the whole budget could never go, so it is
-   passed over (counted in ``oversize``) instead of blocking every cycle behind it.
+1. the gate (e.g. "the source has been idle for a while") and the :class:`UploadPolicy` are
+   asked first: outside every upload window, or with the day's byte budget spent, nothing is
+   sent at all;
+2. pending records are read from the store, highest priority first; each is encoded as one
+   **payload** (:func:`encode_payload`: meta JSON + image) named by the sample id and checked
+   by its sha256;
+3. the payload goes in **parts** of at most ``part_bytes`` (``PATCH .../upload`` at an offset).
+   The hub appends what it receives, even from a request the link cut half-way, so a drop
+   costs the headers of one request and one offset query (``GET .../upload``), never the bytes
+   that already arrived. Before each part the policy is asked again: the part is shrunk to what
+   the day's budget, the cycle's budget and (with a rate cap) the time left in the window allow,
+   and the budget is debited — and persisted — *before* the bytes go. A sample larger than
+   what is left today is simply continued tomorrow;
+4. a record is **released** from the store only after the hub acknowledged the whole payload
+   ("stored", or "duplicate": it already had that sample id). A record that carries human
+   feedback is first looked up at the hub: if the hub already has the sample (feedback given
+   after an upload, or while it was in flight), only the feedback is sent (``PUT
+   .../feedback``), not the image again;
+5. a failed part is followed by one offset query and the upload goes on from where the hub
+   got; after 3 failed parts in a row that moved nothing (or a failed query) the cycle ends
+   and the record stays for the next cycle.
 
-A crash between the hub's acknowledgement and the release re-sends one sample next time; the
-hub answers "duplicate" and the store releases it then. A record that received feedback while
-it was in flight is not released (its priority changed), so the newer version goes next cycle.
+A crash between the hub's acknowledgement and the release re-sends one sample's first part
+next time; the hub answers "duplicate" and the store releases it then. A record whose feedback
+changed while it was in flight is not released, and its new feedback goes alone next cycle.
+(A change between that check and the release, a few microseconds, is not seen unless it moved
+the priority: the store has no version to compare against.) The rate cap is a token bucket
+consulted before every 16 KiB of a part.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from zoneinfo import ZoneInfo
 
+from runtime._atomic import atomic_write_json
 from runtime.errors import HubError
-from runtime.store.lmdb_store import SampleStore
 
-__all__ = ["SampleSink", "UploadResult", "Uploader"]
+if TYPE_CHECKING:
+    from runtime.config import UploadSettings
+    from runtime.feedback_stats import FeedbackLedger
+    from runtime.store.lmdb_store import SampleStore
+    from runtime.store.record import SampleRecord
+
+__all__ = [
+    "BUDGET_FILE",
+    "REQUEST_OVERHEAD",
+    "PartAnswer",
+    "SampleSink",
+    "TokenBucket",
+    "UploadPolicy",
+    "UploadResult",
+    "Uploader",
+    "decode_payload",
+    "encode_payload",
+    "parse_window",
+]
 
 log = logging.getLogger("leanloop.uploader")
 
-_ACKS = ("stored", "duplicate")
+BUDGET_FILE = "upload_budget.json"
+REQUEST_OVERHEAD = 1024
+"""Bytes charged to the budget per request on top of its body: request line, headers and the
+hub's short JSON answer (measured ~600 on loopback; rounded up so the budget is never passed)."""
+
+_PAYLOAD_MAGIC = b"LLU1"
+_PAYLOAD_HEAD = struct.Struct(">4sI")  # magic, meta length
+_WINDOW_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_DAY_S = 86400
+_MAX_STALLS = 3  # failed parts in a row that moved nothing end the cycle
+
+
+# ---- payload ------------------------------------------------------------------------------
+
+
+def encode_payload(meta: Mapping[str, Any], image: bytes) -> bytes:
+    """One sample as uploaded: ``b"LLU1"``, meta length (4 bytes, big-endian), meta, image."""
+    raw = json.dumps(meta, separators=(",", ":")).encode()  # key order kept: stages are ordered
+    return _PAYLOAD_HEAD.pack(_PAYLOAD_MAGIC, len(raw)) + raw + bytes(image)
+
+
+def decode_payload(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """(meta, image) of a payload. Raises ValueError with a one-line reason."""
+    if len(payload) < _PAYLOAD_HEAD.size:
+        raise ValueError("payload shorter than its header")
+    magic, n = _PAYLOAD_HEAD.unpack_from(payload)
+    if magic != _PAYLOAD_MAGIC:
+        raise ValueError("payload does not start with LLU1")
+    end = _PAYLOAD_HEAD.size + n
+    if end > len(payload):
+        raise ValueError("payload meta length runs past its end")
+    try:
+        meta = json.loads(payload[_PAYLOAD_HEAD.size : end])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"payload meta is not JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError("payload meta is not a JSON object")
+    return meta, payload[end:]
+
+
+# ---- policy: windows, daily budget, rate --------------------------------------------------
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` -> (start, end) in seconds after local midnight.
+
+    ``end`` may be 24:00; ``start > end`` crosses midnight. Raises ValueError.
+    """
+    m = _WINDOW_RE.match(text)
+    if m is None:
+        raise ValueError(f'upload window {text!r} is not "HH:MM-HH:MM"')
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    start, end = h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60
+    if m1 > 59 or m2 > 59 or start >= _DAY_S or end > _DAY_S:
+        raise ValueError(f"upload window {text!r}: not a time of day")
+    if start == end:
+        raise ValueError(f"upload window {text!r} is empty (leave the list empty for 'always')")
+    return start, end
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UploadPolicy:
+    """When samples may go and how many bytes: windows, a daily budget, a rate cap.
+
+    Pure except for the budget file: the clock is injected (``now`` returns an aware datetime),
+    so tests drive windows and midnights without sleeping. The day's spending is persisted in
+    ``<state>/upload_budget.json`` (atomically, before the bytes are sent) and resets at local
+    midnight of ``tz``.
+    """
+
+    def __init__(
+        self,
+        windows: list[str] | None = None,
+        tz: str | None = None,
+        daily_budget_bytes: int | None = None,
+        budget_path: Path | None = None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.windows = [parse_window(w) for w in windows or []]
+        self.tz = ZoneInfo(tz) if tz else None
+        self.daily_budget = daily_budget_bytes
+        self.budget_path = budget_path
+        self.now = now
+        self._lock = threading.Lock()
+        self._day, self._used = self._load()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: UploadSettings,
+        state_dir: Path | None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> UploadPolicy:
+        return cls(
+            settings.windows,
+            settings.timezone,
+            settings.daily_budget_bytes,
+            Path(state_dir) / BUDGET_FILE if state_dir is not None else None,
+            now,
+        )
+
+    def _local(self) -> datetime:
+        t = self.now()
+        return t.astimezone(self.tz) if self.tz is not None else t.astimezone()
+
+    def _load(self) -> tuple[date | None, int]:
+        if self.budget_path is None:
+            return None, 0
+        try:
+            data = json.loads(self.budget_path.read_text())
+            return date.fromisoformat(data["day"]), int(data["used"])
+        except FileNotFoundError:
+            return None, 0
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            # Unreadable: assume today is spent rather than risk passing a metered budget.
+            log.warning(
+                "upload budget %s unreadable (%s); today counts as spent", self.budget_path, e
+            )
+            return self._local().date(), self.daily_budget or 0
+
+    def window_left(self) -> float | None:
+        """Seconds until the current upload window closes (inf: no windows), None: closed."""
+        if not self.windows:
+            return math.inf
+        t = self._local()
+        sec = t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+        best: float | None = None
+        for start, end in self.windows:
+            if start < end:
+                left = end - sec if start <= sec < end else None
+            else:  # crosses midnight
+                left = (end + _DAY_S - sec) if sec >= start else (end - sec if sec < end else None)
+            if left is not None and (best is None or left > best):
+                best = left
+        return best
+
+    def budget_left(self) -> float:
+        """Bytes still allowed today (inf: no daily budget)."""
+        if self.daily_budget is None:
+            return math.inf
+        with self._lock:
+            today = self._local().date()
+            used = self._used if self._day == today else 0
+            return max(0, self.daily_budget - used)
+
+    def spend(self, n: int) -> None:
+        """Debit ``n`` bytes from today's budget, persisted before returning."""
+        with self._lock:
+            today = self._local().date()
+            if self._day != today:
+                self._day, self._used = today, 0
+            self._used += n
+            if self.budget_path is not None:
+                atomic_write_json(self.budget_path, {"day": today.isoformat(), "used": self._used})
+
+    def status(self) -> dict[str, Any]:
+        left = self.window_left()
+        budget = self.budget_left()
+        return {
+            "window_open": left is not None,
+            "window_left_s": None if left is None or math.isinf(left) else round(left, 1),
+            "budget_left_bytes": None if math.isinf(budget) else int(budget),
+            "spent_today_bytes": self._used if self._day == self._local().date() else 0,
+        }
+
+
+class TokenBucket:
+    """A rate cap: ``take(n)`` blocks until ``n`` bytes may go at ``rate`` bytes/s.
+
+    Holds at most ``burst`` bytes of credit. ``clock`` and ``sleep`` are injectable.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be > 0")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.clock = clock
+        self.sleep = sleep
+        self._tokens = float(burst)
+        self._t = clock()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+            self._t = now
+            self._tokens -= n  # may go negative: the debt is waited out below
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.sleep(wait)
+
+
+# ---- the sink and the uploader ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartAnswer:
+    """What the hub said about an upload: how far it got and whether the sample is stored."""
+
+    status: str  # "partial" | "stored" | "duplicate" (status queries: "partial" | "stored")
+    offset: int  # payload bytes the hub holds for this sha256 (0 when it has none)
 
 
 class SampleSink(Protocol):
-    """Where samples go (the hub client implements it)."""
+    """Where samples go (:class:`runtime.hubclient.HubClient` implements it)."""
 
-    def put_sample(self, meta: dict[str, Any], image: bytes) -> str:
-        """Upload one sample, idempotent by ``meta["id"]``; returns "stored" or "duplicate".
+    def upload_status(self, sample_id: str, sha256: str) -> PartAnswer:
+        """Whether the hub stores the sample, else how many bytes of this payload it holds."""
+        ...
 
-        Raises HubError when the hub refuses or cannot be reached.
+    def upload_part(
+        self,
+        sample_id: str,
+        sha256: str,
+        length: int,
+        offset: int,
+        data: bytes,
+        pace: Callable[[int], None] | None = None,
+    ) -> PartAnswer:
+        """Send payload bytes ``[offset, offset + len(data))``; ``pace(n)`` before every slice.
+
+        Raises HubError when the hub refuses or the link drops.
         """
+        ...
+
+    def put_feedback(self, sample_id: str, feedback: dict[str, Any]) -> str:
+        """Attach feedback to a sample the hub already stores; returns "stored"."""
         ...
 
 
@@ -53,15 +321,22 @@ class UploadResult:
     """What one cycle did."""
 
     sent: int  # samples acknowledged (and released)
-    bytes: int  # image + meta JSON bytes of those samples
+    bytes: int  # payload bytes of those samples (meta + image + 8)
     failed: int  # 0 or 1: the cycle stopped at a failed send
     duplicates: int = 0  # acknowledged as already present on the hub
-    oversize: int = 0  # passed over: larger than the whole byte budget
-    gated: bool = False  # True: the gate was closed, nothing was tried
+    feedback_only: int = 0  # of ``sent``: the hub had the sample, only feedback went
+    gated: bool = False  # True: the gate or the policy said no before anything was tried
+    stopped: str | None = None  # why the cycle ended early: window|budget|cycle_budget|error
+    wire_bytes: int = 0  # bytes charged to the budget this cycle (bodies + request overhead)
+    resumed: int = 0  # parts that continued after a drop within this cycle
+
+
+class _Stop(Exception):
+    """End the cycle early; the message is the reason."""
 
 
 class Uploader:
-    """Sends stored samples, best first, within a batch size and a byte budget per cycle."""
+    """Sends stored samples, best first, in resumable parts, within the policy's limits."""
 
     def __init__(
         self,
@@ -70,53 +345,212 @@ class Uploader:
         batch: int = 32,
         byte_budget_per_cycle: int | None = None,
         gate: Callable[[], bool] | None = None,
+        policy: UploadPolicy | None = None,
+        part_bytes: int = 64 * 1024,
+        rate: TokenBucket | None = None,
+        ledger: FeedbackLedger | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if byte_budget_per_cycle is not None and byte_budget_per_cycle < 1:
             raise ValueError(f"byte_budget_per_cycle must be >= 1, got {byte_budget_per_cycle}")
+        if part_bytes < 1:
+            raise ValueError(f"part_bytes must be >= 1, got {part_bytes}")
         self.store = store
         self.sink = sink
         self.batch = batch
         self.byte_budget = byte_budget_per_cycle
         self.gate = gate
-        self._oversize_seen = 0  # widens the next read so oversize samples do not eat the batch
+        self.policy = policy or UploadPolicy()
+        self.part_bytes = part_bytes
+        self.rate = rate
+        self.ledger = ledger
+        self._known: dict[str, tuple[str, int]] = {}  # id -> (sha256, offset the hub acked)
+        self._probe: set[str] = set()  # ids whose hub offset is unknown (a part failed)
+        self._first = True  # after a start, ask the hub about the first sample (a restart)
+        self._cycle_spent = 0
+        self.last: UploadResult | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        store: SampleStore,
+        sink: SampleSink,
+        settings: UploadSettings,
+        state_dir: Path | None,
+        gate: Callable[[], bool] | None = None,
+        now: Callable[[], datetime] = _utc_now,
+        ledger: FeedbackLedger | None = None,
+    ) -> Uploader:
+        rate = TokenBucket(settings.rate_bps, settings.burst_bytes) if settings.rate_bps else None
+        return cls(
+            store,
+            sink,
+            batch=settings.batch,
+            byte_budget_per_cycle=settings.byte_budget_per_cycle,
+            gate=gate,
+            policy=UploadPolicy.from_settings(settings, state_dir, now),
+            part_bytes=settings.part_bytes,
+            rate=rate,
+            ledger=ledger,
+        )
+
+    # ---- budget ------------------------------------------------------------------------
+
+    def _allowance(self, want: int, need: int | None = None) -> int:
+        """Charge the next request: its overhead plus up to ``want`` body bytes, at least ``need``
+        (default: 1 byte of a part, or all of a fixed body: ``need=want``). Returns the body
+        bytes allowed. Raises _Stop naming the limit that leaves less than ``need``."""
+        if need is None:
+            need = min(want, 1)
+        left = self.policy.window_left()
+        if left is None:
+            raise _Stop("window")
+        allowed = self.policy.budget_left() - REQUEST_OVERHEAD
+        if allowed < need:
+            raise _Stop("budget")
+        if self.byte_budget is not None:
+            allowed = min(allowed, self.byte_budget - self._cycle_spent - REQUEST_OVERHEAD)
+            if allowed < need:
+                raise _Stop("cycle_budget")
+        if self.rate is not None and not math.isinf(left):
+            # Start nothing that could not finish, at the capped rate, before the window ends.
+            allowed = min(allowed, self.rate.rate * left - REQUEST_OVERHEAD)
+            if allowed < need:
+                raise _Stop("window")
+        n = int(min(want, allowed))
+        self._charge(n + REQUEST_OVERHEAD)
+        return n
+
+    def _charge(self, n: int) -> None:
+        self.policy.spend(n)
+        self._cycle_spent += n
+
+    # ---- one sample ----------------------------------------------------------------------
+
+    def _send(self, record: SampleRecord, counts: dict[str, int]) -> str:
+        """Upload one record; returns the hub's final status. Raises _Stop or HubError."""
+        payload = encode_payload(record.to_meta(), record.image)
+        sha = hashlib.sha256(payload).hexdigest()
+        offset = 0
+        known = self._known.get(record.id)
+        if known is not None and known[0] == sha:
+            offset = known[1]
+        if record.id in self._probe or record.feedback is not None or self._first:
+            self._first = False
+            self._allowance(0)
+            ans = self.sink.upload_status(record.id, sha)
+            self._probe.discard(record.id)
+            if ans.status == "stored":
+                if record.feedback is None:
+                    return "duplicate"
+                feedback = record.feedback.to_dict()
+                body = len(json.dumps({"feedback": feedback}).encode())
+                self._allowance(body, need=body)
+                self.sink.put_feedback(record.id, feedback)
+                counts["feedback_only"] += 1
+                return "feedback"
+            offset = ans.offset
+        handed = [0]  # body bytes of the current part handed to the socket so far
+
+        def pace(k: int) -> None:
+            handed[0] += k
+            if self.rate is not None:
+                self.rate.take(k)
+
+        stalls = 0  # consecutive failed parts that moved nothing
+        while True:
+            n = self._allowance(min(self.part_bytes, len(payload) - offset))
+            handed[0] = 0
+            try:
+                ans = self.sink.upload_part(
+                    record.id, sha, len(payload), offset, payload[offset : offset + n], pace
+                )
+            except HubError as e:
+                # Bytes never handed to the socket never reached the link: give them back.
+                self._charge(-(n - min(n, handed[0])))
+                # The link dropped mid-part: the hub kept what arrived. Ask how far it got
+                # and go on if that moved; otherwise leave it for the next cycle.
+                log.info("part of %s at %d failed (%s); asking the hub", record.id, offset, e)
+                self._probe.add(record.id)
+                self._allowance(0)
+                ans = self.sink.upload_status(record.id, sha)
+                self._probe.discard(record.id)
+                if ans.status == "stored":
+                    return "stored"
+                stalls = stalls + 1 if ans.offset <= offset else 0
+                if stalls >= _MAX_STALLS:
+                    raise
+                counts["resumed"] += 1
+            if ans.status in ("stored", "duplicate"):
+                self._known.pop(record.id, None)
+                return ans.status
+            if ans.offset > len(payload):
+                raise HubError(
+                    f"sample {record.id}: hub claims offset {ans.offset} > {len(payload)}"
+                )
+            offset = ans.offset
+            self._known[record.id] = (sha, offset)
+
+    # ---- one cycle -------------------------------------------------------------------------
 
     def run_once(self) -> UploadResult:
         """One upload cycle. Raises StoreError if the store fails (nothing is lost then)."""
         if self.gate is not None and not self.gate():
-            return UploadResult(0, 0, 0, gated=True)
-        sent = sent_bytes = duplicates = oversize = failed = 0
-        for record in self.store.top(self.batch + self._oversize_seen, state="pending"):
-            if sent >= self.batch:
-                break
-            meta = record.to_meta()
-            size = len(record.image) + len(json.dumps(meta).encode())
-            if self.byte_budget is not None:
-                if size > self.byte_budget:
-                    oversize += 1
-                    log.warning(
-                        "sample %s (%d bytes) exceeds the per-cycle byte budget %d; passed over",
-                        record.id,
-                        size,
-                        self.byte_budget,
-                    )
-                    continue
-                if sent_bytes + size > self.byte_budget:
-                    break
+            self.last = UploadResult(0, 0, 0, gated=True)
+            return self.last
+        if self.policy.window_left() is None:
+            self.last = UploadResult(0, 0, 0, gated=True, stopped="window")
+            return self.last
+        if self.policy.budget_left() <= REQUEST_OVERHEAD:
+            self.last = UploadResult(0, 0, 0, gated=True, stopped="budget")
+            return self.last
+        self._cycle_spent = 0
+        counts = {"sent": 0, "bytes": 0, "duplicates": 0, "feedback_only": 0, "resumed": 0}
+        failed, stopped = 0, None
+        for record in self.store.top(self.batch, state="pending"):
             try:
-                status = self.sink.put_sample(meta, record.image)
+                status = self._send(record, counts)
+            except _Stop as e:
+                stopped = str(e)
+                break
             except HubError as e:
-                failed = 1
+                failed, stopped = 1, "error"
                 log.warning("upload of %s failed, retrying next cycle: %s", record.id, e)
                 break
-            if status not in _ACKS:
-                failed = 1
-                log.warning("upload of %s: unexpected answer %r; retrying", record.id, status)
-                break
-            self.store.release([record.id], expected_priority={record.id: record.priority})
-            sent += 1
-            sent_bytes += size
-            duplicates += status == "duplicate"
-        self._oversize_seen = oversize
-        return UploadResult(sent, sent_bytes, failed, duplicates=duplicates, oversize=oversize)
+            # Feedback that changed while the sample was in flight (a first feedback changes
+            # the priority, a later one only the feedback) keeps the record for the next cycle.
+            current = self.store.get(record.id)
+            released = 0
+            if current is None or current.feedback == record.feedback:
+                released = self.store.release(
+                    [record.id], expected_priority={record.id: record.priority}
+                )
+            if released and self.ledger is not None:
+                self.ledger.add(record)
+            counts["sent"] += 1
+            counts["bytes"] += len(record.image) + len(json.dumps(record.to_meta()).encode())
+            counts["duplicates"] += status == "duplicate"
+        self.last = UploadResult(
+            counts["sent"],
+            counts["bytes"],
+            failed,
+            duplicates=counts["duplicates"],
+            feedback_only=counts["feedback_only"],
+            stopped=stopped,
+            wire_bytes=self._cycle_spent,
+            resumed=counts["resumed"],
+        )
+        return self.last
+
+    def status(self) -> dict[str, Any]:
+        """For ``status.json``: the policy's state and what the last cycle did."""
+        out = self.policy.status()
+        if self.last is not None:
+            out["last_cycle"] = {
+                "sent": self.last.sent,
+                "failed": self.last.failed,
+                "stopped": self.last.stopped,
+                "wire_bytes": self.last.wire_bytes,
+            }
+        return out

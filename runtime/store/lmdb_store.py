@@ -512,3 +512,28 @@ class SampleStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def feedback_records(self) -> list[SampleRecord]:
+        """Every stored record that carries feedback (for the feedback metrics).
+
+        Reads each record's header in place (no copy of the image) and decodes only the
+        protected ones (feedback, not yet uploaded). Corrupt records are skipped.
+        Raises StoreError.
+        """
+        if self._closed:
+            raise StoreError(f"sample store {self.path}: feedback records after close")
+        out: list[SampleRecord] = []
+        try:
+            with self._env.begin(buffers=True) as txn:
+                for rid, raw in txn.cursor(db=self._records).iternext(keys=True, values=True):
+                    try:
+                        if not _header(raw).protected:  # type: ignore[arg-type]
+                            continue
+                        rec = _decode(bytes(rid), bytes(raw))
+                    except _Corrupt:
+                        continue
+                    if rec.feedback is not None:
+                        out.append(rec)
+        except lmdb.Error as e:
+            raise StoreError(f"sample store {self.path}: feedback records: LMDB error: {e}") from e
+        return out

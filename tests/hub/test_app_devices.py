@@ -255,7 +255,8 @@ async def test_samples_when_listed_are_ranked_by_priority_and_leave_queue_when_a
     cam = await hub.enroll("cam-1")
     for i, priority in enumerate([0.2, 0.9, 0.5]):
         sid = f"000000000000000{i}-0000000{i}"
-        form = sample_form(sample_meta(sid, "cam-1", priority))
+        # distinct images: the queue shows identical images once
+        form = sample_form(sample_meta(sid, "cam-1", priority), f"img-{i}".encode())
         await hub.client.put(f"{API}/device/samples/{sid}", data=form, headers=cam)
     other = sample_meta("0000000000000009-00000009", "cam-1", 1.0, bundle="other")
     await hub.client.put(

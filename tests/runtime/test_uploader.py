@@ -1,43 +1,58 @@
-"""Uploader: best first, released only after the hub's acknowledgement, nothing lost."""
+"""Uploader: best first, in resumable parts, released only after the hub's acknowledgement,
+inside the windows, under the daily and per-cycle budgets and the rate cap (injected clocks)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.errors import HubError
+from runtime.config import load_config
+from runtime.errors import ConfigError, HubError
+from runtime.feedback_stats import FeedbackLedger
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.record import Feedback, SampleRecord, new_sample_id
-from runtime.uploader import SampleSink, Uploader
+from runtime.uploader import (
+    REQUEST_OVERHEAD,
+    PartAnswer,
+    SampleSink,
+    TokenBucket,
+    Uploader,
+    UploadPolicy,
+    decode_payload,
+    encode_payload,
+    parse_window,
+)
 
-_clock = itertools.count(1_700_000_000_000_000_000, 1000)
+_ids = itertools.count(1_700_000_000_000_000_000, 1000)
 
 
 def record(priority: float, size: int = 500) -> SampleRecord:
     return SampleRecord(
-        id=new_sample_id(next(_clock)),
+        id=new_sample_id(next(_ids)),
         device_id="dev",
         created=1.0,
         frame_id="f",
         bundle="digits",
         bundle_version=1,
         ontology_version=1,
-        image=b"\xff" * size,
+        image=bytes([int(priority * 100) % 256]) * size,
         image_format="jpeg",
-        prediction={"frame_id": "f", "stages": {}},
+        prediction={"frame_id": "f", "stages": {"clf": {"kind": "c", "items": [{"label": "1"}]}}},
         scores={"margin": priority},
         priority=priority,
     )
 
 
-def wire_size(r: SampleRecord) -> int:
-    return len(r.image) + len(json.dumps(r.to_meta()).encode())
+def payload_size(r: SampleRecord) -> int:
+    return len(encode_payload(r.to_meta(), r.image))
 
 
 class SpyStore(SampleStore):
@@ -58,27 +73,84 @@ class SpyStore(SampleStore):
 
 
 class FakeHub:
-    """Implements SampleSink like the hub: idempotent by id, and can fail on chosen calls."""
+    """Implements SampleSink like the hub: keeps received bytes, idempotent by sample id.
 
-    def __init__(self, store: SampleStore, fail_on: Iterable[int] = ()) -> None:
+    ``cut_on``: part calls (1-based) that the "link" cuts after ``keep`` of their bytes.
+    """
+
+    def __init__(self, store: SampleStore, cut_on: Iterable[int] = (), keep: float = 0.5) -> None:
         self.store = store
-        self.fail_on = set(fail_on)
-        self.calls = 0
+        self.cut_on = set(cut_on)
+        self.keep = keep
+        self.part_calls = 0
+        self.status_calls = 0
+        self.body_bytes = 0  # bytes that reached the hub, cut parts included
         self.samples: dict[str, dict[str, Any]] = {}
+        self.partial: dict[tuple[str, str], bytearray] = {}
         self.order: list[str] = []
+        self.feedback: dict[str, dict[str, Any]] = {}
 
-    def put_sample(self, meta: dict[str, Any], image: bytes) -> str:
-        self.calls += 1
+    def upload_status(self, sample_id: str, sha256: str) -> PartAnswer:
+        self.status_calls += 1
+        if sample_id in self.samples:
+            return PartAnswer("stored", 0)
+        return PartAnswer("partial", len(self.partial.get((sample_id, sha256), b"")))
+
+    def upload_part(
+        self,
+        sample_id: str,
+        sha256: str,
+        length: int,
+        offset: int,
+        data: bytes,
+        pace: Callable[[int], None] | None = None,
+    ) -> PartAnswer:
+        self.part_calls += 1
         # Not released before the acknowledgement: the record is still in the store now.
-        assert self.store.get(meta["id"]) is not None
-        if self.calls in self.fail_on:
-            raise HubError(f"sample {meta['id']}: hub answered 503")
+        assert self.store.get(sample_id) is not None
+        for i in range(0, len(data), 16384):
+            if pace is not None:
+                pace(min(16384, len(data) - i))
+        if sample_id in self.samples:
+            return PartAnswer("duplicate", length)
+        buf = self.partial.setdefault((sample_id, sha256), bytearray())
+        assert offset <= len(buf)
+        del buf[offset:]
+        if self.part_calls in self.cut_on:
+            kept = data[: int(len(data) * self.keep)]
+            buf += kept
+            self.body_bytes += len(kept)
+            raise HubError(f"sample {sample_id}: connection reset")
+        buf += data
+        self.body_bytes += len(data)
+        if len(buf) < length:
+            return PartAnswer("partial", len(buf))
+        assert hashlib.sha256(buf).hexdigest() == sha256
+        meta, image = decode_payload(bytes(buf))
         assert len(image) == meta["image_size"]
-        self.order.append(meta["id"])
-        if meta["id"] in self.samples:
-            return "duplicate"
-        self.samples[meta["id"]] = meta
+        del self.partial[(sample_id, sha256)]
+        self.samples[sample_id] = meta
+        self.order.append(sample_id)
+        return PartAnswer("stored", length)
+
+    def put_feedback(self, sample_id: str, feedback: dict[str, Any]) -> str:
+        assert sample_id in self.samples
+        self.feedback[sample_id] = feedback
         return "stored"
+
+
+class Clock:
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+
+    def now(self) -> datetime:
+        return self.t
+
+    def mono(self) -> float:
+        return (self.t - datetime(2026, 1, 1, tzinfo=UTC)).total_seconds()
+
+    def sleep(self, s: float) -> None:
+        self.t += timedelta(seconds=s)
 
 
 @pytest.fixture
@@ -90,65 +162,76 @@ def store(tmp_path: Path) -> Iterator[SpyStore]:
 
 def test_fake_hub_implements_sample_sink_protocol(store: SpyStore) -> None:
     sink: SampleSink = FakeHub(store)
-    assert callable(sink.put_sample)
+    assert callable(sink.upload_part)
 
 
-def test_uploader_loses_nothing_when_sink_fails_on_third_call(store: SpyStore) -> None:
+def test_payload_when_decoded_gives_back_meta_and_image() -> None:
+    r = record(0.5)
+    r.prediction = {"stages": {"det": {"items": []}, "clf": {"items": []}}}
+    meta, image = decode_payload(encode_payload(r.to_meta(), r.image))
+    assert (meta, image) == (r.to_meta(), r.image)
+    assert list(meta["prediction"]["stages"]) == ["det", "clf"]  # order matters: last = final
+    for bad in (b"", b"XXXX\x00\x00\x00\x01{", b"LLU1\x00\x00\x10\x00{}"):
+        with pytest.raises(ValueError):
+            decode_payload(bad)
+
+
+def test_uploader_sends_best_first_and_releases_exactly_what_was_acknowledged(
+    store: SpyStore,
+) -> None:
     recs = [record(p) for p in (0.1, 0.9, 0.5, 0.7, 0.3, 0.8)]
     for r in recs:
         store.put(r)
-    hub = FakeHub(store, fail_on={3})
-    up = Uploader(store, hub, batch=10)
-
-    first = up.run_once()
-    assert (first.sent, first.failed) == (2, 1)
-    assert first.bytes == sum(wire_size(r) for r in recs if r.priority in (0.9, 0.8))
-    assert hub.order == [recs[1].id, recs[5].id]  # best first
-    assert store.released == hub.order  # released exactly what was acknowledged
-    left = {r.id for r in store.top(100)}
-    assert left == {r.id for r in recs} - set(hub.order)  # the failed one stayed
-
-    second = up.run_once()
-    assert (second.sent, second.failed, second.duplicates) == (4, 0, 0)
-    assert set(hub.samples) == {r.id for r in recs}
-    assert Counter(store.released) == Counter({r.id: 1 for r in recs})  # none twice
+    hub = FakeHub(store)
+    res = Uploader(store, hub, batch=10).run_once()
+    assert (res.sent, res.failed) == (6, 0)
+    assert hub.order == [r.id for r in sorted(recs, key=lambda r: -r.priority)]
+    assert store.released == hub.order
     assert store.top(100) == [] and store.check() == []
-    assert up.run_once().sent == 0
 
 
-def test_uploader_stops_at_byte_budget_when_cycle_is_full(store: SpyStore) -> None:
-    recs = [record(p, size=1000) for p in (0.9, 0.8, 0.7, 0.6)]
+def test_uploader_resumes_in_same_cycle_when_link_cuts_a_part(store: SpyStore) -> None:
+    big = record(0.9, size=200_000)
+    store.put(big)
+    hub = FakeHub(store, cut_on={2, 4})
+    res = Uploader(store, hub, batch=5, part_bytes=64 * 1024).run_once()
+    assert (res.sent, res.failed, res.resumed) == (1, 0, 2)
+    assert hub.order == [big.id]
+    assert hub.body_bytes == payload_size(big)  # nothing the hub kept was sent twice
+
+
+def test_uploader_loses_nothing_when_link_stays_down(store: SpyStore) -> None:
+    recs = [record(p) for p in (0.9, 0.5, 0.7)]
     for r in recs:
         store.put(r)
-    budget = wire_size(recs[0]) * 2 + 10
-    hub = FakeHub(store)
-    up = Uploader(store, hub, batch=10, byte_budget_per_cycle=budget)
-    res = up.run_once()
-    assert (res.sent, res.failed) == (2, 0) and res.bytes <= budget
-    assert hub.order == [recs[0].id, recs[1].id]
-    assert up.run_once().sent == 2
-    assert hub.order == [r.id for r in recs]
+    hub = FakeHub(store, cut_on={2, 3, 4}, keep=0.0)  # 3 parts in a row move nothing
+    up = Uploader(store, hub, batch=10)
+    first = up.run_once()
+    assert (first.sent, first.failed, first.stopped) == (1, 1, "error")
+    assert store.released == [recs[0].id]
+    assert {r.id for r in store.top(100)} == {recs[1].id, recs[2].id}
+    second = up.run_once()
+    assert (second.sent, second.failed) == (2, 0)
+    assert Counter(store.released) == Counter({r.id: 1 for r in recs})  # none twice
+    assert set(hub.samples) == {r.id for r in recs}
 
 
-def test_uploader_passes_over_sample_when_it_exceeds_whole_budget(store: SpyStore) -> None:
-    big, small = record(0.9, size=50_000), record(0.5, size=200)
-    store.put(big)
-    store.put(small)
+def test_uploader_continues_sample_next_cycle_when_cycle_budget_cuts_it(store: SpyStore) -> None:
+    r = record(0.9, size=100_000)
+    store.put(r)
     hub = FakeHub(store)
-    up = Uploader(store, hub, batch=1, byte_budget_per_cycle=10_000)
-    res = up.run_once()
-    assert (res.sent, res.oversize) == (0, 1)  # batch 1 was eaten by the oversize one ...
-    res = up.run_once()
-    assert (res.sent, res.oversize) == (1, 1)  # ... so the next cycle looks further
-    assert hub.order == [small.id]
-    assert store.get(big.id) is not None
+    up = Uploader(store, hub, batch=5, byte_budget_per_cycle=40_000, part_bytes=16_384)
+    results = [up.run_once() for _ in range(4)]
+    assert all(x.wire_bytes <= 40_000 for x in results)
+    assert [x.stopped for x in results[:2]] == ["cycle_budget", "cycle_budget"]
+    assert sum(x.sent for x in results) == 1 and hub.order == [r.id]
+    assert hub.body_bytes == payload_size(r)  # resumed at the acked offset, not from 0
 
 
 def test_uploader_respects_batch_when_many_are_pending(store: SpyStore) -> None:
     for i in range(7):
         store.put(record(i / 10))
-    hub = FakeHub(store)
-    assert Uploader(store, hub, batch=3).run_once().sent == 3
+    assert Uploader(store, FakeHub(store), batch=3).run_once().sent == 3
     assert store.stats()["count"] == 4
 
 
@@ -158,46 +241,208 @@ def test_uploader_does_nothing_when_gate_is_closed(store: SpyStore) -> None:
     open_ = False
     up = Uploader(store, hub, batch=5, gate=lambda: open_)
     res = up.run_once()
-    assert res.gated and res.sent == 0 and hub.calls == 0
+    assert res.gated and hub.part_calls == hub.status_calls == 0
     open_ = True
     assert up.run_once().sent == 1
 
 
-def test_uploader_releases_when_hub_answers_duplicate(store: SpyStore) -> None:
+def test_uploader_releases_when_hub_already_has_the_sample(store: SpyStore) -> None:
     r = record(0.5)
     store.put(r)
     hub = FakeHub(store)
     hub.samples[r.id] = r.to_meta()  # e.g. acked before a crash, release never happened
     res = Uploader(store, hub, batch=5).run_once()
     assert (res.sent, res.duplicates) == (1, 1)
+    assert hub.part_calls == 0  # the first sample after a start is asked about, not re-sent
     assert store.get(r.id) is None
 
 
-def test_uploader_keeps_record_when_feedback_arrives_in_flight(store: SpyStore) -> None:
-    r = record(0.5)
+def test_uploader_sends_only_feedback_when_feedback_came_after_upload(
+    store: SpyStore, tmp_path: Path
+) -> None:
+    r = record(0.5, size=50_000)
     store.put(r)
 
     class FeedbackMidFlight(FakeHub):
-        def put_sample(self, meta: dict[str, Any], image: bytes) -> str:
-            if self.calls == 0:
-                self.store.set_feedback(meta["id"], Feedback("correct", "4", "op", 1.0, 1))
-            return super().put_sample(meta, image)
+        def upload_part(self, sample_id: str, *a: Any, **kw: Any) -> PartAnswer:
+            if self.part_calls == 0:
+                self.store.set_feedback(sample_id, Feedback("correct", "4", "op", 1.0, 1))
+            return super().upload_part(sample_id, *a, **kw)
 
     hub = FeedbackMidFlight(store)
-    up = Uploader(store, hub, batch=5)
+    ledger = FeedbackLedger(tmp_path / "ledger.json")
+    up = Uploader(store, hub, batch=5, ledger=ledger)
+    up._first = False  # not a restart: no status query for the first sample
     assert up.run_once().sent == 1
     kept = store.get(r.id)
     assert kept is not None and kept.feedback is not None  # not lost by the release
-    assert store.released == []
+    assert store.released == [] and ledger.entries() == []
+
+    received = hub.body_bytes
+    res = up.run_once()
+    assert (res.sent, res.feedback_only) == (1, 1)
+    assert hub.body_bytes == received  # the image did not travel again
+    assert hub.feedback[r.id]["label"] == "4"
+    assert store.get(r.id) is None
+    assert ledger.entries() == [("1", "correct", "4", 1)]
 
 
-def test_uploader_stops_when_sink_answers_nonsense(store: SpyStore) -> None:
-    store.put(record(0.5))
+def test_uploader_stops_cycle_when_sink_answers_nonsense(store: SpyStore) -> None:
+    store.put(record(0.5, size=1000))
 
-    class Weird(FakeHub):
-        def put_sample(self, meta: dict[str, Any], image: bytes) -> str:
-            return "maybe"
+    class Liar(FakeHub):
+        def upload_part(self, *a: Any, **kw: Any) -> PartAnswer:
+            return PartAnswer("partial", 10**9)
 
-    res = Uploader(store, Weird(store), batch=5).run_once()
+    res = Uploader(store, Liar(store), batch=5).run_once()
     assert (res.sent, res.failed) == (0, 1)
     assert store.stats()["count"] == 1
+
+
+# ---- policy: windows, budget, rate ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("windows", "tz", "utc", "left"),
+    [
+        ([], "UTC", "12:00", float("inf")),
+        (["22:00-06:00"], "UTC", "23:00", 7 * 3600),
+        (["22:00-06:00"], "UTC", "05:30", 1800),
+        (["22:00-06:00"], "UTC", "06:00", None),
+        (["22:00-06:00"], "UTC", "21:59", None),
+        (["22:00-06:00"], "Europe/Paris", "21:30", 7.5 * 3600),  # 22:30 in Paris (winter)
+        (["22:00-06:00"], "Europe/Paris", "05:30", None),  # 06:30 in Paris
+        (["12:00-13:00", "12:30-14:00"], "UTC", "12:45", 1.25 * 3600),  # the longer one
+        (["00:00-24:00"], "UTC", "23:59", 60),
+    ],
+)
+def test_window_left_when_clock_is_at_given_time(
+    windows: list[str], tz: str, utc: str, left: float | None
+) -> None:
+    h, m = (int(x) for x in utc.split(":"))
+    clock = Clock(datetime(2026, 1, 15, h, m, tzinfo=UTC))
+    assert UploadPolicy(windows, tz, now=clock.now).window_left() == left
+
+
+@pytest.mark.parametrize("text", ["22-06", "25:00-01:00", "10:60-11:00", "08:00-08:00", ""])
+def test_parse_window_when_malformed_raises(text: str) -> None:
+    with pytest.raises(ValueError, match="upload window"):
+        parse_window(text)
+
+
+@pytest.mark.parametrize(
+    ("yaml", "match"),
+    [
+        ("upload:\n  windows: ['22:00-6']\n", "upload.windows"),
+        ("upload:\n  timezone: Mars/Olympus\n", "unknown time zone"),
+        ("upload:\n  rate_bps: 0\n", "upload.rate_bps"),
+    ],
+)
+def test_upload_config_when_invalid_is_one_line_error(
+    tmp_path: Path, yaml: str, match: str
+) -> None:
+    p = tmp_path / "d.yaml"
+    p.write_text(yaml)
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)
+
+
+def test_daily_budget_when_restarted_is_remembered_and_resets_at_local_midnight(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "budget.json"
+    clock = Clock(datetime(2026, 1, 15, 22, 0, tzinfo=UTC))  # 23:00 in Paris
+
+    def policy() -> UploadPolicy:
+        return UploadPolicy([], "Europe/Paris", 10_000, path, now=clock.now)
+
+    p = policy()
+    p.spend(7_000)
+    assert policy().budget_left() == 3_000  # a restart remembers
+    clock.t = datetime(2026, 1, 15, 22, 59, tzinfo=UTC)  # 23:59 in Paris: same local day
+    assert policy().budget_left() == 3_000
+    clock.t = datetime(2026, 1, 15, 23, 0, tzinfo=UTC)  # midnight in Paris, not yet in UTC
+    assert policy().budget_left() == 10_000
+    path.write_text("{not json")
+    assert policy().budget_left() == 0  # unreadable: today counts as spent
+
+
+def test_uploader_sends_nothing_when_window_is_closed_or_budget_spent(
+    store: SpyStore, tmp_path: Path
+) -> None:
+    for p in (0.9, 0.8, 0.7):
+        store.put(record(p, size=20_000))
+    clock = Clock(datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
+    policy = UploadPolicy(["22:00-06:00"], "UTC", 50_000, tmp_path / "b.json", now=clock.now)
+    hub = FakeHub(store)
+    up = Uploader(store, hub, batch=10, policy=policy, part_bytes=8192)
+    res = up.run_once()
+    assert (res.gated, res.stopped) == (True, "window")
+    assert hub.part_calls == hub.status_calls == 0
+    clock.t = datetime(2026, 1, 15, 23, 0, tzinfo=UTC)
+    res = up.run_once()
+    assert res.stopped == "budget" and res.sent == 2
+    requests = hub.part_calls + hub.status_calls
+    assert hub.body_bytes + requests * REQUEST_OVERHEAD <= 50_000  # never past the budget
+    assert up.run_once().gated and hub.part_calls + hub.status_calls == requests
+    clock.t += timedelta(days=1)
+    assert up.run_once().sent == 1
+
+
+def test_uploader_finishes_parts_before_window_ends_when_rate_is_capped(store: SpyStore) -> None:
+    store.put(record(0.9, size=500_000))
+    clock = Clock(datetime(2026, 1, 15, 5, 59, 30, tzinfo=UTC))  # 30 s before 06:00
+    policy = UploadPolicy(["22:00-06:00"], "UTC", now=clock.now)
+    bucket = TokenBucket(5_000, 4096, clock=clock.mono, sleep=clock.sleep)
+    hub = FakeHub(store)
+    res = Uploader(store, hub, batch=1, policy=policy, rate=bucket).run_once()
+    assert res.stopped == "window" and res.sent == 0
+    assert clock.t <= datetime(2026, 1, 15, 6, 0, tzinfo=UTC)
+    assert 100_000 < hub.body_bytes <= 5_000 * 30 + 4096
+
+
+def test_token_bucket_when_draining_never_exceeds_rate_plus_burst() -> None:
+    clock = Clock(datetime(2026, 1, 1, tzinfo=UTC))
+    t0 = clock.mono()
+    bucket = TokenBucket(10_000, 8192, clock=clock.mono, sleep=clock.sleep)
+    sent = 0
+    for _ in range(100):
+        bucket.take(4096)
+        sent += 4096
+        assert sent <= 8192 + 10_000 * (clock.mono() - t0) + 1e-6
+    assert clock.mono() - t0 == pytest.approx((sent - 8192) / 10_000)
+
+
+def test_uploader_from_settings_when_configured_applies_policy(
+    store: SpyStore, tmp_path: Path
+) -> None:
+    p = tmp_path / "d.yaml"
+    p.write_text(
+        "upload:\n  windows: ['22:00-06:00']\n  timezone: UTC\n  daily_budget_bytes: 5000\n"
+        "  rate_bps: 1000\n  part_bytes: 2048\n"
+    )
+    cfg = load_config(p)
+    clock = Clock(datetime(2026, 1, 15, 23, 0, tzinfo=UTC))
+    up = Uploader.from_settings(store, FakeHub(store), cfg.upload, tmp_path, now=clock.now)
+    assert (up.part_bytes, up.policy.daily_budget) == (2048, 5000)
+    assert up.rate is not None and up.rate.rate == 1000
+    assert up.status()["window_open"] is True
+    assert json.loads(json.dumps(up.status()))["budget_left_bytes"] == 5000
+
+
+def test_uploader_keeps_record_when_feedback_is_replaced_in_flight(store: SpyStore) -> None:
+    r = record(0.5)
+    store.put(r)
+    store.set_feedback(r.id, Feedback("confirm", None, "op", 1.0, 1))
+
+    class ReplaceMidFlight(FakeHub):
+        def upload_part(self, sample_id: str, *a: Any, **kw: Any) -> PartAnswer:
+            if self.part_calls == 0:  # same priority as before: only the feedback differs
+                self.store.set_feedback(sample_id, Feedback("correct", "4", "op", 2.0, 1))
+            return super().upload_part(sample_id, *a, **kw)
+
+    hub = ReplaceMidFlight(store)
+    up = Uploader(store, hub, batch=5)
+    assert up.run_once().sent == 1 and store.released == []
+    assert up.run_once().feedback_only == 1
+    assert hub.feedback[r.id]["kind"] == "correct" and store.get(r.id) is None
