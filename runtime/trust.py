@@ -12,6 +12,12 @@ naming base X and the wanted result: it is downloaded as a target (length and ha
 applied with :func:`bsdiff.apply_patch_file` and the result hashed again; any failure falls back
 to the full file. Downloads never read past the signed length (python-tuf enforces
 ``max_length``).
+
+Root rotation needs nothing here: python-tuf walks ``<N>.root.json`` from the trusted root
+version up (each new root must be signed by a threshold of the previous root's keys and of its
+own) and from then on trusts only the keys the newest root names. Expiry is checked against
+``max(system clock, time floor)`` (:mod:`runtime.timefloor`), not the bare clock, because a
+device may have no real-time clock.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import urllib3
 from tuf.api import exceptions as tuf_exc
@@ -31,6 +39,7 @@ from runtime._atomic import atomic_write_json
 from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
 from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from runtime.errors import BundleError, TrustError, UpdateError
+from runtime.timefloor import ISSUED_FIELD, TimeFloor, parse_utc
 
 __all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
 
@@ -102,6 +111,23 @@ class FetchResult:
         self.delta_fallbacks = delta_fallbacks
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _trusted_set(up: Updater) -> Any:
+    """python-tuf's trusted metadata set of an Updater.
+
+    python-tuf 7 has no public way to set the time expiry is checked against; it reads
+    ``TrustedMetadataSet.reference_time``, fixed when the Updater is made (spec 5.1 "fixed
+    update start time"). This is the one place that reaches into it.
+    """
+    ts = getattr(up, "_trusted_set", None)
+    if ts is None or not hasattr(ts, "reference_time"):
+        raise TrustError("this python-tuf has no settable reference time; pin python-tuf 7.x")
+    return ts
+
+
 class BundleFetcher:
     """Verified download of bundles from a hub's TUF repository."""
 
@@ -112,12 +138,40 @@ class BundleFetcher:
         hub_url: str,
         token: str | None,
         timeout_s: float = 30.0,
+        clock: Callable[[], datetime] = _utc_now,
+        time_floor: Path | None = None,
     ) -> None:
+        """``clock`` gives the system time; ``time_floor`` is the floor file (default
+        ``time_floor.json`` beside ``metadata_dir``, so it outlives a wiped metadata cache)."""
         self.metadata_dir = Path(metadata_dir)
         self.pinned_root = Path(pinned_root)
         self.base = hub_url.rstrip("/") + "/api/v1/tuf"
         self.token = token
         self.timeout_s = timeout_s
+        self.clock = clock
+        self.time_floor = TimeFloor(
+            time_floor if time_floor is not None else self.metadata_dir.parent / "time_floor.json"
+        )
+
+    def refresh(self, up: Updater) -> None:
+        """Refresh the top-level metadata with expiry checked against ``max(clock, floor)``,
+        then raise the floor to the trusted timestamp's signing time.
+
+        Raises what ``Updater.refresh`` raises, TrustError (python-tuf without a reference time).
+        """
+        ts = _trusted_set(up)
+        ts.reference_time = self.time_floor.reference_time(
+            self.clock(), set(ts.root.roles["timestamp"].keyids)
+        )
+        up.refresh()
+        stamp = ts.timestamp
+        keyids = set(ts.root.roles["timestamp"].keyids)
+        try:
+            self.time_floor.observe(
+                parse_utc(stamp.unrecognized_fields.get(ISSUED_FIELD)), stamp.expires, keyids
+            )
+        except OSError as e:
+            log.warning("could not save the time floor: %s", e)
 
     def _updater(self, fetcher: AuthFetcher) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +214,7 @@ class BundleFetcher:
         fetcher = AuthFetcher(self.token, self.timeout_s)
         up = self._updater(fetcher)
         try:
-            up.refresh()
+            self.refresh(up)
             target = f"{name}/{version}/{MANIFEST_NAME}"
             info = up.get_targetinfo(target)
             if info is None:
