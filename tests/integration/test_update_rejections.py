@@ -34,12 +34,13 @@ import urllib3
 from aiohttp import web
 from loopkit import write_source
 from securesystemslib.signer import CryptoSigner
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
 import bsdiff
 from hub.client import HubAdminClient
 from hub.config import HubConfig
-from hub.signing import KEY_FILES, init_keys, load_signer, sign_targets
+from hub.errors import BadRequest
+from hub.signing import KEY_FILES, init_keys, load_signer, rotate_root, sign_targets
 from hub.testing import LiveHub
 from runtime.bundle.build import build_bundle
 from runtime.bundle.loader import file_sha256, read_manifest, verify_bundle_dir
@@ -659,3 +660,195 @@ def test_fetch_refuses_to_write_through_a_symlinked_folder_in_staging(
         fetcher.fetch("digits", 2, staging, reuse_dirs=[tmp_path / "dev" / "active"])
     assert "\n" not in str(info.value)
     assert list(outside.iterdir()) == []
+
+
+# -- root rotation and key revocation ----------------------------------------------------------
+
+
+def _rotation_world(tmp_path: Path, keys: Path, hub: LiveHub, admin: HubAdminClient) -> World:
+    """A small world on the function's own hub (rotation changes keys and hub for good)."""
+    from hub.testing import make_bundle
+
+    v1 = make_bundle(tmp_path / "bundles", "digits", 1)
+    v2 = make_bundle(tmp_path / "bundles", "digits", 2, **{"model.onnx": b"model v2 " * 200})
+    admin.publish_bundle(v1, keys)
+    proxy = TamperProxy(upstream=hub.url).__enter__()
+    return World(tmp_path, keys, hub, admin, proxy, hub.admin_token, v1, v2, {}, tmp_path / "dev")
+
+
+def _pinned_device(w: World, name: str, pinned: Path) -> BundleFetcher:
+    return BundleFetcher(w.tmp / name / "tuf", pinned, w.proxy.url, w.token)
+
+
+def test_device_pinned_to_root_v1_follows_rotations_when_keys_are_replaced(
+    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+) -> None:
+    w = _rotation_world(tmp_path, keys, live_hub, admin)
+    try:
+        pinned = tmp_path / "pinned-root-v1.json"  # what devices got at provisioning
+        shutil.copy(keys / "root.json", pinned)
+        old = _pinned_device(w, "old", pinned)
+        old.fetch("digits", 1, tmp_path / "old" / "v1")
+
+        rotate_root(keys, {"targets"})
+        assert admin.push_root(keys) == 2
+        rotate_root(keys, {"root", "snapshot", "timestamp"})
+        assert admin.push_root(keys) == 3
+        # The hub no longer takes targets signed with the revoked targets key.
+        forged = w.current("targets")
+        forged.signed.version += 1
+        with pytest.raises(BadRequest, match="not signed by the root's targets key"):
+            admin.post_targets(
+                _signed(forged, load_signer(keys / "retired" / "v1" / "targets.key"))
+            )
+        admin.publish_bundle(w.v2, keys)  # signed under root v3 by the new targets key
+
+        res = old.fetch("digits", 2, tmp_path / "old" / "v2", reuse_dirs=[tmp_path / "old" / "v1"])
+        assert res.manifest.version == 2
+        assert (tmp_path / "old" / "tuf" / "root_history" / "3.root.json").exists()
+        fresh = _pinned_device(w, "fresh", pinned)  # never refreshed: walks 1 → 2 → 3 at once
+        assert fresh.fetch("digits", 2, tmp_path / "fresh" / "v2").manifest.version == 2
+    finally:
+        w.proxy.__exit__()
+
+
+def test_device_refuses_bundle_when_signed_with_revoked_targets_key_after_rotation(
+    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+) -> None:
+    w = _rotation_world(tmp_path, keys, live_hub, admin)
+    try:
+        dev = _pinned_device(w, "dev", keys / "root.json")
+        dev.fetch("digits", 1, tmp_path / "dev" / "v1")
+        revoked = load_signer(keys / KEY_FILES["targets"])
+        rotate_root(keys, {"targets"})
+        admin.push_root(keys)
+        dev.fetch("digits", 1, tmp_path / "dev" / "v1-again")  # now trusts root v2
+        # Whoever kept the revoked key (and even holds the hub's online keys) signs a bundle.
+        manifest = _v3_manifest(w, {"model.onnx": b"evil"})
+        t = w.current("targets")
+        t.signed.version += 1
+        for path, data in {
+            "digits/3/manifest.json": manifest,
+            "digits/3/model.onnx": b"evil",
+        }.items():
+            t.signed.targets[path] = TargetFile(
+                len(data), {"sha256": hashlib.sha256(data).hexdigest()}, path
+            )
+        w.proxy.rules = _overlay(w, targets=_signed(t, revoked))
+        with pytest.raises(LeanloopError) as info:
+            dev.fetch("digits", 3, tmp_path / "dev" / "v3")
+        reason = str(info.value)
+        assert "\n" not in reason and "UnsignedMetadataError" in reason, reason
+        assert not (tmp_path / "dev" / "v3" / "model.onnx").exists()
+    finally:
+        w.proxy.__exit__()
+
+
+def test_device_refuses_new_root_when_signed_only_by_new_keys(
+    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+) -> None:
+    w = _rotation_world(tmp_path, keys, live_hub, admin)
+    try:
+        dev = _pinned_device(w, "dev", keys / "root.json")
+        dev.fetch("digits", 1, tmp_path / "dev" / "v1")
+        # An attacker's root v2: every key replaced by theirs, signed only by their root key.
+        theirs = {role: CryptoSigner.generate_ed25519() for role in KEY_FILES}
+
+        def take_over(r: Root) -> None:
+            for role, signer in theirs.items():
+                for keyid in list(r.roles[role].keyids):
+                    r.revoke_key(keyid, role)
+                r.add_key(signer.public_key, role)
+
+        forged = _signed(_forged_root(w, 2, take_over), theirs["root"])
+        resp = urllib3.request(
+            "POST",
+            f"{live_hub.url}/api/v1/admin/tuf/root",
+            fields={"root": ("root.json", forged, "application/json")},
+            headers={"Authorization": f"Bearer {live_hub.admin_token}"},
+        )
+        assert resp.status == 400 and "root keys of version 1" in resp.json()["error"]
+        w.proxy.rules = {re.escape("metadata/2.root.json"): forged}
+        with pytest.raises(LeanloopError) as info:
+            dev.fetch("digits", 1, tmp_path / "dev" / "again")
+        reason = str(info.value)
+        assert "\n" not in reason and "root was signed by 0/1 keys" in reason, reason
+        assert not (tmp_path / "dev" / "tuf" / "root_history" / "2.root.json").exists()
+    finally:
+        w.proxy.__exit__()
+
+
+# -- expiry on devices without a real-time clock -----------------------------------------------
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a device that booted without a clock
+
+
+def test_fetch_checks_expiry_against_time_floor_when_clock_is_reset(
+    world: World, tmp_path: Path
+) -> None:
+    dev = tmp_path / "dev"
+    shutil.copytree(world.base, dev)
+    floor = json.loads((dev / "time_floor.json").read_text())
+    issued = world.current("timestamp").signed.unrecognized_fields["x-leanloop-issued"]
+    assert floor["floor"] == issued  # learned from the hub's signed timestamp
+    fetcher = BundleFetcher(
+        dev / "tuf", world.keys / "root.json", world.proxy.url, world.token, clock=lambda: EPOCH
+    )
+    # Fresh metadata is accepted although the clock says 1970 (the floor stands in for it)...
+    assert fetcher.fetch("digits", 2, dev / "v2", reuse_dirs=[dev / "active"]).manifest.version == 2
+    # ...and metadata that expired before the floor is refused although the clock says 1970.
+    world.proxy.rules = _overlay(
+        world, timestamp_edit=lambda t: setattr(t, "expires", _in(-1 / 24))
+    )
+    try:
+        with pytest.raises(LeanloopError, match=r"ExpiredMetadataError: timestamp\.json is expired"):
+            fetcher.fetch("digits", 2, dev / "v2-again", reuse_dirs=[dev / "active"])
+    finally:
+        world.proxy.rules = {}
+    # A clock ahead of the floor is used as it is: today's metadata is expired in 3 days.
+    ahead = BundleFetcher(
+        dev / "tuf", world.keys / "root.json", world.hub.url, world.token, clock=lambda: _in(3)
+    )
+    with pytest.raises(LeanloopError, match="ExpiredMetadataError"):
+        ahead.fetch("digits", 2, dev / "v2-ahead", reuse_dirs=[dev / "active"])
+
+
+@pytest.mark.parametrize(
+    ("keep_cache", "keep_floor", "expect"),
+    [
+        (True, True, "BadVersionNumberError"),  # the cache alone catches the replay
+        (False, True, "ExpiredMetadataError"),  # cache lost: the floor catches it
+        (False, False, "ok"),  # neither: only the release time bounds a replay
+    ],
+    ids=["cache", "floor", "release-time-only"],
+)
+def test_fetch_refuses_replayed_old_timestamp_when_clock_is_reset(
+    world: World,
+    tmp_path: Path,
+    keep_cache: bool,
+    keep_floor: bool,
+    expect: str,
+) -> None:
+    dev = tmp_path / "dev"
+    shutil.copytree(world.base, dev)
+    if not keep_cache:
+        shutil.rmtree(dev / "tuf")
+    if not keep_floor:
+        (dev / "time_floor.json").unlink()
+    fetcher = BundleFetcher(
+        dev / "tuf", world.keys / "root.json", world.proxy.url, world.token, clock=lambda: EPOCH
+    )
+    # A timestamp the hub really signed weeks ago (version 1, long expired), replayed.
+    old = world.current("timestamp")
+    old.signed.version = 1
+    old.signed.expires = _in(-7)
+    world.proxy.rules = {"metadata/timestamp.json": _signed(old, world.online("timestamp"))}
+    try:
+        if expect == "ok":
+            fetcher.fetch("digits", 2, dev / "v2")
+        else:
+            with pytest.raises(LeanloopError, match=expect) as info:
+                fetcher.fetch("digits", 2, dev / "v2")
+            assert "\n" not in str(info.value)
+    finally:
+        world.proxy.rules = {}
