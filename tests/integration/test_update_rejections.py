@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 import urllib3
 from aiohttp import web
-from loopkit import write_source
+from loopkit import Device, committed, publish, write_source
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
@@ -92,9 +92,10 @@ class TamperProxy:
             chunk = b"\x00" * 65536
             try:
                 while self.endless_sent < ENDLESS_CAP:
-                    await resp.write(chunk)
+                    # A client that stopped reading for a second has hung up in all but name.
+                    await asyncio.wait_for(resp.write(chunk), 1.0)
                     self.endless_sent += len(chunk)
-            except (ConnectionError, RuntimeError):
+            except (ConnectionError, RuntimeError, TimeoutError):
                 pass
             return resp
         headers = {"Authorization": request.headers.get("Authorization", "")}
@@ -852,3 +853,33 @@ def test_fetch_refuses_replayed_old_timestamp_when_clock_is_reset(
             assert "\n" not in str(info.value)
     finally:
         world.proxy.rules = {}
+
+
+# -- the device service ------------------------------------------------------------------------
+
+
+def test_device_refuses_older_bundle_version_when_hub_rolls_it_out_again(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: Callable[..., Path],
+    start_device: Callable[..., Device],
+) -> None:
+    """A rollback attack on the bundle: v1 is still validly signed, but the device has
+    committed v2, so v1 is refused (versions never go down) and v2 keeps serving."""
+    publish(admin, keys, make_bundle(1, BOXES_V1), 1)
+    dev = start_device()
+    dev.wait("v1 committed", committed(1))
+    publish(admin, keys, make_bundle(2, BOXES_V2), 2)
+    dev.feed(4)
+    dev.wait("v2 committed", committed(2))
+    admin.rollout("digits", 1)
+    st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
+    reason = st["last_update_error"]
+    assert "\n" not in reason and "v1" in reason and "v2" in reason, reason
+    assert st["active"]["version"] == 2
+    names = dev.feed(2)
+    dev.wait("frames on v2", lambda st: all(n in dev.results() for n in names))
+    assert all(dev.results()[n]["bundle_version"] == 2 for n in names)
+    slots = json.loads((dev.state / "slots.json").read_text())
+    assert all(s["status"] != "staging" for s in slots["slots"].values())
