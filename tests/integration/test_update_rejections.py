@@ -551,6 +551,17 @@ CASES = [
         lambda w: _overlay(w, snapshot_edit=lambda s: setattr(s, "expires", _in(-1 / 24))),
         "ExpiredMetadataError",
     ),
+    Case(
+        "expired root (signed by the admin, but its time is over)",
+        lambda w: {
+            "metadata/2.root.json": _signed(
+                _forged_root(w, 2, lambda r: setattr(r, "expires", _in(-1))),
+                load_signer(w.keys / KEY_FILES["root"]),
+            )
+        },
+        "Final root.json is expired",
+        heals=False,
+    ),
     Case("expired targets", _expired_targets, "ExpiredMetadataError"),
     Case(
         "new timestamp with the old snapshot's bytes (mix-and-match)",
