@@ -166,16 +166,33 @@ class TufRepository:
 
     @staticmethod
     def _initialize(keys_dir: Path, tuf_dir: Path, online: Path) -> None:
+        """Import the root chain (``roots/<v>.root.json`` up to ``root.json``, or ``root.json``
+        alone at version 1) and the online keys of a ``keys init`` folder."""
         try:
             root_bytes = (keys_dir / "root.json").read_bytes()
             root = Metadata[Root].from_bytes(root_bytes)
-            root.signed.verify_delegate(Root.type, root.signed_bytes, root.signatures)
         except FileNotFoundError as e:
             raise ConfigError(f"{keys_dir}/root.json not found; run `leanloop keys init`") from e
-        except (DeserializationError, UnsignedMetadataError) as e:
-            raise ConfigError(f"{keys_dir}/root.json is not valid self-signed root: {e}") from e
-        if root.signed.version != 1 or not root.signed.consistent_snapshot:
-            raise ConfigError("root.json must be version 1 with consistent_snapshot on")
+        except DeserializationError as e:
+            raise ConfigError(f"{keys_dir}/root.json is not root metadata: {e}") from e
+        chain: list[bytes] = []
+        previous: Root | None = None
+        for version in range(1, root.signed.version + 1):
+            path = keys_dir / "roots" / f"{version}.root.json"
+            try:
+                data = root_bytes if version == root.signed.version else path.read_bytes()
+                md = Metadata[Root].from_bytes(data)
+                verify_root_chain(previous, md)
+            except FileNotFoundError as e:
+                raise ConfigError(f"{path} not found: the hub needs every root version") from e
+            except (DeserializationError, TrustError) as e:
+                raise ConfigError(f"root version {version} in {keys_dir} is not valid: {e}") from e
+            if md.signed.version != version:
+                raise ConfigError(f"{path} holds root version {md.signed.version}")
+            chain.append(data)
+            previous = md.signed
+        if not root.signed.consistent_snapshot:
+            raise ConfigError("root.json must have consistent_snapshot on")
         online.mkdir(parents=True, exist_ok=True)
         online.chmod(0o700)
         for role in ("snapshot", "timestamp"):
@@ -185,7 +202,8 @@ class TufRepository:
             atomic_write_bytes(online / f"{role}.key", src.read_bytes(), mode=0o600)
         tuf_dir.mkdir(parents=True, exist_ok=True)
         # 1.root.json last: its presence is what marks the repository as initialized.
-        atomic_write_bytes(tuf_dir / "1.root.json", root_bytes)
+        for version in [*range(2, len(chain) + 1), 1]:
+            atomic_write_bytes(tuf_dir / f"{version}.root.json", chain[version - 1])
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -159,21 +159,24 @@ def root_history(keys_dir: Path, version: int) -> Metadata[Root]:
     return _parse_root(data, str(path))
 
 
-def verify_root_chain(previous: Root, new: Metadata[Root]) -> None:
+def verify_root_chain(previous: Root | None, new: Metadata[Root]) -> None:
     """Check that ``new`` may follow ``previous``: version + 1, and signed by a threshold of
-    ``previous``'s root keys *and* a threshold of its own (the TUF client's rule).
+    ``previous``'s root keys *and* a threshold of its own (the TUF client's rule). With
+    ``previous`` None, ``new`` must be a self-signed version 1.
 
     Raises TrustError with which half is missing.
     """
+    if previous is None and new.signed.version != 1:
+        raise TrustError(f"root version {new.signed.version} has no previous root to chain from")
     try:
         result = new.signed.get_root_verification_result(previous, new.signed_bytes, new.signatures)
     except ValueError as e:
         raise TrustError(f"root version {new.signed.version}: {e}") from e
+    before = previous.version if previous is not None else new.signed.version
     if not result.first.verified:
         raise TrustError(
             f"root version {new.signed.version} is not signed by a threshold of the root keys of "
-            f"version {previous.version} ({len(result.first.signed)} of "
-            f"{result.first.threshold})"
+            f"version {before} ({len(result.first.signed)} of {result.first.threshold})"
         )
     if not result.second.verified:
         raise TrustError(

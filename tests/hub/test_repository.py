@@ -258,3 +258,30 @@ def test_timestamp_when_signed_carries_issue_time_within_its_life(
     assert issued is not None
     assert abs(issued - datetime.now(UTC)) < timedelta(minutes=1)
     assert ts.expires - issued == DAY
+
+
+def test_open_when_keys_folder_was_rotated_imports_whole_root_chain(
+    tmp_path: Path, own_keys: Path
+) -> None:
+    rotate_root(own_keys, {"snapshot", "timestamp"})
+    rotate_root(own_keys, {"root"})
+    blobs = BlobStore(tmp_path / "blobs")
+    repo = TufRepository.open(tmp_path, blobs.size, own_keys)  # a new hub for a rotated fleet
+    assert repo.root_version == 3
+    for v in (1, 2, 3):
+        assert (
+            repo.metadata_bytes(f"{v}.root.json")
+            == (own_keys / "roots" / f"{v}.root.json").read_bytes()
+        )
+    assert _publish(repo, blobs, own_keys, b"one") == 1
+
+
+def test_open_when_root_chain_has_a_gap_raises_config_error(tmp_path: Path, own_keys: Path) -> None:
+    from runtime.errors import ConfigError
+
+    rotate_root(own_keys, set())
+    rotate_root(own_keys, set())
+    (own_keys / "roots" / "2.root.json").unlink()
+    with pytest.raises(ConfigError, match="every root version"):
+        TufRepository.open(tmp_path, lambda _sha: None, own_keys)
+    assert not (tmp_path / "tuf" / "1.root.json").exists()
