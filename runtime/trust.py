@@ -138,6 +138,7 @@ class BundleFetcher:
         hub_url: str,
         token: str | None,
         timeout_s: float = 30.0,
+        *,
         clock: Callable[[], datetime] = _utc_now,
         time_floor: Path | None = None,
     ) -> None:

@@ -53,9 +53,15 @@ DATA = "anchors.bin"
 DATA_V1 = bytes(range(256)) * 800
 DATA_V2 = bytes(b ^ 0x5A if i % 4001 == 0 else b for i, b in enumerate(DATA_V1))
 ENDLESS_CAP = 64 * 1024 * 1024
+# How a bad target file is reported: python-tuf's download_target, or runtime.download's words.
+TARGET_CORRUPT = r"LengthOrHashMismatchError|hash to"
+TARGET_SHORT = r"LengthOrHashMismatchError|signed length"
+TARGET_LONG = r"DownloadLengthMismatchError|more than the signed|signed length"
 
 
 # -- a tampering proxy -------------------------------------------------------------------------
+
+_PASSED = ("ETag", "Content-Range", "Accept-Ranges", "Last-Modified")
 
 Rule = bytes | Callable[[bytes], bytes] | str  # replacement, transform, or "endless"/"truncate"
 
@@ -98,18 +104,22 @@ class TamperProxy:
             except (ConnectionError, RuntimeError, TimeoutError):
                 pass
             return resp
-        headers = {"Authorization": request.headers.get("Authorization", "")}
+        forward = ("Authorization", "Range", "If-Range") if rule is None else ("Authorization",)
+        headers = {h: request.headers[h] for h in forward if h in request.headers}
         async with (
-            aiohttp.ClientSession() as s,
+            aiohttp.ClientSession(auto_decompress=False) as s,
             s.get(f"{self.upstream}/api/v1/tuf/{path}", headers=headers) as up,
         ):
             body = await up.read()
             status = up.status
+            passed = {h: up.headers[h] for h in _PASSED if h in up.headers}
+        if rule is None:
+            return web.Response(body=body, status=status, headers=passed)
         if status == 200 and rule == "truncate":
             body = body[: len(body) // 2]
         elif status == 200 and callable(rule):
             body = rule(body)
-        return web.Response(body=body, status=status)
+        return web.Response(body=body, status=status)  # no ETag: nothing to resume against
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -326,7 +336,7 @@ class Case:
 
     name: str
     rules: Callable[[World], dict[str, Rule]]
-    expect: str  # a substring of the one-line reason, or "ok" (falls back and succeeds)
+    expect: str  # a regex searched in the one-line reason, or "ok" (falls back and succeeds)
     version: int = 2
     reuse: bool = True
     heals: bool = True  # False: the attack moved trust on for good (a root the admin signed)
@@ -352,8 +362,7 @@ def _file_cases() -> list[Case]:
         return rules
 
     return [
-        Case(f"flipped byte in {rel}", flip_file(rel), "LengthOrHashMismatchError", reuse=False)
-        for rel in names
+        Case(f"flipped byte in {rel}", flip_file(rel), TARGET_CORRUPT, reuse=False) for rel in names
     ]
 
 
@@ -592,7 +601,7 @@ CASES = [
         lambda w: {
             w.target_url(f"digits/2/{DATA}", hashlib.sha256(DATA_V2).hexdigest()): "truncate"
         },
-        "LengthOrHashMismatchError",
+        TARGET_SHORT,
         reuse=False,
     ),
     Case(
@@ -600,7 +609,7 @@ CASES = [
         lambda w: {
             w.target_url(f"digits/2/{DATA}", hashlib.sha256(DATA_V2).hexdigest()): "endless"
         },
-        "DownloadLengthMismatchError",
+        TARGET_LONG,
         reuse=False,
     ),
     Case("manifest file name ../x", _escaping("../x"), "escapes the bundle folder", version=3),
@@ -638,7 +647,7 @@ def test_update_is_refused_before_activation_when_attacked(
             with pytest.raises(LeanloopError) as info:
                 fetcher.fetch("digits", case.version, dev / "staging", reuse_dirs=reuse)
             reason = str(info.value)
-            assert "\n" not in reason and case.expect in reason, reason
+            assert "\n" not in reason and re.search(case.expect, reason), reason
             print(f"{case.name}: {reason[:160]}")
     finally:
         w.proxy.rules = {}
