@@ -605,6 +605,16 @@ CASES = [
         reuse=False,
     ),
     Case(
+        "oversized download (more bytes than signed)",
+        lambda w: {
+            w.target_url(f"digits/2/{DATA}", hashlib.sha256(DATA_V2).hexdigest()): lambda b: (
+                b + b"\0" * 100_000
+            )
+        },
+        TARGET_LONG,
+        reuse=False,
+    ),
+    Case(
         "endless download",
         lambda w: {
             w.target_url(f"digits/2/{DATA}", hashlib.sha256(DATA_V2).hexdigest()): "endless"
