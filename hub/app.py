@@ -797,6 +797,30 @@ async def post_targets(request: web.Request) -> web.Response:
     return web.json_response({"version": version})
 
 
+_ROOT_PARTS = ("root", "targets", "snapshot.key", "timestamp.key")
+
+
+@routes.post(f"{API}/admin/tuf/root")
+async def post_root(request: web.Request) -> web.Response:
+    """Accept root version N+1 (root rotation / key revocation), multipart: ``root``, and
+    optionally ``targets`` re-signed for it and new online keys ``snapshot.key``,
+    ``timestamp.key`` (PEM). See :meth:`hub.repository.TufRepository.accept_root`."""
+    app = request.app
+    cap = app[CONFIG].max_targets_bytes
+    caps = {
+        "root": 512 * 1024,
+        "targets": cap,
+        "snapshot.key": 16 * 1024,
+        "timestamp.key": 16 * 1024,
+    }
+    parts = await _read_parts(request, caps, {"root"})
+    keys = {n.removesuffix(".key"): parts[n] for n in _ROOT_PARTS[2:] if n in parts}
+    async with app[PUBLISH_LOCK]:
+        version = app[REPO].accept_root(parts["root"], parts.get("targets"), keys or None)
+    log.info("serving root version %s", version)
+    return web.json_response({"version": version})
+
+
 # -- admin: fleet -------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Hub commands, mounted by the ``leanloop`` console command.
 
 - ``hub_app``: ``serve --data DIR [--host H] [--port P] [--keys DIR]``
-- ``keys_app``: ``init --out DIR [--expires-days N]``
+- ``keys_app``: ``init --out DIR [--expires-days N]``; ``rotate-root --keys DIR [--replace ROLE]``
+  (root version N+1, revoking the replaced roles' keys); ``push-root --keys DIR --hub URL``
 - :func:`publish_command`: upload a built bundle, sign it into targets, optionally roll it out.
 
 Each command is a thin shell over :mod:`hub.app`, :mod:`hub.signing` and :mod:`hub.client`;
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from hub.signing import init_keys
+from hub.signing import ROLES, init_keys, rotate_root
 from runtime.errors import LeanloopError
 
 __all__ = ["hub_app", "keys_app", "publish_command"]
@@ -71,6 +72,50 @@ def keys_init(
     except LeanloopError as e:
         raise _fail(e) from e
     typer.echo(f"wrote {out}/root.json; keep {out}/admin offline, give {out}/online to the hub")
+
+
+@keys_app.command("rotate-root")
+def keys_rotate_root(
+    keys: Annotated[Path, typer.Option("--keys", help="`keys init` folder")] = Path("keys"),
+    replace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replace",
+            help=f"role whose key is revoked and replaced (repeatable): {', '.join(ROLES)}",
+        ),
+    ] = None,
+    expires_days: Annotated[int, typer.Option(help="new root metadata lifetime")] = 365,
+) -> None:
+    """Sign root version N+1 with the old and new root keys; devices follow at their next check."""
+    try:
+        new = rotate_root(keys, frozenset(replace or ()), expires_days)
+    except LeanloopError as e:
+        raise _fail(e) from e
+    done = ", ".join(sorted(replace or ())) or "no key (expiry renewed)"
+    typer.echo(
+        f"wrote root version {new.signed.version} replacing {done}; old keys are in "
+        f"{keys}/retired/v{new.signed.version - 1}; now run `leanloop keys push-root`"
+    )
+
+
+@keys_app.command("push-root")
+def keys_push_root(
+    keys: Annotated[Path, typer.Option("--keys", help="`keys init` folder")] = Path("keys"),
+    hub_url: Annotated[str, typer.Option("--hub", help="hub URL")] = "http://127.0.0.1:8470",
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
+    ] = None,
+) -> None:
+    """Upload the new root(s) to the hub (with targets re-signed and online keys if replaced)."""
+    from hub.client import HubAdminClient
+
+    if token is None:
+        raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
+    try:
+        version = HubAdminClient(hub_url, token).push_root(keys)
+    except LeanloopError as e:
+        raise _fail(e) from e
+    typer.echo(f"the hub serves root version {version}")
 
 
 def publish_command(

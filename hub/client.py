@@ -15,6 +15,10 @@ one flow with logic on this side, because the targets key never leaves the admin
    (:func:`hub.signing.sign_targets`);
 5. post it (``POST /admin/targets``).
 
+:meth:`HubAdminClient.push_root` uploads the root versions made by ``leanloop keys rotate-root``
+(``POST /admin/tuf/root``), with the current targets re-signed if the targets key changed and
+the online keys of the keys folder (the hub takes them only if the root names them).
+
 Every error is a :class:`~runtime.errors.HubError` subclass from :mod:`hub.errors` with the
 hub's one-line message: the same class the hub raised on its side.
 """
@@ -33,9 +37,9 @@ import urllib3
 
 import bsdiff
 from hub.errors import HubUnavailable, NotFound, error_for_status
-from hub.signing import TargetAddition, sign_targets
+from hub.signing import KEY_FILES, TargetAddition, load_root, resign_targets, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
-from runtime.errors import BundleError
+from runtime.errors import BundleError, ConfigError
 from runtime.trust import delta_target_name
 
 __all__ = [
@@ -272,6 +276,44 @@ class HubAdminClient:
                     custom,
                 )
         return out
+
+    def push_root(self, keys_dir: Path, expires_days: int = 365) -> int:
+        """Upload every root version of ``<keys_dir>/roots`` up to ``root.json`` (versions the
+        hub has are no-ops); the newest goes with the re-signed targets if the targets key
+        changed, and with the online keys of ``<keys_dir>/online``. Returns the hub's root
+        version.
+
+        Raises ConfigError (keys folder incomplete), TrustError (the hub's targets are signed
+        by neither the new nor the previous targets key), HubError subclasses.
+        """
+        keys_dir = Path(keys_dir)
+        newest = load_root(keys_dir).signed.version
+        version = 1
+        for v in range(2, newest + 1):
+            path = keys_dir / "roots" / f"{v}.root.json"
+            try:
+                root = path.read_bytes()
+            except OSError as e:
+                raise ConfigError(f"{path} cannot be read: {e}") from e
+            fields: dict[str, tuple[str, bytes, str]] = {
+                "root": ("root.json", root, "application/json")
+            }
+            if v == newest:
+                current = self.current_targets()
+                if current is not None:
+                    targets = resign_targets(current, keys_dir, expires_days)
+                    if targets != current:
+                        fields["targets"] = ("targets.json", targets, "application/json")
+                for role in ("snapshot", "timestamp"):
+                    key = keys_dir / KEY_FILES[role]
+                    if key.exists():
+                        fields[f"{role}.key"] = (
+                            key.name,
+                            key.read_bytes(),
+                            "application/x-pem-file",
+                        )
+            version = int(self._json("POST", "/admin/tuf/root", fields=fields)["version"])
+        return version
 
     # -- fleet ---------------------------------------------------------------------------------
 

@@ -19,26 +19,42 @@ Consistent snapshots are on, so metadata is served as ``<version>.<role>.json`` 
 ``timestamp.json``) and targets as ``<dir>/<sha256>.<name>``; :meth:`target_blob` maps such a
 path back to a blob hash, only if that hash is a current target.
 
+Root rotation (:meth:`TufRepository.accept_root`): the admin posts root version N+1 (signed by
+the old and the new root keys, checked here exactly as a device checks it), optionally targets
+re-signed with a new targets key and new online keys. The hub keeps every root version as
+``<N>.root.json`` so a device pinned to an old root walks the chain; it then re-signs snapshot
+and timestamp with the keys the new root names. New online keys are written as
+``<role>.next.key`` before the root and moved into place after it, and :meth:`open` finishes or
+drops a half-done switch, so a crash never leaves the hub without keys its root names.
+
+Every timestamp also carries ``x-leanloop-issued`` (signed, an unrecognized field to TUF): the
+hub's clock when it signed. Devices without a real-time clock use it as a lower bound of the
+time (see :mod:`runtime.timefloor`).
+
 Files live under ``<data>/tuf/``; the online keys under ``<data>/keys/online/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from hub.errors import BadRequest, Conflict, NotFound
-from hub.signing import KEY_FILES, load_signer, utc_in
+from hub.signing import KEY_FILES, load_signer, utc_in, verify_root_chain
 from runtime._atomic import atomic_write_bytes
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, TrustError
+from runtime.timefloor import ISSUED_FIELD
 
 __all__ = ["TufRepository"]
 
@@ -53,6 +69,14 @@ BlobSize = Callable[[str], int | None]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _signer_from_pem(pem: bytes) -> CryptoSigner:
+    """A signer from PEM private key bytes. Raises ValueError if they are not one."""
+    try:
+        return CryptoSigner(load_pem_private_key(pem, password=None))
+    except (TypeError, ValueError) as e:
+        raise ValueError(str(e)) from e
 
 
 def _meta_file(version: int, data: bytes) -> MetaFile:
@@ -81,8 +105,7 @@ class TufRepository:
         self._blob_size = blob_size
         self._timestamp_expiry = timestamp_expiry
         self._snapshot_expiry = snapshot_expiry
-        self._snapshot_signer = load_signer(online_keys_dir / "snapshot.key")
-        self._timestamp_signer = load_signer(online_keys_dir / "timestamp.key")
+        self._online_dir = Path(online_keys_dir)
 
         versions: dict[str, list[int]] = {"root": [], "snapshot": [], "targets": []}
         for p in self._dir.iterdir():
@@ -92,6 +115,9 @@ class TufRepository:
         if not versions["root"]:
             raise ConfigError(f"no root metadata in {self._dir}; start the hub once with --keys")
         self._root = Metadata[Root].from_bytes(self._read(f"{max(versions['root'])}.root.json"))
+        self._finish_key_switch()
+        self._snapshot_signer = load_signer(self._online_dir / "snapshot.key")
+        self._timestamp_signer = load_signer(self._online_dir / "timestamp.key")
         for role, signer in (
             ("snapshot", self._snapshot_signer),
             ("timestamp", self._timestamp_signer),
@@ -140,16 +166,33 @@ class TufRepository:
 
     @staticmethod
     def _initialize(keys_dir: Path, tuf_dir: Path, online: Path) -> None:
+        """Import the root chain (``roots/<v>.root.json`` up to ``root.json``, or ``root.json``
+        alone at version 1) and the online keys of a ``keys init`` folder."""
         try:
             root_bytes = (keys_dir / "root.json").read_bytes()
             root = Metadata[Root].from_bytes(root_bytes)
-            root.signed.verify_delegate(Root.type, root.signed_bytes, root.signatures)
         except FileNotFoundError as e:
             raise ConfigError(f"{keys_dir}/root.json not found; run `leanloop keys init`") from e
-        except (DeserializationError, UnsignedMetadataError) as e:
-            raise ConfigError(f"{keys_dir}/root.json is not valid self-signed root: {e}") from e
-        if root.signed.version != 1 or not root.signed.consistent_snapshot:
-            raise ConfigError("root.json must be version 1 with consistent_snapshot on")
+        except DeserializationError as e:
+            raise ConfigError(f"{keys_dir}/root.json is not root metadata: {e}") from e
+        chain: list[bytes] = []
+        previous: Root | None = None
+        for version in range(1, root.signed.version + 1):
+            path = keys_dir / "roots" / f"{version}.root.json"
+            try:
+                data = root_bytes if version == root.signed.version else path.read_bytes()
+                md = Metadata[Root].from_bytes(data)
+                verify_root_chain(previous, md)
+            except FileNotFoundError as e:
+                raise ConfigError(f"{path} not found: the hub needs every root version") from e
+            except (DeserializationError, TrustError) as e:
+                raise ConfigError(f"root version {version} in {keys_dir} is not valid: {e}") from e
+            if md.signed.version != version:
+                raise ConfigError(f"{path} holds root version {md.signed.version}")
+            chain.append(data)
+            previous = md.signed
+        if not root.signed.consistent_snapshot:
+            raise ConfigError("root.json must have consistent_snapshot on")
         online.mkdir(parents=True, exist_ok=True)
         online.chmod(0o700)
         for role in ("snapshot", "timestamp"):
@@ -159,12 +202,18 @@ class TufRepository:
             atomic_write_bytes(online / f"{role}.key", src.read_bytes(), mode=0o600)
         tuf_dir.mkdir(parents=True, exist_ok=True)
         # 1.root.json last: its presence is what marks the repository as initialized.
-        atomic_write_bytes(tuf_dir / "1.root.json", root_bytes)
+        for version in [*range(2, len(chain) + 1), 1]:
+            atomic_write_bytes(tuf_dir / f"{version}.root.json", chain[version - 1])
 
     # -- reading -------------------------------------------------------------------------------
 
     def _read(self, name: str) -> bytes:
         return (self._dir / name).read_bytes()
+
+    @property
+    def root_version(self) -> int:
+        """Version of the newest root the hub serves."""
+        return self._root.signed.version
 
     @property
     def root_bytes(self) -> bytes:
@@ -224,8 +273,12 @@ class TufRepository:
 
     # -- verification (pure) -------------------------------------------------------------------
 
-    def verify_targets(self, signed: bytes, now: datetime | None = None) -> Metadata[Targets]:
+    def verify_targets(
+        self, signed: bytes, now: datetime | None = None, root: Root | None = None
+    ) -> Metadata[Targets]:
         """Check new targets metadata without storing it; return it parsed.
+
+        ``root`` is the root to check the signature with (default: the current one).
 
         Raises BadRequest (malformed, bad signature, expired, delegations, a target without a
         sha256 or whose blob is missing or of another size) or Conflict (version not current+1).
@@ -235,7 +288,9 @@ class TufRepository:
         except DeserializationError as e:
             raise BadRequest(f"not targets metadata: {e}") from e
         try:
-            self._root.signed.verify_delegate(Targets.type, md.signed_bytes, md.signatures)
+            (root or self._root.signed).verify_delegate(
+                Targets.type, md.signed_bytes, md.signatures
+            )
         except UnsignedMetadataError as e:
             raise BadRequest(
                 f"targets metadata is not signed by the root's targets key: {e}"
@@ -277,6 +332,107 @@ class TufRepository:
         self._sign_snapshot(now)
         return version
 
+    def accept_root(
+        self,
+        root_json: bytes,
+        targets_json: bytes | None = None,
+        online_keys: dict[str, bytes] | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Take root version N+1 from the admin, with what it needs to stay servable.
+
+        ``root_json`` must be the current version + 1, signed by a threshold of the current
+        root keys and of its own (as devices check), with consistent snapshots. The current
+        targets must verify against it, or ``targets_json`` (version + 1, re-signed with the new
+        targets key) must be given. The hub's online keys must be the ones it names, or
+        ``online_keys`` (role → PEM private key) must give the ones it names. Posting the
+        current root again is a no-op. Returns the root version now served.
+
+        Raises BadRequest (a check above failed), Conflict (version is not current + 1),
+        OSError (files cannot be written; the previous root stays in charge).
+        """
+        try:
+            md = Metadata[Root].from_bytes(root_json)
+        except DeserializationError as e:
+            raise BadRequest(f"not root metadata: {e}") from e
+        current = self._root.signed.version
+        if md.signed.version <= current:
+            with contextlib.suppress(FileNotFoundError):
+                if self._read(f"{md.signed.version}.root.json") == root_json:
+                    return current  # already taken: posting it again is a no-op
+        if md.signed.version != current + 1:
+            raise Conflict(f"root version {md.signed.version} is not {current + 1} (current + 1)")
+        try:
+            verify_root_chain(self._root.signed, md)
+        except TrustError as e:
+            raise BadRequest(str(e)) from e
+        if not md.signed.consistent_snapshot:
+            raise BadRequest("the new root must keep consistent_snapshot on")
+        if md.signed.is_expired(now or _now()):
+            raise BadRequest(f"root version {md.signed.version} expired at {md.signed.expires}")
+
+        signers = {"snapshot": self._snapshot_signer, "timestamp": self._timestamp_signer}
+        for role, pem in (online_keys or {}).items():
+            if role not in signers:
+                raise BadRequest(f"{role} is not an online role (snapshot, timestamp)")
+            try:
+                signers[role] = _signer_from_pem(pem)
+            except ValueError as e:
+                raise BadRequest(f"the new {role} key is not a usable private key: {e}") from e
+        for role, signer in signers.items():
+            if signer.public_key.keyid not in md.signed.roles[role].keyids:
+                raise BadRequest(
+                    f"the new root does not name the hub's {role} key; send the new online keys"
+                )
+            if md.signed.roles[role].threshold != 1:
+                raise BadRequest(f"the hub signs {role} with one key; its threshold must be 1")
+
+        new_targets: Metadata[Targets] | None = None
+        if targets_json is not None:
+            new_targets = self.verify_targets(targets_json, now, root=md.signed)
+            if set(new_targets.signed.targets) != set(self.target_paths()):
+                raise BadRequest("re-signed targets must list exactly the current targets")
+        elif self._targets is not None:
+            try:
+                md.signed.verify_delegate(
+                    Targets.type, self._targets.signed_bytes, self._targets.signatures
+                )
+            except UnsignedMetadataError as e:
+                raise BadRequest(
+                    "the new root does not trust the key of the current targets; "
+                    f"send targets re-signed with the new targets key: {e}"
+                ) from e
+
+        # Keys first (as .next), then the root that names them, then targets and freshness.
+        for role, pem in (online_keys or {}).items():
+            atomic_write_bytes(self._online_dir / f"{role}.next.key", pem, mode=0o600)
+        atomic_write_bytes(self._dir / f"{md.signed.version}.root.json", root_json)
+        self._root = md
+        self._snapshot_signer, self._timestamp_signer = signers["snapshot"], signers["timestamp"]
+        self._finish_key_switch()
+        if new_targets is not None and targets_json is not None:
+            version = new_targets.signed.version
+            atomic_write_bytes(self._dir / f"{version}.targets.json", targets_json)
+            self._targets, self._targets_bytes = new_targets, targets_json
+        if self._targets is not None:
+            self._sign_snapshot(now)
+        return md.signed.version
+
+    def _finish_key_switch(self) -> None:
+        """Move ``<role>.next.key`` into place if the root names it, else drop it."""
+        for role in ("snapshot", "timestamp"):
+            nxt = self._online_dir / f"{role}.next.key"
+            if not nxt.exists():
+                continue
+            try:
+                keyid = _signer_from_pem(nxt.read_bytes()).public_key.keyid
+            except ValueError:
+                keyid = ""
+            if keyid in self._root.signed.roles[role].keyids:
+                nxt.replace(self._online_dir / f"{role}.key")
+            else:  # crashed before the root naming it was written
+                nxt.unlink()
+
     def refresh_timestamp(self, now: datetime | None = None) -> bool:
         """Re-sign timestamp (and snapshot) if less than half of its life is left.
 
@@ -294,12 +450,24 @@ class TufRepository:
             return True
         return False
 
+    def _signed_by_current_key(
+        self, role: str, md: Metadata[Snapshot] | Metadata[Timestamp]
+    ) -> bool:
+        return bool(set(md.signatures) & set(self._root.signed.roles[role].keyids))
+
     def _reconcile(self) -> None:
-        """After a crash between the targets and timestamp writes, finish the switch."""
+        """After a crash between the targets and timestamp writes, finish the switch; after one
+        during a root rotation, re-sign what the new root's keys do not cover."""
         if self._targets is None:
             return
         snap_targets = self._snapshot.signed.meta["targets.json"].version if self._snapshot else 0
-        if snap_targets != self._targets.signed.version:
+        if (
+            snap_targets != self._targets.signed.version
+            or self._snapshot is None
+            or not self._signed_by_current_key("snapshot", self._snapshot)
+            or self._timestamp is None
+            or not self._signed_by_current_key("timestamp", self._timestamp)
+        ):
             self._sign_snapshot(None)
         elif self._timestamp is None or (
             self._snapshot is not None
@@ -328,11 +496,13 @@ class TufRepository:
         if snapshot_bytes is None:
             snapshot_bytes = self._read(f"{snap_version}.snapshot.json")
         version = self._timestamp.signed.version + 1 if self._timestamp else 1
+        issued = (now or _now()).replace(microsecond=0)
         md = Metadata(
             Timestamp(
                 version=version,
-                expires=utc_in(self._timestamp_expiry, now),
+                expires=utc_in(self._timestamp_expiry, issued),
                 snapshot_meta=_meta_file(snap_version, snapshot_bytes),
+                unrecognized_fields={ISSUED_FIELD: issued.strftime("%Y-%m-%dT%H:%M:%SZ")},
             )
         )
         md.sign(self._timestamp_signer)

@@ -15,6 +15,12 @@ target files (manifest, bundle files, deltas) by :class:`runtime.download.Downlo
 across restarts (partials keyed by sha256 under ``<state_dir>/downloads``), rate-capped,
 retried with backoff, never reading past the signed length; each result is then checked once
 more against its signed targetinfo (``TargetFile.verify_length_and_hashes``).
+
+Root rotation needs nothing here: python-tuf walks ``<N>.root.json`` from the trusted root
+version up (each new root must be signed by a threshold of the previous root's keys and of its
+own) and from then on trusts only the keys the newest root names. Expiry is checked against
+``max(system clock, time floor)`` (:mod:`runtime.timefloor`), not the bare clock, because a
+device may have no real-time clock.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import urllib3
@@ -38,6 +46,7 @@ from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from runtime.config import DownloadSettings
 from runtime.download import Downloader, DownloadError, HashMismatchError
 from runtime.errors import BundleError, TrustError, UpdateError
+from runtime.timefloor import ISSUED_FIELD, TimeFloor, parse_utc
 
 __all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
 
@@ -109,6 +118,23 @@ class FetchResult:
         self.delta_fallbacks = delta_fallbacks
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _trusted_set(up: Updater) -> Any:
+    """python-tuf's trusted metadata set of an Updater.
+
+    python-tuf 7 has no public way to set the time expiry is checked against; it reads
+    ``TrustedMetadataSet.reference_time``, fixed when the Updater is made (spec 5.1 "fixed
+    update start time"). This is the one place that reaches into it.
+    """
+    ts = getattr(up, "_trusted_set", None)
+    if ts is None or not hasattr(ts, "reference_time"):
+        raise TrustError("this python-tuf has no settable reference time; pin python-tuf 7.x")
+    return ts
+
+
 class BundleFetcher:
     """Verified download of bundles from a hub's TUF repository."""
 
@@ -122,7 +148,11 @@ class BundleFetcher:
         *,
         downloads_dir: Path | None = None,
         download: DownloadSettings | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        time_floor: Path | None = None,
     ) -> None:
+        """``clock`` gives the system time; ``time_floor`` is the floor file (default
+        ``time_floor.json`` beside ``metadata_dir``, so it outlives a wiped metadata cache)."""
         self.metadata_dir = Path(metadata_dir)
         self.pinned_root = Path(pinned_root)
         self.base = hub_url.rstrip("/") + "/api/v1/tuf"
@@ -131,6 +161,10 @@ class BundleFetcher:
         # Partials survive restarts; default beside the metadata dir (<state_dir>/downloads).
         self.downloader = Downloader(
             downloads_dir or self.metadata_dir.parent / "downloads", token, download
+        )
+        self.clock = clock
+        self.time_floor = TimeFloor(
+            time_floor if time_floor is not None else self.metadata_dir.parent / "time_floor.json"
         )
 
     @property
@@ -151,6 +185,26 @@ class BundleFetcher:
         self.downloader.fetch(url, ti.length, sha256, out)
         with out.open("rb") as f:
             ti.verify_length_and_hashes(f)
+
+    def refresh(self, up: Updater) -> None:
+        """Refresh the top-level metadata with expiry checked against ``max(clock, floor)``,
+        then raise the floor to the trusted timestamp's signing time.
+
+        Raises what ``Updater.refresh`` raises, TrustError (python-tuf without a reference time).
+        """
+        ts = _trusted_set(up)
+        ts.reference_time = self.time_floor.reference_time(
+            self.clock(), set(ts.root.roles["timestamp"].keyids)
+        )
+        up.refresh()
+        stamp = ts.timestamp
+        keyids = set(ts.root.roles["timestamp"].keyids)
+        try:
+            self.time_floor.observe(
+                parse_utc(stamp.unrecognized_fields.get(ISSUED_FIELD)), stamp.expires, keyids
+            )
+        except OSError as e:
+            log.warning("could not save the time floor: %s", e)
 
     def _updater(self, fetcher: AuthFetcher) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +248,7 @@ class BundleFetcher:
         body_before = self.downloader.stats.bytes_received
         up = self._updater(fetcher)
         try:
-            up.refresh()
+            self.refresh(up)
             target = f"{name}/{version}/{MANIFEST_NAME}"
             info = up.get_targetinfo(target)
             if info is None:

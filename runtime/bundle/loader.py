@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -68,9 +68,18 @@ def read_manifest(bundle_dir: Path) -> Manifest:
 
 
 def _inside(root: Path, rel: str) -> Path:
+    """``root / rel`` resolved, if it stays inside ``root`` without following a symbolic link.
+
+    Raises BundleError for ``..``, an absolute path, or a link anywhere below ``root`` (a link
+    could point at another file of the device, inside the folder or not, at the next write).
+    """
+    base = root.resolve()
+    parts = PurePosixPath(rel).parts
     p = (root / rel).resolve()
-    if not p.is_relative_to(root.resolve()):
+    if PurePosixPath(rel).is_absolute() or ".." in parts:
         raise BundleError(f"{rel}: escapes the bundle folder")
+    if p != base.joinpath(*parts):
+        raise BundleError(f"{rel}: is or goes through a symbolic link")
     return p
 
 

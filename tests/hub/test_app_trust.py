@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 from tuf.api.metadata import Metadata, Snapshot, Timestamp
 
 from hub.signing import init_keys, sign_targets
@@ -161,3 +162,45 @@ async def test_unknown_route_when_authenticated_is_json_404(hub: Hub) -> None:
     resp = await hub.client.get(f"{API}/admin/nothing", headers=hub.admin)
     assert resp.status == 404
     assert "error" in await resp.json()
+
+
+async def test_keys_rotate_root_and_push_root_commands_when_run_serve_root_2(
+    tmp_path: Path, make_bundle: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from hub.cli import keys_app
+    from hub.client import HubAdminClient
+    from hub.config import HubConfig
+    from hub.testing import LiveHub
+
+    runner = CliRunner()
+    keys = tmp_path / "own-keys"
+    assert runner.invoke(keys_app, ["init", "--out", str(keys)]).exit_code == 0
+    cfg = HubConfig(
+        data_dir=tmp_path / "hub", keys_dir=keys, port=0, timestamp_check_interval_s=3600
+    )
+    with LiveHub(cfg) as live:
+        admin = HubAdminClient(live.url, live.admin_token)
+        admin.publish_bundle(make_bundle("digits", 1), keys)
+        bad = runner.invoke(keys_app, ["rotate-root", "--keys", str(keys), "--replace", "mirror"])
+        assert bad.exit_code == 1 and "unknown role" in bad.output
+        rotated = runner.invoke(
+            keys_app, ["rotate-root", "--keys", str(keys), "--replace", "targets"]
+        )
+        assert rotated.exit_code == 0, rotated.output
+        assert "root version 2" in rotated.output
+        pushed = runner.invoke(
+            keys_app,
+            ["push-root", "--keys", str(keys), "--hub", live.url, "--token", live.admin_token],
+        )
+        assert pushed.exit_code == 0, pushed.output
+        assert "root version 2" in pushed.output
+        served = urllib3.request(
+            "GET",
+            f"{live.url}{API}/tuf/metadata/2.root.json",
+            headers={"Authorization": f"Bearer {live.admin_token}"},
+        )
+        assert served.data == (keys / "root.json").read_bytes()
+        # The hub's targets were re-signed with the new key, so publishing goes on.
+        assert admin.publish_bundle(make_bundle("digits", 2), keys) == 3
