@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import urllib3
@@ -31,6 +30,7 @@ from runtime._atomic import atomic_write_json
 from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
 from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from runtime.errors import BundleError, TrustError, UpdateError
+from runtime.update import _testhooks
 
 __all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
 
@@ -73,6 +73,7 @@ class AuthFetcher(FetcherInterface):
     def _chunks(self, r: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         try:
             for chunk in r.stream(self._chunk):
+                _testhooks.on_bytes("download", len(chunk))
                 self.bytes_received += len(chunk)
                 yield chunk
         except urllib3.exceptions.HTTPError as e:
@@ -146,11 +147,13 @@ class BundleFetcher:
         dest: Path,
         reuse_dirs: list[Path] | None = None,
         backend: str | None = None,
+        check_plan: Callable[[Manifest, set[str]], None] | None = None,
     ) -> FetchResult:
         """Download bundle ``name`` ``version`` into the empty folder ``dest``.
 
         With ``backend`` set, model files of other engine formats are not downloaded (they are
-        listed in ``.skipped.json``); every other file is.
+        listed in ``.skipped.json``); every other file is. ``check_plan(manifest, skipped)`` runs
+        once the signed manifest is known and before any file is written (the free-space check).
 
         Raises TrustError (metadata or a file does not verify), UpdateError (not published,
         network), BundleError (manifest malformed or inconsistent with signed metadata).
@@ -175,6 +178,8 @@ class BundleFetcher:
             reused = fetched = delta_files = delta_fallbacks = 0
             local = _LocalFiles(reuse_dirs or [])
             skip = unneeded_files(manifest, backend) if backend else set()
+            if check_plan is not None:
+                check_plan(manifest, skip)
             if skip:
                 atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
             for rel, entry in sorted(manifest.files.items()):
@@ -190,7 +195,7 @@ class BundleFetcher:
                 olds = local.versions(rel)
                 same = next((p for p, sha in olds if sha == entry.sha256), None)
                 if same is not None:
-                    shutil.copyfile(same, out)
+                    _copy_counted(same, out)
                     if file_sha256(out) == entry.sha256:
                         reused += 1
                         continue
@@ -237,6 +242,7 @@ def _apply_delta(
         patch = out.with_name(f".{out.name}.lldelta")
         try:
             up.download_target(ti, filepath=str(patch))
+            _testhooks.on_bytes("staging", entry.size)
             bsdiff.apply_patch_file(base, patch, out, max_result=entry.size)
             if file_sha256(out) != entry.sha256:
                 raise bsdiff.ResultMismatchError(f"{rel}: patched file does not hash as signed")
@@ -250,6 +256,14 @@ def _apply_delta(
             with contextlib.suppress(OSError):
                 patch.unlink(missing_ok=True)
     return None
+
+
+def _copy_counted(src: Path, dst: Path, chunk: int = 16 * 1024) -> None:
+    """Copy a local file into the slot, telling the kill-matrix hook about each chunk."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while block := fi.read(chunk):
+            _testhooks.on_bytes("staging", len(block))
+            fo.write(block)
 
 
 class _LocalFiles:

@@ -1,0 +1,59 @@
+"""Test-only crash points for the kill matrix (``tests/integration/test_update_kill_matrix.py``).
+
+Off unless the environment asks, and then the kill is real: the process sends itself SIGKILL,
+so nothing (no ``finally``, no atexit, no flush) runs after it — exactly a power cut as far as
+the process's own files are concerned.
+
+``LEANLOOP_TEST_KILL_AT``:
+
+- ``state:<name>`` — right after the install state ``<name>`` is stored (``machine.fire``);
+- ``<phase>:<n>`` — once ``n`` bytes in total have been written to slot files in ``<phase>``:
+  ``download`` (bytes received for the inactive slot) or ``staging`` (bytes copied or rebuilt
+  locally into it). The code that writes slot files calls :func:`on_bytes` per chunk, *before*
+  the chunk is written, so the kill lands in the middle of a file.
+
+``LEANLOOP_TEST_BYTES_LOG=<path>``: append ``<phase> <total>`` lines as bytes are counted (the
+matrix measures an uninterrupted update with it to choose its random offsets).
+
+``LEANLOOP_TEST_SKIP_SPACE_CHECK=1``: skip the free-space pre-check so a disk-full test reaches
+the real ENOSPC in the middle of a write.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["on_bytes", "on_state", "space_check_enabled"]
+
+_KILL_AT = os.environ.get("LEANLOOP_TEST_KILL_AT", "")
+_BYTES_LOG = os.environ.get("LEANLOOP_TEST_BYTES_LOG", "")
+_totals: dict[str, int] = {}
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def on_state(name: str) -> None:
+    """Called after an install state is stored."""
+    if _KILL_AT and _KILL_AT == f"state:{name}":
+        _die()
+
+
+def on_bytes(phase: str, n: int) -> None:
+    """Called with each chunk of ``n`` bytes about to be written to a slot file in ``phase``."""
+    if not (_KILL_AT or _BYTES_LOG):
+        return
+    before = _totals.get(phase, 0)
+    total = _totals[phase] = before + n
+    if _BYTES_LOG:
+        with open(_BYTES_LOG, "a") as f:
+            f.write(f"{phase} {total}\n")
+    kp, _, at = _KILL_AT.partition(":")
+    if kp == phase and at.isdigit() and before <= int(at) < total:
+        _die()
+
+
+def space_check_enabled() -> bool:
+    return os.environ.get("LEANLOOP_TEST_SKIP_SPACE_CHECK") != "1"
