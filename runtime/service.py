@@ -37,9 +37,11 @@ from runtime.bundle.health import run_health_check
 from runtime.bundle.loader import LoadedBundle, load_bundle, verify_bundle_dir
 from runtime.bundle.manifest import Manifest
 from runtime.config import DeviceConfig
+from runtime.control import ControlServer, socket_path
 from runtime.errors import (
     BackendError,
     BundleError,
+    ConfigError,
     FrameError,
     HubError,
     LeanloopError,
@@ -690,6 +692,27 @@ class DeviceService:
             "source_idle_s": round(self.source.idle_for(), 2),
         }
 
+    def _feedback(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Control socket: confirm or correct a stored sample (through the service's store)."""
+        from runtime.operator import give_feedback
+
+        sample_id, label, who, item = (req.get(k) for k in ("id", "label", "who", "item"))
+        if not isinstance(sample_id, str) or not sample_id:
+            raise ConfigError("feedback: 'id' (a sample id) is required")
+        if label is not None and not isinstance(label, str):
+            raise ConfigError("feedback: 'label' must be a string")
+        if item is not None and (not isinstance(item, int) or isinstance(item, bool)):
+            raise ConfigError("feedback: 'item' must be an integer")
+        return give_feedback(
+            self.state_dir,
+            self.cfg.store.max_bytes,
+            sample_id,
+            label,
+            str(who or "operator"),
+            item,
+            store=self.store,
+        )
+
     def write_status(self) -> None:
         atomic_write_json(self.state_dir / "status.json", self.status())
 
@@ -704,6 +727,15 @@ class DeviceService:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(sig, lambda *_: self.stop())
         atomic_write_json(self.state_dir / "service.pid", {"pid": os.getpid()})
+        control = ControlServer(
+            socket_path(self.state_dir),
+            {
+                "status": lambda req: self.status(),
+                "rollback": lambda req: {"message": self.request_rollback()},
+                "feedback": self._feedback,
+            },
+        )
+        control.start()
         threads = [
             threading.Thread(target=self._update_loop, name="update", daemon=True),
             threading.Thread(target=self._upload_loop, name="upload", daemon=True),
@@ -717,6 +749,7 @@ class DeviceService:
                 if not self._frame_step():
                     self._stop.wait(self.cfg.source.poll_interval_s)
         finally:
+            control.close()
             self.source.persist()
             self.writer.close(timeout=5.0)
             for t in threads:

@@ -148,8 +148,7 @@ def transition(state: InstallState, event: Event) -> InstallState:
         return TRANSITIONS[state, event]
     except KeyError:
         raise UpdateError(
-            f"install state machine: event {event.value!r} is not allowed in state "
-            f"{state.value!r}"
+            f"install state machine: event {event.value!r} is not allowed in state {state.value!r}"
         ) from None
 
 
@@ -198,7 +197,6 @@ class InstallRecord(BaseModel):
     reason: str | None = Field(default=None, description="why it failed or rolled back")
     since: float = Field(default=0.0, description="when the state was entered (unix time)")
     entered: int = Field(default=0, ge=0, description="states stored so far (all updates)")
-
 
 
 @dataclass(frozen=True)
@@ -275,16 +273,16 @@ class InstallMachine:
         Raises UpdateError when there is none (unless ``require_previous`` is false: the active
         bundle is then abandoned with nothing to serve) or when an update is being staged.
         """
+        if self.state not in AT_REST and self.state is not S.TRIAL:
+            raise UpdateError(
+                f"an update is in progress ({self.state.value}); try again when it is done"
+            )
         prev = self.slots.state.previous
         if prev is not None and self.slots.info(prev).status != "committed":
             prev = None
         if prev is None and require_previous:
             raise UpdateError("no previous committed bundle to roll back to")
         act = self.slots.state.active
-        if self.state not in AT_REST and self.state is not S.TRIAL:
-            raise UpdateError(
-                f"an update is in progress ({self.state.value}); try again when it is done"
-            )
         rec = self.record
         if act is not None:
             info = self.slots.info(act)
