@@ -37,7 +37,7 @@ def _die() -> None:
 
 def on_state(name: str) -> None:
     """Called after an install state is stored."""
-    if _KILL_AT and _KILL_AT == f"state:{name}":
+    if _KILL_AT and f"state:{name}" == _KILL_AT:
         _die()
 
 

@@ -66,7 +66,7 @@ __all__ = [
 log = logging.getLogger("leanloop.update")
 
 
-class InstallState(str, enum.Enum):
+class InstallState(enum.StrEnum):
     """Persisted install states. The values are stored on devices: never rename or reuse one."""
 
     IDLE = "idle"
@@ -84,7 +84,7 @@ class InstallState(str, enum.Enum):
     FAILED = "failed"
 
 
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     """What happened; the table says where it leads from each state."""
 
     START = "start"  # a new update (bundle, version) begins
@@ -152,7 +152,7 @@ def transition(state: InstallState, event: Event) -> InstallState:
         ) from None
 
 
-class Recovery(str, enum.Enum):
+class Recovery(enum.StrEnum):
     """What start-up does about the last persisted state."""
 
     NOTHING = "nothing"

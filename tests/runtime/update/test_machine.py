@@ -231,7 +231,7 @@ def test_update_is_marked_bad_when_restarts_loop_past_the_limit(tmp_path: Path) 
 def test_crash_count_resets_when_a_different_update_starts(tmp_path: Path) -> None:
     slots, m = _committed(tmp_path)
     _update(m, 2, until=S.DOWNLOADING)
-    slots, m = _restart(tmp_path)
+    _, m = _restart(tmp_path)
     m.recover()
     _update(m, 3, until=S.DOWNLOADING)
     assert m.record.crashes == 0
@@ -249,7 +249,7 @@ def test_operator_rollback_returns_to_previous_when_finished_after_a_crash(tmp_p
 
 
 def test_rollback_is_refused_when_no_previous_or_update_in_progress(tmp_path: Path) -> None:
-    slots, m = _committed(tmp_path)
+    _, m = _committed(tmp_path)
     with pytest.raises(UpdateError, match="no previous committed"):
         m.begin_rollback("operator rollback")
     _update(m, 2, until=S.COMMITTED)
@@ -259,7 +259,7 @@ def test_rollback_is_refused_when_no_previous_or_update_in_progress(tmp_path: Pa
 
 
 def test_start_is_refused_when_an_update_is_in_progress(tmp_path: Path) -> None:
-    slots, m = _committed(tmp_path)
+    _, m = _committed(tmp_path)
     _update(m, 2, until=S.TRIAL)
     with pytest.raises(UpdateError, match="not allowed in state 'trial'"):
         m.start("digits", 3, "a", lambda: None)
