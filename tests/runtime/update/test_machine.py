@@ -229,7 +229,7 @@ def test_update_is_marked_bad_when_restarts_loop_past_the_limit(tmp_path: Path) 
 
 
 def test_crash_count_resets_when_a_different_update_starts(tmp_path: Path) -> None:
-    slots, m = _committed(tmp_path)
+    _, m = _committed(tmp_path)
     _update(m, 2, until=S.DOWNLOADING)
     _, m = _restart(tmp_path)
     m.recover()
