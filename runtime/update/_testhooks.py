@@ -24,11 +24,14 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["on_bytes", "on_state", "space_check_enabled"]
+__all__ = ["on_bytes", "on_state", "reset", "space_check_enabled"]
 
-_KILL_AT = os.environ.get("LEANLOOP_TEST_KILL_AT", "")
-_BYTES_LOG = os.environ.get("LEANLOOP_TEST_BYTES_LOG", "")
-_totals: dict[str, int] = {}
+_totals: dict[str, int] = {}  # per process: a forked child starts from its parent's copy
+
+
+def reset() -> None:
+    """Forget the byte counts (a test fork server calls it in each new child)."""
+    _totals.clear()
 
 
 def _die() -> None:
@@ -37,20 +40,22 @@ def _die() -> None:
 
 def on_state(name: str) -> None:
     """Called after an install state is stored."""
-    if _KILL_AT and f"state:{name}" == _KILL_AT:
+    if os.environ.get("LEANLOOP_TEST_KILL_AT") == f"state:{name}":
         _die()
 
 
 def on_bytes(phase: str, n: int) -> None:
     """Called with each chunk of ``n`` bytes about to be written to a slot file in ``phase``."""
-    if not (_KILL_AT or _BYTES_LOG):
+    kill_at = os.environ.get("LEANLOOP_TEST_KILL_AT", "")
+    bytes_log = os.environ.get("LEANLOOP_TEST_BYTES_LOG", "")
+    if not (kill_at or bytes_log):
         return
     before = _totals.get(phase, 0)
     total = _totals[phase] = before + n
-    if _BYTES_LOG:
-        with open(_BYTES_LOG, "a") as f:
+    if bytes_log:
+        with open(bytes_log, "a") as f:
             f.write(f"{phase} {total}\n")
-    kp, _, at = _KILL_AT.partition(":")
+    kp, _, at = kill_at.partition(":")
     if kp == phase and at.isdigit() and before <= int(at) < total:
         _die()
 

@@ -82,8 +82,10 @@ def test_device_rolls_back_and_reports_when_new_bundle_fails_to_load_check_or_tr
             dev.restart()
         st = dev.wait(
             f"v{version} {cause}",
-            lambda st, v=version: (st.get("install") or {}).get("version") == v
-            and st["update_state"] in ("failed", "rolled_back"),
+            lambda st, v=version: (
+                (st.get("install") or {}).get("version") == v
+                and st["update_state"] in ("failed", "rolled_back")
+            ),
         )
         assert st["active"]["version"] == 1 and st["active"]["status"] == "committed", cause
         assert "\n" not in (st["last_update_error"] or ""), st["last_update_error"]
