@@ -67,7 +67,8 @@ __all__ = ["DeviceService"]
 log = logging.getLogger("leanloop.device")
 
 _OPERATOR = "operator rollback"
-_SPACE_MARGIN = 64 * 1024
+_BLOCK = 4096
+_SPACE_MARGIN = 2 * _BLOCK
 _MAX_REPORTS = 50
 
 
@@ -428,8 +429,9 @@ class DeviceService:
         """Refuse before writing when the slot folder cannot hold the planned files."""
         if not _testhooks.space_check_enabled():
             return
-        need = sum(f.size for rel, f in manifest.files.items() if rel not in skipped)
-        need += _SPACE_MARGIN + 4096 * (len(manifest.files) + 1)  # metadata, block rounding
+        # Files take whole blocks; the manifest and the skip list take one or two more.
+        sizes = [f.size for rel, f in manifest.files.items() if rel not in skipped]
+        need = sum(-(-n // _BLOCK) * _BLOCK for n in sizes) + _SPACE_MARGIN
         free = self.slots.free_bytes()
         if need > free:
             raise UpdateError(
