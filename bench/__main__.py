@@ -1,9 +1,10 @@
-"""``python -m bench [--out DIR] [--quick] [--only inference|delta]``: run the benchmarks.
+"""``python -m bench [--out DIR] [--quick] [--only inference|delta|swap]``: run the benchmarks.
 
 Each benchmark prints its table and writes JSON under ``--out``: ``inference.json`` (pipeline
 vs raw engine calls, engines side by side, peak RSS) and ``delta.json`` (patch size and time,
-ours vs bsdiff4 / hdiffpatch / zstd --patch-from / xdelta3 / zstd -19). Ratios are against
-anchors measured in the same run; nothing here asserts a number.
+ours vs bsdiff4 / hdiffpatch / zstd --patch-from / xdelta3 / zstd -19) and ``swap.json``
+(frames offered vs served and the worst inter-frame gap while updates are staged and swapped
+at 30 fps). Ratios are against anchors measured in the same run; nothing here asserts a number.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
-    parser.add_argument("--only", choices=("inference", "delta"), help="run one benchmark")
+    parser.add_argument("--only", choices=("inference", "delta", "swap"), help="run one benchmark")
     args = parser.parse_args(argv)
     rc = 0
     if args.only in (None, "inference"):
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.delta import main as delta_main
 
         rc = delta_main(["--out", str(args.out)]) or rc
+    if args.only in (None, "swap"):
+        from bench.swap import run as swap_run
+
+        swap_run(args.out, quick=args.quick)
     return rc
 
 
