@@ -4,16 +4,22 @@ One process, a few threads:
 
 - the **frame loop** (main thread) is the hot path: source → pipeline → sink, then a copy is
   *offered* to the store writer, whose bounded queue sheds rather than waits;
-- the **update loop** enrolls, heartbeats, asks the hub for the desired bundle, fetches it
-  through TUF into the inactive slot, loads it and runs its golden health check — all off the
-  frame path — and hands the ready bundle to the frame loop, which swaps it in *between two
-  frames* (no frame is dropped, models + pipeline + ontology switch together);
+- the **update loop** enrolls, heartbeats (with pending update reports), asks the hub for the
+  desired bundle and walks the install state machine (:mod:`runtime.update.machine`, each state
+  stored before it is entered): fetch through TUF into the inactive slot, verify and fsync,
+  load, golden health check — all off the frame path — then store the switch and hand the
+  loaded bundle to the frame loop, which swaps it in *between two frames* with no I/O (no frame
+  is dropped; models + pipeline + ontology switch together);
 - the **upload loop** sends the most valuable stored samples when the gate allows;
-- the **status loop** writes ``<state>/status.json`` for ``leanloop status``.
+- the **status loop** writes ``<state>/status.json`` for ``leanloop status``;
+- the **control socket** (:mod:`runtime.control`) answers ``status``, ``rollback`` and
+  ``feedback`` for the operator commands.
 
-After a swap the new bundle is on *trial* for ``update.trial_frames`` frames; an error rate
-above ``update.trial_max_error_rate`` rolls back to the previous committed slot. A crash during
-trial rolls back at the next start (see :mod:`runtime.update.slots`).
+After a swap the new bundle is on *trial* for ``update.trial_frames`` frames (or
+``update.trial_s`` seconds) while the old one stays loaded; an error rate above
+``update.trial_max_error_rate`` swaps straight back and the update thread stores the rollback.
+A crash in any state is handled at the next start by the machine's recovery map. Failures and
+rollbacks are reported to the hub with the next heartbeat.
 """
 
 from __future__ import annotations
