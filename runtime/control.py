@@ -26,7 +26,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,20 @@ Handler = Callable[[dict[str, Any]], Any]
 
 def socket_path(state_dir: Path) -> Path:
     return Path(state_dir) / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _addr(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits ``sun_path`` (108 bytes): long paths go through the
+    folder's ``/proc/self/fd`` entry (Linux), which names the same socket."""
+    if len(os.fsencode(str(path))) < 100:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def _read_line(conn: socket.socket, limit: int) -> bytes:
@@ -76,21 +90,31 @@ class ControlServer:
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Bind (mode 0600 from the first instant) and start accepting. Raises OSError."""
+    def start(self) -> bool:
+        """Bind (mode 0600 from the first instant) and start accepting.
+
+        Returns False (logged) when the socket cannot be created: the service still runs, and
+        the operator commands then refuse what needs it.
+        """
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket of a killed process
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # no window in which the socket is wider than 0600
         try:
-            sock.bind(str(self.path))
+            with _addr(self.path) as addr:
+                sock.bind(addr)
+            os.chmod(self.path, 0o600)
+        except OSError as e:
+            sock.close()
+            log.warning("control socket %s unavailable: %s", self.path, e)
+            return False
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
         sock.listen(16)
         self._sock = sock
         self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
         self._thread.start()
+        return True
 
     def _accept(self) -> None:
         sock = self._sock
@@ -164,8 +188,9 @@ def request(state_dir: Path, cmd: str, timeout_s: float = 60.0, **args: Any) -> 
     sock.settimeout(timeout_s)
     try:
         try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
+            with _addr(path) as addr:
+                sock.connect(addr)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
             return None
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ECONNREFUSED):

@@ -112,6 +112,7 @@ class _Request:
         self.done = threading.Event()
         self.error: str | None = None
         self.result = ""
+        self.cancelled = False
 
     def answer(self, error: str | None, result: str) -> None:
         self.error, self.result = error, result
@@ -479,9 +480,12 @@ class DeviceService:
             cause = "health_check_failed"
             run_health_check(loaded)
             m.fire(Event.HEALTHY, apply=lambda: self.slots.mark_staged_nosave(slot))
-        except (LeanloopError, OSError) as e:
+        except Exception as e:  # any failure must end the update in ``failed``
             if loaded is not None:
                 loaded.close()
+            if not isinstance(e, LeanloopError | OSError):
+                log.exception("staging: unexpected %s", type(e).__name__)
+                e = UpdateError(f"unexpected {type(e).__name__} while staging: {_one_line(e)}")
             if isinstance(e, OSError):
                 what = "disk full" if e.errno == errno.ENOSPC else "cannot write"
                 e = UpdateError(f"{what} while staging in {self.slots.dir(slot)}: {e.strerror}")
@@ -571,6 +575,8 @@ class DeviceService:
         )
 
     def _start_operator_rollback(self, req: _Request) -> None:
+        if req.cancelled:
+            return
         if self._rollback_req is not None:
             req.answer("a rollback is already in progress", "")
             return
@@ -602,10 +608,16 @@ class DeviceService:
 
     def request_rollback(self, timeout: float = 30.0) -> str:
         """Control socket: roll back between two frames. Raises UpdateError."""
+        state = self.machine.state
+        if state not in AT_REST and state is not InstallState.TRIAL:
+            raise UpdateError(
+                f"an update is in progress ({state.value}); try again when it is done"
+            )
         req = _Request()
         self._requests.put(req)
         self._wake.set()
         if not req.done.wait(timeout):
+            req.cancelled = True  # the update thread drops it if it has not started it yet
             raise UpdateError(f"rollback did not finish within {timeout:.0f} s")
         if req.error:
             raise UpdateError(req.error)
