@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from loopkit import BundleMaker, Device, committed, publish
 from typer.testing import CliRunner
 
@@ -130,3 +131,35 @@ def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
     assert slots["slots"][slots["active"]]["version"] == 1
     assert slots["install"]["state"] == "rolled_back"
     assert 2 in slots["bad_versions"]["digits"]  # the hub's v2 is not re-installed by itself
+
+
+def test_rollback_ends_the_trial_and_swaps_back_when_asked_during_trial(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    publish(admin, keys, make_bundle(1, BOXES), 1)
+    dev = start_device()
+    dev.wait("v1 committed", committed(1))
+    dev.stop(close_log=False)
+    cfg = yaml.safe_load(dev.config.read_text())
+    cfg["update"] = {"trial_frames": 100_000, "trial_s": 600}  # v2's trial will not end alone
+    dev.config.write_text(yaml.safe_dump(cfg))
+    dev.restart()
+    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+    dev.wait("v2 on trial", lambda st: st["update_state"] == "trial")
+    names = dev.feed(2)
+    dev.wait("v2 serving", lambda st: all(n in dev.results() for n in names))
+    assert {dev.results()[n]["bundle_version"] for n in names} == {2}
+    r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
+    assert r.exit_code == 0, r.output
+    assert "rolled back to digits v1" in r.output
+    names = dev.feed(2)
+    dev.wait("v1 serving", lambda st: all(n in dev.results() for n in names))
+    assert {dev.results()[n]["bundle_version"] for n in names} == {1}
+    st = dev.wait("status shows it", lambda st: st["update_state"] == "rolled_back")
+    assert st["active"]["version"] == 1 and st["active"]["status"] == "committed"
+    assert "trial failed: operator rollback" in (st["install"]["reason"] or "")
+    assert dev.proc.poll() is None
