@@ -10,11 +10,11 @@ with that check switched off by a test hook — the write itself hits ENOSPC hal
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,6 @@ class TmpfsDevice(Device):
             f"exec {shlex.join(run)}"
         )
         assert UNSHARE is not None
-        import os
-
         return subprocess.Popen(
             [*UNSHARE, "sh", "-c", script],
             stdout=self.log,
@@ -101,9 +99,7 @@ def test_staging_fails_cleanly_and_keeps_serving_when_disk_is_full(
     # v1 and the plan check's margin fit; v2 fits only half-way.
     size_k = (_blocks(v1) + 8192 + _blocks(v2) // 2) // 1024
     publish(admin, keys, v1, 1)
-    dev = TmpfsDevice(
-        size_k, tmp_path / "devices", live_hub, keys / "root.json", "cam-1", env=env
-    )
+    dev = TmpfsDevice(size_k, tmp_path / "devices", live_hub, keys / "root.json", "cam-1", env=env)
     try:
         st = dev.wait("v1 committed", committed(1))
         free_before = st["slots_free_bytes"]

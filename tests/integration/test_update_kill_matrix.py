@@ -11,12 +11,17 @@ an install state is stored, or in the middle of the chunk that crosses a byte of
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
+import os
+import queue
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,12 +74,19 @@ class ForkedDevice:
         )
         self.pid: int | None = None
         self._n = 0
+        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def _line(self) -> dict[str, Any]:
+    def _read(self) -> None:
         assert self.server.stdout is not None
-        line = self.server.stdout.readline()
-        assert line, "fork server died"
-        return dict(json.loads(line))
+        for line in self.server.stdout:
+            self._lines.put(json.loads(line))
+
+    def _line(self, timeout: float = 30) -> dict[str, Any]:
+        try:
+            return dict(self._lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(f"no answer from the fork server; {self.tail()}") from None
 
     def start(self, kill_at: str | None = None, **env: str) -> None:
         assert self.pid is None
@@ -89,21 +101,13 @@ class ForkedDevice:
     def exited(self, timeout: float = 30) -> int:
         """Wait for the running child to end by itself; its exit code (-9: SIGKILL)."""
         assert self.pid is not None
-        import select
-
-        assert self.server.stdout is not None
-        ready, _, _ = select.select([self.server.stdout], [], [], timeout)
-        if not ready:
-            raise AssertionError(f"device did not exit; {self.tail()}")
-        got = self._line()
+        got = self._line(timeout)
+        assert got["pid"] == self.pid
         self.pid = None
         return int(got["exit"])
 
     def stop(self) -> None:
         if self.pid is not None:
-            import os
-            import signal
-
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
             self.exited()
@@ -191,8 +195,15 @@ def matrix(tmp_path_factory: pytest.TempPathFactory, classifier_onnx: Path) -> I
     cfg = HubConfig(data_dir=tmp / "hub", port=0, keys_dir=keys, timestamp_check_interval_s=3600)
     with LiveHub(cfg) as hub:
         admin = HubAdminClient(hub.url, hub.admin_token)
+        # Data files big enough that the download and the local copy take many chunks: one
+        # the device reuses from v1 (copied), one that changes (downloaded).
+        rng = random.Random(SEED)
+        kept = rng.randbytes(1 << 20)
         for v, boxes in ((1, BOXES_OLD), (2, BOXES_NEW)):
             src = write_source(tmp / f"src-v{v}", boxes, classifier_onnx)
+            (src / "data").mkdir()
+            (src / "data" / "kept.bin").write_bytes(kept)
+            (src / "data" / "changed.bin").write_bytes(rng.randbytes(3 << 20))
             build_bundle(src, tmp / f"b{v}", name="digits", version=v)
             admin.publish_bundle(tmp / f"b{v}", keys)
         admin.rollout("digits", 1)
@@ -211,11 +222,11 @@ def matrix(tmp_path_factory: pytest.TempPathFactory, classifier_onnx: Path) -> I
             dev.stop()
             v2 = tmp / "state-v2"
             shutil.copytree(dev.state, v2, symlinks=True)
-            totals: dict[str, int] = {}
+            bounds: dict[str, list[int]] = {}
             for line in byte_log.read_text().splitlines():
                 phase, n = line.split()
-                totals[phase] = max(totals.get(phase, 0), int(n))
-            yield dev, v1, v2, totals
+                bounds.setdefault(phase, []).append(int(n))
+            yield dev, v1, v2, bounds
         finally:
             dev.close()
 
@@ -241,7 +252,8 @@ STATE_CASES = [
 def test_device_serves_old_or_new_and_settles_when_killed_in_state(
     matrix: Any, state: str, serving: int, bad: bool
 ) -> None:
-    dev, v1, v2, totals = matrix
+    dev, v1, v2, bounds = matrix
+    totals = {p: b[-1] for p, b in bounds.items()}
     if state in ("rolling_back", "rolled_back"):
         dev.restore(v2)
         dev.start(f"state:{state}")
@@ -276,12 +288,15 @@ def test_device_serves_old_or_new_and_settles_when_killed_in_state(
 
 
 def test_device_serves_old_then_new_when_killed_at_random_byte_offsets(matrix: Any) -> None:
-    dev, v1, _, totals = matrix
+    dev, v1, _, bounds = matrix
     rng = random.Random(SEED)
-    phases = sorted(totals)
-    assert set(phases) == {"download", "staging"}, totals
-    offsets = [(p, rng.randrange(totals[p])) for p in phases for _ in range(N_OFFSETS // 2)]
+    phases = sorted(bounds)
+    assert set(phases) == {"download", "staging"}, bounds
+    offsets = [(p, rng.randrange(bounds[p][-1])) for p in phases for _ in range(N_OFFSETS // 2)]
     rng.shuffle(offsets)
+    # The hook kills before the chunk that crosses the offset: distinct chunks = distinct kills.
+    points = {(p, bisect.bisect_right(bounds[p], at)) for p, at in offsets}
+    assert len(points) >= 60, f"only {len(points)} distinct kill points"
     dev.restore(v1)
     served: list[str] = []
     for phase, at in offsets:
