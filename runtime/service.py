@@ -537,6 +537,9 @@ class DeviceService:
                 m.fire(Event.TRIAL_PASSED)
                 m.fire(Event.COMMIT_DONE, apply=self.slots.commit_nosave)
                 log.info("committed %s v%s", m.record.bundle, m.record.version)
+                if self._rollback_req is not None:  # asked during the trial, which passed first
+                    req, self._rollback_req, self._abort_trial = self._rollback_req, None, None
+                    self._start_operator_rollback(req)
             elif kind == "trial_failed":
                 rec = m.record
                 m.fire(Event.TRIAL_FAILED, reason=f"trial failed: {reason}")

@@ -12,6 +12,12 @@ the process's own files are concerned.
   locally into it). The code that writes slot files calls :func:`on_bytes` per chunk, *before*
   the chunk is written, so the kill lands in the middle of a file.
 
+Callers (keep them when the downloader changes): ``runtime/trust.py`` —
+``AuthFetcher._chunks`` calls ``on_bytes("download", len(chunk))`` for each network chunk,
+``_copy_counted`` calls ``on_bytes("staging", n)`` per 16 KiB of a file reused from the active
+slot, and ``_apply_delta`` calls ``on_bytes("staging", size)`` before it rebuilds a file. A new
+writer must call it the same way: once per chunk, before the chunk is written.
+
 ``LEANLOOP_TEST_BYTES_LOG=<path>``: append ``<phase> <total>`` lines as bytes are counted (the
 matrix measures an uninterrupted update with it to choose its random offsets).
 
