@@ -53,6 +53,11 @@ def read_status(state_dir: Path) -> dict[str, Any]:
         st = json.loads((state_dir / "status.json").read_text())
     except (OSError, ValueError):
         slots = Slots(state_dir)
+        inst = slots.state.install
+        st["update_state"] = inst.state.value
+        st["install"] = inst.model_dump(
+            mode="json", include={"state", "bundle", "version", "reason"}
+        )
         act = slots.state.active
         if act:
             i = slots.info(act)
@@ -76,6 +81,8 @@ def offline_rollback(state_dir: Path) -> str:
 
     slots = Slots(state_dir)
     machine = InstallMachine(slots)
+    machine.recover()  # what the service would do at start: settle an interrupted update first
+    slots.recover()
     machine.begin_rollback("operator rollback (service stopped)")
     slot = machine.finish_rollback()
     assert slot is not None  # begin_rollback checked there is a committed previous slot
