@@ -1,46 +1,77 @@
 """``python -m bench [--out DIR] [--quick] [--only SECTION]``: run the benchmarks.
 
-Each benchmark prints its table and writes JSON under ``--out``: ``inference.json`` (pipeline
-vs raw engine calls, engines side by side, peak RSS), ``delta.json`` (patch size and time,
-ours vs bsdiff4 / hdiffpatch / zstd --patch-from / xdelta3 / zstd -19), ``download.json``
-(bytes on the wire and time of a download cut every 256 KiB) and ``shadow.json`` (production
-latency/throughput with a shadow candidate on vs off). Ratios are against
-anchors measured in the same run; nothing here asserts a number.
+Each benchmark prints its table and writes JSON under ``--out``:
+
+- ``inference.json``: pipeline vs raw engine calls, engines side by side, peak RSS (#3);
+- ``delta.json``: patch size and time, ours vs bsdiff4 / hdiffpatch / zstd --patch-from /
+  xdelta3 / zstd -19 (#4);
+- ``download.json``: bytes on the wire and time of a download cut every 256 KiB (#4);
+- ``swap.json``: frames offered vs served and the worst inter-frame gap while updates are
+  staged and swapped at 30 fps (#4);
+- ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6).
+
+Ratios are against anchors measured in the same run; nothing here asserts a number.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+
+
+def _inference(out: Path, quick: bool) -> int:
+    from bench.inference import run_all
+
+    run_all(out, quick=quick)
+    return 0
+
+
+def _delta(out: Path, quick: bool) -> int:
+    from bench.delta import main as delta_main
+
+    return delta_main(["--out", str(out)]) or 0
+
+
+def _download(out: Path, quick: bool) -> int:
+    from bench.download import main as download_main
+
+    return download_main(["--out", str(out)]) or 0
+
+
+def _swap(out: Path, quick: bool) -> int:
+    from bench.swap import run as swap_run
+
+    swap_run(out, quick=quick)
+    return 0
+
+
+def _shadow(out: Path, quick: bool) -> int:
+    from bench.shadow import run_shadow
+
+    run_shadow(out, quick=quick)
+    return 0
+
+
+SECTIONS: dict[str, Callable[[Path, bool], int]] = {
+    "inference": _inference,
+    "delta": _delta,
+    "download": _download,
+    "swap": _swap,
+    "shadow": _shadow,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
-    parser.add_argument(
-        "--only",
-        choices=("inference", "delta", "download", "shadow"),
-        help="run one benchmark",
-    )
+    parser.add_argument("--only", choices=tuple(SECTIONS), help="run one benchmark")
     args = parser.parse_args(argv)
     rc = 0
-    if args.only in (None, "inference"):
-        from bench.inference import run_all
-
-        run_all(args.out, quick=args.quick)
-    if args.only in (None, "delta"):
-        from bench.delta import main as delta_main
-
-        rc = delta_main(["--out", str(args.out)]) or rc
-    if args.only in (None, "download"):
-        from bench.download import main as download_main
-
-        rc = download_main(["--out", str(args.out)]) or rc
-    if args.only in (None, "shadow"):
-        from bench.shadow import run_shadow
-
-        run_shadow(args.out, quick=args.quick)
+    for name, run in SECTIONS.items():
+        if args.only in (None, name):
+            rc = run(args.out, args.quick) or rc
     return rc
 
 

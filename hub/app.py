@@ -279,6 +279,20 @@ class TrainRequest(_Body):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DeviceEvent(_Body):
+    """One update outcome a device reports in its heartbeat's ``events`` list."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="device-chosen, for dedup")
+    time: float = Field(description="when it happened on the device (unix time)")
+    kind: Literal["update_failed", "rolled_back"] = Field(description="what happened")
+    cause: str = Field(max_length=64, description="e.g. load_failed, trial_failed, operator")
+    bundle: str | None = Field(default=None, max_length=64)
+    version: int | None = None
+    reason: str = Field(default="", max_length=2000, description="one-line reason")
+
+
+_MAX_EVENTS = 100
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -412,10 +426,20 @@ async def shadow_telemetry(request: web.Request) -> web.Response:
 
 @routes.post(f"{API}/device/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
-    """Store the device's status report (a JSON object under the heartbeat cap)."""
+    """Store the device's status report (a JSON object under the heartbeat cap).
+
+    Its optional ``events`` list (update failures and rollbacks, each with an ``id``) is kept
+    apart, in the device's event record, so a later heartbeat does not overwrite it.
+    """
     cap = request.app[CONFIG].max_heartbeat_bytes
     status = _json_object(await _read_capped(request, cap, "heartbeat"), "heartbeat")
+    raw = status.pop("events", None) or []
+    if not isinstance(raw, list) or len(raw) > _MAX_EVENTS:
+        raise BadRequest(f"heartbeat: 'events' must be a list of at most {_MAX_EVENTS}")
+    events = [_parse(DeviceEvent, json.dumps(e), "heartbeat event").model_dump() for e in raw]
     request.app[DB].touch_device(_device_id(request), status)
+    if events:
+        request.app[DB].add_device_events(_device_id(request), events)
     return web.json_response({})
 
 
@@ -851,6 +875,7 @@ async def devices(request: web.Request) -> web.Response:
                 ),
                 "status": d.status,
                 "last_seen": d.last_seen,
+                "events": request.app[DB].device_events(d.id),
             }
             for d in request.app[DB].devices()
         ]

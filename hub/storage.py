@@ -277,6 +277,14 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen REAL
 );
 CREATE INDEX IF NOT EXISTS devices_cohort ON devices(cohort);
+CREATE TABLE IF NOT EXISTS device_events (
+    device_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    event_json TEXT NOT NULL,
+    PRIMARY KEY (device_id, id)
+);
 CREATE TABLE IF NOT EXISTS cohorts (
     name TEXT PRIMARY KEY,
     desired_bundle TEXT NOT NULL,
@@ -425,6 +433,28 @@ class HubDB:
                 "UPDATE devices SET last_seen = ?, status_json = ? WHERE id = ?",
                 (time.time(), json.dumps(status), device_id),
             )
+
+    def add_device_events(self, device_id: str, events: list[dict[str, Any]]) -> int:
+        """Store update outcomes a device reported (failures, rollbacks); a repeated id is
+        ignored (the device resends what it is not sure arrived). Returns how many were new."""
+        new = 0
+        with self._transaction():
+            for e in events:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO device_events (device_id, id, time, kind, event_json) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (device_id, e["id"], e["time"], e["kind"], json.dumps(e)),
+                )
+                new += cur.rowcount
+        return new
+
+    def device_events(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """A device's latest reported events, newest first."""
+        rows = self._db.execute(
+            "SELECT event_json FROM device_events WHERE device_id = ? ORDER BY time DESC LIMIT ?",
+            (device_id, limit),
+        )
+        return [json.loads(r["event_json"]) for r in rows]
 
     def set_desired(
         self, bundle: str, version: int, devices: list[str] | None, cohort: str | None

@@ -164,9 +164,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Operator view of the device: versions, update state, health, fps, latency, store."""
-    from runtime.operator import read_status
+    from runtime.operator import status as device_status
 
-    st = read_status(_state_dir(config, state_dir))
+    st = device_status(_state_dir(config, state_dir))
     if as_json:
         typer.echo(json.dumps(st, indent=2, sort_keys=True))
         return
@@ -181,7 +181,12 @@ def status(
         f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})" if act else "none",
     )
     t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
-    t.add_row("update", str(st.get("update_state")))
+    inst = st.get("install") or {}
+    t.add_row(
+        "update",
+        str(st.get("update_state"))
+        + (f" ({inst.get('bundle')} v{inst.get('version')})" if inst.get("bundle") else ""),
+    )
     if st.get("last_update_error"):
         t.add_row("last error", str(st["last_update_error"]))
     c = st.get("counters", {})
@@ -210,13 +215,13 @@ def rollback(
     state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
 ) -> None:
-    """Return to the previous committed bundle (works with the service stopped)."""
-    from runtime.operator import offline_rollback
+    """Return to the previous committed bundle (live between two frames, or service stopped)."""
+    from runtime.operator import rollback as device_rollback
 
     sd = _state_dir(config, state_dir)
     if not yes and not typer.confirm("Roll back to the previous committed bundle?"):
         raise typer.Exit(1)
-    typer.echo(offline_rollback(sd))
+    typer.echo(device_rollback(sd))
 
 
 @samples_app.command("list")
@@ -261,9 +266,9 @@ def _feedback(
 ) -> None:
     import getpass
 
-    from runtime.operator import give_feedback
+    from runtime.operator import feedback
 
-    out = give_feedback(
+    out = feedback(
         _state_dir(config, state_dir),
         _store_bytes(config),
         sample_id,

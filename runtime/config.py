@@ -150,6 +150,11 @@ class UpdateSettings(_Strict):
         "device without frames commits on its health check alone)",
     )
     trial_max_error_rate: float = Field(default=0.2, ge=0, le=1)
+    max_crash_restarts: int = Field(
+        default=3,
+        ge=0,
+        description="restarts that may interrupt the same update before it is marked bad",
+    )
 
 
 class DownloadSettings(_Strict):

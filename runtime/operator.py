@@ -1,9 +1,11 @@
-"""Operator commands that work on the device's state folder, with the service up or down.
+"""Operator commands that work on the device, with the service up or down.
 
-``leanloop status`` reads ``status.json`` (written every second by the service) and tells
-whether the service is alive from ``service.pid``. ``leanloop rollback`` edits the slot state
-with the same atomic, persisted transitions the service uses; it refuses while the service runs
-(the service owns the state then: stop it first, e.g. ``systemctl stop leanloop``).
+With the service running, ``leanloop status``, ``rollback`` and ``feedback`` go through its
+control socket (:mod:`runtime.control`): the status is live, a rollback swaps bundles between
+two frames, feedback goes through the service's own sample store. With the service stopped they
+act on the state folder: ``status`` reads ``status.json`` (or the slot state), ``rollback``
+runs the same persisted install-machine transitions the service uses (and refuses if a service
+is alive but does not answer: it owns the state then), ``feedback`` opens the store itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from typing import Any
 from runtime.errors import ConfigError, UpdateError
 from runtime.update.slots import Slots
 
-__all__ = ["give_feedback", "list_samples", "offline_rollback", "read_status", "service_pid"]
+__all__ = [
+    "feedback",
+    "give_feedback",
+    "list_samples",
+    "offline_rollback",
+    "read_status",
+    "rollback",
+    "service_pid",
+    "status",
+]
 
 
 def service_pid(state_dir: Path) -> int | None:
@@ -42,6 +53,11 @@ def read_status(state_dir: Path) -> dict[str, Any]:
         st = json.loads((state_dir / "status.json").read_text())
     except (OSError, ValueError):
         slots = Slots(state_dir)
+        inst = slots.state.install
+        st["update_state"] = inst.state.value
+        st["install"] = inst.model_dump(
+            mode="json", include={"state", "bundle", "version", "reason"}
+        )
         act = slots.state.active
         if act:
             i = slots.info(act)
@@ -61,10 +77,55 @@ def offline_rollback(state_dir: Path) -> str:
             f"the service is running (pid {service_pid(state_dir)}); stop it first "
             "(systemctl stop leanloop), then roll back"
         )
+    from runtime.update.machine import InstallMachine
+
     slots = Slots(state_dir)
-    slot = slots.rollback()
+    machine = InstallMachine(slots)
+    machine.recover()  # what the service would do at start: settle an interrupted update first
+    slots.recover()
+    machine.begin_rollback("operator rollback (service stopped)")
+    slot = machine.finish_rollback()
+    assert slot is not None  # begin_rollback checked there is a committed previous slot
     i = slots.info(slot)
     return f"rolled back to {i.bundle} v{i.version} (slot {slot})"
+
+
+def status(state_dir: Path) -> dict[str, Any]:
+    """The live status from the running service, else what the state folder says."""
+    from runtime.control import request
+
+    if state_dir.is_dir():
+        live = request(state_dir, "status", timeout_s=10.0)
+        if live is not None:
+            return {**live, "running": True}
+    return read_status(state_dir)
+
+
+def rollback(state_dir: Path) -> str:
+    """Return to the previous committed bundle, through the service when it runs."""
+    from runtime.control import request
+
+    live = request(state_dir, "rollback")
+    if live is not None:
+        return str(live["message"])
+    return offline_rollback(state_dir)
+
+
+def feedback(
+    state_dir: Path,
+    max_bytes: int,
+    sample_id: str,
+    label: str | None,
+    who: str,
+    item: int | None = None,
+) -> dict[str, Any]:
+    """Confirm or correct a stored sample, through the service when it runs."""
+    from runtime.control import request
+
+    live = request(state_dir, "feedback", id=sample_id, label=label, who=who, item=item)
+    if live is not None:
+        return dict(live)
+    return give_feedback(state_dir, max_bytes, sample_id, label, who, item)
 
 
 def list_samples(state_dir: Path, top: int, max_bytes: int) -> list[dict[str, Any]]:
@@ -120,12 +181,13 @@ def give_feedback(
     label: str | None,
     who: str,
     item: int | None = None,
+    store: Any = None,
 ) -> dict[str, Any]:
     """Record a confirmation (``label`` None) or a correction on a stored sample.
 
-    Works with the service up or down (LMDB serialises writers across processes). Raises
-    ConfigError for a label the active bundle's ontology does not know, StoreError for an
-    unknown sample.
+    Works with the service up or down (LMDB serialises writers across processes). The service
+    passes its own open ``store`` (one LMDB environment per process). Raises ConfigError for a
+    label the active bundle's ontology does not know, StoreError for an unknown sample.
     """
     import time
 
@@ -138,7 +200,7 @@ def give_feedback(
             f"unknown label {label!r}: the active bundle's ontology has {', '.join(classes)}"
         )
     path = state_dir / "samples"
-    if not path.exists():
+    if store is None and not path.exists():
         raise ConfigError(f"{path}: no sample store")
     fb = Feedback(
         kind="correct" if label is not None else "confirm",
@@ -148,9 +210,12 @@ def give_feedback(
         bundle_version=version,
         item=item,
     )
-    store = SampleStore(path, max_bytes=max_bytes)
-    try:
+    if store is not None:
         rec = store.set_feedback(sample_id, fb)
+        return {"id": rec.id, "priority": rec.priority, "feedback": fb.to_dict()}
+    own = SampleStore(path, max_bytes=max_bytes)
+    try:
+        rec = own.set_feedback(sample_id, fb)
     finally:
-        store.close()
+        own.close()
     return {"id": rec.id, "priority": rec.priority, "feedback": fb.to_dict()}

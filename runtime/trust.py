@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +39,7 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater
 
 import bsdiff
+import runtime.download as _download_mod
 from runtime._atomic import atomic_write_json
 from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
 from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
@@ -47,6 +47,11 @@ from runtime.config import DownloadSettings
 from runtime.download import Downloader, DownloadError, HashMismatchError
 from runtime.errors import BundleError, TrustError, UpdateError
 from runtime.timefloor import ISSUED_FIELD, TimeFloor, parse_utc
+from runtime.update import _testhooks
+
+# The kill matrix counts body bytes as the resumable downloader writes them (a no-op unless the
+# test environment variables of runtime.update._testhooks are set).
+_download_mod._on_bytes = _testhooks.on_bytes
 
 __all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
 
@@ -89,6 +94,7 @@ class AuthFetcher(FetcherInterface):
     def _chunks(self, r: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         try:
             for chunk in r.stream(self._chunk):
+                _testhooks.on_bytes("download", len(chunk))
                 self.bytes_received += len(chunk)
                 yield chunk
         except urllib3.exceptions.HTTPError as e:
@@ -233,11 +239,13 @@ class BundleFetcher:
         dest: Path,
         reuse_dirs: list[Path] | None = None,
         backend: str | None = None,
+        check_plan: Callable[[Manifest, set[str]], None] | None = None,
     ) -> FetchResult:
         """Download bundle ``name`` ``version`` into the empty folder ``dest``.
 
         With ``backend`` set, model files of other engine formats are not downloaded (they are
-        listed in ``.skipped.json``); every other file is.
+        listed in ``.skipped.json``); every other file is. ``check_plan(manifest, skipped)`` runs
+        once the signed manifest is known and before any file is written (the free-space check).
 
         Raises TrustError (metadata or a file does not verify), UpdateError (not published,
         network), BundleError (manifest malformed or inconsistent with signed metadata).
@@ -264,6 +272,8 @@ class BundleFetcher:
             self.downloader.prune(keep={e.sha256 for e in manifest.files.values()})
             local = _LocalFiles(reuse_dirs or [])
             skip = unneeded_files(manifest, backend) if backend else set()
+            if check_plan is not None:
+                check_plan(manifest, skip)
             if skip:
                 atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
             for rel, entry in sorted(manifest.files.items()):
@@ -279,7 +289,7 @@ class BundleFetcher:
                 olds = local.versions(rel)
                 same = next((p for p, sha in olds if sha == entry.sha256), None)
                 if same is not None:
-                    shutil.copyfile(same, out)
+                    _copy_counted(same, out)
                     if file_sha256(out) == entry.sha256:
                         reused += 1
                         continue
@@ -333,6 +343,7 @@ def _apply_delta(
         patch = out.with_name(f".{out.name}.lldelta")
         try:
             download(ti, patch)
+            _testhooks.on_bytes("staging", entry.size)
             bsdiff.apply_patch_file(base, patch, out, max_result=entry.size)
             if file_sha256(out) != entry.sha256:
                 raise bsdiff.ResultMismatchError(f"{rel}: patched file does not hash as signed")
@@ -352,6 +363,14 @@ def _apply_delta(
             with contextlib.suppress(OSError):
                 patch.unlink(missing_ok=True)
     return None
+
+
+def _copy_counted(src: Path, dst: Path, chunk: int = 16 * 1024) -> None:
+    """Copy a local file into the slot, telling the kill-matrix hook about each chunk."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while block := fi.read(chunk):
+            _testhooks.on_bytes("staging", len(block))
+            fo.write(block)
 
 
 class _LocalFiles:

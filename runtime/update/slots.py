@@ -1,12 +1,11 @@
 """Two bundle slots (A/B) and the persisted state that says which one serves.
 
-The state file (``<state>/slots.json``) is written atomically *before* each step takes effect,
-so a device killed at any point restarts into a known situation:
-
-- a slot left ``staging`` was half-written: it is wiped (the active slot was never touched);
-- a slot left ``trial`` was activated but never committed: the device returns to the previous
-  committed slot (the new bundle may be what killed it) and records the version as bad;
-- ``committed`` and ``staged`` slots are kept as they are.
+``<state>/slots.json`` holds the slot table (status, bundle, version of each slot, which one is
+active, which one was the previous committed one) *and* the install state machine's record
+(:mod:`runtime.update.machine`). Both change in one atomic write: the machine calls the
+``*_nosave`` methods here and stores the result with its next state, before that state's work
+starts. What a restart does about each stored state is the machine's recovery map; the
+:meth:`Slots.recover` here is only a safety net for slot states older files leave behind.
 
 Versions never go down: ``highest`` remembers, per bundle name, the highest version ever
 activated, and staging a lower or equal one is refused (except through an explicit rollback).
@@ -15,6 +14,7 @@ activated, and staging a lower or equal one is refused (except through an explic
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime._atomic import atomic_write_bytes
 from runtime.errors import UpdateError
+from runtime.update.machine import InstallRecord
 
 __all__ = ["SlotInfo", "SlotName", "Slots", "SlotsState"]
 
@@ -50,6 +51,9 @@ class SlotsState(BaseModel):
     highest: dict[str, int] = Field(default_factory=dict)
     bad_versions: dict[str, list[int]] = Field(default_factory=dict)
     last_event: str = ""
+    install: InstallRecord = Field(
+        default_factory=InstallRecord, description="the install state machine's record"
+    )
 
 
 class Slots:
@@ -88,28 +92,23 @@ class Slots:
         return self.state.slots[slot]
 
     def recover(self) -> list[str]:
-        """Bring the state to a safe point after a restart. Returns what it did, for the log."""
+        """Safety net for slot states the install record does not explain (files written by
+        older releases): wipe ``staging``/``staged`` slots that are not active, roll back an
+        active ``trial`` slot. The install machine's recovery runs first. Returns what it did."""
         did: list[str] = []
         for name, info in self.state.slots.items():
-            if info.status == "staging":
-                shutil.rmtree(self.dir(name), ignore_errors=True)
-                self.state.slots[name] = SlotInfo()
+            if info.status in ("staging", "staged") and name != self.state.active:
+                self.discard_nosave(name)
                 did.append(f"slot {name}: discarded a half-staged bundle")
         act = self.state.active
         if act is not None and self.state.slots[act].status == "trial":
             info = self.state.slots[act]
-            self._mark_bad(info)
-            prev = self.state.previous
-            if prev is not None and self.state.slots[prev].status == "committed":
-                self.state.active, self.state.previous = prev, None
-                did.append(
-                    f"slot {act}: {info.bundle} v{info.version} was in trial at restart; "
-                    f"rolled back to slot {prev}"
-                )
-            else:
-                self.state.active = None
-                did.append(f"slot {act}: {info.bundle} v{info.version} was in trial; no fallback")
-            info.status = "bad"
+            who = f"{info.bundle} v{info.version}"
+            back = self.fail_trial_nosave()
+            did.append(
+                f"slot {act}: {who} was in trial at restart; "
+                + (f"rolled back to slot {back}" if back else "no fallback")
+            )
         if did:
             self.save("recover")
         return did
@@ -135,31 +134,36 @@ class Slots:
         if version in self.state.bad_versions.get(bundle, []):
             raise UpdateError(f"{bundle} v{version} failed on this device before")
 
-    def begin_staging(self, bundle: str, version: int) -> tuple[SlotName, Path]:
-        """Persist ``staging`` for the inactive slot, then empty its folder."""
+    # ---- in-memory changes, stored by the caller (the install machine stores them together
+    # ---- with its next state in one atomic write) ---------------------------------------------
+
+    def begin_staging_nosave(self, bundle: str, version: int) -> SlotName:
+        """Mark the inactive slot ``staging`` for ``bundle`` ``version``. Raises UpdateError."""
         self.check_version(bundle, version)
         slot = self.inactive()
         self.state.slots[slot] = SlotInfo(status="staging", bundle=bundle, version=version)
-        self.save(f"staging {bundle} v{version} in slot {slot}")
+        return slot
+
+    def prepare_dir(self, slot: SlotName) -> Path:
+        """Empty ``slot``'s folder (after ``staging`` is stored) and return it."""
         d = self.dir(slot)
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        return slot, d
+        return d
 
-    def abort_staging(self, slot: SlotName, reason: str, bad: bool = False) -> None:
+    def discard_nosave(self, slot: SlotName, bad: bool = False) -> None:
+        """Wipe a slot that is not active (its files first: a crash leaves it for recovery)."""
         info = self.state.slots[slot]
         if bad:
             self._mark_bad(info)
         shutil.rmtree(self.dir(slot), ignore_errors=True)
         self.state.slots[slot] = SlotInfo()
-        self.save(f"aborted slot {slot}: {reason}")
 
-    def mark_staged(self, slot: SlotName) -> None:
+    def mark_staged_nosave(self, slot: SlotName) -> None:
         self.state.slots[slot].status = "staged"
-        self.save(f"staged slot {slot}")
 
-    def activate(self, slot: SlotName) -> None:
-        """Persist the switch (status ``trial``) before the service serves from ``slot``."""
+    def activate_nosave(self, slot: SlotName) -> None:
+        """Make ``slot`` (staged) active with status ``trial``. Raises UpdateError."""
         info = self.state.slots[slot]
         if info.status != "staged":
             raise UpdateError(f"slot {slot} is {info.status}, not staged")
@@ -171,17 +175,20 @@ class Slots:
             self.state.highest[info.bundle] = max(
                 info.version, self.state.highest.get(info.bundle, 0)
             )
-        self.save(f"activated slot {slot} ({info.bundle} v{info.version}) for trial")
 
-    def commit(self) -> None:
+    def undo_activation_nosave(self, slot: SlotName, bad: bool = False) -> None:
+        """Return from a just-activated ``slot`` to the previous one and wipe ``slot``."""
+        if self.state.active == slot:
+            self.state.active, self.state.previous = self.state.previous, None
+        self.discard_nosave(slot, bad=bad)
+
+    def commit_nosave(self) -> None:
         act = self.state.active
-        if act is None or self.state.slots[act].status != "trial":
-            return
-        self.state.slots[act].status = "committed"
-        self.save(f"committed slot {act}")
+        if act is not None and self.state.slots[act].status == "trial":
+            self.state.slots[act].status = "committed"
 
-    def fail_trial(self, reason: str) -> SlotName | None:
-        """The active bundle failed its trial: go back to the previous committed slot."""
+    def fail_trial_nosave(self) -> SlotName | None:
+        """Leave the active bundle (marked bad) for the previous committed slot, if any."""
         act = self.state.active
         if act is None:
             return None
@@ -193,19 +200,54 @@ class Slots:
             self.state.active, self.state.previous = prev, None
         else:
             self.state.active = None
-        self.save(f"trial failed for slot {act}: {reason}")
         return self.state.active
+
+    # ---- the same steps, each stored at once (tools and tests) ---------------------------------
+
+    def begin_staging(self, bundle: str, version: int) -> tuple[SlotName, Path]:
+        """Persist ``staging`` for the inactive slot, then empty its folder."""
+        slot = self.begin_staging_nosave(bundle, version)
+        self.save(f"staging {bundle} v{version} in slot {slot}")
+        return slot, self.prepare_dir(slot)
+
+    def abort_staging(self, slot: SlotName, reason: str, bad: bool = False) -> None:
+        self.discard_nosave(slot, bad=bad)
+        self.save(f"aborted slot {slot}: {reason}")
+
+    def mark_staged(self, slot: SlotName) -> None:
+        self.mark_staged_nosave(slot)
+        self.save(f"staged slot {slot}")
+
+    def activate(self, slot: SlotName) -> None:
+        """Persist the switch (status ``trial``) before the service serves from ``slot``."""
+        self.activate_nosave(slot)
+        info = self.state.slots[slot]
+        self.save(f"activated slot {slot} ({info.bundle} v{info.version}) for trial")
+
+    def commit(self) -> None:
+        self.commit_nosave()
+        self.save(f"committed slot {self.state.active}")
+
+    def fail_trial(self, reason: str) -> SlotName | None:
+        """The active bundle failed its trial: go back to the previous committed slot."""
+        act = self.state.active
+        back = self.fail_trial_nosave()
+        self.save(f"trial failed for slot {act}: {reason}")
+        return back
 
     def rollback(self) -> SlotName:
         """Operator rollback to the previous committed bundle. Raises UpdateError if none."""
         prev = self.state.previous
         if prev is None or self.state.slots[prev].status != "committed":
             raise UpdateError("no previous committed bundle to roll back to")
-        act = self.state.active
-        if act is not None:
-            self._mark_bad(self.state.slots[act])
-            self.state.slots[act].status = "bad"
-        self.state.active, self.state.previous = prev, None
+        self.fail_trial_nosave()
         info = self.state.slots[prev]
         self.save(f"operator rollback to slot {prev} ({info.bundle} v{info.version})")
         return prev
+
+    def free_bytes(self) -> int:
+        """Free bytes where the slots live (for the plan's space check and the status)."""
+        d = self.root / "slots"
+        d.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(d)
+        return st.f_bavail * st.f_frsize

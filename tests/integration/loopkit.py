@@ -8,6 +8,7 @@ with real TUF keys, served by the real hub app, and installed by real device pro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -165,7 +166,13 @@ class Device:
     """A real device process (``leanloop device run``) with its own state dir."""
 
     def __init__(
-        self, root: Path, hub: LiveHub, trust_root: Path, device_id: str = "cam-1", **overrides: Any
+        self,
+        root: Path,
+        hub: LiveHub,
+        trust_root: Path,
+        device_id: str = "cam-1",
+        env: dict[str, str] | None = None,
+        **overrides: Any,
     ) -> None:
         self.dir = root / device_id
         self.inbox = self.dir / "inbox"
@@ -183,13 +190,29 @@ class Device:
         cfg.update(overrides)
         self.config = self.dir / "device.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
+        self._n = 0
         self.log = open(self.dir / "device.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.proc = self._spawn(env)
+
+    def _spawn(self, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "leanloop.cli", "device", "run", "--config", str(self.config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
-        self._n = 0
+
+    def restart(self, env: dict[str, str] | None = None) -> None:
+        """Start the device process again on the same state (after it stopped or was killed)."""
+        assert self.proc.poll() is not None, "still running"
+        self.proc = self._spawn(env)
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        """Wait for the process to end by itself (e.g. a test hook's SIGKILL); its return code."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"device did not exit; log={self.tail()}") from None
 
     def status(self) -> dict[str, Any]:
         try:
@@ -235,7 +258,7 @@ class Device:
                 out[d["frame_id"]] = d
         return out
 
-    def stop(self) -> None:
+    def stop(self, close_log: bool = True) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -243,15 +266,18 @@ class Device:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if close_log:
+            self.log.close()
 
 
 @pytest.fixture
 def start_device(tmp_path: Path, live_hub: LiveHub, keys: Path) -> Iterator[Callable[..., Device]]:
     devices: list[Device] = []
 
-    def start(device_id: str = "cam-1", **overrides: Any) -> Device:
-        d = Device(tmp_path / "devices", live_hub, keys / "root.json", device_id, **overrides)
+    def start(
+        device_id: str = "cam-1", env: dict[str, str] | None = None, **overrides: Any
+    ) -> Device:
+        d = Device(tmp_path / "devices", live_hub, keys / "root.json", device_id, env, **overrides)
         devices.append(d)
         return d
 

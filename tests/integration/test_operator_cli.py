@@ -1,4 +1,5 @@
-"""The field operator's commands against a running device: status, samples, feedback, rollback."""
+"""The field operator's commands against a real device process: status, samples, feedback and
+rollback, both through the control socket (service running) and on disk (service stopped)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from loopkit import BundleMaker, Device, committed, publish
 from typer.testing import CliRunner
 
@@ -54,11 +56,15 @@ def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
     r = runner.invoke(app, ["feedback", "confirm", "0000-nope", *cfg])
     assert r.exit_code == 1 and "no sample 0000-nope" in r.output
 
+    assert st["update_state"] == "committed"  # live, from the control socket
+    sock = dev.state / "control.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+
     r = runner.invoke(app, ["rollback", "--yes", *cfg])
-    assert r.exit_code == 1 and "service is running" in r.output
+    assert r.exit_code == 1 and "no previous committed bundle" in r.output
 
 
-def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
+def test_rollback_swaps_back_between_frames_when_the_service_runs(
     live_hub: LiveHub,
     admin: HubAdminClient,
     keys: Path,
@@ -69,11 +75,91 @@ def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
     dev = start_device()
     dev.wait("v1 committed", committed(1))
     publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+    dev.feed(3)
     dev.wait("v2 committed", committed(2))
+    r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
+    assert r.exit_code == 0, r.output
+    assert "rolled back to digits v1" in r.output
+    assert dev.proc.poll() is None  # the service kept running
+    names = dev.feed(3)
+    st = dev.wait("v1 serving", lambda st: all(n in dev.results() for n in names))
+    assert {dev.results()[n]["bundle_version"] for n in names} == {1}
+    st = dev.wait("rolled back", lambda st: st["update_state"] == "rolled_back")
+    assert st["active"]["version"] == 1 and st["active"]["status"] == "committed"
+    assert dev.proc.poll() is None
+    slots = json.loads((dev.state / "slots.json").read_text())
+    assert 2 in slots["bad_versions"]["digits"]  # the hub's v2 is not re-installed by itself
+    dev.wait(
+        "rollback reported to the hub",
+        lambda st: any(
+            e["cause"] == "operator" and e["version"] == 2
+            for e in _device_record(admin, "cam-1").get("events", [])
+        ),
+    )
+
+
+def _device_record(admin: HubAdminClient, device_id: str) -> dict:  # type: ignore[type-arg]
+    return next(d for d in admin.devices() if d["device_id"] == device_id)
+
+
+def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    publish(admin, keys, make_bundle(1, BOXES), 1)
+    dev = start_device(upload={"interval_s": 3600})
+    dev.wait("v1 committed", committed(1))
+    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+    dev.wait("v2 committed", committed(2))
+    dev.feed(2)
+    dev.wait("stored", lambda st: st["writer"]["stored"] >= 2)
     dev.stop()
+    assert not (dev.state / "control.sock").exists()
+    cfg = ["--config", str(dev.config)]
+    rows = json.loads(CliRunner().invoke(app, ["samples", "list", *cfg, "--json"]).stdout)
+    r = CliRunner().invoke(app, ["feedback", "confirm", rows[0]["id"], "--who", "bo", *cfg])
+    assert r.exit_code == 0, r.output  # on disk, with the service stopped
+    rows = json.loads(CliRunner().invoke(app, ["samples", "list", *cfg, "--json"]).stdout)
+    assert any((x["feedback"] or {}).get("who") == "bo" for x in rows)
     r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
     assert r.exit_code == 0, r.output
     assert "rolled back to digits v1" in r.output
     slots = json.loads((dev.state / "slots.json").read_text())
     assert slots["slots"][slots["active"]]["version"] == 1
+    assert slots["install"]["state"] == "rolled_back"
     assert 2 in slots["bad_versions"]["digits"]  # the hub's v2 is not re-installed by itself
+
+
+def test_rollback_ends_the_trial_and_swaps_back_when_asked_during_trial(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    publish(admin, keys, make_bundle(1, BOXES), 1)
+    dev = start_device()
+    dev.wait("v1 committed", committed(1))
+    dev.stop(close_log=False)
+    cfg = yaml.safe_load(dev.config.read_text())
+    cfg["update"] = {"trial_frames": 100_000, "trial_s": 600}  # v2's trial will not end alone
+    dev.config.write_text(yaml.safe_dump(cfg))
+    dev.restart()
+    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+    dev.wait("v2 on trial", lambda st: st["update_state"] == "trial")
+    names = dev.feed(2)
+    dev.wait("v2 serving", lambda st: all(n in dev.results() for n in names))
+    assert {dev.results()[n]["bundle_version"] for n in names} == {2}
+    r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
+    assert r.exit_code == 0, r.output
+    assert "rolled back to digits v1" in r.output
+    names = dev.feed(2)
+    dev.wait("v1 serving", lambda st: all(n in dev.results() for n in names))
+    assert {dev.results()[n]["bundle_version"] for n in names} == {1}
+    st = dev.wait("status shows it", lambda st: st["update_state"] == "rolled_back")
+    assert st["active"]["version"] == 1 and st["active"]["status"] == "committed"
+    assert "trial failed: operator rollback" in (st["install"]["reason"] or "")
+    assert dev.proc.poll() is None
