@@ -43,10 +43,8 @@ from runtime.errors import (
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
-from runtime.sampling import make_scorer
 from runtime.sources import FolderSource, JsonlSink, NullSink
-from runtime.store.lmdb_store import SampleStore
-from runtime.store.writer import StoreWriter
+from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update.slots import SlotName, Slots
 from runtime.uploader import Uploader
@@ -108,16 +106,7 @@ class DeviceService:
         self._started = time.time()
         self._load_active()
 
-        self.store = SampleStore(self.state_dir / "samples", max_bytes=cfg.store.max_bytes)
-        scorer = make_scorer(cfg.sampling.weights, cfg.sampling.reducer, cfg.sampling.seed)
-        self.writer = StoreWriter(
-            self.store,
-            scorer,
-            device_id=cfg.device_id,
-            jpeg_quality=cfg.store.jpeg_quality,
-            queue_size=cfg.store.queue_size,
-            min_priority=cfg.store.min_priority,
-        )
+        self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )
