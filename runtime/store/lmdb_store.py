@@ -302,6 +302,7 @@ class SampleStore:
         self._rejected = 0
         self._largest = 0  # largest footprint one write transaction stored, since open
         self._txn_bytes = 0
+        self._largest_record = 0
         self._corrupt: set[str] = set()
         self._closed = True
         self._open()
@@ -617,6 +618,7 @@ class SampleStore:
         self._bump(txn, b"bytes", fp)
         self._bump(txn, b"pending", int(entry.pending))
         self._txn_bytes += fp
+        self._largest_record = max(self._largest_record, fp)
         if victims:
             log.debug("sample store: evicted %d record(s) for %s", len(victims), record.id)
         return True
@@ -706,6 +708,52 @@ class SampleStore:
             return out
 
         return self._run(False, "top", walk)
+
+    def floor(self) -> float | None:
+        """The priority a ranked newcomer must beat to get in, or None while there is room.
+
+        "Room" is judged against the largest record written since open, and the floor is the
+        lowest unprotected ranked record's priority (ignoring quotas) — an estimate the writer
+        uses to skip encoding frames the store would reject anyway; :meth:`put` decides.
+        O(log n + protected records skipped). Raises StoreError.
+        """
+        if self._largest_record == 0:
+            return None
+        budget = self.max_bytes - reserve_bytes(self._largest, self.page_size)
+
+        def look(txn: lmdb.Transaction[bytes]) -> float | None:
+            if self._counter(txn, b"bytes") + self._largest_record <= budget:
+                return None
+            for key, raw in txn.cursor(db=self._prio).iternext(keys=True, values=True):
+                if raw[:1] and raw[0] & (_FLAG_PROTECTED | _FLAG_RANDOM):
+                    continue
+                return decode_priority_key(key)
+            return None
+
+        return self._run(False, "floor", look)
+
+    def ranked(self, n: int, state: str | None = "pending") -> list[tuple[str, float]]:
+        """``(id, priority)`` of the ``n`` best records whose ``upload_state`` is ``state``
+        ("pending", "uploaded" or None: any), best first, read from the priority index alone:
+        no record is decoded, so it costs O(log n + n) cursor steps. Raises StoreError."""
+        if state not in (None, "pending", "uploaded"):
+            raise StoreError(f"sample store {self.path}: unknown upload state {state!r}")
+
+        def walk(txn: lmdb.Transaction[bytes]) -> list[tuple[str, float]]:
+            out: list[tuple[str, float]] = []
+            if n <= 0:
+                return out
+            for key, raw in txn.cursor(db=self._prio).iterprev(keys=True, values=True):
+                if state is not None and bool(raw[:1] and raw[0] & _FLAG_PENDING) != (
+                    state == "pending"
+                ):
+                    continue
+                out.append((bytes(key[8:]).decode(errors="replace"), decode_priority_key(key)))
+                if len(out) >= n:
+                    break
+            return out
+
+        return self._run(False, "ranked", walk)
 
     def set_feedback(self, sample_id: str, feedback: Feedback) -> SampleRecord:
         """Attach a human's feedback; the record becomes protected and top priority.

@@ -12,7 +12,10 @@ path never waits for the disk. A single worker thread then takes what is queued,
 3. draws whether it joins the **random slice** (probability ``random_slice``, from a seeded
    generator, independent of the score): such a frame is kept whatever its priority and
    flagged ``random_slice`` in the record, for unbiased evaluation on the hub;
-4. skips it if it is not in the random slice and its priority is below ``min_priority``;
+4. skips it if it is not in the random slice and its priority is below ``min_priority``, or
+   (counted as rejected) if the store is full and its :meth:`~runtime.store.lmdb_store.
+   SampleStore.floor` is at least the priority — once the store is full, most frames are
+   refused this way without paying for encoding or a disk sync;
 5. encodes it as JPEG (``jpeg_quality``) or PNG (``png_compression``).
 
 The batch's records then go to :meth:`~runtime.store.lmdb_store.SampleStore.put_many` in one
@@ -20,7 +23,9 @@ durable transaction (one disk sync for the batch, which is what lets a slow disk
 the scorer is told which frames were kept (novelty remembers their hashes). Near-duplicates
 inside one batch — only under a backlog — are therefore not collapsed against each other.
 
-The writer keeps a reference to the frame array, not a copy: a caller that reuses its frame
+The worker thread runs at ``nice`` +10 (Linux schedules threads individually), so on a busy
+device the frame path gets the cores first. The writer keeps a reference to the frame array,
+not a copy: a caller that reuses its frame
 buffer must pass a copy. Counters are each written by one thread only (``offered``/``dropped``
 by the caller, the rest by the worker), so no lock is needed on the hot path.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import random
 import threading
@@ -54,6 +60,7 @@ __all__ = ["StoreWriter", "open_store_and_writer"]
 log = logging.getLogger("leanloop.store.writer")
 
 _Job = tuple[np.ndarray, Prediction, float]
+_NICE = 10
 
 
 class StoreWriter:
@@ -90,6 +97,7 @@ class StoreWriter:
         self.random_slice = float(random_slice)
         self.batch = max(1, int(batch))
         self._rng = random.Random(seed)
+        self._floor: float | None = None
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._closing = False
         self._abandon = threading.Event()
@@ -127,6 +135,10 @@ class StoreWriter:
         return True
 
     def _run(self) -> None:
+        # Linux schedules threads as tasks: a nicer writer thread yields the cores to the
+        # frame path whenever both want them (raising one's own niceness needs no privilege).
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
         while True:
             job = self._queue.get()
             if job is None or self._abandon.is_set():
@@ -148,6 +160,10 @@ class StoreWriter:
 
     def _handle(self, jobs: list[_Job]) -> None:
         built: list[tuple[SampleRecord, Prediction, SampleContext]] = []
+        try:
+            self._floor = self.store.floor()
+        except LeanloopError:
+            self._floor = None
         for frame, prediction, ts in jobs:
             if self._abandon.is_set():
                 return
@@ -193,6 +209,9 @@ class StoreWriter:
         in_slice = self.random_slice > 0.0 and self._rng.random() < self.random_slice
         if not in_slice and priority < self.min_priority:
             self.skipped += 1
+            return None
+        if not in_slice and self._floor is not None and priority <= self._floor:
+            self.rejected += 1  # the full store would refuse it: do not pay for encoding
             return None
         data = self._encode(frame)
         if data is None:
