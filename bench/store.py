@@ -62,8 +62,8 @@ def _scene(rng: np.random.Generator, w: int, h: int, noise: float) -> np.ndarray
         x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         cv2.rectangle(img, (x, y), (x + int(rng.integers(10, 60)), y + 40), colour, -1)
-    img += rng.normal(0.0, noise, img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    noisy = img + np.asarray(rng.normal(0.0, noise, size=img.shape), dtype=np.float32)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
 def _jpegs(n: int, target: int = 20_000) -> list[bytes]:
@@ -80,7 +80,7 @@ def _jpegs(n: int, target: int = 20_000) -> list[bytes]:
 
 
 def _prediction(rng: np.random.Generator) -> dict[str, Any]:
-    items = []
+    items: list[dict[str, Any]] = []
     for _ in range(3):
         p = rng.dirichlet(np.ones(10))
         items.append(
