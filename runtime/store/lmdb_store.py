@@ -33,23 +33,27 @@ and the pages freed by the last two write transactions, which copy-on-write cann
 at most ``max_bytes - reserve``, so the data file stays at or under ``max_bytes`` (checked by a
 test and by ``python -m bench --only store``).
 
-Layout (one LMDB environment, five named sub-databases)::
+Layout (one LMDB environment, six named sub-databases)::
 
     records  id + chunk number (2 bytes) -> one page of: header | meta JSON | image | padding
              header = b"LLS2", priority key (8 bytes), meta length, image length (4 bytes each)
     prio     priority key + id -> entry = flags (1 byte: protected, pending, random slice),
                                   chunks (2), footprint (4), final class (UTF-8, rest)
-    cprio    class length (1) + class + priority key + id -> b""   (ranked records only)
+    evict    priority key + id -> b""        (unprotected ranked records: the eviction order)
+    cprio    class length (1) + class + priority key + id -> b""   (the same, per class)
     rslice   id -> priority key                                     (random-slice records)
     meta     b"format" | b"bytes" | b"pending" | b"evicted" | b"random_bytes"  -> 8-byte counters
              b"c:" + class -> count (8) + footprint (8) of the class's ranked records
 
 The priority key is the IEEE-754 double mapped to 8 bytes whose byte order is the number order;
 ties sort by id, which is time-ordered, so among equals the oldest is evicted first and a
-newcomer beats an older record of the same priority. Eviction, quota eviction and top-K walk an
-index from one end: reaching the end is O(log n), then each step is O(1) (plus skipped
-protected records); the oldest random record is the first key of ``rslice``. The entries carry
-everything eviction, release and ``top`` filtering need, so none of them parses a record.
+newcomer beats an older record of the same priority. Eviction and quota eviction walk
+``evict``/``cprio`` from the low end, which hold only records that may be evicted, so the
+victims are the first keys: O(log n) to reach, O(1) per victim, whatever the number of
+protected or random-slice records. Top-K walks ``prio`` from the high end (O(log n + K), plus
+records of the other upload state it skips). The oldest random record is the first key of
+``rslice`` (a protected one there is skipped). The entries carry everything eviction, release
+and ``top`` filtering need, so none of them parses a record.
 
 Crash safety: every change — the chunks, their index entries, the counters, the evictions that
 made room — happens in **one** write transaction (:meth:`SampleStore.put_many` puts a batch in
@@ -204,7 +208,11 @@ def _index_bytes(id_len: int, chunks: int, cls_len: int, random_slice: bool) -> 
     """Packed leaf bytes of one record's entries in every sub-database."""
     n = chunks * (_NODE + id_len + _CHUNK_NO.size + _PGNO)
     n += _NODE + 8 + id_len + _ENTRY.size + cls_len
-    n += _NODE + id_len + 8 if random_slice else _NODE + 1 + cls_len + 8 + id_len
+    if random_slice:
+        n += _NODE + id_len + 8  # rslice
+    else:
+        n += _NODE + 1 + cls_len + 8 + id_len  # cprio
+        n += _NODE + 8 + id_len  # evict
     return n
 
 
@@ -325,7 +333,7 @@ class SampleStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._env = lmdb.open(
-                str(self.path), subdir=True, max_dbs=6, map_size=self.map_size, mode=0o700
+                str(self.path), subdir=True, max_dbs=8, map_size=self.map_size, mode=0o700
             )
             # Slots of readers that died (kill -9) would pin old pages forever: clear them.
             self._env.reader_check()
@@ -333,6 +341,7 @@ class SampleStore:
             self._prio = self._env.open_db(b"prio")
             self._cprio = self._env.open_db(b"cprio")
             self._rslice = self._env.open_db(b"rslice")
+            self._evict = self._env.open_db(b"evict")
             self._meta = self._env.open_db(b"meta")
         except OSError as e:
             raise StoreError(f"sample store {self.path}: cannot open: {e}") from e
@@ -483,7 +492,10 @@ class SampleStore:
             self._bump(txn, b"random_bytes", -entry.footprint)
         elif entry is not _GARBAGE:
             txn.delete(_class_prefix(entry.cls) + key, db=self._cprio)
+            txn.delete(key, db=self._evict)
             self._bump_class(txn, entry.cls, -1, -entry.footprint)
+        else:
+            txn.delete(key, db=self._evict)
         self._bump(txn, b"bytes", -entry.footprint)
         self._bump(txn, b"pending", -int(entry.pending))
 
@@ -588,15 +600,16 @@ class SampleStore:
         def over_cap() -> bool:
             return used + fp - freed > budget
 
-        if rnd:  # claim the reserved share from the lowest ranked records, whatever priority
-            ok_total: Callable[[_Entry], bool] = lambda e: not e.random  # noqa: E731
-            limit = None
-        elif below is None:  # feedback: anything unprotected may go
-            ok_total, limit = (lambda e: True), None
-        else:
-            ok_total, limit = (lambda e: not e.random), below
-        if not walk(self._prio, b"", over_cap, ok_total, limit):
-            return False
+        # ``evict`` holds exactly the unprotected ranked records, so this walk skips nothing.
+        # A random newcomer claims its reserved share from them whatever their priority.
+        anything: Callable[[_Entry], bool] = lambda e: True  # noqa: E731
+        limit = None if rnd or below is None else below
+        if not walk(self._evict, b"", over_cap, anything, limit):
+            if below is not None or rnd:
+                return False
+            # Feedback: the random slice's unprotected records may go too, oldest first.
+            if not walk(self._rslice, b"", over_cap, lambda e: e.random, None):
+                return False
         for key, entry in victims.items():
             self._remove(txn, key, entry)
         self._bump(txn, b"evicted", len(victims))
@@ -613,7 +626,9 @@ class SampleStore:
             txn.put(rid, key[:8], db=self._rslice)
             self._bump(txn, b"random_bytes", fp)
         else:
-            txn.put(_class_prefix(cls) + key, b"", db=self._cprio)
+            if not entry.protected:
+                txn.put(_class_prefix(cls) + key, b"", db=self._cprio)
+                txn.put(key, b"", db=self._evict)
             self._bump_class(txn, cls, 1, fp)
         self._bump(txn, b"bytes", fp)
         self._bump(txn, b"pending", int(entry.pending))
@@ -715,7 +730,7 @@ class SampleStore:
         "Room" is judged against the largest record written since open, and the floor is the
         lowest unprotected ranked record's priority (ignoring quotas) — an estimate the writer
         uses to skip encoding frames the store would reject anyway; :meth:`put` decides.
-        O(log n + protected records skipped). Raises StoreError.
+        O(log n). Raises StoreError.
         """
         if self._largest_record == 0:
             return None
@@ -724,11 +739,8 @@ class SampleStore:
         def look(txn: lmdb.Transaction[bytes]) -> float | None:
             if self._counter(txn, b"bytes") + self._largest_record <= budget:
                 return None
-            for key, raw in txn.cursor(db=self._prio).iternext(keys=True, values=True):
-                if raw[:1] and raw[0] & (_FLAG_PROTECTED | _FLAG_RANDOM):
-                    continue
-                return decode_priority_key(key)
-            return None
+            cursor = txn.cursor(db=self._evict)
+            return decode_priority_key(cursor.key()) if cursor.first() else None
 
         return self._run(False, "floor", look)
 
@@ -892,6 +904,7 @@ class SampleStore:
                     ids.append(rid)
             want_prio: dict[bytes, bytes] = {}
             want_cprio: set[bytes] = set()
+            want_evict: set[bytes] = set()
             want_rslice: dict[bytes, bytes] = {}
             total = pending = rbytes = 0
             classes: dict[bytes, list[int]] = {}
@@ -915,7 +928,9 @@ class SampleStore:
                     want_rslice[rid] = key[:8]
                     rbytes += fp
                 else:
-                    want_cprio.add(_class_prefix(cls) + key)
+                    if not (_flags(rec) & _FLAG_PROTECTED):
+                        want_cprio.add(_class_prefix(cls) + key)
+                        want_evict.add(key)
                     c = classes.setdefault(cls, [0, 0])
                     c[0] += 1
                     c[1] += fp
@@ -930,6 +945,9 @@ class SampleStore:
             cprio = set(txn.cursor(db=self._cprio).iternext(keys=True, values=False))
             if cprio != want_cprio:
                 problems.append(f"class index: {len(cprio ^ want_cprio)} entries differ")
+            evict = set(txn.cursor(db=self._evict).iternext(keys=True, values=False))
+            if evict != want_evict:
+                problems.append(f"eviction index: {len(evict ^ want_evict)} entries differ")
             rslice = dict(txn.cursor(db=self._rslice).iternext(keys=True, values=True))
             if rslice != want_rslice:
                 problems.append("random-slice index disagrees with the records")

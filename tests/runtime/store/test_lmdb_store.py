@@ -247,7 +247,15 @@ def test_store_skips_and_counts_corrupt_record_when_walking(
     with env.begin(write=True) as txn:
         garbage = b"LLS2 garbage that is not a record"
         txn.put(bad_id + b"\0\0", garbage, db=env.open_db(b"records", txn))
-        txn.put(priority_key(0.5) + bad_id, b"", db=env.open_db(b"prio", txn))
+        # Its index entries survived (pending, one chunk, footprint 0): only the page rotted.
+        entry = bytes([2, 0, 1, 0, 0, 0, 0])
+        txn.put(priority_key(0.5) + bad_id, entry, db=env.open_db(b"prio", txn))
+        txn.put(priority_key(0.5) + bad_id, b"", db=env.open_db(b"evict", txn))
+        meta = env.open_db(b"meta", txn)  # and it was counted, as a record once was
+        pending = int.from_bytes(txn.get(b"pending", db=meta), "big")
+        txn.put(b"pending", (pending + 1).to_bytes(8, "big"), db=meta)
+        count = int.from_bytes(txn.get(b"c:", db=meta)[:8], "big")
+        txn.put(b"c:", (count + 1).to_bytes(8, "big") + txn.get(b"c:", db=meta)[8:], db=meta)
     env.close()
 
     store = SampleStore(store_path, max_bytes=cap)
