@@ -94,6 +94,11 @@ class StoreSettings(_Strict):
         le=1,
         description="fraction of frames kept uniformly at random for unbiased evaluation",
     )
+    sync: Literal["full", "data"] = Field(
+        default="full",
+        description="full: two disk syncs per commit; data: one (LMDB NOMETASYNC) - a power "
+        "cut may undo the last commit, never corrupts",
+    )
     random_slice_share: float = Field(
         default=0.05,
         ge=0,

@@ -288,7 +288,11 @@ def open_store_and_writer(cfg: DeviceConfig, path: Path) -> tuple[SampleStore, S
     st, sa = cfg.store, cfg.sampling
     quotas = {k: ClassQuota(q.max_share, q.max_count) for k, q in st.quotas.items()}
     store = SampleStore(
-        path, max_bytes=st.max_bytes, quotas=quotas, random_share=st.random_slice_share
+        path,
+        max_bytes=st.max_bytes,
+        quotas=quotas,
+        random_share=st.random_slice_share,
+        metasync=st.sync == "full",
     )
     try:
         scorer = make_scorer(sa.weights, sa.reducer, sa.seed, sa.strategy_options())

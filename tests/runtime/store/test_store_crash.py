@@ -33,9 +33,11 @@ CHILD = textwrap.dedent(
 
     path, max_bytes, every_fb = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(int(sys.argv[4]))
-    batch = int(sys.argv[5])
+    batch, metasync = int(sys.argv[5]), sys.argv[6] == "1"
     quotas = {"3": ClassQuota(max_count=4)} if every_fb else {}
-    store = SampleStore(path, max_bytes=max_bytes, quotas=quotas, random_share=0.2)
+    store = SampleStore(
+        path, max_bytes=max_bytes, quotas=quotas, random_share=0.2, metasync=metasync
+    )
     i = 0
     while True:
         recs = []
@@ -71,12 +73,22 @@ CHILD = textwrap.dedent(
 
 
 def run_and_kill(
-    path: Path, max_bytes: int, every_fb: int, kill_after: int, batch: int
+    path: Path, max_bytes: int, every_fb: int, kill_after: int, batch: int, metasync: bool
 ) -> list[str]:
     """Start the writer child, SIGKILL it after ``kill_after`` acknowledgements."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), str(max_bytes), str(every_fb), "42", str(batch)],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(path),
+            str(max_bytes),
+            str(every_fb),
+            "42",
+            str(batch),
+            str(int(metasync)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=REPO,
@@ -129,19 +141,26 @@ def raw_consistency(path: Path, max_bytes: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "max_bytes", "every_fb", "kill_after", "batch"),
+    ("case", "max_bytes", "every_fb", "kill_after", "batch", "metasync"),
     [
-        ("plain puts, no eviction", 64 << 20, 0, 300, 1),
-        ("eviction, quota, random slice, feedback and releases", 600_000, 20, 400, 1),
-        ("batched puts with eviction", 800_000, 9, 400, 4),
-        ("killed early", 600_000, 5, 7, 1),
+        ("plain puts, no eviction", 64 << 20, 0, 300, 1, True),
+        ("eviction, quota, random slice, feedback and releases", 600_000, 20, 400, 1, True),
+        ("batched puts with eviction", 800_000, 9, 400, 4, True),
+        ("one disk sync per commit (sync: data)", 600_000, 20, 300, 2, False),
+        ("killed early", 600_000, 5, 7, 1, True),
     ],
 )
 def test_store_keeps_every_acknowledged_record_when_writer_is_killed(
-    tmp_path: Path, case: str, max_bytes: int, every_fb: int, kill_after: int, batch: int
+    tmp_path: Path,
+    case: str,
+    max_bytes: int,
+    every_fb: int,
+    kill_after: int,
+    batch: int,
+    metasync: bool,
 ) -> None:
     path = tmp_path / "samples"
-    lines = run_and_kill(path, max_bytes, every_fb, kill_after, batch)
+    lines = run_and_kill(path, max_bytes, every_fb, kill_after, batch, metasync)
     put = [ln[4:] for ln in lines if ln.startswith("put ")]
     feedback = {ln[3:] for ln in lines if ln.startswith("fb ")}
     released = {ln[4:] for ln in lines if ln.startswith("rel ")}

@@ -208,6 +208,7 @@ def test_open_store_and_writer_follows_device_config_when_built(tmp_path: Path) 
                 "quotas": {"*": {"max_count": 5}},
                 "random_slice": 0.5,
                 "random_slice_share": 0.1,
+                "sync": "data",
             },
             "sampling": {"weights": {"rules": 1.0}, "rules": {"when": [{"labels": ["0"]}]}},
         }
@@ -215,6 +216,7 @@ def test_open_store_and_writer_follows_device_config_when_built(tmp_path: Path) 
     store, writer = open_store_and_writer(cfg, tmp_path / "samples")
     try:
         assert store.quotas and store.random_share == 0.1 and writer.encoding == "png"
+        assert store.metasync is False
         assert writer.random_slice == 0.5 and writer.device_id == "cam-3"
         for i in range(20):
             writer.offer(frame(), prediction([0.9, 0.1], f"f{i}"))
