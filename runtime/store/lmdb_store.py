@@ -28,8 +28,9 @@ the last one zero-padded), which LMDB reuses from its free list without fragment
 store accounts each record's *footprint*: its chunk pages plus twice the packed size of its
 leaf entries in every sub-database (B-tree pages run half to fully packed). The cap also holds
 a reserve for what belongs to no record: LMDB's meta and root pages (``_FIXED_RESERVE_PAGES``)
-and the pages freed by the last two write transactions, which copy-on-write cannot reuse yet
-(twice the largest footprint written since open). Records are kept while the footprints sum to
+and the pages freed by the last few write transactions, which copy-on-write cannot reuse yet
+(``_LAG_TXNS`` × (the largest footprint one transaction wrote since open + the B-tree pages a
+transaction copies)) — see :func:`reserve_bytes`; :meth:`SampleStore.stats` reports it. Records are kept while the footprints sum to
 at most ``max_bytes - reserve``, so the data file stays at or under ``max_bytes`` (checked by a
 test and by ``python -m bench --only store``).
 
