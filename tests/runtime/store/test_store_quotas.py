@@ -179,3 +179,27 @@ def test_store_put_many_ranks_like_single_puts_when_batched(
     kept = [r.priority for r in store.top(100)]
     assert kept == sorted(prios, reverse=True)[: len(kept)]
     assert store.check() == []
+
+
+def test_store_floor_and_ranked_read_the_index_when_store_is_full(
+    open_store: Opener, make_record: RecordFactory, cap_for: Capper
+) -> None:
+    cap = cap_for(5)
+    one = record_footprint(make_record(0.5))
+    store = open_store(max_bytes=cap, random_share=1.5 * one / cap)
+    assert store.floor() is None  # nothing written yet: room
+    recs = [make_record(p) for p in (0.2, 0.4, 0.6)]
+    for r in recs:
+        store.put(r)
+    assert store.floor() is None  # still room for one more of the largest
+    store.put(make_record(0.05, random_slice=True))  # random slice: not a floor
+    store.put(make_record(0.9))
+    store.set_feedback(recs[0].id, Feedback("confirm", None, "ops", 1.0, 3))  # protected
+    assert store.floor() == 0.4
+    assert store.put(make_record(0.3)) is False  # below the floor: refused
+    ranked = store.ranked(3)
+    assert [p for _, p in ranked] == [1.2, 0.9, 0.6]
+    assert [r.id for r in store.top(3, with_image=False)] == [i for i, _ in ranked]
+    assert all(r.image == b"" for r in store.top(3, with_image=False))
+    assert store.ranked(10, state="uploaded") == []
+    assert store.check() == []

@@ -227,3 +227,39 @@ def test_open_store_and_writer_follows_device_config_when_built(tmp_path: Path) 
     finally:
         writer.close(timeout=1)
         store.close()
+
+
+def test_writer_refuses_before_encoding_when_full_store_floor_is_higher(tmp_path: Path) -> None:
+    from runtime.store.lmdb_store import record_footprint, reserve_bytes
+    from runtime.store.record import SampleRecord
+
+    def rec(p: float) -> SampleRecord:
+        return SampleRecord(
+            id=f"{int(p * 1000):016x}-00000000",
+            device_id="d",
+            created=1.0,
+            frame_id="x",
+            bundle="digits",
+            bundle_version=4,
+            ontology_version=2,
+            image=b"\0" * 3000,
+            image_format="jpeg",
+            prediction={"frame_id": "x", "stages": {}},
+            scores={},
+            priority=p,
+        )
+
+    fp = record_footprint(rec(0.9))
+    store = SampleStore(tmp_path / "s", max_bytes=reserve_bytes(fp) + 3 * fp)
+    for p in (0.8, 0.9, 0.95):
+        assert store.put(rec(p))
+    assert store.floor() == 0.8
+    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev")
+    w.offer(frame(), prediction([0.9, 0.1]))  # margin 0.2: under the floor
+    w.offer(frame(), prediction([0.5, 0.5]))  # margin 1.0: evicts the 0.8
+    assert w.close(timeout=5)
+    assert (w.stats()["rejected"], w.stats()["stored"]) == (1, 1)
+    assert store.stats()["rejected"] == 0  # refused by the writer, never sent to the store
+    kept = [r.priority for r in store.top(10)]
+    assert kept[0] == 1.0 and 0.8 not in kept and 0.95 in kept
+    store.close()
