@@ -153,9 +153,10 @@ def run_all(out: Path, quick: bool = False) -> dict[str, Any]:
             + (f" ({row['labels_needed'][n] / budget:.2f}x)" if row["labels_needed"][n] else "")
             for n in STRATEGIES[1:]
         ]
+        finals = ", ".join(f"{n} {curves[n][-1][1]:.3f}" for n in STRATEGIES)
         _say(
             f"(active) seed {seed}: random reaches {target:.3f} with {budget} labels; labels "
-            f"needed for that: " + ", ".join(parts)
+            f"needed for that: " + ", ".join(parts) + f" | accuracy at {budget}: {finals}"
         )
     summary: dict[str, Any] = {}
     for name in STRATEGIES[1:]:
