@@ -30,9 +30,9 @@ leaf entries in every sub-database (B-tree pages run half to fully packed). The 
 a reserve for what belongs to no record: LMDB's meta and root pages (``_FIXED_RESERVE_PAGES``)
 and the pages freed by the last few write transactions, which copy-on-write cannot reuse yet
 (``_LAG_TXNS`` × (the largest footprint one transaction wrote since open + the B-tree pages a
-transaction copies)) — see :func:`reserve_bytes`; :meth:`SampleStore.stats` reports it. Records are kept while the footprints sum to
-at most ``max_bytes - reserve``, so the data file stays at or under ``max_bytes`` (checked by a
-test and by ``python -m bench --only store``).
+transaction copies)) — see :func:`reserve_bytes`; :meth:`SampleStore.stats` reports it.
+Records are kept while the footprints sum to at most ``max_bytes - reserve``, so the data file
+stays at or under ``max_bytes`` (checked by a test and by ``python -m bench --only store``).
 
 Layout (one LMDB environment, six named sub-databases)::
 
