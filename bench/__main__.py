@@ -8,7 +8,11 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``download.json``: bytes on the wire and time of a download cut every 256 KiB (#4);
 - ``swap.json``: frames offered vs served and the worst inter-frame gap while updates are
   staged and swapped at 30 fps (#4);
-- ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6).
+- ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6);
+- ``store.json``: sample-store inserts vs a raw LMDB put, top-1,000 of 100,000, frame path with
+  the store on vs off (#5);
+- ``active.json``: labels margin / entropy / least-confidence need to reach random
+  sampling's accuracy on the real MNIST digits, 3 seeds (#5).
 
 Ratios are against anchors measured in the same run; nothing here asserts a number.
 """
@@ -39,6 +43,20 @@ def _download(out: Path, quick: bool) -> int:
     return download_main(["--out", str(out)]) or 0
 
 
+def _store(out: Path, quick: bool) -> int:
+    from bench.store import run_all as store_run_all
+
+    store_run_all(out, quick=quick)
+    return 0
+
+
+def _active(out: Path, quick: bool) -> int:
+    from bench.active_learning import run_all as active_run_all
+
+    active_run_all(out, quick=quick)
+    return 0
+
+
 def _swap(out: Path, quick: bool) -> int:
     from bench.swap import run as swap_run
 
@@ -59,6 +77,8 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "download": _download,
     "swap": _swap,
     "shadow": _shadow,
+    "store": _store,
+    "active": _active,
 }
 
 

@@ -8,14 +8,26 @@ value is site-specific (hub URL, pinned root). Field descriptions double as oper
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from runtime.errors import ConfigError
+from runtime.sampling.close_to_threshold import CloseToThresholdOptions
+from runtime.sampling.novelty import NoveltyOptions
+from runtime.sampling.rare_class import RareClassOptions
+from runtime.sampling.rules import RulesOptions
 
 __all__ = [
+    "ClassQuota",
     "DeviceConfig",
     "DownloadSettings",
     "HubSettings",
@@ -62,11 +74,46 @@ class InferenceSettings(_Strict):
     threads: int = Field(default=0, ge=0, description="engine threads; 0: engine default")
 
 
+class ClassQuota(_Strict):
+    max_share: float | None = Field(
+        default=None, gt=0, le=1, description="largest share of store.max_bytes for the class"
+    )
+    max_count: int | None = Field(default=None, ge=0, description="most samples of the class")
+
+
 class StoreSettings(_Strict):
-    max_bytes: int = Field(default=64 << 20, gt=0, description="hard cap of the sample store")
+    max_bytes: int = Field(
+        default=64 << 20,
+        gt=0,
+        description="hard cap of the sample store's disk use (LMDB file), reserve included",
+    )
+    encoding: Literal["jpeg", "png"] = Field(default="jpeg", description="image encoding")
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    png_compression: int = Field(default=3, ge=0, le=9, description="zlib level for png")
     queue_size: int = Field(default=64, ge=1, description="frames waiting to be scored/stored")
     min_priority: float = Field(default=0.0, ge=0, description="samples below are not kept")
+    quotas: dict[str, ClassQuota] = Field(
+        default_factory=dict,
+        description='final class -> quota; "*" applies to every class not named. At insert, '
+        "an over-quota class loses its lowest-priority sample",
+    )
+    random_slice: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="fraction of frames kept uniformly at random for unbiased evaluation",
+    )
+    sync: Literal["full", "data"] = Field(
+        default="full",
+        description="full: two disk syncs per commit; data: one (LMDB NOMETASYNC) - a power "
+        "cut may undo the last commit, never corrupts",
+    )
+    random_slice_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=0.5,
+        description="share of max_bytes reserved for the random slice (oldest goes first)",
+    )
 
 
 class SamplingSettings(_Strict):
@@ -77,6 +124,29 @@ class SamplingSettings(_Strict):
         default="max", description="how per-detection uncertainties combine per frame"
     )
     seed: int = 0
+    close_to_threshold: CloseToThresholdOptions = Field(default_factory=CloseToThresholdOptions)
+    rules: RulesOptions = Field(default_factory=RulesOptions)
+    novelty: NoveltyOptions = Field(default_factory=NoveltyOptions)
+    rare_class: RareClassOptions = Field(default_factory=RareClassOptions)
+
+    @model_validator(mode="after")
+    def _known_strategies(self) -> SamplingSettings:
+        from runtime.sampling import make_scorer
+
+        try:
+            make_scorer(self.weights, self.reducer, self.seed, self.strategy_options())
+        except ConfigError as e:
+            raise ValueError(str(e)) from e
+        return self
+
+    def strategy_options(self) -> dict[str, dict[str, Any]]:
+        """Per-strategy option sections, as :func:`runtime.sampling.make_scorer` takes them."""
+        return {
+            "close_to_threshold": self.close_to_threshold.model_dump(),
+            "rules": self.rules.model_dump(),
+            "novelty": self.novelty.model_dump(),
+            "rare_class": self.rare_class.model_dump(),
+        }
 
 
 class UploadSettings(_Strict):

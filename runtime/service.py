@@ -59,11 +59,9 @@ from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
-from runtime.sampling import make_scorer
 from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
-from runtime.store.lmdb_store import SampleStore
-from runtime.store.writer import StoreWriter
+from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update import _testhooks
 from runtime.update.machine import AT_REST, Event, InstallMachine, InstallState
@@ -231,16 +229,7 @@ class DeviceService:
             log.warning("recovery: %s", line)
         self._load_active()
 
-        self.store = SampleStore(self.state_dir / "samples", max_bytes=cfg.store.max_bytes)
-        scorer = make_scorer(cfg.sampling.weights, cfg.sampling.reducer, cfg.sampling.seed)
-        self.writer = StoreWriter(
-            self.store,
-            scorer,
-            device_id=cfg.device_id,
-            jpeg_quality=cfg.store.jpeg_quality,
-            queue_size=cfg.store.queue_size,
-            min_priority=cfg.store.min_priority,
-        )
+        self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )

@@ -5,24 +5,44 @@ device config names the strategies it wants with a weight each (``sampling.weigh
 ``{"margin": 1.0, "random": 0.1}``); :func:`make_scorer` builds a :class:`Scorer` whose
 ``score(prediction)`` returns every strategy's score (kept in the sample record, so the hub can
 re-rank later) and the **priority**: the weighted mean of those scores, in ``[0, 1]``. The store
-ranks, evicts and uploads by that priority. Everything here is pure: no I/O, no clocks.
+ranks, evicts and uploads by that priority. Strategies with options read them from their own
+section (``sampling.<name>``, validated, unknown keys rejected). Nothing here does I/O or reads
+a clock: what a strategy needs beyond the prediction comes in a
+:class:`~runtime.sampling.base.SampleContext` the caller builds.
+
+Strategies: ``margin``, ``entropy``, ``least_confidence`` (uncertainty of the class vectors),
+``random``, ``close_to_threshold`` (scores near a decision threshold), ``disagreement``
+(production vs shadow candidate), ``rules`` (operator rules: class seen, more than N objects,
+time of day), ``novelty`` (near-duplicate frames collapse, by perceptual hash) and
+``rare_class`` (classes seldom seen so far).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 from runtime.errors import ConfigError
 from runtime.pipeline.prediction import Prediction
-from runtime.sampling import entropy, least_confidence, margin
+from runtime.sampling import (
+    close_to_threshold,
+    disagreement,
+    entropy,
+    least_confidence,
+    margin,
+    novelty,
+    rare_class,
+    rules,
+)
 from runtime.sampling import random as random_strategy
 from runtime.sampling.base import (
     ERROR_SCORE,
     NO_ITEMS_SCORE,
     REDUCERS,
+    KeepsState,
     Reducer,
+    SampleContext,
     Strategy,
     StrategyFactory,
     StrategyOptions,
@@ -34,6 +54,7 @@ __all__ = [
     "REDUCERS",
     "REGISTRY",
     "Reducer",
+    "SampleContext",
     "Scorer",
     "Strategy",
     "StrategyOptions",
@@ -45,6 +66,11 @@ REGISTRY: dict[str, StrategyFactory] = {
     entropy.NAME: entropy.create,
     least_confidence.NAME: least_confidence.create,
     random_strategy.NAME: random_strategy.create,
+    close_to_threshold.NAME: close_to_threshold.create,
+    disagreement.NAME: disagreement.create,
+    rules.NAME: rules.create,
+    novelty.NAME: novelty.create,
+    rare_class.NAME: rare_class.create,
 }
 """Strategy name -> factory. The names are config vocabulary: never rename one."""
 
@@ -61,31 +87,59 @@ class Scorer:
         if not self._total > 0.0:
             raise ConfigError("sampling.weights: at least one weight must be above 0")
 
-    def score(self, prediction: Prediction) -> tuple[dict[str, float], float]:
+    @property
+    def needs_image_hash(self) -> bool:
+        """Whether a strategy reads ``context.image_hash`` (so the caller must compute it)."""
+        return any(getattr(s, "needs_image_hash", False) for s in self.strategies.values())
+
+    def score(
+        self, prediction: Prediction, context: SampleContext | None = None
+    ) -> tuple[dict[str, float], float]:
         """Per-strategy scores and the priority (their weighted mean), all in ``[0, 1]``."""
         scores: dict[str, float] = {}
         acc = 0.0
         for name, strategy in self.strategies.items():
-            s = strategy.score(prediction)
+            s = strategy.score(prediction, context)
             s = min(1.0, max(0.0, s)) if math.isfinite(s) else 0.0
             scores[name] = s
             acc += self.weights[name] * s
         return scores, min(1.0, max(0.0, acc / self._total))
 
+    def kept(self, prediction: Prediction, context: SampleContext | None = None) -> None:
+        """Tell stateful strategies (e.g. novelty) that the store kept this frame."""
+        for strategy in self.strategies.values():
+            if isinstance(strategy, KeepsState):
+                strategy.kept(prediction, context)
 
-def make_scorer(weights: Mapping[str, float], reducer: str = "max", seed: int = 0) -> Scorer:
-    """Build a scorer from ``{strategy name: weight}``.
 
-    Raises ConfigError for an unknown strategy or reducer, a negative or non-finite weight, or
-    weights that are all zero.
+def make_scorer(
+    weights: Mapping[str, float],
+    reducer: str = "max",
+    seed: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Scorer:
+    """Build a scorer from ``{strategy name: weight}`` and per-strategy ``options``.
+
+    ``options`` maps a strategy name to its section (e.g. ``{"novelty": {"radius": 4}}``); a
+    section for a strategy without weight is validated but unused. Raises ConfigError for an
+    unknown strategy or reducer, a negative or non-finite weight, weights that are all zero,
+    or an invalid or unknown option.
     """
+    options = dict(options or {})
+    for name in options:
+        if name not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY))
+            raise ConfigError(f"sampling: options for unknown strategy {name!r}; known: {known}")
     if reducer not in REDUCERS:
         raise ConfigError(
             f"sampling.reducer: unknown {reducer!r}; expected one of {', '.join(REDUCERS)}"
         )
     if not weights:
         raise ConfigError("sampling.weights: name at least one strategy")
-    options = StrategyOptions(reducer=cast(Reducer, reducer), seed=seed)
+    base = StrategyOptions(reducer=cast(Reducer, reducer), seed=seed)
+    for name, params in options.items():  # validate every section, used or not
+        if name not in weights:
+            REGISTRY[name](StrategyOptions(base.reducer, base.seed, dict(params)))
     strategies: dict[str, Strategy] = {}
     for name, w in weights.items():
         factory = REGISTRY.get(name)
@@ -95,5 +149,7 @@ def make_scorer(weights: Mapping[str, float], reducer: str = "max", seed: int = 
             )
         if not math.isfinite(w) or w < 0:
             raise ConfigError(f"sampling.weights.{name}: weight must be a number >= 0, got {w!r}")
-        strategies[name] = factory(options)
+        strategies[name] = factory(
+            StrategyOptions(base.reducer, base.seed, dict(options.get(name, {})))
+        )
     return Scorer(strategies, weights)

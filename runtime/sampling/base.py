@@ -1,9 +1,14 @@
 """What a sampling strategy is, and the rules every uncertainty strategy shares.
 
 A device sees far more frames than it can keep or upload, so each frame gets a *value*: a score
-in ``[0, 1]`` per strategy, higher meaning "more worth a human's time". A strategy is a pure
-function of one :class:`~runtime.pipeline.prediction.Prediction`; it never touches disk,
-network or the frame's pixels, so it can be tested exhaustively and run on any thread.
+in ``[0, 1]`` per strategy, higher meaning "more worth a human's time". A strategy scores one
+:class:`~runtime.pipeline.prediction.Prediction` plus an optional :class:`SampleContext` — what
+the caller knows beyond the prediction: the frame's time, a perceptual hash of its pixels, class
+statistics. A strategy never reads a clock, a disk, the network or the pixels themselves, so
+every one is tested exhaustively with constructed inputs. A few strategies keep bounded state
+(novelty remembers recently kept hashes, rare-class keeps running class counts): they update it
+in ``score`` (what was *seen*) or in the optional ``kept`` hook the writer calls once the store
+accepted the sample (what was *kept*). One scorer serves one thread.
 
 The uncertainty strategies (margin, entropy, least confidence) look at the **final stage's
 items** — what the pipeline concludes, e.g. the digit classes of a ``for_each`` classifier —
@@ -26,22 +31,31 @@ and share these rules, implemented once here:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, get_args, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar, get_args, runtime_checkable
 
+from pydantic import BaseModel, ValidationError
+
+from runtime.errors import ConfigError
 from runtime.pipeline.prediction import Item, Prediction
 
 __all__ = [
     "ERROR_SCORE",
     "NO_ITEMS_SCORE",
     "REDUCERS",
+    "KeepsState",
     "Reducer",
+    "SampleContext",
     "Strategy",
     "StrategyOptions",
+    "clamp01",
     "frame_uncertainty",
     "item_probabilities",
+    "no_params",
+    "parse_params",
     "reduce",
+    "stage_items",
 ]
 
 Reducer = Literal["min", "mean", "max"]
@@ -54,26 +68,82 @@ ERROR_SCORE = 0.0
 """Score of a frame whose prediction carries an ``error``."""
 
 
+@dataclass(frozen=True)
+class SampleContext:
+    """What the caller knows about a frame beyond its prediction (every field optional).
+
+    The store writer fills it in its own thread: ``timestamp`` is when the frame was offered
+    (unix seconds), ``image_hash`` the 64-bit dHash of the pixels
+    (:func:`runtime.sampling.novelty.dhash`, computed only when a strategy needs it), and
+    ``class_counts`` optional class statistics from elsewhere (e.g. the store) that
+    rare-class uses instead of its own running counts.
+    """
+
+    timestamp: float | None = None
+    image_hash: int | None = None
+    class_counts: Mapping[str, int] | None = None
+
+
 @runtime_checkable
 class Strategy(Protocol):
-    """One way to value a frame. ``score`` is pure and returns a float in ``[0, 1]``."""
+    """One way to value a frame. ``score`` returns a float in ``[0, 1]``."""
 
     name: str
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
         """How valuable this frame is for the next model: 0 = worthless, 1 = most valuable."""
         ...
 
 
+@runtime_checkable
+class KeepsState(Protocol):
+    """A strategy that wants to know which scored frames the store actually kept."""
+
+    def kept(self, prediction: Prediction, context: SampleContext | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class StrategyOptions:
-    """What a strategy factory may use; each strategy reads only what it needs."""
+    """What a strategy factory may use; each strategy reads only what it needs.
+
+    ``params`` is the strategy's own config section (``sampling.<name>``), validated by the
+    strategy's pydantic model: unknown keys are a ConfigError.
+    """
 
     reducer: Reducer = "max"
     seed: int = 0
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 StrategyFactory = Callable[[StrategyOptions], Strategy]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_params(model: type[M], name: str, options: StrategyOptions) -> M:
+    """Validate ``options.params`` with ``model``; ConfigError naming ``sampling.<name>.<key>``."""
+    try:
+        return model.model_validate(dict(options.params))
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in (name, *first["loc"]))
+        raise ConfigError(f"sampling.{loc}: {first['msg']}") from e
+
+
+def no_params(name: str, options: StrategyOptions) -> None:
+    """For strategies without options: any ``params`` is a ConfigError."""
+    if options.params:
+        keys = ", ".join(sorted(options.params))
+        raise ConfigError(f"sampling.{name}: takes no options, got {keys}")
+
+
+def stage_items(prediction: Prediction, stage: str | None) -> list[Item]:
+    """Items of the named stage (none: the final stage); [] for an unknown stage."""
+    if stage is None:
+        return prediction.final_items()
+    result = prediction.stages.get(stage)
+    return list(result.items) if result is not None else []
 
 
 def item_probabilities(item: Item) -> list[float]:
@@ -112,6 +182,11 @@ def frame_uncertainty(
         return NO_ITEMS_SCORE
     values = [_clamp01(per_item(item_probabilities(it))) for it in items]
     return _clamp01(reduce(values, reducer))
+
+
+def clamp01(v: float) -> float:
+    """``v`` clamped to ``[0, 1]``; non-finite values read as 0 (nothing to rank on)."""
+    return min(1.0, max(0.0, v)) if math.isfinite(v) else 0.0
 
 
 def _clamp01(v: float) -> float:

@@ -11,7 +11,13 @@ from __future__ import annotations
 import math
 
 from runtime.pipeline.prediction import Prediction
-from runtime.sampling.base import Reducer, StrategyOptions, frame_uncertainty
+from runtime.sampling.base import (
+    Reducer,
+    SampleContext,
+    StrategyOptions,
+    frame_uncertainty,
+    no_params,
+)
 
 __all__ = ["NAME", "EntropyStrategy", "create", "normalised_entropy"]
 
@@ -35,9 +41,10 @@ class EntropyStrategy:
     def __init__(self, reducer: Reducer = "max") -> None:
         self.reducer: Reducer = reducer
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
         return frame_uncertainty(prediction, normalised_entropy, self.reducer)
 
 
 def create(options: StrategyOptions) -> EntropyStrategy:
+    no_params(NAME, options)
     return EntropyStrategy(options.reducer)

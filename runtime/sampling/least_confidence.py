@@ -8,7 +8,13 @@ bundle. Frame rules are those of :mod:`runtime.sampling.base`.
 from __future__ import annotations
 
 from runtime.pipeline.prediction import Prediction
-from runtime.sampling.base import Reducer, StrategyOptions, frame_uncertainty
+from runtime.sampling.base import (
+    Reducer,
+    SampleContext,
+    StrategyOptions,
+    frame_uncertainty,
+    no_params,
+)
 
 __all__ = ["NAME", "LeastConfidenceStrategy", "create", "least_confidence"]
 
@@ -28,9 +34,10 @@ class LeastConfidenceStrategy:
     def __init__(self, reducer: Reducer = "max") -> None:
         self.reducer: Reducer = reducer
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
         return frame_uncertainty(prediction, least_confidence, self.reducer)
 
 
 def create(options: StrategyOptions) -> LeastConfidenceStrategy:
+    no_params(NAME, options)
     return LeastConfidenceStrategy(options.reducer)

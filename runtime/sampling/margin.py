@@ -9,7 +9,13 @@ Frame rules (items, reducer, no items, errors) are those of :mod:`runtime.sampli
 from __future__ import annotations
 
 from runtime.pipeline.prediction import Prediction
-from runtime.sampling.base import Reducer, StrategyOptions, frame_uncertainty
+from runtime.sampling.base import (
+    Reducer,
+    SampleContext,
+    StrategyOptions,
+    frame_uncertainty,
+    no_params,
+)
 
 __all__ = ["NAME", "MarginStrategy", "create", "margin_uncertainty"]
 
@@ -32,9 +38,10 @@ class MarginStrategy:
     def __init__(self, reducer: Reducer = "max") -> None:
         self.reducer: Reducer = reducer
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
         return frame_uncertainty(prediction, margin_uncertainty, self.reducer)
 
 
 def create(options: StrategyOptions) -> MarginStrategy:
+    no_params(NAME, options)
     return MarginStrategy(options.reducer)

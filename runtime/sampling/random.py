@@ -12,7 +12,7 @@ from __future__ import annotations
 import random as _random
 
 from runtime.pipeline.prediction import Prediction
-from runtime.sampling.base import ERROR_SCORE, StrategyOptions
+from runtime.sampling.base import ERROR_SCORE, SampleContext, StrategyOptions, no_params
 
 __all__ = ["NAME", "RandomStrategy", "create"]
 
@@ -27,11 +27,12 @@ class RandomStrategy:
     def __init__(self, seed: int = 0) -> None:
         self._rng = _random.Random(seed)
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
         if prediction.error is not None:
             return ERROR_SCORE
         return self._rng.random()
 
 
 def create(options: StrategyOptions) -> RandomStrategy:
+    no_params(NAME, options)
     return RandomStrategy(options.seed)

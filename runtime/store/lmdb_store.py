@@ -1,37 +1,73 @@
 """The sample store: a bounded, ranked, crash-safe shelf of frames worth a human's time.
 
-The device keeps at most ``max_bytes`` of samples on its own disk (LMDB, memory-mapped, one
-file). When a new sample would pass the cap, the store makes room by **evicting the
-lowest-priority records that are not protected**, and if the newcomer is itself worth less than
-everything it could evict, it is **rejected** instead. A record that carries human feedback and
-has not been uploaded yet is protected: it is never evicted. The uploader reads the best
-records first (:meth:`SampleStore.top`) and :meth:`~SampleStore.release`\\ s each one only after
-the hub acknowledged it.
+The device keeps at most ``max_bytes`` of samples **on disk** (LMDB, memory-mapped, one file).
+When a new sample would pass the cap, the store makes room by **evicting the lowest-priority
+records that are not protected**, and if the newcomer is itself worth less than everything it
+could evict, it is **rejected** instead. A record that carries human feedback and has not been
+uploaded yet is protected: it is never evicted. The uploader reads the best records first
+(:meth:`SampleStore.top`) and :meth:`~SampleStore.release`\\ s each one only after the hub
+acknowledged it.
 
-Layout (one LMDB environment, three named sub-databases)::
+Two more rules shape what is kept:
 
-    records  id -> value   value = header | meta JSON | image bytes
-                           header = b"LLS1", flags (1 byte: bit 0 protected, bit 1 pending),
-                                    priority key (8 bytes), meta length (4 bytes, big-endian)
-    prio     priority key + id -> b""      (sorted: lowest first, so eviction and top-K are
-                                            cursor walks from either end, O(log n) to reach)
-    meta     b"bytes" | b"pending" | b"evicted" -> 8-byte big-endian counters
+- **Per-class quotas** (``quotas``: final class -> :class:`ClassQuota`, ``"*"`` for every
+  other class): when a ranked newcomer would put its class over its share of ``max_bytes`` or
+  its count, the lowest-priority unprotected record *of that class* below the newcomer goes
+  first (or the newcomer is rejected). The class is :meth:`SampleRecord.final_class`.
+- **The random slice** (``random_share`` of ``max_bytes``): records flagged ``random_slice``
+  were kept uniformly at random for unbiased evaluation. They live under their own budget:
+  ranked newcomers never evict them, however high their priority; a random newcomer over that
+  budget evicts the *oldest* random record, and may evict the lowest ranked records to claim
+  its reserved share. Quotas count ranked records only.
+
+**Disk use, not payload.** LMDB stores a large value in contiguous overflow pages; with
+JPEGs of varying size, freed runs rarely fit the next value and the file grows well past the
+sum of the values (measured: +6 % over the accounted pages after 20,000 evicting inserts of
+15–25 KB). So a record is stored as **chunks of exactly one page** (``page size - 16`` bytes,
+the last one zero-padded), which LMDB reuses from its free list without fragmentation, and the
+store accounts each record's *footprint*: its chunk pages plus twice the packed size of its
+leaf entries in every sub-database (B-tree pages run half to fully packed). The cap also holds
+a reserve for what belongs to no record: LMDB's meta and root pages (``_FIXED_RESERVE_PAGES``)
+and the pages freed by the last few write transactions, which copy-on-write cannot reuse yet
+(``_LAG_TXNS`` × (the largest footprint one transaction wrote since open + the B-tree pages a
+transaction copies)) — see :func:`reserve_bytes`; :meth:`SampleStore.stats` reports it.
+Records are kept while the footprints sum to at most ``max_bytes - reserve``, so the data file
+stays at or under ``max_bytes`` (checked by a test and by ``python -m bench --only store``).
+
+Layout (one LMDB environment, six named sub-databases)::
+
+    records  id + chunk number (2 bytes) -> one page of: header | meta JSON | image | padding
+             header = b"LLS2", priority key (8 bytes), meta length, image length (4 bytes each)
+    prio     priority key + id -> entry = flags (1 byte: protected, pending, random slice),
+                                  chunks (2), footprint (4), final class (UTF-8, rest)
+    evict    priority key + id -> b""        (unprotected ranked records: the eviction order)
+    cprio    class length (1) + class + priority key + id -> b""   (the same, per class)
+    rslice   id -> priority key                                     (random-slice records)
+    meta     b"format" | b"bytes" | b"pending" | b"evicted" | b"random_bytes"  -> 8-byte counters
+             b"c:" + class -> count (8) + footprint (8) of the class's ranked records
 
 The priority key is the IEEE-754 double mapped to 8 bytes whose byte order is the number order;
 ties sort by id, which is time-ordered, so among equals the oldest is evicted first and a
-newcomer beats an older record of the same priority. The header repeats the priority key and
-the protected and pending flags so eviction and release never parse JSON.
+newcomer beats an older record of the same priority. Eviction and quota eviction walk
+``evict``/``cprio`` from the low end, which hold only records that may be evicted, so the
+victims are the first keys: O(log n) to reach, O(1) per victim, whatever the number of
+protected or random-slice records. Top-K walks ``prio`` from the high end (O(log n + K), plus
+records of the other upload state it skips). The oldest random record is the first key of
+``rslice`` (a protected one there is skipped). The entries carry everything eviction, release
+and ``top`` filtering need, so none of them parses a record.
 
-Crash safety: every change — the record, its index entry, the byte and pending counters, the
-evictions that made room — happens in **one** write transaction, and LMDB commits it durably
-(``sync=True``) before the method returns. A SIGKILL at any instant leaves either the state
-before or the state after a call; on open, reader slots left by a dead process are cleared.
-:meth:`SampleStore.check` verifies the invariants (every record indexed once, counters equal to
-the sums) and is what the kill -9 test runs after re-opening.
+Crash safety: every change — the chunks, their index entries, the counters, the evictions that
+made room — happens in **one** write transaction (:meth:`SampleStore.put_many` puts a batch in
+one), and LMDB commits it durably (``sync=True``) before the method returns. A SIGKILL at any
+instant leaves either the state before or the state after a call; on open, reader slots left by
+a dead process are cleared. :meth:`SampleStore.check` verifies the invariants and is what the
+kill -9 test runs after re-opening.
 
 A record that cannot be decoded is skipped by walks (and counted in ``stats()["corrupt"]``),
 never fatal; eviction treats it as unprotected garbage and reclaims it first among equals.
-LMDB errors surface as :class:`~runtime.errors.StoreError` with a one-line message.
+LMDB errors surface as :class:`~runtime.errors.StoreError` with a one-line message. A store
+folder written by the earlier one-value-per-record layout (format 1) is moved aside to
+``<folder>.format1-<unix time>`` on open, with a warning, and a fresh store is created.
 """
 
 from __future__ import annotations
@@ -39,9 +75,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
+import os
 import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,16 +90,36 @@ import lmdb
 from runtime.errors import StoreError
 from runtime.store.record import Feedback, SampleRecord
 
-__all__ = ["SampleStore", "decode_priority_key", "priority_key"]
+__all__ = [
+    "FORMAT",
+    "ClassQuota",
+    "SampleStore",
+    "decode_priority_key",
+    "priority_key",
+    "record_footprint",
+    "reserve_bytes",
+]
 
 log = logging.getLogger("leanloop.store")
 
-_MAGIC = b"LLS1"
-_HEADER = struct.Struct(">4sB8sI")  # magic, flags, priority key, meta length
+FORMAT = 2
+"""On-disk layout version, stored under ``meta[b"format"]``."""
+
+_MAGIC = b"LLS2"
+_HEADER = struct.Struct(">4s8sII")  # magic, priority key, meta length, image length
+_ENTRY = struct.Struct(">BHI")  # flags, chunks, footprint; the final class follows
+_CHUNK_NO = struct.Struct(">H")
 _FLAG_PROTECTED = 0x01
 _FLAG_PENDING = 0x02
+_FLAG_RANDOM = 0x04
+_PAGE_HEADER = 16  # an LMDB overflow page holds page size - 16 bytes
+_NODE = 8  # LMDB leaf node header
+_PGNO = 8  # a leaf node of an overflow value holds its page number
+_FIXED_RESERVE_PAGES = 8  # meta pages, sub-database roots, free-list pages
+_TREE_PAGES_PER_TXN = 16  # B-tree pages one write transaction copies (4 trees, depth <= 3)
+_LAG_TXNS = 3  # pages freed by this many recent transactions are not reusable yet
 _MIB = 1 << 20
-_COUNTERS = (b"bytes", b"pending", b"evicted")
+_MAX_CLASS = 255
 _SIGN = 1 << 63
 _ALL = (1 << 64) - 1
 
@@ -83,64 +142,136 @@ def decode_priority_key(key: bytes) -> float:
 
 
 @dataclass(frozen=True)
-class _Header:
-    protected: bool
-    pending: bool
-    pkey: bytes  # 8-byte priority key
-    meta_len: int
+class ClassQuota:
+    """Most a final class may hold: a share of ``max_bytes`` and/or a record count."""
+
+    max_share: float | None = None
+    max_count: int | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What the priority index says about a record."""
+
+    flags: int
+    chunks: int
+    footprint: int
+    cls: bytes
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.flags & _FLAG_PROTECTED)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.flags & _FLAG_PENDING)
+
+    @property
+    def random(self) -> bool:
+        return bool(self.flags & _FLAG_RANDOM)
+
+    def pack(self) -> bytes:
+        return _ENTRY.pack(self.flags, self.chunks, self.footprint) + self.cls
+
+
+_GARBAGE = _Entry(0, 0, 0, b"")
 
 
 class _Corrupt(Exception):
     """A stored value does not decode; the message says why."""
 
 
-def _is_protected(record: SampleRecord) -> bool:
-    return record.feedback is not None and record.upload_state != "uploaded"
+def _unpack_entry(raw: bytes) -> _Entry:
+    if len(raw) < _ENTRY.size:
+        raise _Corrupt("index entry too short")
+    flags, chunks, footprint = _ENTRY.unpack_from(raw)
+    return _Entry(int(flags), int(chunks), int(footprint), bytes(raw[_ENTRY.size :]))
 
 
-def _encode(record: SampleRecord) -> bytes:
-    meta = json.dumps(record.to_meta(), separators=(",", ":")).encode()
-    flags = (_FLAG_PROTECTED if _is_protected(record) else 0) | (
-        _FLAG_PENDING if record.upload_state == "pending" else 0
-    )
+def _class_bytes(record: SampleRecord) -> bytes:
+    return record.final_class().encode()[:_MAX_CLASS]
+
+
+def _class_prefix(cls: bytes) -> bytes:
+    return bytes([len(cls)]) + cls
+
+
+def _flags(record: SampleRecord) -> int:
+    protected = record.feedback is not None and record.upload_state != "uploaded"
     return (
-        _HEADER.pack(_MAGIC, flags, priority_key(record.priority), len(meta))
+        (_FLAG_PROTECTED if protected else 0)
+        | (_FLAG_PENDING if record.upload_state == "pending" else 0)
+        | (_FLAG_RANDOM if record.random_slice else 0)
+    )
+
+
+def _index_bytes(id_len: int, chunks: int, cls_len: int, random_slice: bool) -> int:
+    """Packed leaf bytes of one record's entries in every sub-database."""
+    n = chunks * (_NODE + id_len + _CHUNK_NO.size + _PGNO)
+    n += _NODE + 8 + id_len + _ENTRY.size + cls_len
+    if random_slice:
+        n += _NODE + id_len + 8  # rslice
+    else:
+        n += _NODE + 1 + cls_len + 8 + id_len  # cprio
+        n += _NODE + 8 + id_len  # evict
+    return n
+
+
+def _footprint(id_len: int, chunks: int, cls_len: int, random_slice: bool, psize: int) -> int:
+    return chunks * psize + 2 * _index_bytes(id_len, chunks, cls_len, random_slice)
+
+
+def _chunks_of(record: SampleRecord, chunk_size: int) -> list[bytes]:
+    meta = json.dumps(record.to_meta(), separators=(",", ":")).encode()
+    blob = (
+        _HEADER.pack(_MAGIC, priority_key(record.priority), len(meta), len(record.image))
         + meta
         + bytes(record.image)
     )
+    out = [blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size)]
+    out[-1] = out[-1].ljust(chunk_size, b"\0")  # one whole page: never stored inline
+    return out
 
 
-def _header(raw: bytes) -> _Header:
-    if len(raw) < _HEADER.size:
+def record_footprint(record: SampleRecord, page_size: int = mmap.PAGESIZE) -> int:
+    """Bytes of the cap this record takes (its pages plus its share of the indexes)."""
+    chunks = len(_chunks_of(record, page_size - _PAGE_HEADER))
+    cls_len = len(_class_bytes(record))
+    return _footprint(len(record.id.encode()), chunks, cls_len, record.random_slice, page_size)
+
+
+def reserve_bytes(largest_write: int, page_size: int = mmap.PAGESIZE) -> int:
+    """The part of ``max_bytes`` no record may use, given the largest footprint one write
+    transaction has stored (see the module story)."""
+    lag = _LAG_TXNS * (largest_write + _TREE_PAGES_PER_TXN * page_size)
+    return _FIXED_RESERVE_PAGES * page_size + lag
+
+
+def _u64(v: int) -> bytes:
+    return max(0, v).to_bytes(8, "big")
+
+
+def _decode(rid: bytes, blob: bytes, with_image: bool = True) -> SampleRecord:
+    if len(blob) < _HEADER.size:
         raise _Corrupt("shorter than its header")
-    magic, flags, pkey, meta_len = _HEADER.unpack_from(raw)
+    magic, _pkey, meta_len, image_len = _HEADER.unpack_from(blob)
     if magic != _MAGIC:
         raise _Corrupt("bad magic")
-    if _HEADER.size + meta_len > len(raw):
-        raise _Corrupt("meta length past the end")
-    return _Header(
-        bool(flags & _FLAG_PROTECTED), bool(flags & _FLAG_PENDING), bytes(pkey), int(meta_len)
-    )
-
-
-def _decode(rid: bytes, raw: bytes) -> SampleRecord:
-    h = _header(raw)
     start = _HEADER.size
+    end = start + meta_len + (image_len if with_image else 0)
+    if end > len(blob):
+        raise _Corrupt("lengths past the end")
     try:
-        meta = json.loads(raw[start : start + h.meta_len])
-        image = bytes(raw[start + h.meta_len :])
+        meta = json.loads(blob[start : start + meta_len])
+        image = bytes(blob[start + meta_len : end]) if with_image else b""
         record = SampleRecord.from_meta(meta, image)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _Corrupt(f"meta does not decode ({type(e).__name__})") from e
     if record.id.encode() != rid:
         raise _Corrupt("id does not match its key")
-    if int(meta.get("image_size", len(image))) != len(image):
+    if int(meta.get("image_size", image_len)) != image_len:
         raise _Corrupt("image size does not match")
     return record
-
-
-def _u64(v: int) -> bytes:
-    return max(0, v).to_bytes(8, "big")
 
 
 class SampleStore:
@@ -150,36 +281,92 @@ class SampleStore:
     own read transactions. Do not open the same ``path`` twice in one process.
     """
 
-    def __init__(self, path: Path, max_bytes: int, map_size: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        map_size: int | None = None,
+        *,
+        quotas: Mapping[str, ClassQuota] | None = None,
+        random_share: float = 0.0,
+        metasync: bool = True,
+    ) -> None:
         """Open (or create) the store in the folder ``path``.
 
-        ``map_size`` is LMDB's address-space reservation; the default, ``2 * max_bytes + 16
-        MiB``, leaves room for B-tree pages, page rounding and copy-on-write. Raises
-        StoreError if the folder cannot be created or LMDB cannot open it.
+        ``max_bytes`` caps the data file (reserve included, see the module story).
+        ``map_size`` is LMDB's address-space reservation (default ``2 * max_bytes + 16 MiB``);
+        the file grows only as pages are used. ``quotas`` and ``random_share`` are described
+        in the module story. ``metasync=False`` (LMDB ``MDB_NOMETASYNC``) syncs the disk once
+        per commit instead of twice: a power cut may undo the last committed transaction but
+        never corrupts the store, and a killed process loses nothing. Raises StoreError if the
+        folder cannot be created or LMDB cannot open it, or on a bad quota or share.
         """
         if max_bytes <= 0:
             raise StoreError(f"sample store {path}: max_bytes must be > 0, got {max_bytes}")
+        if not 0.0 <= random_share <= 1.0:
+            raise StoreError(f"sample store {path}: random_share must be in [0, 1]")
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.map_size = int(map_size) if map_size is not None else 2 * self.max_bytes + 16 * _MIB
+        self.quotas = {k.encode()[:_MAX_CLASS]: v for k, v in (quotas or {}).items()}
+        self.random_share = float(random_share)
+        self.metasync = bool(metasync)
         self._lock = threading.Lock()
         self._rejected = 0
+        self._largest = 0  # largest footprint one write transaction stored, since open
+        self._txn_bytes = 0
+        self._largest_record = 0
         self._corrupt: set[str] = set()
+        self._closed = True
+        self._open()
+        if self._legacy():
+            aside = self.path.with_name(f"{self.path.name}.format1-{int(time.time())}")
+            log.warning(
+                "sample store %s: written by an older layout; moved aside to %s, starting empty",
+                self.path,
+                aside,
+            )
+            self._env.close()
+            try:
+                os.replace(self.path, aside)
+            except OSError as e:
+                raise StoreError(f"sample store {self.path}: cannot move aside: {e}") from e
+            self._open()
+        self._run(True, "open", lambda t: t.put(b"format", _u64(FORMAT), db=self._meta))
+
+    def _open(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._env = lmdb.open(
-                str(self.path), subdir=True, max_dbs=4, map_size=self.map_size, mode=0o700
+                str(self.path),
+                subdir=True,
+                max_dbs=8,
+                map_size=self.map_size,
+                mode=0o700,
+                metasync=self.metasync,
             )
             # Slots of readers that died (kill -9) would pin old pages forever: clear them.
             self._env.reader_check()
             self._records = self._env.open_db(b"records")
             self._prio = self._env.open_db(b"prio")
+            self._cprio = self._env.open_db(b"cprio")
+            self._rslice = self._env.open_db(b"rslice")
+            self._evict = self._env.open_db(b"evict")
             self._meta = self._env.open_db(b"meta")
         except OSError as e:
             raise StoreError(f"sample store {self.path}: cannot open: {e}") from e
         except lmdb.Error as e:
             raise StoreError(f"sample store {self.path}: LMDB cannot open it: {e}") from e
+        self.page_size = int(self._env.stat()["psize"])
+        self._chunk_size = self.page_size - _PAGE_HEADER
         self._closed = False
+
+    def _legacy(self) -> bool:
+        def look(txn: lmdb.Transaction[bytes]) -> bool:
+            fmt = txn.get(b"format", db=self._meta)
+            return fmt is None and txn.stat(self._records)["entries"] > 0
+
+        return self._run(False, "open", look)
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -200,11 +387,27 @@ class SampleStore:
 
     def _counter(self, txn: lmdb.Transaction[bytes], name: bytes) -> int:
         raw = txn.get(name, db=self._meta)
-        return int.from_bytes(raw, "big") if raw is not None else 0
+        return int.from_bytes(raw[:8], "big") if raw is not None else 0
 
     def _bump(self, txn: lmdb.Transaction[bytes], name: bytes, delta: int) -> None:
         if delta:
             txn.put(name, _u64(self._counter(txn, name) + delta), db=self._meta)
+
+    def _class_counts(self, txn: lmdb.Transaction[bytes], cls: bytes) -> tuple[int, int]:
+        raw = txn.get(b"c:" + cls, db=self._meta)
+        if raw is None or len(raw) != 16:
+            return 0, 0
+        return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+
+    def _bump_class(
+        self, txn: lmdb.Transaction[bytes], cls: bytes, count: int, nbytes: int
+    ) -> None:
+        c, b = self._class_counts(txn, cls)
+        c, b = c + count, b + nbytes
+        if c <= 0:
+            txn.delete(b"c:" + cls, db=self._meta)
+        else:
+            txn.put(b"c:" + cls, _u64(c) + _u64(b), db=self._meta)
 
     def _note_corrupt(self, rid: bytes, why: str) -> None:
         sid = rid.decode(errors="replace")
@@ -212,107 +415,237 @@ class SampleStore:
             self._corrupt.add(sid)
             log.warning("sample store %s: record %s is corrupt (%s); skipped", self.path, sid, why)
 
-    def _pick_victims(
-        self,
-        txn: lmdb.Transaction[bytes],
-        need: int,
-        below: bytes | None,
-        exclude: bytes,
-    ) -> list[tuple[bytes, bytes, int, bool]] | None:
-        """Lowest-priority unprotected records freeing at least ``need`` bytes.
+    def _chunk_key(self, rid: bytes, n: int) -> bytes:
+        return rid + _CHUNK_NO.pack(n)
 
-        Only index keys strictly below ``below`` qualify (None: any). Returns (index key, id,
-        size, was pending) tuples, or None when not enough can be freed.
-        """
-        victims: list[tuple[bytes, bytes, int, bool]] = []
-        freed = 0
-        cursor = txn.cursor(db=self._prio)
-        for key in cursor.iternext(keys=True, values=False):
-            if below is not None and key >= below:
+    def _blob(self, txn: lmdb.Transaction[bytes], rid: bytes, upto: int | None = None) -> bytes:
+        """The concatenated chunks of ``rid`` (the first ``upto`` bytes or more); b"" if none."""
+        parts: list[bytes] = []
+        got = 0
+        cursor = txn.cursor(db=self._records)
+        if not cursor.set_range(rid + b"\0\0"):
+            return b""
+        n = len(rid)
+        for key, value in cursor.iternext(keys=True, values=True):
+            if len(key) != n + 2 or key[:n] != rid:
+                break
+            if _CHUNK_NO.unpack(key[n:])[0] != len(parts):
+                raise _Corrupt("a chunk is missing")
+            parts.append(value)
+            got += len(value)
+            if upto is not None and got >= upto:
+                break
+        return b"".join(parts)
+
+    def _read(self, txn: lmdb.Transaction[bytes], rid: bytes, with_image: bool) -> SampleRecord:
+        """Decode one record; raises _Corrupt."""
+        first = txn.get(rid + b"\0\0", db=self._records)
+        if first is None:
+            raise _Corrupt("indexed but missing")
+        if len(first) >= _HEADER.size:
+            _m, _k, meta_len, image_len = _HEADER.unpack_from(first)
+            upto = _HEADER.size + meta_len + (image_len if with_image else 0)
+        else:
+            upto = None
+        return _decode(rid, self._blob(txn, rid, upto), with_image)
+
+    def _entry_of(self, txn: lmdb.Transaction[bytes], rid: bytes) -> tuple[bytes, _Entry] | None:
+        """(index key, entry) of the record stored under ``rid``, or None."""
+        first = txn.get(rid + b"\0\0", db=self._records)
+        if first is None:
+            return None
+        key: bytes | None = None
+        if first is not None and len(first) >= _HEADER.size and first[:4] == _MAGIC:
+            key = bytes(first[4:12]) + rid
+            raw = txn.get(key, db=self._prio)
+            if raw is None:
+                key = None
+        if key is None:  # unreadable header or lost entry: scan the index for the id
+            for k in txn.cursor(db=self._prio).iternext(keys=True, values=False):
+                if k[8:] == rid:
+                    key = bytes(k)
+                    break
+            if key is None:
                 return None
-            rid = key[8:]
-            if rid == exclude:
-                continue
-            raw = txn.get(rid, db=self._records)
-            if raw is None:  # an index entry without a record: drop it, frees nothing
-                victims.append((key, rid, 0, False))
-                continue
-            try:
-                h = _header(raw)
-                protected, pending = h.protected, h.pending
-            except _Corrupt:
-                protected, pending = False, False  # unreadable: garbage, reclaim it
-            if protected:
-                continue
-            victims.append((key, rid, len(raw), pending))
-            freed += len(raw)
-            if freed >= need:
-                return victims
-        return None
-
-    def _delete(
-        self, txn: lmdb.Transaction[bytes], victims: list[tuple[bytes, bytes, int, bool]]
-    ) -> int:
-        """Delete victims (record + index); returns how many real records went."""
-        n = 0
-        for key, rid, size, pending in victims:
-            txn.delete(key, db=self._prio)
-            if size:
-                txn.delete(rid, db=self._records)
-                self._bump(txn, b"bytes", -size)
-                self._bump(txn, b"pending", -int(pending))
-                n += 1
-        return n
-
-    def _old_entry(
-        self, txn: lmdb.Transaction[bytes], rid: bytes
-    ) -> tuple[bytes | None, int, bool]:
-        """(index key, size, was pending) of the current value stored under ``rid``."""
-        raw = txn.get(rid, db=self._records)
-        if raw is None:
-            return None, 0, False
+            raw = txn.get(key, db=self._prio)
         try:
-            h = _header(raw)
+            return key, _unpack_entry(raw if raw is not None else b"")
         except _Corrupt:
-            return self._find_index_key(txn, rid), len(raw), False
-        return h.pkey + rid, len(raw), h.pending
+            return key, _GARBAGE
 
-    def _find_index_key(self, txn: lmdb.Transaction[bytes], rid: bytes) -> bytes | None:
-        """Slow path for a record whose header is unreadable: scan the index for its id."""
-        for key in txn.cursor(db=self._prio).iternext(keys=True, values=False):
-            if key[8:] == rid:
-                return bytes(key)
-        return None
+    def _entry_at(self, txn: lmdb.Transaction[bytes], key: bytes) -> _Entry:
+        raw = txn.get(key, db=self._prio)
+        try:
+            return _unpack_entry(raw if raw is not None else b"")
+        except _Corrupt:
+            return _GARBAGE
+
+    def _sweep_chunks(self, txn: lmdb.Transaction[bytes], rid: bytes) -> None:
+        cursor = txn.cursor(db=self._records)
+        if not cursor.set_range(rid + b"\0\0"):
+            return
+        n = len(rid)
+        while True:
+            k = cursor.key()
+            if len(k) != n + 2 or k[:n] != rid:
+                return
+            if not cursor.delete():
+                return
+
+    def _remove(self, txn: lmdb.Transaction[bytes], key: bytes, entry: _Entry) -> None:
+        """Delete a record, its index entries and its share of the counters."""
+        rid = key[8:]
+        txn.delete(key, db=self._prio)
+        self._sweep_chunks(txn, rid)
+        if entry.random:
+            txn.delete(rid, db=self._rslice)
+            self._bump(txn, b"random_bytes", -entry.footprint)
+        elif entry is not _GARBAGE:
+            txn.delete(_class_prefix(entry.cls) + key, db=self._cprio)
+            txn.delete(key, db=self._evict)
+            self._bump_class(txn, entry.cls, -1, -entry.footprint)
+        else:
+            txn.delete(key, db=self._evict)
+        self._bump(txn, b"bytes", -entry.footprint)
+        self._bump(txn, b"pending", -int(entry.pending))
+
+    def _quota_for(self, cls: bytes) -> ClassQuota | None:
+        return self.quotas.get(cls, self.quotas.get(b"*"))
 
     def _write_record(
         self, txn: lmdb.Transaction[bytes], record: SampleRecord, below: bytes | None
     ) -> bool:
-        """Store ``record`` (replacing one with the same id), evicting as needed. False: no room."""
+        """Store ``record`` (replacing one with the same id), evicting as needed. False: no room.
+
+        ``below`` None marks a protected write (feedback): it is never refused for a quota and
+        may evict any unprotected record; otherwise only records whose index key is below
+        ``below`` may go (random-slice newcomers: see the module story).
+        """
         if not math.isfinite(record.priority):
             raise StoreError(f"sample {record.id}: priority must be finite, got {record.priority}")
         rid = record.id.encode()
-        value = _encode(record)
-        old_key, old_size, old_pending = self._old_entry(txn, rid)
-        used = self._counter(txn, b"bytes") - old_size
-        need = used + len(value) - self.max_bytes
-        victims: list[tuple[bytes, bytes, int, bool]] = []
-        if len(value) > self.max_bytes:
+        chunks = _chunks_of(record, self._chunk_size)
+        if len(chunks) > 0xFFFF:
             return False
-        if need > 0:
-            found = self._pick_victims(txn, need, below, exclude=rid)
-            if found is None:
+        cls = _class_bytes(record)
+        rnd = record.random_slice
+        fp = _footprint(len(rid), len(chunks), len(cls), rnd, self.page_size)
+        budget = self.max_bytes - reserve_bytes(
+            max(self._largest, self._txn_bytes + fp), self.page_size
+        )
+        if fp > budget:
+            return False
+        old = self._entry_of(txn, rid)
+        old_key, old_entry = old if old is not None else (None, None)
+        victims: dict[bytes, _Entry] = {}
+        freed = 0
+
+        def walk(
+            db: Any,
+            prefix: bytes,
+            need: Callable[[], bool],
+            ok: Callable[[_Entry], bool],
+            limit: bytes | None,
+        ) -> bool:
+            """Take victims from ``db`` in key order until ``need()`` is False."""
+            nonlocal freed
+            if not need():
+                return True
+            cursor = txn.cursor(db=db)
+            if prefix and not cursor.set_range(prefix):
                 return False
-            victims = found
-        evicted = self._delete(txn, victims)
-        self._bump(txn, b"evicted", evicted)
-        if old_key is not None:
-            txn.delete(old_key, db=self._prio)
-        txn.put(rid, value, db=self._records)
-        txn.put(priority_key(record.priority) + rid, b"", db=self._prio)
-        self._bump(txn, b"bytes", len(value) - old_size)
-        self._bump(txn, b"pending", int(record.upload_state == "pending") - int(old_pending))
-        if evicted:
-            log.debug("sample store: evicted %d record(s) for %s", evicted, record.id)
+            if not prefix and not cursor.first():
+                return False
+            for k in cursor.iternext(keys=True, values=False):
+                if prefix and not k.startswith(prefix):
+                    return False
+                if db is self._rslice:
+                    pk = txn.get(k, db=self._rslice)
+                    key = bytes(pk[:8]) + bytes(k) if pk is not None else b"\0" * 8 + bytes(k)
+                else:
+                    key = bytes(k[len(prefix) :])
+                    if limit is not None and key >= limit:
+                        return False
+                if key[8:] == rid or key in victims:
+                    continue
+                entry = self._entry_at(txn, key)
+                if entry.protected or not ok(entry):
+                    continue
+                victims[key] = entry
+                freed += entry.footprint
+                if not need():
+                    return True
+            return False
+
+        if rnd:
+            share = int(self.random_share * self.max_bytes)
+            rused = self._counter(txn, b"random_bytes")
+            if old_entry is not None and old_entry.random:
+                rused -= old_entry.footprint
+
+            def over_random() -> bool:
+                return rused + fp - sum(e.footprint for e in victims.values()) > share
+
+            if not walk(self._rslice, b"", over_random, lambda e: e.random, None):
+                return False
+        elif below is not None:
+            quota = self._quota_for(cls)
+            if quota is not None:
+                count, cbytes = self._class_counts(txn, cls)
+                if old_entry is not None and not old_entry.random and old_entry.cls == cls:
+                    count, cbytes = count - 1, cbytes - old_entry.footprint
+                cap_b = quota.max_share * self.max_bytes if quota.max_share is not None else None
+                cap_n = quota.max_count
+
+                def over_quota() -> bool:
+                    gone = [e for e in victims.values()]
+                    n = count + 1 - len(gone)
+                    b = cbytes + fp - sum(e.footprint for e in gone)
+                    return (cap_n is not None and n > cap_n) or (cap_b is not None and b > cap_b)
+
+                if not walk(self._cprio, _class_prefix(cls), over_quota, lambda e: True, below):
+                    return False
+        used = self._counter(txn, b"bytes") - (old_entry.footprint if old_entry else 0)
+
+        def over_cap() -> bool:
+            return used + fp - freed > budget
+
+        # ``evict`` holds exactly the unprotected ranked records, so this walk skips nothing.
+        # A random newcomer claims its reserved share from them whatever their priority.
+        anything: Callable[[_Entry], bool] = lambda e: True  # noqa: E731
+        limit = None if rnd or below is None else below
+        if not walk(self._evict, b"", over_cap, anything, limit):
+            if below is not None or rnd:
+                return False
+            # Feedback: the random slice's unprotected records may go too, oldest first.
+            if not walk(self._rslice, b"", over_cap, lambda e: e.random, None):
+                return False
+        for key, entry in victims.items():
+            self._remove(txn, key, entry)
+        self._bump(txn, b"evicted", len(victims))
+        if old_key is not None and old_entry is not None:
+            self._remove(txn, old_key, old_entry)
+        else:
+            self._sweep_chunks(txn, rid)  # leftovers of an unindexed record with this id
+        for i, chunk in enumerate(chunks):
+            txn.put(self._chunk_key(rid, i), chunk, db=self._records)
+        key = priority_key(record.priority) + rid
+        entry = _Entry(_flags(record), len(chunks), fp, cls)
+        txn.put(key, entry.pack(), db=self._prio)
+        if rnd:
+            txn.put(rid, key[:8], db=self._rslice)
+            self._bump(txn, b"random_bytes", fp)
+        else:
+            if not entry.protected:
+                txn.put(_class_prefix(cls) + key, b"", db=self._cprio)
+                txn.put(key, b"", db=self._evict)
+            self._bump_class(txn, cls, 1, fp)
+        self._bump(txn, b"bytes", fp)
+        self._bump(txn, b"pending", int(entry.pending))
+        self._txn_bytes += fp
+        self._largest_record = max(self._largest_record, fp)
+        if victims:
+            log.debug("sample store: evicted %d record(s) for %s", len(victims), record.id)
         return True
 
     # ---- public API --------------------------------------------------------------------
@@ -320,46 +653,76 @@ class SampleStore:
     def put(self, record: SampleRecord) -> bool:
         """Store ``record`` durably; False if it was rejected as worth less than what is kept.
 
-        A record with the same id is replaced. To fit under ``max_bytes`` the lowest-priority
-        unprotected records *below* the newcomer are evicted, in the same transaction.
-        Raises StoreError on an LMDB failure or a non-finite priority (nothing is changed).
+        A record with the same id is replaced. To fit under the cap (and its class quota, or
+        the random slice's share) the lowest-priority unprotected records *below* the newcomer
+        are evicted, in the same transaction. Raises StoreError on an LMDB failure or a
+        non-finite priority (nothing is changed).
         """
-        rid = record.id.encode()
-        below = priority_key(record.priority) + rid if math.isfinite(record.priority) else None
+        return self.put_many([record])[0]
+
+    def put_many(self, records: Sequence[SampleRecord]) -> list[bool]:
+        """:meth:`put` each record, in order, in **one** durable transaction (one disk sync).
+
+        Returns one acceptance flag per record. Raises StoreError (nothing of the batch is
+        changed) on an LMDB failure or a non-finite priority.
+        """
+
+        def write(txn: lmdb.Transaction[bytes]) -> list[bool]:
+            self._txn_bytes = 0
+            out = []
+            for r in records:
+                below = (
+                    priority_key(r.priority) + r.id.encode() if math.isfinite(r.priority) else None
+                )
+                out.append(self._write_record(txn, r, below))
+            return out
+
+        if not records:
+            return []
         with self._lock:
-            ok = self._run(True, f"put {record.id}", lambda t: self._write_record(t, record, below))
-            if not ok:
-                self._rejected += 1
-            return ok
+            done = self._run(True, f"put {records[0].id}", write)
+            self._largest = max(self._largest, self._txn_bytes)
+            self._rejected += done.count(False)
+            return done
 
     def get(self, sample_id: str) -> SampleRecord | None:
         """The record with this id, or None. Raises StoreError if it is stored but corrupt."""
         rid = sample_id.encode()
-        raw = self._run(False, f"get {sample_id}", lambda t: t.get(rid, db=self._records))
-        if raw is None:
-            return None
-        try:
-            return _decode(rid, raw)
-        except _Corrupt as e:
-            self._note_corrupt(rid, str(e))
-            raise StoreError(f"sample store {self.path}: record {sample_id} is corrupt: {e}") from e
 
-    def top(self, n: int, state: str | None = "pending") -> list[SampleRecord]:
+        def read(txn: lmdb.Transaction[bytes]) -> SampleRecord | None:
+            if txn.get(rid + b"\0\0", db=self._records) is None:
+                return None
+            try:
+                return self._read(txn, rid, with_image=True)
+            except _Corrupt as e:
+                self._note_corrupt(rid, str(e))
+                raise StoreError(
+                    f"sample store {self.path}: record {sample_id} is corrupt: {e}"
+                ) from e
+
+        return self._run(False, f"get {sample_id}", read)
+
+    def top(
+        self, n: int, state: str | None = "pending", *, with_image: bool = True
+    ) -> list[SampleRecord]:
         """Up to ``n`` records, highest priority first, whose ``upload_state`` is ``state``
-        (None: any). Corrupt records are skipped and counted. Raises StoreError."""
+        (None: any). ``with_image=False`` leaves ``image`` empty (listing, no copy of the
+        pictures). Corrupt records are skipped and counted. Raises StoreError."""
 
         def walk(txn: lmdb.Transaction[bytes]) -> list[SampleRecord]:
             out: list[SampleRecord] = []
             if n <= 0:
                 return out
-            for key in txn.cursor(db=self._prio).iterprev(keys=True, values=False):
+            for key, raw in txn.cursor(db=self._prio).iterprev(keys=True, values=True):
                 rid = key[8:]
-                raw = txn.get(rid, db=self._records)
-                if raw is None:
-                    self._note_corrupt(rid, "indexed but missing")
+                if (
+                    state in ("pending", "uploaded")
+                    and len(raw) >= 1
+                    and bool(raw[0] & _FLAG_PENDING) != (state == "pending")
+                ):
                     continue
                 try:
-                    rec = _decode(rid, raw)
+                    rec = self._read(txn, rid, with_image)
                 except _Corrupt as e:
                     self._note_corrupt(rid, str(e))
                     continue
@@ -371,22 +734,65 @@ class SampleStore:
 
         return self._run(False, "top", walk)
 
+    def floor(self) -> float | None:
+        """The priority a ranked newcomer must beat to get in, or None while there is room.
+
+        "Room" is judged against the largest record written since open, and the floor is the
+        lowest unprotected ranked record's priority (ignoring quotas) — an estimate the writer
+        uses to skip encoding frames the store would reject anyway; :meth:`put` decides.
+        O(log n). Raises StoreError.
+        """
+        if self._largest_record == 0:
+            return None
+        budget = self.max_bytes - reserve_bytes(self._largest, self.page_size)
+
+        def look(txn: lmdb.Transaction[bytes]) -> float | None:
+            if self._counter(txn, b"bytes") + self._largest_record <= budget:
+                return None
+            cursor = txn.cursor(db=self._evict)
+            return decode_priority_key(cursor.key()) if cursor.first() else None
+
+        return self._run(False, "floor", look)
+
+    def ranked(self, n: int, state: str | None = "pending") -> list[tuple[str, float]]:
+        """``(id, priority)`` of the ``n`` best records whose ``upload_state`` is ``state``
+        ("pending", "uploaded" or None: any), best first, read from the priority index alone:
+        no record is decoded, so it costs O(log n + n) cursor steps. Raises StoreError."""
+        if state not in (None, "pending", "uploaded"):
+            raise StoreError(f"sample store {self.path}: unknown upload state {state!r}")
+
+        def walk(txn: lmdb.Transaction[bytes]) -> list[tuple[str, float]]:
+            out: list[tuple[str, float]] = []
+            if n <= 0:
+                return out
+            for key, raw in txn.cursor(db=self._prio).iterprev(keys=True, values=True):
+                if state is not None and bool(raw[:1] and raw[0] & _FLAG_PENDING) != (
+                    state == "pending"
+                ):
+                    continue
+                out.append((bytes(key[8:]).decode(errors="replace"), decode_priority_key(key)))
+                if len(out) >= n:
+                    break
+            return out
+
+        return self._run(False, "ranked", walk)
+
     def set_feedback(self, sample_id: str, feedback: Feedback) -> SampleRecord:
         """Attach a human's feedback; the record becomes protected and top priority.
 
         The first feedback lifts the priority to ``1 + old`` (above every scored record, whose
         priority is at most 1); later feedback replaces the earlier one and keeps the priority.
-        Raises StoreError if the id is unknown or corrupt, or if the store is so full of
-        protected records that the slightly larger record cannot be kept.
+        A correction may move the record to another class (quotas are not enforced against
+        feedback). Raises StoreError if the id is unknown or corrupt, or if the store is so
+        full of protected records that the slightly larger record cannot be kept.
         """
         rid = sample_id.encode()
 
         def change(txn: lmdb.Transaction[bytes]) -> SampleRecord:
-            raw = txn.get(rid, db=self._records)
-            if raw is None:
+            if txn.get(rid + b"\0\0", db=self._records) is None:
                 raise StoreError(f"sample store {self.path}: no sample {sample_id}")
             try:
-                old = _decode(rid, raw)
+                old = self._read(txn, rid, with_image=True)
             except _Corrupt as e:
                 self._note_corrupt(rid, str(e))
                 raise StoreError(
@@ -394,6 +800,7 @@ class SampleStore:
                 ) from e
             priority = old.priority if old.feedback is not None else 1.0 + old.priority
             new = replace(old, feedback=feedback, priority=priority)
+            self._txn_bytes = 0
             if not self._write_record(txn, new, below=None):
                 raise StoreError(
                     f"sample store {self.path}: no room to keep feedback on {sample_id}: "
@@ -419,17 +826,17 @@ class SampleStore:
             n = 0
             for sid in wanted:
                 rid = sid.encode()
-                key, size, pending = self._old_entry(txn, rid)
-                if size == 0 and key is None:
+                found = self._entry_of(txn, rid)
+                if found is None:
+                    if txn.get(rid + b"\0\0", db=self._records) is not None:
+                        self._sweep_chunks(txn, rid)  # unindexed leftovers
+                        n += 1
                     continue
+                key, entry = found
                 expected = expected_priority.get(sid) if expected_priority is not None else None
-                if expected is not None and key is not None and key[:8] != priority_key(expected):
+                if expected is not None and key[:8] != priority_key(expected):
                     continue  # changed since it was sent (feedback): keep it for the next cycle
-                if key is not None:
-                    txn.delete(key, db=self._prio)
-                txn.delete(rid, db=self._records)
-                self._bump(txn, b"bytes", -size)
-                self._bump(txn, b"pending", -int(pending))
+                self._remove(txn, key, entry)
                 n += 1
             return n
 
@@ -437,65 +844,143 @@ class SampleStore:
             return self._run(True, "release", drop)
 
     def stats(self) -> dict[str, int]:
-        """``count``, ``bytes`` (sum of stored values), ``pending``, ``evicted`` (all persisted),
-        ``rejected`` and ``corrupt`` (since this process opened the store — persisting a refusal
-        would cost a disk sync per refused frame), ``max_bytes`` and ``map_size``."""
+        """``count``, ``bytes`` (sum of record footprints), ``pending``, ``evicted``,
+        ``random`` and ``random_bytes`` (the random slice) — all persisted; ``rejected`` and
+        ``corrupt`` (since this process opened the store — persisting a refusal would cost a
+        disk sync per refused frame); ``max_bytes``, ``map_size``, ``page_size``, ``reserve``
+        (the part of max_bytes no record may use, now) and ``disk_bytes`` (size of the LMDB
+        data file)."""
 
         def read(txn: lmdb.Transaction[bytes]) -> dict[str, int]:
             return {
-                "count": txn.stat(self._records)["entries"],
+                "count": txn.stat(self._prio)["entries"],
                 "bytes": self._counter(txn, b"bytes"),
                 "pending": self._counter(txn, b"pending"),
                 "evicted": self._counter(txn, b"evicted"),
+                "random": txn.stat(self._rslice)["entries"],
+                "random_bytes": self._counter(txn, b"random_bytes"),
             }
 
         out = self._run(False, "stats", read)
+        try:
+            disk = (self.path / "data.mdb").stat().st_size
+        except OSError:
+            disk = 0
         out.update(
             rejected=self._rejected,
             corrupt=len(self._corrupt),
             max_bytes=self.max_bytes,
             map_size=self.map_size,
+            page_size=self.page_size,
+            reserve=reserve_bytes(self._largest, self.page_size),
+            disk_bytes=disk,
         )
         return out
+
+    def class_stats(self) -> dict[str, dict[str, int]]:
+        """Per final class of the ranked records: ``count`` and ``bytes`` (footprints)."""
+
+        def read(txn: lmdb.Transaction[bytes]) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            cursor = txn.cursor(db=self._meta)
+            if not cursor.set_range(b"c:"):
+                return out
+            for k, v in cursor.iternext(keys=True, values=True):
+                if not k.startswith(b"c:"):
+                    break
+                out[k[2:].decode(errors="replace")] = {
+                    "count": int.from_bytes(v[:8], "big"),
+                    "bytes": int.from_bytes(v[8:16], "big"),
+                }
+            return out
+
+        return self._run(False, "class stats", read)
 
     def check(self) -> list[str]:
         """Verify the invariants; returns one line per problem (empty: consistent).
 
-        Every record decodes and is indexed exactly once under its own priority; every index
-        entry points at a record; ``bytes`` and ``pending`` equal the sums over the records;
-        ``bytes`` is at most ``max_bytes``. Raises StoreError on an LMDB failure.
+        Every record decodes and is indexed exactly once under its own priority with the
+        entry its meta implies, in ``cprio`` (ranked) or ``rslice`` (random slice); every index
+        entry points at a record; the counters equal the sums over the records; ``bytes`` is
+        at most ``max_bytes``. Raises StoreError on an LMDB failure.
         """
 
         def scan(txn: lmdb.Transaction[bytes]) -> list[str]:
             problems: list[str] = []
-            total = pending = 0
-            expected_keys: set[bytes] = set()
-            for rid, raw in txn.cursor(db=self._records).iternext(keys=True, values=True):
-                total += len(raw)
+            ids: list[bytes] = []
+            for k in txn.cursor(db=self._records).iternext(keys=True, values=False):
+                rid = bytes(k[:-2])
+                if not ids or ids[-1] != rid:
+                    ids.append(rid)
+            want_prio: dict[bytes, bytes] = {}
+            want_cprio: set[bytes] = set()
+            want_evict: set[bytes] = set()
+            want_rslice: dict[bytes, bytes] = {}
+            total = pending = rbytes = 0
+            classes: dict[bytes, list[int]] = {}
+            for rid in ids:
                 try:
-                    rec = _decode(rid, raw)
+                    rec = self._read(txn, rid, with_image=True)
+                    nchunks = len(_chunks_of(rec, self._chunk_size))
+                    stored = len(self._blob(txn, rid)) // self._chunk_size
+                    if stored != nchunks:
+                        raise _Corrupt(f"{stored} chunks stored, {nchunks} expected")
                 except _Corrupt as e:
                     problems.append(f"record {rid.decode(errors='replace')}: {e}")
                     continue
-                pending += rec.upload_state == "pending"
+                cls = _class_bytes(rec)
+                fp = _footprint(len(rid), nchunks, len(cls), rec.random_slice, self.page_size)
                 key = priority_key(rec.priority) + rid
-                h = _header(raw)
-                if h.pkey != key[:8] or h.pending != (rec.upload_state == "pending"):
-                    problems.append(f"record {rec.id}: header disagrees with its meta")
-                expected_keys.add(key)
-            index = set(txn.cursor(db=self._prio).iternext(keys=True, values=False))
-            for key in sorted(expected_keys - index):
+                want_prio[key] = _Entry(_flags(rec), nchunks, fp, cls).pack()
+                total += fp
+                pending += rec.upload_state == "pending"
+                if rec.random_slice:
+                    want_rslice[rid] = key[:8]
+                    rbytes += fp
+                else:
+                    if not (_flags(rec) & _FLAG_PROTECTED):
+                        want_cprio.add(_class_prefix(cls) + key)
+                        want_evict.add(key)
+                    c = classes.setdefault(cls, [0, 0])
+                    c[0] += 1
+                    c[1] += fp
+            prio = dict(txn.cursor(db=self._prio).iternext(keys=True, values=True))
+            for key in sorted(set(want_prio) - set(prio)):
                 problems.append(f"record {key[8:].decode()}: not in the priority index")
-            for key in sorted(index - expected_keys):
+            for key in sorted(set(prio) - set(want_prio)):
                 problems.append(f"index entry {key[8:].decode(errors='replace')}: no such record")
-            stored = self._counter(txn, b"bytes")
-            if stored != total:
-                problems.append(f"byte counter {stored} != sum of values {total}")
+            for key in sorted(set(prio) & set(want_prio)):
+                if prio[key] != want_prio[key]:
+                    problems.append(f"record {key[8:].decode()}: index entry disagrees with it")
+            cprio = set(txn.cursor(db=self._cprio).iternext(keys=True, values=False))
+            if cprio != want_cprio:
+                problems.append(f"class index: {len(cprio ^ want_cprio)} entries differ")
+            evict = set(txn.cursor(db=self._evict).iternext(keys=True, values=False))
+            if evict != want_evict:
+                problems.append(f"eviction index: {len(evict ^ want_evict)} entries differ")
+            rslice = dict(txn.cursor(db=self._rslice).iternext(keys=True, values=True))
+            if rslice != want_rslice:
+                problems.append("random-slice index disagrees with the records")
+            for name, value in (
+                (b"bytes", total),
+                (b"pending", pending),
+                (b"random_bytes", rbytes),
+            ):
+                counted = self._counter(txn, name)
+                if counted != value:
+                    problems.append(f"{name.decode()} counter {counted} != sum {value}")
+            for cls, (n, b) in classes.items():
+                if self._class_counts(txn, cls) != (n, b):
+                    problems.append(f"class {cls.decode(errors='replace')!r}: counters disagree")
+            cursor = txn.cursor(db=self._meta)
+            if cursor.set_range(b"c:"):
+                for k in cursor.iternext(keys=True, values=False):
+                    if not k.startswith(b"c:"):
+                        break
+                    if bytes(k[2:]) not in classes:
+                        problems.append(f"class {k[2:].decode(errors='replace')!r}: stale counter")
             if total > self.max_bytes:
                 problems.append(f"{total} bytes stored, above max_bytes {self.max_bytes}")
-            counted = self._counter(txn, b"pending")
-            if counted != pending:
-                problems.append(f"pending counter {counted} != pending records {pending}")
             return problems
 
         return self._run(False, "check", scan)
@@ -514,26 +999,24 @@ class SampleStore:
         self.close()
 
     def feedback_records(self) -> list[SampleRecord]:
-        """Every stored record that carries feedback (for the feedback metrics).
+        """Every stored record that carries feedback and is not uploaded yet (for the feedback
+        metrics), without images.
 
-        Reads each record's header in place (no copy of the image) and decodes only the
-        protected ones (feedback, not yet uploaded). Corrupt records are skipped.
-        Raises StoreError.
+        Walks the priority index and decodes only the protected entries. Corrupt records are
+        skipped. Raises StoreError.
         """
-        if self._closed:
-            raise StoreError(f"sample store {self.path}: feedback records after close")
-        out: list[SampleRecord] = []
-        try:
-            with self._env.begin(buffers=True) as txn:
-                for rid, raw in txn.cursor(db=self._records).iternext(keys=True, values=True):
-                    try:
-                        if not _header(raw).protected:  # type: ignore[arg-type]
-                            continue
-                        rec = _decode(bytes(rid), bytes(raw))
-                    except _Corrupt:
+
+        def walk(txn: lmdb.Transaction[bytes]) -> list[SampleRecord]:
+            out: list[SampleRecord] = []
+            for key, raw in txn.cursor(db=self._prio).iternext(keys=True, values=True):
+                try:
+                    if not _unpack_entry(bytes(raw)).protected:
                         continue
-                    if rec.feedback is not None:
-                        out.append(rec)
-        except lmdb.Error as e:
-            raise StoreError(f"sample store {self.path}: feedback records: LMDB error: {e}") from e
-        return out
+                    rec = self._read(txn, bytes(key[8:]), with_image=False)
+                except _Corrupt:
+                    continue
+                if rec.feedback is not None:
+                    out.append(rec)
+            return out
+
+        return self._run(False, "feedback records", walk)

@@ -1,15 +1,18 @@
 """The sample record: what a device keeps of a frame that may teach the next model.
 
-Records are time-ordered by ``id`` (``<unix-ns as 16 hex>-<8 hex random>``), carry the JPEG
-of the frame, the production prediction (and the shadow one if a candidate ran), the scores
+Records are time-ordered by ``id`` (``<unix-ns as 16 hex>-<8 hex random>``), carry the encoded
+frame (JPEG or PNG), the production prediction (and the shadow one if a candidate ran), the scores
 the sampling strategies gave, the combined ``priority``, any corrective feedback, and the upload
-state. ``to_meta`` is the JSON part the uploader sends beside the image.
+state. ``random_slice`` flags a record kept uniformly at random (not for its score) so the hub
+can evaluate on an unbiased sample. ``to_meta`` is the JSON part the uploader sends beside the
+image. :meth:`SampleRecord.final_class` is the class quotas count it under.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +78,30 @@ class SampleRecord:
     feedback: Feedback | None = None
     upload_state: str = "pending"  # "pending" | "uploaded"
     extra: dict[str, Any] = field(default_factory=dict)
+    random_slice: bool = False  # kept uniformly at random, for unbiased evaluation
+
+    def final_class(self) -> str:
+        """The frame's class for quotas: the most common label among the final stage's items
+        (ties: the higher summed score, then the name), with a correction applied; "" when
+        the frame has no items."""
+        items = _final_items(self.prediction)
+        labels = [str(it.get("label", "")) for it in items]
+        fb = self.feedback
+        if fb is not None and fb.kind == "correct" and fb.label:
+            if fb.item is None or len(labels) <= 1:
+                return fb.label
+            if 0 <= fb.item < len(labels):
+                labels[fb.item] = fb.label
+        if not labels:
+            return ""
+        counts = Counter(labels)
+        mass: dict[str, float] = {}
+        for lbl, it in zip(labels, items, strict=True):
+            try:
+                mass[lbl] = mass.get(lbl, 0.0) + float(it.get("score", 0.0))
+            except (TypeError, ValueError):
+                mass[lbl] = mass.get(lbl, 0.0)
+        return min(counts, key=lambda lbl: (-counts[lbl], -mass.get(lbl, 0.0), lbl))
 
     def to_meta(self) -> dict[str, Any]:
         """Everything but the image bytes, as JSON-able data."""
@@ -95,6 +122,7 @@ class SampleRecord:
             "feedback": self.feedback.to_dict() if self.feedback else None,
             "upload_state": self.upload_state,
             "extra": self.extra,
+            "random_slice": self.random_slice,
         }
 
     @classmethod
@@ -117,4 +145,14 @@ class SampleRecord:
             feedback=Feedback.from_dict(fb) if fb else None,
             upload_state=str(meta.get("upload_state", "pending")),
             extra=dict(meta.get("extra", {})),
+            random_slice=bool(meta.get("random_slice", False)),
         )
+
+
+def _final_items(prediction: dict[str, Any]) -> list[dict[str, Any]]:
+    stages = prediction.get("stages") if isinstance(prediction, dict) else None
+    if not isinstance(stages, dict) or not stages:
+        return []
+    last = list(stages.values())[-1]
+    items = last.get("items") if isinstance(last, dict) else None
+    return [it for it in items if isinstance(it, dict)] if isinstance(items, list) else []

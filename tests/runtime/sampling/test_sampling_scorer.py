@@ -6,7 +6,14 @@ import pytest
 
 from runtime.errors import ConfigError
 from runtime.pipeline.prediction import Item, Prediction, StageResult
-from runtime.sampling import REGISTRY, Scorer, Strategy, StrategyOptions, make_scorer
+from runtime.sampling import (
+    REGISTRY,
+    SampleContext,
+    Scorer,
+    Strategy,
+    StrategyOptions,
+    make_scorer,
+)
 
 
 def frame(vector: list[float]) -> Prediction:
@@ -15,7 +22,17 @@ def frame(vector: list[float]) -> Prediction:
 
 
 def test_registry_names_every_strategy_when_imported() -> None:
-    assert set(REGISTRY) == {"margin", "entropy", "least_confidence", "random"}
+    assert set(REGISTRY) == {
+        "margin",
+        "entropy",
+        "least_confidence",
+        "random",
+        "close_to_threshold",
+        "disagreement",
+        "rules",
+        "novelty",
+        "rare_class",
+    }
     for name, factory in REGISTRY.items():
         s = factory(StrategyOptions())
         assert isinstance(s, Strategy)
@@ -54,7 +71,7 @@ def test_scorer_clamps_when_a_strategy_misbehaves() -> None:
     class Wild:
         name = "wild"
 
-        def score(self, prediction: Prediction) -> float:
+        def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
             return 7.0
 
     scores, priority = Scorer({"wild": Wild()}, {"wild": 1.0}).score(frame([1.0]))

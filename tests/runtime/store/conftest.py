@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from runtime.store.lmdb_store import SampleStore
+from runtime.store.lmdb_store import SampleStore, record_footprint, reserve_bytes
 from runtime.store.record import SampleRecord, new_sample_id
 
 _clock = itertools.count(1_700_000_000_000_000_000, 1000)
@@ -36,6 +37,17 @@ def build_record(priority: float, size: int = 1000, **kw: object) -> SampleRecor
     return SampleRecord(**fields)  # type: ignore[arg-type]
 
 
+def cap_for(n: float, size: int = 1000, **kw: object) -> int:
+    """A ``max_bytes`` that holds ``n`` records of the builder's shape, reserve included."""
+    fp = record_footprint(build_record(0.5, size, **kw))
+    return reserve_bytes(fp) + int(n * fp)
+
+
+@pytest.fixture(name="cap_for")
+def cap_for_fixture() -> Callable[..., int]:
+    return cap_for
+
+
 @pytest.fixture
 def make_record() -> RecordFactory:
     return build_record
@@ -50,8 +62,8 @@ def store_path(tmp_path: Path) -> Path:
 def open_store(store_path: Path) -> Iterator[Callable[..., SampleStore]]:
     opened: list[SampleStore] = []
 
-    def _open(max_bytes: int = 1 << 20, map_size: int | None = None) -> SampleStore:
-        s = SampleStore(store_path, max_bytes=max_bytes, map_size=map_size)
+    def _open(max_bytes: int = 1 << 20, map_size: int | None = None, **kw: Any) -> SampleStore:
+        s = SampleStore(store_path, max_bytes=max_bytes, map_size=map_size, **kw)
         opened.append(s)
         return s
 

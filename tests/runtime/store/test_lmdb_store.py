@@ -15,13 +15,9 @@ from runtime.store.record import Feedback, SampleRecord
 
 Opener = Callable[..., SampleStore]
 RecordFactory = Callable[..., SampleRecord]
+Capper = Callable[..., int]
 
 FEEDBACK = Feedback(kind="correct", label="7", who="ops", when=2.0, bundle_version=3)
-
-
-def value_size(store: SampleStore) -> int:
-    """Bytes one record of the builder's default shape takes (measured, not guessed)."""
-    return store.stats()["bytes"]
 
 
 def test_priority_key_sorts_like_numbers_when_values_span_signs() -> None:
@@ -75,13 +71,9 @@ def test_store_top_filters_by_state_when_some_are_uploaded(
 
 
 def test_store_evicts_lowest_priority_when_cap_is_reached(
-    open_store: Opener, make_record: RecordFactory
+    cap_for: Capper, open_store: Opener, make_record: RecordFactory
 ) -> None:
-    probe = open_store(max_bytes=1 << 20)
-    probe.put(make_record(0.5))
-    one = value_size(probe)
-    probe.close()
-    store = SampleStore(Path(str(probe.path) + "-b"), max_bytes=5 * one + one // 2)
+    store = open_store(max_bytes=cap_for(5.5))
     try:
         recs = [make_record(p) for p in (0.5, 0.1, 0.9, 0.3, 0.7)]
         for r in recs:
@@ -98,15 +90,9 @@ def test_store_evicts_lowest_priority_when_cap_is_reached(
 
 
 def test_store_rejects_newcomer_when_it_is_lower_than_everything_evictable(
-    open_store: Opener, make_record: RecordFactory
+    cap_for: Capper, open_store: Opener, make_record: RecordFactory
 ) -> None:
-    probe = make_record(0.5)
-    store = open_store(max_bytes=1 << 20)
-    store.put(probe)
-    one = value_size(store)
-    store.release([probe.id])
-    store.close()
-    store = open_store(max_bytes=3 * one)
+    store = open_store(max_bytes=cap_for(3))
     for p in (0.4, 0.5, 0.6):
         assert store.put(make_record(p))
     before = [r.id for r in store.top(10)]
@@ -118,17 +104,17 @@ def test_store_rejects_newcomer_when_it_is_lower_than_everything_evictable(
 
 
 def test_store_rejects_record_when_it_alone_exceeds_max_bytes(
-    open_store: Opener, make_record: RecordFactory
+    cap_for: Capper, open_store: Opener, make_record: RecordFactory
 ) -> None:
-    store = open_store(max_bytes=4096)
-    assert store.put(make_record(0.99, size=8192)) is False
+    store = open_store(max_bytes=cap_for(2))
+    assert store.put(make_record(0.99, size=3 * cap_for(2))) is False
     assert store.stats()["count"] == 0
 
 
 def test_store_keeps_feedback_records_when_higher_ones_flood_in(
-    open_store: Opener, make_record: RecordFactory
+    cap_for: Capper, open_store: Opener, make_record: RecordFactory
 ) -> None:
-    store = open_store(max_bytes=8 * 1200)
+    store = open_store(max_bytes=cap_for(6.5))
     low = [make_record(0.01 * (i + 1)) for i in range(6)]
     for r in low:
         assert store.put(r)
@@ -166,12 +152,13 @@ def test_store_raises_store_error_when_feedback_targets_unknown_id(open_store: O
 
 
 def test_store_byte_use_stays_under_cap_when_loaded_randomly(
-    open_store: Opener, make_record: RecordFactory
+    cap_for: Capper, open_store: Opener, make_record: RecordFactory
 ) -> None:
     rng = random.Random(11)
-    store = open_store(max_bytes=64 * 1024)
+    cap = cap_for(40, size=6000)
+    store = open_store(max_bytes=cap)
     for i in range(300):
-        rec = make_record(rng.random(), size=rng.randint(200, 6000))
+        rec = make_record(rng.random(), size=rng.randint(200, 12000))
         store.put(rec)
         if i % 37 == 0:
             top = store.top(1)
@@ -179,27 +166,28 @@ def test_store_byte_use_stays_under_cap_when_loaded_randomly(
                 store.set_feedback(top[0].id, FEEDBACK)
         if i % 53 == 0:
             store.release([r.id for r in store.top(3)])
-        assert store.stats()["bytes"] <= 64 * 1024
+        assert store.stats()["bytes"] <= cap
     st = store.stats()
     assert st["evicted"] > 0 and st["rejected"] > 0
     assert store.check() == []
 
 
 def test_store_keeps_everything_when_reopened_after_close(
-    store_path: Path, make_record: RecordFactory
+    cap_for: Capper, store_path: Path, make_record: RecordFactory
 ) -> None:
-    store = SampleStore(store_path, max_bytes=5000)
+    store = SampleStore(store_path, max_bytes=cap_for(5))
     recs = [make_record(p) for p in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]
     for r in recs:
         store.put(r)
     store.set_feedback(store.top(1)[0].id, FEEDBACK)
     before_top = store.top(100)
-    before = {k: v for k, v in store.stats().items() if k not in ("rejected", "corrupt")}
+    volatile = ("rejected", "corrupt", "reserve", "disk_bytes")
+    before = {k: v for k, v in store.stats().items() if k not in volatile}
     store.close()
-    store = SampleStore(store_path, max_bytes=5000)
+    store = SampleStore(store_path, max_bytes=cap_for(5))
     try:
         assert store.top(100) == before_top
-        after = {k: v for k, v in store.stats().items() if k not in ("rejected", "corrupt")}
+        after = {k: v for k, v in store.stats().items() if k not in volatile}
         assert after == before
         assert store.check() == []
     finally:
@@ -246,21 +234,31 @@ def test_store_replaces_record_when_same_id_is_put_again(
 
 
 def test_store_skips_and_counts_corrupt_record_when_walking(
-    store_path: Path, make_record: RecordFactory
+    cap_for: Capper, store_path: Path, make_record: RecordFactory
 ) -> None:
-    store = SampleStore(store_path, max_bytes=6000)
+    cap = cap_for(3)
+    store = SampleStore(store_path, max_bytes=cap)
     good = [make_record(p) for p in (0.3, 0.6)]
     for r in good:
         store.put(r)
     store.close()
     bad_id = b"ffffffffffffffff-00000000"
-    env = lmdb.open(str(store_path), subdir=True, max_dbs=4)
+    env = lmdb.open(str(store_path), subdir=True, max_dbs=6)
     with env.begin(write=True) as txn:
-        txn.put(bad_id, b"LLS1 garbage that is not a record", db=env.open_db(b"records", txn))
-        txn.put(priority_key(0.5) + bad_id, b"", db=env.open_db(b"prio", txn))
+        garbage = b"LLS2 garbage that is not a record"
+        txn.put(bad_id + b"\0\0", garbage, db=env.open_db(b"records", txn))
+        # Its index entries survived (pending, one chunk, footprint 0): only the page rotted.
+        entry = bytes([2, 0, 1, 0, 0, 0, 0])
+        txn.put(priority_key(0.5) + bad_id, entry, db=env.open_db(b"prio", txn))
+        txn.put(priority_key(0.5) + bad_id, b"", db=env.open_db(b"evict", txn))
+        meta = env.open_db(b"meta", txn)  # and it was counted, as a record once was
+        pending = int.from_bytes(txn.get(b"pending", db=meta), "big")
+        txn.put(b"pending", (pending + 1).to_bytes(8, "big"), db=meta)
+        count = int.from_bytes(txn.get(b"c:", db=meta)[:8], "big")
+        txn.put(b"c:", (count + 1).to_bytes(8, "big") + txn.get(b"c:", db=meta)[8:], db=meta)
     env.close()
 
-    store = SampleStore(store_path, max_bytes=6000)
+    store = SampleStore(store_path, max_bytes=cap)
     try:
         assert [r.id for r in store.top(10)] == [good[1].id, good[0].id]
         assert store.stats()["corrupt"] == 1
@@ -270,8 +268,8 @@ def test_store_skips_and_counts_corrupt_record_when_walking(
         # Eviction reclaims the unreadable record like any unprotected one.
         for p in (0.7, 0.8, 0.9, 0.95):
             store.put(make_record(p))
-        assert store.stats()["bytes"] <= 6000
-        assert not any("ffffffffffffffff" in p for p in store.check())
+        assert store.stats()["bytes"] <= cap
+        assert store.check() == []
     finally:
         store.close()
 
@@ -296,3 +294,20 @@ def test_store_raises_store_error_when_used_after_close(
     store.close()
     with pytest.raises(StoreError, match="after close"):
         store.put(make_record(0.5))
+
+
+def test_store_moves_old_layout_aside_when_opened(
+    store_path: Path, make_record: RecordFactory
+) -> None:
+    env = lmdb.open(str(store_path), subdir=True, max_dbs=4)
+    with env.begin(write=True) as txn:
+        txn.put(b"17979cfe362fe7b8-d2d9c070", b"LLS1...", db=env.open_db(b"records", txn))
+    env.close()
+    store = SampleStore(store_path, max_bytes=1 << 20)
+    try:
+        aside = [p for p in store_path.parent.iterdir() if ".format1-" in p.name]
+        assert len(aside) == 1 and (aside[0] / "data.mdb").exists()
+        assert store.stats()["count"] == 0
+        assert store.put(make_record(0.5)) and store.check() == []
+    finally:
+        store.close()

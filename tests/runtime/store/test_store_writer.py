@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.pipeline.prediction import Item, Prediction, StageResult
-from runtime.sampling import Scorer, make_scorer
+from runtime.sampling import SampleContext, Scorer, make_scorer
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.writer import StoreWriter
 
@@ -44,7 +44,7 @@ class Blocking:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def score(self, prediction: Prediction) -> float:
+    def score(self, prediction: Prediction, context: SampleContext | None = None) -> float:
         self.entered.set()
         self.release.wait(10)
         return 0.5
@@ -135,3 +135,131 @@ def test_writer_counts_error_and_survives_when_frame_cannot_encode(store: Sample
     w.close(timeout=5)
     st = w.stats()
     assert st["errors"] == 1 and st["stored"] == 1
+
+
+def scene(seed: int) -> np.ndarray:
+    small = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (64, 48), interpolation=cv2.INTER_CUBIC)
+
+
+def test_writer_stores_png_when_encoding_is_png(store: SampleStore) -> None:
+    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev", encoding="png")
+    img = frame()
+    w.offer(img, prediction([0.5, 0.5]))
+    assert w.close(timeout=5)
+    [rec] = store.top(5)
+    assert rec.image_format == "png" and rec.image[:8] == b"\x89PNG\r\n\x1a\n"
+    back = cv2.imdecode(np.frombuffer(rec.image, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(back, img)  # lossless
+
+
+def test_writer_keeps_flagged_random_slice_when_priority_is_below_minimum(
+    tmp_path: Path,
+) -> None:
+    store = SampleStore(tmp_path / "s", max_bytes=8 << 20, random_share=0.5)
+    w = StoreWriter(
+        store,
+        make_scorer({"margin": 1.0}),
+        "dev",
+        min_priority=0.99,
+        random_slice=0.25,
+        seed=4,
+        queue_size=256,
+    )
+    for i in range(200):
+        w.offer(frame(), prediction([0.9, 0.1], f"f{i}"))  # margin 0.2: never kept on score
+    assert w.close(timeout=10)
+    st = w.stats()
+    kept = store.top(1000)
+    assert all(r.random_slice for r in kept)
+    assert st["stored"] == st["stored_random"] == len(kept)
+    assert 30 <= len(kept) <= 70  # ~25 % of 200, drawn uniformly
+    assert st["skipped"] == 200 - len(kept)
+    store.close()
+
+
+def test_writer_collapses_near_duplicates_when_novelty_is_weighted(store: SampleStore) -> None:
+    w = StoreWriter(store, make_scorer({"novelty": 1.0}), "dev", min_priority=0.5)
+    w.offer(scene(1), prediction([0.5, 0.5], "a"), timestamp=100.0)
+    time.sleep(0.3)  # let the first one be kept before the next is scored
+    w.offer(
+        np.clip(scene(1).astype(np.int16) + 4, 0, 255).astype(np.uint8),
+        prediction([0.5, 0.5], "a2"),
+    )
+    time.sleep(0.3)
+    w.offer(scene(2), prediction([0.5, 0.5], "b"))
+    assert w.close(timeout=5)
+    kept = {r.frame_id: r for r in store.top(10)}
+    assert set(kept) == {"a", "b"}
+    assert kept["a"].created == 100.0
+    assert w.stats()["skipped"] == 1
+
+
+def test_open_store_and_writer_follows_device_config_when_built(tmp_path: Path) -> None:
+    from runtime.config import DeviceConfig
+    from runtime.store.writer import open_store_and_writer
+
+    cfg = DeviceConfig.model_validate(
+        {
+            "device_id": "cam-3",
+            "store": {
+                "max_bytes": 4 << 20,
+                "encoding": "png",
+                "quotas": {"*": {"max_count": 5}},
+                "random_slice": 0.5,
+                "random_slice_share": 0.1,
+                "sync": "data",
+            },
+            "sampling": {"weights": {"rules": 1.0}, "rules": {"when": [{"labels": ["0"]}]}},
+        }
+    )
+    store, writer = open_store_and_writer(cfg, tmp_path / "samples")
+    try:
+        assert store.quotas and store.random_share == 0.1 and writer.encoding == "png"
+        assert store.metasync is False
+        assert writer.random_slice == 0.5 and writer.device_id == "cam-3"
+        for i in range(20):
+            writer.offer(frame(), prediction([0.9, 0.1], f"f{i}"))
+        assert writer.close(timeout=10)
+        assert store.class_stats()["0"]["count"] == 5
+        assert all(r.scores == {"rules": 1.0} for r in store.top(100))
+        assert store.check() == []
+    finally:
+        writer.close(timeout=1)
+        store.close()
+
+
+def test_writer_refuses_before_encoding_when_full_store_floor_is_higher(tmp_path: Path) -> None:
+    from runtime.store.lmdb_store import record_footprint, reserve_bytes
+    from runtime.store.record import SampleRecord
+
+    def rec(p: float) -> SampleRecord:
+        return SampleRecord(
+            id=f"{int(p * 1000):016x}-00000000",
+            device_id="d",
+            created=1.0,
+            frame_id="x",
+            bundle="digits",
+            bundle_version=4,
+            ontology_version=2,
+            image=b"\0" * 3000,
+            image_format="jpeg",
+            prediction={"frame_id": "x", "stages": {}},
+            scores={},
+            priority=p,
+        )
+
+    fp = record_footprint(rec(0.9))
+    store = SampleStore(tmp_path / "s", max_bytes=reserve_bytes(fp) + 3 * fp)
+    for p in (0.8, 0.9, 0.95):
+        assert store.put(rec(p))
+    assert store.floor() == 0.8
+    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev")
+    w.offer(frame(), prediction([0.9, 0.1]))  # margin 0.2: under the floor
+    w.offer(frame(), prediction([0.5, 0.5]))  # margin 1.0: evicts the 0.8
+    assert w.close(timeout=5)
+    assert (w.stats()["rejected"], w.stats()["stored"]) == (1, 1)
+    assert store.stats()["rejected"] == 0  # refused by the writer, never sent to the store
+    kept = [r.priority for r in store.top(10)]
+    assert kept[0] == 1.0 and 0.8 not in kept and 0.95 in kept
+    store.close()
