@@ -39,6 +39,7 @@ import queue
 import random
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -61,6 +62,7 @@ log = logging.getLogger("leanloop.store.writer")
 
 _Job = tuple[np.ndarray, Prediction, float]
 _NICE = 10
+_RECENT = 1024  # frame ids remembered for replacing a frame's record with its shadow copy
 
 
 class StoreWriter:
@@ -101,9 +103,15 @@ class StoreWriter:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._closing = False
         self._abandon = threading.Event()
-        # Caller-side counters.
+        # Caller-side counters (the frame loop and the shadow feeder both offer).
+        self._count_lock = threading.Lock()
         self.offered = 0
         self.dropped = 0
+        # Recently stored frames: frame id -> (sample id, in the random slice). A shadow
+        # comparison arrives after the production copy of the same frame was offered; its
+        # record (same frame, now with ``Prediction.shadow``) replaces that one rather than
+        # storing the frame twice.
+        self._recent: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         # Worker-side counters.
         self.stored = 0
         self.stored_random = 0
@@ -121,16 +129,19 @@ class StoreWriter:
         ``timestamp`` is the frame's time (unix seconds; default: now), which time-of-day rules
         read and the record keeps as ``created``.
         """
-        self.offered += 1
+        with self._count_lock:
+            self.offered += 1
         if self._closing:
-            self.dropped += 1
+            with self._count_lock:
+                self.dropped += 1
             return False
         try:
             self._queue.put_nowait(
                 (frame, prediction, time.time() if timestamp is None else timestamp)
             )
         except queue.Full:
-            self.dropped += 1
+            with self._count_lock:
+                self.dropped += 1
             return False
         return True
 
@@ -192,6 +203,10 @@ class StoreWriter:
                 self.stored += 1
                 self.stored_random += record.random_slice
                 self.scorer.kept(prediction, ctx)
+                self._recent[record.frame_id] = (record.id, record.random_slice)
+                self._recent.move_to_end(record.frame_id)
+                while len(self._recent) > _RECENT:
+                    self._recent.popitem(last=False)
             else:
                 self.rejected += 1
 
@@ -206,7 +221,20 @@ class StoreWriter:
                 image_hash = None  # novelty reads "unknown"
         ctx = SampleContext(timestamp=ts, image_hash=image_hash)
         scores, priority = self.scorer.score(prediction, ctx)
-        in_slice = self.random_slice > 0.0 and self._rng.random() < self.random_slice
+        earlier = self._recent.get(prediction.frame_id) if prediction.shadow is not None else None
+        kept: SampleRecord | None = None
+        if earlier is not None:
+            try:
+                kept = self.store.get(earlier[0])
+            except LeanloopError:
+                kept = None
+            if kept is None or kept.upload_state != "pending":
+                earlier = None  # gone home or evicted: this copy is a new sample
+        if earlier is not None:
+            in_slice = earlier[1]
+            priority = max(priority, kept.priority) if kept is not None else priority
+        else:
+            in_slice = self.random_slice > 0.0 and self._rng.random() < self.random_slice
         if not in_slice and priority < self.min_priority:
             self.skipped += 1
             return None
@@ -221,7 +249,7 @@ class StoreWriter:
             )
             return None
         record = SampleRecord(
-            id=new_sample_id(),
+            id=earlier[0] if earlier is not None else new_sample_id(),
             device_id=self.device_id,
             created=ts,
             frame_id=prediction.frame_id,
@@ -234,6 +262,8 @@ class StoreWriter:
             scores=scores,
             priority=priority,
             random_slice=in_slice,
+            # A human's word on the earlier copy stays with the frame.
+            feedback=kept.feedback if kept is not None and earlier is not None else None,
         )
         return record, prediction, ctx
 

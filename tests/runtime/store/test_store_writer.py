@@ -14,6 +14,7 @@ import pytest
 from runtime.pipeline.prediction import Item, Prediction, StageResult
 from runtime.sampling import SampleContext, Scorer, make_scorer
 from runtime.store.lmdb_store import SampleStore
+from runtime.store.record import Feedback
 from runtime.store.writer import StoreWriter
 
 
@@ -263,3 +264,49 @@ def test_writer_refuses_before_encoding_when_full_store_floor_is_higher(tmp_path
     kept = [r.priority for r in store.top(10)]
     assert kept[0] == 1.0 and 0.8 not in kept and 0.95 in kept
     store.close()
+
+
+def _settle(w: StoreWriter, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while w.stats()["stored"] + w.stats()["rejected"] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_writer_replaces_the_frame_record_when_its_shadow_copy_arrives(store: SampleStore) -> None:
+    w = StoreWriter(
+        store, make_scorer({"margin": 1.0, "disagreement": 1.0}), device_id="dev", batch=1
+    )
+    w.offer(frame(), prediction([0.9, 0.1], "a.png"))
+    _settle(w, 1)
+    [first] = store.top(5)
+    store.set_feedback(
+        first.id, Feedback(kind="confirm", label=None, who="op", when=1.0, bundle_version=4)
+    )
+    copy = prediction([0.9, 0.1], "a.png")
+    copy.shadow = {"disagreement": 1.0, "candidate_version": 5}
+    w.offer(frame(), copy)
+    w.offer(frame(), prediction([0.6, 0.4], "b.png"))
+    assert w.close(timeout=5) is True
+    by_frame = {r.frame_id: r for r in store.top(10)}
+    assert sorted(by_frame) == ["a.png", "b.png"] and len(store.top(10)) == 2
+    again = by_frame["a.png"]
+    assert again.id == first.id  # the same sample, not the frame stored twice
+    assert again.prediction["shadow"]["disagreement"] == 1.0
+    assert again.scores["disagreement"] == 1.0 and again.priority >= first.priority
+    assert again.feedback is not None and again.feedback.who == "op"  # the human's word stays
+
+
+def test_writer_stores_a_new_sample_when_the_shadow_copy_of_an_uploaded_frame_arrives(
+    store: SampleStore,
+) -> None:
+    w = StoreWriter(store, make_scorer({"disagreement": 1.0, "margin": 1.0}), "dev", batch=1)
+    w.offer(frame(), prediction([0.9, 0.1], "a.png"))
+    _settle(w, 1)
+    [first] = store.top(5)
+    store.release([first.id])  # acknowledged by the hub: gone home
+    copy = prediction([0.9, 0.1], "a.png")
+    copy.shadow = {"disagreement": 1.0}
+    w.offer(frame(), copy)
+    assert w.close(timeout=5) is True
+    [rec] = store.top(5)
+    assert rec.id != first.id and rec.prediction["shadow"] == {"disagreement": 1.0}
