@@ -67,12 +67,44 @@ def flat_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def mixing_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``x - mean(x)`` over *all* axes: per sample at batch 1, but a resized batch mixes rows."""
+    import torch
+
+    class Mixing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - x.mean()
+
+    return _convert(Mixing(), (1, 3, 4, 4), tmp_path_factory.mktemp("lt") / "mixing.tflite")
+
+
 def test_signature_reports_the_exported_nchw_layout_when_loaded(affine_tflite: Path) -> None:
     be = load_backend("litert", affine_tflite, BackendOptions())
     assert isinstance(be, Backend) and be.name == "litert"
     [inp], [out] = be.inputs, be.outputs
-    assert inp.shape == [1, 3, 4, 4] and inp.dtype == "float32"
-    assert out.shape == [1, 3, 4, 4] and out.dtype == "float32"
+    # Exported with a fixed batch of 1; the batch probe found the axis per-sample.
+    assert inp.shape == ["batch", 3, 4, 4] and inp.dtype == "float32"
+    assert out.shape == ["batch", 3, 4, 4] and out.dtype == "float32"
+
+
+def test_batch_probe_keeps_the_fixed_batch_when_the_graph_cannot_be_resized(
+    flat_tflite: Path,
+) -> None:
+    be = lt.load(flat_tflite, BackendOptions(warmup_runs=0))
+    assert not be.batchable and be.inputs[0].shape == [1, 1, 4, 4]
+    assert be.outputs[0].shape == [1, 3] and be.split_batch_sizes == [2]
+
+
+def test_batch_probe_runs_one_sample_at_a_time_when_the_resized_graph_mixes_samples(
+    mixing_tflite: Path,
+) -> None:
+    be = lt.load(mixing_tflite, BackendOptions(warmup_runs=0))
+    assert not be.batchable and be.inputs[0].shape == [1, 3, 4, 4]
+    assert be.cached_batch_sizes == [1]
+    x = np.random.default_rng(1).random((3, 3, 4, 4), dtype=np.float32)
+    want = x - x.mean(axis=(1, 2, 3), keepdims=True)  # each sample on its own
+    np.testing.assert_allclose(be.run({be.inputs[0].name: x})[0], want, atol=1e-6)
 
 
 def test_run_computes_the_model_when_given_its_batch(affine_tflite: Path) -> None:
@@ -113,7 +145,7 @@ def test_run_goes_one_sample_at_a_time_when_the_graph_cannot_be_resized(
     with torch.no_grad():
         want = net(torch.from_numpy(x.reshape(5, 16))).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
-    assert be.split_batch_sizes == [5]
+    assert be.split_batch_sizes == [2, 5]  # 2: the load-time batch probe
 
 
 @pytest.mark.parametrize("runs", [0, 1, 3])
@@ -175,7 +207,7 @@ def test_run_raises_backend_error_when_input_is_wrong_or_model_closed(
         be.run({be.inputs[0].name: np.zeros((1, 3, 4, 4), np.float32)})
 
 
-# ---- quantized tensors (pure helpers; no int8 model is exported here) -------------------------
+# ---- quantized tensors (pure helpers) ---------------------------------------------------------
 
 
 def _detail(dtype: type, scale: float, zero: int, scales: list[float] | None = None) -> dict:
