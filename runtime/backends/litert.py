@@ -235,13 +235,17 @@ class LiteRtBackend(EngineBackend):
         runner = self._runner_for(2)
         if runner.batch != 2:
             return False  # resize refused: already recorded as split
-        together = self._invoke(runner, feeds)
         rows = [self._invoke(self._runner, [f[r : r + 1] for f in feeds]) for r in (0, 1)]
         apart = [np.concatenate(parts) for parts in zip(*rows, strict=True)]
-        agree = all(
-            a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
-            for a, b in zip(together, apart, strict=True)
-        )
+        try:
+            together = self._invoke(runner, feeds)
+        except BackendError:
+            agree = False  # allocated, but does not run at batch 2
+        else:
+            agree = all(
+                a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                for a, b in zip(together, apart, strict=True)
+            )
         if not agree:
             self._others.pop(2, None)
             self._per_sample = True
@@ -276,8 +280,10 @@ class LiteRtBackend(EngineBackend):
             return runner
         try:
             interp = self._new_interpreter()
-            for i, shape in enumerate(self._base_shapes):
-                interp.resize_tensor_input(i, [batch, *shape[1:]], strict=False)
+            details = interp.get_input_details()
+            for detail, shape in zip(details, self._base_shapes, strict=True):
+                # the tensor index, not the input's position: they differ in general
+                interp.resize_tensor_input(detail["index"], [batch, *shape[1:]], strict=False)
             interp.allocate_tensors()
         except Exception as e:
             if self._runner.batch == 1:
