@@ -334,13 +334,14 @@ def decode_yolo_v8(
             return []
         kept_ids = np.zeros(keep.size, dtype=np.intp)
     else:
+        # The best score per candidate is a max; the argmax (a slow strided reduction over
+        # [C, N]) is only needed for the few candidates that pass the threshold.
         cls_scores = pred[4:]
-        class_ids = cls_scores.argmax(axis=0)
-        scores = cls_scores[class_ids, np.arange(cls_scores.shape[1])].astype(np.float32)
+        scores = cls_scores.max(axis=0).astype(np.float32)
         keep = _passing(scores, spec)
         if not keep.size:
             return []
-        kept_ids = class_ids[keep]
+        kept_ids = cls_scores[:, keep].argmax(axis=0)
     boxes = _cxcywh_to_xyxy(pred[:4, keep].T)
     return _finish(boxes, scores[keep], kept_ids, spec, classes, letterbox, image_size)
 
