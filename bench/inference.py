@@ -361,13 +361,13 @@ def _fan_out(case: _FanOutCase, reps: int, inner: int) -> list[dict[str, Any]]:
             f"(b) {case.label}, {threads} thread(s): sum of raw session.run "
             f"{row['raw_sum_p50_ms']:.3f} ms | Pipeline.run {row['run_p50_ms']:.3f} ms = "
             f"{row['ratio']:.3f}x (target <= {TARGET_FAN_OUT:.2f}x: {verdict}); "
-            f"+{row['overhead_ms']:.3f} ms per frame"
+            f"{row['overhead_ms']:+.3f} ms per frame"
         )
         if case.with_pre:
             line += (
                 f"; vs raw calls + the same pre-processing by hand "
                 f"{row['raw_with_pre_p50_ms']:.3f} ms: {row['ratio_vs_raw_with_pre']:.3f}x "
-                f"(+{row['overhead_vs_raw_with_pre_ms']:.3f} ms)"
+                f"({row['overhead_vs_raw_with_pre_ms']:+.3f} ms)"
             )
         _say(line)
     return rows
@@ -396,7 +396,7 @@ def _two_stage(made: dict[str, Any], reps: int, inner: int) -> list[dict[str, An
     # The realistic pair costs ~60-100 ms a frame: one call per contender per repetition, so
     # raw and pipeline calls alternate and share any drift; the tiny pair costs ~1 ms, and its
     # ratio is about microseconds, so it gets many more samples.
-    return _fan_out(realistic, reps, 1) + _fan_out(tiny, reps * 2, inner * 2)
+    return _fan_out(realistic, reps * 2, 1) + _fan_out(tiny, reps * 2, inner * 2)
 
 
 # ---- (c) engines --------------------------------------------------------------------------
@@ -566,7 +566,7 @@ def _print_table(r: dict[str, Any]) -> None:
         lines.append(
             f"{label:<58}{row['threads']:>4}{row['raw_sum_p50_ms']:>10.3f}"
             f"{row['run_p50_ms']:>10.3f}{row['ratio']:>8.3f}  (<= {row['target']:.2f}; "
-            f"+{row['overhead_ms']:.3f} ms)"
+            f"{row['overhead_ms']:+.3f} ms)"
         )
         if "raw_with_pre_p50_ms" in row:
             lines.append(
