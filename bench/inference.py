@@ -49,8 +49,8 @@ Timing: every comparison runs its contenders **interleaved** — each repetition
 contender a few times, in an order rotated per repetition — so drift (thermal, other processes
 on the 2 cores) hits all of them alike; figures are medians over all calls. For (b) the median
 of the per-repetition differences (pipeline minus raw, sample i of each) is printed as well: a
-paired estimate that a noisy neighbour moves far less than the ratio of two medians. Ratios are printed,
-never asserted. The figures go to ``<out>/inference.json``.
+paired estimate that a noisy neighbour moves far less than the ratio of two medians. Ratios are
+printed, never asserted. The figures go to ``<out>/inference.json``.
 """
 
 from __future__ import annotations
