@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+# TFLite export (litert-torch) and exactly what its export path imports, pinned to a tested set.
+LITERT_TORCH := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==0.10.0 \
+	ai-edge-litert==2.3.0 torchao==0.18.0 jax==0.10.2 jaxlib==0.10.2 opt-einsum==3.4.0 \
+	absl-py==2.5.1 immutabledict==4.2.1 tabulate==0.10.0
 
 .PHONY: install demo test lint bench clean
 
@@ -12,6 +16,8 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
+	@# --no-deps: litert-converter needs xdsl, which pins typing-extensions<4.13 and would downgrade pydantic.
+	$(PY) -m pip install -q --no-deps $(LITERT_TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)

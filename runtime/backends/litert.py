@@ -25,6 +25,17 @@ to re-plan it); for a batch-1 model the backend then runs a larger batch one sam
 and stacks the outputs — same results, no batching speed-up — and remembers not to retry the
 resize. Any other model that cannot take the batch size raises BackendError naming it.
 
+**Batch probe.** ``litert-torch`` writes files with a fixed batch of 1 (a dynamic batch does not
+lower for common networks), so the signature alone would make the pipeline feed a ``for_each``
+stage one crop per call. At load, a model whose inputs all have a fixed batch of 1 is therefore
+probed (:func:`_probe_batch`): it is resized to a batch of 2 and run on two random samples,
+and the result compared with the two samples run one at a time. Only when the resize works *and*
+the rows agree (the batch axis really is per-sample) does the backend report axis 0 of its
+inputs and outputs as the dynamic ``batch``, so the pipeline sends all crops of a frame in one
+call; otherwise the signature keeps the fixed 1, and a graph whose resize runs but mixes samples
+is marked to run any larger batch one sample at a time (so a caller that batches anyway still
+gets correct rows). :attr:`LiteRtBackend.batchable` tells which case a model is.
+
 **Quantized tensors.** An ``int8``/``uint8`` tensor with a non-zero quantization scale is a
 quantized real number ``real = scale * (q - zero_point)``. Such an *input* is reported in the
 signature as ``float32``: the pipeline feeds real values (its ``pre`` spec says ``float32``)
@@ -133,6 +144,13 @@ def _quantization(detail: dict[str, Any], where: str) -> Quantization | None:
     return Quantization(float(scales[0]), int(zeros[0]) if zeros.size else 0, dtype)
 
 
+def _dynamic_batch(spec: TensorSpec) -> TensorSpec:
+    """``spec`` with axis 0 reported as the dynamic ``batch`` axis."""
+    if not spec.shape:
+        return spec
+    return spec.model_copy(update={"shape": ["batch", *spec.shape[1:]]})
+
+
 def _spec(detail: dict[str, Any], quant: Quantization | None) -> TensorSpec:
     sig = detail.get("shape_signature")
     dims = list(sig if sig is not None and len(sig) else detail["shape"])
@@ -192,8 +210,46 @@ class LiteRtBackend(EngineBackend):
         self._runner = _Runner(interp, first_batch)
         self._others: OrderedDict[int, _Runner] = OrderedDict()
         self._split: set[int] = set()  # batch sizes run one sample at a time (resize refused)
+        self._per_sample = False  # the resized graph mixes samples: always one at a time
         self._closed = False
+        self.batchable = first_batch != 1 or self._probe_batch()
+        if first_batch == 1 and self.batchable:
+            self._inputs = [_dynamic_batch(t) for t in self._inputs]
+            self._outputs = [_dynamic_batch(t) for t in self._outputs]
         self.warmup(options.warmup_runs)
+
+    def _probe_batch(self) -> bool:
+        """Can this batch-1 graph run a batch of 2 with per-sample results? (See the module
+        docstring.) Raises BackendError only when the model cannot run at all."""
+        if any(not shape or shape[0] != 1 for shape in self._base_shapes):
+            return False
+        if any(
+            q is None and d.kind != "f"
+            for q, d in zip(self._in_quant, self._native_dtypes, strict=True)
+        ):
+            return False  # integer inputs (ids, indices): random probes mean nothing
+        rng = np.random.default_rng(0)
+        feeds = [rng.random((2, *shape[1:]), dtype=np.float32) for shape in self._base_shapes]
+        feeds = [f if q is not None else f.astype(d) for f, q, d in
+                 zip(feeds, self._in_quant, self._native_dtypes, strict=True)]  # fmt: skip
+        runner = self._runner_for(2)
+        if runner.batch != 2:
+            return False  # resize refused: already recorded as split
+        rows = [self._invoke(self._runner, [f[r : r + 1] for f in feeds]) for r in (0, 1)]
+        apart = [np.concatenate(parts) for parts in zip(*rows, strict=True)]
+        try:
+            together = self._invoke(runner, feeds)
+        except BackendError:
+            agree = False  # allocated, but does not run at batch 2
+        else:
+            agree = all(
+                a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                for a, b in zip(together, apart, strict=True)
+            )
+        if not agree:
+            self._others.pop(2, None)
+            self._per_sample = True
+        return agree
 
     def _new_interpreter(self) -> Any:
         assert _Interpreter is not None
@@ -224,8 +280,10 @@ class LiteRtBackend(EngineBackend):
             return runner
         try:
             interp = self._new_interpreter()
-            for i, shape in enumerate(self._base_shapes):
-                interp.resize_tensor_input(i, [batch, *shape[1:]], strict=False)
+            details = interp.get_input_details()
+            for detail, shape in zip(details, self._base_shapes, strict=True):
+                # the tensor index, not the input's position: they differ in general
+                interp.resize_tensor_input(detail["index"], [batch, *shape[1:]], strict=False)
             interp.allocate_tensors()
         except Exception as e:
             if self._runner.batch == 1:
@@ -260,7 +318,8 @@ class LiteRtBackend(EngineBackend):
                 f"(inputs: {', '.join(self._position)})"
             ) from e
         batch = int(ordered[0].shape[0]) if ordered[0].ndim else 1
-        runner = self._runner_for(batch) if batch not in self._split else self._runner
+        split = self._per_sample or batch in self._split
+        runner = self._runner if split else self._runner_for(batch)
         if runner.batch != batch:  # a batch-1 graph that cannot be resized: one sample per call
             rows = [self._invoke(runner, [v[r : r + 1] for v in ordered]) for r in range(batch)]
             return [np.concatenate(parts) for parts in zip(*rows, strict=True)]

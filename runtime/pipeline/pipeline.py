@@ -17,8 +17,9 @@ Per frame, :meth:`Pipeline.run` (or :meth:`Pipeline.run_bytes` for encoded image
    ``for_each`` stage cuts one crop per detection of its parent stage
    (:func:`~runtime.pipeline.preprocess.crop_region`; too-small crops are skipped),
    pre-processes them into one batch tensor
-   (:func:`~runtime.pipeline.preprocess.preprocess_batch`: each crop resized on its own,
-   colour/scaling/layout once for all) and runs them **batched** when the model's first input
+   (the stage's :class:`~runtime.pipeline.preprocess.Preprocessor`, compiled from its ``pre``
+   spec at construction: each crop resized straight into the batch buffer, colour/scaling/layout
+   once for all) and runs them **batched** when the model's first input
    has a dynamic batch axis (in chunks of ``stage.batch`` when it is > 0), in chunks padded to
    the batch size when the model has a fixed batch > 1, else one call per crop. Every item it
    yields has ``parent`` = the index of its detection; items without a box get the parent's
@@ -66,12 +67,12 @@ from runtime.pipeline.postprocess import (
 from runtime.pipeline.prediction import Item, Prediction, StageResult
 from runtime.pipeline.preprocess import (
     Letterbox,
+    Preprocessor,
     as_bgr,
     crop_region,
     decode_image,
     load_plugin,
     preprocess,
-    preprocess_batch,
 )
 
 __all__ = ["Decoder", "Pipeline"]
@@ -110,6 +111,7 @@ class _Stage:
         "parent",
         "plugin_pre",
         "pre",
+        "prep",
         "rowwise",
     )
 
@@ -129,6 +131,7 @@ class _Stage:
         self.pre: PreSpec = spec.pre
         self.crop = spec.crop
         self.plugin_pre = spec.pre.plugin is not None
+        self.prep = None if self.plugin_pre else Preprocessor(spec.pre)
         self.key_calls = f"stage.{spec.name}.calls"  # Pipeline.stats keys, built once
         self.key_items = f"stage.{spec.name}.items"
         self.key_latency = f"stage.{spec.name}.latency_ms"
@@ -323,7 +326,11 @@ class Pipeline:
             if self._failures % _LOG_EVERY == 1:
                 _log.warning(
                     "pipeline %s v%s: stage %s failed (%d so far)",
-                    self.bundle, self.bundle_version, stage_name, self._failures, exc_info=True,
+                    self.bundle,
+                    self.bundle_version,
+                    stage_name,
+                    self._failures,
+                    exc_info=True,
                 )
             where = f"stage {stage_name}" if stage_name else "frame"
             return self._failed(frame_id, f"{where}: {_one_line(e)}", t0)
@@ -354,6 +361,8 @@ class Pipeline:
         )
 
     def _tensor(self, st: _Stage, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        if st.prep is not None:  # ``image`` is already BGR (the frame, from as_bgr)
+            return st.prep.one(image)
         tensor, lb = preprocess(image, st.pre)
         if st.plugin_pre and tensor.ndim == st.input_rank - 1:
             tensor = tensor[None]
@@ -392,14 +401,14 @@ class Pipeline:
         if not crops:
             return []
         lbs: list[Letterbox]
-        if st.plugin_pre:
+        if st.prep is None:
             pairs = [self._tensor(st, c) for c in crops]
             tensors = np.concatenate([t for t, _ in pairs], axis=0)
             lbs = [lb for _, lb in pairs]
         else:
-            # The crops are views of the BGR frame: one batch, resized one by one, the rest of
-            # the pre-processing in one pass; chunks below are views of it.
-            tensors, lbs = preprocess_batch(crops, st.pre)
+            # The crops are views of the BGR frame: one batch, each crop resized straight into
+            # it, the rest of the pre-processing in one pass; chunks below are views of it.
+            tensors, lbs = st.prep.batch(crops)
         n = len(crops)
         chunk = st.chunk if st.chunk > 0 else n
         items: list[Item] = []

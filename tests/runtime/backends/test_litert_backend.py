@@ -1,7 +1,10 @@
 """The LiteRT backend: signature, batch sizes, quantized tensors, warm-up, threads, errors.
 
 Real ``.tflite`` files are made from tiny torch modules with litert-torch (the hub-side
-``leanloop[export]`` extra); tests that need one are skipped when it is not installed.
+``leanloop[export]`` extra); tests that need one are skipped when it is not installed. The
+quantized model is one of them with its float input and output wrapped in real LiteRT
+``DEQUANTIZE`` / ``QUANTIZE`` ops (rewritten with the flatbuffer schema that ships in
+``ai-edge-litert``): litert-torch itself writes float I/O only.
 """
 
 from __future__ import annotations
@@ -67,12 +70,127 @@ def flat_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def mixing_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``x - mean(x)`` over *all* axes: per sample at batch 1, but a resized batch mixes rows."""
+    import torch
+
+    class Mixing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x - x.mean()
+
+    return _convert(Mixing(), (1, 3, 4, 4), tmp_path_factory.mktemp("lt") / "mixing.tflite")
+
+
+def _with_quantized_io(
+    src: Path, dst: Path, dtype: str, in_q: tuple[float, int], out_q: tuple[float, int]
+) -> Path:
+    """Rewrite ``src`` so its input is ``dtype`` quantized with ``in_q`` (scale, zero point)
+    and dequantized by a DEQUANTIZE op, and its output quantized by a QUANTIZE op to ``out_q``.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(src.read_bytes(), 0))
+    sg = model.subgraphs[0]
+    tensor_type = {"int8": fb.TensorType.INT8, "uint8": fb.TensorType.UINT8}[dtype]
+
+    def add_tensor(like: Any, name: bytes, q: tuple[float, int]) -> int:
+        t = fb.TensorT()
+        t.shape, t.shapeSignature = list(like.shape), like.shapeSignature
+        t.type, t.name, t.buffer = tensor_type, name, 0
+        t.quantization = fb.QuantizationParametersT()
+        t.quantization.scale, t.quantization.zeroPoint = [q[0]], [q[1]]
+        sg.tensors.append(t)
+        return len(sg.tensors) - 1
+
+    def add_op(code: int, inputs: list[int], outputs: list[int]) -> Any:
+        oc = fb.OperatorCodeT()
+        oc.builtinCode = oc.deprecatedBuiltinCode = code
+        oc.version = 2
+        model.operatorCodes.append(oc)
+        op = fb.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = len(model.operatorCodes) - 1, inputs, outputs
+        return op
+
+    old_in, old_out = sg.inputs[0], sg.outputs[0]
+    new_in = add_tensor(sg.tensors[old_in], b"q_input", in_q)
+    new_out = add_tensor(sg.tensors[old_out], b"q_output", out_q)
+    sg.operators = [
+        add_op(fb.BuiltinOperator.DEQUANTIZE, [new_in], [old_in]),
+        *sg.operators,
+        add_op(fb.BuiltinOperator.QUANTIZE, [old_out], [new_out]),
+    ]
+    sg.inputs, sg.outputs = [new_in], [new_out]
+    for sig in model.signatureDefs or []:
+        for t in sig.inputs or []:
+            t.tensorIndex = new_in if t.tensorIndex == old_in else t.tensorIndex
+        for t in sig.outputs or []:
+            t.tensorIndex = new_out if t.tensorIndex == old_out else t.tensorIndex
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    dst.write_bytes(builder.Output())
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("dtype", "in_q", "out_q"), [("int8", (0.5, -3), (0.25, 1)), ("uint8", (0.05, 128), (0.1, 10))]
+)
+def test_quantized_model_takes_real_values_and_returns_real_values_when_run(
+    affine_tflite: Path,
+    tmp_path: Path,
+    dtype: str,
+    in_q: tuple[float, int],
+    out_q: tuple[float, int],
+) -> None:
+    path = _with_quantized_io(affine_tflite, tmp_path / f"{dtype}.tflite", dtype, in_q, out_q)
+    be = lt.load(path, BackendOptions(threads=1))
+    [inp], [out] = be.inputs, be.outputs
+    assert (inp.dtype, out.dtype) == ("float32", "float32")  # reported as the reals they encode
+    assert inp.shape == ["batch", 3, 4, 4]  # the probe ran the quantized graph at batch 2
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(3).uniform(-4, 4, (2, 3, 4, 4)).astype(np.float32)
+    # What the engine must compute: quantize the input with its own scale and zero point,
+    # dequantize, 2x + 1, quantize to the output's parameters; the backend dequantizes that.
+    qx = np.clip(np.rint(x / np.float32(in_q[0])) + in_q[1], info.min, info.max)
+    y = (qx - in_q[1]).astype(np.float32) * np.float32(in_q[0]) * 2 + 1
+    qy = np.clip(np.rint(y / np.float32(out_q[0])) + out_q[1], info.min, info.max)
+    want = (qy - out_q[1]).astype(np.float32) * np.float32(out_q[0])
+    got = be.run({inp.name: x})[0]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=out_q[0] * 1.01)  # at most one step of rounding
+    assert np.mean(got == want) > 0.95
+    # An array of the tensor's own integer dtype is taken as already quantized.
+    raw = be.run({inp.name: qx.astype(dtype)})[0]
+    np.testing.assert_array_equal(raw, got)
+
+
 def test_signature_reports_the_exported_nchw_layout_when_loaded(affine_tflite: Path) -> None:
     be = load_backend("litert", affine_tflite, BackendOptions())
     assert isinstance(be, Backend) and be.name == "litert"
     [inp], [out] = be.inputs, be.outputs
-    assert inp.shape == [1, 3, 4, 4] and inp.dtype == "float32"
-    assert out.shape == [1, 3, 4, 4] and out.dtype == "float32"
+    # Exported with a fixed batch of 1; the batch probe found the axis per-sample.
+    assert inp.shape == ["batch", 3, 4, 4] and inp.dtype == "float32"
+    assert out.shape == ["batch", 3, 4, 4] and out.dtype == "float32"
+
+
+def test_batch_probe_keeps_the_fixed_batch_when_the_graph_cannot_be_resized(
+    flat_tflite: Path,
+) -> None:
+    be = lt.load(flat_tflite, BackendOptions(warmup_runs=0))
+    assert not be.batchable and be.inputs[0].shape == [1, 1, 4, 4]
+    assert be.outputs[0].shape == [1, 3] and be.split_batch_sizes == [2]
+
+
+def test_batch_probe_runs_one_sample_at_a_time_when_the_resized_graph_mixes_samples(
+    mixing_tflite: Path,
+) -> None:
+    be = lt.load(mixing_tflite, BackendOptions(warmup_runs=0))
+    assert not be.batchable and be.inputs[0].shape == [1, 3, 4, 4]
+    assert be.cached_batch_sizes == [1]
+    x = np.random.default_rng(1).random((3, 3, 4, 4), dtype=np.float32)
+    want = x - x.mean(axis=(1, 2, 3), keepdims=True)  # each sample on its own
+    np.testing.assert_allclose(be.run({be.inputs[0].name: x})[0], want, atol=1e-6)
 
 
 def test_run_computes_the_model_when_given_its_batch(affine_tflite: Path) -> None:
@@ -113,7 +231,7 @@ def test_run_goes_one_sample_at_a_time_when_the_graph_cannot_be_resized(
     with torch.no_grad():
         want = net(torch.from_numpy(x.reshape(5, 16))).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
-    assert be.split_batch_sizes == [5]
+    assert be.split_batch_sizes == [2, 5]  # 2: the load-time batch probe
 
 
 @pytest.mark.parametrize("runs", [0, 1, 3])
@@ -175,7 +293,7 @@ def test_run_raises_backend_error_when_input_is_wrong_or_model_closed(
         be.run({be.inputs[0].name: np.zeros((1, 3, 4, 4), np.float32)})
 
 
-# ---- quantized tensors (pure helpers; no int8 model is exported here) -------------------------
+# ---- quantized tensors (pure helpers) ---------------------------------------------------------
 
 
 def _detail(dtype: type, scale: float, zero: int, scales: list[float] | None = None) -> dict:

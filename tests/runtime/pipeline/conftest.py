@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # pipeline_models / pipeline_plu
 
 from pipeline_models import (
     export_brightness_classifier,
+    export_brightness_tflite,
     make_constant_detector,
     yolo_v8_preds,
 )
@@ -48,3 +49,15 @@ def classifier_batch4(model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def detector(model_dir: Path) -> Path:
     return make_constant_detector(model_dir / "det.onnx", yolo_v8_preds(DETECTIONS))
+
+
+@pytest.fixture(scope="session")
+def classifier_tflite(model_dir: Path) -> Path:
+    """The brightness classifier as TFLite; skipped without litert-torch or ai-edge-litert."""
+    from runtime.backends.litert import unavailable_reason
+    from trainer.export_formats import tflite_unavailable_reason
+
+    reason = unavailable_reason() or tflite_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return export_brightness_tflite(model_dir / "cls.tflite")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,28 +27,36 @@ from runtime.errors import BackendError
 DIGITS = [str(i) for i in range(10)]
 
 
-def export_brightness_classifier(path: Path, batch: int | None, size: int = 28) -> Path:
-    """Export ``conv1x1 -> global mean -> linear`` to ``path``; ``batch=None`` makes it dynamic."""
+def _brightness_module() -> object:
+    """Mean brightness ``m`` in [0, 1] -> 10 logits ``10 (18 k m - k^2)``, largest at ``k = 9m``.
+
+    Elementwise ops after one mean only: litert-torch 0.10 bakes the batch of 1 into the
+    transposes and reshapes around a convolution or a fully connected layer, so only a graph
+    like this one keeps a resizable batch axis in its TFLite file.
+    """
     import torch
     from torch import nn
 
     class Brightness(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(1, 1, 1, bias=False)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(1, 10)
             k = torch.arange(10, dtype=torch.float32)
-            with torch.no_grad():
-                self.conv.weight.fill_(1.0)
-                # logit_k = s * (18 k m - k^2): largest at k = 9m for mean brightness m in [0, 1].
-                self.fc.weight.copy_((10.0 * 18.0 * k)[:, None])
-                self.fc.bias.copy_(-10.0 * k * k)
+            self.register_buffer("w", 10.0 * 18.0 * k)
+            self.register_buffer("b", -10.0 * k * k)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(torch.flatten(self.pool(self.conv(x)), 1))
+            w: torch.Tensor = self.w  # type: ignore[assignment]
+            b: torch.Tensor = self.b  # type: ignore[assignment]
+            return x.mean(dim=(2, 3)) * w + b
 
-    model = Brightness().eval()
+    return Brightness().eval()
+
+
+def export_brightness_classifier(path: Path, batch: int | None, size: int = 28) -> Path:
+    """Export the brightness classifier to ONNX; ``batch=None`` makes the batch axis dynamic."""
+    import torch
+
+    model: Any = _brightness_module()
     dummy = torch.zeros(batch or 1, 1, size, size)
     dynamic = None if batch else {"image": {0: "batch"}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
@@ -61,6 +70,20 @@ def export_brightness_classifier(path: Path, batch: int | None, size: int = 28) 
             dynamic_axes=dynamic,
             opset_version=17,
             dynamo=False,
+        )
+    return path
+
+
+def export_brightness_tflite(path: Path, size: int = 28) -> Path:
+    """The brightness classifier as TFLite (litert-torch; batch 1 in the file, NCHW)."""
+    import litert_torch
+    import torch
+
+    from trainer.export_formats import _quiet
+
+    with _quiet():
+        litert_torch.convert(_brightness_module(), (torch.zeros(1, 1, size, size),)).export(
+            str(path)
         )
     return path
 

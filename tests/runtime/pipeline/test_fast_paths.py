@@ -94,6 +94,11 @@ _SPECS: list[dict[str, Any]] = [
     {"resize": (18, 22), "color": "rgb", "layout": "nhwc", "scale": 1 / 255, "mean": [0.5],
      "std": [0.2, 0.3, 0.25]},
     {"resize": (22, 18), "color": "bgr", "dtype": "uint8", "mean": [100.0, 90.0, 80.0]},
+    # >= 16k pixels: the colour planes are split with cv2.split before normalising
+    {"resize": (160, 120), "color": "rgb", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],
+     "std": [0.229, 0.224, 0.225]},
+    {"resize": (136, 128), "mode": "letterbox", "color": "bgr", "layout": "nhwc", "scale": 0.5,
+     "mean": [3.0, 2.0, 1.0]},
 ]  # fmt: skip
 
 

@@ -78,7 +78,9 @@ def test_fan_out_classifies_every_detection_in_one_call_when_batch_is_dynamic(
     assert [i.label for i in pred.stages["detector"].items] == ["o", "p", "o"]
     final = pred.final_items()
     assert [(i.label, i.parent, i.box) for i in final] == [
-        ("9", 0, boxes[0]), ("4", 1, boxes[1]), ("1", 2, boxes[2])
+        ("9", 0, boxes[0]),
+        ("4", 1, boxes[1]),
+        ("1", 2, boxes[2]),
     ]
     assert final[0].scores is not None and len(final[0].scores) == 10
     assert cls.batches == [3] and det.batches == [1]
@@ -87,6 +89,29 @@ def test_fan_out_classifies_every_detection_in_one_call_when_batch_is_dynamic(
     assert pred.latency_ms >= pred.stages["classifier"].latency_ms > 0
     assert (pred.bundle, pred.bundle_version, pred.ontology_version) == ("digits", 3, 2)
     assert pipe.stats["stage.classifier.calls"] == 1 and pipe.stats["stage.classifier.items"] == 3
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino", "litert"])
+def test_fan_out_batches_all_crops_on_each_engine_when_the_model_accepts_a_batch(
+    det: CountingBackend, classifier_dynamic: Path, request: pytest.FixtureRequest, engine: str
+) -> None:
+    from runtime.backends import available_backends
+
+    if (reason := available_backends().get(engine)) is not None:
+        pytest.skip(reason)
+    # ONNX with a dynamic batch for ORT and OpenVINO; a batch-1 TFLite file for LiteRT, whose
+    # batch axis the backend's load-time probe finds resizable.
+    path = (
+        request.getfixturevalue("classifier_tflite") if engine == "litert" else classifier_dynamic
+    )
+    inner = load_backend(engine, path, OPTS)
+    assert inner.inputs[0].shape[0] == "batch"
+    cls = CountingBackend(inner)
+    pipe = make_pipeline([DET_STAGE, cls_stage()], {"det": det, "cls": cls})
+    for _ in range(2):
+        pred = pipe.run(painted_frame())
+        assert [(i.label, i.parent) for i in pred.final_items()] == [("9", 0), ("4", 1), ("1", 2)]
+    assert cls.batches == [3, 3]
 
 
 def test_fan_out_chunks_calls_when_stage_batch_is_set(
@@ -152,8 +177,11 @@ def test_plugins_replace_pre_and_post_when_named_by_dotted_path(
         "name": "halves",
         "model": "det",
         "pre": {"resize": [96, 96], "color": "gray", "plugin": "pipeline_plugins:gray_pre"},
-        "post": {"type": "plugin", "function": "pipeline_plugins:left_half",
-                 "params": {"score": 0.75}},
+        "post": {
+            "type": "plugin",
+            "function": "pipeline_plugins:left_half",
+            "params": {"score": 0.75},
+        },
     }
     classifier = cls_stage(for_each="halves")
     classifier["pre"] = dict(CLS_PRE, plugin="pipeline_plugins.gray_pre")
