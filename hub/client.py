@@ -28,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,7 +40,7 @@ import bsdiff
 from hub.errors import HubUnavailable, NotFound, error_for_status
 from hub.signing import KEY_FILES, TargetAddition, load_root, resign_targets, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
-from runtime.errors import BundleError, ConfigError
+from runtime.errors import BundleError, ConfigError, HubError
 from runtime.trust import delta_target_name
 
 __all__ = [
@@ -52,20 +53,28 @@ __all__ = [
 
 Box = list[Any]  # [x1, y1, x2, y2, "label"]
 
+log = logging.getLogger("leanloop.hub.client")
+
 DELTA_BASE_VERSIONS = 2
-"""Deltas are made from at most this many of the most recent earlier versions of a bundle."""
+"""Deltas are made from this many of the most recent earlier versions of a bundle, plus every
+earlier version a device of the hub serves now."""
 DELTA_MAX_RATIO = 0.9
 """A delta is published only if it is smaller than this fraction of the full file."""
 
 
 def delta_bases(
-    targets: Mapping[str, Any], manifest: Manifest, keep: int = DELTA_BASE_VERSIONS
+    targets: Mapping[str, Any],
+    manifest: Manifest,
+    keep: int = DELTA_BASE_VERSIONS,
+    running: Iterable[int] = (),
 ) -> dict[str, list[tuple[str, str]]]:
     """Bases to make deltas from: bundle path → [(base target path, base sha256)], newest first.
 
     ``targets`` is the ``signed.targets`` mapping of targets metadata (JSON form). Bases are the
-    same path in the ``keep`` most recent published versions (those with a manifest target)
-    below ``manifest.version``, with a sha256 other than the new file's; each hash once.
+    same path in the published versions (those with a manifest target) below
+    ``manifest.version`` that devices run now (``running``, from their heartbeats) plus the
+    ``keep`` most recent ones (for devices that were offline), with a sha256 other than the new
+    file's; each hash once.
     """
     prefix = f"{manifest.name}/"
     versions: dict[int, dict[str, str]] = {}
@@ -77,10 +86,11 @@ def delta_bases(
             sha = (info.get("hashes") or {}).get("sha256") if isinstance(info, dict) else None
             if isinstance(sha, str):
                 versions.setdefault(int(vtext), {})[rel] = sha
-    recent = sorted((v for v, files in versions.items() if MANIFEST_NAME in files), reverse=True)
+    published = sorted((v for v, files in versions.items() if MANIFEST_NAME in files), reverse=True)
+    wanted = set(published[:keep]) | (set(running) & set(published))
     out: dict[str, list[tuple[str, str]]] = {}
     for rel, entry in manifest.files.items():
-        for v in recent[:keep]:
+        for v in sorted(wanted, reverse=True):
             sha = versions[v].get(rel)
             if sha is None or sha == entry.sha256 or any(sha == s for _, s in out.get(rel, [])):
                 continue
@@ -230,6 +240,21 @@ class HubAdminClient:
         signed = sign_targets(current, additions, keys_dir, expires_days)
         return self.post_targets(signed)
 
+    def _running_versions(self, bundle: str) -> set[int]:
+        """Versions of ``bundle`` the hub's devices serve now (their last heartbeat); empty if
+        the hub cannot say (deltas then come from the most recent versions only)."""
+        try:
+            devices = self.devices()
+        except HubError as e:
+            log.warning("publish: cannot list devices for delta bases: %s", e)
+            return set()
+        out: set[int] = set()
+        for d in devices:
+            active = (d.get("status") or {}).get("active") or {}
+            if active.get("bundle") == bundle and isinstance(active.get("version"), int):
+                out.add(active["version"])
+        return out
+
     def _deltas(
         self, bundle_dir: Path, manifest: Manifest, current: bytes
     ) -> dict[str, TargetAddition]:
@@ -245,7 +270,8 @@ class HubAdminClient:
         except (ValueError, KeyError, TypeError):
             return {}  # sign_targets reports malformed metadata
         out: dict[str, TargetAddition] = {}
-        for rel, bases in delta_bases(targets, manifest).items():
+        bases_of = delta_bases(targets, manifest, running=self._running_versions(manifest.name))
+        for rel, bases in bases_of.items():
             entry = manifest.files[rel]
             new = (bundle_dir / rel).read_bytes()
             for base_target, base_sha in bases:

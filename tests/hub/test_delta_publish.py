@@ -74,3 +74,18 @@ def test_publish_when_file_changed_signs_delta_target_that_rebuilds_it(
     assert info["length"] < 0.9 * len(v2)
     patch = live_hub.app[BLOBS].path(info["hashes"]["sha256"]).read_bytes()
     assert bsdiff.apply_patch(v1, patch) == v2
+
+
+def test_delta_bases_when_devices_run_an_older_version_adds_it(make_bundle: Any) -> None:
+    new = read_manifest(make_bundle("digits", 5, **{"model.onnx": b"new"}))
+    targets: dict[str, Any] = {}
+    for v in (1, 2, 3, 4):
+        targets |= _targets(v, {"model.onnx": str(v) * 64})
+    got = delta_bases(targets, new, running=[1, 4, 9])  # 9: not published, ignored
+    assert got == {
+        "model.onnx": [
+            ("digits/4/model.onnx", "4" * 64),
+            ("digits/3/model.onnx", "3" * 64),
+            ("digits/1/model.onnx", "1" * 64),
+        ]
+    }
