@@ -41,6 +41,11 @@ class _CopyFetcher:
     def __init__(self, bundles: dict[int, Path]) -> None:
         self.bundles = bundles
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Download totals, as ``BundleFetcher.counters`` (nothing is downloaded here)."""
+        return {}
+
     def fetch(
         self,
         name: str,
