@@ -130,6 +130,7 @@ def run_shadow(out: Path, quick: bool = False) -> dict[str, Any]:
     """Measure, print and write ``out/shadow.json``; returns the figures."""
     from runtime.backends.base import BackendOptions
     from runtime.bundle.loader import load_bundle
+    from runtime.config import ShadowSettings
     from runtime.shadow.runner import ShadowRunner
 
     t_all = time.perf_counter()
@@ -146,7 +147,15 @@ def run_shadow(out: Path, quick: bool = False) -> dict[str, Any]:
             img = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
             frames.append(cv2.imencode(".png", img)[1].tobytes())
         got = _Compared()
-        runner = ShadowRunner(bundle, got, threads=1, nice=10, queue_size=4)
+        cfg = ShadowSettings()  # what a device runs with by default
+        runner = ShadowRunner(
+            bundle,
+            got,
+            threads=cfg.threads,
+            nice=cfg.nice,
+            queue_size=cfg.queue_size,
+            max_duty=cfg.max_duty,
+        )
         runner.start()
         deadline = time.monotonic() + 120
         while runner.state == "starting" and time.monotonic() < deadline:

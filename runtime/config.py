@@ -280,6 +280,14 @@ class ShadowSettings(_Strict):
         default=20, ge=1, description="answers needed before the error rate is judged"
     )
     nice: int = Field(default=10, ge=0, le=19, description="OS niceness added to the worker")
+    max_duty: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="most of the wall time the candidate may be busy (a frame that took t is "
+        "followed by a rest of t*(1/max_duty - 1)); 1: no cap. Niceness alone does not keep a "
+        "candidate on an SMT sibling or shared core from slowing production",
+    )
     threads: int = Field(default=1, ge=0, description="candidate engine threads; 0: default")
     iou_threshold: float = Field(
         default=0.5, gt=0, le=1, description="IoU at which two boxes are the same object"

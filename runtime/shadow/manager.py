@@ -295,6 +295,7 @@ class ShadowManager:
             max_error_rate=s.max_error_rate,
             error_min_frames=s.error_min_frames,
             on_disable=self._on_disable,
+            max_duty=s.max_duty,
         )
         self._set("starting", None)
         self._runner.start()

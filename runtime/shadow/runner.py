@@ -76,8 +76,12 @@ class ShadowRunner:
         max_error_rate: float = 0.2,
         error_min_frames: int = 20,
         on_disable: Callable[[str], None] | None = None,
+        max_duty: float = 1.0,
     ) -> None:
+        if not 0.0 < max_duty <= 1.0:
+            raise ValueError(f"max_duty must be in (0, 1], got {max_duty}")
         self.bundle_dir = Path(bundle_dir)
+        self.max_duty = max_duty
         self.on_result = on_result
         self.on_disable = on_disable
         self.backend = backend
@@ -222,7 +226,8 @@ class ShadowRunner:
                     return
                 continue
             seq += 1
-            deadline = time.monotonic() + self.frame_timeout_s
+            started = time.monotonic()
+            deadline = started + self.frame_timeout_s
             try:
                 write_job(win, {"seq": seq, "frame_id": frame_id}, data, deadline)
                 while True:
@@ -239,6 +244,14 @@ class ShadowRunner:
                     self.disable(f"{self._crashed()} on frame {frame_id}")
                 return
             self._answer(frame_id, data, prod, msg)
+            if self.max_duty < 1.0:
+                # Duty-cycle cap: after a frame that kept the candidate busy for t, rest
+                # t * (1/duty - 1), so it is busy at most ``max_duty`` of the time. On cores
+                # shared with production (SMT siblings, a busy second core) niceness alone
+                # does not stop the candidate from slowing production; meanwhile the bounded
+                # queue sheds.
+                busy = time.monotonic() - started
+                self._stop.wait(busy * (1.0 / self.max_duty - 1.0))
 
     def _answer(self, frame_id: str, data: bytes, prod: Prediction, msg: dict[str, Any]) -> None:
         try:
