@@ -2,10 +2,11 @@
 
 Making (hub, at publish time): pick a codec, build the payload, prefix the header, and by
 default apply the patch once to prove it reproduces the new file. Applying (device): the
-header is checked first (CRC, magic, version, codec, sizes against the caller's cap and the
-payload length), then the base (size, sha256) and the payload (sha256), and only then is the
-payload parsed; the result is hashed as it is produced and compared with the header at the
-end. Every failure is a :class:`~bsdiff.errors.DeltaError`; the caller then fetches the full file.
+header is checked first (magic, then the CRC over header and payload, version, codec, sizes
+against the caller's cap and the payload length), then the base (size, sha256), and only
+then is the payload parsed; the result is hashed as it is produced and compared with the
+header at the end. Every failure is a :class:`~bsdiff.errors.DeltaError`; the caller then
+fetches the full file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from bsdiff._generic import GENERIC, default_generic
+from bsdiff._generic import GENERIC, default_generic, small_diffs
 from bsdiff._header import (
-    HEADER_SIZE,
     PatchHeader,
     pack_header,
     unpack_header,
@@ -77,11 +77,10 @@ def _payload(old: Buffer, new: Buffer, codec: str) -> tuple[int, bytes]:
             if payload is not None:
                 if codec == "auto" and len(payload) < _TRY_GENERIC_BELOW:
                     # Almost nothing changed: the tensor table is then a visible share of the
-                    # patch, and a whole-file generic delta may be smaller. Keep the smaller.
-                    generic = default_generic()
-                    other = generic.diff(old, new)
-                    if len(other) < len(payload):
-                        return generic.id, other
+                    # patch, and a whole-file generic delta may be smaller. Keep the smallest.
+                    options = [(TENSOR_CODEC_ID, payload)]
+                    options += [(c.id, p) for c, p in small_diffs(old, new)]
+                    return min(options, key=lambda o: len(o[1]))
                 return TENSOR_CODEC_ID, payload
         if codec == "tensor":
             raise DeltaError("tensor codec: both files must be recognised model files")
@@ -111,16 +110,15 @@ def make_patch(old: Buffer, new: Buffer, codec: str = "auto", *, verify: bool = 
         payload_size=len(payload),
         base_sha256=hashlib.sha256(old).digest(),
         result_sha256=hashlib.sha256(new).digest(),
-        payload_sha256=hashlib.sha256(payload).digest(),
     )
-    patch = pack_header(header) + payload
+    patch = pack_header(header, payload) + payload
     if verify:
         apply_patch(old, patch)  # raises if the codec got it wrong; the hashes decide
     return patch
 
 
 def read_header(patch: Buffer) -> PatchHeader:
-    """The checked header of ``patch`` (CRC, magic, version, payload length, codec id).
+    """The checked header of ``patch`` (magic, CRC, version, sizes, codec id).
 
     Raises PatchCorruptError.
     """
@@ -152,7 +150,7 @@ class _Sink:
             raise ResultMismatchError(
                 f"patch produced {self.size} bytes, header says {self.header.result_size}"
             )
-        if self.sha.digest() != self.header.result_sha256:
+        if not self.sha.digest().startswith(self.header.result_sha256):
             raise ResultMismatchError("patch result sha256 differs from the header")
 
 
@@ -160,7 +158,7 @@ def _apply(
     old: Buffer, patch: Buffer, max_result: int | None, sink_write: Callable[[Buffer], object]
 ) -> PatchHeader:
     header = read_header(patch)
-    payload = memoryview(patch)[HEADER_SIZE:]
+    payload = memoryview(patch)[header.header_size :]
     verify_before_apply(header, old, payload, max_result)
     sink = _Sink(header, sink_write)
     try:

@@ -8,6 +8,9 @@ Each codec turns ``(old, new)`` into a payload and back. The registry holds:
 * ``zstd-dict`` (id 4) — ``zstd --patch-from`` done with python-zstandard: the old file is a
   raw-content dictionary, long-distance matching on. Needs nothing but zstandard; fast to make,
   larger than hdiffpatch when little changed.
+* ``hdiffpatch-lzma`` (id 5) — the same hdiffpatch diff, uncompressed, with its framing
+  stripped and one raw LZMA stream around it: smaller by tens of bytes on tiny diffs (a
+  re-export), which is where a few bytes matter. Used by ``auto`` when it is the smallest.
 * ``bsdiff4`` (id 3) — the classic, kept as an alternate. Slow to make on large files.
 * ``zstd`` (id 1) — the new file compressed on its own: the floor every delta must beat.
 
@@ -16,7 +19,9 @@ Optional libraries are imported lazily; a missing one raises :class:`CodecUnavai
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import lzma
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -25,7 +30,13 @@ import zstandard
 
 from bsdiff.errors import CodecUnavailableError, DeltaError, PatchCorruptError
 
-__all__ = ["GENERIC", "GenericCodec", "default_generic", "zstd_decompress_exact"]
+__all__ = [
+    "GENERIC",
+    "GenericCodec",
+    "default_generic",
+    "small_diffs",
+    "zstd_decompress_exact",
+]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -151,6 +162,223 @@ def _hdiff_patch(old: Buffer, payload: Buffer, size: int) -> bytes:
     return out
 
 
+# --- hdiffpatch, uncompressed, in one raw LZMA stream (small diffs) -------------------------
+#
+# A small hdiffpatch diff is four separately compressed sections behind a text magic and
+# eleven sizes: on a re-export (a few hundred bytes) that framing is a tenth of the patch.
+# ``hdiffpatch-lzma`` keeps the uncompressed diff minus its magic and the two file sizes the
+# patch header already holds, optionally with its cover list transposed (all first fields,
+# then all second, then all third: each field is then a run of similar numbers), in one raw
+# LZMA1 stream with literal context bits off. The stream's end marker and range-coder flush
+# are trimmed as far as decoding (zero-padded) still gives the exact diff, checked at make.
+#
+#   payload := varint (body_len * 2 + transposed), lzma1_raw(body)[:-trimmed]
+
+_HDIFF_MAGIC = b"HDIFF13&\x00"  # "HDIFF13&" + compressor name ("" = none) + NUL
+_LZMA_RAW = [
+    {"id": lzma.FILTER_LZMA1, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}
+]
+_LZMA_PAD = bytes(16)
+_LZMA_TRIM_MAX = 12
+_LZMA_TRIM_BELOW = 1 << 20  # trimming decodes the stream a dozen times: only for small diffs
+
+
+def _hd_uint(value: int) -> bytes:
+    """HDiffPatch's size encoding: 7-bit groups, most significant first, 0x80 = more."""
+    groups = [value & 0x7F]
+    value >>= 7
+    while value:
+        groups.append((value & 0x7F) | 0x80)
+        value >>= 7
+    return bytes(reversed(groups))
+
+
+def _read_hd_uint(data: Buffer, pos: int) -> tuple[int, int]:
+    value = 0
+    for _ in range(10):
+        if pos >= len(data):
+            break
+        b = data[pos]
+        pos += 1
+        value = (value << 7) | (b & 0x7F)
+        if b < 0x80:
+            return value, pos
+    raise PatchCorruptError("hdiffpatch diff header is malformed")
+
+
+def _hdiff_prefix(old_size: int, new_size: int) -> bytes:
+    return _HDIFF_MAGIC + _hd_uint(new_size) + _hd_uint(old_size)
+
+
+def _cover_section(body: Buffer) -> tuple[int, int, int]:
+    """(cover count, start, end) of the cover list in a prefix-less uncompressed diff."""
+    pos = 0
+    fields: list[int] = []
+    for _ in range(9):  # covers, cover bytes, 0, rle ctrl, 0, rle code, 0, new data, 0
+        value, pos = _read_hd_uint(body, pos)
+        fields.append(value)
+    count, size = fields[0], fields[1]
+    if pos + size > len(body):
+        raise PatchCorruptError("hdiffpatch diff cover list is out of bounds")
+    return count, pos, pos + size
+
+
+def _token_end(data: Buffer, pos: int, first_cont: int) -> int:
+    """End of one HDiffPatch packed integer at ``pos`` (continuation bit ``first_cont`` in its
+    first byte, which is 0x40 when the top bit is a sign tag, 0x80 after)."""
+    cont = first_cont
+    for _ in range(11):
+        if pos >= len(data):
+            break
+        b = data[pos]
+        pos += 1
+        if not b & cont:
+            return pos
+        cont = 0x80
+    raise PatchCorruptError("hdiffpatch diff cover list is malformed")
+
+
+_COVER_FIELDS = (0x40, 0x80, 0x80)  # old position (sign-tagged), new position gap, length
+
+
+def _transpose(body: bytes) -> bytes:
+    count, start, end = _cover_section(body)
+    fields: list[list[bytes]] = [[], [], []]
+    pos = start
+    for _ in range(count):
+        for f, cont in enumerate(_COVER_FIELDS):
+            stop = _token_end(body, pos, cont)
+            fields[f].append(body[pos:stop])
+            pos = stop
+    if pos != end:
+        raise PatchCorruptError("hdiffpatch diff cover list does not add up")
+    return body[:start] + b"".join(b"".join(f) for f in fields) + body[end:]
+
+
+def _untranspose(body: bytes) -> bytes:
+    count, start, end = _cover_section(body)
+    fields: list[list[bytes]] = []
+    pos = start
+    for cont in _COVER_FIELDS:
+        tokens: list[bytes] = []
+        for _ in range(count):
+            stop = _token_end(body, pos, cont)
+            tokens.append(body[pos:stop])
+            pos = stop
+        fields.append(tokens)
+    if pos != end:
+        raise PatchCorruptError("hdiffpatch-lzma cover list does not add up")
+    covers = b"".join(a + b + c for a, b, c in zip(*fields, strict=True))
+    return body[:start] + covers + body[end:]
+
+
+def _lzma_unpack(data: Buffer, size: int) -> bytes:
+    try:
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_RAW)
+        out = dec.decompress(bytes(data) + _LZMA_PAD, max_length=size)
+    except lzma.LZMAError as e:
+        raise PatchCorruptError(f"hdiffpatch-lzma stream is corrupt: {e}") from e
+    if len(out) != size:
+        raise PatchCorruptError("hdiffpatch-lzma stream ended early")
+    return out
+
+
+def _lzma_pack(data: bytes) -> bytes:
+    packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_RAW)
+    if len(data) > _LZMA_TRIM_BELOW:
+        return packed
+    for trim in range(min(_LZMA_TRIM_MAX, len(packed) - 1), 0, -1):
+        try:
+            if _lzma_unpack(packed[:-trim], len(data)) == data:
+                return packed[:-trim]
+        except DeltaError:
+            continue
+    return packed
+
+
+def _hdiff_plain(old: Buffer, new: Buffer) -> bytes:
+    hd = _optional("hdiffpatch")
+    out: bytes = hd.diff(
+        bytes(old), bytes(new), hd.COMPRESSION_NONE, validate=False, big_cache_match=True
+    )
+    return out
+
+
+def _hdiff_lzma_from_plain(plain: bytes, old_size: int, new_size: int) -> bytes:
+    prefix = _hdiff_prefix(old_size, new_size)
+    if not plain.startswith(prefix):  # another hdiffpatch layout: say so rather than guess
+        raise CodecUnavailableError("hdiffpatch wrote an unexpected diff layout")
+    body = plain[len(prefix) :]
+    if len(body) > _body_cap(new_size):
+        raise CodecUnavailableError("hdiffpatch diff is too large for hdiffpatch-lzma")
+    best = _varint(len(body) * 2) + _lzma_pack(body)
+    try:
+        moved = _transpose(body)
+    except DeltaError:
+        return best
+    alt = _varint(len(body) * 2 + 1) + _lzma_pack(moved)
+    return min(best, alt, key=len)
+
+
+def _body_cap(new_size: int) -> int:
+    """The largest uncompressed diff either side accepts: bounds what a payload can inflate."""
+    return 2 * new_size + (1 << 20)
+
+
+def _hdiff_lzma_diff(old: Buffer, new: Buffer) -> bytes:
+    return _hdiff_lzma_from_plain(_hdiff_plain(old, new), len(old), len(new))
+
+
+def _hdiff_lzma_patch(old: Buffer, payload: Buffer, size: int) -> bytes:
+    view = memoryview(payload)
+    head, pos = _read_varint(view)
+    body_len, transposed = divmod(head, 2)
+    if body_len > _body_cap(size):
+        raise PatchCorruptError("hdiffpatch-lzma payload claims an impossible length")
+    body = _lzma_unpack(view[pos:], body_len)
+    if transposed:
+        body = _untranspose(body)
+    return _hdiff_patch(old, _hdiff_prefix(len(old), size) + body, size)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(view: memoryview) -> tuple[int, int]:
+    value = 0
+    for i in range(min(len(view), 10)):
+        b = view[i]
+        value |= (b & 0x7F) << (7 * i)
+        if b < 0x80:
+            return value, i + 1
+    raise PatchCorruptError("hdiffpatch-lzma payload length is malformed")
+
+
+def small_diffs(old: Buffer, new: Buffer) -> list[tuple[GenericCodec, bytes]]:
+    """Every hdiffpatch-based payload for ``old`` → ``new`` from one diff run (for ``auto``
+    on small changes, where the smallest wins): ``hdiffpatch`` with zstd and with LZMA inside,
+    and ``hdiffpatch-lzma``. Empty if hdiffpatch is not installed."""
+    if not GENERIC["hdiffpatch"].available():
+        return []
+    hd = _optional("hdiffpatch")
+    plain = _hdiff_plain(old, new)
+    with_zstd: bytes = hd.recompress(
+        plain,
+        hd.ZStdConfig(level=_HDIFF_ZSTD_LEVEL, window=min(27, max(10, len(new).bit_length()))),
+    )
+    with_lzma: bytes = hd.recompress(plain, hd.COMPRESSION_LZMA)
+    out = [(GENERIC["hdiffpatch"], min(with_zstd, with_lzma, key=len))]
+    with contextlib.suppress(CodecUnavailableError):  # an unexpected layout or a huge diff
+        out.append((GENERIC["hdiffpatch-lzma"], _hdiff_lzma_from_plain(plain, len(old), len(new))))
+    return out
+
+
 # --- bsdiff4 -------------------------------------------------------------------------------
 
 
@@ -209,6 +437,7 @@ GENERIC: dict[str, GenericCodec] = {
         GenericCodec("hdiffpatch", 2, "hdiffpatch", _hdiff_diff, _hdiff_patch),
         GenericCodec("bsdiff4", 3, "bsdiff4", _bsdiff4_diff, _bsdiff4_patch),
         GenericCodec("zstd-dict", 4, None, _zstd_dict_diff, _zstd_dict_patch),
+        GenericCodec("hdiffpatch-lzma", 5, "hdiffpatch", _hdiff_lzma_diff, _hdiff_lzma_patch),
     )
 }
 """Generic codecs by name; see the module docstring for why ``hdiffpatch`` is the default."""

@@ -33,7 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from bsdiff._generic import GENERIC, GenericCodec, default_generic, zstd_decompress_exact
+from bsdiff._generic import (
+    GENERIC,
+    GenericCodec,
+    small_diffs,
+    zstd_decompress_exact,
+)
 from bsdiff._onnx import Tensor
 from bsdiff.errors import CodecUnavailableError, PatchCorruptError
 
@@ -241,6 +246,22 @@ def _gaps(tensors: Sequence[Tensor]) -> list[int]:
     return out
 
 
+def _skeleton_patch(
+    old_skel: bytes, new_skel: bytes, codec: GenericCodec | None
+) -> tuple[GenericCodec, bytes]:
+    """The skeleton through ``codec``, or through every small-diff codec, keeping the smallest.
+
+    A skeleton is tens of kilobytes, so trying several codecs costs milliseconds; which one
+    wins depends on the change (renames favour hdiffpatch's approximate matches, a few bytes
+    changed favour zstd with the old skeleton as dictionary).
+    """
+    if codec is not None:
+        return codec, codec.diff(old_skel, new_skel)
+    zd = GENERIC["zstd-dict"]
+    options = [*small_diffs(old_skel, new_skel), (zd, zd.diff(old_skel, new_skel))]
+    return min(options, key=lambda o: len(o[1]))
+
+
 def make_tensor_payload(
     old: Buffer,
     new: Buffer,
@@ -258,9 +279,8 @@ def make_tensor_payload(
     n = memoryview(new)
     if not _check_layout(old_tensors, len(o)) or not _check_layout(new_tensors, len(n)):
         return None
-    skel_codec = skeleton_codec or default_generic()
-    if not skel_codec.available():
-        raise CodecUnavailableError(f"codec {skel_codec.name!r} is not installed")
+    if skeleton_codec is not None and not skeleton_codec.available():
+        raise CodecUnavailableError(f"codec {skeleton_codec.name!r} is not installed")
     entries = _match(o, n, old_tensors, new_tensors)
 
     streams: dict[int, list[np.ndarray]] = {}
@@ -294,7 +314,7 @@ def make_tensor_payload(
 
     old_skel = _skeleton(o, old_tensors)
     new_skel = _skeleton(n, new_tensors)
-    skel_patch = skel_codec.diff(old_skel, new_skel)
+    skel_codec, skel_patch = _skeleton_patch(old_skel, new_skel, skeleton_codec)
 
     meta = bytearray()
     for v in (skel_codec.id, len(new_skel), len(skel_patch), len(old_tensors)):
