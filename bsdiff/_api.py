@@ -163,10 +163,13 @@ def _apply(
     sink = _Sink(header, sink_write)
     try:
         if header.codec == TENSOR_CODEC_ID:
-            apply_tensor_payload(old, payload, header.result_size, sink)
+            apply_tensor_payload(old, payload, header.result_size, sink, header.version)
         else:
             codec = GENERIC[codec_name(header.codec)]
-            sink(codec.patch(old, payload, header.result_size))
+            if codec.stream is not None:
+                codec.stream(old, payload, header.result_size, sink)
+            else:
+                sink(codec.patch(old, payload, header.result_size))
     except DeltaError:
         raise
     except Exception as e:  # a bug or a crafted payload must still end in "use the full file"
@@ -195,16 +198,17 @@ def apply_patch_file(
 ) -> PatchHeader:
     """Apply a patch file to a base file and write the result to ``out_path`` atomically.
 
-    The patch (and, for the tensor codec, the base) is memory-mapped and the tensor codec
-    streams its result to disk, so peak memory stays near the base file's size; the generic
-    codecs hold the base and the result in memory (about twice the file). The result goes to
+    The patch (and, for the tensor and ``hdiffpatch-lzma`` codecs, the base) is memory-mapped
+    and those codecs stream their result to disk, so peak memory stays near the base file's
+    size; the other generic codecs hold the base and the result in memory (two to three times
+    the file). The result goes to
     a temp file in the same folder, is fsynced, and replaces ``out_path`` only after its sha256
     matched; on any failure nothing is left behind. Raises DeltaError (OSError for I/O faults).
     """
     out_path = Path(out_path)
     with contextlib.ExitStack() as stack:
         patch = _map(stack, Path(patch_path))
-        if read_header(patch).codec == TENSOR_CODEC_ID:
+        if _streams(read_header(patch).codec):
             old = _map(stack, Path(old_path))  # streamed: only the touched pages are resident
         else:
             old = Path(old_path).read_bytes()  # generic libraries want bytes: no second copy
@@ -220,6 +224,14 @@ def apply_patch_file(
                 os.unlink(tmp)
             raise
     return header
+
+
+def _streams(codec_id: int) -> bool:
+    """Whether the codec writes its result in pieces from a memory-mapped base."""
+    if codec_id == TENSOR_CODEC_ID:
+        return True
+    codec = GENERIC.get(next((n for n, i in CODECS.items() if i == codec_id), ""))
+    return codec is not None and codec.stream is not None
 
 
 def _writer(f: BinaryIO) -> Callable[[Buffer], object]:

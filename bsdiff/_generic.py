@@ -11,6 +11,7 @@ Each codec turns ``(old, new)`` into a payload and back. The registry holds:
 * ``hdiffpatch-lzma`` (id 5) — the same hdiffpatch diff, uncompressed, with its framing
   stripped and one raw LZMA stream around it: smaller by tens of bytes on tiny diffs (a
   re-export), which is where a few bytes matter. Used by ``auto`` when it is the smallest.
+  Applied by our own reader, streamed from a memory-mapped base (no hdiffpatch on the device).
 * ``bsdiff4`` (id 3) — the classic, kept as an alternate. Slow to make on large files.
 * ``zstd`` (id 1) — the new file compressed on its own: the floor every delta must beat.
 
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
 import zstandard
 
 from bsdiff.errors import CodecUnavailableError, DeltaError, PatchCorruptError
@@ -34,11 +36,14 @@ __all__ = [
     "GENERIC",
     "GenericCodec",
     "default_generic",
+    "lzma_pack",
+    "lzma_unpack",
     "small_diffs",
     "zstd_decompress_exact",
 ]
 
 Buffer = bytes | bytearray | memoryview
+Writer = Callable[[Buffer], object]
 
 _ZSTD_FULL_LEVEL = 19
 _ZSTD_DICT_LEVEL = 9
@@ -272,24 +277,27 @@ def _untranspose(body: bytes) -> bytes:
     return body[:start] + covers + body[end:]
 
 
-def _lzma_unpack(data: Buffer, size: int) -> bytes:
+def lzma_unpack(data: Buffer, size: int) -> bytes:
+    """Exactly ``size`` bytes out of a (possibly trimmed) stream from :func:`lzma_pack`."""
     try:
         dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_RAW)
         out = dec.decompress(bytes(data) + _LZMA_PAD, max_length=size)
     except lzma.LZMAError as e:
-        raise PatchCorruptError(f"hdiffpatch-lzma stream is corrupt: {e}") from e
+        raise PatchCorruptError(f"raw LZMA stream is corrupt: {e}") from e
     if len(out) != size:
-        raise PatchCorruptError("hdiffpatch-lzma stream ended early")
+        raise PatchCorruptError("raw LZMA stream ended early")
     return out
 
 
-def _lzma_pack(data: bytes) -> bytes:
+def lzma_pack(data: bytes) -> bytes:
+    """``data`` as one raw LZMA1 stream (lc=lp=pb=0), its tail trimmed as far as
+    :func:`lzma_unpack` still restores ``data`` exactly (streams up to 1 MiB)."""
     packed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_RAW)
     if len(data) > _LZMA_TRIM_BELOW:
         return packed
     for trim in range(min(_LZMA_TRIM_MAX, len(packed) - 1), 0, -1):
         try:
-            if _lzma_unpack(packed[:-trim], len(data)) == data:
+            if lzma_unpack(packed[:-trim], len(data)) == data:
                 return packed[:-trim]
         except DeltaError:
             continue
@@ -304,19 +312,22 @@ def _hdiff_plain(old: Buffer, new: Buffer) -> bytes:
     return out
 
 
-def _hdiff_lzma_from_plain(plain: bytes, old_size: int, new_size: int) -> bytes:
-    prefix = _hdiff_prefix(old_size, new_size)
+def _hdiff_lzma_from_plain(plain: bytes, old: Buffer, new: Buffer) -> bytes:
+    new_size = len(new)
+    prefix = _hdiff_prefix(len(old), new_size)
     if not plain.startswith(prefix):  # another hdiffpatch layout: say so rather than guess
         raise CodecUnavailableError("hdiffpatch wrote an unexpected diff layout")
     body = plain[len(prefix) :]
     if len(body) > _body_cap(new_size):
         raise CodecUnavailableError("hdiffpatch diff is too large for hdiffpatch-lzma")
-    best = _varint(len(body) * 2) + _lzma_pack(body)
+    if not _reproduces(old, body, new):  # our applier must read this diff as hdiffpatch does
+        raise CodecUnavailableError("hdiffpatch wrote a diff our applier does not reproduce")
+    best = _varint(len(body) * 2) + lzma_pack(body)
     try:
         moved = _transpose(body)
     except DeltaError:
         return best
-    alt = _varint(len(body) * 2 + 1) + _lzma_pack(moved)
+    alt = _varint(len(body) * 2 + 1) + lzma_pack(moved)
     return min(best, alt, key=len)
 
 
@@ -326,19 +337,180 @@ def _body_cap(new_size: int) -> int:
 
 
 def _hdiff_lzma_diff(old: Buffer, new: Buffer) -> bytes:
-    return _hdiff_lzma_from_plain(_hdiff_plain(old, new), len(old), len(new))
+    return _hdiff_lzma_from_plain(_hdiff_plain(old, new), old, new)
 
 
-def _hdiff_lzma_patch(old: Buffer, payload: Buffer, size: int) -> bytes:
+def _reproduces(old: Buffer, body: bytes, new: Buffer) -> bool:
+    want = memoryview(new)
+    pos = 0
+
+    def compare(chunk: Buffer) -> None:
+        nonlocal pos
+        piece = memoryview(chunk).cast("B")
+        if want[pos : pos + len(piece)] != piece:
+            raise PatchCorruptError("differs")
+        pos += len(piece)
+
+    try:
+        _hdiff_apply_stream(old, body, len(want), compare)
+    except DeltaError:
+        return False
+    return pos == len(want)
+
+
+def _hdiff_lzma_stream(old: Buffer, payload: Buffer, size: int, write: Writer) -> None:
     view = memoryview(payload)
     head, pos = _read_varint(view)
     body_len, transposed = divmod(head, 2)
     if body_len > _body_cap(size):
         raise PatchCorruptError("hdiffpatch-lzma payload claims an impossible length")
-    body = _lzma_unpack(view[pos:], body_len)
+    body = lzma_unpack(view[pos:], body_len)
     if transposed:
         body = _untranspose(body)
-    return _hdiff_patch(old, _hdiff_prefix(len(old), size) + body, size)
+    _hdiff_apply_stream(old, body, size, write)
+
+
+def _hdiff_lzma_patch(old: Buffer, payload: Buffer, size: int) -> bytes:
+    parts: list[bytes] = []
+    _hdiff_lzma_stream(old, payload, size, lambda b: parts.append(bytes(b)))
+    return b"".join(parts)
+
+
+# Our own applier for the (uncompressed) HDiffPatch diff, so a device streams the result to
+# disk from a memory-mapped base instead of holding base, result and the library's own copy
+# (three times the file; the wheel only takes and returns whole ``bytes``). Layout after the
+# prefix: nine sizes (covers, cover bytes, 0, RLE control bytes, 0, RLE code bytes, 0, new
+# data bytes, 0), then those four sections. The RLE section spans the whole result: for a
+# covered byte it is added (mod 256) to the old byte the cover maps it to; bytes between
+# covers come verbatim from the new-data section. A cover is (old position as a signed step
+# from the previous cover's old end, gap of new bytes before it, length).
+
+_APPLY_CHUNK = 1 << 20
+_RLE_TAG_BITS = 2  # run kinds: 0 zeros, 1 0xFF bytes, 2 one byte repeated, 3 literal bytes
+
+
+def _hd_tagged(data: Buffer, pos: int, tag_bits: int) -> tuple[int, int, int]:
+    """(value, tag, next position) of one HDiffPatch packed integer with ``tag_bits`` tag."""
+    if pos >= len(data):
+        raise PatchCorruptError("hdiffpatch diff section ended early")
+    b = data[pos]
+    pos += 1
+    tag = b >> (8 - tag_bits) if tag_bits else 0
+    value = b & ((1 << (7 - tag_bits)) - 1)
+    more = b & (1 << (7 - tag_bits))
+    for _ in range(10):
+        if not more:
+            return value, tag, pos
+        if pos >= len(data):
+            break
+        b = data[pos]
+        pos += 1
+        value = (value << 7) | (b & 0x7F)
+        more = b & 0x80
+    raise PatchCorruptError("hdiffpatch diff holds a malformed number")
+
+
+class _Rle:
+    """The RLE section as a stream of add-bytes, consumed front to back."""
+
+    def __init__(self, ctrl: memoryview, code: memoryview) -> None:
+        self.ctrl, self.code = ctrl, code
+        self.cpos = self.dpos = 0
+        self.kind = 0
+        self.left = 0  # bytes left in the current run
+        self.literal = memoryview(b"")
+
+    def _next_run(self) -> None:
+        length, self.kind, self.cpos = _hd_tagged(self.ctrl, self.cpos, _RLE_TAG_BITS)
+        self.left = length + 1
+        if self.kind == 2:
+            if self.dpos >= len(self.code):
+                raise PatchCorruptError("hdiffpatch diff RLE code ended early")
+            self.literal = self.code[self.dpos : self.dpos + 1]
+            self.dpos += 1
+        elif self.kind == 3:
+            if self.dpos + self.left > len(self.code):
+                raise PatchCorruptError("hdiffpatch diff RLE code ended early")
+            self.literal = self.code[self.dpos : self.dpos + self.left]
+            self.dpos += self.left
+
+    def take(self, n: int, want: bool) -> np.ndarray | None:
+        """The next ``n`` add-bytes (None if all zero, or if not ``want``ed)."""
+        out: np.ndarray | None = None
+        done = 0
+        while done < n:
+            if self.left == 0:
+                self._next_run()
+            k = min(self.left, n - done)
+            if want and self.kind != 0:
+                if out is None:
+                    out = np.zeros(n, np.uint8)
+                if self.kind == 1:
+                    out[done : done + k] = 0xFF
+                elif self.kind == 2:
+                    out[done : done + k] = self.literal[0]
+                else:
+                    start = len(self.literal) - self.left
+                    out[done : done + k] = np.frombuffer(self.literal[start : start + k], np.uint8)
+            self.left -= k
+            done += k
+        return out
+
+    def exhausted(self) -> bool:
+        return self.left == 0 and self.cpos == len(self.ctrl) and self.dpos == len(self.code)
+
+
+def _hdiff_apply_stream(old: Buffer, body: bytes, size: int, write: Writer) -> None:
+    """Write the result of the prefix-less uncompressed diff ``body`` applied to ``old``."""
+    view = memoryview(body)
+    pos = 0
+    fields: list[int] = []
+    for _ in range(9):
+        value, pos = _read_hd_uint(view, pos)
+        fields.append(value)
+    count, cover_len, _, ctrl_len, _, code_len, _, new_len, _ = fields
+    if pos + cover_len + ctrl_len + code_len + new_len != len(view):
+        raise PatchCorruptError("hdiffpatch diff sections do not add up to its size")
+    covers = view[pos : pos + cover_len]
+    pos += cover_len
+    rle = _Rle(view[pos : pos + ctrl_len], view[pos + ctrl_len : pos + ctrl_len + code_len])
+    pos += ctrl_len + code_len
+    new_data = view[pos:]
+    o = memoryview(old)
+    o_np = np.frombuffer(o, np.uint8) if len(o) else np.zeros(0, np.uint8)
+    new_pos = old_end = cpos = dpos = 0
+    for _ in range(count):
+        step, back, cpos = _hd_tagged(covers, cpos, 1)
+        gap, _, cpos = _hd_tagged(covers, cpos, 0)
+        length, _, cpos = _hd_tagged(covers, cpos, 0)
+        old_pos = old_end - step if back else old_end + step
+        if (
+            old_pos < 0
+            or old_pos + length > len(o)
+            or dpos + gap > len(new_data)
+            or new_pos + gap + length > size
+        ):
+            raise PatchCorruptError("hdiffpatch diff cover is out of bounds")
+        write(new_data[dpos : dpos + gap])
+        rle.take(gap, want=False)
+        dpos += gap
+        for a in range(0, length, _APPLY_CHUNK):
+            n = min(_APPLY_CHUNK, length - a)
+            add = rle.take(n, want=True)
+            start = old_pos + a
+            if add is None:
+                write(o[start : start + n])
+            else:
+                write((o_np[start : start + n] + add).tobytes())  # uint8: wraps mod 256
+        new_pos += gap + length
+        old_end = old_pos + length
+    tail = size - new_pos
+    if cpos != len(covers) or tail != len(new_data) - dpos:
+        raise PatchCorruptError("hdiffpatch diff covers do not add up to the result")
+    write(new_data[dpos:])
+    rle.take(tail, want=False)
+    if not rle.exhausted():
+        raise PatchCorruptError("hdiffpatch diff RLE section does not match the result")
 
 
 def _varint(value: int) -> bytes:
@@ -375,7 +547,7 @@ def small_diffs(old: Buffer, new: Buffer) -> list[tuple[GenericCodec, bytes]]:
     with_lzma: bytes = hd.recompress(plain, hd.COMPRESSION_LZMA)
     out = [(GENERIC["hdiffpatch"], min(with_zstd, with_lzma, key=len))]
     with contextlib.suppress(CodecUnavailableError):  # an unexpected layout or a huge diff
-        out.append((GENERIC["hdiffpatch-lzma"], _hdiff_lzma_from_plain(plain, len(old), len(new))))
+        out.append((GENERIC["hdiffpatch-lzma"], _hdiff_lzma_from_plain(plain, old, new)))
     return out
 
 
@@ -406,6 +578,8 @@ class GenericCodec:
     module: str | None
     diff: Callable[[Buffer, Buffer], bytes]
     patch_raw: Callable[[Buffer, Buffer, int], bytes]
+    stream: Callable[[Buffer, Buffer, int, Writer], None] | None = None
+    """Writes the result in pieces from a (memory-mapped) base, if the codec can."""
 
     def available(self) -> bool:
         """Whether the codec's library can be imported here."""
@@ -437,7 +611,14 @@ GENERIC: dict[str, GenericCodec] = {
         GenericCodec("hdiffpatch", 2, "hdiffpatch", _hdiff_diff, _hdiff_patch),
         GenericCodec("bsdiff4", 3, "bsdiff4", _bsdiff4_diff, _bsdiff4_patch),
         GenericCodec("zstd-dict", 4, None, _zstd_dict_diff, _zstd_dict_patch),
-        GenericCodec("hdiffpatch-lzma", 5, "hdiffpatch", _hdiff_lzma_diff, _hdiff_lzma_patch),
+        GenericCodec(
+            "hdiffpatch-lzma",
+            5,
+            "hdiffpatch",
+            _hdiff_lzma_diff,
+            _hdiff_lzma_patch,
+            _hdiff_lzma_stream,
+        ),
     )
 }
 """Generic codecs by name; see the module docstring for why ``hdiffpatch`` is the default."""

@@ -36,6 +36,8 @@ import zstandard
 from bsdiff._generic import (
     GENERIC,
     GenericCodec,
+    lzma_pack,
+    lzma_unpack,
     small_diffs,
     zstd_decompress_exact,
 )
@@ -269,6 +271,7 @@ def make_tensor_payload(
     new_tensors: Sequence[Tensor],
     skeleton_codec: GenericCodec | None = None,
     level: int = _STREAM_LEVEL,
+    version: int = 2,
 ) -> bytes | None:
     """The tensor-codec payload turning ``old`` into ``new``, or None if the layout is unusable.
 
@@ -355,13 +358,19 @@ def make_tensor_payload(
     for key in keys:
         data = np.concatenate(streams[key]).tobytes() if streams[key] else b""
         raw_lens.append(len(data))
-        blobs.append(compressor.compress(data))
+        blob = compressor.compress(data)
+        if version >= 2 and len(blob) >= len(data):
+            blob = data  # incompressible (e.g. a new row's low bytes): stored, no frame
+        blobs.append(blob)
     _put(meta, len(keys))
     for seq in (keys, raw_lens, [len(b) for b in blobs]):
         for v in seq:
             _put(meta, v)
 
-    meta_z = zstandard.ZstdCompressor(level=_META_LEVEL).compress(bytes(meta))
+    if version >= 2:
+        meta_z = lzma_pack(bytes(meta))
+    else:
+        meta_z = zstandard.ZstdCompressor(level=_META_LEVEL).compress(bytes(meta))
     head = bytearray()
     _put(head, len(meta))
     _put(head, len(meta_z))
@@ -382,7 +391,7 @@ class _Plan:
     stream_sizes: dict[int, int]
 
 
-def _plan(old_size: int, payload: memoryview, result_size: int) -> _Plan:
+def _plan(old_size: int, payload: memoryview, result_size: int, version: int = 2) -> _Plan:
     """Parse and check the whole table against the sizes before anything is written."""
     head = _Reader(bytes(payload[:20]))
     meta_len = head.get()
@@ -391,7 +400,10 @@ def _plan(old_size: int, payload: memoryview, result_size: int) -> _Plan:
         raise PatchCorruptError("tensor patch table size is out of bounds")
     meta_z = payload[head.pos : head.pos + meta_zlen]
     body = head.pos + meta_zlen
-    r = _Reader(zstd_decompress_exact(meta_z, meta_len))
+    if version >= 2:
+        r = _Reader(lzma_unpack(meta_z, meta_len))
+    else:
+        r = _Reader(zstd_decompress_exact(meta_z, meta_len))
 
     codec_id = r.get()
     skel_codec = next((c for c in GENERIC.values() if c.id == codec_id), None)
@@ -493,13 +505,29 @@ def _plan(old_size: int, payload: memoryview, result_size: int) -> _Plan:
     )
 
 
+class _Stored:
+    """A stored (uncompressed) stream, read like a zstd stream reader."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += len(out)
+        return out
+
+
 class _Planes:
     """One streaming zstd reader per (class, width, plane); reads exactly what is asked."""
 
-    def __init__(self, streams: dict[int, memoryview]) -> None:
+    def __init__(self, streams: dict[int, memoryview], sizes: dict[int, int], version: int) -> None:
         # One decompressor each: readers of a shared ZstdDecompressor share its context.
-        self.readers = {
-            k: zstandard.ZstdDecompressor().stream_reader(v) for k, v in streams.items()
+        self.readers: dict[int, _Stored | zstandard.ZstdDecompressionReader] = {
+            k: _Stored(v)
+            if version >= 2 and len(v) == sizes[k]
+            else zstandard.ZstdDecompressor().stream_reader(v)
+            for k, v in streams.items()
         }
 
     def read(self, cls: int, width: int, count: int) -> np.ndarray:
@@ -521,17 +549,22 @@ class _Planes:
                 raise PatchCorruptError("tensor patch stream holds more data than its table")
 
 
-def apply_tensor_payload(old: Buffer, payload: Buffer, result_size: int, write: Writer) -> None:
+def apply_tensor_payload(
+    old: Buffer, payload: Buffer, result_size: int, write: Writer, version: int = 2
+) -> None:
     """Stream the result of tensor ``payload`` applied to ``old`` into ``write``.
+
+    ``version`` is the patch format version: version 1 payloads hold a zstd table and only
+    zstd streams; version 2 a raw LZMA table and stored streams where zstd would not shrink.
 
     Raises PatchCorruptError (malformed or inconsistent payload) or CodecUnavailableError.
     """
     o = memoryview(old)
     try:
-        plan = _plan(len(o), memoryview(payload), result_size)
+        plan = _plan(len(o), memoryview(payload), result_size, version)
         old_skel = b"".join([o[a:b] for a, b in _between(plan.old_ranges, len(o))])
         skel = memoryview(plan.skel_codec.patch(old_skel, plan.skel_patch, plan.skel_len))
-        planes = _Planes(plan.streams)
+        planes = _Planes(plan.streams, plan.stream_sizes, version)
         spos = 0
         for kind, width, ref, length, gap in plan.entries:
             write(skel[spos : spos + gap])

@@ -347,3 +347,26 @@ def test_hdiffpatch_lzma_when_diff_is_small_beats_hdiffpatch_framing() -> None:
     framed = bsdiff.make_patch(old, new, "hdiffpatch")
     assert bsdiff.apply_patch(old, lean) == new
     assert len(lean) < len(framed)
+
+
+@pytest.mark.skipif("hdiffpatch-lzma" not in AVAILABLE, reason="hdiffpatch not installed")
+def test_hdiffpatch_lzma_when_library_is_absent_still_applies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The device reads the diff itself: only making it needs the hdiffpatch wheel."""
+    from bsdiff import _generic
+
+    patch = bsdiff.make_patch(OLD, NEW, "hdiffpatch-lzma")
+    plain = bsdiff.make_patch(OLD, NEW, "hdiffpatch")
+
+    def missing(module: str) -> object:
+        raise bsdiff.CodecUnavailableError(f"codec library {module!r} is not installed")
+
+    monkeypatch.setattr(_generic, "_optional", missing)
+    assert bsdiff.apply_patch(OLD, patch) == NEW
+    (tmp_path / "old").write_bytes(OLD)
+    (tmp_path / "p").write_bytes(patch)
+    bsdiff.apply_patch_file(tmp_path / "old", tmp_path / "p", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == NEW
+    with pytest.raises(bsdiff.CodecUnavailableError):  # while the plain codec needs it
+        bsdiff.apply_patch(OLD, plain)
