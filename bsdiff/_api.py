@@ -84,6 +84,10 @@ def _payload(old: Buffer, new: Buffer, codec: str) -> tuple[int, bytes]:
                 return TENSOR_CODEC_ID, payload
         if codec == "tensor":
             raise DeltaError("tensor codec: both files must be recognised model files")
+        options = small_diffs(old, new)
+        if options:
+            codec_used, payload = min(options, key=lambda o: len(o[1]))
+            return codec_used.id, payload
         generic = default_generic()
     else:
         if codec not in GENERIC:
@@ -97,9 +101,10 @@ def _payload(old: Buffer, new: Buffer, codec: str) -> tuple[int, bytes]:
 def make_patch(old: Buffer, new: Buffer, codec: str = "auto", *, verify: bool = True) -> bytes:
     """A patch turning ``old`` into ``new``.
 
-    ``codec`` is ``auto`` (the tensor codec for recognised model files, else the default
-    generic codec), ``tensor``, or a generic codec name (``hdiffpatch``, ``zstd-dict``,
-    ``bsdiff4``, ``zstd``). With ``verify`` the patch is applied once before it is returned.
+    ``codec`` is ``auto`` (the tensor codec for recognised model files, else the smallest
+    hdiffpatch-based payload; on small model changes the smallest of both), ``tensor``, or a
+    generic codec name (``hdiffpatch``, ``hdiffpatch-lzma``, ``zstd-dict``, ``bsdiff4``,
+    ``zstd``). With ``verify`` the patch is applied once before it is returned.
     Raises DeltaError (CodecUnavailableError when the codec's library is missing).
     """
     codec_id, payload = _payload(old, new, codec)

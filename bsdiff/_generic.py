@@ -533,21 +533,23 @@ def _read_varint(view: memoryview) -> tuple[int, int]:
 
 
 def small_diffs(old: Buffer, new: Buffer) -> list[tuple[GenericCodec, bytes]]:
-    """Every hdiffpatch-based payload for ``old`` → ``new`` from one diff run (for ``auto``
-    on small changes, where the smallest wins): ``hdiffpatch`` with zstd and with LZMA inside,
-    and ``hdiffpatch-lzma``. Empty if hdiffpatch is not installed."""
+    """The hdiffpatch-based payloads for ``old`` → ``new`` from one diff run, for ``auto`` to
+    keep the smallest: ``hdiffpatch`` (zstd inside; LZMA too when the diff is at most 1 MiB)
+    and, when the uncompressed diff is at most 1 MiB, ``hdiffpatch-lzma`` (LZMA at preset 9e
+    and our reader's check cost seconds per megabyte: only worth it where bytes are few).
+    Empty if hdiffpatch is not installed."""
     if not GENERIC["hdiffpatch"].available():
         return []
     hd = _optional("hdiffpatch")
     plain = _hdiff_plain(old, new)
-    with_zstd: bytes = hd.recompress(
-        plain,
-        hd.ZStdConfig(level=_HDIFF_ZSTD_LEVEL, window=min(27, max(10, len(new).bit_length()))),
-    )
-    with_lzma: bytes = hd.recompress(plain, hd.COMPRESSION_LZMA)
-    out = [(GENERIC["hdiffpatch"], min(with_zstd, with_lzma, key=len))]
-    with contextlib.suppress(CodecUnavailableError):  # an unexpected layout or a huge diff
-        out.append((GENERIC["hdiffpatch-lzma"], _hdiff_lzma_from_plain(plain, old, new)))
+    window = min(27, max(10, len(new).bit_length()))
+    best: bytes = hd.recompress(plain, hd.ZStdConfig(level=_HDIFF_ZSTD_LEVEL, window=window))
+    if len(best) <= _HDIFF_SMALL:
+        best = min(best, hd.recompress(plain, hd.COMPRESSION_LZMA), key=len)
+    out = [(GENERIC["hdiffpatch"], best)]
+    if len(plain) <= _LZMA_TRIM_BELOW:
+        with contextlib.suppress(CodecUnavailableError):  # an unexpected layout
+            out.append((GENERIC["hdiffpatch-lzma"], _hdiff_lzma_from_plain(plain, old, new)))
     return out
 
 
