@@ -84,10 +84,10 @@ def _payload(old: Buffer, new: Buffer, codec: str) -> tuple[int, bytes]:
                 return TENSOR_CODEC_ID, payload
         if codec == "tensor":
             raise DeltaError("tensor codec: both files must be recognised model files")
-        options = small_diffs(old, new)
-        if options:
-            codec_used, payload = min(options, key=lambda o: len(o[1]))
-            return codec_used.id, payload
+        candidates = small_diffs(old, new)
+        if candidates:
+            chosen, smallest = min(candidates, key=lambda o: len(o[1]))
+            return chosen.id, smallest
         generic = default_generic()
     else:
         if codec not in GENERIC:
