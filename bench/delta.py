@@ -357,6 +357,12 @@ def _measure(tool: str, old: Path, new: Path, work: Path, timeout: float) -> dic
     row["diff_s"] = round(json.loads(out)["seconds"] if out.strip() else wall, 3)
     row["patch_bytes"] = patch.stat().st_size
     row["ratio"] = patch.stat().st_size / new.stat().st_size
+    if tool == "ours":
+        import bsdiff
+
+        h = bsdiff.read_header(patch.read_bytes())
+        row["header_bytes"] = h.header_size
+        row["codec"] = bsdiff.codec_name(h.codec)
     apply_cmd = _cli(tool, "apply", old, patch, result) or [
         *py,
         "apply",
@@ -419,7 +425,8 @@ def _goals(results: list[dict[str, Any]], baseline_mb: float) -> list[dict[str, 
             g["best_anchor"] = best
             g["best_anchor_bytes"] = anchors[best]
             g["ours_bytes"] = ours["patch_bytes"]
-            g["ours_payload_bytes"] = ours["patch_bytes"] - 140
+            g["ours_payload_bytes"] = ours["patch_bytes"] - ours.get("header_bytes", 0)
+            g["ours_codec"] = ours.get("codec")
             g["size_goal_met"] = ours["patch_bytes"] <= anchors[best]
         # The Python worker's own footprint (interpreter + numpy + zstandard) is not the
         # codec's; the goal is judged on what applying adds to it.

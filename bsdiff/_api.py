@@ -2,10 +2,11 @@
 
 Making (hub, at publish time): pick a codec, build the payload, prefix the header, and by
 default apply the patch once to prove it reproduces the new file. Applying (device): the
-header is checked first (CRC, magic, version, codec, sizes against the caller's cap and the
-payload length), then the base (size, sha256) and the payload (sha256), and only then is the
-payload parsed; the result is hashed as it is produced and compared with the header at the
-end. Every failure is a :class:`~bsdiff.errors.DeltaError`; the caller then fetches the full file.
+header is checked first (magic, then the CRC over header and payload, version, codec, sizes
+against the caller's cap and the payload length), then the base (size, sha256), and only
+then is the payload parsed; the result is hashed as it is produced and compared with the
+header at the end. Every failure is a :class:`~bsdiff.errors.DeltaError`; the caller then
+fetches the full file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from bsdiff._generic import GENERIC, default_generic
+from bsdiff._generic import GENERIC, default_generic, small_diffs
 from bsdiff._header import (
-    HEADER_SIZE,
     PatchHeader,
     pack_header,
     unpack_header,
@@ -77,14 +77,17 @@ def _payload(old: Buffer, new: Buffer, codec: str) -> tuple[int, bytes]:
             if payload is not None:
                 if codec == "auto" and len(payload) < _TRY_GENERIC_BELOW:
                     # Almost nothing changed: the tensor table is then a visible share of the
-                    # patch, and a whole-file generic delta may be smaller. Keep the smaller.
-                    generic = default_generic()
-                    other = generic.diff(old, new)
-                    if len(other) < len(payload):
-                        return generic.id, other
+                    # patch, and a whole-file generic delta may be smaller. Keep the smallest.
+                    options = [(TENSOR_CODEC_ID, payload)]
+                    options += [(c.id, p) for c, p in small_diffs(old, new)]
+                    return min(options, key=lambda o: len(o[1]))
                 return TENSOR_CODEC_ID, payload
         if codec == "tensor":
             raise DeltaError("tensor codec: both files must be recognised model files")
+        candidates = small_diffs(old, new)
+        if candidates:
+            chosen, smallest = min(candidates, key=lambda o: len(o[1]))
+            return chosen.id, smallest
         generic = default_generic()
     else:
         if codec not in GENERIC:
@@ -98,9 +101,10 @@ def _payload(old: Buffer, new: Buffer, codec: str) -> tuple[int, bytes]:
 def make_patch(old: Buffer, new: Buffer, codec: str = "auto", *, verify: bool = True) -> bytes:
     """A patch turning ``old`` into ``new``.
 
-    ``codec`` is ``auto`` (the tensor codec for recognised model files, else the default
-    generic codec), ``tensor``, or a generic codec name (``hdiffpatch``, ``zstd-dict``,
-    ``bsdiff4``, ``zstd``). With ``verify`` the patch is applied once before it is returned.
+    ``codec`` is ``auto`` (the tensor codec for recognised model files, else the smallest
+    hdiffpatch-based payload; on small model changes the smallest of both), ``tensor``, or a
+    generic codec name (``hdiffpatch``, ``hdiffpatch-lzma``, ``zstd-dict``, ``bsdiff4``,
+    ``zstd``). With ``verify`` the patch is applied once before it is returned.
     Raises DeltaError (CodecUnavailableError when the codec's library is missing).
     """
     codec_id, payload = _payload(old, new, codec)
@@ -111,16 +115,15 @@ def make_patch(old: Buffer, new: Buffer, codec: str = "auto", *, verify: bool = 
         payload_size=len(payload),
         base_sha256=hashlib.sha256(old).digest(),
         result_sha256=hashlib.sha256(new).digest(),
-        payload_sha256=hashlib.sha256(payload).digest(),
     )
-    patch = pack_header(header) + payload
+    patch = pack_header(header, payload) + payload
     if verify:
         apply_patch(old, patch)  # raises if the codec got it wrong; the hashes decide
     return patch
 
 
 def read_header(patch: Buffer) -> PatchHeader:
-    """The checked header of ``patch`` (CRC, magic, version, payload length, codec id).
+    """The checked header of ``patch`` (magic, CRC, version, sizes, codec id).
 
     Raises PatchCorruptError.
     """
@@ -152,7 +155,7 @@ class _Sink:
             raise ResultMismatchError(
                 f"patch produced {self.size} bytes, header says {self.header.result_size}"
             )
-        if self.sha.digest() != self.header.result_sha256:
+        if not self.sha.digest().startswith(self.header.result_sha256):
             raise ResultMismatchError("patch result sha256 differs from the header")
 
 
@@ -160,15 +163,18 @@ def _apply(
     old: Buffer, patch: Buffer, max_result: int | None, sink_write: Callable[[Buffer], object]
 ) -> PatchHeader:
     header = read_header(patch)
-    payload = memoryview(patch)[HEADER_SIZE:]
+    payload = memoryview(patch)[header.header_size :]
     verify_before_apply(header, old, payload, max_result)
     sink = _Sink(header, sink_write)
     try:
         if header.codec == TENSOR_CODEC_ID:
-            apply_tensor_payload(old, payload, header.result_size, sink)
+            apply_tensor_payload(old, payload, header.result_size, sink, header.version)
         else:
             codec = GENERIC[codec_name(header.codec)]
-            sink(codec.patch(old, payload, header.result_size))
+            if codec.stream is not None:
+                codec.stream(old, payload, header.result_size, sink)
+            else:
+                sink(codec.patch(old, payload, header.result_size))
     except DeltaError:
         raise
     except Exception as e:  # a bug or a crafted payload must still end in "use the full file"
@@ -197,16 +203,17 @@ def apply_patch_file(
 ) -> PatchHeader:
     """Apply a patch file to a base file and write the result to ``out_path`` atomically.
 
-    The patch (and, for the tensor codec, the base) is memory-mapped and the tensor codec
-    streams its result to disk, so peak memory stays near the base file's size; the generic
-    codecs hold the base and the result in memory (about twice the file). The result goes to
+    The patch (and, for the tensor and ``hdiffpatch-lzma`` codecs, the base) is memory-mapped
+    and those codecs stream their result to disk, so peak memory stays near the base file's
+    size; the other generic codecs hold the base and the result in memory (two to three times
+    the file). The result goes to
     a temp file in the same folder, is fsynced, and replaces ``out_path`` only after its sha256
     matched; on any failure nothing is left behind. Raises DeltaError (OSError for I/O faults).
     """
     out_path = Path(out_path)
     with contextlib.ExitStack() as stack:
         patch = _map(stack, Path(patch_path))
-        if read_header(patch).codec == TENSOR_CODEC_ID:
+        if _streams(read_header(patch).codec):
             old = _map(stack, Path(old_path))  # streamed: only the touched pages are resident
         else:
             old = Path(old_path).read_bytes()  # generic libraries want bytes: no second copy
@@ -222,6 +229,14 @@ def apply_patch_file(
                 os.unlink(tmp)
             raise
     return header
+
+
+def _streams(codec_id: int) -> bool:
+    """Whether the codec writes its result in pieces from a memory-mapped base."""
+    if codec_id == TENSOR_CODEC_ID:
+        return True
+    codec = GENERIC.get(next((n for n, i in CODECS.items() if i == codec_id), ""))
+    return codec is not None and codec.stream is not None
 
 
 def _writer(f: BinaryIO) -> Callable[[Buffer], object]:

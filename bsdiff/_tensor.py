@@ -33,7 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from bsdiff._generic import GENERIC, GenericCodec, default_generic, zstd_decompress_exact
+from bsdiff._generic import (
+    GENERIC,
+    GenericCodec,
+    lzma_pack,
+    lzma_unpack,
+    small_diffs,
+    zstd_decompress_exact,
+)
 from bsdiff._onnx import Tensor
 from bsdiff.errors import CodecUnavailableError, PatchCorruptError
 
@@ -241,6 +248,22 @@ def _gaps(tensors: Sequence[Tensor]) -> list[int]:
     return out
 
 
+def _skeleton_patch(
+    old_skel: bytes, new_skel: bytes, codec: GenericCodec | None
+) -> tuple[GenericCodec, bytes]:
+    """The skeleton through ``codec``, or through every small-diff codec, keeping the smallest.
+
+    A skeleton is tens of kilobytes, so trying several codecs costs milliseconds; which one
+    wins depends on the change (renames favour hdiffpatch's approximate matches, a few bytes
+    changed favour zstd with the old skeleton as dictionary).
+    """
+    if codec is not None:
+        return codec, codec.diff(old_skel, new_skel)
+    zd = GENERIC["zstd-dict"]
+    options = [*small_diffs(old_skel, new_skel), (zd, zd.diff(old_skel, new_skel))]
+    return min(options, key=lambda o: len(o[1]))
+
+
 def make_tensor_payload(
     old: Buffer,
     new: Buffer,
@@ -248,6 +271,7 @@ def make_tensor_payload(
     new_tensors: Sequence[Tensor],
     skeleton_codec: GenericCodec | None = None,
     level: int = _STREAM_LEVEL,
+    version: int = 2,
 ) -> bytes | None:
     """The tensor-codec payload turning ``old`` into ``new``, or None if the layout is unusable.
 
@@ -258,9 +282,8 @@ def make_tensor_payload(
     n = memoryview(new)
     if not _check_layout(old_tensors, len(o)) or not _check_layout(new_tensors, len(n)):
         return None
-    skel_codec = skeleton_codec or default_generic()
-    if not skel_codec.available():
-        raise CodecUnavailableError(f"codec {skel_codec.name!r} is not installed")
+    if skeleton_codec is not None and not skeleton_codec.available():
+        raise CodecUnavailableError(f"codec {skeleton_codec.name!r} is not installed")
     entries = _match(o, n, old_tensors, new_tensors)
 
     streams: dict[int, list[np.ndarray]] = {}
@@ -294,7 +317,7 @@ def make_tensor_payload(
 
     old_skel = _skeleton(o, old_tensors)
     new_skel = _skeleton(n, new_tensors)
-    skel_patch = skel_codec.diff(old_skel, new_skel)
+    skel_codec, skel_patch = _skeleton_patch(old_skel, new_skel, skeleton_codec)
 
     meta = bytearray()
     for v in (skel_codec.id, len(new_skel), len(skel_patch), len(old_tensors)):
@@ -335,13 +358,19 @@ def make_tensor_payload(
     for key in keys:
         data = np.concatenate(streams[key]).tobytes() if streams[key] else b""
         raw_lens.append(len(data))
-        blobs.append(compressor.compress(data))
+        blob = compressor.compress(data)
+        if version >= 2 and len(blob) >= len(data):
+            blob = data  # incompressible (e.g. a new row's low bytes): stored, no frame
+        blobs.append(blob)
     _put(meta, len(keys))
     for seq in (keys, raw_lens, [len(b) for b in blobs]):
         for v in seq:
             _put(meta, v)
 
-    meta_z = zstandard.ZstdCompressor(level=_META_LEVEL).compress(bytes(meta))
+    if version >= 2:
+        meta_z = lzma_pack(bytes(meta))
+    else:
+        meta_z = zstandard.ZstdCompressor(level=_META_LEVEL).compress(bytes(meta))
     head = bytearray()
     _put(head, len(meta))
     _put(head, len(meta_z))
@@ -362,7 +391,7 @@ class _Plan:
     stream_sizes: dict[int, int]
 
 
-def _plan(old_size: int, payload: memoryview, result_size: int) -> _Plan:
+def _plan(old_size: int, payload: memoryview, result_size: int, version: int = 2) -> _Plan:
     """Parse and check the whole table against the sizes before anything is written."""
     head = _Reader(bytes(payload[:20]))
     meta_len = head.get()
@@ -371,7 +400,10 @@ def _plan(old_size: int, payload: memoryview, result_size: int) -> _Plan:
         raise PatchCorruptError("tensor patch table size is out of bounds")
     meta_z = payload[head.pos : head.pos + meta_zlen]
     body = head.pos + meta_zlen
-    r = _Reader(zstd_decompress_exact(meta_z, meta_len))
+    if version >= 2:
+        r = _Reader(lzma_unpack(meta_z, meta_len))
+    else:
+        r = _Reader(zstd_decompress_exact(meta_z, meta_len))
 
     codec_id = r.get()
     skel_codec = next((c for c in GENERIC.values() if c.id == codec_id), None)
@@ -473,13 +505,29 @@ def _plan(old_size: int, payload: memoryview, result_size: int) -> _Plan:
     )
 
 
+class _Stored:
+    """A stored (uncompressed) stream, read like a zstd stream reader."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def read(self, n: int) -> bytes:
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += len(out)
+        return out
+
+
 class _Planes:
     """One streaming zstd reader per (class, width, plane); reads exactly what is asked."""
 
-    def __init__(self, streams: dict[int, memoryview]) -> None:
+    def __init__(self, streams: dict[int, memoryview], sizes: dict[int, int], version: int) -> None:
         # One decompressor each: readers of a shared ZstdDecompressor share its context.
-        self.readers = {
-            k: zstandard.ZstdDecompressor().stream_reader(v) for k, v in streams.items()
+        self.readers: dict[int, _Stored | zstandard.ZstdDecompressionReader] = {
+            k: _Stored(v)
+            if version >= 2 and len(v) == sizes[k]
+            else zstandard.ZstdDecompressor().stream_reader(v)
+            for k, v in streams.items()
         }
 
     def read(self, cls: int, width: int, count: int) -> np.ndarray:
@@ -501,17 +549,22 @@ class _Planes:
                 raise PatchCorruptError("tensor patch stream holds more data than its table")
 
 
-def apply_tensor_payload(old: Buffer, payload: Buffer, result_size: int, write: Writer) -> None:
+def apply_tensor_payload(
+    old: Buffer, payload: Buffer, result_size: int, write: Writer, version: int = 2
+) -> None:
     """Stream the result of tensor ``payload`` applied to ``old`` into ``write``.
+
+    ``version`` is the patch format version: version 1 payloads hold a zstd table and only
+    zstd streams; version 2 a raw LZMA table and stored streams where zstd would not shrink.
 
     Raises PatchCorruptError (malformed or inconsistent payload) or CodecUnavailableError.
     """
     o = memoryview(old)
     try:
-        plan = _plan(len(o), memoryview(payload), result_size)
+        plan = _plan(len(o), memoryview(payload), result_size, version)
         old_skel = b"".join([o[a:b] for a, b in _between(plan.old_ranges, len(o))])
         skel = memoryview(plan.skel_codec.patch(old_skel, plan.skel_patch, plan.skel_len))
-        planes = _Planes(plan.streams)
+        planes = _Planes(plan.streams, plan.stream_sizes, version)
         spos = 0
         for kind, width, ref, length, gap in plan.entries:
             write(skel[spos : spos + gap])

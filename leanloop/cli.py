@@ -461,7 +461,7 @@ def delta_make(
     new: Annotated[Path, typer.Argument(help="file the device should end up with")],
     patch: Annotated[Path, typer.Argument(help="patch file to write")],
     codec: Annotated[
-        str, typer.Option(help="auto | tensor | hdiffpatch | zstd-dict | bsdiff4")
+        str, typer.Option(help="auto | tensor | hdiffpatch | hdiffpatch-lzma | zstd-dict | bsdiff4")
     ] = "auto",
 ) -> None:
     """Make a verified patch from OLD to NEW (tensor-aware for model files)."""

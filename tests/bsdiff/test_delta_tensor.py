@@ -9,7 +9,6 @@ it, and applying them must need neither torch nor onnx.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import itertools
@@ -27,9 +26,9 @@ from torch import nn
 
 import bsdiff
 from bsdiff import _api
-from bsdiff._header import HEADER_SIZE, pack_header
+from bsdiff._header import pack_header
 from bsdiff._onnx import find_onnx_tensors
-from bsdiff._tensor import KIND_COPY, KIND_DELTA, KIND_EXTEND, _plan
+from bsdiff._tensor import KIND_COPY, KIND_DELTA, KIND_EXTEND, _plan, make_tensor_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,7 +112,7 @@ def models() -> dict[str, bytes]:
 def _tensor_plan(patch: bytes, old: bytes):  # type: ignore[no-untyped-def]
     h = bsdiff.read_header(patch)
     assert bsdiff.codec_name(h.codec) == "tensor"
-    return _plan(len(old), memoryview(patch)[HEADER_SIZE:], h.result_size)
+    return _plan(len(old), memoryview(patch)[h.header_size :], h.result_size, h.version)
 
 
 def _stream_bytes(plan) -> int:  # type: ignore[no-untyped-def]
@@ -149,6 +148,36 @@ def test_tensor_codec_when_pair_varies_round_trips_exactly(
     assert bsdiff.apply_patch(old, patch) == new
     back = bsdiff.make_patch(new, old, "tensor")
     assert bsdiff.apply_patch(new, back) == old
+
+
+@pytest.mark.parametrize("pair", ["finetune", "addclass"])
+def test_tensor_codec_when_patch_is_version_1_still_applies(
+    models: dict[str, bytes], pair: str, tmp_path: Path
+) -> None:
+    """A device may hold a version-1 patch: zstd table, zstd streams, 140-byte header."""
+    old, new = models["base"], models[pair]
+    payload = make_tensor_payload(
+        old, new, find_onnx_tensors(old), find_onnx_tensors(new), version=1
+    )
+    assert payload is not None
+    header = bsdiff.PatchHeader(
+        codec=bsdiff.CODECS["tensor"],
+        base_size=len(old),
+        result_size=len(new),
+        payload_size=len(payload),
+        base_sha256=hashlib.sha256(old).digest(),
+        result_sha256=hashlib.sha256(new).digest(),
+        version=1,
+    )
+    v1 = pack_header(header, payload) + payload
+    assert bsdiff.read_header(v1).header_size == 140
+    assert bsdiff.apply_patch(old, v1) == new
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "p").write_bytes(v1)
+    bsdiff.apply_patch_file(tmp_path / "old", tmp_path / "p", tmp_path / "new")
+    assert (tmp_path / "new").read_bytes() == new
+    v2 = bsdiff.make_patch(old, new, "tensor")
+    assert len(v2) < len(v1)  # the version-2 table and stored streams are smaller
 
 
 def test_tensor_codec_when_fully_fine_tuned_is_far_below_generic(models: dict[str, bytes]) -> None:
@@ -190,7 +219,7 @@ def test_tensor_codec_when_reexported_with_new_names_has_no_tensor_payload(
     plan = _tensor_plan(patch, old)
     assert plan.streams == {}
     assert all(kind == KIND_COPY for kind, *_ in plan.entries)
-    assert len(patch) < HEADER_SIZE + 1500
+    assert len(patch) < bsdiff.read_header(patch).header_size + 1500
 
 
 def test_auto_codec_when_model_changes_little_is_never_larger_than_generic(
@@ -212,13 +241,11 @@ def test_tensor_patch_when_consistently_forged_raises_only_delta_error(
     rng = random.Random(7)
     refused = 0
     for i in range(60):
-        body = bytearray(patch[HEADER_SIZE:])
+        body = bytearray(patch[header.header_size :])
         # Half the flips hit the table and section lengths, where parsing is most delicate.
         span = 300 if i % 2 else len(body)
         body[rng.randrange(min(span, len(body)))] ^= 1 << rng.randrange(8)
-        forged = pack_header(
-            dataclasses.replace(header, payload_sha256=hashlib.sha256(body).digest())
-        ) + bytes(body)
+        forged = pack_header(header, body) + bytes(body)  # a valid CRC again
         try:
             out = bsdiff.apply_patch(old, forged)
         except bsdiff.DeltaError:
