@@ -302,7 +302,6 @@ def _frame_path(work: Path, quick: bool) -> dict[str, Any]:
     from bench.models import FixedBoxesDetector
     from runtime.backends import BackendOptions
     from runtime.backends.onnxruntime import load as load_ort
-    from runtime.config import StoreSettings
     from runtime.pipeline.pipeline import Pipeline
     from runtime.sampling import make_scorer
     from runtime.store.writer import StoreWriter
@@ -334,14 +333,7 @@ def _frame_path(work: Path, quick: bool) -> dict[str, Any]:
     for phase, cap, fps in phases:
         store = SampleStore(work / f"frames-{len(results)}", max_bytes=cap, random_share=0.05)
         scorer = make_scorer({"margin": 1.0, "novelty": 0.5, "random": 0.1})
-        writer = StoreWriter(  # the device's defaults (store.queue_size, store.writer_max_duty)
-            store,
-            scorer,
-            "bench",
-            random_slice=0.02,
-            queue_size=StoreSettings().queue_size,
-            max_duty=StoreSettings().writer_max_duty,
-        )
+        writer = StoreWriter(store, scorer, "bench", random_slice=0.02, queue_size=64)
         i = 0
         if phase == "steady":
             while store.floor() is None:

@@ -91,14 +91,6 @@ class StoreSettings(_Strict):
     jpeg_quality: int = Field(default=90, ge=1, le=100)
     png_compression: int = Field(default=3, ge=0, le=9, description="zlib level for png")
     queue_size: int = Field(default=64, ge=1, description="frames waiting to be scored/stored")
-    writer_max_duty: float = Field(
-        default=0.1,
-        gt=0,
-        le=1,
-        description="most of the wall time the store writer may be busy (after a batch that took "
-        "t it rests t*(1/duty - 1)); frames offered meanwhile are shed and counted. Keeps the "
-        "writer from slowing back-to-back frames; at a camera's pace it never binds. 1: no cap",
-    )
     min_priority: float = Field(default=0.0, ge=0, description="samples below are not kept")
     quotas: dict[str, ClassQuota] = Field(
         default_factory=dict,

@@ -82,7 +82,6 @@ class StoreWriter:
         random_slice: float = 0.0,
         seed: int = 0,
         batch: int = 4,
-        max_duty: float = 1.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -90,9 +89,6 @@ class StoreWriter:
             raise ValueError(f"encoding must be jpeg or png, got {encoding!r}")
         if not 0.0 <= random_slice <= 1.0:
             raise ValueError(f"random_slice must be in [0, 1], got {random_slice}")
-        if not 0.0 < max_duty <= 1.0:
-            raise ValueError(f"max_duty must be in (0, 1], got {max_duty}")
-        self.max_duty = float(max_duty)
         self.store = store
         self.scorer = scorer
         self.device_id = device_id
@@ -169,17 +165,9 @@ class StoreWriter:
                     last = True
                     break
                 jobs.append(more)
-            started = time.monotonic()
             self._handle(jobs)
             if last:
                 return
-            if self.max_duty < 1.0 and not self._closing:
-                # Duty-cycle cap: the writer's Python work (scoring, record building) holds the
-                # GIL the frame loop needs; after a batch that took t it rests t*(1/duty - 1),
-                # so when frames come back to back the queue sheds (counted) instead of the
-                # frame path slowing down. At a camera's pace the cap never binds.
-                busy = time.monotonic() - started
-                self._abandon.wait(busy * (1.0 / self.max_duty - 1.0))
 
     def _handle(self, jobs: list[_Job]) -> None:
         built: list[tuple[SampleRecord, Prediction, SampleContext]] = []
@@ -349,7 +337,6 @@ def open_store_and_writer(cfg: DeviceConfig, path: Path) -> tuple[SampleStore, S
             png_compression=st.png_compression,
             random_slice=st.random_slice if st.random_slice_share > 0 else 0.0,
             seed=sa.seed,
-            max_duty=st.writer_max_duty,
         )
     except BaseException:
         store.close()

@@ -310,36 +310,3 @@ def test_writer_stores_a_new_sample_when_the_shadow_copy_of_an_uploaded_frame_ar
     assert w.close(timeout=5) is True
     [rec] = store.top(5)
     assert rec.id != first.id and rec.prediction["shadow"] == {"disagreement": 1.0}
-
-
-class _RecordingEvent(threading.Event):
-    """The writer's abandon event, recording the rests the duty-cycle cap asks for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rests: list[float] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if timeout is not None:
-            self.rests.append(timeout)
-        return super().wait(0)
-
-
-def test_writer_rests_in_proportion_to_its_work_when_a_duty_cap_is_set(store: SampleStore) -> None:
-    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev", batch=1, max_duty=0.2)
-    ev = _RecordingEvent()
-    w._abandon = ev
-    for i in range(3):
-        w.offer(frame(), prediction([0.6, 0.4], f"{i}.png"))
-        _settle(w, i + 1)
-    assert w.close(timeout=5) is True
-    assert len(ev.rests) >= 2 and all(r > 0 for r in ev.rests)  # 4x each batch's busy time
-    capped = StoreWriter(store, make_scorer({"margin": 1.0}), "dev", batch=1)
-    ev2 = _RecordingEvent()
-    capped._abandon = ev2
-    capped.offer(frame(), prediction([0.6, 0.4], "x.png"))
-    _settle(capped, 1)
-    assert capped.close(timeout=5) is True
-    assert ev2.rests == []  # max_duty 1.0: no rest at all
-    with pytest.raises(ValueError, match="max_duty"):
-        StoreWriter(store, make_scorer({"margin": 1.0}), "dev", max_duty=0.0)
