@@ -18,49 +18,20 @@ import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "runtime" / "pipeline"))
+sys.path.insert(0, str(HERE.parents[1] / "integration"))
 sys.path.insert(0, str(HERE))
-from pipeline_models import make_constant_detector, yolo_v8_preds  # noqa: E402
+from loopkit import PIPELINE, painted_frame, write_source  # noqa: E402
 
 from runtime.bundle.build import build_bundle  # noqa: E402
 
 BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 CLASSES = [str(i) for i in range(10)]
 
-PIPELINE = {
-    "format": "leanloop.pipeline/1",
-    "stages": [
-        {
-            "name": "detector",
-            "model": "detector",
-            "pre": {"resize": [96, 96], "color": "gray", "scale": 1 / 255},
-            "post": {
-                "type": "yolo_v8",
-                "score_threshold": 0.3,
-                "nms_iou": 0.3,
-                "class_agnostic": True,
-                "classes": ["digit"],
-            },
-        },
-        {
-            "name": "classifier",
-            "model": "classifier",
-            "for_each": "detector",
-            "crop": {"margin": 0.0},
-            "pre": {"resize": [28, 28], "color": "gray", "scale": 1 / 255},
-            "post": {"type": "softmax", "top_k": 3},
-        },
-    ],
-}
-
 
 def frame(levels: tuple[int, int] = (60, 200)) -> np.ndarray:
     """96×96 frame, two patches read as classes round(9 * level / 255): (60, 200) -> 2, 7.
     A first level of 250+ makes it a poison frame for ``shadow_plugins``."""
-    img = np.zeros((96, 96, 3), np.uint8)
-    img[10:40, 10:40] = levels[0]
-    img[50:90, 50:90] = levels[1]
-    return img
+    return painted_frame(levels)
 
 
 def png(levels: tuple[int, int] = (60, 200)) -> bytes:
@@ -78,27 +49,20 @@ def build(
     swap: tuple[str, str] | None = None,
     name: str = "digits",
 ) -> Path:
-    """A built bundle ``<root>/bundle-v<version>``; ``plugin`` sets the detector's pre plug-in,
-    ``swap`` exchanges two ontology labels."""
-    src = root / f"src-v{version}"
-    (src / "models").mkdir(parents=True)
-    (src / "golden").mkdir()
-    make_constant_detector(
-        src / "models" / "detector.onnx", yolo_v8_preds([(*b, [0.9]) for b in BOXES])
-    )
-    (src / "models" / "classifier.onnx").write_bytes(classifier.read_bytes())
-    pipe = copy.deepcopy(PIPELINE)
+    """A built bundle ``<root>/bundle-v<version>``: the integration kit's source, with
+    ``plugin`` as the detector's pre plug-in and ``swap`` exchanging two ontology labels."""
+    src = write_source(root / f"src-v{version}", BOXES, classifier)
     if plugin is not None:
+        pipe = copy.deepcopy(PIPELINE)
         pipe["stages"][0]["pre"]["plugin"] = f"shadow_plugins:{plugin}"
-    (src / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
-    classes = list(CLASSES)
+        (src / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
     if swap is not None:
+        classes = list(CLASSES)
         i, j = classes.index(swap[0]), classes.index(swap[1])
         classes[i], classes[j] = classes[j], classes[i]
-    (src / "ontology.yaml").write_text(
-        yaml.safe_dump({"id": "digits", "version": 1, "classes": classes})
-    )
-    cv2.imwrite(str(src / "golden" / "000.png"), frame())
+        (src / "ontology.yaml").write_text(
+            yaml.safe_dump({"id": "digits", "version": 1, "classes": classes})
+        )
     out = root / f"bundle-v{version}"
     build_bundle(src, out, name=name, version=version)
     return out
