@@ -30,6 +30,7 @@ from types import ModuleType
 import numpy as np
 import zstandard
 
+from bsdiff._header import read_varint, varint
 from bsdiff.errors import CodecUnavailableError, DeltaError, PatchCorruptError
 
 __all__ = [
@@ -322,12 +323,12 @@ def _hdiff_lzma_from_plain(plain: bytes, old: Buffer, new: Buffer) -> bytes:
         raise CodecUnavailableError("hdiffpatch diff is too large for hdiffpatch-lzma")
     if not _reproduces(old, body, new):  # our applier must read this diff as hdiffpatch does
         raise CodecUnavailableError("hdiffpatch wrote a diff our applier does not reproduce")
-    best = _varint(len(body) * 2) + lzma_pack(body)
+    best = varint(len(body) * 2) + lzma_pack(body)
     try:
         moved = _transpose(body)
     except DeltaError:
         return best
-    alt = _varint(len(body) * 2 + 1) + lzma_pack(moved)
+    alt = varint(len(body) * 2 + 1) + lzma_pack(moved)
     return min(best, alt, key=len)
 
 
@@ -360,7 +361,7 @@ def _reproduces(old: Buffer, body: bytes, new: Buffer) -> bool:
 
 def _hdiff_lzma_stream(old: Buffer, payload: Buffer, size: int, write: Writer) -> None:
     view = memoryview(payload)
-    head, pos = _read_varint(view)
+    head, pos = read_varint(view, 0, "hdiffpatch-lzma payload length is malformed")
     body_len, transposed = divmod(head, 2)
     if body_len > _body_cap(size):
         raise PatchCorruptError("hdiffpatch-lzma payload claims an impossible length")
@@ -511,25 +512,6 @@ def _hdiff_apply_stream(old: Buffer, body: bytes, size: int, write: Writer) -> N
     rle.take(tail, want=False)
     if not rle.exhausted():
         raise PatchCorruptError("hdiffpatch diff RLE section does not match the result")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(view: memoryview) -> tuple[int, int]:
-    value = 0
-    for i in range(min(len(view), 10)):
-        b = view[i]
-        value |= (b & 0x7F) << (7 * i)
-        if b < 0x80:
-            return value, i + 1
-    raise PatchCorruptError("hdiffpatch-lzma payload length is malformed")
 
 
 def small_diffs(old: Buffer, new: Buffer) -> list[tuple[GenericCodec, bytes]]:

@@ -64,7 +64,8 @@ class PatchHeader:
     header_size: int = 0
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Unsigned LEB128, the minimal spelling."""
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -95,9 +96,9 @@ def pack_header(h: PatchHeader, payload: bytes | bytearray | memoryview) -> byte
     rest = b"".join(
         [
             bytes([FORMAT_VERSION, h.codec]),
-            _varint(h.base_size),
-            _varint(h.result_size),
-            _varint(len(payload)),
+            varint(h.base_size),
+            varint(h.result_size),
+            varint(len(payload)),
             h.base_sha256[:HASH_BYTES],
             h.result_sha256[:HASH_BYTES],
         ]
@@ -130,7 +131,7 @@ def unpack_header(patch: bytes | bytearray | memoryview) -> PatchHeader:
     pos = _CRC_END + 2
     sizes: list[int] = []
     for _ in range(3):
-        value, pos = _read_varint(view, pos)
+        value, pos = read_varint(view, pos)
         sizes.append(value)
     end = pos + 2 * HASH_BYTES
     if end > len(view):
@@ -153,7 +154,11 @@ def unpack_header(patch: bytes | bytearray | memoryview) -> PatchHeader:
     )
 
 
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(
+    view: memoryview, pos: int, what: str = "patch header holds a malformed size"
+) -> tuple[int, int]:
+    """(value, position after it) of the unsigned LEB128 at ``pos``; raises PatchCorruptError
+    with ``what`` when it is truncated, too long or not minimal."""
     value = 0
     for i in range(_MAX_VARINT):
         if pos + i >= len(view):
@@ -164,7 +169,7 @@ def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
             if i and b == 0:
                 break  # a non-minimal encoding: one value, one spelling
             return value, pos + i + 1
-    raise PatchCorruptError("patch header holds a malformed size")
+    raise PatchCorruptError(what)
 
 
 def _unpack_v1(view: memoryview) -> PatchHeader:
