@@ -16,17 +16,27 @@
    without copying the images). Target: <= 50 ms at 100,000. The 10,000 figure shows how it
    scales (reaching the end of the index is O(log n); the walk is O(K)).
 3. **Frame path, store on vs off.** The real two-stage digits pipeline (detector → classifier
-   on three crops, exported to ONNX by the trainer, ONNX Runtime, 1 thread) on 640×480 frames.
-   *Off*: ``pipeline.run``. *On*: ``pipeline.run`` then ``StoreWriter.offer`` to a writer that
-   scores (margin, novelty — so the perceptual hash too — and random), keeps a 2 % random
-   slice, encodes JPEG and stores with eviction, in its own thread on the same two cores. The
-   blocks alternate; between blocks the writer's queue is drained (untimed) so one block's
-   backlog does not land in the next. Two phases: *filling* (a store far from its cap: every
-   frame is encoded and written — the worst case) and *steady* (the cap reached, as on a
-   device that has run for a while: frames under the store's floor are refused before
-   encoding) — both with frames back to back, the harshest case — and *filling at 30 fps*
-   (frames paced like a camera: the writer works in the gaps). Target: p50 on / p50 off
-   <= 1.05.
+   on three crops, exported to ONNX by the trainer, ONNX Runtime, 1 thread) on 640×480 frames,
+   back to back (the harshest case: no gaps for the writer). *Off*: ``pipeline.run``. *On*:
+   ``pipeline.run`` then ``StoreWriter.offer`` to a writer that scores (margin, novelty — so the
+   perceptual hash too — and random), keeps a 2 % random slice, encodes JPEG and stores with
+   eviction, in its own thread on the same two cores. The machine's speed drifts by several
+   per cent over seconds, so the contenders run in short blocks (30 frames, ~0.1 s) whose order
+   is shuffled every round, over ~100 rounds, and p50 is taken over all frames of a mode. A
+   third contender, *off again* (A/A), is the same as off: its ratio shows the method's noise
+   floor in the same run. After each block the writer's queue is drained (untimed). The writer
+   runs on between blocks as it does on a device, so an open write slot may end (and write)
+   during any block: the rows count the writes that landed inside on-blocks and elsewhere.
+
+   *Target rows — the device's defaults* (``store.max_rate`` 1 frame/s: every frame is scored,
+   the best of each second is encoded and written): *filling* (a store far from its cap) and
+   *steady* (the cap reached, as on a device that has run for a while, so the written frame
+   must also beat the store's floor). Target: p50 on / p50 off <= 1.05.
+
+   *Informational rows — every frame written* (``max_rate`` 0, what a replay or a test does):
+   back to back, each 640×480 frame costs the writer ≈1 ms of JPEG plus a transaction, about a
+   third of the frame path's own time, on the second of two cores; and the same at a camera's
+   30 fps, where the writer works in the gaps.
 
 Ratios are printed against the anchors of the same run, never asserted; figures go to
 ``<out>/store.json``.
@@ -298,12 +308,18 @@ def _topk(work: Path, quick: bool) -> dict[str, Any]:
 # ---- 3. frame path --------------------------------------------------------------------------
 
 
+def _bench_scorer() -> Any:
+    from runtime.sampling import make_scorer
+
+    return make_scorer({"margin": 1.0, "novelty": 0.5, "random": 0.1})
+
+
 def _frame_path(work: Path, quick: bool) -> dict[str, Any]:
     from bench.models import FixedBoxesDetector
     from runtime.backends import BackendOptions
     from runtime.backends.onnxruntime import load as load_ort
+    from runtime.config import DeviceConfig
     from runtime.pipeline.pipeline import Pipeline
-    from runtime.sampling import make_scorer
     from runtime.store.writer import StoreWriter
     from trainer.export import CLASSIFIER_IO, DETECTOR_IO, export_onnx
     from trainer.models import DigitClassifier
@@ -319,75 +335,94 @@ def _frame_path(work: Path, quick: bool) -> dict[str, Any]:
     frames = [_scene(rng, 640, 480, 6.0) for _ in range(16)]
     for _ in range(5):  # warm-up
         pipe.run(frames[0])
-    reps, inner = (6, 20) if quick else (16, 40)
     clock = time.perf_counter
-    results: dict[str, Any] = {}
-    # "filling": a cap far above what the run stores, so every frame is encoded and written.
-    # "steady": the cap already reached (filled untimed first), as on a device running for
-    # days: most frames fall below the store's floor and are refused before encoding.
+    default_rate = DeviceConfig().store.max_rate
+    results: dict[str, Any] = {"device_max_rate": default_rate}
+    # (name, store cap, fps, max_rate, target row). "filling": a cap far above what the run
+    # stores. "steady": the cap already reached (filled untimed first), as on a device running
+    # for days: most frames fall below the store's floor and are refused before encoding.
     phases = (
-        ("filling", 1 << 30, 0.0),
-        ("filling at 30 fps", 1 << 30, 30.0),
-        ("steady", 8 << 20, 0.0),
+        ("filling, device defaults", 1 << 30, 0.0, default_rate, True),
+        ("steady, device defaults", 8 << 20, 0.0, default_rate, True),
+        ("filling, every frame written", 1 << 30, 0.0, 0.0, False),
+        ("filling at 30 fps, every frame written", 1 << 30, 30.0, 0.0, False),
     )
-    for phase, cap, fps in phases:
-        store = SampleStore(work / f"frames-{len(results)}", max_bytes=cap, random_share=0.05)
-        scorer = make_scorer({"margin": 1.0, "novelty": 0.5, "random": 0.1})
-        writer = StoreWriter(store, scorer, "bench", random_slice=0.02, queue_size=64)
-        i = 0
-        if phase == "steady":
+    for phase, cap, fps, rate, target in phases:
+        path = work / f"frames-{len(results)}"
+        store = SampleStore(path, max_bytes=cap, random_share=0.05)
+        if phase.startswith("steady"):
+            filler = StoreWriter(store, _bench_scorer(), "bench", random_slice=0.02)
             while store.floor() is None:
                 for f in frames:
-                    writer.offer(f, pipe.run(f, "fill"))
+                    filler.offer(f, pipe.run(f, "fill"))
                     time.sleep(0.002)
-            while writer.stats()["queued"]:
-                time.sleep(0.01)
-            time.sleep(0.1)
-        before = writer.stats()
-        samples: dict[str, list[float]] = {"off": [], "on": []}
+            filler.close(timeout=60)
+        writer = StoreWriter(
+            store, _bench_scorer(), "bench", random_slice=0.02, queue_size=64, max_rate=rate
+        )
+        rounds, block = (30, 30) if quick else (100, 30)
+        if fps:  # a camera's pace: fewer, shorter rounds (each frame takes 1/fps)
+            rounds, block = (6, 10) if quick else (16, 15)
+        modes = ("off", "off again", "on")
+        order_rng = np.random.default_rng(11)
+        i = 0
+        samples: dict[str, list[float]] = {m: [] for m in modes}
+        writes = {m: 0 for m in (*modes, "between")}
         period = 1.0 / fps if fps else 0.0
-        n_reps, n_inner = (reps // 2, inner // 2) if fps else (reps, inner)
+        before = writer.stats()
         t0 = clock()
-        for r in range(n_reps):
-            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
-                for _ in range(n_inner):
+        for _ in range(rounds):
+            for mode in order_rng.permutation(modes):
+                stored0 = writer.stats()["stored"]
+                for _ in range(block):
                     f = frames[i % len(frames)]
                     i += 1
-                    if period:  # a camera's pace: the writer works in the gaps (untimed)
+                    if period:  # the writer works in the gaps (untimed)
                         time.sleep(max(0.0, period - (clock() - t0)))
                     t0 = clock()
                     pred = pipe.run(f, "frame")
                     if mode == "on":
                         writer.offer(f, pred)
                     samples[mode].append((clock() - t0) * 1000)
+                stored1 = writer.stats()["stored"]
+                writes[mode] += stored1 - stored0
                 deadline = time.monotonic() + 30
                 while writer.stats()["queued"] and time.monotonic() < deadline:
-                    time.sleep(0.005)  # untimed: the next block starts with an idle writer
-                time.sleep(0.02)
+                    time.sleep(0.001)  # untimed: the next block starts with an empty queue
+                writes["between"] += writer.stats()["stored"] - stored1
         writer.close(timeout=30)
         ws = {k: v - before.get(k, 0) for k, v in writer.stats().items() if k != "queued"}
         store.close()
+        shutil.rmtree(path, ignore_errors=True)
         p50 = {k: statistics.median(v) for k, v in samples.items()}
         p90 = {k: float(np.percentile(v, 90)) for k, v in samples.items()}
         row = {
             "cap_bytes": cap,
             "fps": fps or "back to back",
+            "max_rate": rate,
+            "target_row": target,
             "p50_ms": p50,
             "p90_ms": p90,
             "ratio_p50": p50["on"] / p50["off"],
             "ratio_p90": p90["on"] / p90["off"],
+            "aa_ratio_p50": p50["off again"] / p50["off"],
             "frames_per_mode": len(samples["on"]),
+            "writes_by_block": writes,
             "writer": ws,
         }
         results[phase] = row
+        rate_txt = f"max_rate {rate:g}/s" if rate else "max_rate 0"
         _say(
-            f"(3) frame path [{phase}], two-stage digits pipeline, 640x480, ORT 1 thread: p50 "
-            f"off {p50['off']:.2f} ms, on {p50['on']:.2f} ms = {row['ratio_p50']:.3f}x "
-            f"(target <= 1.05x); p90 {row['ratio_p90']:.3f}x"
+            f"(3) frame path [{phase}: {rate_txt}], two-stage digits pipeline, 640x480, ORT 1 "
+            f"thread: p50 off {p50['off']:.2f} ms, on {p50['on']:.2f} ms = "
+            f"{row['ratio_p50']:.3f}x ({'target <= 1.05x' if target else 'informational'}); "
+            f"p90 {row['ratio_p90']:.3f}x; A/A (off again / off) {row['aa_ratio_p50']:.3f}x"
         )
         _say(
-            f"    writer while timed: offered {ws['offered']}, stored {ws['stored']} (random "
-            f"slice {ws['stored_random']}), refused {ws['rejected']}, dropped {ws['dropped']}"
+            f"    writer: offered {ws['offered']}, stored {ws['stored']} (during on-blocks "
+            f"{writes['on']}, off-blocks {writes['off'] + writes['off again']}, between "
+            f"{writes['between']}; random slice {ws['stored_random']}), outranked "
+            f"{ws['outranked']}, refused {ws['rejected']}, dropped {ws['dropped']}"
         )
     for m in models.values():
         m.close()

@@ -246,7 +246,9 @@ class Demo:
                         "poll_interval_s": 0.05,
                     },
                     "inference": {"threads": 1},
-                    "store": {"max_bytes": 2 << 20, "jpeg_quality": 95},
+                    # The inbox replays production in accelerated time: every frame is a
+                    # candidate (no write slots, which keep the best frame of each second).
+                    "store": {"max_bytes": 2 << 20, "jpeg_quality": 95, "max_rate": 0},
                     "sampling": {"weights": weights, "seed": self.s.seed},
                     "upload": {"interval_s": 0.5, "batch": 64, "only_when_idle_s": 1.0},
                     "update": {"trial_frames": 10},
@@ -312,7 +314,8 @@ class Demo:
                 images=self.images[self.pools["production"]],
                 labels=self.labels_all[self.pools["production"]],
                 n_frames=self.s.frames * (self.s.iterations + 1),
-                start_mix=0.7, end_mix=0.9,
+                start_mix=0.7,
+                end_mix=0.9,
             )
             frames = stream.segment(it, self.s.frames)
             for j, fr in enumerate(frames):
@@ -389,8 +392,9 @@ class Demo:
                     if (st.get("counters") or {}).get("frames", 0) < (it + 1) * self.s.frames:
                         return False
                     store, w = st.get("store") or {}, st.get("writer") or {}
-                    settled = sum(w.get(k, 0) for k in ("stored", "rejected", "skipped",
-                                                         "dropped", "errors"))
+                    settled = sum(
+                        w.get(k, 0) for k in ("stored", "rejected", "skipped", "dropped", "errors")
+                    )
                     if w.get("offered", 0) != settled or store.get("pending", 1):
                         return False
             return True
@@ -445,8 +449,11 @@ class Demo:
             boxes, labels = self.gt[f"{k}/{meta['frame_id']}"]
             if len(labels) > left:
                 continue  # a smaller frame further down may still fit
-            self.hub.annotate(meta["id"], [[*b, str(lbl)] for b, lbl in
-                                           zip(boxes, labels, strict=True)], annotator="oracle")
+            self.hub.annotate(
+                meta["id"],
+                [[*b, str(lbl)] for b, lbl in zip(boxes, labels, strict=True)],
+                annotator="oracle",
+            )
             left -= len(labels)
             frames += 1
         used = self.s.budget - left
@@ -454,8 +461,9 @@ class Demo:
         return frames, used
 
     def train(self, arm: str, version: int) -> Path:
-        job = self.hub.start_train(f"digits-{arm}", version, self.last_job.get(arm),
-                                   params=self.s.train_params or None)
+        job = self.hub.start_train(
+            f"digits-{arm}", version, self.last_job.get(arm), params=self.s.train_params or None
+        )
         self.wait(
             f"training job {job}",
             lambda: self.hub.job(job)["state"] in ("done", "failed"),
@@ -501,8 +509,10 @@ class Demo:
             for arm in ARMS:
                 n, used = self.annotate(arm)
                 self.version[arm] += 1
-                self.say(f"{arm}: oracle labelled {used} digits in {n} frames; "
-                         f"training v{self.version[arm]}")
+                self.say(
+                    f"{arm}: oracle labelled {used} digits in {n} frames; "
+                    f"training v{self.version[arm]}"
+                )
                 src = self.train(arm, self.version[arm])
                 self.publish(arm, src, self.version[arm])
             self.wait_versions()

@@ -101,7 +101,16 @@ class StoreSettings(_Strict):
         default=0.02,
         ge=0,
         le=1,
-        description="fraction of frames kept uniformly at random for unbiased evaluation",
+        description="share of write slots (of frames, with max_rate 0) given to a frame drawn "
+        "uniformly at random, kept whatever its score, for unbiased evaluation",
+    )
+    max_rate: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="frames encoded and stored per second at most; each 1/max_rate s slot "
+        "writes its highest-priority frame (or its random pick). 0: every frame that passes "
+        "(each costs a JPEG encode and a disk write on the frame path's cores and the flash)",
     )
     sync: Literal["full", "data"] = Field(
         default="full",

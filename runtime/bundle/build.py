@@ -100,9 +100,7 @@ def build_bundle(
         raise
 
 
-def _build(
-    src: Path, out: Path, name: str, version: int, notes: dict[str, str] | None
-) -> Manifest:
+def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] | None) -> Manifest:
     from runtime.backends import load_backend
 
     if not src.is_dir():

@@ -23,6 +23,21 @@ durable transaction (one disk sync for the batch, which is what lets a slow disk
 the scorer is told which frames were kept (novelty remembers their hashes). Near-duplicates
 inside one batch — only under a backlog — are therefore not collapsed against each other.
 
+**Write slots** (``max_rate`` > 0, the device default: ``store.max_rate``). Encoding a frame
+and writing it is what costs (≈1 ms of JPEG and a transaction per 640×480 frame, against
+≈0.1 ms to score it), and on a device it also wears the flash. With a rate, every frame is
+still scored, but at most ``max_rate`` frames a second are encoded and written: the first frame
+opens a *slot* of ``1 / max_rate`` seconds; the writer holds the highest-priority frame of the
+slot (a reference, no copy) and, for the random slice, one frame drawn uniformly from the slot
+(reservoir sampling). When the slot ends, a draw with probability ``random_slice`` gives the
+write to the uniform pick (flagged ``random_slice``: unbiased over frames), otherwise to the best
+frame; steps 4–5 then apply to that one frame. The others are counted ``outranked``. A shadow
+copy of a frame the slot holds replaces it (same pixels, more to say); a shadow copy of a frame
+already stored rewrites that record outside the slots (at most one per stored frame). So the
+store keeps the best frame of every second rather than the first frames of a burst, and the
+writer's cost on the frame path is the scoring only. ``max_rate=0`` writes every frame that
+passes steps 3–4 (the constructor's default; what tests, replays and benches of the store use).
+
 The worker thread runs at ``nice`` +10 (Linux schedules threads individually), so on a busy
 device the frame path gets the cores first. The writer keeps a reference to the frame array,
 not a copy: a caller that reuses its frame
@@ -34,12 +49,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import random
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -61,6 +78,23 @@ __all__ = ["StoreWriter", "open_store_and_writer"]
 log = logging.getLogger("leanloop.store.writer")
 
 _Job = tuple[np.ndarray, Prediction, float]
+
+
+@dataclass
+class _Candidate:
+    """A scored frame, before the decision to encode and store it."""
+
+    frame: np.ndarray
+    prediction: Prediction
+    ts: float
+    ctx: SampleContext
+    scores: dict[str, float]
+    priority: float
+    earlier: tuple[str, bool] | None = None  # (sample id, in slice) of the record it replaces
+    kept: SampleRecord | None = None  # that record
+    in_slice: bool = False
+
+
 _NICE = 10
 _RECENT = 1024  # frame ids remembered for replacing a frame's record with its shadow copy
 
@@ -82,6 +116,7 @@ class StoreWriter:
         random_slice: float = 0.0,
         seed: int = 0,
         batch: int = 4,
+        max_rate: float = 0.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -89,6 +124,8 @@ class StoreWriter:
             raise ValueError(f"encoding must be jpeg or png, got {encoding!r}")
         if not 0.0 <= random_slice <= 1.0:
             raise ValueError(f"random_slice must be in [0, 1], got {random_slice}")
+        if not (math.isfinite(max_rate) and max_rate >= 0.0):
+            raise ValueError(f"max_rate must be a finite rate >= 0, got {max_rate}")
         self.store = store
         self.scorer = scorer
         self.device_id = device_id
@@ -98,7 +135,14 @@ class StoreWriter:
         self.min_priority = float(min_priority)
         self.random_slice = float(random_slice)
         self.batch = max(1, int(batch))
+        self.max_rate = float(max_rate)
         self._rng = random.Random(seed)
+        # The open write slot (max_rate > 0): its end (monotonic), its best frame, its uniform
+        # pick and how many distinct frames it has seen.
+        self._slot_end: float | None = None
+        self._best: _Candidate | None = None
+        self._pick: _Candidate | None = None
+        self._seen = 0
         self._floor: float | None = None
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
         self._closing = False
@@ -118,6 +162,7 @@ class StoreWriter:
         self.rejected = 0
         self.skipped = 0
         self.errors = 0
+        self.outranked = 0
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -150,6 +195,9 @@ class StoreWriter:
         # frame path whenever both want them (raising one's own niceness needs no privilege).
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
+        if self.max_rate > 0.0:
+            self._run_slots()
+            return
         while True:
             job = self._queue.get()
             if job is None or self._abandon.is_set():
@@ -169,50 +217,106 @@ class StoreWriter:
             if last:
                 return
 
-    def _handle(self, jobs: list[_Job]) -> None:
-        built: list[tuple[SampleRecord, Prediction, SampleContext]] = []
+    def _run_slots(self) -> None:
+        """The loop with write slots: score every frame, write one per slot (module story)."""
+        while True:
+            left = None if self._slot_end is None else max(0.0, self._slot_end - time.monotonic())
+            try:
+                job = self._queue.get(timeout=left)
+            except queue.Empty:
+                self._close_slot()  # the slot is over: write its frame
+                continue
+            if self._abandon.is_set():
+                return
+            if job is None:
+                self._close_slot()
+                return
+            self._guarded(lambda j=job: self._offer_to_slot(*j))
+            if self._slot_end is not None and time.monotonic() >= self._slot_end:
+                self._close_slot()
+
+    def _guarded(self, fn: Any) -> Any:
+        """Run ``fn``; the worker must survive anything a frame can cause (counted, logged)."""
+        try:
+            return fn()
+        except LeanloopError as e:
+            self.errors += 1
+            log.warning("store writer: %s", e)
+        except Exception as e:
+            self.errors += 1
+            log.exception("store writer: unexpected %s", e)
+        return None
+
+    def _offer_to_slot(self, frame: np.ndarray, prediction: Prediction, ts: float) -> None:
+        c = self._score(frame, prediction, ts)
+        if c.earlier is not None:
+            # The shadow copy of a frame already stored: rewrite that record now (at most one
+            # per stored frame, so still bounded by the rate).
+            if self._admit(c):
+                self._write([c])
+            return
+        fid = prediction.frame_id
+        best, pick = self._best, self._pick
+        if (best is not None and best.prediction.frame_id == fid) or (
+            pick is not None and pick.prediction.frame_id == fid
+        ):
+            # A later copy (the shadow's) of a frame this slot holds: same pixels, more to say.
+            self.outranked += 1
+            if pick is not None and pick.prediction.frame_id == fid:
+                self._pick = c
+            if best is not None and best.prediction.frame_id == fid:
+                c.priority = max(c.priority, best.priority)
+                self._best = c
+            elif best is None or c.priority > best.priority:
+                self._best = c
+            return
+        if self._slot_end is None:
+            self._slot_end = time.monotonic() + 1.0 / self.max_rate
+        self._seen += 1
+        if best is None or c.priority > best.priority:
+            self._best = c
+        if self._rng.random() * self._seen < 1.0:  # reservoir of one: uniform over the slot
+            self._pick = c
+
+    def _close_slot(self) -> None:
+        best, pick, seen = self._best, self._pick, self._seen
+        self._slot_end, self._best, self._pick, self._seen = None, None, None, 0
+        if best is None:
+            return
+        chosen = best
+        if pick is not None and self.random_slice > 0.0 and self._rng.random() < self.random_slice:
+            chosen, chosen.in_slice = pick, True
+        self.outranked += seen - 1
         try:
             self._floor = self.store.floor()
         except LeanloopError:
             self._floor = None
+        if self._admit(chosen):
+            self._guarded(lambda: self._write([chosen]))
+
+    def _handle(self, jobs: list[_Job]) -> None:
+        """Without write slots: score, admit and write a batch of frames."""
+        try:
+            self._floor = self.store.floor()
+        except LeanloopError:
+            self._floor = None
+        admitted: list[_Candidate] = []
         for frame, prediction, ts in jobs:
             if self._abandon.is_set():
                 return
-            try:
-                one = self._build(frame, prediction, ts)
-            except LeanloopError as e:
-                self.errors += 1
-                log.warning("store writer: %s", e)
+            c = self._guarded(lambda f=frame, p=prediction, t=ts: self._score(f, p, t))
+            if c is None:
                 continue
-            except Exception as e:  # the worker must survive anything a frame can cause
-                self.errors += 1
-                log.exception("store writer: unexpected %s", e)
-                continue
-            if one is not None:
-                built.append(one)
-        if not built:
-            return
-        try:
-            done = self.store.put_many([r for r, _, _ in built])
-        except LeanloopError as e:
-            self.errors += len(built)
-            log.warning("store writer: %s", e)
-            return
-        for (record, prediction, ctx), ok in zip(built, done, strict=True):
-            if ok:
-                self.stored += 1
-                self.stored_random += record.random_slice
-                self.scorer.kept(prediction, ctx)
-                self._recent[record.frame_id] = (record.id, record.random_slice)
-                self._recent.move_to_end(record.frame_id)
-                while len(self._recent) > _RECENT:
-                    self._recent.popitem(last=False)
-            else:
-                self.rejected += 1
+            if c.earlier is None:
+                c.in_slice = self.random_slice > 0.0 and self._rng.random() < self.random_slice
+            if self._admit(c):
+                admitted.append(c)
+        if admitted:
+            self._write(admitted)
 
-    def _build(
-        self, frame: np.ndarray, prediction: Prediction, ts: float
-    ) -> tuple[SampleRecord, Prediction, SampleContext] | None:
+    def _score(self, frame: np.ndarray, prediction: Prediction, ts: float) -> _Candidate:
+        """Score a frame; for a shadow copy of a frame still stored, find the record it
+        replaces."""
         image_hash = None
         if self.scorer.needs_image_hash:
             try:
@@ -221,51 +325,85 @@ class StoreWriter:
                 image_hash = None  # novelty reads "unknown"
         ctx = SampleContext(timestamp=ts, image_hash=image_hash)
         scores, priority = self.scorer.score(prediction, ctx)
+        c = _Candidate(frame, prediction, ts, ctx, scores, priority)
         earlier = self._recent.get(prediction.frame_id) if prediction.shadow is not None else None
-        kept: SampleRecord | None = None
         if earlier is not None:
             try:
                 kept = self.store.get(earlier[0])
             except LeanloopError:
                 kept = None
-            if kept is None or kept.upload_state != "pending":
-                earlier = None  # gone home or evicted: this copy is a new sample
-        if earlier is not None:
-            in_slice = earlier[1]
-            priority = max(priority, kept.priority) if kept is not None else priority
-        else:
-            in_slice = self.random_slice > 0.0 and self._rng.random() < self.random_slice
-        if not in_slice and priority < self.min_priority:
+            if kept is not None and kept.upload_state == "pending":
+                c.earlier, c.kept, c.in_slice = earlier, kept, earlier[1]
+                c.priority = max(priority, kept.priority)
+            # else: gone home or evicted: this copy is a new sample
+        return c
+
+    def _admit(self, c: _Candidate) -> bool:
+        """Whether ``c`` is worth encoding: in the random slice, or above ``min_priority`` and
+        the full store's floor (counted skipped / rejected otherwise)."""
+        if c.in_slice:
+            return True
+        if c.priority < self.min_priority:
             self.skipped += 1
-            return None
-        if not in_slice and self._floor is not None and priority <= self._floor:
+            return False
+        if self._floor is not None and c.priority <= self._floor:
             self.rejected += 1  # the full store would refuse it: do not pay for encoding
-            return None
-        data = self._encode(frame)
-        if data is None:
-            self.errors += 1
-            log.warning(
-                "store writer: frame %s does not encode as %s", prediction.frame_id, self.encoding
+            return False
+        return True
+
+    def _write(self, cands: list[_Candidate]) -> None:
+        """Encode ``cands`` and store them in one transaction."""
+        built: list[tuple[SampleRecord, _Candidate]] = []
+        for c in cands:
+            if self._abandon.is_set():
+                return
+            data = self._encode(c.frame)
+            if data is None:
+                self.errors += 1
+                log.warning(
+                    "store writer: frame %s does not encode as %s",
+                    c.prediction.frame_id,
+                    self.encoding,
+                )
+                continue
+            p = c.prediction
+            record = SampleRecord(
+                id=c.earlier[0] if c.earlier is not None else new_sample_id(),
+                device_id=self.device_id,
+                created=c.ts,
+                frame_id=p.frame_id,
+                bundle=p.bundle,
+                bundle_version=p.bundle_version,
+                ontology_version=p.ontology_version,
+                image=data,
+                image_format=self.encoding,
+                prediction=p.to_dict(),
+                scores=c.scores,
+                priority=c.priority,
+                random_slice=c.in_slice,
+                # A human's word on the earlier copy stays with the frame.
+                feedback=c.kept.feedback if c.kept is not None else None,
             )
-            return None
-        record = SampleRecord(
-            id=earlier[0] if earlier is not None else new_sample_id(),
-            device_id=self.device_id,
-            created=ts,
-            frame_id=prediction.frame_id,
-            bundle=prediction.bundle,
-            bundle_version=prediction.bundle_version,
-            ontology_version=prediction.ontology_version,
-            image=data,
-            image_format=self.encoding,
-            prediction=prediction.to_dict(),
-            scores=scores,
-            priority=priority,
-            random_slice=in_slice,
-            # A human's word on the earlier copy stays with the frame.
-            feedback=kept.feedback if kept is not None and earlier is not None else None,
-        )
-        return record, prediction, ctx
+            built.append((record, c))
+        if not built:
+            return
+        try:
+            done = self.store.put_many([r for r, _ in built])
+        except LeanloopError as e:
+            self.errors += len(built)
+            log.warning("store writer: %s", e)
+            return
+        for (record, c), ok in zip(built, done, strict=True):
+            if ok:
+                self.stored += 1
+                self.stored_random += record.random_slice
+                self.scorer.kept(c.prediction, c.ctx)
+                self._recent[record.frame_id] = (record.id, record.random_slice)
+                self._recent.move_to_end(record.frame_id)
+                while len(self._recent) > _RECENT:
+                    self._recent.popitem(last=False)
+            else:
+                self.rejected += 1
 
     def _encode(self, frame: np.ndarray) -> bytes | None:
         if self.encoding == "png":
@@ -280,7 +418,7 @@ class StoreWriter:
 
     def stats(self) -> dict[str, Any]:
         """Counters since start: offered, dropped, stored (of which stored_random), rejected,
-        skipped, errors, queued."""
+        skipped, errors, outranked (lost their write slot), held (in the open slot), queued."""
         return {
             "offered": self.offered,
             "dropped": self.dropped,
@@ -289,6 +427,8 @@ class StoreWriter:
             "rejected": self.rejected,
             "skipped": self.skipped,
             "errors": self.errors,
+            "outranked": self.outranked,
+            "held": self._seen,
             "queued": self._queue.qsize(),
         }
 
@@ -337,6 +477,7 @@ def open_store_and_writer(cfg: DeviceConfig, path: Path) -> tuple[SampleStore, S
             png_compression=st.png_compression,
             random_slice=st.random_slice if st.random_slice_share > 0 else 0.0,
             seed=sa.seed,
+            max_rate=st.max_rate,
         )
     except BaseException:
         store.close()

@@ -186,6 +186,9 @@ class Device:
             "source": {"path": str(self.inbox), "pattern": "*.png", "poll_interval_s": 0.05},
             "upload": {"interval_s": 0.3},
             "update": {"trial_frames": 2, "trial_s": 1.0},
+            # Tests drop a handful of frames and expect each to be a candidate, as in a replay:
+            # no write slots (the device default keeps the best frame of each second).
+            "store": {"max_rate": 0},
         }
         cfg.update(overrides)
         self.config = self.dir / "device.yaml"

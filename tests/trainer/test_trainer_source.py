@@ -32,8 +32,11 @@ def test_write_bundle_source_when_written_has_the_documented_layout(source: Path
     files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
     from trainer.export_formats import tflite_unavailable_reason
 
-    tflite = [] if tflite_unavailable_reason() else ["models/classifier.tflite",
-                                                     "models/detector.tflite"]
+    tflite = (
+        []
+        if tflite_unavailable_reason()
+        else ["models/classifier.tflite", "models/detector.tflite"]
+    )
     assert files == sorted([
         "checkpoint/README.txt", "checkpoint/classifier.pt", "checkpoint/detector.pt",
         "golden/000.png", "golden/001.png", "golden/002.png",

@@ -113,13 +113,16 @@ def test_decode_yolo_v8_maps_clamps_and_suppresses_when_boxes_are_known() -> Non
     spec = YoloPost(type="yolo_v8", score_threshold=0.25, nms_iou=0.5, classes=["cat", "dog"])
     items = decode_yolo_v8([preds], spec, ["ignored"], lb, (200, 100))
     assert [(i.label, round(i.score, 2)) for i in items] == [
-        ("cat", 0.9), ("dog", 0.8), ("dog", 0.5)
+        ("cat", 0.9),
+        ("dog", 0.8),
+        ("dog", 0.5),
     ]
     assert items[0].box == pytest.approx((20, 20, 100, 60))
     assert items[2].box == pytest.approx((140, 0, 180, 30))
     agnostic = spec.model_copy(update={"class_agnostic": True})
     assert [i.label for i in decode_yolo_v8([preds], agnostic, [], lb, (200, 100))] == [
-        "cat", "dog"
+        "cat",
+        "dog",
     ]
     capped = spec.model_copy(update={"max_detections": 1})
     assert len(decode_yolo_v8([preds], capped, [], lb, (200, 100))) == 1
@@ -158,8 +161,10 @@ def test_ssd_anchors_follow_the_documented_order_when_generated() -> None:
     np.testing.assert_allclose(a[1], [0.25, 0.25, 1.0, 0.25])  # ratio 4: w*2, h/2
     np.testing.assert_allclose(a[2], [0.75, 0.25, 0.5, 0.5])  # row 0, col 1
     np.testing.assert_allclose(a[4], [0.25, 0.75, 0.5, 0.5])  # row 1, col 0
-    np.testing.assert_allclose(a[8:], [[0.5, 0.5, 0.8, 0.8], [0.5, 0.5, 1.6, 0.4],
-                                       [0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 2.0, 0.5]])
+    np.testing.assert_allclose(
+        a[8:],
+        [[0.5, 0.5, 0.8, 0.8], [0.5, 0.5, 1.6, 0.4], [0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 2.0, 0.5]],
+    )
 
 
 def test_ssd_anchors_raise_when_sizes_do_not_match_maps() -> None:

@@ -210,6 +210,7 @@ def test_open_store_and_writer_follows_device_config_when_built(tmp_path: Path) 
                 "random_slice": 0.5,
                 "random_slice_share": 0.1,
                 "sync": "data",
+                "max_rate": 0,
             },
             "sampling": {"weights": {"rules": 1.0}, "rules": {"when": [{"labels": ["0"]}]}},
         }
@@ -310,3 +311,106 @@ def test_writer_stores_a_new_sample_when_the_shadow_copy_of_an_uploaded_frame_ar
     assert w.close(timeout=5) is True
     [rec] = store.top(5)
     assert rec.id != first.id and rec.prediction["shadow"] == {"disagreement": 1.0}
+
+
+def _settled(w: StoreWriter) -> int:
+    st = w.stats()
+    return sum(st[k] for k in ("stored", "rejected", "skipped", "errors", "outranked", "dropped"))
+
+
+def test_writer_writes_only_the_best_frame_of_a_slot_when_rate_is_set(store: SampleStore) -> None:
+    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev", max_rate=0.5)  # 2 s slots
+    tops = [0.9, 0.8, 0.95, 0.55, 0.7, 0.99, 0.6, 0.85]  # margins 0.2 .. 1.0; best: 0.55
+    for i, top in enumerate(tops):
+        assert w.offer(frame(), prediction([top, 1 - top], f"f{i}"))
+    assert w.close(timeout=5)  # closing ends the open slot: its best frame is written
+    [rec] = store.top(10)
+    assert rec.frame_id == "f3" and rec.priority == pytest.approx(0.9)
+    st = w.stats()
+    assert (st["stored"], st["outranked"], st["held"]) == (1, 7, 0)
+    assert _settled(w) == st["offered"] == 8
+
+
+def test_writer_ends_a_slot_on_time_when_no_frame_follows(store: SampleStore) -> None:
+    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev", max_rate=5.0)  # 0.2 s slots
+    for i, top in enumerate([0.9, 0.6, 0.8]):
+        w.offer(frame(), prediction([top, 1 - top], f"a{i}"))
+    deadline = time.monotonic() + 5
+    while w.stats()["stored"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.frame_id for r in store.top(10)] == ["a1"]  # written without a later frame
+    for i, top in enumerate([0.7, 0.95, 0.99]):
+        w.offer(frame(), prediction([top, 1 - top], f"b{i}"))
+    assert w.close(timeout=5)
+    assert sorted(r.frame_id for r in store.top(10)) == ["a1", "b0"]
+    assert (w.stats()["stored"], w.stats()["outranked"]) == (2, 4)
+
+
+def test_writer_stores_at_most_max_rate_frames_per_second_under_a_stream(
+    store: SampleStore,
+) -> None:
+    w = StoreWriter(store, make_scorer({"margin": 1.0}), "dev", max_rate=10.0, queue_size=256)
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < 1.0:  # ~200 frames/s for one second
+        w.offer(frame(), prediction([0.6, 0.4], f"f{n}"))
+        n += 1
+        time.sleep(0.005)
+    assert w.close(timeout=5)
+    elapsed = time.monotonic() - t0
+    st = w.stats()
+    assert 1 <= st["stored"] <= 10 * elapsed + 1  # one per 0.1 s slot at most (+ the last)
+    assert st["stored"] + st["outranked"] + st["dropped"] == n == st["offered"]
+
+
+def test_writer_gives_the_random_slice_a_uniform_pick_of_the_slot(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "s", max_bytes=64 << 20, random_share=0.5)
+    counts = {f"f{i}": 0 for i in range(4)}
+    for seed in range(160):
+        w = StoreWriter(
+            store, make_scorer({"margin": 1.0}), "dev", random_slice=1.0, seed=seed, max_rate=0.5
+        )
+        for i, top in enumerate([0.55, 0.7, 0.9, 0.99]):  # f0 is by far the best
+            w.offer(frame(), prediction([top, 1 - top], f"f{i}"))
+        assert w.close(timeout=5)
+        assert w.stats()["stored_random"] == 1
+    kept = store.top(1000)
+    assert len(kept) == 160 and all(r.random_slice for r in kept)
+    for r in kept:
+        counts[r.frame_id] += 1
+    assert all(20 <= c <= 60 for c in counts.values()), counts  # ~40 each: not by priority
+    store.close()
+
+
+def test_writer_keeps_the_shadow_copy_when_a_slot_holds_its_frame(store: SampleStore) -> None:
+    w = StoreWriter(store, make_scorer({"margin": 1.0, "disagreement": 1.0}), "dev", max_rate=0.5)
+    w.offer(frame(), prediction([0.9, 0.1], "a.png"))  # margin 0.2
+    w.offer(frame(), prediction([0.6, 0.4], "b.png"))  # margin 0.8: best so far
+    copy = prediction([0.9, 0.1], "a.png")
+    copy.shadow = {"disagreement": 1.0}  # a's shadow copy: now the slot's best
+    w.offer(frame(), copy)
+    assert w.close(timeout=5)
+    [rec] = store.top(10)
+    assert rec.frame_id == "a.png" and rec.prediction["shadow"] == {"disagreement": 1.0}
+    assert rec.scores["disagreement"] == 1.0
+    assert (w.stats()["stored"], w.stats()["outranked"]) == (1, 2)
+
+
+def test_writer_rejects_a_bad_rate_when_built(store: SampleStore) -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_rate"):
+            StoreWriter(store, make_scorer({"margin": 1.0}), "dev", max_rate=bad)
+
+
+def test_device_config_writes_one_frame_per_second_by_default(tmp_path: Path) -> None:
+    from runtime.config import DeviceConfig
+    from runtime.store.writer import open_store_and_writer
+
+    cfg = DeviceConfig.model_validate({"device_id": "cam-1"})
+    assert cfg.store.max_rate == 1.0
+    store, writer = open_store_and_writer(cfg, tmp_path / "samples")
+    try:
+        assert writer.max_rate == 1.0
+    finally:
+        writer.close(timeout=1)
+        store.close()
