@@ -280,7 +280,10 @@ def _feedback(
         typer.echo(json.dumps(out))
     else:
         what = f"corrected to {label}" if label else "confirmed"
-        typer.echo(f"{sample_id}: {what}; priority now {out['priority']:.3f}")
+        if out.get("queued"):
+            typer.echo(f"{sample_id}: {what}; already uploaded: the feedback goes to the hub next")
+        else:
+            typer.echo(f"{sample_id}: {what}; priority now {out['priority']:.3f}")
 
 
 @feedback_app.command("confirm")

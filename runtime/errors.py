@@ -58,4 +58,10 @@ class StoreError(LeanloopError):
 
 
 class HubError(LeanloopError):
-    """The hub refused a request or could not be reached."""
+    """The hub refused a request or could not be reached.
+
+    ``http_status`` is the HTTP status of a refusal, None when there was no answer."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from runtime.store.lmdb_store import SampleStore
     from runtime.store.record import SampleRecord
 
-__all__ = ["LEDGER_NAME", "FeedbackLedger", "feedback_summary", "predicted_label", "tally"]
+__all__ = [
+    "LEDGER_NAME",
+    "FeedbackLedger",
+    "feedback_summary",
+    "forget_summary",
+    "predicted_label",
+    "tally",
+]
 
 LEDGER_NAME = "feedback_ledger.json"
 _UNKNOWN = "?"  # the predicted label of an item the prediction does not have
@@ -116,6 +123,24 @@ class FeedbackLedger:
             counts[key] = counts.get(key, 0) + 1
             atomic_write_json(self.path, {"format": "leanloop.feedback-ledger/1", "counts": counts})
 
+    def replace(
+        self, before: tuple[str, str, str | None] | None, after: tuple[str, str, str | None]
+    ) -> None:
+        """Count ``after`` (predicted label, kind, corrected label) in place of ``before``: new
+        feedback on a sample that already left the store (see :mod:`runtime.outbox`)."""
+        with self._lock:
+            counts = self._read()
+            if before is not None:
+                old = json.dumps(list(before))
+                if counts.get(old, 0) > 1:
+                    counts[old] -= 1
+                else:
+                    counts.pop(old, None)
+            new = json.dumps(list(after))
+            counts[new] = counts.get(new, 0) + 1
+            atomic_write_json(self.path, {"format": "leanloop.feedback-ledger/1", "counts": counts})
+        forget_summary()
+
     def entries(self) -> list[Entry]:
         """(predicted, kind, corrected label, count) for everything counted so far."""
         out: list[Entry] = []
@@ -149,6 +174,12 @@ def _bounded(out: dict[str, Any], keep: int = _KEEP) -> dict[str, Any]:
 
 _cache: dict[Path, tuple[float, dict[str, Any]]] = {}
 _cache_lock = threading.Lock()
+
+
+def forget_summary() -> None:
+    """Drop the cached summaries: feedback just changed (the next status reads it afresh)."""
+    with _cache_lock:
+        _cache.clear()
 
 
 def feedback_summary(store: SampleStore, state_dir: Path, max_age_s: float = 5.0) -> dict[str, Any]:

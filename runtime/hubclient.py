@@ -72,7 +72,8 @@ class HubClient:
             raise HubError(f"{method} {path}: hub answered HTTP {r.status} with non-JSON") from e
         if r.status >= 400:
             msg = data.get("error") if isinstance(data, dict) else None
-            raise HubError(f"{method} {path}: HTTP {r.status}: {msg or 'no reason given'}")
+            why = msg or "no reason given"
+            raise HubError(f"{method} {path}: HTTP {r.status}: {why}", http_status=r.status)
         return data
 
     def enroll(self, device_id: str, enroll_token: str, cohort: str | None) -> str:

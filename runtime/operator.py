@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, UpdateError
+from runtime.errors import ConfigError, StoreError, UpdateError
 from runtime.update.slots import Slots
 
 __all__ = [
@@ -182,15 +182,21 @@ def give_feedback(
     who: str,
     item: int | None = None,
     store: Any = None,
+    outbox: Any = None,
 ) -> dict[str, Any]:
-    """Record a confirmation (``label`` None) or a correction on a stored sample.
+    """Record a confirmation (``label`` None) or a correction on a sample.
 
-    Works with the service up or down (LMDB serialises writers across processes). The service
-    passes its own open ``store`` (one LMDB environment per process). Raises ConfigError for a
-    label the active bundle's ontology does not know, StoreError for an unknown sample.
+    On a sample still in the store, the feedback goes into its record (``queued`` False). On a
+    sample the device already uploaded (it left the store; :mod:`runtime.outbox` remembers it),
+    the feedback is queued for the hub instead (``queued`` True, ``priority`` None) and the
+    device's feedback metrics count it at once. Works with the service up or down (LMDB
+    serialises writers across processes); the service passes its own open ``store`` and
+    ``outbox`` (one LMDB environment per process). Raises ConfigError for a label the active
+    bundle's ontology does not know, StoreError for a sample the device does not know.
     """
     import time
 
+    from runtime.outbox import SENT_DIR, FeedbackOutbox
     from runtime.store.lmdb_store import SampleStore
     from runtime.store.record import Feedback
 
@@ -211,11 +217,36 @@ def give_feedback(
         item=item,
     )
     if store is not None:
-        rec = store.set_feedback(sample_id, fb)
-        return {"id": rec.id, "priority": rec.priority, "feedback": fb.to_dict()}
+        return _record_feedback(state_dir, store, outbox, sample_id, fb)
     own = SampleStore(path, max_bytes=max_bytes)
+    sent = state_dir / SENT_DIR
+    own_outbox = FeedbackOutbox(sent) if sent.exists() else None
     try:
-        rec = own.set_feedback(sample_id, fb)
+        return _record_feedback(state_dir, own, own_outbox, sample_id, fb)
     finally:
+        if own_outbox is not None:
+            own_outbox.close()
         own.close()
-    return {"id": rec.id, "priority": rec.priority, "feedback": fb.to_dict()}
+
+
+def _record_feedback(
+    state_dir: Path, store: Any, outbox: Any, sample_id: str, fb: Any
+) -> dict[str, Any]:
+    from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, forget_summary
+
+    try:
+        rec = store.set_feedback(sample_id, fb)
+    except StoreError:
+        if outbox is None or store.get(sample_id) is not None:
+            raise  # not a sample that went home: the store's own error
+        before = outbox.enqueue(sample_id, fb)  # StoreError if the device never had it
+        old = before.feedback
+        FeedbackLedger(state_dir / LEDGER_NAME).replace(
+            (before.predicted(old.get("item")), str(old.get("kind")), old.get("label"))
+            if old
+            else None,
+            (before.predicted(fb.item), fb.kind, fb.label),
+        )
+        return {"id": sample_id, "priority": None, "feedback": fb.to_dict(), "queued": True}
+    forget_summary()
+    return {"id": rec.id, "priority": rec.priority, "feedback": fb.to_dict(), "queued": False}

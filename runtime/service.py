@@ -57,6 +57,7 @@ from runtime.errors import (
 )
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
+from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
 from runtime.shadow.manager import ShadowManager
@@ -230,6 +231,8 @@ class DeviceService:
         self._load_active()
 
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
+        # What the device uploaded, and feedback on it waiting for the hub.
+        self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )
@@ -420,6 +423,7 @@ class DeviceService:
                 self.state_dir,
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
                 ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
+                outbox=self.outbox,
             )
         return True
 
@@ -762,6 +766,7 @@ class DeviceService:
             str(who or "operator"),
             item,
             store=self.store,
+            outbox=self.outbox,
         )
 
     def write_status(self) -> None:
@@ -808,6 +813,7 @@ class DeviceService:
                 t.join(timeout=2.0)
             self.write_status()
             self.store.close()
+            self.outbox.close()
             self.sink.close()
             for b in (self.bundle, self._old):
                 if b is not None:

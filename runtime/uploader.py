@@ -6,7 +6,9 @@ small, policed and safe to interrupt:
 1. the gate (e.g. "the source has been idle for a while") and the :class:`UploadPolicy` are
    asked first: outside every upload window, or with the day's byte budget spent, nothing is
    sent at all;
-2. pending records are read from the store, highest priority first; each is encoded as one
+2. feedback given on samples already uploaded (:mod:`runtime.outbox`) goes first, a small
+   request each, and leaves the outbox only once the hub acknowledged it;
+   then pending records are read from the store, highest priority first; each is encoded as one
    **payload** (:func:`encode_payload`: meta JSON + image) named by the sample id and checked
    by its sha256;
 3. the payload goes in **parts** of at most ``part_bytes`` (``PATCH .../upload`` at an offset).
@@ -17,10 +19,11 @@ small, policed and safe to interrupt:
    and the budget is debited — and persisted — *before* the bytes go. A sample larger than
    what is left today is simply continued tomorrow;
 4. a record is **released** from the store only after the hub acknowledged the whole payload
-   ("stored", or "duplicate": it already had that sample id). A record that carries human
-   feedback is first looked up at the hub: if the hub already has the sample (feedback given
-   after an upload, or while it was in flight), only the feedback is sent (``PUT
-   .../feedback``), not the image again;
+   ("stored", or "duplicate": it already had that sample id), and the outbox's index of sent
+   samples remembered it (so later feedback on it can still reach the hub). A record that
+   carries human feedback is first looked up at the hub: if the hub already has the sample
+   (feedback given after an upload, or while it was in flight), only the feedback is sent
+   (``PUT .../feedback``), not the image again;
 5. a failed part is followed by one offset query and the upload goes on from where the hub
    got; after 3 failed parts in a row that moved nothing (or a failed query) the cycle ends
    and the record stays for the next cycle.
@@ -51,11 +54,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from runtime._atomic import atomic_write_json
-from runtime.errors import HubError
+from runtime.errors import HubError, StoreError
 
 if TYPE_CHECKING:
     from runtime.config import UploadSettings
     from runtime.feedback_stats import FeedbackLedger
+    from runtime.outbox import FeedbackOutbox
     from runtime.store.lmdb_store import SampleStore
     from runtime.store.record import SampleRecord
 
@@ -325,6 +329,7 @@ class UploadResult:
     failed: int  # 0 or 1: the cycle stopped at a failed send
     duplicates: int = 0  # acknowledged as already present on the hub
     feedback_only: int = 0  # of ``sent``: the hub had the sample, only feedback went
+    feedback_sent: int = 0  # feedback on samples already uploaded, from the outbox
     gated: bool = False  # True: the gate or the policy said no before anything was tried
     stopped: str | None = None  # why the cycle ended early: window|budget|cycle_budget|error
     wire_bytes: int = 0  # bytes charged to the budget this cycle (bodies + request overhead)
@@ -349,6 +354,7 @@ class Uploader:
         part_bytes: int = 64 * 1024,
         rate: TokenBucket | None = None,
         ledger: FeedbackLedger | None = None,
+        outbox: FeedbackOutbox | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -365,6 +371,8 @@ class Uploader:
         self.part_bytes = part_bytes
         self.rate = rate
         self.ledger = ledger
+        self.outbox = outbox
+        self.feedback_dropped = 0  # outbox entries the hub refused for good (since start)
         self._known: dict[str, tuple[str, int]] = {}  # id -> (sha256, offset the hub acked)
         self._probe: set[str] = set()  # ids whose hub offset is unknown (a part failed)
         self._first = True  # after a start, ask the hub about the first sample (a restart)
@@ -381,6 +389,7 @@ class Uploader:
         gate: Callable[[], bool] | None = None,
         now: Callable[[], datetime] = _utc_now,
         ledger: FeedbackLedger | None = None,
+        outbox: FeedbackOutbox | None = None,
     ) -> Uploader:
         rate = TokenBucket(settings.rate_bps, settings.burst_bytes) if settings.rate_bps else None
         return cls(
@@ -393,6 +402,7 @@ class Uploader:
             part_bytes=settings.part_bytes,
             rate=rate,
             ledger=ledger,
+            outbox=outbox,
         )
 
     # ---- budget ------------------------------------------------------------------------
@@ -492,6 +502,30 @@ class Uploader:
             offset = ans.offset
             self._known[record.id] = (sha, offset)
 
+    # ---- feedback on samples already uploaded ----------------------------------------------
+
+    def _send_outbox(self, counts: dict[str, int]) -> None:
+        """Send queued feedback (:mod:`runtime.outbox`), oldest first, within the limits.
+
+        Raises _Stop at a limit and HubError when the link fails (the entry stays queued); an
+        entry the hub refuses for good (403, 404) is dropped with a warning."""
+        if self.outbox is None:
+            return
+        for sample_id, feedback in self.outbox.pending(self.batch):
+            body = len(json.dumps({"feedback": feedback}).encode())
+            self._allowance(body, need=body)
+            try:
+                self.sink.put_feedback(sample_id, feedback)
+            except HubError as e:
+                if e.http_status in (403, 404):
+                    log.warning("feedback on %s dropped: the hub refused it: %s", sample_id, e)
+                    self.outbox.drop(sample_id)
+                    self.feedback_dropped += 1
+                    continue
+                raise
+            self.outbox.done(sample_id, feedback)
+            counts["feedback_sent"] += 1
+
     # ---- one cycle -------------------------------------------------------------------------
 
     def run_once(self) -> UploadResult:
@@ -506,9 +540,24 @@ class Uploader:
             self.last = UploadResult(0, 0, 0, gated=True, stopped="budget")
             return self.last
         self._cycle_spent = 0
-        counts = {"sent": 0, "bytes": 0, "duplicates": 0, "feedback_only": 0, "resumed": 0}
+        counts = {
+            "sent": 0,
+            "bytes": 0,
+            "duplicates": 0,
+            "feedback_only": 0,
+            "feedback_sent": 0,
+            "resumed": 0,
+        }
         failed, stopped = 0, None
-        for record in self.store.top(self.batch, state="pending"):
+        try:
+            self._send_outbox(counts)
+            records = self.store.top(self.batch, state="pending")
+        except _Stop as e:
+            stopped, records = str(e), []
+        except HubError as e:
+            failed, stopped, records = 1, "error", []
+            log.warning("feedback upload failed, retrying next cycle: %s", e)
+        for record in records:
             try:
                 status = self._send(record, counts)
             except _Stop as e:
@@ -523,6 +572,8 @@ class Uploader:
             current = self.store.get(record.id)
             released = 0
             if current is None or current.feedback == record.feedback:
+                if self.outbox is not None:
+                    self.outbox.remember(record)  # before the release: never in neither place
                 released = self.store.release(
                     [record.id], expected_priority={record.id: record.priority}
                 )
@@ -537,6 +588,7 @@ class Uploader:
             failed,
             duplicates=counts["duplicates"],
             feedback_only=counts["feedback_only"],
+            feedback_sent=counts["feedback_sent"],
             stopped=stopped,
             wire_bytes=self._cycle_spent,
             resumed=counts["resumed"],
@@ -549,8 +601,14 @@ class Uploader:
         if self.last is not None:
             out["last_cycle"] = {
                 "sent": self.last.sent,
+                "feedback_sent": self.last.feedback_sent,
                 "failed": self.last.failed,
                 "stopped": self.last.stopped,
                 "wire_bytes": self.last.wire_bytes,
             }
+        if self.outbox is not None:
+            try:
+                out["feedback_outbox"] = {**self.outbox.stats(), "dropped": self.feedback_dropped}
+            except StoreError as e:
+                out["feedback_outbox"] = {"error": str(e)}
         return out

@@ -88,3 +88,71 @@ def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
     st = dev.wait("store emptied", lambda st: st["store"]["count"] == 0 and st.get("upload"))
     assert st["feedback"]["corrections"] == 1  # the ledger kept it after the release
     assert st["upload"]["window_open"] is True
+
+
+def test_correction_on_an_uploaded_sample_is_queued_on_the_device_and_reaches_the_hub(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    from runtime.feedback_stats import predicted_label
+
+    publish(admin, keys, make_bundle(1, BOXES), 1)
+    dev = start_device()  # uploads every 0.3 s: samples leave the store at once
+    dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
+    dev.feed(2)
+    wait_for("samples at the hub", lambda: len(admin.samples(limit=100)) == 2)
+    dev.wait("store emptied", lambda st: st["writer"]["stored"] == 2 and st["store"]["count"] == 0)
+    entry = admin.samples(limit=100)[0]
+    predicted = predicted_label(entry["prediction"], None)
+    label = "0" if predicted != "0" else "1"
+
+    # The service runs: the CLI goes through its control socket.
+    cmd = ["feedback", "correct", entry["id"], "--label", label, "--who", "ana"]
+    r = CliRunner().invoke(app, [*cmd, "--config", str(dev.config)])
+    assert r.exit_code == 0, r.stdout
+    assert "already uploaded" in r.stdout
+    wait_for(
+        "the correction at the hub",
+        lambda: (
+            (admin.feedback_metrics()["devices"].get("cam-1", {}).get("hub") or {}).get("confusion")
+            == {predicted: {label: 1}}
+        ),
+    )
+    st = dev.wait(
+        "the outbox drained and the metrics counted",
+        lambda st: (
+            ((st.get("upload") or {}).get("feedback_outbox") or {}).get("queued") == 0
+            and (st.get("feedback") or {}).get("corrections") == 1
+        ),
+    )
+    assert st["feedback"]["confusion"] == {predicted: {label: 1}}
+
+    # Service down: the CLI queues on the device itself; a second word replaces the first.
+    dev.proc.terminate()
+    dev.proc.wait(10)
+    r = CliRunner().invoke(
+        app, ["feedback", "confirm", entry["id"], "--who", "bo", "--config", str(dev.config)]
+    )
+    assert r.exit_code == 0 and "already uploaded" in r.stdout, r.stdout
+    r = CliRunner().invoke(
+        app, ["feedback", "confirm", "0000-unknown", "--config", str(dev.config)]
+    )
+    assert r.exit_code != 0 and "no sample 0000-unknown" in r.output
+    dev.restart()
+    wait_for(
+        "the confirmation replacing the correction at the hub",
+        lambda: (
+            (admin.feedback_metrics()["devices"].get("cam-1", {}).get("hub") or {}).get(
+                "confirmations"
+            )
+            == 1
+        ),
+    )
+    st = dev.wait(
+        "metrics replaced",
+        lambda st: (st.get("feedback") or {}).get("confirmations") == 1,
+    )
+    assert (st["feedback"]["reviewed"], st["feedback"]["corrections"]) == (1, 0)

@@ -446,3 +446,95 @@ def test_uploader_keeps_record_when_feedback_is_replaced_in_flight(store: SpySto
     assert up.run_once().sent == 1 and store.released == []
     assert up.run_once().feedback_only == 1
     assert hub.feedback[r.id]["kind"] == "correct" and store.get(r.id) is None
+
+
+# ---- feedback on samples already uploaded (the outbox) ----------------------------------------
+
+
+class RefusingHub(FakeHub):
+    """A hub that no longer has some samples (404), and whose link can fail feedback calls."""
+
+    def __init__(self, store: SampleStore, gone: set[str]) -> None:
+        super().__init__(store)
+        self.gone = gone
+        self.link_down = False
+
+    def put_feedback(self, sample_id: str, feedback: dict[str, Any]) -> str:
+        if self.link_down:
+            raise HubError("hub unreachable: connection refused")
+        if sample_id in self.gone:
+            raise HubError(f"PUT feedback: HTTP 404: no sample {sample_id}", http_status=404)
+        return super().put_feedback(sample_id, feedback)
+
+
+def test_uploader_remembers_what_it_sends_and_delivers_later_feedback_first(
+    store: SpyStore, tmp_path: Path
+) -> None:
+    from runtime.outbox import FeedbackOutbox
+
+    box = FeedbackOutbox(tmp_path / "sent")
+    hub = FakeHub(store)
+    up = Uploader(store, hub, batch=10, outbox=box)
+    first = record(0.9)
+    store.put(first)
+    assert up.run_once().sent == 1
+    assert store.get(first.id) is None and box.sent(first.id) is not None  # gone, remembered
+    box.enqueue(first.id, Feedback("correct", "7", "ana", 5.0, 1))
+    store.put(record(0.8))
+    res = up.run_once()
+    assert (res.feedback_sent, res.sent) == (1, 1)
+    assert hub.feedback[first.id]["label"] == "7"
+    assert box.pending(10) == []
+    assert up.status()["feedback_outbox"] == {"queued": 0, "remembered": 2, "dropped": 0}
+    box.close()
+
+
+def test_uploader_keeps_queued_feedback_when_link_fails_and_drops_what_hub_refuses(
+    store: SpyStore, tmp_path: Path
+) -> None:
+    from runtime.outbox import FeedbackOutbox
+
+    box = FeedbackOutbox(tmp_path / "sent")
+    kept, lost = record(0.9), record(0.8)
+    for r in (kept, lost):
+        box.remember(r)
+        box.enqueue(r.id, Feedback("confirm", None, "ana", 5.0, 1))
+    hub = RefusingHub(store, gone={lost.id})
+    hub.samples[kept.id] = {}
+    up = Uploader(store, hub, batch=10, outbox=box)
+    hub.link_down = True
+    res = up.run_once()
+    assert (res.failed, res.stopped, res.feedback_sent) == (1, "error", 0)
+    assert len(box.pending(10)) == 2  # nothing lost
+    hub.link_down = False
+    res = up.run_once()
+    assert res.feedback_sent == 1 and up.feedback_dropped == 1
+    assert set(hub.feedback) == {kept.id} and box.pending(10) == []
+    box.close()
+
+
+def test_uploader_sends_no_feedback_outside_the_window_or_past_the_budget(
+    store: SpyStore, tmp_path: Path
+) -> None:
+    from runtime.outbox import FeedbackOutbox
+
+    box = FeedbackOutbox(tmp_path / "sent")
+    recs = [record(0.5) for _ in range(3)]
+    hub = FakeHub(store)
+    for r in recs:
+        box.remember(r)
+        box.enqueue(r.id, Feedback("correct", "2", "ana", 5.0, 1))
+        hub.samples[r.id] = {}
+    clock = Clock(datetime(2026, 1, 15, 12, 0, tzinfo=UTC))
+    body = len(json.dumps({"feedback": box.pending(1)[0][1]}).encode())
+    budget = 2 * (body + REQUEST_OVERHEAD) + 10  # room for two feedback requests
+    policy = UploadPolicy(["22:00-06:00"], "UTC", budget, tmp_path / "b.json", now=clock.now)
+    up = Uploader(store, hub, batch=10, policy=policy, outbox=box)
+    assert up.run_once().stopped == "window" and hub.feedback == {}
+    clock.t = datetime(2026, 1, 15, 23, 0, tzinfo=UTC)
+    res = up.run_once()
+    assert (res.feedback_sent, res.stopped) == (2, "budget")
+    assert len(box.pending(10)) == 1
+    clock.t += timedelta(days=1)
+    assert up.run_once().feedback_sent == 1 and box.pending(10) == []
+    box.close()
