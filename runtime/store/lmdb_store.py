@@ -34,6 +34,15 @@ transaction copies)) — see :func:`reserve_bytes`; :meth:`SampleStore.stats` re
 Records are kept while the footprints sum to at most ``max_bytes - reserve``, so the data file
 stays at or under ``max_bytes`` (checked by a test and by ``python -m bench --only store``).
 
+**A full disk** (the file system fills before the store reaches ``max_bytes``): before each
+write the store compares the disk's free space with what the write may need; when the disk
+cannot give it ``max_bytes`` any more, the cap in force drops to what it can (the data file's
+size plus the free space, less a margin), so inserts evict the lowest-priority records as at
+the cap and the disk never fills under LMDB's feet; the cap comes back when the disk has room.
+If something else fills the disk at once and a commit fails, nothing is written, the store
+reopens LMDB (a failed commit leaves it unusable) and says "disk full" in one line — see
+``_check_disk`` and ``_after_failed_write``.
+
 Layout (one LMDB environment, six named sub-databases)::
 
     records  id + chunk number (2 bytes) -> one page of: header | meta JSON | image | padding
@@ -72,6 +81,7 @@ folder written by the earlier one-value-per-record layout (format 1) is moved as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -317,6 +327,8 @@ class SampleStore:
         self._txn_bytes = 0
         self._largest_record = 0
         self._corrupt: set[str] = set()
+        self._disk_cap: int | None = None  # the cap in force while the disk is full
+        self._recovering = False
         self._closed = True
         self._open()
         if self._legacy():
@@ -383,7 +395,121 @@ class SampleStore:
                 "raise map_size or lower max_bytes"
             ) from e
         except lmdb.Error as e:
-            raise StoreError(f"sample store {self.path}: {what}: LMDB error: {e}") from e
+            note = self._after_failed_write(e) if write else None
+            raise StoreError(
+                f"sample store {self.path}: {what}: {note or f'LMDB error: {e}'}"
+            ) from e
+
+    # ---- a full disk -------------------------------------------------------------------
+
+    def _cap(self) -> int:
+        """The cap in force: ``max_bytes``, or the data file's size while the disk is full."""
+        return self.max_bytes if self._disk_cap is None else min(self.max_bytes, self._disk_cap)
+
+    def _disk_room(self) -> tuple[int, int] | None:
+        """(bytes free on the store's file system, size of the data file), or None."""
+        try:
+            st = os.statvfs(self.path)
+            size = (self.path / "data.mdb").stat().st_size
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize, size
+
+    def _after_failed_write(self, error: lmdb.Error) -> str | None:
+        """After a failed write transaction: reopen LMDB (a commit that could not write its
+        pages — ENOSPC surfaces as EIO — leaves the environment unusable; the last committed
+        state is intact) and say whether the disk is full. Returns what to tell the operator, or
+        None."""
+        if self._recovering:
+            return None
+        self._recovering = True
+        try:
+            try:
+                self._env.close()
+                self._open()
+            except StoreError as e:
+                return f"LMDB error: {error}; reopening failed: {e}"
+            self._check_disk()
+            room = self._disk_room()
+            if room is None or self._disk_cap is None:
+                return None  # not a full disk
+            evicted = self._shrink()
+            return (
+                f"disk full ({room[0]} bytes free): nothing was written; the store now keeps "
+                f"within {self._disk_cap} bytes ({evicted} lowest-priority samples evicted to "
+                "make room), until the disk has room"
+            )
+        finally:
+            self._recovering = False
+
+    def _shrink(self) -> int:
+        """Evict the lowest unprotected ranked records down to the cap in force, in a
+        transaction of its own (an insert that must evict *and* take new pages cannot get them
+        from what it frees itself), then commit ``_LAG_TXNS`` empty-ish transactions so the
+        freed pages can be reused. Returns how many were evicted (0 if that failed too: the
+        next failed write tries again)."""
+        budget = self._cap() - reserve_bytes(self._largest, self.page_size)
+
+        def drop(txn: lmdb.Transaction[bytes]) -> int:
+            used = self._counter(txn, b"bytes")
+            victims: list[tuple[bytes, _Entry]] = []
+            cursor = txn.cursor(db=self._evict)
+            if cursor.first():
+                for k in cursor.iternext(keys=True, values=False):
+                    if used <= budget:
+                        break
+                    entry = self._entry_at(txn, bytes(k))
+                    victims.append((bytes(k), entry))
+                    used -= entry.footprint
+            for key, entry in victims:
+                self._remove(txn, key, entry)
+            self._bump(txn, b"evicted", len(victims))
+            return len(victims)
+
+        try:
+            n = self._run(True, "make room on a full disk", drop)
+            for _ in range(_LAG_TXNS):
+                self._run(True, "make room on a full disk", lambda t: self._bump(t, b"full", 1))
+        except StoreError as e:
+            log.warning("sample store %s: %s", self.path, e)
+            with contextlib.suppress(StoreError, lmdb.Error):
+                self._env.close()
+                self._open()  # that failure left LMDB unusable too
+            return 0
+        return n
+
+    def _check_disk(self, writing: int = 0) -> None:
+        """Before a write: keep the store within what the disk can still give it.
+
+        The data file may grow to ``size + free - need`` (``need``: the reserve plus this
+        write's ``writing`` bytes, kept free for LMDB's copy-on-write pages), so while that is
+        below ``max_bytes`` it is the cap in force: inserts evict the lowest-priority
+        unprotected records exactly as at the cap, and the kernel never has to say ENOSPC
+        unless something else fills the disk at once. A statvfs per write transaction.
+        """
+        room = self._disk_room()
+        if room is None:
+            return
+        free, size = room
+        need = reserve_bytes(max(self._largest, self._largest_record), self.page_size) + writing
+        limit = size + free - need
+        if limit >= self.max_bytes:
+            if self._disk_cap is not None:
+                log.warning(
+                    "sample store %s: the disk has room again: cap back to max_bytes", self.path
+                )
+            self._disk_cap = None
+            return
+        if self._disk_cap is None:
+            log.warning(
+                "sample store %s: disk nearly full (%d bytes free): keeping within %d bytes "
+                "instead of max_bytes %d, lowest priority out first",
+                self.path,
+                free,
+                max(0, limit),
+                self.max_bytes,
+            )
+        self._disk_cap = max(0, limit)
 
     def _counter(self, txn: lmdb.Transaction[bytes], name: bytes) -> int:
         raw = txn.get(name, db=self._meta)
@@ -530,7 +656,7 @@ class SampleStore:
         cls = _class_bytes(record)
         rnd = record.random_slice
         fp = _footprint(len(rid), len(chunks), len(cls), rnd, self.page_size)
-        budget = self.max_bytes - reserve_bytes(
+        budget = self._cap() - reserve_bytes(
             max(self._largest, self._txn_bytes + fp), self.page_size
         )
         if fp > budget:
@@ -680,6 +806,7 @@ class SampleStore:
         if not records:
             return []
         with self._lock:
+            self._check_disk(sum(len(r.image) for r in records))
             done = self._run(True, f"put {records[0].id}", write)
             self._largest = max(self._largest, self._txn_bytes)
             self._rejected += done.count(False)
@@ -744,7 +871,7 @@ class SampleStore:
         """
         if self._largest_record == 0:
             return None
-        budget = self.max_bytes - reserve_bytes(self._largest, self.page_size)
+        budget = self._cap() - reserve_bytes(self._largest, self.page_size)
 
         def look(txn: lmdb.Transaction[bytes]) -> float | None:
             if self._counter(txn, b"bytes") + self._largest_record <= budget:
@@ -848,8 +975,8 @@ class SampleStore:
         ``random`` and ``random_bytes`` (the random slice) — all persisted; ``rejected`` and
         ``corrupt`` (since this process opened the store — persisting a refusal would cost a
         disk sync per refused frame); ``max_bytes``, ``map_size``, ``page_size``, ``reserve``
-        (the part of max_bytes no record may use, now) and ``disk_bytes`` (size of the LMDB
-        data file)."""
+        (the part of max_bytes no record may use, now), ``disk_bytes`` (size of the LMDB
+        data file) and ``cap`` (max_bytes, or less while the disk is full)."""
 
         def read(txn: lmdb.Transaction[bytes]) -> dict[str, int]:
             return {
@@ -874,6 +1001,7 @@ class SampleStore:
             page_size=self.page_size,
             reserve=reserve_bytes(self._largest, self.page_size),
             disk_bytes=disk,
+            cap=self._cap(),
         )
         return out
 

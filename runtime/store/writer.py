@@ -285,7 +285,8 @@ class StoreWriter:
             return
         chosen = best
         if pick is not None and self.random_slice > 0.0 and self._rng.random() < self.random_slice:
-            chosen, chosen.in_slice = pick, True
+            chosen = pick
+            chosen.in_slice = True
         self.outranked += seen - 1
         try:
             self._floor = self.store.floor()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 from loopkit import BundleMaker, Device, committed, publish
 
+from hil.diskfull import in_tmpfs, unshare_prefix
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
 from runtime.bundle.loader import read_manifest
@@ -29,19 +28,7 @@ BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 BOXES_NEW = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 
 
-def _unshare_prefix() -> list[str] | None:
-    """The unshare command that may mount a tmpfs here, or None."""
-    if shutil.which("unshare") is None:
-        return None
-    for prefix in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
-        probe = "d=$(mktemp -d) && mount -t tmpfs -o size=16k tmpfs $d && umount $d; rmdir $d"
-        r = subprocess.run([*prefix, "sh", "-c", probe], capture_output=True, timeout=30)
-        if r.returncode == 0:
-            return prefix
-    return None
-
-
-UNSHARE = _unshare_prefix()
+UNSHARE = unshare_prefix()
 pytestmark = pytest.mark.skipif(
     UNSHARE is None, reason="needs unshare --mount and tmpfs mounts (not permitted here)"
 )
@@ -58,13 +45,9 @@ class TmpfsDevice(Device):
         slots = self.state / "slots"
         slots.mkdir(parents=True, exist_ok=True)
         run = [sys.executable, "-m", "leanloop.cli", "device", "run", "--config", str(self.config)]
-        script = (
-            f"mount -t tmpfs -o size={self.size_k}k tmpfs {shlex.quote(str(slots))} && "
-            f"exec {shlex.join(run)}"
-        )
         assert UNSHARE is not None
         return subprocess.Popen(
-            [*UNSHARE, "sh", "-c", script],
+            in_tmpfs(UNSHARE, slots, self.size_k, run),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
