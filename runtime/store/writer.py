@@ -56,9 +56,11 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -78,6 +80,7 @@ __all__ = ["StoreWriter", "open_store_and_writer"]
 log = logging.getLogger("leanloop.store.writer")
 
 _Job = tuple[np.ndarray, Prediction, float]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -231,11 +234,11 @@ class StoreWriter:
             if job is None:
                 self._close_slot()
                 return
-            self._guarded(lambda j=job: self._offer_to_slot(*j))
+            self._guarded(partial(self._offer_to_slot, *job))
             if self._slot_end is not None and time.monotonic() >= self._slot_end:
                 self._close_slot()
 
-    def _guarded(self, fn: Any) -> Any:
+    def _guarded(self, fn: Callable[[], _T]) -> _T | None:
         """Run ``fn``; the worker must survive anything a frame can cause (counted, logged)."""
         try:
             return fn()
@@ -305,7 +308,7 @@ class StoreWriter:
         for frame, prediction, ts in jobs:
             if self._abandon.is_set():
                 return
-            c = self._guarded(lambda f=frame, p=prediction, t=ts: self._score(f, p, t))
+            c = self._guarded(partial(self._score, frame, prediction, ts))
             if c is None:
                 continue
             if c.earlier is None:
@@ -313,7 +316,7 @@ class StoreWriter:
             if self._admit(c):
                 admitted.append(c)
         if admitted:
-            self._write(admitted)
+            self._guarded(lambda: self._write(admitted))
 
     def _score(self, frame: np.ndarray, prediction: Prediction, ts: float) -> _Candidate:
         """Score a frame; for a shadow copy of a frame still stored, find the record it
