@@ -30,6 +30,9 @@ class HubHTTPError(HubError):
 
     status: ClassVar[int] = 500
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, http_status=self.status)  # as the device's client reports it
+
 
 class BadRequest(HubHTTPError):
     """The request is malformed: bad JSON, unknown fields, a hash or signature that fails."""

@@ -115,19 +115,15 @@ class FeedbackLedger:
     def add(self, record: SampleRecord) -> None:
         """Count the feedback of a record that was just released (no feedback: no-op)."""
         entry = _entry(record)
-        if entry is None:
-            return
-        key = json.dumps(entry[:3])
-        with self._lock:
-            counts = self._read()
-            counts[key] = counts.get(key, 0) + 1
-            atomic_write_json(self.path, {"format": "leanloop.feedback-ledger/1", "counts": counts})
+        if entry is not None:
+            self.replace(None, entry[:3])
 
     def replace(
         self, before: tuple[str, str, str | None] | None, after: tuple[str, str, str | None]
     ) -> None:
-        """Count ``after`` (predicted label, kind, corrected label) in place of ``before``: new
-        feedback on a sample that already left the store (see :mod:`runtime.outbox`)."""
+        """Count ``after`` (predicted label, kind, corrected label) in place of ``before`` (None:
+        in addition): new feedback on a sample that already left the store, see
+        :mod:`runtime.outbox`."""
         with self._lock:
             counts = self._read()
             if before is not None:

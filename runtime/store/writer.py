@@ -291,19 +291,13 @@ class StoreWriter:
             chosen = pick
             chosen.in_slice = True
         self.outranked += seen - 1
-        try:
-            self._floor = self.store.floor()
-        except LeanloopError:
-            self._floor = None
+        self._refresh_floor()
         if self._admit(chosen):
             self._guarded(lambda: self._write([chosen]))
 
     def _handle(self, jobs: list[_Job]) -> None:
         """Without write slots: score, admit and write a batch of frames."""
-        try:
-            self._floor = self.store.floor()
-        except LeanloopError:
-            self._floor = None
+        self._refresh_floor()
         admitted: list[_Candidate] = []
         for frame, prediction, ts in jobs:
             if self._abandon.is_set():
@@ -317,6 +311,13 @@ class StoreWriter:
                 admitted.append(c)
         if admitted:
             self._guarded(lambda: self._write(admitted))
+
+    def _refresh_floor(self) -> None:
+        """Read the store's floor once before admitting frames (None: room, or unreadable)."""
+        try:
+            self._floor = self.store.floor()
+        except LeanloopError:
+            self._floor = None
 
     def _score(self, frame: np.ndarray, prediction: Prediction, ts: float) -> _Candidate:
         """Score a frame; for a shadow copy of a frame still stored, find the record it
