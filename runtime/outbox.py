@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,15 @@ def _labels(prediction: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(i.get("label", "?")) for i in items if isinstance(i, dict))
 
 
+def _sent_sample(data: dict[str, Any]) -> SentSample:
+    labels, fb, version = data.get("labels"), data.get("feedback"), data.get("bundle_version")
+    return SentSample(
+        labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
+        bundle_version=version if isinstance(version, int) else 0,
+        feedback=fb if isinstance(fb, dict) else None,
+    )
+
+
 class FeedbackOutbox:
     """The sent-samples index and the feedback outbox, in one LMDB environment at ``path``.
 
@@ -84,19 +95,33 @@ class FeedbackOutbox:
         self.path = Path(path)
         self.keep = int(keep)
         self._lock = threading.Lock()
+        self._map_size = map_size
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(
-                str(self.path), subdir=True, max_dbs=4, map_size=map_size, mode=0o700
-            )
-            self._env.reader_check()
-            self._sent = self._env.open_db(b"sent")  # id -> entry JSON
-            self._order = self._env.open_db(b"order")  # u64 seq + id -> b""
-            self._queue = self._env.open_db(b"outbox")  # id -> feedback JSON
-            self._meta = self._env.open_db(b"meta")
-        except (OSError, lmdb.Error) as e:
+            self._open()
+        except lmdb.Error as e:
+            # Not an LMDB environment any more (a torn card, a stray write): what it held is
+            # lost either way, and the device must keep running; set it aside, start empty.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.warning("feedback outbox %s unreadable (%s): moved to %s", self.path, e, aside)
+            try:
+                os.replace(self.path, aside)
+                self._open()
+            except (OSError, lmdb.Error) as e2:
+                raise StoreError(f"feedback outbox {self.path}: cannot open: {e2}") from e2
+        except OSError as e:
             raise StoreError(f"feedback outbox {self.path}: cannot open: {e}") from e
         self._closed = False
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(
+            str(self.path), subdir=True, max_dbs=4, map_size=self._map_size, mode=0o700
+        )
+        self._env.reader_check()
+        self._sent = self._env.open_db(b"sent")  # id -> entry JSON
+        self._order = self._env.open_db(b"order")  # u64 seq + id -> b""
+        self._queue = self._env.open_db(b"outbox")  # id -> feedback JSON
+        self._meta = self._env.open_db(b"meta")
 
     def _run(self, write: bool, what: str, fn: Callable[[lmdb.Transaction[bytes]], T]) -> T:
         if self._closed:
@@ -160,15 +185,7 @@ class FeedbackOutbox:
         """What the device remembers of an uploaded sample, or None."""
         rid = sample_id.encode()
         data = self._run(False, "look up", lambda t: self._load(t.get(rid, db=self._sent)))
-        if data is None:
-            return None
-        labels = data.get("labels")
-        fb = data.get("feedback")
-        return SentSample(
-            labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
-            bundle_version=int(data.get("bundle_version") or 0),
-            feedback=fb if isinstance(fb, dict) else None,
-        )
+        return _sent_sample(data) if data is not None else None
 
     # ---- the outbox ----------------------------------------------------------------------
 
@@ -187,12 +204,7 @@ class FeedbackOutbox:
                     f"no sample {sample_id}: not in the sample store, and not among the "
                     f"{self.keep} samples this device uploaded last"
                 )
-            labels = data.get("labels")
-            before = SentSample(
-                labels=tuple(str(x) for x in labels) if isinstance(labels, list) else (),
-                bundle_version=int(data.get("bundle_version") or 0),
-                feedback=data.get("feedback") if isinstance(data.get("feedback"), dict) else None,
-            )
+            before = _sent_sample(data)
             txn.put(rid, json.dumps({**data, "feedback": fb}).encode(), db=self._sent)
             txn.put(rid, raw_fb, db=self._queue)
             return before
@@ -248,7 +260,7 @@ class FeedbackOutbox:
         return self._run(False, "stats", read)
 
     def ids(self) -> Sequence[str]:
-        """Every remembered sample id, oldest first (for tests and the operator)."""
+        """Every remembered sample id, oldest first."""
 
         def walk(txn: lmdb.Transaction[bytes]) -> list[str]:
             keys = txn.cursor(db=self._order).iternext(values=False)

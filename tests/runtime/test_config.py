@@ -32,3 +32,14 @@ def test_error_is_one_line_when_yaml_is_broken(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(p)
     assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("bad", ["-1", ".inf", ".nan", "fast"])
+def test_store_max_rate_is_refused_in_one_line_when_not_a_finite_rate(
+    tmp_path: Path, bad: str
+) -> None:
+    p = tmp_path / "d.yaml"
+    p.write_text(f"store:\n  max_rate: {bad}\n")
+    with pytest.raises(ConfigError, match=r"store\.max_rate") as ei:
+        load_config(p)
+    assert "\n" not in str(ei.value)

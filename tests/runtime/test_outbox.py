@@ -121,3 +121,29 @@ def test_outbox_keeps_everything_across_a_reopen(tmp_path: Path) -> None:
     b.close()
     with pytest.raises(StoreError, match="after close"):
         b.pending(5)
+
+
+def test_outbox_sets_a_corrupt_environment_aside_and_starts_empty(tmp_path: Path) -> None:
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    (sent / "data.mdb").write_bytes(b"not an lmdb file" * 512)
+    with FeedbackOutbox(sent) as b:  # the device keeps running
+        assert b.stats() == {"queued": 0, "remembered": 0}
+        r = record(["1"])
+        b.remember(r)
+        assert b.sent(r.id) is not None
+    [aside] = tmp_path.glob("sent.corrupt-*")
+    assert (aside / "data.mdb").read_bytes().startswith(b"not an lmdb file")  # kept for a look
+
+
+def test_outbox_skips_an_unreadable_entry_and_sends_the_rest(box: FeedbackOutbox) -> None:
+    r = record(["3"])
+    box.remember(r)
+    box.enqueue(r.id, fb("8"))
+    with box._env.begin(write=True) as txn:  # a torn value, as a bad sector would leave it
+        txn.put(b"0000-torn", b"{not json", db=box._queue)
+        txn.put(b"0001-torn", b"x" * 20_000, db=box._sent)
+    assert box.pending(10) == [(r.id, fb("8").to_dict())]
+    assert box.sent("0001-torn") is None
+    with pytest.raises(StoreError, match="no sample 0001-torn"):
+        box.enqueue("0001-torn", fb("8"))
