@@ -210,6 +210,14 @@ class Device:
         assert self.proc.poll() is not None, "still running"
         self.proc = self._spawn(env)
 
+    def reconfigure(self, **sections: Any) -> None:
+        """Stop the device, replace these top-level sections of its config, start it again."""
+        self.stop(close_log=False)
+        cfg = yaml.safe_load(self.config.read_text())
+        cfg.update(sections)
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.restart()
+
     def wait_exit(self, timeout: float = 60) -> int:
         """Wait for the process to end by itself (e.g. a test hook's SIGKILL); its return code."""
         try:

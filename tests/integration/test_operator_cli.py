@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from loopkit import BundleMaker, Device, committed, publish
 from typer.testing import CliRunner
 
@@ -143,11 +142,7 @@ def test_rollback_ends_the_trial_and_swaps_back_when_asked_during_trial(
     publish(admin, keys, make_bundle(1, BOXES), 1)
     dev = start_device()
     dev.wait("v1 committed", committed(1))
-    dev.stop(close_log=False)
-    cfg = yaml.safe_load(dev.config.read_text())
-    cfg["update"] = {"trial_frames": 100_000, "trial_s": 600}  # v2's trial will not end alone
-    dev.config.write_text(yaml.safe_dump(cfg))
-    dev.restart()
+    dev.reconfigure(update={"trial_frames": 100_000, "trial_s": 600})  # v2's trial won't end
     publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
     dev.wait("v2 on trial", lambda st: st["update_state"] == "trial")
     names = dev.feed(2)

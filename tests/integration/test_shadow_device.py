@@ -290,11 +290,7 @@ def test_shadow_resumes_and_worker_exits_when_device_is_killed_mid_shadow(
     while Path(f"/proc/{worker}").exists():  # EOF on its pipe: the orphan ends by itself
         assert time.monotonic() < deadline, "shadow worker outlived its service"
         time.sleep(0.05)
-    dev.proc = subprocess.Popen(
-        [sys.executable, "-m", "leanloop.cli", "device", "run", "--config", str(dev.config)],
-        stdout=dev.log,
-        stderr=subprocess.STDOUT,
-    )
+    dev.restart()
     rep = wait_report(
         dev,
         "resumed and counting",

@@ -4,14 +4,11 @@ survive the sample leaving its store."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from loopkit import BundleMaker, Device, publish
 from typer.testing import CliRunner
 
@@ -68,16 +65,7 @@ def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
     )
 
     # Open the uploads: restart the same device with a short upload interval.
-    dev.proc.terminate()
-    dev.proc.wait(10)
-    cfg = yaml.safe_load(dev.config.read_text())
-    cfg["upload"] = {"interval_s": 0.3}
-    dev.config.write_text(yaml.safe_dump(cfg))
-    dev.proc = subprocess.Popen(
-        [sys.executable, "-m", "leanloop.cli", "device", "run", "--config", str(dev.config)],
-        stdout=dev.log,
-        stderr=subprocess.STDOUT,
-    )
+    dev.reconfigure(upload={"interval_s": 0.3})
     wait_for("samples at the hub", lambda: len(admin.samples(limit=100)) == 4)
     queue = admin.samples(state="pending")
     # The frames are painted alike: one image, one queue entry, standing for its 4 copies.
@@ -131,8 +119,7 @@ def test_correction_on_an_uploaded_sample_is_queued_on_the_device_and_reaches_th
     assert st["feedback"]["confusion"] == {predicted: {label: 1}}
 
     # Service down: the CLI queues on the device itself; a second word replaces the first.
-    dev.proc.terminate()
-    dev.proc.wait(10)
+    dev.stop(close_log=False)
     r = CliRunner().invoke(
         app, ["feedback", "confirm", entry["id"], "--who", "bo", "--config", str(dev.config)]
     )
