@@ -1,0 +1,19 @@
+"""The hub's routes, one module per area; :func:`hub.app.create_app` mounts every table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub.api import devices, fleet, jobs, samples, shadow, tuf, uploads
+
+__all__ = ["ROUTE_TABLES"]
+
+ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
+    devices.routes,
+    uploads.routes,
+    tuf.routes,
+    fleet.routes,
+    shadow.routes,
+    samples.routes,
+    jobs.routes,
+)

@@ -1,0 +1,151 @@
+"""What every route module of the hub shares: app keys, the caller's identity, capped body
+readers and the base of request models."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from aiohttp import BodyPartReader, web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hub.config import HubConfig
+from hub.errors import (
+    BadRequest,
+    TooLarge,
+)
+from hub.jobs import JobRunner
+from hub.repository import TufRepository
+from hub.storage import BlobStore, HubDB, PartialUploads
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+
+CONFIG = web.AppKey("config", HubConfig)
+DB = web.AppKey("db", HubDB)
+BLOBS = web.AppKey("blobs", BlobStore)
+REPO = web.AppKey("repo", TufRepository)
+JOBS = web.AppKey("jobs", JobRunner)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+ENROLL_TOKEN = web.AppKey("enroll_token", str)
+PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
+UPLOADS = web.AppKey("uploads", PartialUploads)
+UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME_RE = re.compile(NAME_PATTERN)
+CHUNK = 64 * 1024
+MULTIPART_OVERHEAD = 16 * 1024
+
+TokenKind = Literal["admin", "device"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: the admin, or one device."""
+
+    kind: TokenKind
+    device_id: str | None = None
+
+
+IDENTITY = web.RequestKey("identity", Identity)
+
+
+def hash_token(token: str) -> str:
+    """How a device token is stored: sha256 hex (tokens are random, so no salt is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())[:500] or "error"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], data: bytes | str, what: str) -> M:
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"bad {what}: {where}: {first['msg']}") from e
+
+
+async def read_capped(request: web.Request, limit: int, what: str) -> bytes:
+    """The whole body, refusing (413) before reading if Content-Length is over ``limit``."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"{what} is {length} bytes; the limit is {limit}")
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(CHUNK):
+        buf += chunk
+        if len(buf) > limit:
+            raise TooLarge(f"{what} is over the limit of {limit} bytes")
+    return bytes(buf)
+
+
+async def read_parts(
+    request: web.Request, caps: dict[str, int], required: set[str]
+) -> dict[str, bytes]:
+    """The parts of a multipart body by name, each capped; unknown or repeated parts are 400."""
+    total = sum(caps.values()) + MULTIPART_OVERHEAD
+    if request.content_length is not None and request.content_length > total:
+        raise TooLarge(f"body is {request.content_length} bytes; the limit is {total}")
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest(f"expected a multipart body with parts {', '.join(sorted(caps))}")
+    parts: dict[str, bytes] = {}
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not accepted")
+            name = part.name or ""
+            if name not in caps:
+                raise BadRequest(f"unexpected part {name!r}")
+            if name in parts:
+                raise BadRequest(f"part {name!r} given twice")
+            buf = bytearray()
+            while chunk := await part.read_chunk(CHUNK):
+                buf += chunk
+                if len(buf) > caps[name]:
+                    raise TooLarge(f"part {name!r} is over the limit of {caps[name]} bytes")
+            parts[name] = bytes(buf)
+    except ValueError as e:
+        raise BadRequest(f"malformed multipart body: {e}") from e
+    missing = required - parts.keys()
+    if missing:
+        raise BadRequest(f"missing part(s): {', '.join(sorted(missing))}")
+    return parts
+
+
+def json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"{what} is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return obj
+
+
+def device_id_of(request: web.Request) -> str:
+    device_id = request[IDENTITY].device_id
+    assert device_id is not None  # the auth policy lets only device tokens reach device routes
+    return device_id
+
+
+async def store_blob(app: web.Application, data: bytes) -> str:
+    loop = asyncio.get_running_loop()
+    sha256, _ = await loop.run_in_executor(None, app[BLOBS].put, data)
+    return sha256

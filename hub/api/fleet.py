@@ -1,0 +1,70 @@
+"""Admin fleet routes: rollouts and the device list."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from pydantic import Field
+
+from hub.api._common import (
+    API,
+    DB,
+    NAME_PATTERN,
+    Body,
+    parse_body,
+    read_capped,
+)
+from hub.errors import (
+    NotFound,
+)
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+class RolloutRequest(Body):
+    """``POST /admin/rollouts``: listed devices, a cohort (both: intersection), or all."""
+
+    bundle: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    devices: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    cohort: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+# -- admin: fleet -------------------------------------------------------------------------------
+
+
+@routes.post(f"{API}/admin/rollouts")
+async def rollout(request: web.Request) -> web.Response:
+    """Set the desired bundle version of some devices; the bundle must be published."""
+    body = parse_body(
+        RolloutRequest, await read_capped(request, 4 * 1024 * 1024, "rollout"), "rollout"
+    )
+    if not request.app[DB].has_bundle(body.bundle, body.version):
+        raise NotFound(f"bundle {body.bundle} version {body.version} is not published")
+    n = request.app[DB].set_desired(body.bundle, body.version, body.devices, body.cohort)
+    return web.json_response({"devices": n})
+
+
+@routes.get(f"{API}/admin/devices")
+async def devices(request: web.Request) -> web.Response:
+    """Every device with its cohort, desired bundle, last status and last contact."""
+    return web.json_response(
+        [
+            {
+                "device_id": d.id,
+                "cohort": d.cohort,
+                "desired": (
+                    {"bundle": d.desired_bundle, "version": d.desired_version}
+                    if d.desired_bundle is not None
+                    else None
+                ),
+                "status": d.status,
+                "last_seen": d.last_seen,
+                "events": request.app[DB].device_events(d.id),
+            }
+            for d in request.app[DB].devices()
+        ]
+    )

@@ -1,0 +1,216 @@
+"""TUF routes: signed metadata and target blobs for devices; blobs, targets and root for admins."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from hub.api._common import (
+    API,
+    BLOBS,
+    CHUNK,
+    CONFIG,
+    DB,
+    PUBLISH_LOCK,
+    REPO,
+    read_capped,
+    read_parts,
+)
+from hub.errors import (
+    BadRequest,
+    NotFound,
+    TooLarge,
+)
+from hub.storage import check_sha256
+from runtime.bundle.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+_MANIFEST_TARGET_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})/([1-9][0-9]{0,9})/manifest\.json$")
+
+routes = web.RouteTableDef()
+
+# -- TUF ----------------------------------------------------------------------------------------
+
+
+@routes.get(f"{API}/tuf/metadata/{{file}}")
+async def tuf_metadata(request: web.Request) -> web.Response:
+    """Signed metadata: ``timestamp.json`` or ``<version>.<role>.json``."""
+    data = request.app[REPO].metadata_bytes(request.match_info["file"])
+    return web.Response(body=data, content_type="application/json")
+
+
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def _blob_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    """The one byte range ``[start, end)`` to send, or None for the whole blob.
+
+    ``Range: bytes=a-[b]`` is honoured only if ``If-Range`` is absent or is the blob's own
+    strong ETag (a device resuming a partial of some other content gets the whole blob, 200).
+    Any other range form (suffix, several ranges) is ignored: the whole blob is sent.
+    """
+    m = _RANGE_RE.match(request.headers.get("Range", "").strip())
+    if_range = request.headers.get("If-Range")
+    if m is None or (if_range is not None and if_range.strip() != etag):
+        return None
+    start = int(m[1])
+    end = min(size, int(m[2]) + 1) if m[2] else size
+    if start >= size or end <= start:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+@routes.get(f"{API}/tuf/targets/{{path:.+}}")
+async def tuf_target(request: web.Request) -> web.StreamResponse:
+    """A target file by ``<dir>/<sha256>.<name>``, only if that hash is a current target.
+
+    Resumable: the blob's sha256 is its strong, stable ETag, and ``Range`` + ``If-Range`` get a
+    206 with the rest of it (aiohttp's FileResponse keys its ETag on mtime and reads If-Range
+    only as a date, so blobs are streamed here instead).
+    """
+    sha256, _ = request.app[REPO].target_blob(request.match_info["path"])
+    path = request.app[BLOBS].path(sha256)
+    try:
+        f = path.open("rb")
+    except FileNotFoundError as e:
+        raise NotFound(f"target blob {sha256} is missing from the blob store") from e
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        etag = f'"{sha256}"'
+        rng = _blob_range(request, size, etag)
+        start, end = rng or (0, size)
+        resp = web.StreamResponse(
+            status=206 if rng else 200,
+            headers={"Content-Type": "application/octet-stream", "ETag": etag},
+        )
+        resp.headers["Accept-Ranges"] = "bytes"
+        if rng:
+            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        resp.content_length = end - start
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        loop = asyncio.get_running_loop()
+        f.seek(start)
+        left = end - start
+        try:
+            while left > 0:
+                chunk = await loop.run_in_executor(None, f.read, min(CHUNK, left))
+                if not chunk:
+                    break
+                await resp.write(chunk)
+                left -= len(chunk)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the device hung up (a dropped link); it resumes with a Range request
+    return resp
+
+
+@routes.get(f"{API}/admin/tuf/targets")
+async def current_targets(request: web.Request) -> web.Response:
+    """The current signed targets metadata, for the admin to extend and re-sign."""
+    data = request.app[REPO].current_targets_bytes()
+    if data is None:
+        raise NotFound("no targets metadata yet; the first publish signs version 1")
+    return web.Response(body=data, content_type="application/json")
+
+
+@routes.put(f"{API}/admin/blobs/{{sha256}}")
+async def put_blob(request: web.Request) -> web.Response:
+    """Store raw bytes under their sha256; the hash in the URL must match the content."""
+    sha256 = check_sha256(request.match_info["sha256"])
+    cap = request.app[CONFIG].max_blob_bytes
+    if request.content_length is not None and request.content_length > cap:
+        raise TooLarge(f"blob is {request.content_length} bytes; the limit is {cap}")
+    writer = request.app[BLOBS].writer()
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            writer.write(chunk)
+            if writer.size > cap:
+                raise TooLarge(f"blob is over the limit of {cap} bytes")
+    except BaseException:
+        writer.abort()
+        raise
+    loop = asyncio.get_running_loop()
+    _, stored = await loop.run_in_executor(None, writer.commit, sha256)
+    return web.json_response({"stored": stored})
+
+
+def _new_bundles(
+    app: web.Application, targets: dict[str, tuple[str, int]]
+) -> list[tuple[Manifest, dict[str, Any]]]:
+    """The manifests of bundle versions that the new targets add, each checked.
+
+    A manifest is parsed only after its blob hashed to the signed target hash, and every file
+    it lists must be a target of the same bundle version with the same hash.
+    """
+    known = app[REPO].target_paths()
+    found = []
+    for path, (sha256, _length) in targets.items():
+        m = _MANIFEST_TARGET_RE.match(path)
+        if m is None or known.get(path) == (sha256, _length):
+            continue
+        data = app[BLOBS].read(sha256)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise BadRequest(f"blob of {path} does not hash to its signed sha256")
+        try:
+            manifest = Manifest.model_validate_json(data)
+        except ValidationError as e:
+            raise BadRequest(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from e
+        if (manifest.name, str(manifest.version)) != (m.group(1), m.group(2)):
+            raise BadRequest(f"{path} describes {manifest.name} version {manifest.version}")
+        for rel, entry in manifest.files.items():
+            signed = targets.get(manifest.target_name(rel))
+            if signed is None or signed[0] != entry.sha256:
+                raise BadRequest(f"{path} lists {rel}, which is not a target with the same hash")
+        found.append((manifest, json.loads(data)))
+    return found
+
+
+@routes.post(f"{API}/admin/targets")
+async def post_targets(request: web.Request) -> web.Response:
+    """Accept new targets metadata signed offline; record any new bundle versions."""
+    app = request.app
+    data = await read_capped(request, app[CONFIG].max_targets_bytes, "targets metadata")
+    async with app[PUBLISH_LOCK]:
+        md = app[REPO].verify_targets(data)
+        targets = {p: (t.hashes["sha256"], t.length) for p, t in md.signed.targets.items()}
+        bundles = _new_bundles(app, targets)
+        version = app[REPO].accept_targets(data)
+        for manifest, raw in bundles:
+            app[DB].add_bundle(manifest.name, manifest.version, raw)
+            log.info("bundle %s version %s published", manifest.name, manifest.version)
+    return web.json_response({"version": version})
+
+
+_ROOT_PARTS = ("root", "targets", "snapshot.key", "timestamp.key")
+
+
+@routes.post(f"{API}/admin/tuf/root")
+async def post_root(request: web.Request) -> web.Response:
+    """Accept root version N+1 (root rotation / key revocation), multipart: ``root``, and
+    optionally ``targets`` re-signed for it and new online keys ``snapshot.key``,
+    ``timestamp.key`` (PEM). See :meth:`hub.repository.TufRepository.accept_root`."""
+    app = request.app
+    cap = app[CONFIG].max_targets_bytes
+    caps = {
+        "root": 512 * 1024,
+        "targets": cap,
+        "snapshot.key": 16 * 1024,
+        "timestamp.key": 16 * 1024,
+    }
+    parts = await read_parts(request, caps, {"root"})
+    keys = {n.removesuffix(".key"): parts[n] for n in _ROOT_PARTS[2:] if n in parts}
+    async with app[PUBLISH_LOCK]:
+        version = app[REPO].accept_root(parts["root"], parts.get("targets"), keys or None)
+    log.info("serving root version %s", version)
+    return web.json_response({"version": version})

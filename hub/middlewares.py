@@ -1,0 +1,94 @@
+"""The hub's two middlewares: errors to one-line JSON (outermost), then auth by path prefix."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from hub.api._common import (
+    ADMIN_TOKEN,
+    API,
+    DB,
+    IDENTITY,
+    Identity,
+    hash_token,
+    one_line,
+)
+from hub.errors import (
+    AuthError,
+    ForbiddenError,
+    HubHTTPError,
+)
+from runtime.errors import LeanloopError
+
+log = logging.getLogger(__name__)
+
+# -- identity and auth --------------------------------------------------------------------------
+
+# Path prefix → token kinds allowed; the first match wins, anything unlisted needs admin.
+_POLICY: tuple[tuple[str, frozenset[str]], ...] = (
+    (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
+    (f"{API}/device/", frozenset({"device"})),
+    (f"{API}/tuf/", frozenset({"device", "admin"})),
+    (f"{API}/admin/", frozenset({"admin"})),
+)
+
+
+def _identify(request: web.Request) -> Identity:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
+        return Identity("admin")
+    digest = hash_token(token)
+    found = request.app[DB].device_by_token_hash(digest)
+    if found is not None and hmac.compare_digest(digest, found[1]):
+        return Identity("device", found[0])
+    raise AuthError("unknown token")
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Check the bearer token against the path's policy before any handler runs."""
+    allowed: frozenset[str] = frozenset({"admin"})
+    for prefix, kinds in _POLICY:
+        if request.path == prefix or request.path.startswith(prefix):
+            allowed = kinds
+            break
+    if allowed:
+        who = _identify(request)
+        if who.kind not in allowed:
+            raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
+        request[IDENTITY] = who
+        if who.device_id is not None:
+            request.app[DB].touch_device(who.device_id)
+    return await handler(request)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Map domain errors (and aiohttp's own HTTP errors) to ``{"error": "<one line>"}``."""
+    try:
+        return await handler(request)
+    except HubHTTPError as e:
+        status, message = e.status, str(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        status, message = e.status, e.reason
+    except LeanloopError as e:
+        log.exception("%s %s failed", request.method, request.path)
+        status, message = 500, str(e)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        status, message = 500, "internal error; see the hub log"
+    return web.json_response({"error": one_line(message)}, status=status)
