@@ -8,7 +8,7 @@ LITERT_TORCH := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==
 	ai-edge-litert==2.3.0 torchao==0.18.0 jax==0.10.2 jaxlib==0.10.2 opt-einsum==3.4.0 \
 	absl-py==2.5.1 immutabledict==4.2.1 tabulate==0.10.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install sysdeps demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/leanloop demo $(DEMO_ARGS)
 
-test: install
+# Debian packages for the real servers the tests start (PostgreSQL, ffmpeg, ...); not for demo.
+sysdeps:
+	@bash .ci/sysdeps
+
+test: install sysdeps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
