@@ -44,6 +44,14 @@ class HubConfig(BaseModel):
     job_timeout_s: float | None = Field(
         default=None, gt=0, description="kill a training job after this long (None: never)"
     )
+    require_blessing: bool = Field(
+        default=False,
+        description="refuse to publish or roll out a bundle without a replay blessing unless "
+        "forced with a reason (written to the audit log)",
+    )
+    history_retention_s: float = Field(
+        default=90 * 86400, gt=0, description="how long the devices' prediction metadata is kept"
+    )
     max_blob_bytes: int = Field(default=2048 * MiB, gt=0, description="cap of one uploaded blob")
     max_targets_bytes: int = Field(default=8 * MiB, gt=0, description="cap of targets metadata")
     max_heartbeat_bytes: int = Field(default=64 * KiB, gt=0, description="cap of a heartbeat")

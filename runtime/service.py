@@ -24,6 +24,7 @@ rollbacks are reported to the hub with the next heartbeat.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -60,6 +61,7 @@ from runtime.hubclient import HubClient, load_or_enroll
 from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
+from runtime.prediction_stream import PREDICTIONS_DIR, PredictionSpool
 from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
 from runtime.store.writer import open_store_and_writer
@@ -233,6 +235,8 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
+        # Every prediction's metadata, sent in compressed batches by the uploader.
+        self.predictions = PredictionSpool(self.state_dir / PREDICTIONS_DIR)
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )
@@ -373,6 +377,8 @@ class DeviceService:
         if image is not None:
             pred = pipeline.run(image, frame_id)
         self.sink.write(pred)
+        if self.cfg.hub.url is not None:
+            self.predictions.add(pred)
         self.source.done()
         self.counters["frames"] += 1
         if pred.error:
@@ -424,6 +430,7 @@ class DeviceService:
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
                 ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
                 outbox=self.outbox,
+                predictions=self.predictions,
             )
         return True
 
@@ -814,6 +821,8 @@ class DeviceService:
             self.write_status()
             self.store.close()
             self.outbox.close()
+            with contextlib.suppress(OSError):
+                self.predictions.seal()  # what was not sealed yet goes next start
             self.sink.close()
             for b in (self.bundle, self._old):
                 if b is not None:

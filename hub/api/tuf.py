@@ -29,8 +29,9 @@ from hub.errors import (
     NotFound,
     TooLarge,
 )
+from hub.replay.blessing import check_release
 from hub.storage import check_sha256
-from runtime.bundle.manifest import Manifest
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,14 @@ async def post_targets(request: web.Request) -> web.Response:
         md = app[REPO].verify_targets(data)
         targets = {p: (t.hashes["sha256"], t.length) for p, t in md.signed.targets.items()}
         bundles = _new_bundles(app, targets)
+        check_release(
+            app[DB],
+            app[CONFIG].require_blessing,
+            [(m.name, m.version, targets[m.target_name(MANIFEST_NAME)][0]) for m, _ in bundles],
+            "publish",
+            request.query.get("force_reason"),
+            request.query.get("who"),
+        )
         version = app[REPO].accept_targets(data)
         for manifest, raw in bundles:
             app[DB].add_bundle(manifest.name, manifest.version, raw)

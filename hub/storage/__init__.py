@@ -13,7 +13,9 @@ the writer):
   with the label the model had predicted; it drives the annotation queue's ranking
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
 - ``bundles``: bundle versions that became current targets, with their manifest;
-- ``jobs``: training jobs and their state ``queued → running → done | failed``.
+- ``jobs``: training jobs and their state ``queued → running → done | failed``;
+- ``replay_reports``, ``blessings``, ``audit_log``, ``prediction_events``: the replay gate's
+  records and the devices' prediction stream (:mod:`hub.storage.replay`).
 
 Queries are tiny and indexed, so the app calls :class:`HubDB` straight from the event loop; only
 blob writes (fsync of megabytes) go to a thread. One-hub scale by design; a fleet that outgrows
@@ -28,6 +30,7 @@ from hub.storage.blobs_fs import BlobStore, BlobWriter, PartialUploads, check_sh
 from hub.storage.bundles import BundleTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.jobs import Job, JobState, JobTables
+from hub.storage.replay import ReplayTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 
-class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables):
+class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables, ReplayTables):
     """The hub's rows in SQLite: every table group's methods on one connection.
 
     Every method is one short statement or transaction.

@@ -1,0 +1,132 @@
+"""Admin replay routes: reports (JSON + HTML), blessings, the release audit log, replay jobs.
+
+- ``POST /admin/replay/reports`` (multipart ``report`` JSON, optional ``html``): keep a report;
+  answers its digest and decision. ``GET /admin/replay/reports`` lists them;
+  ``GET /admin/replay/reports/{digest}.json|.html`` serves one (the HTML page is self-contained).
+- ``POST /admin/blessings`` ``{"report_digest", "who"}``: bless the report's candidate if its
+  gate passed (409 otherwise); ``GET /admin/blessings`` lists them.
+- ``GET /admin/audit``: forced releases and blessings, newest first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import Field
+
+from hub.api._common import (
+    API,
+    BLOBS,
+    CONFIG,
+    DB,
+    NAME_PATTERN,
+    Body,
+    json_object,
+    parse_body,
+    read_capped,
+    read_parts,
+    store_blob,
+)
+from hub.errors import BadRequest, NotFound
+from hub.replay.blessing import blessing_from_report
+from hub.replay.evaluate import REPORT_FORMAT, report_digest
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+MiB = 1024 * 1024
+
+
+class BlessRequest(Body):
+    """``POST /admin/blessings``."""
+
+    report_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    who: str = Field(min_length=1, max_length=200)
+
+
+@routes.post(f"{API}/admin/replay/reports")
+async def post_report(request: web.Request) -> web.Response:
+    """Keep a replay report (and its HTML page); the same report again is a no-op."""
+    cap = request.app[CONFIG].max_targets_bytes
+    parts = await read_parts(request, {"report": cap, "html": 4 * cap}, {"report"})
+    report = json_object(parts["report"], "report")
+    if report.get("format") != REPORT_FORMAT:
+        raise BadRequest(f"report format must be {REPORT_FORMAT}")
+    try:
+        cand = report["candidate"]
+        bundle, version, cand_digest = str(cand["name"]), int(cand["version"]), str(cand["digest"])
+        decision = str(report["decision"]["decision"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadRequest(f"not a replay report: missing or bad {e}") from e
+    if not re.match(NAME_PATTERN, bundle) or not _DIGEST_RE.match(cand_digest):
+        raise BadRequest("report names a bad bundle name or digest")
+    digest = report_digest(report)
+    json_sha = await store_blob(request.app, json.dumps(report, sort_keys=True).encode())
+    html_sha = await store_blob(request.app, parts["html"]) if "html" in parts else None
+    request.app[DB].add_report(digest, bundle, version, cand_digest, decision, json_sha, html_sha)
+    return web.json_response({"digest": digest, "decision": decision})
+
+
+@routes.get(f"{API}/admin/replay/reports")
+async def list_reports(request: web.Request) -> web.Response:
+    """The latest reports, newest first."""
+    return web.json_response(request.app[DB].reports())
+
+
+def _report_row(request: web.Request) -> dict[str, Any]:
+    digest = request.match_info["digest"]
+    row = request.app[DB].report(digest) if _DIGEST_RE.match(digest) else None
+    if row is None:
+        raise NotFound(f"no replay report {digest[:80]!r}")
+    return row
+
+
+@routes.get(f"{API}/admin/replay/reports/{{digest}}.json")
+async def report_json(request: web.Request) -> web.Response:
+    """One report as JSON."""
+    data = request.app[BLOBS].read(_report_row(request)["json_sha256"])
+    return web.Response(body=data, content_type="application/json")
+
+
+@routes.get(f"{API}/admin/replay/reports/{{digest}}.html")
+async def report_html(request: web.Request) -> web.Response:
+    """One report's self-contained HTML page."""
+    row = _report_row(request)
+    if not row["html_sha256"]:
+        raise NotFound("this report was stored without its HTML page")
+    data = request.app[BLOBS].read(row["html_sha256"])
+    return web.Response(body=data, content_type="text/html", charset="utf-8")
+
+
+@routes.post(f"{API}/admin/blessings")
+async def bless(request: web.Request) -> web.Response:
+    """Bless a stored report's candidate (its gate must have passed)."""
+    body = parse_body(BlessRequest, await read_capped(request, 64 * 1024, "blessing"), "blessing")
+    db = request.app[DB]
+    row = db.report(body.report_digest)
+    if row is None:
+        raise NotFound(f"no replay report {body.report_digest}; upload it first")
+    report = json.loads(request.app[BLOBS].read(row["json_sha256"]))
+    blessing = blessing_from_report(report, body.report_digest, body.who)
+    db.add_blessing(blessing)
+    db.audit("bless", blessing["bundle"], blessing["version"], body.who, None, blessing)
+    log.info("%s v%s blessed by %s", blessing["bundle"], blessing["version"], body.who)
+    return web.json_response(blessing)
+
+
+@routes.get(f"{API}/admin/blessings")
+async def blessings(request: web.Request) -> web.Response:
+    """Every blessing, newest first."""
+    return web.json_response(request.app[DB].blessings())
+
+
+@routes.get(f"{API}/admin/audit")
+async def audit(request: web.Request) -> web.Response:
+    """The release audit log, newest first."""
+    return web.json_response(request.app[DB].audit_log())
