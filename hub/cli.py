@@ -128,6 +128,7 @@ def publish_command(
     cohort: Annotated[
         str | None, typer.Option("--cohort", help="also roll the bundle out to this cohort")
     ] = None,
+    force_reason: str | None = None,
 ) -> None:
     """Upload a bundle, sign it into the hub's targets, and optionally roll it out to a cohort."""
     from hub.client import HubAdminClient
@@ -137,11 +138,13 @@ def publish_command(
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
     client = HubAdminClient(hub_url, token)
     try:
-        version = client.publish_bundle(bundle_dir, keys_dir)
+        version = client.publish_bundle(bundle_dir, keys_dir, force_reason=force_reason)
         manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_bytes())
         typer.echo(f"published {manifest.name} {manifest.version} (targets version {version})")
         if cohort is not None:
-            n = client.rollout(manifest.name, manifest.version, cohort=cohort)
+            n = client.rollout(
+                manifest.name, manifest.version, cohort=cohort, force_reason=force_reason
+            )
             typer.echo(f"rolled out to {n} device(s) of cohort {cohort}")
     except LeanloopError as e:
         raise _fail(e) from e

@@ -473,6 +473,10 @@ class HubAdminClient:
         """The hub's release audit log, newest first."""
         return list(self._json("GET", "/admin/audit"))
 
+    def target_file(self, hashed_path: str) -> bytes:
+        """A target's bytes by its consistent-snapshot path ``<dir>/<sha256>.<name>``."""
+        return self._request("GET", f"/tuf/targets/{hashed_path}")
+
     def history(self, bundle: str | None = None) -> list[dict[str, Any]]:
         """The hub's history frames (samples with ground truth), by id."""
         return list(self._json("GET", "/admin/history", query={"bundle": bundle}))
@@ -481,12 +485,12 @@ class HubAdminClient:
         """One history frame's image bytes, by sha256."""
         return self._request("GET", f"/admin/history/images/{sha256}")
 
-    def metrics(self, by: str, window_s: float, now: float | None = None) -> dict[str, Any]:
+    def metrics(
+        self, by: str, window_s: float, now: float | None = None, events: str | None = None
+    ) -> dict[str, Any]:
         """Comparative metrics per ``by`` groups, this window and the previous one."""
-        return dict(
-            self._json("GET", "/admin/metrics/compare",
-                       query={"by": by, "window_s": window_s, "now": now})
-        )  # fmt: skip
+        query = {"by": by, "window_s": window_s, "now": now, "events": events}
+        return dict(self._json("GET", "/admin/metrics/compare", query=query))
 
     # -- jobs ----------------------------------------------------------------------------------
 
