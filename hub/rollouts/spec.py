@@ -10,6 +10,7 @@ are listed). ``error_threshold`` with ``min_executed`` halts it (AWS IoT Jobs' a
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,7 +101,7 @@ class RolloutSpec(_Strict):
         if last.percent != 100:
             raise ValueError("the last wave must be percent: 100")
         pcts = [w.percent for w in self.waves if w.percent is not None]
-        if any(b <= a for a, b in zip(pcts, pcts[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(pcts)):
             raise ValueError("wave percentages must grow")
         if any(w.count is not None for w in self.waves[1:]):
             raise ValueError("only the first wave (the canary) may be a count")
