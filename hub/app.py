@@ -44,7 +44,7 @@ from hub.config import HubConfig
 from hub.jobs import JobRunner
 from hub.middlewares import auth_middleware, error_middleware
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.storage import Blobs, BlobStore, HubDB, PartialUploads, S3BlobStore, open_database
 from runtime._atomic import atomic_write_bytes
 
 __all__ = [
@@ -78,7 +78,14 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     data.mkdir(parents=True, exist_ok=True)
     app[ADMIN_TOKEN] = _token_file(data / "admin.token")
     app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
-    app[BLOBS] = BlobStore(data / "blobs")
+    blobs: Blobs
+    if cfg.s3 is not None:
+        s3 = S3BlobStore(cfg.s3, data / "blobs-tmp")
+        await asyncio.to_thread(s3.check)
+        blobs = s3
+    else:
+        blobs = BlobStore(data / "blobs")
+    app[BLOBS] = blobs
     app[REPO] = TufRepository.open(
         data,
         app[BLOBS].size,
@@ -86,7 +93,8 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
         timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
         snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
     )
-    app[DB] = HubDB(data / "hub.sqlite3")
+    database = open_database(cfg.database_url, data, cfg.db_threads)
+    app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
     app[UPLOADS] = PartialUploads(data / "uploads")
     yield
     app[DB].close()
@@ -115,7 +123,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s
     )
     app[JOBS] = runner
-    runner.start()
+    await runner.start()
     yield
     await runner.stop()
 

@@ -21,7 +21,7 @@ from hub.errors import (
 )
 from hub.jobs import JobRunner
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.storage import Blobs, HubDB, PartialUploads
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ API = "/api/v1"
 
 CONFIG = web.AppKey("config", HubConfig)
 DB = web.AppKey("db", HubDB)
-BLOBS = web.AppKey("blobs", BlobStore)
+BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
