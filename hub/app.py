@@ -33,6 +33,7 @@ from hub.api._common import (
     DB,
     ENROLL_TOKEN,
     JOBS,
+    LEADER,
     MULTIPART_OVERHEAD,
     PUBLISH_LOCK,
     REPO,
@@ -42,8 +43,10 @@ from hub.api._common import (
 )
 from hub.config import HubConfig
 from hub.jobs import JobRunner
+from hub.leader import Leader
 from hub.middlewares import auth_middleware, error_middleware
 from hub.repository import TufRepository
+from hub.rollouts.ticker import tick_all
 from hub.storage import Blobs, BlobStore, HubDB, PartialUploads, S3BlobStore, open_database
 from runtime._atomic import atomic_write_bytes
 
@@ -100,11 +103,36 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB].close()
 
 
+async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LEADER] = Leader(app[CONFIG].database_url)
+    await app[LEADER].start()
+    yield
+    await app[LEADER].stop()
+
+
+async def _rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def tick_forever() -> None:
+        while True:
+            await asyncio.sleep(app[CONFIG].rollout_tick_s)
+            if not app[LEADER].is_leader:
+                continue
+            try:
+                await tick_all(app[DB])
+            except Exception:  # keep stepping: a stuck rollout is worse than a noisy log
+                log.exception("rollout tick failed")
+
+    task = asyncio.create_task(tick_forever(), name="leanloop-rollouts")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _timestamp_ctx(app: web.Application) -> AsyncIterator[None]:
     async def refresh_forever() -> None:
         while True:
             try:
-                if app[REPO].refresh_timestamp():
+                if app[LEADER].is_leader and app[REPO].refresh_timestamp():
                     log.info("re-signed timestamp, now expiring %s", app[REPO].timestamp_expires)
             except Exception:  # keep trying: a stale timestamp is worse than a noisy log
                 log.exception("could not re-sign timestamp")
@@ -138,7 +166,7 @@ def create_app(config: HubConfig) -> web.Application:
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
-    app.cleanup_ctx.extend([_storage_ctx, _timestamp_ctx, _jobs_ctx])
+    app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)
     return app

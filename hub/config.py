@@ -48,6 +48,9 @@ class HubConfig(BaseModel):
     timestamp_check_interval_s: float = Field(
         default=600, gt=0, description="how often the hub checks whether to re-sign timestamp"
     )
+    rollout_tick_s: float = Field(
+        default=10, gt=0, description="how often staged rollouts are stepped (halts, next waves)"
+    )
     trainer_command: list[str] = Field(
         default_factory=lambda: [sys.executable, "-m", "trainer.job"],
         min_length=1,

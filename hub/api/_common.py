@@ -20,6 +20,7 @@ from hub.errors import (
     TooLarge,
 )
 from hub.jobs import JobRunner
+from hub.leader import Leader
 from hub.repository import TufRepository
 from hub.storage import Blobs, HubDB, PartialUploads
 
@@ -32,6 +33,7 @@ DB = web.AppKey("db", HubDB)
 BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
+LEADER = web.AppKey("leader", Leader)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)

@@ -35,6 +35,7 @@ from hub.storage.blobs_s3 import S3BlobStore, S3Config
 from hub.storage.bundles import BundleTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.jobs import Job, JobState, JobTables
+from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 
@@ -51,6 +52,7 @@ __all__ = [
     "PartialUploads",
     "PostgresDatabase",
     "QueueEntry",
+    "Rollout",
     "S3BlobStore",
     "S3Config",
     "Sample",
@@ -88,7 +90,7 @@ class Blobs(Protocol):
     def put(self, data: bytes, expected_sha256: str | None = None) -> tuple[str, bool]: ...
 
 
-class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables):
+class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables, RolloutTables):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 
     Every method is one short statement or transaction, blocking: the app runs it with
