@@ -20,8 +20,9 @@ from hub.errors import (
     TooLarge,
 )
 from hub.jobs import JobRunner
+from hub.leader import Leader
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.storage import Blobs, HubDB, PartialUploads
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,10 @@ API = "/api/v1"
 
 CONFIG = web.AppKey("config", HubConfig)
 DB = web.AppKey("db", HubDB)
-BLOBS = web.AppKey("blobs", BlobStore)
+BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
+LEADER = web.AppKey("leader", Leader)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)

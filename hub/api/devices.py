@@ -93,7 +93,9 @@ async def enroll(request: web.Request) -> web.Response:
     if not hmac.compare_digest(body.enroll_token.encode(), request.app[ENROLL_TOKEN].encode()):
         raise AuthError("wrong enrollment secret")
     token = secrets.token_urlsafe(32)
-    request.app[DB].enroll_device(body.device_id, body.cohort, hash_token(token))
+    await request.app[DB].call(
+        request.app[DB].enroll_device, body.device_id, body.cohort, hash_token(token)
+    )
     log.info("device %s enrolled (cohort %s)", body.device_id, body.cohort)
     return web.json_response({"device_token": token})
 
@@ -102,13 +104,13 @@ async def enroll(request: web.Request) -> web.Response:
 async def desired(request: web.Request) -> web.Response:
     """The bundle version a rollout asked this device to run (nulls: none yet)."""
     db = request.app[DB]
-    device = db.device(device_id_of(request))
+    device = await db.call(db.device, device_id_of(request))
     bundle, version = device.desired_bundle, device.desired_version
     if bundle is None:
-        bundle, version = db.cohort_desired(device.cohort)
+        bundle, version = await db.call(db.cohort_desired, device.cohort)
     body: dict[str, Any] = {"bundle": bundle, "version": version}
     # Shadow mode: the candidate (with its promotion rule) next to the production bundle.
-    candidate = db.shadow_candidate(device)
+    candidate = await db.call(db.shadow_candidate, device)
     if candidate is not None:
         body["candidate"] = candidate
     return web.json_response(body)
@@ -121,12 +123,16 @@ async def shadow_telemetry(request: web.Request) -> web.Response:
     body = parse_body(ShadowTelemetry, await read_capped(request, cap, "shadow report"), "report")
     device_id = device_id_of(request)
     db = request.app[DB]
-    db.put_shadow_report(device_id, body.model_dump())
+    await db.call(db.put_shadow_report, device_id, body.model_dump())
     c = body.candidate
-    if body.status == "promoted" and c is not None and db.has_bundle(c.bundle, c.version):
+    if (
+        body.status == "promoted"
+        and c is not None
+        and await db.call(db.has_bundle, c.bundle, c.version)
+    ):
         # The device committed it after its trial: make it what the hub wants there too, so the
         # next desired answer does not point back at the old production version.
-        db.set_desired(c.bundle, c.version, [device_id], None)
+        await db.call(db.set_desired, c.bundle, c.version, [device_id], None)
         log.info("device %s promoted shadow candidate %s v%s", device_id, c.bundle, c.version)
     return web.json_response({})
 
@@ -144,7 +150,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     if not isinstance(raw, list) or len(raw) > _MAX_EVENTS:
         raise BadRequest(f"heartbeat: 'events' must be a list of at most {_MAX_EVENTS}")
     events = [parse_body(DeviceEvent, json.dumps(e), "heartbeat event").model_dump() for e in raw]
-    request.app[DB].touch_device(device_id_of(request), status)
+    await request.app[DB].call(request.app[DB].touch_device, device_id_of(request), status)
     if events:
-        request.app[DB].add_device_events(device_id_of(request), events)
+        await request.app[DB].call(request.app[DB].add_device_events, device_id_of(request), events)
     return web.json_response({})

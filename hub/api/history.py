@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 
@@ -54,25 +55,30 @@ async def post_predictions(request: web.Request) -> web.Response:
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise BadRequest(f"bad predictions: {where}: {first['msg']}") from e
     db = request.app[DB]
-    new = db.add_predictions(device_id_of(request), [ev.model_dump() for ev in batch.events])
-    db.prune_predictions(time.time() - request.app[CONFIG].history_retention_s)
+    events = [ev.model_dump() for ev in batch.events]
+    new = await db.call(db.add_predictions, device_id_of(request), events)
+    await db.call(db.prune_predictions, time.time() - request.app[CONFIG].history_retention_s)
     return web.json_response({"received": len(batch.events), "new": new})
 
 
 @routes.get(f"{API}/admin/history")
 async def history(request: web.Request) -> web.Response:
     """History frames: stored samples with ground truth, tagged for slicing, by id."""
-    frames = history_frames(request.app[DB], request.query.get("bundle"))
+    db = request.app[DB]
+    frames = await db.call(history_frames, db, request.query.get("bundle"))
     return web.json_response([f.to_dict() for f in frames])
 
 
 @routes.get(f"{API}/admin/history/images/{{sha256}}")
-async def history_image(request: web.Request) -> web.FileResponse:
+async def history_image(request: web.Request) -> web.Response:
     """A history frame's image bytes."""
     sha = check_sha256(request.match_info["sha256"])
-    if not request.app[BLOBS].has(sha):
-        raise NotFound(f"no image {sha}")
-    return web.FileResponse(request.app[BLOBS].path(sha))
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.run_in_executor(None, request.app[BLOBS].read, sha)
+    except NotFound:
+        raise NotFound(f"no image {sha}") from None
+    return web.Response(body=data, content_type="application/octet-stream")
 
 
 def _float(q: str | None, name: str, default: float | None) -> float | None:
@@ -99,13 +105,12 @@ async def metrics_compare(request: web.Request) -> web.Response:
     shadow = [
         {"cohort": cohort, "agreement": rep.get("agreement"),
          "frames": (rep.get("stats") or {}).get("compared")}
-        for _, cohort, rep, _ in db.shadow_reports()
+        for _, cohort, rep, _ in await db.call(db.shadow_reports)
     ]  # fmt: skip
+    preds = await db.call(db.predictions, now - 2 * window, now)
+    feedback = await db.call(db.feedback_rows)
     try:
-        rows = compare(
-            db.predictions(now - 2 * window, now), db.feedback_rows(), by, window, now, events,
-            shadow,
-        )  # fmt: skip
+        rows = compare(preds, feedback, by, window, now, events, shadow)
     except ValueError as e:
         raise BadRequest(str(e)) from e
     return web.json_response({"by": by, "window_s": window, "now": now, "groups": rows})

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -69,38 +70,46 @@ async def post_report(request: web.Request) -> web.Response:
     digest = report_digest(report)
     json_sha = await store_blob(request.app, json.dumps(report, sort_keys=True).encode())
     html_sha = await store_blob(request.app, parts["html"]) if "html" in parts else None
-    request.app[DB].add_report(digest, bundle, version, cand_digest, decision, json_sha, html_sha)
+    db = request.app[DB]
+    await db.call(db.add_report, digest, bundle, version, cand_digest, decision, json_sha, html_sha)
     return web.json_response({"digest": digest, "decision": decision})
 
 
 @routes.get(f"{API}/admin/replay/reports")
 async def list_reports(request: web.Request) -> web.Response:
     """The latest reports, newest first."""
-    return web.json_response(request.app[DB].reports())
+    db = request.app[DB]
+    return web.json_response(await db.call(db.reports))
 
 
-def _report_row(request: web.Request) -> dict[str, Any]:
+async def _report_row(request: web.Request) -> dict[str, Any]:
     digest = request.match_info["digest"]
-    row = request.app[DB].report(digest) if _DIGEST_RE.match(digest) else None
+    db = request.app[DB]
+    row = await db.call(db.report, digest) if _DIGEST_RE.match(digest) else None
     if row is None:
         raise NotFound(f"no replay report {digest[:80]!r}")
     return row
 
 
+async def _blob(request: web.Request, sha256: str) -> bytes:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, request.app[BLOBS].read, sha256)
+
+
 @routes.get(f"{API}/admin/replay/reports/{{digest}}.json")
 async def report_json(request: web.Request) -> web.Response:
     """One report as JSON."""
-    data = request.app[BLOBS].read(_report_row(request)["json_sha256"])
+    data = await _blob(request, (await _report_row(request))["json_sha256"])
     return web.Response(body=data, content_type="application/json")
 
 
 @routes.get(f"{API}/admin/replay/reports/{{digest}}.html")
 async def report_html(request: web.Request) -> web.Response:
     """One report's self-contained HTML page."""
-    row = _report_row(request)
+    row = await _report_row(request)
     if not row["html_sha256"]:
         raise NotFound("this report was stored without its HTML page")
-    data = request.app[BLOBS].read(row["html_sha256"])
+    data = await _blob(request, row["html_sha256"])
     return web.Response(body=data, content_type="text/html", charset="utf-8")
 
 
@@ -109,13 +118,14 @@ async def bless(request: web.Request) -> web.Response:
     """Bless a stored report's candidate (its gate must have passed)."""
     body = parse_body(BlessRequest, await read_capped(request, 64 * 1024, "blessing"), "blessing")
     db = request.app[DB]
-    row = db.report(body.report_digest)
+    row = await db.call(db.report, body.report_digest)
     if row is None:
         raise NotFound(f"no replay report {body.report_digest}; upload it first")
-    report = json.loads(request.app[BLOBS].read(row["json_sha256"]))
+    report = json.loads(await _blob(request, row["json_sha256"]))
     blessing = blessing_from_report(report, body.report_digest, body.who)
-    db.add_blessing(blessing)
-    db.audit("bless", blessing["bundle"], blessing["version"], body.who, None, blessing)
+    await db.call(db.add_blessing, blessing)
+    await db.call(db.audit, "bless", blessing["bundle"], blessing["version"], body.who, None,
+                  blessing)  # fmt: skip
     log.info("%s v%s blessed by %s", blessing["bundle"], blessing["version"], body.who)
     return web.json_response(blessing)
 
@@ -123,10 +133,12 @@ async def bless(request: web.Request) -> web.Response:
 @routes.get(f"{API}/admin/blessings")
 async def blessings(request: web.Request) -> web.Response:
     """Every blessing, newest first."""
-    return web.json_response(request.app[DB].blessings())
+    db = request.app[DB]
+    return web.json_response(await db.call(db.blessings))
 
 
 @routes.get(f"{API}/admin/audit")
 async def audit(request: web.Request) -> web.Response:
     """The release audit log, newest first."""
-    return web.json_response(request.app[DB].audit_log())
+    db = request.app[DB]
+    return web.json_response(await db.call(db.audit_log))
