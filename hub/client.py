@@ -465,6 +465,30 @@ class HubAdminClient:
         body = {"report_digest": report_digest, "who": who}
         return dict(self._json("POST", "/admin/blessings", json_body=body))
 
+    def start_replay_job(
+        self, bundle_dir: Path, baseline: int, spec: dict[str, Any] | None = None, **kw: Any
+    ) -> str:
+        """Upload a candidate bundle's files as blobs and start a replay job on the hub against
+        a published ``baseline`` version; returns the job id (see :meth:`replay_job`).
+        ``kw``: since, cohort, workers, bless, who."""
+        bundle_dir = Path(bundle_dir)
+        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
+        manifest = Manifest.model_validate_json(manifest_bytes)
+        for rel in manifest.files:
+            self.put_blob((bundle_dir / rel).read_bytes())
+        self.put_blob(manifest_bytes)
+        body = {
+            "candidate_digest": hashlib.sha256(manifest_bytes).hexdigest(),
+            "baseline": baseline,
+            "spec": spec or {},
+            **{k: v for k, v in kw.items() if v is not None},
+        }
+        return str(self._json("POST", "/admin/replay/jobs", json_body=body)["id"])
+
+    def replay_job(self, job_id: str) -> dict[str, Any]:
+        """A replay job's state, report digest and decision."""
+        return dict(self._json("GET", f"/admin/replay/jobs/{job_id}"))
+
     def blessings(self) -> list[dict[str, Any]]:
         """Every blessing on the hub, newest first."""
         return list(self._json("GET", "/admin/blessings"))

@@ -24,7 +24,7 @@ import typer
 
 from leanloop._cli_common import admin_client as _admin_client
 from leanloop._cli_common import handled
-from runtime.errors import BundleError, ConfigError
+from runtime.errors import BundleError, ConfigError, LeanloopError
 
 __all__ = ["replay_app"]
 
@@ -109,6 +109,9 @@ def replay(
     workers: Annotated[int, typer.Option(min=1, max=64, help="worker processes")] = 1,
     work: Annotated[Path, typer.Option(help="work folder (resumable)")] = Path("replay-work"),
     bless: Annotated[bool, typer.Option("--bless", help="on pass, bless on --hub")] = False,
+    on_hub: Annotated[
+        bool, typer.Option("--on-hub", help="run it as a job on --hub (its history, its CPUs)")
+    ] = False,
     who: Annotated[str, typer.Option(help="who blesses")] = "admin",
     token: Annotated[str | None, _TOKEN] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
@@ -134,6 +137,11 @@ def replay(
     except BundleError as e:
         raise ConfigError(f"candidate: {e}") from e
     client = _admin_client(hub, token) if hub else None
+    if on_hub:
+        if client is None or not baseline.isdigit():
+            raise ConfigError("--on-hub needs --hub and --baseline as a published version")
+        _replay_on_hub(client, candidate, int(baseline), gate, start, cohort, workers, bless, who)
+        return
     console = Console(stderr=True)
     base_dir = Path(baseline)
     if not base_dir.is_dir():
@@ -171,6 +179,27 @@ def replay(
             typer.echo(f"blessed {b['bundle']} v{b['version']} (report {stored['digest'][:12]})")
     typer.echo(dec["summary"])
     if dec["decision"] != "pass":
+        raise typer.Exit(1)
+
+
+def _replay_on_hub(
+    client: Any, candidate: Path, baseline: int, gate: Any, since: float | None,
+    cohort: str | None, workers: int, bless: bool, who: str,
+) -> None:  # fmt: skip
+    job_id = client.start_replay_job(
+        candidate, baseline, gate.model_dump(mode="json"), since=since, cohort=cohort,
+        workers=workers, bless=bless, who=who,
+    )  # fmt: skip
+    typer.echo(f"replay job {job_id} started on the hub", err=True)
+    while (job := client.replay_job(job_id))["state"] in ("queued", "running"):
+        time.sleep(0.5)
+    if job["state"] == "failed":
+        raise LeanloopError(f"replay job {job_id} failed: {job.get('error')}")
+    typer.echo(f"report: {job['report_digest']}")
+    if job.get("blessed"):
+        typer.echo(f"blessed {candidate.name} (report {job['report_digest'][:12]})")
+    typer.echo(job["summary"])
+    if job["decision"] != "pass":
         raise typer.Exit(1)
 
 

@@ -23,7 +23,7 @@ from runtime._atomic import atomic_write_bytes
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest, check_relative_path
 from runtime.errors import BundleError, HubError
 
-__all__ = ["bundle_from_hub_store", "download_bundle", "download_history"]
+__all__ = ["bundle_from_blobs", "bundle_from_hub_store", "download_bundle", "download_history"]
 
 Fetch = Callable[[str], bytes]  # sha256 -> bytes
 
@@ -118,4 +118,16 @@ def bundle_from_hub_store(repo: Any, blobs: Any, name: str, version: int, dest: 
     files = _signed_targets(paths, name, version)
     if not files:
         raise BundleError(f"{name} version {version} is not published")
+    return _write_bundle(dest, files, lambda _rel, sha: bytes(blobs.read(sha)))
+
+
+def bundle_from_blobs(blobs: Any, manifest_sha256: str, dest: Path) -> Path:
+    """A bundle uploaded as blobs (not published) by its manifest's sha256, into ``dest``."""
+    raw = _get(dest / MANIFEST_NAME, manifest_sha256, blobs.read, MANIFEST_NAME)
+    try:
+        manifest = Manifest.model_validate_json(raw)
+    except ValueError as e:
+        raise BundleError(f"blob {manifest_sha256[:12]} is not a bundle manifest") from e
+    files = {rel: e.sha256 for rel, e in manifest.files.items()}
+    files[MANIFEST_NAME] = manifest_sha256
     return _write_bundle(dest, files, lambda _rel, sha: bytes(blobs.read(sha)))

@@ -137,3 +137,21 @@ def test_replay_cli_rejects_bad_input_with_one_line(tmp_path: Path) -> None:
     assert code == 2 and "manifest.json" in out
     code, out = cli("metrics", "--hub", "http://127.0.0.1:9", "--window", "tomorrow", token="t")
     assert code == 2 and "--window 'tomorrow'" in out
+
+
+def test_replay_as_a_hub_job_blesses_and_then_publishes(
+    tmp_path: Path, hub: LiveHub, keys_dir: Path
+) -> None:
+    admin = HubAdminClient(hub.url, hub.admin_token)
+    base = make_bundle(tmp_path, 1, BASELINE)
+    cand = make_bundle(tmp_path, 2, BETTER)
+    admin.publish_bundle(base, keys_dir, force_reason="first version")
+    seed_history(admin, spread(0, 255, 40) + spread(171, 183, 30))
+    code, out = cli("replay", str(cand), "--baseline", "1", "--hub", hub.url, "--on-hub",
+                    "--bless", "--who", "carol", token=hub.admin_token)  # fmt: skip
+    assert code == 0, out
+    assert "pass:" in out and "blessed" in out
+    assert admin.blessings()[0]["who"] == "carol"
+    admin.publish_bundle(cand, keys_dir)
+    with pytest.raises(Conflict, match="not blessed"):
+        admin.publish_bundle(make_bundle(tmp_path, 3, BETTER), keys_dir)
