@@ -49,6 +49,13 @@ def serve(
     keys: Annotated[
         Path | None, typer.Option("--keys", help="`keys init` folder, needed on first start")
     ] = None,
+    require_blessing: Annotated[
+        bool,
+        typer.Option(
+            "--require-blessing",
+            help="refuse to publish or roll out a bundle without a replay blessing (unless forced)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
     from hub.app import run
@@ -56,7 +63,12 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        run(HubConfig(data_dir=data, host=host, port=port, keys_dir=keys))
+        run(
+            HubConfig(
+                data_dir=data, host=host, port=port, keys_dir=keys,
+                require_blessing=require_blessing,
+            )
+        )  # fmt: skip
     except LeanloopError as e:
         raise _fail(e) from e
 
