@@ -4,7 +4,7 @@ The bundle: a MobileNetV2-size classifier (:class:`bench.models.MobileNetV2Like`
 input, random seeded weights) behind the device pipeline (whole-frame softmax, top 3). The
 history: N random 320×240 JPEG frames in a history folder, as ``leanloop replay`` reads it.
 
-- **per core** — the replay worker's loop (:func:`hub.replay.runner._run_chunk`: read the image
+- **per core** — the replay worker's loop (:func:`hub.replay.runner.run_frames`: read the image
   file, run, reduce to an outcome) against the device's own loop (:meth:`Pipeline.run_bytes` on
   the same JPEG bytes), same process, one engine thread, in short blocks of 32 frames whose
   order is shuffled per pair; the paired ratio's median and quartiles are reported beside an
@@ -109,8 +109,8 @@ def _per_core(bundle: Path, frames: list[Any], images: Path, pairs: int) -> dict
 
     from hub.replay import runner
 
-    runner._init_worker(str(bundle), "onnxruntime")
-    pipe = runner._PIPELINE
+    loaded = runner.load_for_replay(bundle)
+    pipe = loaded.pipeline
     datas = [(images / f.image_sha256).read_bytes() for f in frames]
     jobs = [(str(images), [(f.id, f.image_sha256) for f in frames[k : k + 32]])
             for k in range(0, len(frames) - 31, 32)]  # fmt: skip
@@ -124,7 +124,7 @@ def _per_core(bundle: Path, frames: list[Any], images: Path, pairs: int) -> dict
 
     def replay(k: int) -> float:
         t0 = time.perf_counter()
-        runner._run_chunk(jobs[k])
+        runner.run_frames(pipe, images, jobs[k][1])
         return time.perf_counter() - t0
 
     ratios, control = [], []
@@ -136,6 +136,8 @@ def _per_core(bundle: Path, frames: list[Any], images: Path, pairs: int) -> dict
         ratios.append(t_dev / t_rep)  # replay speed / device speed
         c1, c2 = device(k), device(k)
         control.append(c1 / c2)
+    device_fps = 32 / statistics.median([device(k % len(jobs)) for k in range(8)])
+    loaded.close()
     q = statistics.quantiles
     return {
         "pairs": pairs,
@@ -143,7 +145,7 @@ def _per_core(bundle: Path, frames: list[Any], images: Path, pairs: int) -> dict
         "ratio_quartiles": [q(ratios, n=4)[0], q(ratios, n=4)[2]],
         "aa_control_median": statistics.median(control),
         "aa_control_quartiles": [q(control, n=4)[0], q(control, n=4)[2]],
-        "device_fps_median": 32 / statistics.median([device(k % len(jobs)) for k in range(8)]),
+        "device_fps_median": device_fps,
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -90,6 +91,24 @@ def _float(q: str | None, name: str, default: float | None) -> float | None:
         raise BadRequest(f"{name} must be a number") from None
 
 
+async def fleet_rows(
+    app: web.Application, by: list[str], window_s: float, now: float, events: list[str]
+) -> list[dict[str, Any]]:
+    """:func:`hub.replay.fleet_metrics.compare` on the hub's rows, read off the event loop
+    (what ``/metrics`` can hand to :func:`~hub.replay.fleet_metrics.prometheus_collector`).
+
+    Raises ValueError for an unknown group key."""
+    db = app[DB]
+    shadow = [
+        {"cohort": cohort, "agreement": rep.get("agreement"),
+         "frames": (rep.get("stats") or {}).get("compared")}
+        for _, cohort, rep, _ in await db.call(db.shadow_reports)
+    ]  # fmt: skip
+    preds = await db.call(db.predictions, now - 2 * window_s, now)
+    feedback = await db.call(db.feedback_rows)
+    return compare(preds, feedback, by, window_s, now, events, shadow)
+
+
 @routes.get(f"{API}/admin/metrics/compare")
 async def metrics_compare(request: web.Request) -> web.Response:
     """Comparative metrics per group: this window beside the previous one."""
@@ -101,16 +120,8 @@ async def metrics_compare(request: web.Request) -> web.Response:
         raise BadRequest("window_s must be in (0, 1 year]")
     by = [k.strip() for k in q.get("by", "cohort,version").split(",") if k.strip()]
     events = [c for c in q.get("events", "").split(",") if c]
-    db = request.app[DB]
-    shadow = [
-        {"cohort": cohort, "agreement": rep.get("agreement"),
-         "frames": (rep.get("stats") or {}).get("compared")}
-        for _, cohort, rep, _ in await db.call(db.shadow_reports)
-    ]  # fmt: skip
-    preds = await db.call(db.predictions, now - 2 * window, now)
-    feedback = await db.call(db.feedback_rows)
     try:
-        rows = compare(preds, feedback, by, window, now, events, shadow)
+        rows = await fleet_rows(request.app, by, window, now, events)
     except ValueError as e:
         raise BadRequest(str(e)) from e
     return web.json_response({"by": by, "window_s": window, "now": now, "groups": rows})

@@ -38,9 +38,11 @@ __all__ = [
     "MISSING_IMAGE",
     "ReplayCounts",
     "bundle_digest",
+    "load_for_replay",
     "outcome_of",
     "prepare_frames",
     "replay_bundle",
+    "run_frames",
 ]
 
 MISSING_IMAGE = "missing image"
@@ -115,19 +117,19 @@ def outcome_of(prediction: Any) -> Outcome:
 
 # -- worker side --------------------------------------------------------------------------------
 
-_PIPELINE: Any = None
 
-
-def _init_worker(bundle_dir: str, backend: str) -> None:
-    global _PIPELINE
+def load_for_replay(bundle_dir: Path, backend: str = "onnxruntime") -> Any:
+    """The bundle loaded as a device loads it, with one engine thread (one core per worker)."""
     from runtime.backends.base import BackendOptions
     from runtime.bundle.loader import load_bundle
 
-    _PIPELINE = load_bundle(Path(bundle_dir), backend, BackendOptions(threads=1)).pipeline
+    return load_bundle(Path(bundle_dir), backend, BackendOptions(threads=1))
 
 
-def _run_chunk(job: tuple[str, list[tuple[str, str | None]]]) -> list[tuple[str, dict[str, Any]]]:
-    images, frames = job
+def run_frames(
+    pipeline: Any, images: Path, frames: Sequence[tuple[str, str | None]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Run ``(frame id, image sha256)`` frames; one outcome dict each (never raises per frame)."""
     out = []
     for frame_id, sha in frames:
         try:
@@ -137,9 +139,21 @@ def _run_chunk(job: tuple[str, list[tuple[str, str | None]]]) -> list[tuple[str,
         if data is None:
             outcome = Outcome(error=MISSING_IMAGE)
         else:
-            outcome = outcome_of(_PIPELINE.run_bytes(data, frame_id))
+            outcome = outcome_of(pipeline.run_bytes(data, frame_id))
         out.append((frame_id, outcome.to_dict()))
     return out
+
+
+_WORKER_BUNDLE: Any = None  # the bundle a worker process loaded (one per process)
+
+
+def _init_worker(bundle_dir: str, backend: str) -> None:
+    global _WORKER_BUNDLE
+    _WORKER_BUNDLE = load_for_replay(Path(bundle_dir), backend)
+
+
+def _run_chunk(job: tuple[str, list[tuple[str, str | None]]]) -> list[tuple[str, dict[str, Any]]]:
+    return run_frames(_WORKER_BUNDLE.pipeline, Path(job[0]), job[1])
 
 
 # -- parent side --------------------------------------------------------------------------------
@@ -203,9 +217,13 @@ def replay_bundle(
 def _map(
     bundle_dir: Path, backend: str, workers: int, jobs: Iterator[tuple[str, list[Any]]]
 ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    if workers <= 1:
-        _init_worker(str(bundle_dir), backend)
-        yield from map(_run_chunk, jobs)
+    if workers <= 1:  # in this process, with a bundle of its own (hub jobs run side by side)
+        loaded = load_for_replay(bundle_dir, backend)
+        try:
+            for images, frames in jobs:
+                yield run_frames(loaded.pipeline, Path(images), frames)
+        finally:
+            loaded.close()
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent with engine threads
     with ctx.Pool(workers, _init_worker, (str(bundle_dir), backend)) as pool:
