@@ -64,7 +64,7 @@ __all__ = [
     "hash_token",
     "run",
 ]
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.app")
 
 
 def _token_file(path: Path) -> str:

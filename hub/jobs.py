@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import Blobs, HubDB, Sample
+from runtime.errors import first_line
 
 __all__ = ["JobRunner", "export_samples", "log_tail", "pack_source"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.jobs")
 
 _LOG_TAIL_BYTES = 4096
 
@@ -150,7 +151,7 @@ class JobRunner:
                     self._db.set_job,
                     job_id,
                     "failed",
-                    error=f"{type(e).__name__}: {e}".splitlines()[0],
+                    error=first_line(f"{type(e).__name__}: {e}"),
                 )
 
     async def _run(self, job_id: int) -> None:

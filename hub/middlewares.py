@@ -24,7 +24,7 @@ from hub.errors import (
 )
 from runtime.errors import LeanloopError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.middlewares")
 
 # -- identity and auth --------------------------------------------------------------------------
 

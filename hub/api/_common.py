@@ -23,8 +23,9 @@ from hub.jobs import JobRunner
 from hub.leader import Leader
 from hub.repository import TufRepository
 from hub.storage import Blobs, HubDB, PartialUploads
+from runtime.errors import first_line
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.api")
 
 API = "/api/v1"
 
@@ -65,7 +66,8 @@ def hash_token(token: str) -> str:
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())[:500] or "error"
+    """An error message as the hub answers it: its first line (see ``first_line``)."""
+    return first_line(text, 500)
 
 
 class Body(BaseModel):

@@ -19,7 +19,7 @@ from hub.errors import (
     NotFound,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.fleet")
 
 routes = web.RouteTableDef()
 

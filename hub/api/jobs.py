@@ -23,7 +23,7 @@ from hub.errors import (
 )
 from hub.jobs import log_tail
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.api.jobs")
 
 routes = web.RouteTableDef()
 

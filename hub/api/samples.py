@@ -29,7 +29,7 @@ from hub.errors import (
 from runtime.feedback_stats import tally
 from runtime.store.record import new_sample_id
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.samples")
 
 routes = web.RouteTableDef()
 

@@ -31,7 +31,7 @@ from hub.errors import (
 from hub.storage import check_sha256
 from runtime.bundle.manifest import Manifest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.tuf")
 
 _MANIFEST_TARGET_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})/([1-9][0-9]{0,9})/manifest\.json$")
 
