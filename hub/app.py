@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from hub.api._common import (
 from hub.config import HubConfig
 from hub.jobs import JobRunner
 from hub.leader import Leader
+from hub.metrics import METRICS, HubMetrics, metrics_middleware
 from hub.middlewares import auth_middleware, error_middleware
 from hub.repository import TufRepository
 from hub.rollouts.ticker import tick_all
@@ -162,7 +164,11 @@ def create_app(config: HubConfig) -> web.Application:
         config.max_targets_bytes,
         config.max_meta_bytes * 2 + config.max_image_bytes + MULTIPART_OVERHEAD,
     )
-    app = web.Application(client_max_size=cap, middlewares=[error_middleware, auth_middleware])
+    app = web.Application(
+        client_max_size=cap,
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+    )
+    app[METRICS] = HubMetrics()
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
@@ -172,6 +178,22 @@ def create_app(config: HubConfig) -> web.Application:
     return app
 
 
+def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
+    """The server TLS context of ``tls_cert_file``/``tls_key_file`` (None: plain HTTP)."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return ctx
+
+
 def run(config: HubConfig) -> None:
-    """Serve the hub until interrupted."""
-    web.run_app(create_app(config), host=config.host, port=config.port)
+    """Serve the hub until interrupted (HTTPS when the config names a certificate)."""
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        ssl_context=ssl_context(config),
+        access_log=None,  # hub.metrics logs each request at debug level
+    )

@@ -46,15 +46,17 @@ NAME_RE = re.compile(NAME_PATTERN)
 CHUNK = 64 * 1024
 MULTIPART_OVERHEAD = 16 * 1024
 
-TokenKind = Literal["admin", "device"]
+TokenKind = Literal["admin", "annotator", "viewer", "device"]
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: the admin, or one device."""
+    """Who is calling: a person or script with a role (the bootstrap admin token, or a named
+    token), or one device."""
 
     kind: TokenKind
     device_id: str | None = None
+    name: str | None = None  # the named token's name (None: the bootstrap admin token)
 
 
 IDENTITY = web.RequestKey("identity", Identity)

@@ -38,9 +38,11 @@ from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
+from hub.storage.tokens import ApiToken, Role, TokenTables
 
 __all__ = [
     "FLEET",
+    "ApiToken",
     "BlobStore",
     "BlobWriter",
     "Blobs",
@@ -52,6 +54,7 @@ __all__ = [
     "PartialUploads",
     "PostgresDatabase",
     "QueueEntry",
+    "Role",
     "Rollout",
     "S3BlobStore",
     "S3Config",
@@ -90,7 +93,9 @@ class Blobs(Protocol):
     def put(self, data: bytes, expected_sha256: str | None = None) -> tuple[str, bool]: ...
 
 
-class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables, RolloutTables):
+class HubDB(
+    DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables, RolloutTables, TokenTables
+):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 
     Every method is one short statement or transaction, blocking: the app runs it with
