@@ -38,6 +38,7 @@ from hub.api._common import (
     MULTIPART_OVERHEAD,
     PUBLISH_LOCK,
     REPO,
+    SHARED,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
@@ -47,6 +48,7 @@ from hub.jobs import JobRunner
 from hub.leader import Leader
 from hub.metrics import METRICS, HubMetrics, metrics_middleware
 from hub.middlewares import auth_middleware, error_middleware
+from hub.replicas import START_LOCK_KEY, SharedFiles, cluster_lock
 from hub.repository import TufRepository
 from hub.rollouts.ticker import tick_all
 from hub.storage import Blobs, BlobStore, HubDB, PartialUploads, S3BlobStore, open_database
@@ -77,12 +79,34 @@ def _token_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def _open_shared_state(app: web.Application) -> None:
+    """Tokens and the TUF repository: from the data dir, created on first start. With replicas,
+    pulled from the database first and pushed back after, under a cluster-wide lock (see
+    :mod:`hub.replicas`). Blocking (runs in a thread)."""
+    cfg = app[CONFIG]
+    data = cfg.data_dir
+    shared = SharedFiles(app[DB], data) if cfg.database_url is not None else None
+    with cluster_lock(cfg.database_url, START_LOCK_KEY):
+        if shared is not None:
+            shared.pull()
+        app[ADMIN_TOKEN] = _token_file(data / "admin.token")
+        app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
+        app[REPO] = TufRepository.open(
+            data,
+            app[BLOBS].size,
+            cfg.keys_dir,
+            timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
+            snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
+        )
+        if shared is not None:
+            shared.push()
+            app[SHARED] = shared
+
+
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     data = cfg.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    app[ADMIN_TOKEN] = _token_file(data / "admin.token")
-    app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
     blobs: Blobs
     if cfg.s3 is not None:
         s3 = S3BlobStore(cfg.s3, data / "blobs-tmp")
@@ -91,15 +115,9 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     else:
         blobs = BlobStore(data / "blobs")
     app[BLOBS] = blobs
-    app[REPO] = TufRepository.open(
-        data,
-        app[BLOBS].size,
-        cfg.keys_dir,
-        timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
-        snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
-    )
     database = open_database(cfg.database_url, data, cfg.db_threads)
     app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
+    await asyncio.to_thread(_open_shared_state, app)
     app[UPLOADS] = PartialUploads(data / "uploads")
     yield
     app[DB].close()
@@ -136,6 +154,8 @@ async def _timestamp_ctx(app: web.Application) -> AsyncIterator[None]:
             try:
                 if app[LEADER].is_leader and app[REPO].refresh_timestamp():
                     log.info("re-signed timestamp, now expiring %s", app[REPO].timestamp_expires)
+                    if SHARED in app:
+                        await asyncio.to_thread(app[SHARED].push)
             except Exception:  # keep trying: a stale timestamp is worse than a noisy log
                 log.exception("could not re-sign timestamp")
             await asyncio.sleep(app[CONFIG].timestamp_check_interval_s)

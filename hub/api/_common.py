@@ -21,6 +21,7 @@ from hub.errors import (
 )
 from hub.jobs import JobRunner
 from hub.leader import Leader
+from hub.replicas import SharedFiles
 from hub.repository import TufRepository
 from hub.storage import Blobs, HubDB, PartialUploads
 from runtime.errors import first_line
@@ -35,6 +36,7 @@ BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
 LEADER = web.AppKey("leader", Leader)
+SHARED = web.AppKey("shared", SharedFiles)  # only with hub replicas (PostgreSQL)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)

@@ -38,6 +38,7 @@ from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
+from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
 
 __all__ = [
@@ -94,7 +95,14 @@ class Blobs(Protocol):
 
 
 class HubDB(
-    DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables, RolloutTables, TokenTables
+    DeviceTables,
+    ShadowTables,
+    SampleTables,
+    BundleTables,
+    JobTables,
+    RolloutTables,
+    TokenTables,
+    SharedFileTables,
 ):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 
