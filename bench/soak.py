@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,27 @@ def _hub(work: Path, name: str, keys: Path | None, extra: dict[str, Any]) -> tup
     return proc, url
 
 
+def server_latency(url: str) -> dict[str, Any]:
+    """p50/p99 as the hub itself measured them (its Prometheus histogram, summed over routes):
+    the upper bound of the bucket each quantile falls in. Free of the simulator's own delays."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("leanloop_hub_request_seconds_bucket{"):
+            m = re.search(r'le="([^"]+)"', line)
+            if m:
+                le = float(m.group(1))
+                buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    total = buckets.get(float("inf"), 0.0)
+    out: dict[str, Any] = {"server_requests": int(total)}
+    for name, q in (("server_p50_ms_le", 0.5), ("server_p99_ms_le", 0.99)):
+        out[name] = next(
+            (round(le * 1000, 1) for le, n in sorted(buckets.items()) if total and n >= q * total),
+            None,
+        )
+    return out
+
+
 def _sim(hubs: list[str], token: str, devices: int, seconds: float, bare: bool = False) -> Any:
     cfg = SimConfig(
         hubs=hubs,
@@ -113,10 +135,13 @@ def _line(name: str, s: dict[str, Any], anchor: dict[str, Any] | None) -> str:
     ratio = ""
     if anchor and anchor.get("p99_ms") and s.get("p99_ms"):
         ratio = f"  p99 ×{s['p99_ms'] / anchor['p99_ms']:.1f} of bare"
+    server = ""
+    if s.get("server_p99_ms_le") is not None:
+        server = f"  [hub-side p50 ≤{s['server_p50_ms_le']} ms, p99 ≤{s['server_p99_ms_le']} ms]"
     return (
         f"{name:9s} {s['requests']:8d} req ({s['rate_per_s']:.0f}/s)  p50 {s['p50_ms']} ms  "
         f"p99 {s['p99_ms']} ms  5xx {s['status_5xx']}  failed {s['failed']} "
-        f"({s['failed_fraction']:.3%}){ratio}"
+        f"({s['failed_fraction']:.3%}){ratio}{server}"
     )
 
 
@@ -155,6 +180,7 @@ def run(
         try:
             token = (work / "sqlite" / "enroll.token").read_text().strip()
             report["sqlite"] = _sim([url], token, devices, seconds).summary()
+            report["sqlite"].update(server_latency(url))
         finally:
             hub.stop()
         print(_line("sqlite", report["sqlite"], anchor), flush=True)
@@ -204,6 +230,7 @@ def _pg_phases(
     try:
         token = (work / "pg" / "enroll.token").read_text().strip()
         out["postgres"] = _sim([url], token, devices, seconds).summary()
+        out["postgres"].update(server_latency(url))
     finally:
         hub.stop()
     print(_line("postgres", out["postgres"], anchor), flush=True)
@@ -233,6 +260,7 @@ def _pg_phases(
 
         stats = asyncio.run(with_kill())
         out["replicas"] = {**stats.summary(), "killed_at_s": kill_s / 2, "seconds": kill_s}
+        out["replicas"]["survivor"] = server_latency(url_b)
     finally:
         a.stop()
         b.stop()
