@@ -48,7 +48,6 @@ from runtime.errors import (
     BackendError,
     BundleError,
     ConfigError,
-    FrameError,
     HubError,
     LeanloopError,
     PipelineError,
@@ -58,8 +57,6 @@ from runtime.errors import (
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.outbox import SENT_DIR, FeedbackOutbox
-from runtime.pipeline.prediction import Prediction
-from runtime.pipeline.preprocess import decode_image
 from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
 from runtime.store.writer import open_store_and_writer
@@ -359,19 +356,10 @@ class DeviceService:
         if got is None:
             return False
         frame_id, data = got
-        pipeline = self.bundle.pipeline
-        try:
-            image = decode_image(data)
-        except FrameError as e:
-            image = None
-            pred = Prediction(
-                frame_id=frame_id,
-                error=str(e),
-                bundle=self.bundle.manifest.name,
-                bundle_version=self.bundle.manifest.version,
-            )
-        if image is not None:
-            pred = pipeline.run(image, frame_id)
+        # Never raises: a frame that cannot be decoded or run is an error result.
+        image, pred = self.bundle.pipeline.run_encoded(
+            data, frame_id, self.cfg.inference.max_frame_pixels
+        )
         self.sink.write(pred)
         self.source.done()
         self.counters["frames"] += 1
@@ -726,6 +714,7 @@ class DeviceService:
             "previous": {"slot": prev, "bundle": pinfo.bundle, "version": pinfo.version}
             if pinfo
             else None,
+            "engines": dict(self.bundle.engines) if self.bundle is not None else {},
             "update_state": self.machine.state.value,
             "install": {
                 "state": self.machine.state.value,
@@ -802,7 +791,13 @@ class DeviceService:
         log.info("device %s started (runtime %s)", self.cfg.device_id, __version__)
         try:
             while not self._stop.is_set():
-                if not self._frame_step():
+                try:
+                    busy = self._frame_step()
+                except Exception:  # nothing a frame does may stop the device
+                    self.counters["frame_errors"] += 1
+                    log.exception("frame loop: unexpected error; going on")
+                    busy = False
+                if not busy:
                     self._stop.wait(self.cfg.source.poll_interval_s)
         finally:
             control.close()

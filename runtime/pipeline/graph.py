@@ -153,6 +153,11 @@ class StageSpec(_Strict):
 
     name: str
     model: str = Field(description="key in the manifest's models")
+    engine: Literal["onnxruntime", "openvino", "litert"] | None = Field(
+        default=None,
+        description="run this stage's model on this engine only; none: the first engine of the "
+        "device's inference.backend preference that is installed and has a file for it",
+    )
     for_each: str | None = Field(default=None, description="earlier detection stage to fan out")
     crop: CropSpec = Field(default_factory=CropSpec)
     batch: int = Field(default=0, ge=0, description="max crops per call; 0: model's batch size")

@@ -66,6 +66,7 @@ from runtime.pipeline.postprocess import (
 )
 from runtime.pipeline.prediction import Item, Prediction, StageResult
 from runtime.pipeline.preprocess import (
+    MAX_FRAME_PIXELS,
     Letterbox,
     Preprocessor,
     as_bgr,
@@ -84,7 +85,7 @@ Decoder = Callable[[list[np.ndarray], Letterbox, tuple[int, int]], list[Item]]
 
 _EWMA = 0.1  # weight of the newest frame in the latency averages
 _IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
-_LOG_EVERY = 1000  # log the first stage failure, then one in this many
+_WARN_EVERY_S = 10.0  # at most one warning about failed frames in this many seconds
 
 
 def _one_line(e: BaseException) -> str:
@@ -186,6 +187,7 @@ class Pipeline:
             self.stats[f"stage.{st.name}.calls"] = 0
             self.stats[f"stage.{st.name}.items"] = 0
         self._failures = 0
+        self._warn_after = 0.0  # monotonic time before which failed frames are not logged
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -267,16 +269,29 @@ class Pipeline:
 
     # ---- per frame -------------------------------------------------------------------------
 
-    def run_bytes(self, data: bytes, frame_id: str = "") -> Prediction:
-        """Decode an encoded image (JPEG/PNG/...) and run it. Never raises for a bad frame."""
+    def run_bytes(
+        self, data: bytes, frame_id: str = "", max_pixels: int = MAX_FRAME_PIXELS
+    ) -> Prediction:
+        """Decode an encoded image (PNG/JPEG/WebP/BMP) and run it. Never raises for a bad frame."""
+        return self.run_encoded(data, frame_id, max_pixels)[1]
+
+    def run_encoded(
+        self, data: bytes, frame_id: str = "", max_pixels: int = MAX_FRAME_PIXELS
+    ) -> tuple[np.ndarray | None, Prediction]:
+        """Decode and run one encoded frame: (the decoded BGR frame or None, its prediction).
+
+        A frame declaring more than ``max_pixels`` pixels is refused from its header, before
+        it is decoded. Never raises for a bad frame: whatever decoding raises becomes the
+        prediction's ``error`` (the frame is None then).
+        """
         t0 = time.perf_counter()
         try:
-            image = decode_image(data)
+            image = decode_image(data, max_pixels)
         except FrameError as e:
-            return self._failed(frame_id, _one_line(e), t0)
+            return None, self._failed(frame_id, _one_line(e), t0)
         except Exception as e:  # a decoder bug must not stop the device either
-            return self._failed(frame_id, f"frame cannot be decoded: {_one_line(e)}", t0)
-        return self._run(image, frame_id, t0)
+            return None, self._failed(frame_id, f"frame cannot be decoded: {_one_line(e)}", t0)
+        return image, self._run(image, frame_id, t0)
 
     def run(self, image: np.ndarray, frame_id: str = "") -> Prediction:
         """Run every stage on one frame (BGR, gray or BGRA uint8). Never raises for a bad frame."""
@@ -322,18 +337,8 @@ class Pipeline:
         except FrameError as e:
             return self._failed(frame_id, _one_line(e), t0)
         except Exception as e:
-            self._failures += 1
-            if self._failures % _LOG_EVERY == 1:
-                _log.warning(
-                    "pipeline %s v%s: stage %s failed (%d so far)",
-                    self.bundle,
-                    self.bundle_version,
-                    stage_name,
-                    self._failures,
-                    exc_info=True,
-                )
             where = f"stage {stage_name}" if stage_name else "frame"
-            return self._failed(frame_id, f"{where}: {_one_line(e)}", t0)
+            return self._failed(frame_id, f"{where}: {_one_line(e)}", t0, exc=e)
         total = (time.perf_counter() - t0) * 1000.0
         stats["frames"] += 1
         stats["latency_ms"] += _EWMA * (total - stats["latency_ms"])
@@ -348,9 +353,26 @@ class Pipeline:
             height=h,
         )
 
-    def _failed(self, frame_id: str, reason: str, t0: float) -> Prediction:
+    def _failed(
+        self, frame_id: str, reason: str, t0: float, exc: BaseException | None = None
+    ) -> Prediction:
+        """The error result of a frame, counted, with a rate-limited warning in the log (the
+        first failure, then at most one line per :data:`_WARN_EVERY_S` with the count)."""
         self.stats["frames"] += 1
         self.stats["errors"] += 1
+        self._failures += 1
+        now = time.monotonic()
+        if now >= self._warn_after:
+            self._warn_after = now + _WARN_EVERY_S
+            _log.warning(
+                "pipeline %s v%s: frame %s failed: %s (%d failed frames so far)",
+                self.bundle,
+                self.bundle_version,
+                frame_id or "?",
+                reason,
+                self._failures,
+                exc_info=exc if exc is not None and not isinstance(exc, FrameError) else None,
+            )
         return Prediction(
             frame_id=frame_id,
             error=reason,

@@ -19,8 +19,10 @@ import numpy as np
 
 from runtime.errors import FrameError, PipelineError
 from runtime.pipeline.graph import CropSpec, PreSpec
+from runtime.pipeline.imagesize import declared_size, image_format
 
 __all__ = [
+    "MAX_FRAME_PIXELS",
     "Letterbox",
     "Preprocessor",
     "as_bgr",
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 MAX_FRAME_SIDE = 8192
+MAX_FRAME_PIXELS = MAX_FRAME_SIDE * MAX_FRAME_SIDE
+"""Default limit of the pixels a frame may declare (the device's ``inference.max_frame_pixels``)."""
 
 
 def load_plugin(path: str) -> Callable[..., Any]:
@@ -53,12 +57,35 @@ def load_plugin(path: str) -> Callable[..., Any]:
     return fn
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG/BMP bytes to a BGR uint8 frame. Raises FrameError."""
+def decode_image(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG/WebP/BMP bytes to a BGR uint8 frame. Raises FrameError.
+
+    The size the header declares is read first (:func:`~runtime.pipeline.imagesize.
+    declared_size`): a frame declaring more than ``max_pixels`` pixels, or whose size cannot
+    be read, is refused before the decoder allocates anything. Whatever the decoder itself
+    raises (e.g. ``cv2.error``) becomes a FrameError too.
+    """
     if not data:
         raise FrameError("empty frame")
+    size = declared_size(data)
+    if size is None:
+        if image_format(data) is None:
+            raise FrameError("frame is not a PNG, JPEG, WebP or BMP image")
+        raise FrameError(f"frame is not a decodable {image_format(data)} image (bad header)")
+    w, h = size
+    if w < 1 or h < 1:
+        raise FrameError(f"frame declares {w}x{h} pixels")
+    if w * h > max_pixels:
+        raise FrameError(
+            f"frame declares {w}x{h} pixels, more than the limit of {max_pixels} "
+            "(inference.max_frame_pixels)"
+        )
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        msg = str(e).strip().splitlines()
+        raise FrameError(f"frame cannot be decoded: {msg[-1] if msg else 'cv2.error'}") from e
     if img is None:
         raise FrameError("frame is not a decodable image")
     if img.dtype != np.uint8:

@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,7 +80,7 @@ class _Fetcher(Protocol):
         version: int,
         dest: Path,
         reuse_dirs: list[Path] | None = ...,
-        backend: str | None = ...,
+        backend: str | Sequence[str] | None = ...,
     ) -> Any: ...
 
 
