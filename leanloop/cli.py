@@ -109,7 +109,7 @@ def infer(
     bundle: Annotated[Path, typer.Option(help="bundle folder")],
     backend: Annotated[
         str, typer.Option(help="engines in order of preference, e.g. litert,onnxruntime")
-    ] = "onnxruntime,openvino,litert",
+    ] = "onnxruntime,litert,openvino",
     threads: Annotated[int, typer.Option(help="engine threads; 0: default")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="engines' INFO lines")] = False,

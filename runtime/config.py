@@ -71,7 +71,7 @@ class SinkSettings(_Strict):
 
 class InferenceSettings(_Strict):
     backend: list[str] = Field(
-        default_factory=lambda: ["onnxruntime", "openvino", "litert"],
+        default_factory=lambda: ["onnxruntime", "litert", "openvino"],
         description="engines in order of preference (onnxruntime, openvino, litert; one name "
         "is a list of one): each model runs on the first that is installed and has a file "
         "for it, unless its stage pins an engine",

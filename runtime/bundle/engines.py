@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 ENGINES = ("onnxruntime", "openvino", "litert")
-DEFAULT_PREFERENCE: tuple[str, ...] = ENGINES
-"""A device without ``inference.backend`` tries ONNX Runtime, then OpenVINO, then LiteRT."""
+DEFAULT_PREFERENCE: tuple[str, ...] = ("onnxruntime", "litert", "openvino")
+"""A device without ``inference.backend`` tries ONNX Runtime, then LiteRT, then OpenVINO: with
+every engine installed each file runs on the engine made for it."""
 
 ENGINE_FORMATS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnx",),

@@ -202,6 +202,8 @@ class Pipeline:
                 f"{where}: model {st.model!r} has {len(model.inputs)} inputs; "
                 "a stage feeds exactly one image input"
             )
+        if not model.outputs:
+            raise PipelineError(f"{where}: model {st.model!r} has no outputs on {model.name}")
         _check_input(where, st.model, st.pre, model)
         if st.pre.plugin is not None:
             load_plugin(st.pre.plugin)  # fail at load, not on the first frame

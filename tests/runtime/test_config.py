@@ -11,7 +11,7 @@ from runtime.errors import ConfigError
 def test_defaults_work_when_no_file_is_given() -> None:
     cfg = load_config(None)
     assert isinstance(cfg, DeviceConfig)
-    assert cfg.inference.backend == ["onnxruntime", "openvino", "litert"]
+    assert cfg.inference.backend == ["onnxruntime", "litert", "openvino"]
 
 
 def test_backend_is_a_preference_list_when_one_name_or_several_are_given(tmp_path: Path) -> None:
