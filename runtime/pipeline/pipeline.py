@@ -54,15 +54,14 @@ from runtime.pipeline.graph import (
     PreSpec,
     SsdPost,
     StageSpec,
+    TfliteSsdPost,
     YoloPost,
 )
 from runtime.pipeline.postprocess import (
     PostContext,
     classify,
-    decode_ssd,
     decode_yolo_v5,
     decode_yolo_v8,
-    ssd_anchors,
 )
 from runtime.pipeline.prediction import Item, Prediction, StageResult
 from runtime.pipeline.preprocess import (
@@ -75,6 +74,7 @@ from runtime.pipeline.preprocess import (
     load_plugin,
     preprocess,
 )
+from runtime.pipeline.ssd import decode_ssd, decode_tflite_ssd, ssd_anchors
 
 __all__ = ["Decoder", "Pipeline"]
 
@@ -217,6 +217,8 @@ class Pipeline:
         post = st.post
         if isinstance(post, ClassifyPost):
             cpost = post.model_copy(update={"output": _output_index(where, post.output, names)})
+            if post.classes is not None:
+                classes = list(post.classes)
 
             def decode_classify(
                 outs: list[np.ndarray], lb: Letterbox, size: tuple[int, int]
@@ -241,7 +243,10 @@ class Pipeline:
                     "scores_output": _output_index(where, post.scores_output, names),
                 }
             )
-            anchors = ssd_anchors(post.anchors)
+            try:
+                anchors = ssd_anchors(post.anchors, st.pre.resize)
+            except PipelineError as e:
+                raise PipelineError(f"{where}: {e}") from e
             n_boxes = model.outputs[int(spost.boxes_output)].shape
             if len(n_boxes) >= 2 and isinstance(n_boxes[-2], int) and n_boxes[-2] != len(anchors):
                 raise PipelineError(
@@ -256,6 +261,21 @@ class Pipeline:
                 return decode_ssd(outs, spost, classes, lb, size, input_size, anchors)
 
             return decode_ssd_stage, "detection"
+        if isinstance(post, TfliteSsdPost):
+            tpost = post.model_copy(
+                update={
+                    key: _output_index(where, getattr(post, key), names)
+                    for key in ("boxes_output", "classes_output", "scores_output", "count_output")
+                }
+            )
+            tflite_input = st.pre.resize
+
+            def decode_tflite_stage(
+                outs: list[np.ndarray], lb: Letterbox, size: tuple[int, int]
+            ) -> list[Item]:
+                return decode_tflite_ssd(outs, tpost, classes, lb, size, tflite_input)
+
+            return decode_tflite_stage, "detection"
         ppost: PluginPost = post
         fn = load_plugin(ppost.function)
 
@@ -478,6 +498,8 @@ def _adopt(found: list[Item], idx: int, parent: Item, ox: int, oy: int) -> list[
         else:
             b = item.box
             item.box = (b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy)
+        if item.keypoints is not None:
+            item.keypoints = [(x + ox, y + oy) for x, y in item.keypoints]
     return found
 
 
