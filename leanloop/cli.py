@@ -562,6 +562,10 @@ def _mount_hub() -> None:
         return
     app.add_typer(hub_app, name="hub")
     app.add_typer(keys_app, name="keys")
+    from leanloop.cli_fleet import fleet_app, rollout_app
+
+    app.add_typer(fleet_app, name="fleet")
+    app.add_typer(rollout_app, name="rollout")
 
 
 @app.command("demo")

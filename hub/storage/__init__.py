@@ -38,9 +38,12 @@ from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
+from hub.storage.shared import SharedFileTables
+from hub.storage.tokens import ApiToken, Role, TokenTables
 
 __all__ = [
     "FLEET",
+    "ApiToken",
     "BlobStore",
     "BlobWriter",
     "Blobs",
@@ -52,6 +55,7 @@ __all__ = [
     "PartialUploads",
     "PostgresDatabase",
     "QueueEntry",
+    "Role",
     "Rollout",
     "S3BlobStore",
     "S3Config",
@@ -90,7 +94,16 @@ class Blobs(Protocol):
     def put(self, data: bytes, expected_sha256: str | None = None) -> tuple[str, bool]: ...
 
 
-class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables, RolloutTables):
+class HubDB(
+    DeviceTables,
+    ShadowTables,
+    SampleTables,
+    BundleTables,
+    JobTables,
+    RolloutTables,
+    TokenTables,
+    SharedFileTables,
+):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 
     Every method is one short statement or transaction, blocking: the app runs it with
