@@ -1,0 +1,73 @@
+"""Small real datasets for the spec-driven trainer tests: scikit-learn's digits (classification)
+and shapes drawn with OpenCV at known places (detection), saved in the native dataset layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from trainer.dataset_types import BoxLabel, Dataset, DatasetItem, save_dataset
+
+SHAPES = ["circle", "square"]
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def digits_dataset(folder: Path, classes: tuple[int, ...] = (0, 1, 7), per_class: int = 30) -> Path:
+    """Real 8×8 digits (scikit-learn), upscaled to 32×32 BGR, a few classes."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    items = []
+    for c in classes:
+        for k, i in enumerate(np.flatnonzero(bunch.target == c)[:per_class]):
+            img = np.clip(bunch.images[i] * 16, 0, 255).astype(np.uint8)
+            img = cv2.cvtColor(
+                cv2.resize(img, (32, 32), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR
+            )
+            items.append(
+                DatasetItem(id=f"d{c}_{k}", image=_png(img), width=32, height=32, label=str(c))
+            )
+    ds = Dataset(
+        name="digits-small",
+        version="7",
+        ontology_id="digits",
+        classes=[str(c) for c in classes],
+        items=items,
+    )
+    save_dataset(ds.check(), folder)
+    return folder
+
+
+def shapes_dataset(folder: Path, n: int = 48, size: int = 64, seed: int = 0) -> Path:
+    """Frames with 1–2 filled circles/squares on a noisy background; boxes known exactly."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for k in range(n):
+        img = rng.normal(40, 8, (size, size, 3)).clip(0, 255).astype(np.uint8)
+        boxes: list[BoxLabel] = []
+        for _ in range(int(rng.integers(1, 3))):
+            s = int(rng.integers(12, 22))
+            for _try in range(20):
+                x, y = (int(v) for v in rng.integers(1, size - s - 1, 2))
+                if all(x + s < b.x1 or b.x2 < x or y + s < b.y1 or b.y2 < y for b in boxes):
+                    break
+            else:
+                continue
+            kind = int(rng.integers(0, 2))
+            colour = tuple(int(v) for v in rng.integers(150, 255, 3))
+            if kind == 0:
+                cv2.circle(img, (x + s // 2, y + s // 2), s // 2, colour, -1)
+            else:
+                cv2.rectangle(img, (x, y), (x + s - 1, y + s - 1), colour, -1)
+            boxes.append(BoxLabel(x1=x, y1=y, x2=x + s, y2=y + s, label=SHAPES[kind]))
+        items.append(DatasetItem(id=f"s{k}", image=_png(img), width=size, height=size, boxes=boxes))
+    ds = Dataset(name="shapes", version="1", ontology_id="shapes", classes=SHAPES, items=items)
+    save_dataset(ds.check(), folder)
+    return folder
