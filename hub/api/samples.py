@@ -14,6 +14,7 @@ from hub.api._common import (
     BLOBS,
     CONFIG,
     DB,
+    JOBS,
     NAME_PATTERN,
     Body,
     parse_body,
@@ -154,4 +155,6 @@ async def annotate(request: web.Request) -> web.Response:
     raw = await read_capped(request, request.app[CONFIG].max_meta_bytes, "annotation")
     body = parse_body(AnnotationRequest, raw, "annotation")
     request.app[DB].annotate(request.match_info["sample_id"], _annotation(body))
-    return web.json_response({})
+    sample = request.app[DB].sample(request.match_info["sample_id"])
+    job = request.app[JOBS].auto.on_annotated(sample.bundle)  # the small inner loop, if on
+    return web.json_response({} if job is None else {"auto_job": job})
