@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, LeanloopError, PipelineError
 
 __all__ = ["app", "main"]
@@ -599,6 +600,7 @@ def demo(
 
 
 _mount_hub()
+app.command("train")(train_command)
 
 
 def main() -> None:
