@@ -11,6 +11,8 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6);
 - ``store.json``: sample-store inserts vs a raw LMDB put, top-1,000 of 100,000, frame path with
   the store on vs off (#5);
+- ``training.json``: training throughput of our loop vs a plain torch loop on the same model
+  (classification, detection), and the Optuna search's overhead (#13);
 - ``active.json``: labels margin / entropy / least-confidence need to reach random
   sampling's accuracy on the real MNIST digits, 3 seeds (#5).
 
@@ -71,6 +73,13 @@ def _shadow(out: Path, quick: bool) -> int:
     return 0
 
 
+def _training(out: Path, quick: bool) -> int:
+    from bench.training import run_all as training_run_all
+
+    training_run_all(out, quick=quick)
+    return 0
+
+
 SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "inference": _inference,
     "delta": _delta,
@@ -79,6 +88,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "shadow": _shadow,
     "store": _store,
     "active": _active,
+    "training": _training,
 }
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.trainer.spec_data import shapes_dataset
+from trainer.synthetic import shapes_dataset
 
 SPEC = """\
 name: shapes

@@ -14,11 +14,11 @@ import yaml
 from onnx import TensorProto, helper
 
 from runtime.bundle.build import build_bundle
-from tests.trainer.spec_data import SHAPES, digits_dataset, shapes_dataset
 from trainer.errors import TrainerError
 from trainer.export_formats import tflite_unavailable_reason
 from trainer.run import RunOutput, run_spec
 from trainer.spec import SpecError, TrainingSpec, load_spec, parse_spec
+from trainer.synthetic import SHAPES, digits_dataset, shapes_dataset
 
 TINY = {"architecture": "mobilenet_v3_small", "width": 0.25}
 
@@ -231,3 +231,12 @@ def test_spec_when_a_key_is_unknown_or_misspelt_fails_with_its_place(tmp_path: P
             False,
             0,
         )
+
+
+@pytest.mark.parametrize("preset", ["digits", "shapes"])
+def test_preset_when_loaded_is_a_valid_spec_with_its_augmentations(preset: str) -> None:
+    from trainer.engine import make_augment
+
+    spec = load_spec(Path(__file__).parents[2] / "trainer" / "presets" / f"{preset}.yaml")
+    assert spec.name == preset
+    assert make_augment(spec.augment, boxes=True, seed=0) is not None

@@ -1,5 +1,14 @@
-"""Small real datasets for the spec-driven trainer tests: scikit-learn's digits (classification)
-and shapes drawn with OpenCV at known places (detection), saved in the native dataset layout."""
+"""Small real datasets, made locally, in the native dataset layout (nothing is downloaded):
+
+* :func:`digits_dataset` — scikit-learn's real 8×8 handwritten digits, upscaled (classification);
+* :func:`digit_frames_dataset` — the demo's lab frames: real MNIST digits composed into 96×96
+  frames with tight boxes (detection, detect-then-classify);
+* :func:`shapes_dataset` — filled circles and squares drawn with OpenCV at known places on a
+  noisy background (detection, exact boxes).
+
+Tests, the benchmark and the presets use them; ``python -m trainer.synthetic digits|digit-frames|shapes DIR``
+writes one for ``leanloop train`` (see ``trainer/presets/``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,8 @@ import cv2
 import numpy as np
 
 from trainer.dataset_types import BoxLabel, Dataset, DatasetItem, save_dataset
+
+__all__ = ["SHAPES", "digit_frames_dataset", "digits_dataset", "main", "shapes_dataset"]
 
 SHAPES = ["circle", "square"]
 
@@ -71,3 +82,51 @@ def shapes_dataset(folder: Path, n: int = 48, size: int = 64, seed: int = 0) -> 
     ds = Dataset(name="shapes", version="1", ontology_id="shapes", classes=SHAPES, items=items)
     save_dataset(ds.check(), folder)
     return folder
+
+
+def digit_frames_dataset(folder: Path, n: int = 300, seed: int = 0) -> Path:
+    """The demo's lab frames (real MNIST digits composed on 96×96 frames, tight boxes)."""
+    from trainer.data import LAB_STYLE, compose_frame, load_mnist
+
+    images, labels = load_mnist()
+    rng = np.random.default_rng(seed)
+    items = []
+    for k in range(n):
+        fr = compose_frame(rng, images, labels, LAB_STYLE)
+        boxes = [
+            BoxLabel(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=str(c))
+            for b, c in zip(fr.boxes, fr.labels, strict=True)
+        ]
+        h, w = fr.image.shape[:2]
+        items.append(DatasetItem(id=f"f{k}", image=_png(fr.image), width=w, height=h, boxes=boxes))
+    ds = Dataset(
+        name="digit-frames",
+        version=f"lab-{seed}-{n}",
+        ontology_id="digits",
+        classes=[str(d) for d in range(10)],
+        items=items,
+    )
+    save_dataset(ds.check(), folder)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trainer.synthetic digits|digit-frames|shapes DIR``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m trainer.synthetic")
+    ap.add_argument("kind", choices=("digits", "digit-frames", "shapes"))
+    ap.add_argument("folder", type=Path)
+    args = ap.parse_args(argv)
+    if args.kind == "digits":
+        digits_dataset(args.folder, classes=tuple(range(10)), per_class=100)
+    elif args.kind == "digit-frames":
+        digit_frames_dataset(args.folder)
+    else:
+        shapes_dataset(args.folder, n=200)
+    print(f"wrote {args.folder / 'dataset.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
