@@ -73,9 +73,12 @@ class AutoTrain:
     def rules(self) -> dict[str, AutoTrainRule]:
         return dict(self._rules)
 
-    def set(self, bundle: str, rule: AutoTrainRule) -> AutoTrainRule:
+    async def _annotated(self, bundle: str) -> int:
+        return len(await self._db.call(self._db.samples, bundle, "annotated", None))
+
+    async def set(self, bundle: str, rule: AutoTrainRule) -> AutoTrainRule:
         """Turn auto-training on (or change it); counting starts from the annotations now."""
-        count = len(self._db.samples(bundle, "annotated", None))
+        count = await self._annotated(bundle)
         rule = rule.model_copy(update={"annotated_at_last": count})
         self._rules[bundle] = rule
         self._save()
@@ -88,22 +91,22 @@ class AutoTrain:
         self._save()
         return True
 
-    def on_annotated(self, bundle: str) -> int | None:
+    async def on_annotated(self, bundle: str) -> int | None:
         """Queue a job if the rule says so; return its id."""
         rule = self._rules.get(bundle)
         if rule is None:
             return None
-        count = len(self._db.samples(bundle, "annotated", None))
+        count = await self._annotated(bundle)
         if count - rule.annotated_at_last < rule.every:
             return None
         init_from = None
         if rule.last_job is not None:
-            state = self._db.job(rule.last_job).state
+            state = (await self._db.call(self._db.job, rule.last_job)).state
             if state in ("queued", "running"):
                 return None  # the next trigger comes after it ends
             if state == "done":
                 init_from = rule.last_job
-        job = self._runner.submit(
+        job = await self._runner.submit(
             {
                 "bundle": bundle,
                 "version": rule.version,

@@ -6,8 +6,9 @@
 * :func:`shapes_dataset` — filled circles and squares drawn with OpenCV at known places on a
   noisy background (detection, exact boxes).
 
-Tests, the benchmark and the presets use them; ``python -m trainer.synthetic digits|digit-frames|shapes DIR``
-writes one for ``leanloop train`` (see ``trainer/presets/``).
+Tests, the benchmark and the presets use them;
+``python -m trainer.synthetic digits|digit-frames|shapes DIR`` writes one for ``leanloop train``
+(see ``trainer/presets/``).
 """
 
 from __future__ import annotations

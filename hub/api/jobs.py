@@ -25,7 +25,7 @@ from hub.errors import (
 )
 from hub.jobs import job_progress, log_tail
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.api.jobs")
 
 routes = web.RouteTableDef()
 
@@ -75,17 +75,17 @@ async def start_train(request: web.Request) -> web.Response:
     if body.spec is not None:
         body = body.model_copy(update={"spec": _checked_spec(body.spec)})
     if body.init_from is not None:
-        prev = request.app[DB].job(body.init_from)
+        prev = await request.app[DB].call(request.app[DB].job, body.init_from)
         if prev.state != "done":
             raise Conflict(f"job {prev.id} is {prev.state}; init_from needs a done job")
-    job_id = request.app[JOBS].submit(body.model_dump())
+    job_id = await request.app[JOBS].submit(body.model_dump())
     return web.json_response({"job": job_id})
 
 
 @routes.get(f"{API}/admin/jobs/{{job}}")
 async def job_status(request: web.Request) -> web.Response:
     """A job's state, error and the tail of its log."""
-    job = request.app[DB].job(_job_id(request))
+    job = await request.app[DB].call(request.app[DB].job, _job_id(request))
     body: dict[str, Any] = {
         "job": job.id,
         "state": job.state,
@@ -103,7 +103,7 @@ async def job_status(request: web.Request) -> web.Response:
 @routes.get(f"{API}/admin/jobs/{{job}}/artifact")
 async def job_artifact(request: web.Request) -> web.FileResponse:
     """The tar.gz of the bundle source a done job wrote."""
-    job = request.app[DB].job(_job_id(request))
+    job = await request.app[DB].call(request.app[DB].job, _job_id(request))
     if job.state != "done" or not job.artifact_path:
         raise Conflict(f"job {job.id} is {job.state}; the artifact exists once it is done")
     return web.FileResponse(job.artifact_path, headers={"Content-Type": "application/gzip"})
@@ -134,7 +134,7 @@ async def set_auto(request: web.Request) -> web.Response:
     rule = AutoTrainRule(
         every=body.every, version=body.version, spec=_checked_spec(body.spec), classes=body.classes
     )
-    saved = request.app[JOBS].auto.set(_bundle(request), rule)
+    saved = await request.app[JOBS].auto.set(_bundle(request), rule)
     return web.json_response(saved.model_dump(mode="json"))
 
 
