@@ -5,7 +5,8 @@ spec with its suggested values (:data:`trainer.spec.SEARCHABLE`), trains once th
 shared loop, reports the validation metric after every epoch (``trial.report``) and stops
 when the pruner says so (``MedianPruner`` or ``HyperbandPruner``). The sampler is a seeded TPE,
 so the same spec and seed give the same trials. The result — every trial's parameters, value,
-state and epochs — goes into the model card and ``search.json`` of the job.
+state, per-epoch values and seconds — goes into the model card (``search``), so it stays with
+the job's artifact and the bundle.
 """
 
 from __future__ import annotations

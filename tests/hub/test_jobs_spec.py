@@ -5,6 +5,11 @@ it, and the job status shows the confusion matrix of what it learnt."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -97,3 +102,26 @@ async def test_auto_train_when_every_four_annotations_trains_and_shows_confusion
     resp = await hub.client.delete(f"{API}/admin/jobs/auto/shapes", headers=hub.admin)
     assert resp.status == 200
     assert "auto_job" not in await _annotate(hub, cam, 9)
+
+
+def test_cli_train_when_given_a_hub_trains_there_and_downloads_the_source(
+    live_hub: Any, tmp_path: Path
+) -> None:
+    from hub.client import HubAdminClient
+
+    client = HubAdminClient(live_hub.url, live_hub.admin_token)
+    for n in range(8):
+        label = ["circle", "square"][n % 2]
+        client.import_sample({"bundle": "shapes"}, _jpeg(n % 2, n), [[0, 0, 40, 40, label]])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({**SPEC, "name": "shapes", "dataset": {"path": "unused"}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "leanloop.cli", "train", str(spec), "--hub", live_hub.url,
+         "--bundle", "shapes", "--version", "2", "--out", str(tmp_path / "src"), "--json"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "LEANLOOP_ADMIN_TOKEN": live_hub.admin_token},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["card"]["data"]["items"] == 8
+    assert (tmp_path / "src" / "models" / "classifier.onnx").is_file()
