@@ -14,6 +14,8 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``soak.json``: a simulated fleet (10,000 devices polling every 60 s + 5 uploads/s) against the
   hub on SQLite, on PostgreSQL + S3, and two replicas with one killed, beside a bare aiohttp
   endpoint (#15);
+- ``training.json``: training throughput of our loop vs a plain torch loop on the same model
+  (classification, detection), and the Optuna search's overhead (#13);
 - ``active.json``: labels margin / entropy / least-confidence need to reach random
   sampling's accuracy on the real MNIST digits, 3 seeds (#5).
 
@@ -84,6 +86,13 @@ def _soak(out: Path, quick: bool) -> int:
     return 0
 
 
+def _training(out: Path, quick: bool) -> int:
+    from bench.training import run_all as training_run_all
+
+    training_run_all(out, quick=quick)
+    return 0
+
+
 SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "inference": _inference,
     "delta": _delta,
@@ -93,6 +102,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "store": _store,
     "active": _active,
     "soak": _soak,
+    "training": _training,
 }
 
 

@@ -15,6 +15,7 @@ from hub.api._common import (
     BLOBS,
     CONFIG,
     DB,
+    JOBS,
     NAME_PATTERN,
     Body,
     parse_body,
@@ -160,4 +161,6 @@ async def annotate(request: web.Request) -> web.Response:
     await request.app[DB].call(
         request.app[DB].annotate, request.match_info["sample_id"], _annotation(body)
     )
-    return web.json_response({})
+    sample = await request.app[DB].call(request.app[DB].sample, request.match_info["sample_id"])
+    job = await request.app[JOBS].auto.on_annotated(sample.bundle)  # the small inner loop, if on
+    return web.json_response({} if job is None else {"auto_job": job})
