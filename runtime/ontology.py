@@ -275,15 +275,16 @@ def mapping_between(
     """The mapping a device uses between its committed ontology and a new one.
 
     With ``changes`` (the new version's explicit changes) they are replayed on the old classes;
-    if that does not give ``new_classes`` (the device skipped a version) they are not used.
+    if they do not give the classes of ``new_classes`` (the device skipped a version) they are
+    not used.
     Otherwise ``mapping_from_previous`` (old -> new) plus same-name classes convert, and any
     other old class is dropped.
     """
     if changes:
         try:
             got, mapping = apply_changes(old_classes, changes)
-            if got == list(new_classes):
-                return mapping
+            if set(got) == set(new_classes):  # the model may order its outputs its own way
+                return Mapping(mapping.old_classes, tuple(new_classes), mapping.targets)
         except OntologyChangeError:
             pass
     explicit = dict(mapping_from_previous or {})

@@ -41,7 +41,7 @@ from runtime._version import __version__
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
 from runtime.bundle.loader import LoadedBundle, load_bundle, verify_bundle_dir
-from runtime.bundle.manifest import Manifest
+from runtime.bundle.manifest import Manifest, Ontology
 from runtime.config import DeviceConfig
 from runtime.control import ControlServer, socket_path
 from runtime.errors import (
@@ -52,6 +52,7 @@ from runtime.errors import (
     HubError,
     LeanloopError,
     PipelineError,
+    StoreError,
     TrustError,
     UpdateError,
 )
@@ -62,6 +63,7 @@ from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
 from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
+from runtime.store.remap import remap_store
 from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update import _testhooks
@@ -192,6 +194,7 @@ class DeviceService:
         # Handed from the update thread to the frame loop: ("update" | "rollback", bundle).
         self._next: tuple[str, LoadedBundle] | None = None
         self._old: LoadedBundle | None = None  # the bundle a trial would fall back to
+        self._swapped_from: Ontology | None = None  # the ontology before the last update swap
         self._trial: dict[str, float] | None = None
         self._abort_trial: str | None = None
         self._frame_events: list[tuple[str, str]] = []
@@ -299,6 +302,7 @@ class DeviceService:
         if kind == "update":
             # The old bundle stays loaded during the trial: a failed trial swaps straight back.
             self._old = old
+            self._swapped_from = old.manifest.ontology if old is not None else None
             self._trial = {"frames": 0, "errors": 0, "t0": time.monotonic()}
             log.info("serving %s v%s (trial)", loaded.manifest.name, loaded.manifest.version)
         else:
@@ -562,6 +566,7 @@ class DeviceService:
                 m.fire(Event.TRIAL_PASSED)
                 m.fire(Event.COMMIT_DONE, apply=self.slots.commit_nosave)
                 log.info("committed %s v%s", m.record.bundle, m.record.version)
+                self._remap_store_after_commit()
                 if self._rollback_req is not None:  # asked during the trial, which passed first
                     req, self._rollback_req, self._abort_trial = self._rollback_req, None, None
                     self._start_operator_rollback(req)
@@ -590,6 +595,17 @@ class DeviceService:
             except queue.Empty:
                 break
             self._start_operator_rollback(req)
+
+    def _remap_store_after_commit(self) -> None:
+        """A committed bundle with a new ontology version: remap the store and the outbox."""
+        old, self._swapped_from = self._swapped_from, None
+        bundle = self.bundle
+        if old is None or bundle is None:
+            return
+        try:
+            remap_store(self.store, self.outbox, old, bundle.manifest.ontology)
+        except StoreError as e:  # the bundle stays committed; records keep their old labels
+            log.error("could not remap the sample store to the new ontology: %s", e)
 
     def _answer_rollback(self, error: str | None) -> None:
         req, self._rollback_req = self._rollback_req, None
