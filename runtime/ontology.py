@@ -22,17 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime.errors import LeanloopError
 
 __all__ = [
+    "Chain",
     "Change",
     "Conversion",
     "Create",
     "Delete",
+    "LabelMapping",
     "Mapping",
     "Merge",
     "OntologyChangeError",
@@ -183,6 +185,56 @@ class Mapping:
             how = "by a rule on its box" if rule else "a human must choose"
             return f"{label!r} was split into {', '.join(map(repr, names))} ({how})"
         return f"{label!r} was deleted"
+
+
+class LabelMapping(Protocol):
+    """What the remap code needs of a mapping (one :class:`Mapping` or a :class:`Chain`)."""
+
+    @property
+    def old_classes(self) -> tuple[str, ...]: ...
+
+    @property
+    def new_classes(self) -> tuple[str, ...]: ...
+
+    def convert(self, label: str, box: Sequence[float] | None = None) -> Conversion: ...
+
+    def describe(self, label: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Several version steps in a row (data stored under v1, the ontology now at v3)."""
+
+    steps: tuple[Mapping, ...]
+
+    @property
+    def old_classes(self) -> tuple[str, ...]:
+        return self.steps[0].old_classes
+
+    @property
+    def new_classes(self) -> tuple[str, ...]:
+        return self.steps[-1].new_classes
+
+    def convert(self, label: str, box: Sequence[float] | None = None) -> Conversion:
+        status: Literal["same", "converted"] = "same"
+        current = label
+        for step in self.steps:
+            c = step.convert(current, box)
+            if not c.ok or c.label is None:
+                return c
+            if c.status == "converted":
+                status = "converted"
+            current = c.label
+        return Conversion(current, status)
+
+    def describe(self, label: str) -> str:
+        current = label
+        for step in self.steps:
+            c = step.convert(current)
+            if not c.ok or c.label is None:
+                return step.describe(current)
+            current = c.label
+        return f"{label!r} is now {current!r}"
 
 
 def apply_changes(classes: Sequence[str], changes: Sequence[Change]) -> tuple[list[str], Mapping]:

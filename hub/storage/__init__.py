@@ -26,8 +26,10 @@ from pathlib import Path
 
 from hub.storage.blobs_fs import BlobStore, BlobWriter, PartialUploads, check_sha256
 from hub.storage.bundles import BundleTables
+from hub.storage.datasets import DatasetTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.jobs import Job, JobState, JobTables
+from hub.storage.ontologies import OntologyTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 
@@ -47,7 +49,15 @@ __all__ = [
 ]
 
 
-class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables):
+class HubDB(
+    DeviceTables,
+    ShadowTables,
+    SampleTables,
+    BundleTables,
+    JobTables,
+    DatasetTables,
+    OntologyTables,
+):
     """The hub's rows in SQLite: every table group's methods on one connection.
 
     Every method is one short statement or transaction.

@@ -23,12 +23,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtime.bundle.manifest import Ontology
-from runtime.ontology import Mapping, mapping_between
+from runtime.ontology import LabelMapping, Mapping, mapping_between
 from runtime.outbox import FeedbackOutbox
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.record import Feedback, SampleRecord
 
-__all__ = ["RemapReport", "mapping_for", "remap_record", "remap_store"]
+__all__ = [
+    "RemapReport",
+    "convert_feedback",
+    "mapping_for",
+    "remap_prediction",
+    "remap_record",
+    "remap_store",
+]
 
 log = logging.getLogger("leanloop.store.remap")
 _MAX_LOGGED = 20
@@ -80,7 +87,7 @@ def _final_items(prediction: dict[str, Any]) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
-def _remap_prediction(pred: dict[str, Any] | None, mapping: Mapping) -> tuple[Any, bool]:
+def remap_prediction(pred: dict[str, Any] | None, mapping: LabelMapping) -> tuple[Any, bool]:
     """(converted copy, some label needs review)."""
     if not isinstance(pred, dict):
         return pred, False
@@ -103,7 +110,7 @@ def _remap_prediction(pred: dict[str, Any] | None, mapping: Mapping) -> tuple[An
 
 
 def convert_feedback(
-    fb: dict[str, Any], predicted: str | None, box: Any, mapping: Mapping
+    fb: dict[str, Any], predicted: str | None, box: Any, mapping: LabelMapping
 ) -> tuple[dict[str, Any] | None, str]:
     """Feedback given under the old ontology, converted: (new feedback, "") or (None, why)."""
     if fb.get("kind") == "correct" and isinstance(fb.get("label"), str):
@@ -119,11 +126,11 @@ def convert_feedback(
 
 
 def remap_record(
-    rec: SampleRecord, mapping: Mapping, to_version: int
+    rec: SampleRecord, mapping: LabelMapping, to_version: int
 ) -> tuple[SampleRecord, str | None]:
     """``rec`` under the new ontology, and why its feedback was refused (None: it was not)."""
-    prediction, review = _remap_prediction(rec.prediction, mapping)
-    shadow, _ = _remap_prediction(rec.shadow_prediction, mapping)
+    prediction, review = remap_prediction(rec.prediction, mapping)
+    shadow, _ = remap_prediction(rec.shadow_prediction, mapping)
     extra = dict(rec.extra)
     feedback = rec.feedback
     refused: str | None = None
