@@ -600,6 +600,11 @@ def demo(
 
 _mount_hub()
 
+from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402  (needs handled)
+
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(ontology_app, name="ontology")
+
 
 def main() -> None:
     app()
