@@ -600,7 +600,7 @@ def demo(
 
 _mount_hub()
 
-from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402  (needs handled)
+from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402
 from leanloop.cli_model import model_app  # noqa: E402
 
 app.add_typer(model_app, name="model")

@@ -27,7 +27,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from leanloop.cli import _admin_client, handled
+from leanloop._cli_common import admin_client as _admin_client
+from leanloop._cli_common import handled
 from runtime.errors import ConfigError
 
 __all__ = ["dataset_app", "ontology_app", "parse_change"]

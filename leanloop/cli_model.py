@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from leanloop.cli import handled
+from leanloop._cli_common import handled
 from runtime.errors import ConfigError
 
 __all__ = ["model_app"]

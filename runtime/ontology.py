@@ -43,6 +43,7 @@ __all__ = [
     "SplitRule",
     "apply_changes",
     "mapping_between",
+    "old_label_fate",
 ]
 
 
@@ -316,6 +317,28 @@ def apply_changes(classes: Sequence[str], changes: Sequence[Change]) -> tuple[li
             retarget(ch.name, ("deleted", (), None))
             current.remove(ch.name)
     return current, Mapping(tuple(classes), tuple(current), fate)
+
+
+def old_label_fate(
+    label: str, changes: Sequence[Change], mapping_from_previous: dict[str, str] | None = None
+) -> tuple[str | None, str]:
+    """What a label of the *previous* version became, from the new version's changes (or its
+    plain mapping): ``(new label, "")`` when it converts one to one, else ``(None, why)``."""
+    if mapping_from_previous and label in mapping_from_previous:
+        return mapping_from_previous[label], ""
+    current = label
+    touched = False
+    for ch in changes:
+        if isinstance(ch, Rename) and ch.old == current:
+            current, touched = ch.new, True
+        elif isinstance(ch, Merge) and current in ch.sources:
+            current, touched = ch.into, True
+        elif isinstance(ch, Split) and ch.source == current:
+            parts = ", ".join(repr(p) for p in ch.into)
+            return None, f"{label!r} was split into {parts}; choose one of them"
+        elif isinstance(ch, Delete) and ch.name == current:
+            return None, f"{label!r} was deleted"
+    return (current, "") if touched else (None, f"{label!r} is not a class")
 
 
 def mapping_between(
