@@ -5,8 +5,8 @@ An import is a tar archive (gzip or not) of a dataset folder in one of the forma
 :mod:`trainer.datasets`. It is unpacked into a scratch folder (only regular files and folders,
 none escaping it, the unpacked total capped), read and validated there — every problem in one
 :class:`~trainer.datasets.DatasetError` — and only then are the images stored as blobs and the
-version written in one transaction. An export writes the stored version in a format into a
-scratch folder (images straight from the blob store) and packs it as a tar.gz.
+version written in one transaction (by the route). An export writes the stored version in a
+format into a scratch folder (images copied from the blob store) and packs it as a tar.gz.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from hub.errors import BadRequest, TooLarge
-from hub.storage import BlobStore, HubDB
+from hub.storage import Blobs
 from hub.storage.datasets import DatasetItemRow, DatasetVersion
 from trainer.datasets import Dataset, DatasetError, Item, read_dataset, write_dataset
 from trainer.datasets.model import Box
@@ -26,9 +26,9 @@ from trainer.datasets.model import Box
 __all__ = [
     "MAX_MEMBERS",
     "DatasetError",
+    "as_dataset",
     "export_dataset",
-    "import_dataset",
-    "stored_dataset",
+    "read_archive",
     "unpack_archive",
 ]
 
@@ -74,17 +74,12 @@ def _has_markers(folder: Path) -> bool:
     return any((folder / n).exists() for n in names)
 
 
-def import_dataset(
-    db: HubDB,
-    blobs: BlobStore,
-    scratch: Path,
-    name: str,
-    fmt: str,
-    archive: bytes,
-    max_bytes: int,
-) -> DatasetVersion:
-    """Unpack, read, validate and store a new version of dataset ``name``. Raises
-    DatasetError (every problem; nothing stored), BadRequest or TooLarge."""
+def read_archive(
+    blobs: Blobs, scratch: Path, fmt: str, archive: bytes, max_bytes: int
+) -> tuple[Dataset, list[DatasetItemRow]]:
+    """Unpack, read and validate a dataset archive, and store its images as blobs; the rows
+    to write as a new version (the caller writes them in one transaction). Raises
+    DatasetError (every problem), BadRequest or TooLarge."""
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="import.", dir=scratch))
     try:
@@ -95,20 +90,15 @@ def import_dataset(
             assert item.source is not None
             sha, _ = blobs.put(Path(item.source).read_bytes())
             rows.append(DatasetItemRow(item.path, sha, item.width, item.height, item.annotation()))
-        version = db.add_dataset_version(
-            name, ds.task, ds.classes, (ds.ontology_id, ds.ontology_version), ds.counts(), fmt,
-            rows,
-        )  # fmt: skip
-        return db.dataset_version(name, version)
+        return ds, rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stored_dataset(db: HubDB, blobs: BlobStore, name: str, version: int | None) -> Dataset:
-    """A stored version as a :class:`Dataset` whose items point at their blobs."""
-    v = db.dataset_version(name, version)
+def as_dataset(v: DatasetVersion, rows: list[DatasetItemRow], images: Path | None) -> Dataset:
+    """A stored version as a :class:`Dataset`; items point at ``images/<sha256>`` if given."""
     items = []
-    for r in db.dataset_items(v.name, v.version):
+    for r in rows:
         ann = r.annotation
         items.append(
             Item(
@@ -120,7 +110,7 @@ def stored_dataset(db: HubDB, blobs: BlobStore, name: str, version: int | None) 
                     Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=b[4])
                     for b in ann.get("boxes") or []
                 ],
-                source=blobs.path(r.image_sha256),
+                source=images / r.image_sha256 if images is not None else None,
             )
         )
     return Dataset(
@@ -133,14 +123,18 @@ def stored_dataset(db: HubDB, blobs: BlobStore, name: str, version: int | None) 
 
 
 def export_dataset(
-    db: HubDB, blobs: BlobStore, scratch: Path, name: str, version: int | None, fmt: str
+    blobs: Blobs, scratch: Path, v: DatasetVersion, rows: list[DatasetItemRow], fmt: str
 ) -> bytes:
-    """A tar.gz of the stored version written in ``fmt``. Raises NotFound, DatasetError."""
-    ds = stored_dataset(db, blobs, name, version)
+    """A tar.gz of a stored version written in ``fmt``. Raises DatasetError."""
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="export.", dir=scratch))
     try:
-        write_dataset(fmt, ds, tmp / "dataset")
+        images = tmp / "blobs"
+        images.mkdir()
+        for r in rows:  # the blob store may be a bucket: copy what the export needs
+            if not (images / r.image_sha256).exists():
+                (images / r.image_sha256).write_bytes(blobs.read(r.image_sha256))
+        write_dataset(fmt, as_dataset(v, rows, images), tmp / "dataset")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             tar.add(tmp / "dataset", arcname=".")

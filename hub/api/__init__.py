@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import datasets, devices, fleet, jobs, ontologies, samples, shadow, tuf, uploads
+from hub.api import (
+    datasets,
+    devices,
+    fleet,
+    jobs,
+    ontologies,
+    rollouts,
+    samples,
+    shadow,
+    tuf,
+    uploads,
+)
 
 __all__ = ["ROUTE_TABLES"]
 
@@ -16,6 +27,7 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     shadow.routes,
     samples.routes,
     jobs.routes,
+    rollouts.routes,
     datasets.routes,
     ontologies.routes,
 )

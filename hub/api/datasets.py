@@ -15,7 +15,7 @@ from functools import partial
 from aiohttp import web
 
 from hub.api._common import API, BLOBS, CONFIG, DB, NAME_RE, read_capped
-from hub.datasets import DatasetError, export_dataset, import_dataset
+from hub.datasets import DatasetError, export_dataset, read_archive
 from hub.errors import BadRequest
 from trainer.datasets import FORMATS
 
@@ -62,30 +62,32 @@ async def import_route(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG]
     data = await read_capped(request, cfg.max_dataset_bytes, "dataset archive")
     work = partial(
-        import_dataset,
-        request.app[DB],
-        request.app[BLOBS],
-        cfg.data_dir / "scratch",
-        name,
-        fmt,
-        data,
+        read_archive, request.app[BLOBS], cfg.data_dir / "scratch", fmt, data,
         cfg.max_dataset_bytes,
-    )
+    )  # fmt: skip
     try:
-        version = await asyncio.get_running_loop().run_in_executor(None, work)
+        ds, rows = await asyncio.get_running_loop().run_in_executor(None, work)
     except DatasetError as e:
         return _problems(e)
+    db = request.app[DB]
+    onto = (ds.ontology_id, ds.ontology_version)
+    number = await db.call(
+        db.add_dataset_version, name, ds.task, ds.classes, onto, ds.counts(), fmt, rows
+    )
+    version = await db.call(db.dataset_version, name, number)
     return web.json_response(version.to_dict())
 
 
 @routes.get(f"{API}/admin/datasets")
 async def list_route(request: web.Request) -> web.Response:
-    return web.json_response([v.to_dict() for v in request.app[DB].dataset_versions()])
+    db = request.app[DB]
+    return web.json_response([v.to_dict() for v in await db.call(db.dataset_versions)])
 
 
 @routes.get(f"{API}/admin/datasets/{{name}}")
 async def show_route(request: web.Request) -> web.Response:
-    v = request.app[DB].dataset_version(_name(request), _version(request))
+    db = request.app[DB]
+    v = await db.call(db.dataset_version, _name(request), _version(request))
     return web.json_response(v.to_dict())
 
 
@@ -93,10 +95,10 @@ async def show_route(request: web.Request) -> web.Response:
 async def export_route(request: web.Request) -> web.Response:
     name, fmt, version = _name(request), _format(request), _version(request)
     cfg = request.app[CONFIG]
-    work = partial(
-        export_dataset, request.app[DB], request.app[BLOBS], cfg.data_dir / "scratch", name,
-        version, fmt,
-    )  # fmt: skip
+    db = request.app[DB]
+    stored = await db.call(db.dataset_version, name, version)
+    rows = await db.call(db.dataset_items, stored.name, stored.version)
+    work = partial(export_dataset, request.app[BLOBS], cfg.data_dir / "scratch", stored, rows, fmt)
     try:
         data = await asyncio.get_running_loop().run_in_executor(None, work)
     except DatasetError as e:

@@ -39,7 +39,8 @@ class ChangeOntology(Body):
 async def create_route(request: web.Request) -> web.Response:
     raw = await read_capped(request, request.app[CONFIG].max_meta_bytes, "ontology")
     body = parse_body(CreateOntology, raw, "ontology")
-    onto = request.app[DB].create_ontology(body.id, body.classes, body.version)
+    db = request.app[DB]
+    onto = await db.call(db.create_ontology, body.id, body.classes, body.version)
     return web.json_response(onto.to_dict())
 
 
@@ -47,16 +48,17 @@ async def create_route(request: web.Request) -> web.Response:
 async def show_route(request: web.Request) -> web.Response:
     db = request.app[DB]
     onto_id = request.match_info["onto_id"]
-    db.ontology(onto_id)  # NotFound
-    return web.json_response([v.to_dict() for v in db.ontology_versions(onto_id)])
+    await db.call(db.ontology, onto_id)  # NotFound
+    return web.json_response([v.to_dict() for v in await db.call(db.ontology_versions, onto_id)])
 
 
 @routes.post(f"{API}/admin/ontologies/{{onto_id}}/changes")
 async def change_route(request: web.Request) -> web.Response:
     raw = await read_capped(request, request.app[CONFIG].max_meta_bytes, "changes")
     body = parse_body(ChangeOntology, raw, "changes")
-    result = request.app[DB].change_ontology(
-        request.match_info["onto_id"], body.changes, body.base_version
+    db = request.app[DB]
+    result = await db.call(
+        db.change_ontology, request.match_info["onto_id"], body.changes, body.base_version
     )
     return web.json_response(result.to_dict())
 
@@ -71,8 +73,8 @@ async def weakness_route(request: web.Request) -> web.Response:
         raise BadRequest("top must be an integer") from None
     if not 1 <= top <= 1000:
         raise BadRequest("top must be between 1 and 1000")
-    onto = db.ontology(onto_id)
-    rows = db.ontology_samples(onto_id)
+    onto = await db.call(db.ontology, onto_id)
+    rows = await db.call(db.ontology_samples, onto_id)
     samples = [
         (json.loads(r["meta_json"]), json.loads(r["annotation_json"]))
         if r["annotation_json"]

@@ -59,31 +59,7 @@ class DatasetItemRow:
 class DatasetTables(DBBase):
     """Rows of ``datasets`` and ``dataset_items``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS datasets (
-        name TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        task TEXT NOT NULL CHECK (task IN ('classification', 'detection')),
-        classes_json TEXT NOT NULL,
-        ontology_id TEXT,
-        ontology_version INTEGER NOT NULL,
-        counts_json TEXT NOT NULL,
-        items INTEGER NOT NULL,
-        source_format TEXT NOT NULL,
-        created REAL NOT NULL,
-        PRIMARY KEY (name, version)
-    );
-    CREATE TABLE IF NOT EXISTS dataset_items (
-        dataset TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        image_sha256 TEXT NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        annotation_json TEXT NOT NULL,
-        PRIMARY KEY (dataset, version, path)
-    );
-    """
+    # Tables: migrations/0003_datasets_ontologies.sql
 
     def add_dataset_version(
         self,
@@ -119,22 +95,13 @@ class DatasetTables(DBBase):
                     time.time(),
                 ),
             )
-            self._db.executemany(
-                "INSERT INTO dataset_items (dataset, version, path, image_sha256, width, height,"
-                " annotation_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        name,
-                        version,
-                        i.path,
-                        i.image_sha256,
-                        i.width,
-                        i.height,
-                        json.dumps(i.annotation),
-                    )
-                    for i in items
-                ],
-            )
+            for i in items:
+                self._db.execute(
+                    "INSERT INTO dataset_items (dataset, version, path, image_sha256, width,"
+                    " height, annotation_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, version, i.path, i.image_sha256, i.width, i.height,
+                     json.dumps(i.annotation)),
+                )  # fmt: skip
         return version
 
     def _dataset_version(self, r: Any) -> DatasetVersion:

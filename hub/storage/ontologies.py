@@ -68,16 +68,7 @@ class ChangeResult:
 class OntologyTables(DBBase):
     """Rows of ``ontologies``; the remap reads and writes ``samples`` and ``sample_feedback``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS ontologies (
-        id TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        classes_json TEXT NOT NULL,
-        changes_json TEXT NOT NULL,
-        created REAL NOT NULL,
-        PRIMARY KEY (id, version)
-    );
-    """
+    # Tables: migrations/0003_datasets_ontologies.sql
 
     def _onto(self, r: Any) -> OntologyVersion:
         return OntologyVersion(

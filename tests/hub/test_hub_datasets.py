@@ -19,6 +19,12 @@ from trainer.datasets.model import Box, Dataset, Item
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.fixture
+def hub_storage(hub_backend: dict[str, Any]) -> dict[str, Any]:
+    """Every test here runs on SQLite + blob folder and on PostgreSQL + S3."""
+    return hub_backend
+
+
 def tgz(folder: Path) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:

@@ -14,6 +14,12 @@ from hub.testing import API, HubTestSession, sample_form, sample_meta
 pytestmark = pytest.mark.asyncio
 
 
+@pytest.fixture
+def hub_storage(hub_backend: dict[str, Any]) -> dict[str, Any]:
+    """Every test here runs on SQLite + blob folder and on PostgreSQL + S3."""
+    return hub_backend
+
+
 def sid(i: int) -> str:
     return f"{i:016x}-0000000{i % 10}"
 
