@@ -104,6 +104,8 @@ class DeviceService:
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
         self.installer.on_commit = self._remap_store  # a new ontology version remaps the store
+        if (committed := self.installer.committed_ontologies()) is not None:
+            self._remap_store(*committed)  # finishes a remap a crash interrupted (else no-op)
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )

@@ -13,7 +13,11 @@ the writer):
   with the label the model had predicted; it drives the annotation queue's ranking
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
 - ``bundles``: bundle versions that became current targets, with their manifest;
-- ``jobs``: training jobs and their state ``queued → running → done | failed``.
+- ``jobs``: training jobs and their state ``queued → running → done | failed``;
+- ``datasets``, ``dataset_items``: imported datasets, one immutable version per import
+  (:mod:`hub.storage.datasets`);
+- ``ontologies``: ontology versions with their explicit changes; a change remaps the samples
+  in the same transaction (:mod:`hub.storage.ontologies`).
 
 That is the embedded default. The same :class:`HubDB` runs on PostgreSQL (``database_url`` in
 the hub config; :mod:`hub.storage._db` adapts placeholders and DDL) and the blobs in an

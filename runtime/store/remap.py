@@ -173,7 +173,13 @@ def remap_store(
         return None
     report = RemapReport(old.version, new.version)
     if not mapping.identity():
-        for sample_id, _ in store.ranked(1 << 62, state=None):
+        # One pass over the records' meta (no images) finds those still at the old version.
+        stale = [
+            r.id
+            for r in store.top(1 << 62, state=None, with_image=False)
+            if r.ontology_version == old.version
+        ]
+        for sample_id in stale:
             refused: list[str] = []
 
             def fn(rec: SampleRecord) -> SampleRecord | None:

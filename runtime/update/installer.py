@@ -251,6 +251,24 @@ class Installer:
                 )
         return None
 
+    def committed_ontologies(self) -> tuple[Ontology, Ontology] | None:
+        """(previous, active) ontologies when the active bundle is committed and a previous
+        committed one is kept: what a start-up remap needs after a crash between the commit
+        and the remap (:attr:`on_commit`)."""
+        from runtime.bundle.loader import read_manifest
+
+        st = self.slots.state
+        if st.active is None or st.previous is None:
+            return None
+        if st.slots[st.active].status != "committed":
+            return None
+        try:
+            prev = read_manifest(self.slots.dir(st.previous)).ontology
+            cur = read_manifest(self.slots.dir(st.active)).ontology
+        except LeanloopError:
+            return None
+        return prev, cur
+
     # ---- frame loop ----------------------------------------------------------------------
 
     def between_frames(self) -> LoadedBundle | None:

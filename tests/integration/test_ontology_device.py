@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -63,7 +64,7 @@ def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(
     r = runner.invoke(app, ["feedback", "correct", untouched, "--label", "9", *cfg])
     assert r.exit_code == 2
     assert r.output.startswith("error: label '9' is from ontology version 1: in version 2 '9'")
-    dev.stop()
+    dev.stop(close_log=False)
 
     store = SampleStore(dev.state / "samples", max_bytes=1 << 30)
     try:
@@ -79,3 +80,27 @@ def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(
     assert split.feedback is None and split.extra["needs_review"] is True
     assert split.extra["refused_feedback"]["label"] == "9"
     assert plain.feedback is not None and plain.feedback.label == "low"
+
+    # A crash between the commit and the remap leaves records at version 1: the next start
+    # finishes the remap.
+    old_pred = json.loads(json.dumps(plain.prediction))
+    for item, label in zip(old_pred["stages"]["classifier"]["items"], ["2", "7"], strict=True):
+        item["label"] = label
+    store = SampleStore(dev.state / "samples", max_bytes=1 << 30)
+    try:
+        store.put(replace(plain, id=plain.id[:-1] + "f", ontology_version=1, prediction=old_pred))
+    finally:
+        store.close()
+    dev.restart()
+    dev.wait("running again", lambda st: st.get("pid") == dev.proc.pid)
+    dev.stop()
+    store = SampleStore(dev.state / "samples", max_bytes=1 << 30)
+    try:
+        again = store.get(plain.id[:-1] + "f")
+    finally:
+        store.close()
+    assert again is not None and again.ontology_version == 2
+    assert [i["label"] for i in again.prediction["stages"]["classifier"]["items"]] == [
+        "two",
+        "seven",
+    ]
