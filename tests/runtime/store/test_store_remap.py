@@ -60,8 +60,12 @@ def test_store_records_are_remapped_when_the_ontology_changes(
     recs = {
         "merge": build_record(0.5, prediction=pred(("cat", square), ("dog", square))),
         "rule": build_record(0.4, prediction=pred(("car", wide), ("car", square))),
-        "fb_ok": build_record(0.3, prediction=pred(("cat", square)), feedback=fb("correct", "bike")),
-        "fb_split": build_record(0.2, prediction=pred(("dog", None)), feedback=fb("correct", "car")),
+        "fb_ok": build_record(
+            0.3, prediction=pred(("cat", square)), feedback=fb("correct", "bike")
+        ),
+        "fb_split": build_record(
+            0.2, prediction=pred(("dog", None)), feedback=fb("correct", "car")
+        ),
         "newer": build_record(0.1, prediction=pred(("cat", None)), ontology_version=2),
     }
     for r in recs.values():
