@@ -104,6 +104,8 @@ async def _store_sample(
     )
     if feedback is not None:
         await _record_feedback(db, sample_id, device_id, meta)
+    if stored:  # from a device on an older ontology version: converted now (docs/datasets.md)
+        await db.call(db.to_current_ontology, sample_id)
     return "stored" if stored else "duplicate"
 
 

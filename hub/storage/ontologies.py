@@ -154,6 +154,76 @@ class OntologyTables(DBBase):
             if r["sample_id"] in sample_ids
         ]
 
+    def _remap_row(self, r: Any, meta: dict[str, Any], step: Chain | Mapping, version: int) -> bool:
+        """Rewrite one sample row (and its feedback row) under ``version``; True when it went
+        back to the queue as needs review. Call inside a transaction."""
+        fb = self._db.execute(
+            "SELECT * FROM sample_feedback WHERE sample_id = ?", (r["id"],)
+        ).fetchone()
+        change = remap_sample(
+            meta,
+            loads(r["annotation_json"]),
+            r["state"],
+            json.loads(fb["feedback_json"]) if fb else None,
+            fb["predicted"] if fb else None,
+            step,
+            version,
+        )
+        self._db.execute(
+            "UPDATE samples SET meta_json = ?, annotation_json = ?, state = ? WHERE id = ?",
+            (
+                json.dumps(change.meta),
+                None if change.annotation is None else json.dumps(change.annotation),
+                change.state,
+                r["id"],
+            ),
+        )
+        if fb is not None and change.feedback is None:
+            self._db.execute("DELETE FROM sample_feedback WHERE sample_id = ?", (r["id"],))
+        elif fb is not None and change.feedback is not None:
+            self._db.execute(
+                "UPDATE sample_feedback SET label = ?, predicted = ?, feedback_json = ?"
+                " WHERE sample_id = ?",
+                (
+                    change.feedback.get("label"),
+                    change.feedback_predicted or fb["predicted"],
+                    json.dumps(change.feedback),
+                    r["id"],
+                ),
+            )
+        return change.needs_review
+
+    def to_current_ontology(self, sample_id: str) -> bool:
+        """Bring a sample stored under an older ontology version (a device still running an
+        older bundle) to the latest version; True when it changed anything."""
+        if self._db.execute("SELECT 1 FROM ontologies LIMIT 1").fetchone() is None:
+            return False  # no ontology is managed on this hub
+        with self._transaction():
+            r = self._db.execute("SELECT * FROM samples WHERE id = ?", (sample_id,)).fetchone()
+            if r is None:
+                return False
+            meta = json.loads(r["meta_json"])
+            at = meta.get("ontology_version")
+            onto_id = meta.get("ontology_id")
+            if not isinstance(onto_id, str):
+                b = self._db.execute(
+                    "SELECT manifest_json FROM bundles WHERE name = ?"
+                    " ORDER BY version DESC LIMIT 1",
+                    (r["bundle"],),
+                ).fetchone()
+                onto = (json.loads(b["manifest_json"]).get("ontology") or {}) if b else {}
+                onto_id = onto.get("id")
+            if not isinstance(at, int) or not isinstance(onto_id, str):
+                return False
+            versions = self.ontology_versions(onto_id)
+            if not versions or at >= versions[-1].version:
+                return False
+            chain = self.ontology_chain(onto_id, at, versions[-1].version)
+            if chain is None:
+                return False
+            self._remap_row(r, meta, chain, versions[-1].version)
+            return True
+
     def change_ontology(
         self, onto_id: str, changes: Sequence[dict[str, Any]], base_version: int | None = None
     ) -> ChangeResult:
@@ -201,41 +271,7 @@ class OntologyTables(DBBase):
                     if chain is None:
                         continue
                     step = chain
-                fb = self._db.execute(
-                    "SELECT * FROM sample_feedback WHERE sample_id = ?", (r["id"],)
-                ).fetchone()
-                change = remap_sample(
-                    meta,
-                    loads(r["annotation_json"]),
-                    r["state"],
-                    json.loads(fb["feedback_json"]) if fb else None,
-                    fb["predicted"] if fb else None,
-                    step,
-                    new_version,
-                )
-                self._db.execute(
-                    "UPDATE samples SET meta_json = ?, annotation_json = ?, state = ? WHERE id = ?",
-                    (
-                        json.dumps(change.meta),
-                        None if change.annotation is None else json.dumps(change.annotation),
-                        change.state,
-                        r["id"],
-                    ),
-                )
-                if fb is not None and change.feedback is None:
-                    self._db.execute("DELETE FROM sample_feedback WHERE sample_id = ?", (r["id"],))
-                elif fb is not None and change.feedback is not None:
-                    self._db.execute(
-                        "UPDATE sample_feedback SET label = ?, predicted = ?, feedback_json = ?"
-                        " WHERE sample_id = ?",
-                        (
-                            change.feedback.get("label"),
-                            change.feedback_predicted or fb["predicted"],
-                            json.dumps(change.feedback),
-                            r["id"],
-                        ),
-                    )
-                remapped += 1
-                if change.needs_review:
+                if self._remap_row(r, meta, step, new_version):
                     review.append(r["id"])
+                remapped += 1
         return ChangeResult(self.ontology(onto_id, new_version), remapped, review)

@@ -126,6 +126,16 @@ async def test_merge_and_split_remap_hub_data_when_the_ontology_changes(
         json={"changes": [{"op": "rename", "old": "car", "new": "auto"}]},
     )  # fmt: skip
     assert status == 400 and "no class 'car'" in body["error"]
+    # A device still on the old bundle uploads a sample labelled under version 1.
+    late = await upload(
+        hub, auth, 4, prediction(("dog", square)),
+        {"kind": "correct", "label": "cat", "who": "op", "when": 2.0},
+    )  # fmt: skip
+    stored = db.sample(late)
+    assert stored.meta["ontology_version"] == 2
+    assert stored.meta["prediction"]["stages"]["det"]["items"][0]["label"] == "animal"
+    fb = db.feedback(late)
+    assert fb is not None and fb["label"] == "animal"
     status, versions = await call(hub, "GET", "/admin/ontologies/things")
     assert [v["version"] for v in versions] == [1, 2]
     assert [v.version for v in db.ontology_versions("things")] == [1, 2]
