@@ -129,3 +129,64 @@ def test_import_asks_for_what_it_cannot_guess_when_outputs_do_not_match(
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err
     assert not (tmp_path / "s").exists()
+
+
+def ssd_model(path: Path, anchors: int, classes: int) -> Path:
+    """Two outputs: box deltas [1, N, 4] (zero: the anchors themselves) and class logits
+    [1, N, C+1] where anchor 0 is class 1 (index 2 with background at 0)."""
+    logits = np.full((anchors, classes + 1), -4.0, np.float32)
+    logits[:, 0] = 4.0  # background everywhere ...
+    logits[0] = [-4.0, -4.0, 4.0]  # ... except anchor 0
+    inits = [
+        numpy_helper.from_array(np.zeros((3, anchors * 4), np.float32), "Wb"),
+        numpy_helper.from_array(np.zeros(anchors * 4, np.float32), "Bb"),
+        numpy_helper.from_array(np.zeros((3, logits.size), np.float32), "Ws"),
+        numpy_helper.from_array(logits.reshape(-1), "Bs"),
+        numpy_helper.from_array(np.array([1, anchors, 4], np.int64), "Sb"),
+        numpy_helper.from_array(np.array([1, anchors, classes + 1], np.int64), "Ss"),
+    ]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wb", "Bb"], ["yb"]),
+        helper.make_node("Reshape", ["yb", "Sb"], ["boxes"]),
+        helper.make_node("Gemm", ["f", "Ws", "Bs"], ["ys"]),
+        helper.make_node("Reshape", ["ys", "Ss"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ssd",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, anchors, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, anchors, classes + 1]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_ssd_model_imports_with_anchors_and_infers_when_given_them(tmp_path: Path) -> None:
+    model = ssd_model(tmp_path / "ssd.onnx", anchors=4, classes=2)
+    anchors = tmp_path / "anchors.yaml"
+    anchors.write_text("feature_maps: [[2, 2]]\nsizes: [[0.5]]\naspect_ratios: [1.0]\n")
+    src, bundle = tmp_path / "src", tmp_path / "bundle"
+    code, out, err = cli(
+        "model", "import", str(model), "--task", "detection", "--labels", "cat,dog",
+        "--anchors", str(anchors), "--out", str(src), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    post = json.loads(out)["post"]
+    assert post["type"] == "ssd" and (post["boxes_output"], post["scores_output"]) == (0, 1)
+    code, out, err = cli("bundle", "build", str(src), "--out", str(bundle), "--name", "ssd")
+    assert code == 0, err
+    image = write_png(tmp_path / "frame.png", 32, 32)
+    code, out, err = cli("infer", "--bundle", str(bundle), str(image), "--json")
+    assert code == 0, err
+    pred = json.loads(out.splitlines()[0]) if out.startswith("{") else json.loads(out)[0]
+    items = pred["stages"]["detector"]["items"]
+    assert [i["label"] for i in items] == ["dog"]
+    assert items[0]["box"] == pytest.approx([0.0, 0.0, 16.0, 16.0], abs=0.5)  # anchor 0
