@@ -164,6 +164,62 @@ def dataset_list(hub: HubOpt = HUB, token: TokenOpt = None, as_json: JsonOpt = F
         )
 
 
+@dataset_app.command("merge")
+@handled
+def dataset_merge(
+    sources: Annotated[
+        list[str], typer.Argument(help="FORMAT:PATH of each dataset, e.g. coco:./a yolo:./b")
+    ],
+    to: Annotated[str, typer.Option(help="output format (native: what leanloop train reads)")],
+    out: Annotated[Path, typer.Option(help="output folder (must not exist)")],
+    history: Annotated[
+        Path | None,
+        typer.Option(help="ontology history: YAML/JSON list of {version, classes, changes}"),
+    ] = None,
+    hub: Annotated[
+        str | None, typer.Option(help="take the ontology history from this hub instead")
+    ] = None,
+    token: TokenOpt = None,
+) -> None:
+    """One training set from several datasets under the newest ontology version; datasets of
+    different versions are refused unless the history (the mapping) is known."""
+    from trainer.datasets import DatasetError, write_dataset
+    from trainer.datasets.align import OntologyStep, align_datasets
+
+    if out.exists():
+        raise ConfigError(f"{out}: already exists")
+    datasets = []
+    for src in sources:
+        fmt, sep, path = src.partition(":")
+        if not sep or not path:
+            raise ConfigError(f"{src!r}: write FORMAT:PATH, e.g. coco:./annotations")
+        datasets.append(_read(fmt, Path(path)))
+    steps = None
+    if history is not None:
+        try:
+            raw = yaml.safe_load(history.read_text())
+            steps = [OntologyStep.model_validate(v) for v in raw]
+        except (OSError, yaml.YAMLError, TypeError, ValueError) as e:
+            raise ConfigError(f"{history}: {str(e).splitlines()[0]}") from e
+    elif hub is not None and datasets[0].ontology_id:
+        raw = _admin_client(hub, token).ontology(datasets[0].ontology_id)
+        steps = [OntologyStep.model_validate(v) for v in raw]
+    try:
+        merged = align_datasets(datasets, steps)
+    except DatasetError as e:
+        for p in e.problems:
+            typer.echo(f"  {p}", err=True)
+        raise ConfigError(str(e)) from e
+    try:
+        write_dataset(to, merged, out)
+    except DatasetError as e:
+        raise ConfigError(str(e)) from e
+    typer.echo(
+        f"wrote {len(merged.items)} images, ontology {merged.ontology_id} "
+        f"v{merged.ontology_version}, as {to} to {out}"
+    )
+
+
 # ---- ontology ---------------------------------------------------------------------------
 
 _SPLIT = re.compile(

@@ -107,3 +107,36 @@ def test_ontology_change_writes_the_next_version_when_given_a_bundle_source(
     }  # fmt: skip
     code, _, err = cli("ontology", "change", "cars", "--source", str(tmp_path), "delete zebra")
     assert code == 2 and "no class 'zebra'" in err
+
+
+def test_merge_refuses_mixed_ontology_versions_until_the_history_is_given(
+    tmp_path: Path,
+) -> None:
+    from trainer.datasets import write_dataset
+    from trainer.datasets.model import Dataset, Item
+
+    def one(version: int, classes: list[str], label: str, name: str) -> Path:
+        src = write_png(tmp_path / "img" / f"{name}.png", 8, 8)
+        ds = Dataset(
+            task="classification", classes=classes, ontology_id="pets",
+            ontology_version=version,
+            items=[Item(path=f"{name}.png", width=8, height=8, label=label, source=src)],
+        )  # fmt: skip
+        write_dataset("coco", ds, tmp_path / name)
+        return tmp_path / name
+
+    old = one(1, ["cat", "dog"], "cat", "old")
+    new = one(2, ["animal"], "animal", "new")
+    args = ["dataset", "merge", f"coco:{old}", f"coco:{new}", "--to", "native"]
+    code, _, err = cli(*args, "--out", str(tmp_path / "m1"))
+    assert code == 2 and "mix versions 1, 2 of ontology 'pets' and no mapping" in err
+    hist = tmp_path / "history.yaml"
+    hist.write_text(
+        "- {version: 1, classes: [cat, dog]}\n"
+        "- {version: 2, classes: [animal], changes: [{op: merge, sources: [cat, dog], "
+        "into: animal}]}\n"
+    )
+    code, _, err = cli(*args, "--out", str(tmp_path / "m2"), "--history", str(hist))
+    assert code == 0, err
+    merged = read_dataset("native", tmp_path / "m2")
+    assert merged.ontology_version == 2 and [i.label for i in merged.items] == ["animal"] * 2
