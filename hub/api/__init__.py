@@ -10,9 +10,11 @@ from hub.api import (
     fleet,
     jobs,
     ontologies,
+    ops,
     rollouts,
     samples,
     shadow,
+    tokens,
     tuf,
     uploads,
 )
@@ -28,6 +30,8 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     samples.routes,
     jobs.routes,
     rollouts.routes,
+    tokens.routes,
+    ops.routes,
     datasets.routes,
     ontologies.routes,
 )

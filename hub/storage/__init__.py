@@ -44,9 +44,12 @@ from hub.storage.ontologies import OntologyTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
+from hub.storage.shared import SharedFileTables
+from hub.storage.tokens import ApiToken, Role, TokenTables
 
 __all__ = [
     "FLEET",
+    "ApiToken",
     "BlobStore",
     "BlobWriter",
     "Blobs",
@@ -58,6 +61,7 @@ __all__ = [
     "PartialUploads",
     "PostgresDatabase",
     "QueueEntry",
+    "Role",
     "Rollout",
     "S3BlobStore",
     "S3Config",
@@ -103,6 +107,8 @@ class HubDB(
     BundleTables,
     JobTables,
     RolloutTables,
+    TokenTables,
+    SharedFileTables,
     DatasetTables,
     OntologyTables,
 ):

@@ -59,7 +59,7 @@ class DatasetItemRow:
 class DatasetTables(DBBase):
     """Rows of ``datasets`` and ``dataset_items``."""
 
-    # Tables: migrations/0003_datasets_ontologies.sql
+    # Tables: migrations/0005_datasets_ontologies.sql
 
     def add_dataset_version(
         self,

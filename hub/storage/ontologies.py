@@ -68,7 +68,7 @@ class ChangeResult:
 class OntologyTables(DBBase):
     """Rows of ``ontologies``; the remap reads and writes ``samples`` and ``sample_feedback``."""
 
-    # Tables: migrations/0003_datasets_ontologies.sql
+    # Tables: migrations/0005_datasets_ontologies.sql
 
     def _onto(self, r: Any) -> OntologyVersion:
         return OntologyVersion(
