@@ -70,7 +70,7 @@ def _root_of(folder: Path) -> Path:
 
 
 def _has_markers(folder: Path) -> bool:
-    names = {"annotations.json", "data.yaml", "tasks.json", "classes.txt", "images", "labels"}
+    names = {"annotations.json", "data.yaml", "tasks.json", "dataset.json", "classes.txt", "images"}
     return any((folder / n).exists() for n in names)
 
 

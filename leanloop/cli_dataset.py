@@ -372,12 +372,21 @@ def ontology_weakness(
     if as_json:
         typer.echo(json.dumps(rep, indent=2))
         return
-    typer.echo(f"{'class':<20} {'predicted':>9} {'annotated':>9} {'corr.from':>9} {'corr.to':>8}")
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{onto_id} v{rep['version']}: predictions vs annotations vs corrections")
+    for col in ("class", "predicted", "annotated", "corrected from", "corrected to", "flags"):
+        t.add_column(col, justify="left" if col in ("class", "flags") else "right")
     for name, row in rep["classes"].items():
-        flags = ", ".join(row["flags"])
-        typer.echo(
-            f"{name:<20} {row['predicted']:>9} {row['annotated']:>9} "
-            f"{row['corrected_from']:>9} {row['corrected_to']:>8}  {flags}"
+        t.add_row(
+            name,
+            str(row["predicted"]),
+            str(row["annotated"]),
+            str(row["corrected_from"]),
+            str(row["corrected_to"]),
+            ", ".join(row["flags"]),
         )
+    Console().print(t)
     for p in rep["confused_pairs"]:
         typer.echo(f"confused: predicted {p['predicted']!r} for {p['actual']!r} x{p['count']}")

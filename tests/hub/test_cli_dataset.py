@@ -85,6 +85,8 @@ def test_import_and_export_through_the_hub_when_it_runs(live_hub: LiveHub, tmp_p
     assert out.splitlines()[0] == "pets v2: animal, bird"
     code, out, err = cli("ontology", "weakness", "pets", *hub, "--json", env=env)
     assert code == 0 and set(json.loads(out)["classes"]) == {"animal", "bird"}
+    code, out, err = cli("ontology", "weakness", "pets", *hub, env=env)
+    assert code == 0 and "animal" in out and "corrected from" in out, err
     code, out, err = cli("ontology", "change", "pets", "explode cat", *hub, env=env)
     assert code == 2 and "cannot read change 'explode cat'" in err
 
