@@ -26,6 +26,7 @@ from runtime.ontology import (
     Mapping,
     OntologyChangeError,
     apply_changes,
+    old_label_fate,
 )
 
 _CHANGES: TypeAdapter[list[Change]] = TypeAdapter(list[Change])
@@ -223,6 +224,53 @@ class OntologyTables(DBBase):
                 return False
             self._remap_row(r, meta, chain, versions[-1].version)
             return True
+
+    def sample_ontology(self, sample_id: str) -> OntologyVersion | None:
+        """The latest version of the ontology a sample is under (by its meta, else its
+        bundle's manifest), or None when the hub manages none for it. Raises NotFound."""
+        r = self._db.execute(
+            "SELECT bundle, meta_json FROM samples WHERE id = ?", (sample_id,)
+        ).fetchone()
+        if r is None:
+            raise NotFound(f"no sample {sample_id!r}")
+        onto_id = json.loads(r["meta_json"]).get("ontology_id")
+        if not isinstance(onto_id, str):
+            b = self._db.execute(
+                "SELECT manifest_json FROM bundles WHERE name = ? ORDER BY version DESC LIMIT 1",
+                (r["bundle"],),
+            ).fetchone()
+            onto_id = ((json.loads(b["manifest_json"]).get("ontology") or {}) if b else {}).get(
+                "id"
+            )
+        if not isinstance(onto_id, str):
+            return None
+        versions = self.ontology_versions(onto_id)
+        return versions[-1] if versions else None
+
+    def current_labels(self, sample_id: str, labels: list[str]) -> list[str]:
+        """Labels a human gives a sample, in its ontology's latest version: a label of the
+        previous version with one successor is converted; one that was split or deleted is
+        refused (BadRequest saying what became of it), as is an unknown one. Unchanged when
+        the hub manages no ontology for the sample. Raises NotFound."""
+        onto = self.sample_ontology(sample_id)
+        if onto is None:
+            return list(labels)
+        changes = _CHANGES.validate_python(onto.changes)
+        out = []
+        for label in labels:
+            if label in onto.classes:
+                out.append(label)
+                continue
+            new, why = old_label_fate(label, changes)
+            if new is not None and new in onto.classes:
+                out.append(new)
+                continue
+            raise BadRequest(
+                f"label {label!r} is not in ontology {onto.id!r} version {onto.version}"
+                + (f": {why}" if why and "is not a class" not in why else "")
+                + f" ({', '.join(onto.classes)})"
+            )
+        return out
 
     def change_ontology(
         self, onto_id: str, changes: Sequence[dict[str, Any]], base_version: int | None = None

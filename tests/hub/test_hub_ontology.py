@@ -136,6 +136,32 @@ async def test_merge_and_split_remap_hub_data_when_the_ontology_changes(
     assert stored.meta["prediction"]["stages"]["det"]["items"][0]["label"] == "animal"
     fb = db.feedback(late)
     assert fb is not None and fb["label"] == "animal"
+    # A human annotating with labels of version 1: converted, or refused saying why.
+    status, body = await call(
+        hub, "POST", f"/admin/samples/{late}/annotation",
+        json={"boxes": [[0, 0, 5, 5, "dog"]], "annotator": "a"},
+    )  # fmt: skip
+    assert status == 200, body
+    annotation = db.sample(late).annotation
+    assert annotation is not None and annotation["boxes"] == [[0, 0, 5, 5, "animal"]]
+    status, body = await call(
+        hub, "POST", f"/admin/samples/{late}/annotation",
+        json={"boxes": [[0, 0, 5, 5, "car"]], "annotator": "a"},
+    )  # fmt: skip
+    assert status == 400
+    assert body["error"] == (
+        "label 'car' is not in ontology 'things' version 2: 'car' was split into 'sedan', "
+        "'truck'; choose one of them (animal, sedan, truck)"
+    )
+    # Feedback a device on the old bundle sends later is converted too.
+    resp = await hub.client.put(
+        f"{API}/device/samples/{s_split}/feedback",
+        json={"feedback": {"kind": "correct", "label": "cat", "who": "op", "when": 3.0}},
+        headers=auth,
+    )
+    assert resp.status == 200, await resp.text()
+    fb = db.feedback(s_split)
+    assert fb is not None and fb["label"] == "animal"
     status, versions = await call(hub, "GET", "/admin/ontologies/things")
     assert [v["version"] for v in versions] == [1, 2]
     assert [v.version for v in db.ontology_versions("things")] == [1, 2]
