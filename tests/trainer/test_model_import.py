@@ -190,3 +190,26 @@ def test_ssd_model_imports_with_anchors_and_infers_when_given_them(tmp_path: Pat
     items = pred["stages"]["detector"]["items"]
     assert [i["label"] for i in items] == ["dog"]
     assert items[0]["box"] == pytest.approx([0.0, 0.0, 16.0, 16.0], abs=0.5)  # anchor 0
+
+
+def test_openvino_model_imports_builds_and_infers_when_given_xml_and_bin(tmp_path: Path) -> None:
+    ov = pytest.importorskip("openvino", reason="leanloop[openvino] is not installed")
+    onnx_path = yolo_v8(tmp_path / "det.onnx", classes=3)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(tmp_path / "det.xml"))
+    src, bundle = tmp_path / "src", tmp_path / "bundle"
+    code, out, err = cli(
+        "model", "import", str(tmp_path / "det.xml"), str(tmp_path / "det.bin"),
+        "--task", "detection", "--labels", "cat,dog,bird", "--out", str(src), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["post"]["type"] == "yolo_v8"
+    assert sorted(p.name for p in (src / "models").iterdir()) == ["detector.bin", "detector.xml"]
+    code, out, err = cli("bundle", "build", str(src), "--out", str(bundle), "--name", "pets")
+    assert code == 0, err
+    image = write_png(tmp_path / "frame.png", 64, 48)
+    code, out, err = cli(
+        "infer", "--bundle", str(bundle), "--backend", "openvino", str(image), "--json"
+    )
+    assert code == 0, err
+    pred = json.loads(out.splitlines()[0]) if out.startswith("{") else json.loads(out)[0]
+    assert [i["label"] for i in pred["stages"]["detector"]["items"]] == ["dog"]
