@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_json
 from runtime.errors import HubError
+from runtime.protocol import Desired, Heartbeat, ShadowTelemetry, validation_reason
 from runtime.uploader import PartAnswer
 
 __all__ = ["HubClient", "load_or_enroll"]
@@ -31,11 +33,20 @@ _SLICE = 16 * 1024  # a part is sent in slices of this size, each paced by the r
 class HubClient:
     """Talks to one hub with one device token."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        fallback_urls: list[str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")  # the hub the token belongs to (device.json names it)
         self.token = token
-        # The whole last answer of GET /device/desired (it also carries the shadow candidate).
-        self.last_desired: dict[str, Any] = {}
+        # Hub replicas to try in turn when the current one is unreachable or answers 502-504.
+        self._urls = [self.url, *(u.rstrip("/") for u in fallback_urls or [])]
+        self._current = 0
+        # The last answer of GET /device/desired (it also carries the shadow candidate).
+        self.last_desired = Desired()
         self._http = urllib3.PoolManager(
             maxsize=4,  # the update and upload threads share the client
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
@@ -52,12 +63,25 @@ class HubClient:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
-        url = f"{self.url}/api/v1{path}"
+        """One request; with fallback URLs, a hub that is down or answers 502-504 is retried
+        once on the next one, which then stays current."""
+        for attempt in range(len(self._urls)):
+            try:
+                return self._request_one(self._urls[self._current], method, path, **kw)
+            except HubError as e:
+                down = e.http_status is None or e.http_status in (502, 503, 504)
+                if not down or attempt + 1 == len(self._urls) or "answer cut" in str(e):
+                    raise
+                self._current = (self._current + 1) % len(self._urls)
+        raise AssertionError("unreachable")
+
+    def _request_one(self, base: str, method: str, path: str, **kw: Any) -> Any:
+        url = f"{base}/api/v1{path}"
         headers = {**self._headers(), **kw.pop("headers", {})}
         try:
             r = self._http.request(method, url, headers=headers, preload_content=False, **kw)
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise HubError(f"hub {self.url} unreachable: {type(e).__name__}: {e}") from e
+            raise HubError(f"hub {base} unreachable: {type(e).__name__}: {e}") from e
         try:
             body = r.read(_MAX_JSON_RESPONSE + 1, decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -90,31 +114,30 @@ class HubClient:
         self.token = token
         return token
 
-    def desired(self) -> tuple[str | None, int | None]:
-        """What the hub wants this device to run (an unsigned hint; content is verified)."""
+    def desired(self) -> Desired:
+        """What the hub wants this device to run (an unsigned hint; content is verified).
+        Raises HubError, also for an answer that is not a :class:`Desired`."""
         data = self._request("GET", "/device/desired")
-        self.last_desired = data if isinstance(data, dict) else {}
-        name, version = data.get("bundle"), data.get("version")
-        if name is not None and not isinstance(name, str):
-            raise HubError("desired: bundle is not a string")
-        if version is not None and not isinstance(version, int):
-            raise HubError("desired: version is not an integer")
-        return name, version
+        try:
+            self.last_desired = Desired.model_validate(data)
+        except ValidationError as e:
+            raise HubError(validation_reason(e, "desired answer")) from e
+        return self.last_desired
 
-    def heartbeat(self, status: dict[str, Any]) -> None:
+    def heartbeat(self, beat: Heartbeat) -> None:
         self._request(
             "POST",
             "/device/heartbeat",
-            body=json.dumps(status),
+            body=beat.model_dump_json(exclude_unset=True),
             headers={"Content-Type": "application/json"},
         )
 
-    def shadow_report(self, summary: dict[str, Any]) -> None:
+    def shadow_report(self, summary: ShadowTelemetry) -> None:
         """Send the shadow telemetry summary (counts, matrices, histograms; never frames)."""
         self._request(
             "POST",
             "/device/shadow",
-            body=json.dumps(summary),
+            body=summary.model_dump_json(),
             headers={"Content-Type": "application/json"},
         )
 

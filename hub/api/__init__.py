@@ -5,14 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.api import (
+    datasets,
     devices,
     fleet,
     history,
     jobs,
+    ontologies,
+    ops,
     replay,
     rollouts,
     samples,
     shadow,
+    tokens,
     tuf,
     uploads,
 )
@@ -28,6 +32,10 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     samples.routes,
     jobs.routes,
     rollouts.routes,
+    tokens.routes,
+    ops.routes,
+    datasets.routes,
+    ontologies.routes,
     replay.routes,
     history.routes,
 )

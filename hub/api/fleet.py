@@ -21,7 +21,7 @@ from hub.errors import (
 )
 from hub.replay.blessing import check_release
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.fleet")
 
 routes = web.RouteTableDef()
 

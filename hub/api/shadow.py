@@ -23,7 +23,7 @@ from hub.errors import (
 from runtime.shadow.compare import ShadowStats
 from runtime.shadow.promotion import PromotionRule
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.shadow")
 
 routes = web.RouteTableDef()
 

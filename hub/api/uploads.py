@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from hub.api._common import (
     API,
@@ -17,7 +18,6 @@ from hub.api._common import (
     NAME_RE,
     UPLOAD_WRITERS,
     UPLOADS,
-    Body,
     device_id_of,
     json_object,
     parse_body,
@@ -34,10 +34,11 @@ from hub.errors import (
 )
 from hub.storage import HubDB, check_sha256
 from runtime.feedback_stats import predicted_label
+from runtime.protocol import FeedbackMessage, FeedbackRequest, SampleMeta, validation_reason
 from runtime.store.record import SampleRecord
 from runtime.uploader import decode_payload
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.uploads")
 
 routes = web.RouteTableDef()
 
@@ -49,35 +50,21 @@ def _sample_id(request: web.Request) -> str:
     return sample_id
 
 
-class FeedbackBody(Body):
-    """A device's feedback on a sample (``runtime.store.record.Feedback.to_dict``)."""
-
-    kind: Literal["confirm", "correct"]
-    label: str | None = Field(default=None, min_length=1, max_length=200)
-    who: str = Field(default="", max_length=200)
-    when: float = 0.0
-    bundle_version: int = Field(default=0, ge=0)
-    item: int | None = Field(default=None, ge=0)
-
-
-class FeedbackRequest(Body):
-    """``PUT /device/samples/{id}/feedback``."""
-
-    feedback: FeedbackBody
-
-
 def _check_feedback(raw: Any) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        fb = FeedbackBody.model_validate(raw)
+        fb = FeedbackMessage.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "feedback"
-        raise BadRequest(f"bad feedback: {where}: {first['msg']}") from e
-    if fb.kind == "correct" and fb.label is None:
-        raise BadRequest("bad feedback: a correction needs a label")
+        raise BadRequest(validation_reason(e, "feedback")) from e
     return fb.model_dump()
+
+
+def _check_meta(meta: dict[str, Any]) -> SampleMeta:
+    try:
+        return SampleMeta.model_validate(meta)
+    except ValidationError as e:
+        raise BadRequest(validation_reason(e, "sample meta")) from e
 
 
 async def _record_feedback(db: HubDB, sample_id: str, device_id: str, meta: dict[str, Any]) -> None:
@@ -94,10 +81,8 @@ async def _store_sample(
 
     A duplicate still brings its feedback: a device re-sends a sample whose feedback changed.
     """
-    try:
-        record = SampleRecord.from_meta(meta, image)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BadRequest(f"meta is not a sample record: {type(e).__name__}: {e}") from e
+    checked = _check_meta(meta)
+    record = SampleRecord.from_meta(checked.model_dump(mode="json"), image)
     if record.id != sample_id:
         raise BadRequest(f"meta id {record.id!r} is not the URL's {sample_id!r}")
     if record.device_id != device_id:
@@ -120,6 +105,8 @@ async def _store_sample(
     )
     if feedback is not None:
         await _record_feedback(db, sample_id, device_id, meta)
+    if stored:  # from a device on an older ontology version: converted now (docs/datasets.md)
+        await db.call(db.to_current_ontology, sample_id)
     return "stored" if stored else "duplicate"
 
 
@@ -267,6 +254,9 @@ async def sample_feedback(request: web.Request) -> web.Response:
     sample = await db.call(db.sample, sample_id)
     if sample.device_id != device_id:
         raise ForbiddenError(f"sample {sample_id} belongs to another device")
+    if fb.get("label") is not None:  # a device on an older bundle: old labels are converted
+        with contextlib.suppress(BadRequest):  # (a device cannot fix it: keep what it said)
+            fb["label"] = (await db.call(db.current_labels, sample_id, [fb["label"]]))[0]
     predicted = predicted_label(sample.meta.get("prediction") or {}, fb.get("item"))
     await db.call(db.set_feedback, sample_id, device_id, fb, predicted)
     return web.json_response({"status": "stored"})

@@ -8,7 +8,7 @@
 - ``prediction_events``: every prediction's metadata the devices sent (no pixels), one row per
   prediction, kept ``history_retention_s`` (:meth:`ReplayTables.prune_predictions`).
 
-The tables come from migration ``0003_replay.sql``: portable SQL (text keys, ``ON CONFLICT``).
+The tables come from migration ``0006_replay.sql``: portable SQL (text keys, ``ON CONFLICT``).
 """
 
 from __future__ import annotations

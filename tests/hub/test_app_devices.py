@@ -225,7 +225,7 @@ async def test_sample_upload_when_same_id_is_sent_again_is_duplicate(hub: Hub) -
     [
         ({"id": "0000000000000002-00000000"}, "URL"),
         ({"device_id": "cam-2"}, "not this device"),
-        ({"priority": "high"}, "sample record"),
+        ({"priority": "high"}, "bad sample meta: priority"),
     ],
 )
 async def test_sample_upload_when_meta_disagrees_is_400(
