@@ -13,6 +13,7 @@ from hub.api._common import (
     DB,
     NAME_PATTERN,
     Body,
+    caller_name,
     parse_body,
     read_capped,
 )
@@ -58,7 +59,7 @@ async def rollout(request: web.Request) -> web.Response:
         [(body.bundle, body.version, None)],
         "roll out",
         body.force_reason,
-        body.who,
+        caller_name(request, body.who),
     )
     n = await db.call(db.set_desired, body.bundle, body.version, body.devices, body.cohort)
     return web.json_response({"devices": n})

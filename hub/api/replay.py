@@ -34,6 +34,7 @@ from hub.api._common import (
     NAME_PATTERN,
     REPO,
     Body,
+    caller_name,
     json_object,
     parse_body,
     read_capped,
@@ -59,7 +60,9 @@ class BlessRequest(Body):
     """``POST /admin/blessings``."""
 
     report_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
-    who: str = Field(min_length=1, max_length=200)
+    who: str | None = Field(
+        default=None, min_length=1, max_length=200, description="a named token's name wins"
+    )
 
 
 @routes.post(f"{API}/admin/replay/reports")
@@ -133,11 +136,11 @@ async def bless(request: web.Request) -> web.Response:
     if row is None:
         raise NotFound(f"no replay report {body.report_digest}; upload it first")
     report = json.loads(await _blob(request, row["json_sha256"]))
-    blessing = blessing_from_report(report, body.report_digest, body.who)
+    who = caller_name(request, body.who)
+    blessing = blessing_from_report(report, body.report_digest, who)
     await db.call(db.add_blessing, blessing)
-    await db.call(db.audit, "bless", blessing["bundle"], blessing["version"], body.who, None,
-                  blessing)  # fmt: skip
-    log.info("%s v%s blessed by %s", blessing["bundle"], blessing["version"], body.who)
+    await db.call(db.audit, "bless", blessing["bundle"], blessing["version"], who, None, blessing)
+    log.info("%s v%s blessed by %s", blessing["bundle"], blessing["version"], who)
     return web.json_response(blessing)
 
 
@@ -225,6 +228,7 @@ async def start_job(request: web.Request) -> web.Response:
         parse_gate_spec(body.spec, "spec")
     except ConfigError as e:
         raise BadRequest(str(e)) from e
+    body = body.model_copy(update={"who": caller_name(request, body.who)})
     job: dict[str, Any] = {"id": uuid.uuid4().hex, "state": "queued", "created": time.time()}
     _JOBS.setdefault(request.app, {})[job["id"]] = job
     loop = asyncio.get_running_loop()

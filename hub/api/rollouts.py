@@ -14,7 +14,7 @@ import logging
 
 from aiohttp import web
 
-from hub.api._common import API, BLOBS, CONFIG, DB, parse_body, read_capped
+from hub.api._common import API, BLOBS, CONFIG, DB, caller_name, parse_body, read_capped
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.replay.blessing import check_release
 from hub.rollouts import RolloutSpec, control
@@ -63,9 +63,10 @@ async def create(request: web.Request) -> web.Response:
         await _check_rollback(request, spec)
     else:  # a rollback returns to content that already served; a new version needs a blessing
         q = request.query
+        who = caller_name(request, q.get("who"))
         await db.call(
             check_release, db, request.app[CONFIG].require_blessing,
-            [(spec.bundle, spec.version, None)], "roll out", q.get("force_reason"), q.get("who"),
+            [(spec.bundle, spec.version, None)], "roll out", q.get("force_reason"), who,
         )  # fmt: skip
     rollout_id, aborted = await db.call(db.add_rollout, spec)
     if aborted:

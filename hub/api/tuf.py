@@ -23,6 +23,7 @@ from hub.api._common import (
     PUBLISH_LOCK,
     REPO,
     SHARED,
+    caller_name,
     read_capped,
     read_parts,
 )
@@ -221,7 +222,7 @@ async def post_targets(request: web.Request) -> web.Response:
             [(m.name, m.version, targets[m.target_name(MANIFEST_NAME)][0]) for m, _ in bundles],
             "publish",
             request.query.get("force_reason"),
-            request.query.get("who"),
+            caller_name(request, request.query.get("who")),
         )
         version = await asyncio.to_thread(app[REPO].accept_targets, data)
         for manifest, raw in bundles:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
 from hub.config import HubConfig
-from hub.errors import Conflict
+from hub.errors import Conflict, ForbiddenError
 from hub.testing import LiveHub
 from leanloop.cli import app
 
@@ -123,6 +123,14 @@ def test_blocked_candidate_is_not_blessed_and_names_the_slice(tmp_path: Path, hu
                     token=hub.admin_token)  # fmt: skip
     assert code == 1 and "did not pass" in out
     assert HubAdminClient(hub.url, hub.admin_token).blessings() == []
+    # roles: a viewer reads reports but cannot bless; a named admin token signs as itself
+    admin = HubAdminClient(hub.url, hub.admin_token)
+    made = admin._json("POST", "/admin/tokens", json_body={"name": "vic", "role": "viewer"})
+    viewer = HubAdminClient(hub.url, made["token"])
+    digest = admin.post_report((tmp_path / "w" / "report" / "report.json").read_bytes())["digest"]
+    assert json.loads(viewer._request("GET", f"/admin/replay/reports/{digest}.json"))["classes"]
+    with pytest.raises(ForbiddenError):
+        viewer.bless(digest, "vic")
     assert report["classes"] == CLASSES
 
 
