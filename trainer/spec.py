@@ -113,9 +113,9 @@ class SearchParam(_Strict):
     def _shape(self) -> SearchParam:
         if self.choices is None and (self.low is None or self.high is None):
             raise ValueError("give low and high, or choices")
-        if self.choices is None and self.low is not None and self.high is not None:  # noqa: SIM102
-            if self.low >= self.high:
-                raise ValueError("low must be below high")
+        bounded = self.choices is None and self.low is not None and self.high is not None
+        if bounded and self.low >= self.high:  # type: ignore[operator]
+            raise ValueError("low must be below high")
         return self
 
 
