@@ -179,8 +179,15 @@ class JobRunner:
         """Where a finished job's trainer left its checkpoint (for ``--init-from``)."""
         return self.job_dir(job_id) / "source" / "checkpoint"
 
-    async def start(self) -> None:
-        """Recover jobs of a previous process and start the worker task."""
+    async def start(self, recover: bool = True) -> None:
+        """Recover jobs of a previous process and start the worker task.
+
+        With hub replicas only the leading one recovers (``recover``): a job another replica is
+        running is not dead.
+        """
+        if not recover:
+            self._task = asyncio.create_task(self._work(), name="leanloop-job-runner")
+            return
         for job_id in await self._db.call(self._db.jobs_in, "running"):
             await self._db.call(
                 self._db.set_job,

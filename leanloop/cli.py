@@ -603,6 +603,14 @@ def demo(
 _mount_hub()
 app.command("train")(train_command)
 
+from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402
+from leanloop.cli_model import model_app  # noqa: E402
+
+app.add_typer(model_app, name="model")
+
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(ontology_app, name="ontology")
+
 
 def main() -> None:
     app()
