@@ -51,7 +51,13 @@ class _Strict(BaseModel):
 class DatasetRef(_Strict):
     """Where the labelled data comes from."""
 
-    path: Path = Field(description="dataset folder holding dataset.json (leanloop.dataset/1)")
+    path: Path = Field(
+        description="dataset folder: dataset.json (format native), or a COCO / YOLO / Label "
+        "Studio / folder-per-class dataset read by trainer.datasets"
+    )
+    format: Literal["native", "coco", "yolo", "labelstudio", "folder"] = Field(
+        default="native", description="how the folder is laid out"
+    )
     val_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="share of items held out for validation (stratified)"
     )

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 import yaml
 from onnx import TensorProto, helper
 
 from runtime.bundle.build import build_bundle
+from trainer.dataset_types import DatasetError
 from trainer.errors import TrainerError
 from trainer.export_formats import tflite_unavailable_reason
 from trainer.run import RunOutput, run_spec
@@ -240,3 +242,35 @@ def test_preset_when_loaded_is_a_valid_spec_with_its_augmentations(preset: str) 
     spec = load_spec(Path(__file__).parents[2] / "trainer" / "presets" / f"{preset}.yaml")
     assert spec.name == preset
     assert make_augment(spec.augment, boxes=True, seed=0) is not None
+
+
+def test_classify_when_dataset_is_folder_per_class_reads_it_through_trainer_datasets(
+    tmp_path: Path,
+) -> None:
+    import cv2
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    for c in (3, 8):
+        (tmp_path / "set" / f"digit{c}").mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(bunch.target == c)[:12]):
+            img = cv2.resize(np.clip(bunch.images[i] * 16, 0, 255).astype(np.uint8), (32, 32))
+            cv2.imwrite(str(tmp_path / "set" / f"digit{c}" / f"{k}.png"), img)
+    spec = _spec(
+        task="classify",
+        dataset={"path": str(tmp_path / "set"), "format": "folder"},
+        model={**TINY, "input_size": [32, 32]},
+        epochs=2,
+        export=["onnx"],
+    )
+    card = run_spec(spec, tmp_path / "source")["card"]
+    assert card["data"]["ontology"]["classes"] == ["digit3", "digit8"]
+    assert card["data"]["version"].startswith("folder-")
+    assert (
+        sum(card["data"]["counts_per_class"]["train"].values())
+        + sum(card["data"]["counts_per_class"]["val"].values())
+        == 24
+    )
+    (tmp_path / "set" / "digit3" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"bad\.png"):
+        run_spec(spec, tmp_path / "source2")
