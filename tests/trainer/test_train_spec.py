@@ -184,29 +184,34 @@ def test_warm_start_when_onnx_has_an_unsupported_op_names_it(digits: Path, tmp_p
     assert not (tmp_path / "source").exists()
 
 
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
 def test_search_when_budget_is_four_trials_prunes_and_keeps_results(
-    digits: Path, tmp_path: Path
+    digits: Path, tmp_path: Path, pruner: str
 ) -> None:
     spec = _spec(
         task="classify",
         dataset={"path": str(digits)},
         model={**TINY, "input_size": [32, 32]},
-        epochs=4,
+        epochs=5,
+        batch=8,
         export=["onnx"],
         search={
             "trials": 4,
-            "pruner": "median",
+            "pruner": pruner,
             "seed": 3,
-            "space": {"lr": {"low": 1e-5, "high": 3e-2, "log": True}},
+            "space": {"lr": {"low": 1e-5, "high": 5e-2, "log": True}},
         },
     )
     card = run_spec(spec, tmp_path / "source")["card"]
     s = card["search"]
     assert s["trials_run"] == 4 and len(s["trials"]) == 4
     assert {t["state"] for t in s["trials"]} <= {"COMPLETE", "PRUNED"}
-    assert s["pruned"] == sum(t["state"] == "PRUNED" for t in s["trials"])
+    # Trials that lag the others at the same epoch stop early (fewer epochs recorded).
+    assert s["pruned"] >= 1
+    pruned = [t for t in s["trials"] if t["state"] == "PRUNED"]
+    assert all(len(t["intermediate"]) < 5 for t in pruned)
+    assert s["best_value"] > 0.5
     assert card["parameters"]["lr"] == pytest.approx(s["best_params"]["lr"])
-    assert all(t["intermediate"] for t in s["trials"])
     assert card["time_s"]["search"] > 0
 
 
