@@ -86,6 +86,11 @@ class HubConfig(BaseModel):
     max_heartbeat_bytes: int = Field(default=64 * KiB, gt=0, description="cap of a heartbeat")
     max_meta_bytes: int = Field(default=256 * KiB, gt=0, description="cap of a sample's meta")
     max_image_bytes: int = Field(default=4 * MiB, gt=0, description="cap of a sample's image")
+    max_dataset_bytes: int = Field(
+        default=1024 * MiB,
+        gt=0,
+        description="cap of an imported dataset archive, and of its unpacked size",
+    )
 
 
 def load_hub_config(path: Path | None, overrides: dict[str, Any]) -> HubConfig:

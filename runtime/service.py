@@ -31,15 +31,17 @@ from typing import Any
 from runtime._atomic import atomic_write_json
 from runtime._version import __version__
 from runtime.bundle.loader import LoadedBundle
+from runtime.bundle.manifest import Ontology
 from runtime.config import DeviceConfig
 from runtime.control import ControlServer, socket_path
-from runtime.errors import ConfigError, HubError, LeanloopError, UpdateError
+from runtime.errors import ConfigError, HubError, LeanloopError, StoreError, UpdateError
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.protocol import Heartbeat
 from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
+from runtime.store.remap import remap_store
 from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update.installer import Installer
@@ -92,6 +94,9 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
+        self.installer.on_commit = self._remap_store  # a new ontology version remaps the store
+        if (committed := self.installer.committed_ontologies()) is not None:
+            self._remap_store(*committed)  # finishes a remap a crash interrupted (else no-op)
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )
@@ -146,7 +151,7 @@ class DeviceService:
         if hub.url is None:
             return False
         if self.hub is None:
-            self.hub = HubClient(hub.url, timeout_s=hub.timeout_s)
+            self.hub = HubClient(hub.url, timeout_s=hub.timeout_s, fallback_urls=hub.fallback_urls)
         if self.hub.token is None:
             token = hub.enroll_token
             if token is None and hub.enroll_token_file is not None:
@@ -234,6 +239,13 @@ class DeviceService:
                 log.warning("status: %s", e)
 
     # ---- status ------------------------------------------------------------------------
+
+    def _remap_store(self, old: Ontology, new: Ontology) -> None:
+        """An update committed: remap the store and the outbox to a new ontology version."""
+        try:
+            remap_store(self.store, self.outbox, old, new)
+        except StoreError as e:  # the bundle stays committed; records keep their old labels
+            log.error("could not remap the sample store to the new ontology: %s", e)
 
     def status(self) -> dict[str, Any]:
         up = time.time() - self._started
