@@ -175,18 +175,13 @@ class WebTables(DBBase):
             if work.submitted_by == reviewer:
                 raise ForbiddenError("a second person reviews an annotation, not its author")
             if accept:
-                self._db.execute(
-                    "UPDATE samples SET state = 'annotated', annotation_json = ? WHERE id = ?",
-                    (
-                        json.dumps(
-                            {
-                                "boxes": work.boxes or [],
-                                "annotator": work.submitted_by,
-                                "reviewer": reviewer,
-                            }
-                        ),
-                        sample_id,
-                    ),
+                boxes = work.boxes or []
+                # Labels of an ontology version changed since are converted (or refused).
+                labels = self.current_labels(sample_id, [str(b[4]) for b in boxes])  # type: ignore[attr-defined]
+                boxes = [[*b[:4], lbl] for b, lbl in zip(boxes, labels, strict=True)]
+                self.annotate(  # type: ignore[attr-defined]
+                    sample_id,
+                    {"boxes": boxes, "annotator": work.submitted_by, "reviewer": reviewer},
                 )
                 self._db.execute("DELETE FROM annotation_work WHERE sample_id = ?", (sample_id,))
             else:

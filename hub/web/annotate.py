@@ -16,12 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api._common import CONFIG, DB, read_capped
+from hub.api._common import CONFIG, DB, JOBS, read_capped
 from hub.errors import BadRequest, HubHTTPError, NotFound
 from hub.storage import HubDB, Sample
 from hub.web.pages import predicted_items
 from hub.web.render import render
-from hub.web.session import Viewer, page
+from hub.web.session import FORM, Viewer, page
 
 __all__ = ["classes_of", "routes"]
 
@@ -199,7 +199,7 @@ async def review_post(request: web.Request, who: Viewer) -> web.StreamResponse:
     """Accept, or send back with a note."""
     db = request.app[DB]
     sid = request.match_info["sample_id"][:80]
-    form = request["form"]
+    form = request[FORM]
     decision = str(form.get("decision", ""))
     if decision not in ("accept", "return"):
         raise BadRequest("decision must be accept or return")
@@ -208,4 +208,7 @@ async def review_post(request: web.Request, who: Viewer) -> web.StreamResponse:
     except HubHTTPError as e:
         works = await db.call(db.works, "submitted")
         return render(request, "review_list.html", who, works=works, error=str(e), status=e.status)
+    if decision == "accept":
+        sample = await db.call(db.sample, sid)
+        await request.app[JOBS].auto.on_annotated(sample.bundle)  # the small inner loop, if on
     raise web.HTTPSeeOther("/ui/review")

@@ -24,6 +24,8 @@ from hub.api._common import ADMIN_TOKEN, CONFIG, DB, hash_token
 __all__ = ["COOKIE", "Viewer", "check_csrf", "login", "logout", "page", "viewer"]
 
 COOKIE = "leanloop_session"
+NEW_COOKIE = web.RequestKey("new_cookie", str)
+FORM = web.RequestKey("form", dict)
 ROLES = ("admin", "annotator", "viewer")
 _MAX_FORM = 64 * 1024
 
@@ -72,7 +74,7 @@ async def login(request: web.Request, token: str) -> Viewer | None:
     db = request.app[DB]
     ttl = request.app[CONFIG].web_session_ttl_s
     await db.call(db.add_session, hash_token(cookie), who[0], who[1], csrf, ttl)
-    request["new_cookie"] = cookie
+    request[NEW_COOKIE] = cookie
     return Viewer(who[0], who[1], csrf, hash_token(cookie))
 
 
@@ -83,7 +85,7 @@ async def logout(request: web.Request, who: Viewer) -> None:
 
 def set_cookie(request: web.Request, response: web.StreamResponse) -> None:
     """Attach a cookie that :func:`login` made during this request."""
-    cookie = request.get("new_cookie")
+    cookie = request.get(NEW_COOKIE)
     if cookie is None:
         return
     response.set_cookie(
@@ -137,7 +139,7 @@ def page(roles: Collection[str] = ROLES) -> Callable[[Handler], Callable[..., An
                 form = None
                 if request.content_type != "application/json":
                     form = await read_form(request)
-                    request["form"] = form
+                    request[FORM] = form
                 check_csrf(request, who, form)
             return await fn(request, who)
 
