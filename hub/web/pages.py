@@ -78,7 +78,9 @@ async def logout_post(request: web.Request, who: Viewer) -> web.StreamResponse:
 # -- fleet --------------------------------------------------------------------------------------
 
 
-def _device_row(d: Any, shadow: dict[str, Any] | None) -> dict[str, Any]:
+def _device_row(
+    d: Any, shadow: dict[str, Any] | None, fallback: tuple[str | None, int | None]
+) -> dict[str, Any]:
     st = d.status or {}
     active = st.get("active") or {}
     trial = st.get("trial") or {}
@@ -86,7 +88,11 @@ def _device_row(d: Any, shadow: dict[str, Any] | None) -> dict[str, Any]:
         "id": d.id,
         "cohort": d.cohort or "—",
         "active": f"{active.get('bundle')} v{active.get('version')}" if active else "—",
-        "desired": f"{d.desired_bundle} v{d.desired_version}" if d.desired_bundle else "—",
+        "desired": (
+            f"{d.desired_bundle} v{d.desired_version}"
+            if d.desired_bundle
+            else (f"{fallback[0]} v{fallback[1]} (cohort)" if fallback[0] else "—")
+        ),
         "last_seen": d.last_seen,
         "state": st.get("update_state") or "—",
         "health": "error" if st.get("last_update_error") else ("ok" if st else "unknown"),
@@ -110,7 +116,8 @@ async def fleet(request: web.Request, who: Viewer) -> web.StreamResponse:
     db = request.app[DB]
     devices = await db.call(db.devices)
     shadow = {dev: rep for dev, _c, rep, _u in await db.call(db.shadow_reports, None)}
-    rows = [_device_row(d, shadow.get(d.id)) for d in devices]
+    desired = {c: await db.call(db.cohort_desired, c) for c in {d.cohort for d in devices}}
+    rows = [_device_row(d, shadow.get(d.id), desired[d.cohort]) for d in devices]
     return render(request, "fleet.html", who, devices=rows, now=time.time())
 
 

@@ -52,7 +52,8 @@
   function renderLists() {
     classList.replaceChildren(...classes.map((c, i) => {
       const li = document.createElement("li");
-      li.textContent = (i < 9 ? (i + 1) + "  " : "") + c;
+      if (i < 9) { const k = document.createElement("kbd"); k.textContent = String(i + 1); li.append(k, " "); }
+      li.append(c);
       li.dataset.cls = c;
       if (c === current) li.className = "on";
       li.addEventListener("click", () => setClass(c));
