@@ -46,6 +46,7 @@ from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
+from hub.storage.web import WebSession, WebTables, Work
 
 __all__ = [
     "FLEET",
@@ -68,6 +69,8 @@ __all__ = [
     "Sample",
     "SampleState",
     "SqliteDatabase",
+    "WebSession",
+    "Work",
     "check_sha256",
     "open_database",
 ]
@@ -111,6 +114,7 @@ class HubDB(
     SharedFileTables,
     DatasetTables,
     OntologyTables,
+    WebTables,
 ):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 
