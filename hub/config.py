@@ -74,6 +74,14 @@ class HubConfig(BaseModel):
     web_claim_ttl_s: float = Field(
         default=15 * 60, gt=0, description="an annotator's claim (lock) on a sample runs out after"
     )
+    require_blessing: bool = Field(
+        default=False,
+        description="refuse to publish or roll out a bundle without a replay blessing unless "
+        "forced with a reason (written to the audit log)",
+    )
+    history_retention_s: float = Field(
+        default=90 * 86400, gt=0, description="how long the devices' prediction metadata is kept"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HubConfig:

@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api._common import API, BLOBS, DB, parse_body, read_capped
+from hub.api._common import API, BLOBS, CONFIG, DB, caller_name, parse_body, read_capped
 from hub.errors import BadRequest, Conflict, NotFound
+from hub.replay.blessing import check_release
 from hub.rollouts import RolloutSpec, control
 from hub.rollouts.ticker import rollout_json, tick_one
 from hub.storage import HubDB, check_sha256
@@ -61,6 +62,13 @@ async def create(request: web.Request) -> web.Response:
         raise NotFound(f"bundle {spec.bundle} version {spec.version} is not published")
     if spec.kind == "rollback":
         await _check_rollback(request, spec)
+    else:  # a rollback returns to content that already served; a new version needs a blessing
+        q = request.query
+        who = caller_name(request, q.get("who"))
+        await db.call(
+            check_release, db, request.app[CONFIG].require_blessing,
+            [(spec.bundle, spec.version, None)], "roll out", q.get("force_reason"), who,
+        )  # fmt: skip
     rollout_id, aborted = await db.call(db.add_rollout, spec)
     if aborted:
         log.info("rollout %s supersedes %s", rollout_id, aborted)

@@ -14,6 +14,8 @@ the writer):
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
 - ``bundles``: bundle versions that became current targets, with their manifest;
 - ``jobs``: training jobs and their state ``queued → running → done | failed``;
+- ``replay_reports``, ``blessings``, ``audit_log``, ``prediction_events``: the replay gate's
+  records and the devices' prediction stream (:mod:`hub.storage.replay`).
 - ``datasets``, ``dataset_items``: imported datasets, one immutable version per import
   (:mod:`hub.storage.datasets`);
 - ``ontologies``: ontology versions with their explicit changes; a change remaps the samples
@@ -41,6 +43,7 @@ from hub.storage.datasets import DatasetTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.ontologies import OntologyTables
+from hub.storage.replay import ReplayTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
@@ -110,6 +113,7 @@ class HubDB(
     BundleTables,
     JobTables,
     RolloutTables,
+    ReplayTables,
     TokenTables,
     SharedFileTables,
     DatasetTables,
