@@ -25,6 +25,8 @@ from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
 from runtime.sampling.rare_class import RareClassOptions
 from runtime.sampling.rules import RulesOptions
+from runtime.sinks import AnySinkSettings
+from runtime.sources import AnySourceSettings, FolderSourceSettings
 
 __all__ = [
     "ClassQuota",
@@ -56,12 +58,9 @@ class HubSettings(_Strict):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
-class SourceSettings(_Strict):
-    type: Literal["folder"] = "folder"
-    path: Path = Field(default=Path("/var/lib/leanloop/inbox"), description="image folder")
-    pattern: str = Field(default="*", description="glob of frame files, in name order")
-    poll_interval_s: float = Field(default=0.2, gt=0)
-    fps_limit: float = Field(default=0.0, ge=0, description="0: as fast as frames come")
+# The frame source: one settings model per source type, in runtime/sources/ (``type`` picks
+# one; no ``type`` means ``folder``). ``SourceSettings`` is the folder source's, as before.
+SourceSettings = FolderSourceSettings
 
 
 class SinkSettings(_Strict):
@@ -316,8 +315,14 @@ class DeviceConfig(_Strict):
     state_dir: Path = Field(default=Path("/var/lib/leanloop"))
     root: Path | None = Field(default=None, description="pinned TUF root.json of the fleet")
     hub: HubSettings = Field(default_factory=HubSettings)
-    source: SourceSettings = Field(default_factory=SourceSettings)
+    source: AnySourceSettings = Field(
+        default_factory=FolderSourceSettings,
+        description="where frames come from: folder | video | rtsp | mjpeg | v4l2",
+    )
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    sinks: list[AnySinkSettings] = Field(
+        default_factory=list, description="more places results go: webhook, mqtt"
+    )
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)

@@ -61,7 +61,8 @@ from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
 from runtime.shadow.manager import ShadowManager
-from runtime.sources import FolderSource, JsonlSink, NullSink
+from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
+from runtime.sources import Source, open_source
 from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update import _testhooks
@@ -233,13 +234,13 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
-        self.source = FolderSource(
-            cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
-        )
+        self.source: Source = open_source(cfg.source, self.state_dir)
         sink_path = cfg.sink.path or self.state_dir / "results.jsonl"
-        self.sink: JsonlSink | NullSink = (
-            JsonlSink(sink_path) if cfg.sink.type == "jsonl" else NullSink()
-        )
+        sinks: list[tuple[str, Sink]] = [
+            ("results", JsonlSink(sink_path) if cfg.sink.type == "jsonl" else NullSink())
+        ]
+        sinks += [(f"{s.type}{i}", open_sink(s, cfg.device_id)) for i, s in enumerate(cfg.sinks)]
+        self.sink = FanoutSink(sinks)
         self.hub: HubClient | None = None
         self.fetcher: BundleFetcher | None = None
         self.uploader: Uploader | None = None
@@ -355,13 +356,13 @@ class DeviceService:
         self._judge_trial()
         if self.bundle is None:
             return False
-        got = self.source.next()
-        if got is None:
+        frame = self.source.next()
+        if frame is None:
             return False
-        frame_id, data = got
+        frame_id = frame.id
         pipeline = self.bundle.pipeline
         try:
-            image = decode_image(data)
+            image = frame.image if frame.image is not None else decode_image(frame.data or b"")
         except FrameError as e:
             image = None
             pred = Prediction(
@@ -372,20 +373,19 @@ class DeviceService:
             )
         if image is not None:
             pred = pipeline.run(image, frame_id)
-        self.sink.write(pred)
-        self.source.done()
+        self.sink.write(pred, frame.ts)
+        self.source.done(frame)
         self.counters["frames"] += 1
         if pred.error:
             self.counters["frame_errors"] += 1
         else:
             self.latency.add(pred.latency_ms)
-            self.writer.offer(image, pred)  # type: ignore[arg-type]
-            self.shadow.offer(frame_id, data, pred)  # shadow hook 3/5: non-blocking copy
+            self.writer.offer(image, pred, frame.ts)  # type: ignore[arg-type]
+            if self.shadow.active:  # shadow hook 3/5: non-blocking copy
+                self.shadow.offer(frame_id, frame.encoded(), pred)
         if self._trial is not None:
             self._trial["frames"] += 1
             self._trial["errors"] += int(pred.error is not None and image is not None)
-        if self.cfg.source.fps_limit > 0:
-            time.sleep(1.0 / self.cfg.source.fps_limit)
         return True
 
     # ---- background loops --------------------------------------------------------------
@@ -743,6 +743,8 @@ class DeviceService:
             "store": self.store.stats(),
             "writer": self.writer.stats(),
             "source_idle_s": round(self.source.idle_for(), 2),
+            "source": self.source.health(),
+            "sinks": self.sink.stats(),
             "feedback": feedback_summary(self.store, self.state_dir),
             "upload": self.uploader.status() if self.uploader is not None else None,
         }
@@ -802,11 +804,11 @@ class DeviceService:
         log.info("device %s started (runtime %s)", self.cfg.device_id, __version__)
         try:
             while not self._stop.is_set():
-                if not self._frame_step():
+                if not self._frame_step() and (self.bundle is None or not self.source.waits):
                     self._stop.wait(self.cfg.source.poll_interval_s)
         finally:
             control.close()
-            self.source.persist()
+            self.source.close()
             self.shadow.close()  # shadow hook 5/5: stop the candidate's worker
             self.writer.close(timeout=5.0)
             for t in threads:
