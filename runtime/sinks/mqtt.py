@@ -96,7 +96,10 @@ class MqttSink:
     def write(self, pred: Prediction, ts: float | None = None) -> None:
         payload = json.dumps(result_dict(pred, ts, self.device_id), separators=(",", ":"))
         info = self._client.publish(self.topic, payload, qos=self.s.qos)
-        if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+        rc = info.rc
+        # Without a connection paho keeps a QoS 1 message for the reconnect (and says NO_CONN).
+        queued = rc == self._mqtt.MQTT_ERR_NO_CONN and self.s.qos > 0
+        if rc != self._mqtt.MQTT_ERR_SUCCESS and not queued:
             self.counters["dropped"] += 1
 
     def stats(self) -> dict[str, Any]:
