@@ -53,8 +53,10 @@ def serve(
     """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
     from hub.app import run
     from hub.config import HubConfig
+    from runtime.logs import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()  # journald priorities and no second timestamp under systemd
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # per-request lines: debug
     try:
         run(HubConfig(data_dir=data, host=host, port=port, keys_dir=keys))
     except LeanloopError as e:

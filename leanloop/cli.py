@@ -8,10 +8,9 @@ input with a one-line ``error: ...`` and exit code 2, a failed operation with ex
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -76,11 +75,9 @@ def handled(fn: F) -> F:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from runtime.logs import setup_logging
+
+    setup_logging(verbose)  # journald priorities and no second timestamp under systemd
 
 
 # ---- device side -----------------------------------------------------------------------
@@ -97,6 +94,8 @@ def device_run(
     from runtime.service import DeviceService
 
     _setup_logging(verbose)
+    # A hang killed by systemd's watchdog (SIGABRT) leaves every thread's traceback in the log.
+    faulthandler.enable()
     cfg = load_config(config)
     raise typer.Exit(DeviceService(cfg).run())
 

@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from runtime import _svc_testhooks
 from runtime._atomic import atomic_write_json, fsync_dir
 from runtime._version import __version__
 from runtime.backends.base import BackendOptions
@@ -60,6 +61,7 @@ from runtime.hubclient import HubClient, load_or_enroll
 from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
+from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
 from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
 from runtime.sources import Source, open_source
@@ -78,6 +80,8 @@ _OPERATOR = "operator rollback"
 _BLOCK = 4096
 _SPACE_MARGIN = 2 * _BLOCK
 _MAX_REPORTS = 50
+_START_TIMEOUT_S = 120.0  # EXTEND_TIMEOUT_USEC while loading at start and while stopping
+_SOURCE_READY_S = 10.0  # READY waits this long for a live source's first open
 
 
 def _one_line(e: BaseException) -> str:
@@ -181,6 +185,11 @@ class DeviceService:
 
     def __init__(self, cfg: DeviceConfig) -> None:
         self.cfg = cfg
+        # systemd (Type=notify): start-up may load and recover bundles for a while.
+        self.notifier = Notifier()
+        self.notifier.extend_timeout(_START_TIMEOUT_S)
+        self.watchdog = Watchdog(self.notifier)
+        self._reload = threading.Event()
         self.state_dir = cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._stop = threading.Event()
@@ -698,8 +707,36 @@ class DeviceService:
         while not self._stop.wait(self.cfg.status_interval_s):
             try:
                 self.write_status()
+                self.notifier.status(self.status_line())
             except Exception as e:
                 log.warning("status: %s", e)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status`` (sd_notify STATUS=)."""
+        b = self.bundle
+        src = self.source.health()
+        serving = f"serving {b.manifest.name} v{b.manifest.version}" if b else "no bundle"
+        up = time.time() - self._started
+        fps = self.counters["frames"] / up if up > 0 else 0.0
+        return (
+            f"{serving}; {fps:.1f} fps; source {src['name']} {src['state']}; "
+            f"update {self.machine.state.value}"
+        )
+
+    def _reopen_source(self) -> None:
+        """SIGHUP: tell systemd we reload, reopen the source (a replaced camera), READY again."""
+        self._reload.clear()
+        self.notifier.reloading()
+        log.info("reload: reopening source %s", self.source.health()["name"])
+        self.source.close()
+        self.source = open_source(self.cfg.source, self.state_dir)
+        self._wait_source()
+        self.notifier.ready(self.status_line())
+
+    def _wait_source(self) -> None:
+        wait = getattr(self.source, "wait_ready", None)
+        if wait is not None and not wait(_SOURCE_READY_S):
+            log.warning("source %s not open yet; retrying", self.source.health()["name"])
 
     # ---- status ------------------------------------------------------------------------
 
@@ -778,12 +815,14 @@ class DeviceService:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()  # the update thread waits on it, not on _stop
 
     def run(self) -> int:
         """Serve until stopped. Returns the process exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         atomic_write_json(self.state_dir / "service.pid", {"pid": os.getpid()})
         control = ControlServer(
             socket_path(self.state_dir),
@@ -802,11 +841,21 @@ class DeviceService:
         for t in threads:
             t.start()
         log.info("device %s started (runtime %s)", self.cfg.device_id, __version__)
+        self._wait_source()
+        log.info("ready: %s", self.status_line())
+        self.notifier.ready(self.status_line())
         try:
             while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reopen_source()
                 if not self._frame_step() and (self.bundle is None or not self.source.waits):
                     self._stop.wait(self.cfg.source.poll_interval_s)
+                self.watchdog.progress()  # frame-loop progress, not a timer
+                _svc_testhooks.maybe_hang(self.counters["frames"], time.time() - self._started)
         finally:
+            log.info("stopping")
+            self.notifier.stopping()
+            self.notifier.extend_timeout(_START_TIMEOUT_S / 4)
             control.close()
             self.source.close()
             self.shadow.close()  # shadow hook 5/5: stop the candidate's worker
