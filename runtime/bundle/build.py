@@ -33,7 +33,7 @@ from runtime.bundle.manifest import (
     Ontology,
     TensorSpec,
 )
-from runtime.errors import BundleError
+from runtime.errors import BundleError, first_line
 from runtime.pipeline.graph import load_pipeline_spec
 
 __all__ = ["IGNORED_SOURCE_DIRS", "build_bundle"]
@@ -49,7 +49,7 @@ def _read_yaml(path: Path) -> Any:
     except FileNotFoundError as e:
         raise BundleError(f"{path}: missing") from e
     except (OSError, yaml.YAMLError) as e:
-        raise BundleError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from e
+        raise BundleError(f"{path}: not readable YAML: {first_line(e)}") from e
 
 
 def _copy_source(src: Path, out: Path) -> list[str]:
