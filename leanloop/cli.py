@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from leanloop.cli_ops import device_metrics, status_rows
 from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
 
 __all__ = ["app", "main"]
@@ -41,6 +42,26 @@ app.add_typer(delta_app, name="delta")
 app.add_typer(feedback_app, name="feedback")
 shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
 app.add_typer(shadow_app, name="shadow")
+
+def _print_version(value: bool) -> None:
+    if value:
+        from runtime._version import __version__
+
+        typer.echo(f"leanloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """leanloop: the Lean AI loop for vision at the edge."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
@@ -98,6 +119,9 @@ def device_run(
     faulthandler.enable()
     cfg = load_config(config)
     raise typer.Exit(DeviceService(cfg).run())
+
+
+device_app.command("metrics")(handled(device_metrics))
 
 
 @app.command("infer")
@@ -201,6 +225,8 @@ def status(
         f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
         f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload",
     )
+    for k, v in status_rows(st):
+        t.add_row(k, v)
     if fb := st.get("feedback"):  # per class: leanloop status --json
         t.add_row("feedback", f"{fb.get('reviewed')} reviewed, {fb.get('corrections')} corrected, "
                   f"accuracy on reviewed {fb.get('accuracy')}")  # fmt: skip
@@ -242,6 +268,9 @@ def samples_list(
     from rich.table import Table
 
     t = Table("id", "priority", "frame", "bundle", "prediction", "state")
+    # Full ids, never cut: they are pasted into `feedback` (which also takes a unique prefix).
+    t.columns[0].no_wrap = True
+    t.columns[0].min_width = max((len(r["id"]) for r in rows), default=2)
     for r in rows:
         t.add_row(
             r["id"],

@@ -34,6 +34,7 @@ __all__ = [
     "DownloadSettings",
     "HubSettings",
     "InferenceSettings",
+    "MetricsSettings",
     "SamplingSettings",
     "ShadowSettings",
     "SinkSettings",
@@ -308,6 +309,18 @@ class ShadowSettings(_Strict):
     )
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics (``leanloop device metrics`` reads them through the control socket)."""
+
+    textfile: Path | None = Field(
+        default=None,
+        description="also write them to this file for node_exporter's textfile collector "
+        "(e.g. <state_dir>/metrics/leanloop.prom; outside the state folder the unit needs "
+        "ReadWritePaths=); none: no file",
+    )
+    interval_s: float = Field(default=15.0, gt=0, description="how often the textfile is written")
+
+
 class DeviceConfig(_Strict):
     """``leanloop device run --config FILE``."""
 
@@ -331,6 +344,7 @@ class DeviceConfig(_Strict):
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     status_interval_s: float = Field(default=1.0, gt=0)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 def load_config(path: Path | None) -> DeviceConfig:

@@ -37,6 +37,7 @@ from runtime.control import ControlServer, socket_path
 from runtime.errors import ConfigError, FrameError, HubError, LeanloopError, UpdateError
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
+from runtime.metrics import DeviceMetrics, write_textfile
 from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
@@ -97,6 +98,7 @@ class DeviceService:
             "frame_errors": 0,
             "uploaded": 0,
             "upload_errors": 0,
+            "upload_bytes": 0,
         }
         self.latency = _Latency()
         self._started = time.time()
@@ -117,6 +119,8 @@ class DeviceService:
         self.uploader: Uploader | None = None
         # shadow hook 1/4: shadow-mode A/B (runtime/shadow); idle until the hub assigns one.
         self.shadow = ShadowManager(cfg, self.installer, self.writer, self.store)
+        self.metrics = DeviceMetrics(self.status)  # histograms + a view of status()
+        self._textfile_at = 0.0
 
     @property
     def bundle(self) -> LoadedBundle | None:
@@ -148,6 +152,7 @@ class DeviceService:
         self.sink.write(pred, frame.ts)
         self.source.done(frame)
         self.counters["frames"] += 1
+        self.metrics.observe(pred)
         if pred.error:
             self.counters["frame_errors"] += 1
         else:
@@ -240,6 +245,7 @@ class DeviceService:
                 res = self.uploader.run_once()
                 self.counters["uploaded"] += res.sent
                 self.counters["upload_errors"] += res.failed
+                self.counters["upload_bytes"] += res.wire_bytes
             except LeanloopError as e:
                 self.counters["upload_errors"] += 1
                 log.warning("upload: %s", e)
@@ -251,8 +257,36 @@ class DeviceService:
             try:
                 self.write_status()
                 self.notifier.status(self.status_line())
+                self._write_textfile()
             except Exception as e:
                 log.warning("status: %s", e)
+
+    def _write_textfile(self) -> None:
+        m = self.cfg.metrics
+        if m.textfile is None or time.monotonic() < self._textfile_at:
+            return
+        self._textfile_at = time.monotonic() + m.interval_s
+        write_textfile(m.textfile, self.metrics.exposition())
+
+    def _engines(self) -> dict[str, str]:
+        """Which engine runs each model of the serving bundle."""
+        b = self.bundle
+        if b is None:
+            return {}
+        per_model = getattr(b, "engines", None)
+        if isinstance(per_model, dict):
+            return {str(k): str(v) for k, v in per_model.items()}
+        return {name: b.backend for name in b.manifest.models}
+
+    def _shadow_status(self) -> dict[str, Any] | None:
+        rep = getattr(self.shadow, "report", None)
+        if rep is None or getattr(rep, "candidate", None) is None:
+            return None
+        stats = getattr(rep, "stats", None)
+        return {
+            "status": getattr(rep, "status", None),
+            "agreement": getattr(stats, "agreement", None),
+        }
 
     def status_line(self) -> str:
         """One line for ``systemctl status`` (sd_notify STATUS=)."""
@@ -304,6 +338,9 @@ class DeviceService:
             "source_idle_s": round(self.source.idle_for(), 2),
             "source": self.source.health(),
             "sinks": self.sink.stats(),
+            "engines": self._engines(),
+            "download": self.fetcher.progress() if self.fetcher is not None else None,
+            "shadow": self._shadow_status(),
             "feedback": feedback_summary(self.store, self.state_dir),
             "upload": self.uploader.status() if self.uploader is not None else None,
         }
@@ -352,6 +389,7 @@ class DeviceService:
                 "status": lambda req: self.status(),
                 "rollback": lambda req: {"message": self.installer.request_rollback()},
                 "feedback": self._feedback,
+                "metrics": lambda req: {"text": self.metrics.exposition()},
             },
         )
         control.start()

@@ -812,6 +812,29 @@ class SampleStore:
             self._rejected += done.count(False)
             return done
 
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of stored records that start with ``prefix`` (in id order), so
+        an operator may type any unique prefix of an id."""
+        want = prefix.encode()
+
+        def read(txn: lmdb.Transaction[bytes]) -> list[str]:
+            out: list[str] = []
+            cursor = txn.cursor(db=self._records)
+            if not want or not cursor.set_range(want):
+                return out
+            for key in cursor.iternext(keys=True, values=False):
+                k = bytes(key)
+                if not k.startswith(want):
+                    break
+                rid = k[:-2].decode(errors="replace")  # id + 2-byte chunk number
+                if not out or out[-1] != rid:
+                    out.append(rid)
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return self._run(False, f"ids {prefix}", read)
+
     def get(self, sample_id: str) -> SampleRecord | None:
         """The record with this id, or None. Raises StoreError if it is stored but corrupt."""
         rid = sample_id.encode()
