@@ -45,7 +45,7 @@ from runtime.protocol import Heartbeat
 from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
 from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
-from runtime.sources import Source, open_source
+from runtime.sources import Source, open_source, source_key
 from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update.installer import Installer
@@ -107,7 +107,7 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
-        self.source: Source = open_source(cfg.source, self.state_dir)
+        self.source: Source = self._open_source()
         sink_path = cfg.sink.path or self.state_dir / "results.jsonl"
         sinks: list[tuple[str, Sink]] = [
             ("results", JsonlSink(sink_path) if cfg.sink.type == "jsonl" else NullSink())
@@ -304,9 +304,19 @@ class DeviceService:
         self.notifier.reloading()
         log.info("reload: reopening source %s", self.source.health()["name"])
         self.source.close()
-        self.source = open_source(self.cfg.source, self.state_dir)
+        self.source = self._open_source()
         self._wait_source()
         self.notifier.ready(self.status_line())
+
+    def _open_source(self) -> Source:
+        """Open the source, resuming after the last frame a committed store transaction
+        decided (the store keeps that cursor with its records: after a kill -9 no frame the
+        store already judged is read, hence stored, again)."""
+        src = open_source(self.cfg.source, self.state_dir)
+        cursor = self.store.source_cursor(source_key(self.cfg.source))
+        if cursor is not None:
+            src.resume_after(cursor)
+        return src
 
     def _wait_source(self) -> None:
         wait = getattr(self.source, "wait_ready", None)

@@ -37,6 +37,7 @@ __all__ = [
     "VideoFileSource",
     "VideoSourceSettings",
     "open_source",
+    "source_key",
 ]
 
 Factory = Callable[[Any, Path], Source]
@@ -71,3 +72,13 @@ def open_source(settings: SourceSettingsBase, state_dir: Path) -> Source:
     """Open the source ``settings`` describe (live sources start their reader thread)."""
     _, factory = SOURCES[settings.type]  # type: ignore[attr-defined]
     return factory(settings, state_dir)
+
+
+def source_key(settings: SourceSettingsBase) -> str:
+    """The source's identity where its cursor is stored: type, name and what it reads (a
+    cursor of another folder or camera must not apply)."""
+    what = next(
+        (str(getattr(settings, k)) for k in ("path", "url", "device") if hasattr(settings, k)),
+        "",
+    )
+    return f"{settings.type}:{settings.name}:{what}"  # type: ignore[attr-defined]

@@ -164,6 +164,9 @@ class LiveCapture:
     def persist(self) -> None:
         pass
 
+    def resume_after(self, frame_id: str) -> None:
+        pass  # a live frame is never read twice
+
     def idle_for(self) -> float:
         return time.monotonic() - self._last_out
 

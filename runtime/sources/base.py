@@ -110,6 +110,11 @@ class Source(Protocol):
         """Store the resume position now (at stop)."""
         ...
 
+    def resume_after(self, frame_id: str) -> None:
+        """Never hand out ``frame_id`` or a frame before it (the sample store's cursor: frames
+        up to it were decided in a committed store transaction)."""
+        ...
+
     def idle_for(self) -> float:
         """Seconds since the last frame was handed out (the uploader's idle gate)."""
         ...

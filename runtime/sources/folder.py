@@ -123,6 +123,11 @@ class FolderSource:
             atomic_write_json(self.cursor_file, {"last": self._last})
             self._since_persist = 0
 
+    def resume_after(self, frame_id: str) -> None:
+        if frame_id > self._last:
+            self._last = frame_id
+            self._pending = []
+
     def idle_for(self) -> float:
         return time.monotonic() - self.last_frame_at
 

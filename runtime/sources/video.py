@@ -3,7 +3,7 @@
 Unlike a live capture, a file does not run away from a slow pipeline: every frame is read, on
 the frame loop's thread (``fps_limit`` paces them, e.g. at the recording's rate to replay it
 as a camera would). The frame id is the file name and the frame number (``gate.mp4#00001234``,
-with ``~N`` after the name on the N-th pass when ``loop`` is on). The next frame number is
+with ``~000N`` after the name on the N-th pass when ``loop`` is on). The next frame number is
 persisted every ``persist_every`` frames and on close, with the file's size and mtime, so a
 restart resumes where it stopped unless the file was replaced. At the end of the file the
 source is ``ended`` (or starts again with ``loop``).
@@ -12,6 +12,7 @@ source is ``ended`` (or starts again with ``loop``).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -133,7 +134,7 @@ class VideoFileSource:
         self._last_out = now
         h.frames += 1
         h.last_frame_at = time.time()
-        tag = f"~{self._pass}" if self._pass else ""
+        tag = f"~{self._pass:04d}" if self._pass else ""  # ids sort in reading order
         return Frame(id=f"{self.path.name}{tag}#{idx:08d}", ts=h.last_frame_at, image=img)
 
     def done(self, frame: Frame | None = None) -> None:
@@ -149,6 +150,16 @@ class VideoFileSource:
                 {"identity": self._identity(), "next": nxt, "pass": self._pass},
             )
             self._since_persist = 0
+
+    def resume_after(self, frame_id: str) -> None:
+        """Skip to after ``frame_id`` (``<name>[~pass]#<frame>``) of this file."""
+        m = re.fullmatch(re.escape(self.path.name) + r"(?:~(\d+))?#(\d+)", frame_id)
+        if m is None or self._cap is not None:
+            return
+        after = (int(m.group(1) or 0), int(m.group(2)) + 1)
+        start, npass = self._resume
+        if (after[0], after[1]) > (npass, start):
+            self._resume = (after[1], after[0])
 
     def idle_for(self) -> float:
         return time.monotonic() - self._last_out

@@ -74,7 +74,7 @@ def test_video_source_ends_when_file_is_read_and_loops_when_asked(tmp_path: Path
     looped = VideoFileSource(clip, tmp_path / "cur2.json", loop=True)
     got = [f.id for f in (looped.next() for _ in range(14)) if f is not None]
     assert got[:5] == [f"c.avi#{i:08d}" for i in range(5)]
-    assert got[5:10] == [f"c.avi~1#{i:08d}" for i in range(5)]
+    assert got[5:10] == [f"c.avi~0001#{i:08d}" for i in range(5)]
 
 
 def test_video_source_starts_over_when_file_is_replaced(tmp_path: Path) -> None:
