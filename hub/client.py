@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import tarfile
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -435,14 +436,17 @@ class HubAdminClient:
         version: int,
         init_from: int | None = None,
         params: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> int:
-        """Queue a training job; return its id."""
-        body = {
+        """Queue a training job (with ``spec``: the spec-driven trainer); return its id."""
+        body: dict[str, Any] = {
             "bundle": bundle,
             "version": version,
             "init_from": init_from,
             "params": params or {},
         }
+        if spec is not None:
+            body["spec"] = spec
         return int(self._json("POST", "/admin/jobs/train", json_body=body)["job"])
 
     def job(self, job_id: int) -> dict[str, Any]:
@@ -454,3 +458,35 @@ class HubAdminClient:
         data = self._request("GET", f"/admin/jobs/{job_id}/artifact")
         safe_extract_tar(data, Path(dest_dir))
         return Path(dest_dir)
+
+    # -- datasets and ontologies ---------------------------------------------------------------
+
+    def import_dataset(self, name: str, fmt: str, archive: bytes) -> dict[str, Any]:
+        """Post a dataset archive (tar.gz of the folder); the new version's summary."""
+        q = urllib.parse.urlencode({"format": fmt})
+        return dict(self._json("POST", f"/admin/datasets/{name}?{q}", body=archive))
+
+    def export_dataset(self, name: str, fmt: str, version: int | None = None) -> bytes:
+        """A tar.gz of a stored dataset version written in ``fmt``."""
+        query: dict[str, Any] = {"format": fmt, "version": version}
+        return self._request("GET", f"/admin/datasets/{name}/export", query=query)
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/admin/datasets"))
+
+    def create_ontology(self, onto_id: str, classes: list[str], version: int = 1) -> Any:
+        body = {"id": onto_id, "classes": classes, "version": version}
+        return self._json("POST", "/admin/ontologies", json_body=body)
+
+    def ontology(self, onto_id: str) -> list[dict[str, Any]]:
+        return list(self._json("GET", f"/admin/ontologies/{onto_id}"))
+
+    def change_ontology(
+        self, onto_id: str, changes: list[dict[str, Any]], base_version: int | None = None
+    ) -> dict[str, Any]:
+        body = {"changes": changes, "base_version": base_version}
+        return dict(self._json("POST", f"/admin/ontologies/{onto_id}/changes", json_body=body))
+
+    def ontology_weakness(self, onto_id: str, top: int = 10) -> dict[str, Any]:
+        q = {"top": top}
+        return dict(self._json("GET", f"/admin/ontologies/{onto_id}/weakness", query=q))

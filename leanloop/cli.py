@@ -8,9 +8,11 @@ input with a one-line ``error: ...`` and exit code 2, a failed operation with ex
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from leanloop.cli_ops import device_metrics, status_rows
+from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
 
 __all__ = ["app", "main"]
@@ -42,6 +45,7 @@ app.add_typer(delta_app, name="delta")
 app.add_typer(feedback_app, name="feedback")
 shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
 app.add_typer(shadow_app, name="shadow")
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -129,39 +133,26 @@ device_app.command("metrics")(handled(device_metrics))
 def infer(
     images: Annotated[list[Path], typer.Argument(help="image files")],
     bundle: Annotated[Path, typer.Option(help="bundle folder")],
-    backend: Annotated[str, typer.Option(help="onnxruntime | openvino | litert")] = "onnxruntime",
+    backend: Annotated[
+        str, typer.Option(help="engines in order of preference, e.g. litert,onnxruntime")
+    ] = "onnxruntime,litert,openvino",
     threads: Annotated[int, typer.Option(help="engine threads; 0: default")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="engines' INFO lines")] = False,
 ) -> None:
-    """Run a bundle's pipeline on image files and print the predictions."""
-    from runtime.backends.base import BackendOptions
-    from runtime.bundle.loader import load_bundle
+    """Run a bundle's pipeline on image files and print the predictions.
 
-    loaded = load_bundle(bundle, backend, BackendOptions(threads=threads))
-    failed = 0
-    try:
-        for img in images:
-            try:
-                data = img.read_bytes()
-            except OSError as e:
-                data = b""
-                typer.echo(f"error: {img}: {e.strerror}", err=True)
-            pred = loaded.pipeline.run_bytes(data, frame_id=str(img))
-            failed += int(pred.error is not None)
-            if as_json:
-                typer.echo(json.dumps(pred.to_dict()))
-            elif pred.error:
-                typer.echo(f"{img}: error: {pred.error}")
-            else:
-                items = ", ".join(
-                    f"{i.label} {i.score:.2f}" + (f" @{[round(v) for v in i.box]}" if i.box else "")
-                    for i in pred.final_items()
-                )
-                typer.echo(f"{img}: {items or '(nothing)'}  [{pred.latency_ms:.1f} ms]")
-    finally:
-        loaded.close()
-    if failed:
-        raise typer.Exit(1)
+    Exit code: 0 every image ran, 2 some image was missing or not decodable (each reported on
+    stderr, the others still run), 1 the pipeline failed on an image.
+    """
+    from leanloop._infer import native_stderr_filtered, run_infer
+
+    # Each bad image is reported once, by run_infer; the pipeline's own warnings only with -v.
+    logging.getLogger("runtime").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    with contextlib.nullcontext() if verbose else native_stderr_filtered():
+        code = run_infer(images, bundle, backend, threads, as_json)
+    if code:
+        raise typer.Exit(code)
 
 
 def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
@@ -204,6 +195,8 @@ def status(
         f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})" if act else "none",
     )
     t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
+    if engines := st.get("engines"):
+        t.add_row("engines", ", ".join(f"{k}={e}" for k, e in engines.items()))
     inst = st.get("install") or {}
     t.add_row(
         "update",
@@ -539,13 +532,20 @@ def delta_apply(
 def bundle_build(
     src: Annotated[Path, typer.Argument(help="bundle source folder")],
     out: Annotated[Path, typer.Option(help="output bundle folder (new or empty)")],
-    name: Annotated[str, typer.Option(help="bundle name")] = "digits",
+    name: Annotated[str, typer.Option(help="bundle name, e.g. digits")],
     version: Annotated[int, typer.Option(help="bundle version (monotonic)")] = 1,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="engines to compute the golden outputs with, in order of preference "
+            "(default: each model on the engine made for its file)"
+        ),
+    ] = None,
 ) -> None:
     """Make a bundle (manifest, golden expected outputs) from a source folder."""
     from runtime.bundle.build import build_bundle
 
-    m = build_bundle(src, out, name=name, version=version)
+    m = build_bundle(src, out, name=name, version=version, backend=backend)
     typer.echo(f"built {m.name} v{m.version}: {len(m.files)} files in {out}")
 
 
@@ -593,6 +593,10 @@ def _mount_hub() -> None:
         return
     app.add_typer(hub_app, name="hub")
     app.add_typer(keys_app, name="keys")
+    from leanloop.cli_fleet import fleet_app, rollout_app
+
+    app.add_typer(fleet_app, name="fleet")
+    app.add_typer(rollout_app, name="rollout")
 
 
 @app.command("demo")
@@ -627,6 +631,15 @@ def demo(
 
 
 _mount_hub()
+app.command("train")(train_command)
+
+from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402
+from leanloop.cli_model import model_app  # noqa: E402
+
+app.add_typer(model_app, name="model")
+
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(ontology_app, name="ontology")
 
 
 def main() -> None:

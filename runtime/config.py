@@ -52,6 +52,11 @@ class _Strict(BaseModel):
 
 class HubSettings(_Strict):
     url: str | None = Field(default=None, description="hub base URL; none: run offline")
+    fallback_urls: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="other replicas of the same hub, tried in turn when the current one is down",
+    )
     enroll_token: str | None = Field(default=None, description="fleet enrollment secret")
     enroll_token_file: Path | None = Field(default=None, description="file holding the secret")
     cohort: str | None = Field(default=None, description="cohort to join at enrollment")
@@ -70,8 +75,35 @@ class SinkSettings(_Strict):
 
 
 class InferenceSettings(_Strict):
-    backend: str = Field(default="onnxruntime", description="onnxruntime | openvino | litert")
+    backend: list[str] = Field(
+        default_factory=lambda: ["onnxruntime", "litert", "openvino"],
+        description="engines in order of preference (onnxruntime, openvino, litert; one name "
+        "is a list of one): each model runs on the first that is installed and has a file "
+        "for it, unless its stage pins an engine",
+    )
     threads: int = Field(default=0, ge=0, description="engine threads; 0: engine default")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from runtime.bundle.engines import preference
+        from runtime.errors import BackendError
+
+        try:
+            return list(preference(v))
+        except BackendError as e:
+            raise ValueError(str(e)) from None
+
+    max_frame_pixels: int = Field(
+        default=8192 * 8192,
+        gt=0,
+        description="a frame whose header declares more pixels is refused before decoding",
+    )
 
 
 class ClassQuota(_Strict):

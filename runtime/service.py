@@ -28,24 +28,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runtime import _svc_testhooks
 from runtime._atomic import atomic_write_json
 from runtime._version import __version__
 from runtime.bundle.loader import LoadedBundle
+from runtime.bundle.manifest import Ontology
 from runtime.config import DeviceConfig
 from runtime.control import ControlServer, socket_path
-from runtime.errors import ConfigError, FrameError, HubError, LeanloopError, UpdateError
+from runtime.errors import ConfigError, HubError, LeanloopError, StoreError, UpdateError
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.metrics import DeviceMetrics, write_textfile
 from runtime.outbox import SENT_DIR, FeedbackOutbox
-from runtime.pipeline.prediction import Prediction
-from runtime.pipeline.preprocess import decode_image
 from runtime.protocol import Heartbeat
 from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
 from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
 from runtime.sources import Source, open_source, source_key
+from runtime.store.remap import remap_store
 from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update.installer import Installer
@@ -107,6 +109,9 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
+        self.installer.on_commit = self._remap_store  # a new ontology version remaps the store
+        if (committed := self.installer.committed_ontologies()) is not None:
+            self._remap_store(*committed)  # finishes a remap a crash interrupted (else no-op)
         self.source: Source = self._open_source()
         sink_path = cfg.sink.path or self.state_dir / "results.jsonl"
         sinks: list[tuple[str, Sink]] = [
@@ -137,18 +142,14 @@ class DeviceService:
         if frame is None:
             return False
         frame_id = frame.id
-        try:
-            image = frame.image if frame.image is not None else decode_image(frame.data or b"")
-        except FrameError as e:
-            image = None
-            pred = Prediction(
-                frame_id=frame_id,
-                error=str(e),
-                bundle=bundle.manifest.name,
-                bundle_version=bundle.manifest.version,
+        # Never raises: a frame that cannot be decoded or run is an error result.
+        if frame.image is not None:  # cameras and video files give pixels
+            image: np.ndarray | None = frame.image
+            pred = bundle.pipeline.run(frame.image, frame_id)
+        else:
+            image, pred = bundle.pipeline.run_encoded(
+                frame.data or b"", frame_id, self.cfg.inference.max_frame_pixels
             )
-        if image is not None:
-            pred = bundle.pipeline.run(image, frame_id)
         self.sink.write(pred, frame.ts)
         self.source.done(frame)
         self.counters["frames"] += 1
@@ -171,7 +172,7 @@ class DeviceService:
         if hub.url is None:
             return False
         if self.hub is None:
-            self.hub = HubClient(hub.url, timeout_s=hub.timeout_s)
+            self.hub = HubClient(hub.url, timeout_s=hub.timeout_s, fallback_urls=hub.fallback_urls)
         if self.hub.token is None:
             token = hub.enroll_token
             if token is None and hub.enroll_token_file is not None:
@@ -261,6 +262,13 @@ class DeviceService:
             except Exception as e:
                 log.warning("status: %s", e)
 
+    def _remap_store(self, old: Ontology, new: Ontology) -> None:
+        """An update committed: remap the store and the outbox to a new ontology version."""
+        try:
+            remap_store(self.store, self.outbox, old, new)
+        except StoreError as e:  # the bundle stays committed; records keep their old labels
+            log.error("could not remap the sample store to the new ontology: %s", e)
+
     def _write_textfile(self) -> None:
         m = self.cfg.metrics
         if m.textfile is None or time.monotonic() < self._textfile_at:
@@ -271,12 +279,7 @@ class DeviceService:
     def _engines(self) -> dict[str, str]:
         """Which engine runs each model of the serving bundle."""
         b = self.bundle
-        if b is None:
-            return {}
-        per_model = getattr(b, "engines", None)
-        if isinstance(per_model, dict):
-            return {str(k): str(v) for k, v in per_model.items()}
-        return {name: b.backend for name in b.manifest.models}
+        return {str(k): str(v) for k, v in b.engines.items()} if b is not None else {}
 
     def _shadow_status(self) -> dict[str, Any] | None:
         rep = getattr(self.shadow, "report", None)
@@ -418,7 +421,13 @@ class DeviceService:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._reopen_source()
-                if not self._frame_step() and (self.bundle is None or not self.source.waits):
+                try:
+                    busy = self._frame_step()
+                except Exception:  # nothing a frame does may stop the device
+                    self.counters["frame_errors"] += 1
+                    log.exception("frame loop: unexpected error; going on")
+                    busy = False
+                if not busy and (self.bundle is None or not self.source.waits):
                     self._stop.wait(self.cfg.source.poll_interval_s)
                 self.watchdog.progress()  # frame-loop progress, not a timer
                 _svc_testhooks.maybe_hang(self.counters["frames"], time.time() - self._started)

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import devices, fleet, jobs, rollouts, samples, shadow, tuf, uploads
+from hub.api import (
+    datasets,
+    devices,
+    fleet,
+    jobs,
+    ontologies,
+    ops,
+    rollouts,
+    samples,
+    shadow,
+    tokens,
+    tuf,
+    uploads,
+)
 
 __all__ = ["ROUTE_TABLES"]
 
@@ -17,4 +30,8 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     samples.routes,
     jobs.routes,
     rollouts.routes,
+    tokens.routes,
+    ops.routes,
+    datasets.routes,
+    ontologies.routes,
 )

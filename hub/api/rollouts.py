@@ -9,14 +9,16 @@ install it as an ordinary, newer release, so TUF's and the device's anti-rollbac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
-from hub.api._common import API, DB, parse_body, read_capped
+from hub.api._common import API, BLOBS, DB, parse_body, read_capped
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.rollouts import RolloutSpec, control
 from hub.rollouts.ticker import rollout_json, tick_one
+from hub.storage import check_sha256
 from runtime.bundle.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,21 @@ async def act(request: web.Request) -> web.Response:
         rollout = await tick_one(db, rollout)
     log.info("rollout %s: %s", rollout.id, action)
     return web.json_response(await rollout_json(db, rollout))
+
+
+@routes.get(f"{API}/admin/bundles")
+async def bundles(request: web.Request) -> web.Response:
+    """Every published bundle version: name and version."""
+    db = request.app[DB]
+    return web.json_response([{"name": n, "version": v} for n, v, _ in await db.call(db.bundles)])
+
+
+@routes.get(f"{API}/admin/blobs/{{sha256}}")
+async def blob(request: web.Request) -> web.Response:
+    """A blob's bytes (a rollback fetches an earlier release's files back)."""
+    sha256 = check_sha256(request.match_info["sha256"])
+    data = await asyncio.to_thread(request.app[BLOBS].read, sha256)
+    return web.Response(body=data, content_type="application/octet-stream")
 
 
 @routes.get(f"{API}/admin/bundles/{{name}}/{{version:\\d+}}")

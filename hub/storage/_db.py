@@ -272,6 +272,10 @@ class DBBase:
         legacy = "".join(c.__dict__.get("TABLES", "") for c in reversed(type(self).__mro__))
         database.migrate(legacy)
 
+    def ping(self) -> None:
+        """One round trip to the database (raises what the driver raises)."""
+        self._db.execute("SELECT 1").fetchone()
+
     @property
     def dialect(self) -> Dialect:
         return self.database.dialect

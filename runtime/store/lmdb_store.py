@@ -1006,6 +1006,36 @@ class SampleStore:
         with self._lock:
             return self._run(True, f"feedback on {sample_id}", change)
 
+    def rewrite(
+        self, sample_id: str, fn: Callable[[SampleRecord], SampleRecord | None]
+    ) -> SampleRecord | None:
+        """Replace a record by ``fn(record)`` in one transaction (``fn`` returns None: keep it
+        as it is). Used to remap labels after an ontology change; the id and priority must
+        stay. Like feedback, the write is protected from quotas. Returns the new record, or None
+        when the id is unknown or nothing changed. Raises StoreError (nothing changed)."""
+        rid = sample_id.encode()
+
+        def change(txn: lmdb.Transaction[bytes]) -> SampleRecord | None:
+            if txn.get(rid + b"\0\0", db=self._records) is None:
+                return None
+            try:
+                old = self._read(txn, rid, with_image=True)
+            except _Corrupt as e:
+                self._note_corrupt(rid, str(e))
+                return None
+            new = fn(old)
+            if new is None:
+                return None
+            if new.id != old.id or new.priority != old.priority:
+                raise StoreError(f"sample store {self.path}: a rewrite changed id or priority")
+            self._txn_bytes = 0
+            if not self._write_record(txn, new, below=None):
+                raise StoreError(f"sample store {self.path}: no room to rewrite {sample_id}")
+            return new
+
+        with self._lock:
+            return self._run(True, f"rewrite {sample_id}", change)
+
     def release(
         self, ids: Iterable[str], *, expected_priority: Mapping[str, float] | None = None
     ) -> int:
