@@ -322,9 +322,18 @@ class DeviceService:
         return src
 
     def _wait_source(self) -> None:
+        """Give a live source's first open up to ``_SOURCE_READY_S`` (READY comes after it);
+        a stop request ends the wait at once."""
         wait = getattr(self.source, "wait_ready", None)
-        if wait is not None and not wait(_SOURCE_READY_S):
-            log.warning("source %s not open yet; retrying", self.source.health()["name"])
+        if wait is None:
+            return
+        deadline = time.monotonic() + _SOURCE_READY_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                return
+            if getattr(self.source, "tried", False):
+                break  # the first open failed; the source keeps retrying on its own
+        log.warning("source %s not open yet; retrying", self.source.health()["name"])
 
     # ---- status ------------------------------------------------------------------------
 

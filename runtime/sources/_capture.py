@@ -144,6 +144,11 @@ class LiveCapture:
         self._first_attempt.wait(timeout)
         return self._opened_once.is_set()
 
+    @property
+    def tried(self) -> bool:
+        """True once the first open attempt ended (opened or not)."""
+        return self._first_attempt.is_set()
+
     def next(self) -> Frame | None:
         with self._cond:
             if self._slot is None:
@@ -177,4 +182,7 @@ class LiveCapture:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout=10.0)
+        # A reader blocked in an open or read gives up within the capture's own timeout; the
+        # service does not wait for that (its stop must stay quick): the daemon thread ends by
+        # itself or with the process.
+        self._thread.join(timeout=1.0)

@@ -183,6 +183,19 @@ def test_sandbox_refuses_writes_outside_state_folder(ct: Container) -> None:
     assert r.returncode != 0  # ProtectHome
 
 
+def test_reload_reopens_source_and_is_ready_again(ct: Container) -> None:
+    if ct.sh("systemctl is-active leanloop", check=False).stdout.strip() != "active":
+        _start_device(ct, SLOW_CAMERA_CONFIG)
+        ct.sh("systemctl start leanloop")
+    pid = ct.prop("leanloop", "MainPID")
+    ct.sh("systemctl reload leanloop", timeout=60)  # SIGHUP: RELOADING=1 ... READY=1
+    assert ct.prop("leanloop", "ActiveState") == "active"
+    assert ct.prop("leanloop", "MainPID") == pid  # the same process: reloaded, not restarted
+    msgs = [_msg(e) for e in _journal(ct, "leanloop")]
+    assert any("reload: reopening source cam0" in m for m in msgs)
+    assert any(m.startswith("Reloaded leanloop.service") for m in msgs), msgs[-5:]
+
+
 def test_device_stops_within_5_s(ct: Container) -> None:
     if ct.sh("systemctl is-active leanloop", check=False).stdout.strip() != "active":
         _start_device(ct, SLOW_CAMERA_CONFIG)
