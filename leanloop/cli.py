@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from leanloop.cli_ops import device_metrics, status_rows
+from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows
 from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
 
@@ -232,14 +232,18 @@ def rollback(
     config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Return to the previous committed bundle (live between two frames, or service stopped)."""
     from runtime.operator import rollback as device_rollback
 
     sd = _state_dir(config, state_dir)
+    if as_json and not yes:
+        raise ConfigError("--json asks nothing: add --yes")
     if not yes and not typer.confirm("Roll back to the previous committed bundle?"):
         raise typer.Exit(1)
-    typer.echo(device_rollback(sd))
+    msg = device_rollback(sd)
+    say(as_json, {"message": msg}, msg)
 
 
 @samples_app.command("list")
@@ -434,6 +438,7 @@ def shadow_assign(
         float, typer.Option(help="δ on corrected frames (candidate vs production accuracy)")
     ] = 0.02,
     measure_only: Annotated[bool, typer.Option(help="report, never promote")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Hub admin: run a candidate in shadow mode on devices, a cohort, or the fleet."""
     rule = {
@@ -443,7 +448,11 @@ def shadow_assign(
         "promote": not measure_only,
     }
     n = _admin_client(hub, token).shadow_rollout(bundle, version, rule, device or None, cohort)
-    typer.echo(f"{bundle} v{version} in shadow on {n} device(s)")
+    say(
+        as_json,
+        {"bundle": bundle, "version": version, "devices": n},
+        f"{bundle} v{version} in shadow on {n} device(s)",
+    )
 
 
 @shadow_app.command("fleet")
@@ -487,6 +496,7 @@ def delta_make(
     codec: Annotated[
         str, typer.Option(help="auto | tensor | hdiffpatch | hdiffpatch-lzma | zstd-dict | bsdiff4")
     ] = "auto",
+    as_json: JsonFlag = False,
 ) -> None:
     """Make a verified patch from OLD to NEW (tensor-aware for model files)."""
     from bsdiff import DeltaError, codec_name, make_patch, read_header
@@ -500,9 +510,16 @@ def delta_make(
 
     atomic_write_bytes(patch, data)
     h = read_header(data)
-    typer.echo(
+    say(
+        as_json,
+        {
+            "patch": str(patch),
+            "bytes": len(data),
+            "result_bytes": h.result_size,
+            "codec": codec_name(h.codec),
+        },
         f"{patch}: {len(data)} bytes ({len(data) / max(1, h.result_size):.2%} of "
-        f"{h.result_size}), codec {codec_name(h.codec)}"
+        f"{h.result_size}), codec {codec_name(h.codec)}",
     )
 
 
@@ -512,6 +529,7 @@ def delta_apply(
     old: Annotated[Path, typer.Argument(help="base file")],
     patch: Annotated[Path, typer.Argument(help="patch file")],
     out: Annotated[Path, typer.Argument(help="result file to write (atomically)")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Apply PATCH to OLD; the result is written only if its sha256 matches the patch header."""
     from bsdiff import DeltaError, apply_patch_file
@@ -521,7 +539,11 @@ def delta_apply(
     except DeltaError as e:
         _delta_error(e)
         return
-    typer.echo(f"{out}: {h.result_size} bytes, sha256 {h.result_sha256.hex()[:16]}… verified")
+    say(
+        as_json,
+        {"out": str(out), "bytes": h.result_size, "sha256": h.result_sha256.hex()},
+        f"{out}: {h.result_size} bytes, sha256 {h.result_sha256.hex()[:16]}… verified",
+    )
 
 
 # ---- bundles ---------------------------------------------------------------------------
@@ -541,12 +563,17 @@ def bundle_build(
             "(default: each model on the engine made for its file)"
         ),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Make a bundle (manifest, golden expected outputs) from a source folder."""
     from runtime.bundle.build import build_bundle
 
     m = build_bundle(src, out, name=name, version=version, backend=backend)
-    typer.echo(f"built {m.name} v{m.version}: {len(m.files)} files in {out}")
+    say(
+        as_json,
+        {"name": m.name, "version": m.version, "files": len(m.files), "out": str(out)},
+        f"built {m.name} v{m.version}: {len(m.files)} files in {out}",
+    )
 
 
 @bundle_app.command("verify")
@@ -558,12 +585,17 @@ def bundle_verify(
         Path | None,
         typer.Option(help="signed targets.json (default: <bundle>/../targets.json or the hub's)"),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Offline check of a bundle's files against its manifest and signed targets metadata."""
     from runtime.bundle.verify import verify_offline
 
     m = verify_offline(bundle, root, targets)
-    typer.echo(f"ok: {m.name} v{m.version}, {len(m.files) + 1} files verified")
+    say(
+        as_json,
+        {"ok": True, "name": m.name, "version": m.version, "files": len(m.files) + 1},
+        f"ok: {m.name} v{m.version}, {len(m.files) + 1} files verified",
+    )
 
 
 @bundle_app.command("publish")
@@ -576,13 +608,14 @@ def bundle_publish(
         str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
     ] = None,
     cohort: Annotated[str | None, typer.Option(help="roll out to this cohort")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Sign a bundle's files as TUF targets and upload them to the hub."""
     from hub.cli import publish_command
 
     if not token:
         raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
-    publish_command(bundle, hub, keys, token, cohort)
+    publish_command(bundle, hub, keys, token, cohort, as_json)
 
 
 def _mount_hub() -> None:
@@ -612,22 +645,40 @@ def demo(
     ] = 150,
     budget: Annotated[int, typer.Option(min=1, help="digit labels per iteration per arm")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="also write report.json")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="print the report as JSON on stdout (tables go to stderr); also "
+            "writes report.json",
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on one machine: hub, devices, train, publish, update, collect, retrain."""
+    import sys
+    from dataclasses import asdict
+
     from leanloop.demo import DemoSettings, run_demo
 
-    run_demo(
-        DemoSettings(
-            workdir=workdir,
-            iterations=iterations,
-            devices=devices,
-            frames=frames,
-            budget=budget,
-            seed=seed,
-            json_report=as_json,
-        )
+    settings = DemoSettings(
+        workdir=workdir,
+        iterations=iterations,
+        devices=devices,
+        frames=frames,
+        budget=budget,
+        seed=seed,
+        json_report=as_json,
     )
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        rows = run_demo(settings)
+    if as_json:
+        report = {
+            "settings": {
+                k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
+            },
+            "rows": [asdict(r) for r in rows],
+        }
+        typer.echo(json.dumps(report, indent=2, default=str))
 
 
 _mount_hub()

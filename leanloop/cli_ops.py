@@ -88,3 +88,16 @@ def device_metrics(
     if live is None:
         raise LeanloopError(f"no device service is running on {sd} (metrics come from it)")
     typer.echo(str(live["text"]), nl=False)
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
+
+
+def say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """The command's result: ``data`` as one JSON object with ``--json``, else ``text``."""
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data, sort_keys=True, default=str))
+    else:
+        typer.echo(text)
