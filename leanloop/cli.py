@@ -119,9 +119,11 @@ def device_run(
     from runtime.service import DeviceService
 
     _setup_logging(verbose)
-    # A hang killed by systemd's watchdog (SIGABRT) leaves every thread's traceback in the log.
-    faulthandler.enable()
     cfg = load_config(config)
+    # A hang killed by systemd's watchdog (SIGABRT) leaves every thread's traceback in the log
+    # (stderr must be a real file descriptor: not under a test runner's capture).
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        faulthandler.enable()
     raise typer.Exit(DeviceService(cfg).run())
 
 
