@@ -39,6 +39,7 @@ from hub.api._common import (
     PUBLISH_LOCK,
     REPO,
     SHARED,
+    TOUCHED,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
@@ -192,6 +193,7 @@ def create_app(config: HubConfig) -> web.Application:
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
+    app[TOUCHED] = {}
     app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)
