@@ -69,10 +69,16 @@ def export_samples(samples: list[Sample], blobs: Blobs, job_dir: Path) -> int:
 
 
 def export_dataset(
-    samples: list[Sample], blobs: Blobs, folder: Path, classes: list[str] | None, name: str
+    samples: list[Sample],
+    blobs: Blobs,
+    folder: Path,
+    classes: list[str] | None,
+    name: str,
+    ontology: tuple[str, int] | None = None,
 ) -> int:
-    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`).
-    Returns the number of items. Raises trainer's DatasetError for inconsistent labels."""
+    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`),
+    labelled in ``ontology`` (id, version) when the hub manages one. Returns the number of
+    items. Raises trainer's DatasetError listing labels outside ``classes``."""
     import cv2
     import numpy as np
 
@@ -99,7 +105,15 @@ def export_dataset(
                 boxes=boxes,
             )
         )
-    ds = Dataset(name=name, version=str(len(items)), classes=classes or sorted(seen), items=items)
+    onto_id, onto_version = ontology or ("default", 1)
+    ds = Dataset(
+        name=name,
+        version=str(len(items)),
+        ontology_id=onto_id,
+        ontology_version=onto_version,
+        classes=classes or sorted(seen),
+        items=items,
+    )
     save_dataset(ds.check(), folder)
     return len(items)
 
@@ -247,7 +261,14 @@ class JobRunner:
         if not samples:
             count = 0
         elif job.params.get("spec"):
-            argv = await loop.run_in_executor(None, self._spec_job, job.params, samples, job_dir)
+            # The hub's current ontology, when it manages one, fixes the classes and their order
+            # (samples are remapped when it changes, so they are all in its latest version).
+            onto = await self._db.call(self._db.sample_ontology, samples[0].id)
+            params = dict(job.params)
+            if onto is not None:
+                params["classes"] = params.get("classes") or onto.classes
+                params["ontology"] = (onto.id, onto.version)
+            argv = await loop.run_in_executor(None, self._spec_job, params, samples, job_dir)
             count = len(samples)
         else:
             count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
@@ -317,7 +338,12 @@ class JobRunner:
         from trainer.spec import parse_spec
 
         export_dataset(
-            samples, self._blobs, job_dir / "dataset", params.get("classes"), params["bundle"]
+            samples,
+            self._blobs,
+            job_dir / "dataset",
+            params.get("classes"),
+            params["bundle"],
+            params.get("ontology"),
         )
         spec = parse_spec(params["spec"], "job spec")
         update: dict[str, Any] = {

@@ -49,6 +49,7 @@ from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
+from hub.storage.web import WebSession, WebTables, Work
 
 __all__ = [
     "FLEET",
@@ -71,6 +72,8 @@ __all__ = [
     "Sample",
     "SampleState",
     "SqliteDatabase",
+    "WebSession",
+    "Work",
     "check_sha256",
     "open_database",
 ]
@@ -115,6 +118,7 @@ class HubDB(
     SharedFileTables,
     DatasetTables,
     OntologyTables,
+    WebTables,
 ):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 
