@@ -358,6 +358,66 @@ def ontology_change(
         )
 
 
+def stamp_source(source: Path, versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Give ``source/ontology.yaml`` the hub's version whose classes it has (the latest such):
+    its number, ``previous_version``, ``changes`` and ``mapping_from_previous``, keeping the
+    source's class order (the model's outputs). Raises ConfigError when no version matches."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from runtime._atomic import atomic_write_bytes
+    from runtime.bundle.manifest import Ontology
+    from runtime.ontology import Change, OntologyChangeError, apply_changes
+
+    path = source / "ontology.yaml"
+    try:
+        current = Ontology.model_validate(yaml.safe_load(path.read_text()))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except (yaml.YAMLError, ValidationError) as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from e
+    match = [v for v in versions if set(v["classes"]) == set(current.classes)]
+    if not match:
+        raise ConfigError(
+            f"{path}: classes {current.classes} are those of no version of ontology "
+            f"{current.id!r} on the hub ({', '.join(str(v['version']) for v in versions)})"
+        )
+    v = match[-1]
+    prev = next((p for p in versions if p["version"] == v["version"] - 1), None)
+    try:
+        changes = TypeAdapter(list[Change]).validate_python(v["changes"])
+        mapping = apply_changes(prev["classes"], changes)[1] if prev and changes else None
+    except (ValidationError, OntologyChangeError) as e:
+        raise ConfigError(f"ontology {current.id!r} v{v['version']}: {e}") from e
+    new = Ontology(
+        id=current.id,
+        version=v["version"],
+        classes=current.classes,
+        mapping_from_previous=mapping.to_manifest_mapping() if mapping else {},
+        previous_version=prev["version"] if prev else None,
+        changes=changes if prev else [],
+    )
+    data = new.model_dump(mode="json", exclude_defaults=True)
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+    return data
+
+
+@ontology_app.command("stamp")
+@handled
+def ontology_stamp(
+    source: Annotated[Path, typer.Argument(help="bundle source folder (its ontology.yaml)")],
+    hub: HubOpt = HUB,
+    token: TokenOpt = None,
+) -> None:
+    """Write the hub's ontology version (number, changes, mapping) into a bundle source, so
+    devices remap their store when they commit the bundle."""
+    try:
+        onto_id = str(yaml.safe_load((source / "ontology.yaml").read_text())["id"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ConfigError(f"{source / 'ontology.yaml'}: no ontology id: {e}") from e
+    data = stamp_source(source, _admin_client(hub, token).ontology(onto_id))
+    typer.echo(f"{source / 'ontology.yaml'}: {data['id']} v{data['version']}")
+
+
 @ontology_app.command("weakness")
 @handled
 def ontology_weakness(
