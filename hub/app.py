@@ -173,7 +173,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s
     )
     app[JOBS] = runner
-    await runner.start()
+    await runner.start(recover=app[LEADER].is_leader)
     yield
     await runner.stop()
 

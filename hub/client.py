@@ -436,14 +436,17 @@ class HubAdminClient:
         version: int,
         init_from: int | None = None,
         params: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> int:
-        """Queue a training job; return its id."""
-        body = {
+        """Queue a training job (with ``spec``: the spec-driven trainer); return its id."""
+        body: dict[str, Any] = {
             "bundle": bundle,
             "version": version,
             "init_from": init_from,
             "params": params or {},
         }
+        if spec is not None:
+            body["spec"] = spec
         return int(self._json("POST", "/admin/jobs/train", json_body=body)["job"])
 
     def job(self, job_id: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
 
 __all__ = ["app", "main"]
@@ -600,6 +601,7 @@ def demo(
 
 
 _mount_hub()
+app.command("train")(train_command)
 
 from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402
 from leanloop.cli_model import model_app  # noqa: E402

@@ -49,6 +49,11 @@ class _Strict(BaseModel):
 
 class HubSettings(_Strict):
     url: str | None = Field(default=None, description="hub base URL; none: run offline")
+    fallback_urls: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="other replicas of the same hub, tried in turn when the current one is down",
+    )
     enroll_token: str | None = Field(default=None, description="fleet enrollment secret")
     enroll_token_file: Path | None = Field(default=None, description="file holding the secret")
     cohort: str | None = Field(default=None, description="cohort to join at enrollment")

@@ -151,7 +151,7 @@ class DeviceService:
         if hub.url is None:
             return False
         if self.hub is None:
-            self.hub = HubClient(hub.url, timeout_s=hub.timeout_s)
+            self.hub = HubClient(hub.url, timeout_s=hub.timeout_s, fallback_urls=hub.fallback_urls)
         if self.hub.token is None:
             token = hub.enroll_token
             if token is None and hub.enroll_token_file is not None:

@@ -15,6 +15,7 @@ from hub.api._common import (
     BLOBS,
     CONFIG,
     DB,
+    JOBS,
     NAME_PATTERN,
     Body,
     parse_body,
@@ -162,4 +163,6 @@ async def annotate(request: web.Request) -> web.Response:
     labels = await db.call(db.current_labels, sample_id, [b[4] for b in body.boxes])
     body.boxes = [(*b[:4], lbl) for b, lbl in zip(body.boxes, labels, strict=True)]
     await db.call(db.annotate, sample_id, _annotation(body))
-    return web.json_response({})
+    sample = await db.call(db.sample, sample_id)
+    job = await request.app[JOBS].auto.on_annotated(sample.bundle)  # the small inner loop, if on
+    return web.json_response({} if job is None else {"auto_job": job})
