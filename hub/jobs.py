@@ -69,14 +69,26 @@ def export_samples(samples: list[Sample], blobs: Blobs, job_dir: Path) -> int:
 
 
 def export_dataset(
-    samples: list[Sample], blobs: Blobs, folder: Path, classes: list[str] | None, name: str
+    samples: list[Sample],
+    blobs: Blobs,
+    folder: Path,
+    classes: list[str] | None,
+    name: str,
+    ontology: tuple[str, int, list[str]] | None = None,
 ) -> int:
-    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`).
-    Returns the number of items. Raises trainer's DatasetError for inconsistent labels."""
+    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`) in
+    ``ontology`` (id, version, classes: the default class list). Returns the number of items.
+    Raises trainer's DatasetError for inconsistent labels, or samples labelled under another
+    ontology version than the one trained (docs/datasets.md: no mapping, no mixing)."""
     import cv2
     import numpy as np
 
-    from trainer.dataset_types import BoxLabel, Dataset, DatasetItem, save_dataset
+    from hub.ontology import mixed_versions
+    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem, save_dataset
+
+    mixed = mixed_versions([s.meta for s in samples], ontology[1] if ontology else None)
+    if mixed:
+        raise DatasetError([mixed])
 
     items = []
     seen: set[str] = set()
@@ -99,9 +111,38 @@ def export_dataset(
                 boxes=boxes,
             )
         )
-    ds = Dataset(name=name, version=str(len(items)), classes=classes or sorted(seen), items=items)
+    onto_fields: dict[str, Any] = {}
+    if ontology is not None:
+        onto_fields = {"ontology_id": ontology[0], "ontology_version": ontology[1]}
+        classes = classes or ontology[2] or None
+    ds = Dataset(
+        name=name, version=str(len(items)), classes=classes or sorted(seen), items=items,
+        **onto_fields,
+    )  # fmt: skip
     save_dataset(ds.check(), folder)
     return len(items)
+
+
+def stamp_source(source: Path, history_file: Path) -> None:
+    """Write the hub's ontology version (changes, mapping from the previous version) into a
+    trained source's ``ontology.yaml``, so devices remap their store when they commit it. A
+    source whose classes match no version is left as the trainer wrote it (with a warning)."""
+    if not history_file.exists() or not (source / "ontology.yaml").exists():
+        return
+    import yaml
+
+    from hub.ontology import stamp_ontology
+    from runtime.bundle.manifest import Ontology
+
+    path = source / "ontology.yaml"
+    try:
+        current = Ontology.model_validate(yaml.safe_load(path.read_text()))
+        new = stamp_ontology(current, json.loads(history_file.read_text()))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        log.warning("%s: not stamped with the hub's ontology version: %s", path, e)
+        return
+    data = new.model_dump(mode="json", exclude_defaults=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def job_progress(job_dir: Path) -> dict[str, Any] | None:
@@ -247,7 +288,10 @@ class JobRunner:
         if not samples:
             count = 0
         elif job.params.get("spec"):
-            argv = await loop.run_in_executor(None, self._spec_job, job.params, samples, job_dir)
+            onto = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
+            argv = await loop.run_in_executor(
+                None, self._spec_job, job.params, samples, job_dir, onto
+            )
             count = len(samples)
         else:
             count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
@@ -309,16 +353,26 @@ class JobRunner:
             )
             return
         artifact = job_dir / "source.tar.gz"
+        await loop.run_in_executor(None, stamp_source, source, job_dir / "ontology_history.json")
         await loop.run_in_executor(None, pack_source, source, artifact)
         await self._db.call(self._db.set_job, job_id, "done", artifact_path=str(artifact))
 
-    def _spec_job(self, params: dict[str, Any], samples: list[Sample], job_dir: Path) -> list[str]:
+    def _spec_job(
+        self,
+        params: dict[str, Any],
+        samples: list[Sample],
+        job_dir: Path,
+        onto: tuple[str, int, list[str], list[dict[str, Any]]] | None = None,
+    ) -> list[str]:
         """Write the dataset folder and the job's spec; return the trainer's argv."""
         from trainer.spec import parse_spec
 
         export_dataset(
-            samples, self._blobs, job_dir / "dataset", params.get("classes"), params["bundle"]
-        )
+            samples, self._blobs, job_dir / "dataset", params.get("classes"), params["bundle"],
+            onto[:3] if onto else None,
+        )  # fmt: skip
+        if onto and onto[3]:  # the trained source gets the version's changes (stamp_ontology)
+            (job_dir / "ontology_history.json").write_text(json.dumps(onto[3]))
         spec = parse_spec(params["spec"], "job spec")
         update: dict[str, Any] = {
             "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})

@@ -359,43 +359,22 @@ def ontology_change(
 
 
 def stamp_source(source: Path, versions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Give ``source/ontology.yaml`` the hub's version whose classes it has (the latest such):
-    its number, ``previous_version``, ``changes`` and ``mapping_from_previous``, keeping the
-    source's class order (the model's outputs). Raises ConfigError when no version matches."""
-    from pydantic import TypeAdapter, ValidationError
+    """Give ``source/ontology.yaml`` the hub's version whose classes it has (see
+    :func:`hub.ontology.stamp_ontology`). Raises ConfigError."""
+    from pydantic import ValidationError
 
+    from hub.ontology import stamp_ontology
     from runtime._atomic import atomic_write_bytes
     from runtime.bundle.manifest import Ontology
-    from runtime.ontology import Change, OntologyChangeError, apply_changes
 
     path = source / "ontology.yaml"
     try:
         current = Ontology.model_validate(yaml.safe_load(path.read_text()))
+        new = stamp_ontology(current, versions)
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing") from None
-    except (yaml.YAMLError, ValidationError) as e:
+    except (yaml.YAMLError, ValidationError, ValueError) as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from e
-    match = [v for v in versions if set(v["classes"]) == set(current.classes)]
-    if not match:
-        raise ConfigError(
-            f"{path}: classes {current.classes} are those of no version of ontology "
-            f"{current.id!r} on the hub ({', '.join(str(v['version']) for v in versions)})"
-        )
-    v = match[-1]
-    prev = next((p for p in versions if p["version"] == v["version"] - 1), None)
-    try:
-        changes = TypeAdapter(list[Change]).validate_python(v["changes"])
-        mapping = apply_changes(prev["classes"], changes)[1] if prev and changes else None
-    except (ValidationError, OntologyChangeError) as e:
-        raise ConfigError(f"ontology {current.id!r} v{v['version']}: {e}") from e
-    new = Ontology(
-        id=current.id,
-        version=v["version"],
-        classes=current.classes,
-        mapping_from_previous=mapping.to_manifest_mapping() if mapping else {},
-        previous_version=prev["version"] if prev else None,
-        changes=changes if prev else [],
-    )
     data = new.model_dump(mode="json", exclude_defaults=True)
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
     return data

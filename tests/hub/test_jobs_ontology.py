@@ -1,0 +1,70 @@
+"""Hub training jobs and ontology versions: samples of mixed versions are refused, the dataset
+carries the ontology, and the trained source is stamped with the hub's changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from hub.jobs import export_dataset, stamp_source
+from hub.storage import BlobStore, Sample
+from trainer.dataset_types import DatasetError, load_dataset
+
+HISTORY = [
+    {"id": "things", "version": 1, "classes": ["cat", "dog", "car"], "changes": []},
+    {
+        "id": "things",
+        "version": 2,
+        "classes": ["animal", "car"],
+        "changes": [{"op": "merge", "sources": ["cat", "dog"], "into": "animal"}],
+    },
+]
+
+
+def samples(blobs: BlobStore, versions: list[int]) -> list[Sample]:
+    _, png = cv2.imencode(".png", np.full((20, 30, 3), 90, np.uint8))
+    sha, _ = blobs.put(png.tobytes())
+    return [
+        Sample(
+            id=f"s{n}", bundle="things", device_id="d", priority=0.5,
+            meta={"id": f"s{n}", "ontology_version": v}, image_sha256=sha, state="annotated",
+            annotation={"boxes": [[1, 1, 10, 10, "animal"]], "annotator": "a"}, created=1.0,
+        )
+        for n, v in enumerate(versions)
+    ]  # fmt: skip
+
+
+def test_training_export_refuses_samples_of_another_ontology_version(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    onto = ("things", 2, ["animal", "car"])
+    with pytest.raises(DatasetError) as e:
+        export_dataset(samples(blobs, [2, 1, 1]), blobs, tmp_path / "ds", None, "things", onto)
+    assert "mix ontology versions (version 1: 2 (e.g. s1, s2)); training needs version 2" in str(
+        e.value
+    )
+    with pytest.raises(DatasetError, match="training needs one version"):
+        export_dataset(samples(blobs, [1, 3]), blobs, tmp_path / "ds2", None, "things", None)
+
+
+def test_training_export_carries_the_ontology_and_the_source_gets_its_changes(
+    tmp_path: Path,
+) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    onto = ("things", 2, ["animal", "car"])
+    assert export_dataset(samples(blobs, [2, 2]), blobs, tmp_path / "ds", None, "things", onto) == 2
+    ds, _ = load_dataset(tmp_path / "ds")
+    assert (ds.ontology_id, ds.ontology_version, ds.classes) == ("things", 2, ["animal", "car"])
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "ontology.yaml").write_text("id: things\nversion: 2\nclasses: [car, animal]\n")
+    (tmp_path / "history.json").write_text(json.dumps(HISTORY))
+    stamp_source(source, tmp_path / "history.json")
+    got = yaml.safe_load((source / "ontology.yaml").read_text())
+    assert got["classes"] == ["car", "animal"] and got["previous_version"] == 1
+    assert got["mapping_from_previous"] == {"cat": "animal", "dog": "animal"}
+    assert got["changes"] == HISTORY[1]["changes"]
