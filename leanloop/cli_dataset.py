@@ -373,7 +373,7 @@ def stamp_source(source: Path, versions: list[dict[str, Any]]) -> dict[str, Any]
         new = stamp_ontology(current, versions)
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing") from None
-    except (yaml.YAMLError, ValidationError, ValueError) as e:
+    except (yaml.YAMLError, ValidationError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from e
     data = new.model_dump(mode="json", exclude_defaults=True)
     atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
@@ -384,16 +384,30 @@ def stamp_source(source: Path, versions: list[dict[str, Any]]) -> dict[str, Any]
 @handled
 def ontology_stamp(
     source: Annotated[Path, typer.Argument(help="bundle source folder (its ontology.yaml)")],
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="ontology history YAML (list of {version, classes, changes}) instead of the hub's"
+        ),
+    ] = None,
     hub: HubOpt = HUB,
     token: TokenOpt = None,
 ) -> None:
-    """Write the hub's ontology version (number, changes, mapping) into a bundle source, so
-    devices remap their store when they commit the bundle."""
+    """Write the ontology version (number, changes, mapping) whose classes a bundle source has
+    into its ontology.yaml, so devices remap their store when they commit the bundle."""
     try:
         onto_id = str(yaml.safe_load((source / "ontology.yaml").read_text())["id"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise ConfigError(f"{source / 'ontology.yaml'}: no ontology id: {e}") from e
-    data = stamp_source(source, _admin_client(hub, token).ontology(onto_id))
+    if history is not None:
+        try:
+            versions = list(yaml.safe_load(history.read_text()))
+        except (OSError, yaml.YAMLError, TypeError) as e:
+            raise ConfigError(f"{history}: {str(e).splitlines()[0]}") from e
+        versions = [{"changes": [], **v} for v in versions if isinstance(v, dict)]
+    else:
+        versions = _admin_client(hub, token).ontology(onto_id)
+    data = stamp_source(source, versions)
     typer.echo(f"{source / 'ontology.yaml'}: {data['id']} v{data['version']}")
 
 

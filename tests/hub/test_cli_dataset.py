@@ -123,6 +123,19 @@ def test_ontology_change_writes_the_next_version_when_given_a_bundle_source(
     }  # fmt: skip
     code, _, err = cli("ontology", "change", "cars", "--source", str(tmp_path), "delete zebra")
     assert code == 2 and "no class 'zebra'" in err
+    # A retrained source (classes of version 4, in the model's order) stamped from a history.
+    retrained = tmp_path / "retrained"
+    retrained.mkdir()
+    (retrained / "ontology.yaml").write_text(
+        "id: cars\nversion: 1\nclasses: [coach, sedan, truck]\n"
+    )
+    hist = tmp_path / "history.yaml"
+    hist.write_text(yaml.safe_dump([{"version": 3, "classes": ["car", "bus", "bike"]}, data]))
+    code, _, err = cli("ontology", "stamp", str(retrained), "--history", str(hist))
+    assert code == 0, err
+    stamped = yaml.safe_load((retrained / "ontology.yaml").read_text())
+    assert stamped["version"] == 4 and stamped["changes"] == data["changes"]
+    assert stamped["classes"] == ["coach", "sedan", "truck"]
 
 
 def test_merge_refuses_mixed_ontology_versions_until_the_history_is_given(
