@@ -42,12 +42,20 @@ TokenOpt = Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", hel
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
 
 
+def _busy(what: str) -> Any:
+    """A spinner on stderr while long work runs (nothing when stderr is not a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(what)
+
+
 def _read(fmt: str, path: Path) -> Any:
     """Read a dataset; on problems print each one, then exit 2 with one error line."""
     from trainer.datasets import DatasetError, read_dataset
 
     try:
-        return read_dataset(fmt, path)
+        with _busy(f"reading {fmt} dataset {path} (every image is decoded)"):
+            return read_dataset(fmt, path)
     except DatasetError as e:
         for p in e.problems:
             typer.echo(f"  {p}", err=True)
@@ -120,7 +128,8 @@ def dataset_import(
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(root, arcname=".")
-    answer = _admin_client(hub, token).import_dataset(name, fmt, buf.getvalue())
+    with _busy(f"uploading {len(buf.getvalue()) >> 10} KiB; the hub validates it again"):
+        answer = _admin_client(hub, token).import_dataset(name, fmt, buf.getvalue())
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
     else:
@@ -142,7 +151,8 @@ def dataset_export(
 
     if path.exists():
         raise ConfigError(f"{path}: already exists")
-    data = _admin_client(hub, token).export_dataset(name, fmt, version)
+    with _busy(f"exporting {name} as {fmt}"):
+        data = _admin_client(hub, token).export_dataset(name, fmt, version)
     path.mkdir(parents=True)
     unpack_archive(data, path, max_bytes=1 << 40)
     typer.echo(f"wrote {name} as {fmt} to {path}")
