@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import Blobs, HubDB, Sample
-from runtime.errors import first_line
+from runtime.errors import LeanloopError, first_line
 
 __all__ = [
     "JobRunner",
@@ -285,7 +285,17 @@ class JobRunner:
         samples = await self._db.call(self._db.samples, job.params["bundle"], "annotated", None)
         source = job_dir / "source"
         argv: list[str] = []
-        if not samples:
+        count = 0
+        if job.params.get("spec") and job.params.get("datasets"):
+            try:  # hub datasets instead of annotated samples (hub/datasets.py)
+                count = await self._hub_datasets(job.params["datasets"], job_dir)
+            except LeanloopError as e:
+                await self._db.call(self._db.set_job, job_id, "failed", error=str(e))
+                return
+            argv = await loop.run_in_executor(
+                None, self._spec_job, job.params, [], job_dir, None, True
+            )
+        elif not samples:
             count = 0
         elif job.params.get("spec"):
             onto = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
@@ -357,20 +367,46 @@ class JobRunner:
         await loop.run_in_executor(None, pack_source, source, artifact)
         await self._db.call(self._db.set_job, job_id, "done", artifact_path=str(artifact))
 
+    async def _hub_datasets(self, names: list[str], job_dir: Path) -> int:
+        """Write hub dataset versions ('name' or 'name:version') as the job's training set,
+        aligned to one ontology version; the history goes beside it for the stamp. Returns
+        the item count. Raises DatasetError, NotFound."""
+        from hub.datasets import training_set
+
+        db = self._db
+        stored = []
+        for ref in names:
+            name, _, ver = ref.partition(":")
+            v = await db.call(db.dataset_version, name, int(ver) if ver.isdigit() else None)
+            stored.append((v, await db.call(db.dataset_items, v.name, v.version)))
+        onto_id = stored[0][0].ontology_id
+        history = (
+            [h.to_dict() for h in await db.call(db.ontology_versions, onto_id)] if onto_id else []
+        )
+        if history:
+            (job_dir / "ontology_history.json").write_text(json.dumps(history))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, training_set, self._blobs, job_dir / "dataset", stored, history
+        )
+
     def _spec_job(
         self,
         params: dict[str, Any],
         samples: list[Sample],
         job_dir: Path,
         onto: tuple[str, int, list[str], list[dict[str, Any]]] | None = None,
+        dataset_ready: bool = False,
     ) -> list[str]:
-        """Write the dataset folder and the job's spec; return the trainer's argv."""
+        """Write the dataset folder (unless ``dataset_ready``) and the job's spec; return the
+        trainer's argv."""
         from trainer.spec import parse_spec
 
-        export_dataset(
-            samples, self._blobs, job_dir / "dataset", params.get("classes"), params["bundle"],
-            onto[:3] if onto else None,
-        )  # fmt: skip
+        if not dataset_ready:
+            export_dataset(
+                samples, self._blobs, job_dir / "dataset", params.get("classes"),
+                params["bundle"], onto[:3] if onto else None,
+            )  # fmt: skip
         if onto and onto[3]:  # the trained source gets the version's changes (stamp_ontology)
             (job_dir / "ontology_history.json").write_text(json.dumps(onto[3]))
         spec = parse_spec(params["spec"], "job spec")
