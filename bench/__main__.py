@@ -11,6 +11,8 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6);
 - ``store.json``: sample-store inserts vs a raw LMDB put, top-1,000 of 100,000, frame path with
   the store on vs off (#5);
+- ``replay.json``: replay throughput (1 and 2 worker processes) vs the device pipeline's own
+  frames/s on one core (#14);
 - ``soak.json``: a simulated fleet (10,000 devices polling every 60 s + 5 uploads/s) against the
   hub on SQLite, on PostgreSQL + S3, and two replicas with one killed, beside a bare aiohttp
   endpoint (#15);
@@ -62,6 +64,13 @@ def _active(out: Path, quick: bool) -> int:
     return 0
 
 
+def _replay(out: Path, quick: bool) -> int:
+    from bench.replay import run as replay_run
+
+    replay_run(out, quick=quick)
+    return 0
+
+
 def _swap(out: Path, quick: bool) -> int:
     from bench.swap import run as swap_run
 
@@ -101,6 +110,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "shadow": _shadow,
     "store": _store,
     "active": _active,
+    "replay": _replay,
     "soak": _soak,
     "training": _training,
 }

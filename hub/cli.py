@@ -58,6 +58,14 @@ def serve(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each request")] = False,
+    require_blessing: Annotated[
+        bool,
+        typer.Option(
+            "--require-blessing",
+            help="refuse to publish or roll out a bundle without a replay blessing (unless "
+            "forced); also the config's require_blessing",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
     from hub.app import run
@@ -67,7 +75,8 @@ def serve(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys}
+    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys,
+                 "require_blessing": require_blessing or None}  # fmt: skip
     try:
         cfg = load_hub_config(config, {k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
@@ -146,6 +155,7 @@ def publish_command(
     cohort: Annotated[
         str | None, typer.Option("--cohort", help="also roll the bundle out to this cohort")
     ] = None,
+    force_reason: str | None = None,
 ) -> None:
     """Upload a bundle, sign it into the hub's targets, and optionally roll it out to a cohort."""
     from hub.client import HubAdminClient
@@ -155,11 +165,13 @@ def publish_command(
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
     client = HubAdminClient(hub_url, token)
     try:
-        version = client.publish_bundle(bundle_dir, keys_dir)
+        version = client.publish_bundle(bundle_dir, keys_dir, force_reason=force_reason)
         manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_bytes())
         typer.echo(f"published {manifest.name} {manifest.version} (targets version {version})")
         if cohort is not None:
-            n = client.rollout(manifest.name, manifest.version, cohort=cohort)
+            n = client.rollout(
+                manifest.name, manifest.version, cohort=cohort, force_reason=force_reason
+            )
             typer.echo(f"rolled out to {n} device(s) of cohort {cohort}")
     except LeanloopError as e:
         raise _fail(e) from e

@@ -74,12 +74,12 @@ def export_dataset(
     folder: Path,
     classes: list[str] | None,
     name: str,
-    ontology: tuple[str, int, list[str]] | None = None,
+    ontology: tuple[str, int] | None = None,
 ) -> int:
-    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`) in
-    ``ontology`` (id, version, classes: the default class list). Returns the number of items.
-    Raises trainer's DatasetError for inconsistent labels, or samples labelled under another
-    ontology version than the one trained (docs/datasets.md: no mapping, no mixing)."""
+    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`),
+    labelled in ``ontology`` (id, version) when known. Returns the number of items. Raises
+    trainer's DatasetError listing labels outside ``classes``, or naming samples labelled
+    under another ontology version (docs/datasets.md: no mapping, no mixing)."""
     import cv2
     import numpy as np
 
@@ -111,14 +111,15 @@ def export_dataset(
                 boxes=boxes,
             )
         )
-    onto_fields: dict[str, Any] = {}
-    if ontology is not None:
-        onto_fields = {"ontology_id": ontology[0], "ontology_version": ontology[1]}
-        classes = classes or ontology[2] or None
+    onto_id, onto_version = ontology or ("default", 1)
     ds = Dataset(
-        name=name, version=str(len(items)), classes=classes or sorted(seen), items=items,
-        **onto_fields,
-    )  # fmt: skip
+        name=name,
+        version=str(len(items)),
+        ontology_id=onto_id,
+        ontology_version=onto_version,
+        classes=classes or sorted(seen),
+        items=items,
+    )
     save_dataset(ds.check(), folder)
     return len(items)
 
@@ -292,16 +293,26 @@ class JobRunner:
             except LeanloopError as e:
                 await self._db.call(self._db.set_job, job_id, "failed", error=str(e))
                 return
-            argv = await loop.run_in_executor(
-                None, self._spec_job, job.params, [], job_dir, None, True
-            )
+            argv = await loop.run_in_executor(None, self._spec_job, job.params, [], job_dir, True)
         elif not samples:
             count = 0
         elif job.params.get("spec"):
-            onto = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
-            argv = await loop.run_in_executor(
-                None, self._spec_job, job.params, samples, job_dir, onto
-            )
+            # The hub's current ontology, when it manages one, fixes the classes and their order
+            # (samples are remapped when it changes, so they are all in its latest version);
+            # else the published bundle's. Its history lets the source be stamped.
+            params = dict(job.params)
+            managed = await self._db.call(self._db.sample_ontology, samples[0].id)
+            published = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
+            if managed is not None:
+                params["classes"] = params.get("classes") or managed.classes
+                params["ontology"] = (managed.id, managed.version)
+                history = await self._db.call(self._db.ontology_versions, managed.id)
+                (job_dir / "ontology_history.json").write_text(
+                    json.dumps([v.to_dict() for v in history])
+                )
+            elif published is not None:  # its id and version (the classes: as labelled)
+                params["ontology"] = (published[0], published[1])
+            argv = await loop.run_in_executor(None, self._spec_job, params, samples, job_dir)
             count = len(samples)
         else:
             count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
@@ -395,7 +406,6 @@ class JobRunner:
         params: dict[str, Any],
         samples: list[Sample],
         job_dir: Path,
-        onto: tuple[str, int, list[str], list[dict[str, Any]]] | None = None,
         dataset_ready: bool = False,
     ) -> list[str]:
         """Write the dataset folder (unless ``dataset_ready``) and the job's spec; return the
@@ -404,11 +414,13 @@ class JobRunner:
 
         if not dataset_ready:
             export_dataset(
-                samples, self._blobs, job_dir / "dataset", params.get("classes"),
-                params["bundle"], onto[:3] if onto else None,
-            )  # fmt: skip
-        if onto and onto[3]:  # the trained source gets the version's changes (stamp_ontology)
-            (job_dir / "ontology_history.json").write_text(json.dumps(onto[3]))
+                samples,
+                self._blobs,
+                job_dir / "dataset",
+                params.get("classes"),
+                params["bundle"],
+                params.get("ontology"),
+            )
         spec = parse_spec(params["spec"], "job spec")
         update: dict[str, Any] = {
             "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})

@@ -41,7 +41,7 @@ def samples(blobs: BlobStore, versions: list[int]) -> list[Sample]:
 
 def test_training_export_refuses_samples_of_another_ontology_version(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path / "blobs")
-    onto = ("things", 2, ["animal", "car"])
+    onto = ("things", 2)
     with pytest.raises(DatasetError) as e:
         export_dataset(samples(blobs, [2, 1, 1]), blobs, tmp_path / "ds", None, "things", onto)
     assert "mix ontology versions (version 1: 2 (e.g. s1, s2)); training needs version 2" in str(
@@ -55,8 +55,8 @@ def test_training_export_carries_the_ontology_and_the_source_gets_its_changes(
     tmp_path: Path,
 ) -> None:
     blobs = BlobStore(tmp_path / "blobs")
-    onto = ("things", 2, ["animal", "car"])
-    assert export_dataset(samples(blobs, [2, 2]), blobs, tmp_path / "ds", None, "things", onto) == 2
+    classes, onto = ["animal", "car"], ("things", 2)
+    assert export_dataset(samples(blobs, [2, 2]), blobs, tmp_path / "ds", classes, "x", onto) == 2
     ds, _ = load_dataset(tmp_path / "ds")
     assert (ds.ontology_id, ds.ontology_version, ds.classes) == ("things", 2, ["animal", "car"])
     source = tmp_path / "source"
