@@ -86,12 +86,13 @@ def _shadow(out: Path, quick: bool) -> int:
 
 
 SOAK_MINUTES = 3.0  # --soak-minutes
+SOAK_DEVICES = 10_000  # --soak-devices
 
 
 def _soak(out: Path, quick: bool) -> int:
     from bench.soak import run as soak_run
 
-    soak_run(out, quick=quick, minutes=SOAK_MINUTES)
+    soak_run(out, quick=quick, minutes=SOAK_MINUTES, devices=SOAK_DEVICES)
     return 0
 
 
@@ -124,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--soak-minutes", type=float, default=3.0, help="soak: minutes per hub phase (30: long)"
     )
+    parser.add_argument("--soak-devices", type=int, default=10_000, help="soak: simulated devices")
     args = parser.parse_args(argv)
-    global SOAK_MINUTES
-    SOAK_MINUTES = args.soak_minutes
+    global SOAK_MINUTES, SOAK_DEVICES
+    SOAK_MINUTES, SOAK_DEVICES = args.soak_minutes, args.soak_devices
     rc = 0
     for name, run in SECTIONS.items():
         if args.only in (None, name):

@@ -49,7 +49,7 @@ import struct
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
@@ -221,6 +221,15 @@ class UploadPolicy:
                 best = left
         return best
 
+    def window_opens_in(self) -> float | None:
+        """Seconds until the next window opens while all are closed (None: one is open, or
+        there are no windows)."""
+        if not self.windows or self.window_left() is not None:
+            return None
+        t = self._local()
+        sec = t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+        return min((start - sec) % _DAY_S for start, _ in self.windows)
+
     def budget_left(self) -> float:
         """Bytes still allowed today (inf: no daily budget)."""
         if self.daily_budget is None:
@@ -243,9 +252,14 @@ class UploadPolicy:
     def status(self) -> dict[str, Any]:
         left = self.window_left()
         budget = self.budget_left()
+        opens = self.window_opens_in()
         return {
             "window_open": left is not None,
             "window_left_s": None if left is None or math.isinf(left) else round(left, 1),
+            "window_opens_in_s": None if opens is None else round(opens, 1),
+            "window_opens_at": None
+            if opens is None
+            else (self._local() + timedelta(seconds=opens)).isoformat(timespec="minutes"),
             "budget_left_bytes": None if math.isinf(budget) else int(budget),
             "spent_today_bytes": self._used if self._day == self._local().date() else 0,
         }

@@ -41,6 +41,7 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
 UPLOADS = web.AppKey("uploads", PartialUploads)
+TOUCHED = web.AppKey("touched", dict)  # device id -> when its last_seen was last written
 UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
