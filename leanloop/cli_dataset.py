@@ -426,6 +426,7 @@ def ontology_stamp(
     ] = None,
     hub: HubOpt = HUB,
     token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write the ontology version (number, changes, mapping) whose classes a bundle source has
     into its ontology.yaml, so devices remap their store when they commit the bundle."""
@@ -442,7 +443,7 @@ def ontology_stamp(
     else:
         versions = _admin_client(hub, token).ontology(onto_id)
     data = stamp_source(source, versions)
-    typer.echo(f"{source / 'ontology.yaml'}: {data['id']} v{data['version']}")
+    _say(as_json, data, f"{source / 'ontology.yaml'}: {data['id']} v{data['version']}")
 
 
 @ontology_app.command("weakness")
