@@ -164,8 +164,6 @@ def status(
         f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})" if act else "none",
     )
     t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
-    if engines := st.get("engines"):
-        t.add_row("engines", ", ".join(f"{k}={e}" for k, e in engines.items()))
     inst = st.get("install") or {}
     t.add_row(
         "update",
