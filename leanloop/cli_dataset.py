@@ -42,6 +42,10 @@ TokenOpt = Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", hel
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
 
 
+def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
 def _read(fmt: str, path: Path) -> Any:
     """Read a dataset; on problems print each one, then exit 2 with one error line."""
     from trainer.datasets import DatasetError, read_dataset
@@ -90,6 +94,7 @@ def dataset_convert(
     path: Annotated[Path, typer.Argument()],
     to: Annotated[str, typer.Option(help="output format")],
     out: Annotated[Path, typer.Option(help="output folder (must not exist)")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Convert a dataset from one format to another, locally."""
     from trainer.datasets import DatasetError, write_dataset
@@ -101,7 +106,11 @@ def dataset_convert(
         write_dataset(to, ds, out)
     except DatasetError as e:
         raise ConfigError(str(e)) from e
-    typer.echo(f"wrote {len(ds.items)} images as {to} to {out}")
+    _say(
+        as_json,
+        {"images": len(ds.items), "format": to, "out": str(out)},
+        f"wrote {len(ds.items)} images as {to} to {out}",
+    )
 
 
 @dataset_app.command("import")
@@ -136,6 +145,7 @@ def dataset_export(
     version: Annotated[int | None, typer.Option(help="version (default: latest)")] = None,
     hub: HubOpt = HUB,
     token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Write a hub dataset version to PATH in FORMAT."""
     from hub.datasets import unpack_archive
@@ -145,7 +155,11 @@ def dataset_export(
     data = _admin_client(hub, token).export_dataset(name, fmt, version)
     path.mkdir(parents=True)
     unpack_archive(data, path, max_bytes=1 << 40)
-    typer.echo(f"wrote {name} as {fmt} to {path}")
+    _say(
+        as_json,
+        {"name": name, "format": fmt, "out": str(path)},
+        f"wrote {name} as {fmt} to {path}",
+    )
 
 
 @dataset_app.command("list")
@@ -180,6 +194,7 @@ def dataset_merge(
         str | None, typer.Option(help="take the ontology history from this hub instead")
     ] = None,
     token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """One training set from several datasets under the newest ontology version; datasets of
     different versions are refused unless the history (the mapping) is known."""
@@ -214,9 +229,17 @@ def dataset_merge(
         write_dataset(to, merged, out)
     except DatasetError as e:
         raise ConfigError(str(e)) from e
-    typer.echo(
+    _say(
+        as_json,
+        {
+            "images": len(merged.items),
+            "ontology": merged.ontology_id,
+            "ontology_version": merged.ontology_version,
+            "format": to,
+            "out": str(out),
+        },
         f"wrote {len(merged.items)} images, ontology {merged.ontology_id} "
-        f"v{merged.ontology_version}, as {to} to {out}"
+        f"v{merged.ontology_version}, as {to} to {out}",
     )
 
 
@@ -298,10 +321,11 @@ def ontology_create(
     version: Annotated[int, typer.Option(help="first version number")] = 1,
     hub: HubOpt = HUB,
     token: TokenOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Start an ontology on the hub."""
     got = _admin_client(hub, token).create_ontology(onto_id, classes, version)
-    typer.echo(f"{got['id']} v{got['version']}: {', '.join(got['classes'])}")
+    _say(as_json, got, f"{got['id']} v{got['version']}: {', '.join(got['classes'])}")
 
 
 @ontology_app.command("show")

@@ -250,11 +250,30 @@ def give_feedback(
         own.close()
 
 
+def resolve_sample_id(store: Any, sample_id: str) -> str:
+    """The full id of ``sample_id`` or of the one stored sample whose id starts with it.
+
+    An id the store does not hold and no stored id starts with is returned as given (it may be
+    a sample that went to the hub). Raises ConfigError when the prefix names several samples.
+    """
+    if store.get(sample_id) is not None:
+        return sample_id
+    found = store.ids_with_prefix(sample_id, limit=3)
+    if len(found) > 1:
+        raise ConfigError(
+            f"sample id prefix {sample_id!r} is ambiguous: it matches {', '.join(found[:2])}"
+            + (" and more" if len(found) > 2 else "")
+            + "; type more of the id"
+        )
+    return found[0] if found else sample_id
+
+
 def _record_feedback(
     state_dir: Path, store: Any, outbox: Any, sample_id: str, fb: Any
 ) -> dict[str, Any]:
     from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, forget_summary
 
+    sample_id = resolve_sample_id(store, sample_id)
     try:
         rec = store.set_feedback(sample_id, fb)
     except StoreError:
