@@ -8,17 +8,16 @@ input with a one-line ``error: ...`` and exit code 2, a failed operation with ex
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
+from leanloop._cli_common import _fail, _state_dir, handled
+from runtime.errors import ConfigError, first_line
 
 __all__ = ["app", "main"]
 
@@ -42,37 +41,6 @@ app.add_typer(delta_app, name="delta")
 app.add_typer(feedback_app, name="feedback")
 shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
 app.add_typer(shadow_app, name="shadow")
-
-F = TypeVar("F", bound=Callable[..., Any])
-_INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
-
-
-def _fail(msg: str, code: int) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def handled(fn: F) -> F:
-    """Turn leanloop errors into one line on stderr and the documented exit codes."""
-
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except typer.Exit:
-            raise
-        except _INPUT_ERRORS as e:
-            _fail(str(e), 2)
-        except LeanloopError as e:
-            _fail(str(e), 1)
-        except ImportError as e:
-            _fail(
-                f"{e.name or e}: not installed here; install leanloop[hub] for hub-side commands", 1
-            )
-        except KeyboardInterrupt:
-            _fail("interrupted", 1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -141,14 +109,6 @@ def infer(
         raise typer.Exit(1)
 
 
-def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
-    if state_dir is not None:
-        return state_dir
-    from runtime.config import load_config
-
-    return load_config(config).state_dir
-
-
 def _store_bytes(config: Path | None) -> int:
     """The service's ``store.max_bytes`` (the operator must open LMDB with the same map size)."""
     from runtime.config import load_config
@@ -202,6 +162,10 @@ def status(
         f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
         f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload",
     )
+    from runtime.operator import status_notes
+
+    for key, text in status_notes(st):
+        t.add_row(key, text)
     if fb := st.get("feedback"):  # per class: leanloop status --json
         t.add_row("feedback", f"{fb.get('reviewed')} reviewed, {fb.get('corrections')} corrected, "
                   f"accuracy on reviewed {fb.get('accuracy')}")  # fmt: skip
@@ -599,6 +563,12 @@ def demo(
 
 
 _mount_hub()
+
+
+from leanloop.cli_ops import config_app, mark_good  # noqa: E402  (the app is made above)
+
+app.add_typer(config_app, name="config")
+app.command("mark-good")(mark_good)
 
 
 def main() -> None:

@@ -329,20 +329,37 @@ class DeviceConfig(_Strict):
 
 
 def load_config(path: Path | None) -> DeviceConfig:
-    """Read and validate a device config. Raises ConfigError naming the file and the key."""
+    """Read and validate a device config. Raises ConfigError naming the file and the key.
+
+    The inference engines are checked here too (an unknown name, or none installed), so a
+    device refuses such a config before it touches any slot: a typo in ``inference.backend``
+    must never make it mark a bundle bad for failing to load.
+    """
+    from runtime.config_check import engine_problems
+
     if path is None:
-        return DeviceConfig()
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such file") from e
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        return DeviceConfig.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{path}: {loc}: {first['msg']}") from e
+        cfg = DeviceConfig()
+    else:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: no such file") from e
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            cfg = DeviceConfig.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            inference = data.get("inference")
+            backend = inference.get("backend") if isinstance(inference, dict) else None
+            more = e.error_count() - 1 + len(engine_problems(backend))
+            hint = f" (and {more} more: leanloop config check {path})" if more else ""
+            raise ConfigError(f"{path}: {loc}: {first['msg']}{hint}") from e
+    problems = engine_problems(cfg.inference.backend)
+    if problems:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}inference.backend: {problems[0]}")
+    return cfg

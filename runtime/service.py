@@ -40,6 +40,7 @@ from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
 from runtime.protocol import Heartbeat
+from runtime.quarantine import QUARANTINE_DIR, Quarantine
 from runtime.shadow.manager import ShadowManager
 from runtime.sources import FolderSource, JsonlSink, NullSink
 from runtime.store.writer import open_store_and_writer
@@ -94,6 +95,8 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
+        # What the hub refused for good, kept with the reason (never blocks the queue).
+        self.quarantine = Quarantine(self.state_dir / QUARANTINE_DIR)
         self.source = FolderSource(
             cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
         )
@@ -185,6 +188,7 @@ class DeviceService:
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
                 ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
                 outbox=self.outbox,
+                quarantine=self.quarantine,
             )
         return True
 
@@ -268,6 +272,8 @@ class DeviceService:
             "source_idle_s": round(self.source.idle_for(), 2),
             "feedback": feedback_summary(self.store, self.state_dir),
             "upload": self.uploader.status() if self.uploader is not None else None,
+            "quarantine": self.quarantine.summary(),
+            "shadow": self.shadow.brief(),
         }
 
     def _feedback(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -292,6 +298,15 @@ class DeviceService:
             outbox=self.outbox,
         )
 
+    def _mark_good(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Control socket: let a held-back (or failed) version be installed again."""
+        version, bundle = req.get("version"), req.get("bundle")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ConfigError("mark_good: 'version' must be a non-negative integer")
+        if bundle is not None and not isinstance(bundle, str):
+            raise ConfigError("mark_good: 'bundle' must be a string")
+        return {"message": self.installer.request_mark_good(version, bundle)}
+
     def write_status(self) -> None:
         atomic_write_json(self.state_dir / "status.json", self.status())
 
@@ -312,6 +327,7 @@ class DeviceService:
                 "status": lambda req: self.status(),
                 "rollback": lambda req: {"message": self.installer.request_rollback()},
                 "feedback": self._feedback,
+                "mark_good": self._mark_good,
             },
         )
         control.start()

@@ -1,0 +1,55 @@
+"""What every CLI module shares: the error wrapper (one ``error:`` line, the documented exit
+codes) and where the device's state folder is. Kept apart from ``leanloop.cli`` so command
+modules (``leanloop/cli_<area>.py``) can use it without importing the app they are mounted on."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from runtime.errors import ConfigError, LeanloopError, PipelineError
+
+__all__ = ["_fail", "_state_dir", "handled"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def handled(fn: F) -> F:
+    """Turn leanloop errors into one line on stderr and the documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except typer.Exit:
+            raise
+        except _INPUT_ERRORS as e:
+            _fail(str(e), 2)
+        except LeanloopError as e:
+            _fail(str(e), 1)
+        except ImportError as e:
+            _fail(
+                f"{e.name or e}: not installed here; install leanloop[hub] for hub-side commands", 1
+            )
+        except KeyboardInterrupt:
+            _fail("interrupted", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
+    if state_dir is not None:
+        return state_dir
+    from runtime.config import load_config
+
+    return load_config(config).state_dir
