@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -33,18 +34,24 @@ from hub.api._common import (
     DB,
     ENROLL_TOKEN,
     JOBS,
+    LEADER,
     MULTIPART_OVERHEAD,
     PUBLISH_LOCK,
     REPO,
+    SHARED,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
 )
 from hub.config import HubConfig
 from hub.jobs import JobRunner
+from hub.leader import Leader
+from hub.metrics import METRICS, HubMetrics, metrics_middleware
 from hub.middlewares import auth_middleware, error_middleware
+from hub.replicas import START_LOCK_KEY, SharedFiles, cluster_lock
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.rollouts.ticker import tick_all
+from hub.storage import Blobs, BlobStore, HubDB, PartialUploads, S3BlobStore, open_database
 from runtime._atomic import atomic_write_bytes
 
 __all__ = [
@@ -72,32 +79,83 @@ def _token_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def _open_shared_state(app: web.Application) -> None:
+    """Tokens and the TUF repository: from the data dir, created on first start. With replicas,
+    pulled from the database first and pushed back after, under a cluster-wide lock (see
+    :mod:`hub.replicas`). Blocking (runs in a thread)."""
+    cfg = app[CONFIG]
+    data = cfg.data_dir
+    shared = SharedFiles(app[DB], data) if cfg.database_url is not None else None
+    with cluster_lock(cfg.database_url, START_LOCK_KEY):
+        if shared is not None:
+            shared.pull()
+        app[ADMIN_TOKEN] = _token_file(data / "admin.token")
+        app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
+        app[REPO] = TufRepository.open(
+            data,
+            app[BLOBS].size,
+            cfg.keys_dir,
+            timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
+            snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
+        )
+        if shared is not None:
+            shared.push()
+            app[SHARED] = shared
+
+
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     data = cfg.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    app[ADMIN_TOKEN] = _token_file(data / "admin.token")
-    app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
-    app[BLOBS] = BlobStore(data / "blobs")
-    app[REPO] = TufRepository.open(
-        data,
-        app[BLOBS].size,
-        cfg.keys_dir,
-        timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
-        snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
-    )
-    app[DB] = HubDB(data / "hub.sqlite3")
+    blobs: Blobs
+    if cfg.s3 is not None:
+        s3 = S3BlobStore(cfg.s3, data / "blobs-tmp")
+        await asyncio.to_thread(s3.check)
+        blobs = s3
+    else:
+        blobs = BlobStore(data / "blobs")
+    app[BLOBS] = blobs
+    database = open_database(cfg.database_url, data, cfg.db_threads)
+    app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
+    await asyncio.to_thread(_open_shared_state, app)
     app[UPLOADS] = PartialUploads(data / "uploads")
     yield
     app[DB].close()
+
+
+async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LEADER] = Leader(app[CONFIG].database_url)
+    await app[LEADER].start()
+    yield
+    await app[LEADER].stop()
+
+
+async def _rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def tick_forever() -> None:
+        while True:
+            await asyncio.sleep(app[CONFIG].rollout_tick_s)
+            if not app[LEADER].is_leader:
+                continue
+            try:
+                await tick_all(app[DB])
+            except Exception:  # keep stepping: a stuck rollout is worse than a noisy log
+                log.exception("rollout tick failed")
+
+    task = asyncio.create_task(tick_forever(), name="leanloop-rollouts")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _timestamp_ctx(app: web.Application) -> AsyncIterator[None]:
     async def refresh_forever() -> None:
         while True:
             try:
-                if app[REPO].refresh_timestamp():
+                if app[LEADER].is_leader and app[REPO].refresh_timestamp():
                     log.info("re-signed timestamp, now expiring %s", app[REPO].timestamp_expires)
+                    if SHARED in app:
+                        await asyncio.to_thread(app[SHARED].push)
             except Exception:  # keep trying: a stale timestamp is worse than a noisy log
                 log.exception("could not re-sign timestamp")
             await asyncio.sleep(app[CONFIG].timestamp_check_interval_s)
@@ -115,7 +173,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s
     )
     app[JOBS] = runner
-    runner.start()
+    await runner.start()
     yield
     await runner.stop()
 
@@ -126,16 +184,36 @@ def create_app(config: HubConfig) -> web.Application:
         config.max_targets_bytes,
         config.max_meta_bytes * 2 + config.max_image_bytes + MULTIPART_OVERHEAD,
     )
-    app = web.Application(client_max_size=cap, middlewares=[error_middleware, auth_middleware])
+    app = web.Application(
+        client_max_size=cap,
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+    )
+    app[METRICS] = HubMetrics()
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
-    app.cleanup_ctx.extend([_storage_ctx, _timestamp_ctx, _jobs_ctx])
+    app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)
     return app
 
 
+def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
+    """The server TLS context of ``tls_cert_file``/``tls_key_file`` (None: plain HTTP)."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return ctx
+
+
 def run(config: HubConfig) -> None:
-    """Serve the hub until interrupted."""
-    web.run_app(create_app(config), host=config.host, port=config.port)
+    """Serve the hub until interrupted (HTTPS when the config names a certificate)."""
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        ssl_context=ssl_context(config),
+        access_log=None,  # hub.metrics logs each request at debug level
+    )

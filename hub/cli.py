@@ -43,20 +43,38 @@ def _fail(e: LeanloopError) -> typer.Exit:
 
 @hub_app.command("serve")
 def serve(
-    data: Annotated[Path, typer.Option("--data", help="hub data folder")],
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8470,
+    data: Annotated[Path | None, typer.Option("--data", help="hub data folder")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on [127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [8470]")] = None,
     keys: Annotated[
         Path | None, typer.Option("--keys", help="`keys init` folder, needed on first start")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="hub config YAML (HubConfig fields: database_url, s3, tls_*, ...); "
+            "--data/--host/--port/--keys override it",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each request")] = False,
 ) -> None:
     """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
     from hub.app import run
-    from hub.config import HubConfig
+    from hub.config import load_hub_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys}
     try:
-        run(HubConfig(data_dir=data, host=host, port=port, keys_dir=keys))
+        cfg = load_hub_config(config, {k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        typer.secho(f"error: {str(e).splitlines()[0]}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from e
+    try:
+        run(cfg)
     except LeanloopError as e:
         raise _fail(e) from e
 

@@ -31,13 +31,33 @@ log = logging.getLogger("leanloop.hub.middlewares")
 # Path prefix → token kinds allowed; the first match wins, anything unlisted needs admin.
 _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
+    ("/healthz", frozenset()),  # load balancers probe it without a token
+    ("/metrics", frozenset()),  # Prometheus scrapes it (keep it on a private network)
     (f"{API}/device/", frozenset({"device"})),
     (f"{API}/tuf/", frozenset({"device", "admin"})),
-    (f"{API}/admin/", frozenset({"admin"})),
+    (f"{API}/admin/", frozenset({"admin", "annotator", "viewer"})),
 )
+_READ = frozenset({"GET", "HEAD"})
+# An annotator works on samples and annotations only (reading and writing them).
+_ANNOTATOR_PREFIXES = (f"{API}/admin/samples", f"{API}/admin/annotations", f"{API}/admin/feedback")
+_ADMIN_ONLY_PREFIXES = (f"{API}/admin/tokens",)
 
 
-def _identify(request: web.Request) -> Identity:
+def _role_allows(who: Identity, method: str, path: str) -> bool:
+    """Roles under ``/admin/``: admin anything; viewer reads (not tokens); annotator samples and
+    annotations."""
+    if who.kind == "admin":
+        return True
+    if path.startswith(_ADMIN_ONLY_PREFIXES):
+        return False
+    if who.kind == "viewer":
+        return method in _READ
+    if who.kind == "annotator":
+        return path.startswith(_ANNOTATOR_PREFIXES)
+    return True  # devices: the prefix policy decided
+
+
+async def _identify(request: web.Request) -> Identity:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -45,10 +65,14 @@ def _identify(request: web.Request) -> Identity:
         raise AuthError("missing bearer token (Authorization: Bearer <token>)")
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
         return Identity("admin")
+    db = request.app[DB]
     digest = hash_token(token)
-    found = request.app[DB].device_by_token_hash(digest)
+    found = await db.call(db.device_by_token_hash, digest)
     if found is not None and hmac.compare_digest(digest, found[1]):
         return Identity("device", found[0])
+    named = await db.call(db.api_token_by_hash, digest)
+    if named is not None and hmac.compare_digest(digest, named[2]):
+        return Identity(named[1], name=named[0])
     raise AuthError("unknown token")
 
 
@@ -63,12 +87,12 @@ async def auth_middleware(
             allowed = kinds
             break
     if allowed:
-        who = _identify(request)
-        if who.kind not in allowed:
+        who = await _identify(request)
+        if who.kind not in allowed or not _role_allows(who, request.method, request.path):
             raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
         request[IDENTITY] = who
         if who.device_id is not None:
-            request.app[DB].touch_device(who.device_id)
+            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
     return await handler(request)
 
 

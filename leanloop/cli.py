@@ -8,6 +8,7 @@ input with a one-line ``error: ...`` and exit code 2, a failed operation with ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -74,39 +75,26 @@ def device_run(
 def infer(
     images: Annotated[list[Path], typer.Argument(help="image files")],
     bundle: Annotated[Path, typer.Option(help="bundle folder")],
-    backend: Annotated[str, typer.Option(help="onnxruntime | openvino | litert")] = "onnxruntime",
+    backend: Annotated[
+        str, typer.Option(help="engines in order of preference, e.g. litert,onnxruntime")
+    ] = "onnxruntime,litert,openvino",
     threads: Annotated[int, typer.Option(help="engine threads; 0: default")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="engines' INFO lines")] = False,
 ) -> None:
-    """Run a bundle's pipeline on image files and print the predictions."""
-    from runtime.backends.base import BackendOptions
-    from runtime.bundle.loader import load_bundle
+    """Run a bundle's pipeline on image files and print the predictions.
 
-    loaded = load_bundle(bundle, backend, BackendOptions(threads=threads))
-    failed = 0
-    try:
-        for img in images:
-            try:
-                data = img.read_bytes()
-            except OSError as e:
-                data = b""
-                typer.echo(f"error: {img}: {e.strerror}", err=True)
-            pred = loaded.pipeline.run_bytes(data, frame_id=str(img))
-            failed += int(pred.error is not None)
-            if as_json:
-                typer.echo(json.dumps(pred.to_dict()))
-            elif pred.error:
-                typer.echo(f"{img}: error: {pred.error}")
-            else:
-                items = ", ".join(
-                    f"{i.label} {i.score:.2f}" + (f" @{[round(v) for v in i.box]}" if i.box else "")
-                    for i in pred.final_items()
-                )
-                typer.echo(f"{img}: {items or '(nothing)'}  [{pred.latency_ms:.1f} ms]")
-    finally:
-        loaded.close()
-    if failed:
-        raise typer.Exit(1)
+    Exit code: 0 every image ran, 2 some image was missing or not decodable (each reported on
+    stderr, the others still run), 1 the pipeline failed on an image.
+    """
+    from leanloop._infer import native_stderr_filtered, run_infer
+
+    # Each bad image is reported once, by run_infer; the pipeline's own warnings only with -v.
+    logging.getLogger("runtime").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    with contextlib.nullcontext() if verbose else native_stderr_filtered():
+        code = run_infer(images, bundle, backend, threads, as_json)
+    if code:
+        raise typer.Exit(code)
 
 
 def _store_bytes(config: Path | None) -> int:
@@ -141,6 +129,8 @@ def status(
         f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})" if act else "none",
     )
     t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
+    if engines := st.get("engines"):
+        t.add_row("engines", ", ".join(f"{k}={e}" for k, e in engines.items()))
     inst = st.get("install") or {}
     t.add_row(
         "update",
@@ -475,13 +465,20 @@ def delta_apply(
 def bundle_build(
     src: Annotated[Path, typer.Argument(help="bundle source folder")],
     out: Annotated[Path, typer.Option(help="output bundle folder (new or empty)")],
-    name: Annotated[str, typer.Option(help="bundle name")] = "digits",
+    name: Annotated[str, typer.Option(help="bundle name, e.g. digits")],
     version: Annotated[int, typer.Option(help="bundle version (monotonic)")] = 1,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="engines to compute the golden outputs with, in order of preference "
+            "(default: each model on the engine made for its file)"
+        ),
+    ] = None,
 ) -> None:
     """Make a bundle (manifest, golden expected outputs) from a source folder."""
     from runtime.bundle.build import build_bundle
 
-    m = build_bundle(src, out, name=name, version=version)
+    m = build_bundle(src, out, name=name, version=version, backend=backend)
     typer.echo(f"built {m.name} v{m.version}: {len(m.files)} files in {out}")
 
 
@@ -529,6 +526,10 @@ def _mount_hub() -> None:
         return
     app.add_typer(hub_app, name="hub")
     app.add_typer(keys_app, name="keys")
+    from leanloop.cli_fleet import fleet_app, rollout_app
+
+    app.add_typer(fleet_app, name="fleet")
+    app.add_typer(rollout_app, name="rollout")
 
 
 @app.command("demo")

@@ -70,8 +70,35 @@ class SinkSettings(_Strict):
 
 
 class InferenceSettings(_Strict):
-    backend: str = Field(default="onnxruntime", description="onnxruntime | openvino | litert")
+    backend: list[str] = Field(
+        default_factory=lambda: ["onnxruntime", "litert", "openvino"],
+        description="engines in order of preference (onnxruntime, openvino, litert; one name "
+        "is a list of one): each model runs on the first that is installed and has a file "
+        "for it, unless its stage pins an engine",
+    )
     threads: int = Field(default=0, ge=0, description="engine threads; 0: engine default")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from runtime.bundle.engines import preference
+        from runtime.errors import BackendError
+
+        try:
+            return list(preference(v))
+        except BackendError as e:
+            raise ValueError(str(e)) from None
+
+    max_frame_pixels: int = Field(
+        default=8192 * 8192,
+        gt=0,
+        description="a frame whose header declares more pixels is refused before decoding",
+    )
 
 
 class ClassQuota(_Strict):
@@ -339,27 +366,33 @@ def load_config(path: Path | None) -> DeviceConfig:
 
     if path is None:
         cfg = DeviceConfig()
-    else:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: no such file") from e
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        try:
-            cfg = DeviceConfig.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            inference = data.get("inference")
-            backend = inference.get("backend") if isinstance(inference, dict) else None
-            more = e.error_count() - 1 + len(engine_problems(backend))
-            hint = f" (and {more} more: leanloop config check {path})" if more else ""
-            raise ConfigError(f"{path}: {loc}: {first['msg']}{hint}") from e
-    problems = engine_problems(cfg.inference.backend)
-    if problems:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}inference.backend: {problems[0]}")
+        problems = engine_problems(cfg.inference.backend)
+        if problems:
+            raise ConfigError(f"inference.backend: {problems[0]}")
+        return cfg
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such file") from e
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    inference = data.get("inference")
+    backend = inference.get("backend") if isinstance(inference, dict) else None
+    # The engine check first: a typo there is said with "did you mean", and an engine that is
+    # not installed is refused before the service touches any slot.
+    found = [f"inference.backend: {p}" for p in engine_problems(backend)]
+    try:
+        cfg = DeviceConfig.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            if found and loc[:2] == ("inference", "backend"):
+                continue  # already said above
+            found.append(f"{'.'.join(loc)}: {err['msg']}")
+    if found:
+        more = len(found) - 1
+        hint = f" (and {more} more: leanloop config check {path})" if more else ""
+        raise ConfigError(f"{path}: {found[0]}{hint}")
     return cfg

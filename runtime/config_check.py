@@ -55,11 +55,12 @@ def engine_names(backend: Any) -> list[str] | None:
 def engine_problems(backend: Any) -> list[str]:
     """What is wrong with ``inference.backend`` on this machine: unknown names (with the
     closest known one), or no preferred engine installed. Empty: fine."""
-    from runtime.backends import REGISTRY, available_backends
+    from runtime.backends import REGISTRY, unavailable_reason
 
     names = engine_names(backend)
     if names is None:
         return []  # a type error: the model reports it
+    names = [n.strip() for part in names for n in part.split(",") if n.strip()]
     if not names:
         return ["names no engine"]
     out = []
@@ -68,12 +69,14 @@ def engine_problems(backend: Any) -> list[str]:
             out.append(f"unknown engine {n!r}{_did_you_mean(n, list(REGISTRY))}")
     if out:
         return out
-    why = available_backends()
-    usable = [n for n in names if why.get(n) is None]
-    if not usable:
-        reasons = "; ".join(f"{n}: {why[n]}" for n in names)
-        out.append(f"no engine of {', '.join(names)} is installed here ({reasons})")
-    return out
+    why: dict[str, str] = {}
+    for n in names:  # in order of preference: the first installed one is enough
+        reason = unavailable_reason(n)
+        if reason is None:
+            return []
+        why[n] = reason
+    reasons = "; ".join(f"{n}: {r}" for n, r in why.items())
+    return [f"no engine of {', '.join(names)} is installed here ({reasons})"]
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -180,11 +183,12 @@ def check_config(path: Path) -> list[Finding]:
             msg = err["msg"] + _suggest(dict(err), loc)
             errors.append(Finding("error", ".".join(map(str, loc)), _line_of(loc, lines), msg))
     inference = data.get("inference")
-    backend = inference.get("backend", "onnxruntime") if isinstance(inference, dict) else None
-    if backend is not None:
-        loc = ("inference", "backend")
-        for problem in engine_problems(backend):
-            errors.append(Finding("error", "inference.backend", _line_of(loc, lines), problem))
+    backend = inference.get("backend") if isinstance(inference, dict) else None
+    problems = engine_problems(backend) if backend is not None else []
+    if problems:  # said better here (with "did you mean") than by the model's own check
+        errors = [f for f in errors if not f.key.startswith("inference.backend")]
+        line = _line_of(("inference", "backend"), lines)
+        errors += [Finding("error", "inference.backend", line, p) for p in problems]
     errors.sort(key=lambda f: f.line or 0)
     return errors + (_warnings(cfg, data, lines) if cfg is not None else [])
 

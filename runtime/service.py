@@ -33,12 +33,10 @@ from runtime._version import __version__
 from runtime.bundle.loader import LoadedBundle
 from runtime.config import DeviceConfig
 from runtime.control import ControlServer, socket_path
-from runtime.errors import ConfigError, FrameError, HubError, LeanloopError, UpdateError
+from runtime.errors import ConfigError, HubError, LeanloopError, UpdateError
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.outbox import SENT_DIR, FeedbackOutbox
-from runtime.pipeline.prediction import Prediction
-from runtime.pipeline.preprocess import decode_image
 from runtime.protocol import Heartbeat
 from runtime.quarantine import QUARANTINE_DIR, Quarantine
 from runtime.shadow.manager import ShadowManager
@@ -125,18 +123,10 @@ class DeviceService:
         if got is None:
             return False
         frame_id, data = got
-        try:
-            image = decode_image(data)
-        except FrameError as e:
-            image = None
-            pred = Prediction(
-                frame_id=frame_id,
-                error=str(e),
-                bundle=bundle.manifest.name,
-                bundle_version=bundle.manifest.version,
-            )
-        if image is not None:
-            pred = bundle.pipeline.run(image, frame_id)
+        # Never raises: a frame that cannot be decoded or run is an error result.
+        image, pred = bundle.pipeline.run_encoded(
+            data, frame_id, self.cfg.inference.max_frame_pixels
+        )
         self.sink.write(pred)
         self.source.done()
         self.counters["frames"] += 1
@@ -264,6 +254,7 @@ class DeviceService:
             "time": time.time(),
             "uptime_s": round(up, 1),
             **inst,
+            "engines": dict(self.bundle.engines) if self.bundle is not None else {},
             "counters": counters,
             "fps": round(self.counters["frames"] / up, 2) if up > 0 else 0.0,
             "latency_ms": {"p50": self.latency.pct(0.5), "p99": self.latency.pct(0.99)},
@@ -341,7 +332,13 @@ class DeviceService:
         log.info("device %s started (runtime %s)", self.cfg.device_id, __version__)
         try:
             while not self._stop.is_set():
-                if not self._frame_step():
+                try:
+                    busy = self._frame_step()
+                except Exception:  # nothing a frame does may stop the device
+                    self.counters["frame_errors"] += 1
+                    log.exception("frame loop: unexpected error; going on")
+                    busy = False
+                if not busy:
                     self._stop.wait(self.cfg.source.poll_interval_s)
         finally:
             control.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -238,14 +238,16 @@ class BundleFetcher:
         version: int,
         dest: Path,
         reuse_dirs: list[Path] | None = None,
-        backend: str | None = None,
+        backend: str | Sequence[str] | None = None,
         check_plan: Callable[[Manifest, set[str]], None] | None = None,
     ) -> FetchResult:
         """Download bundle ``name`` ``version`` into the empty folder ``dest``.
 
-        With ``backend`` set, model files of other engine formats are not downloaded (they are
-        listed in ``.skipped.json``); every other file is. ``check_plan(manifest, skipped)`` runs
-        once the signed manifest is known and before any file is written (the free-space check).
+        With ``backend`` set (the device's engine preference), model files that no planned
+        engine reads are not downloaded (they are listed in ``.skipped.json``; see
+        :func:`~runtime.bundle.loader.unneeded_files`); every other file is.
+        ``check_plan(manifest, skipped)`` runs once the signed manifest is known and before any
+        file is written (the free-space check).
 
         Raises TrustError (metadata or a file does not verify), UpdateError (not published,
         network), BundleError (manifest malformed or inconsistent with signed metadata).

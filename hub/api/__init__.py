@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import devices, fleet, jobs, samples, shadow, tuf, uploads
+from hub.api import devices, fleet, jobs, ops, rollouts, samples, shadow, tokens, tuf, uploads
 
 __all__ = ["ROUTE_TABLES"]
 
@@ -16,4 +16,7 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     shadow.routes,
     samples.routes,
     jobs.routes,
+    rollouts.routes,
+    tokens.routes,
+    ops.routes,
 )

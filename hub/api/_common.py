@@ -20,8 +20,10 @@ from hub.errors import (
     TooLarge,
 )
 from hub.jobs import JobRunner
+from hub.leader import Leader
+from hub.replicas import SharedFiles
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.storage import Blobs, HubDB, PartialUploads
 from runtime.errors import first_line
 
 log = logging.getLogger("leanloop.hub.api")
@@ -30,9 +32,11 @@ API = "/api/v1"
 
 CONFIG = web.AppKey("config", HubConfig)
 DB = web.AppKey("db", HubDB)
-BLOBS = web.AppKey("blobs", BlobStore)
+BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
+LEADER = web.AppKey("leader", Leader)
+SHARED = web.AppKey("shared", SharedFiles)  # only with hub replicas (PostgreSQL)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
@@ -44,15 +48,17 @@ NAME_RE = re.compile(NAME_PATTERN)
 CHUNK = 64 * 1024
 MULTIPART_OVERHEAD = 16 * 1024
 
-TokenKind = Literal["admin", "device"]
+TokenKind = Literal["admin", "annotator", "viewer", "device"]
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: the admin, or one device."""
+    """Who is calling: a person or script with a role (the bootstrap admin token, or a named
+    token), or one device."""
 
     kind: TokenKind
     device_id: str | None = None
+    name: str | None = None  # the named token's name (None: the bootstrap admin token)
 
 
 IDENTITY = web.RequestKey("identity", Identity)

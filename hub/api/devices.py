@@ -51,7 +51,9 @@ async def enroll(request: web.Request) -> web.Response:
     if not hmac.compare_digest(body.enroll_token.encode(), request.app[ENROLL_TOKEN].encode()):
         raise AuthError("wrong enrollment secret")
     token = secrets.token_urlsafe(32)
-    request.app[DB].enroll_device(body.device_id, body.cohort, hash_token(token))
+    await request.app[DB].call(
+        request.app[DB].enroll_device, body.device_id, body.cohort, hash_token(token)
+    )
     log.info("device %s enrolled (cohort %s)", body.device_id, body.cohort)
     return web.json_response({"device_token": token})
 
@@ -60,12 +62,12 @@ async def enroll(request: web.Request) -> web.Response:
 async def desired(request: web.Request) -> web.Response:
     """The bundle version a rollout asked this device to run (nulls: none yet)."""
     db = request.app[DB]
-    device = db.device(device_id_of(request))
+    device = await db.call(db.device, device_id_of(request))
     bundle, version = device.desired_bundle, device.desired_version
     if bundle is None:
-        bundle, version = db.cohort_desired(device.cohort)
+        bundle, version = await db.call(db.cohort_desired, device.cohort)
     # Shadow mode: the candidate (with its promotion rule) next to the production bundle.
-    candidate = db.shadow_candidate(device)
+    candidate = await db.call(db.shadow_candidate, device)
     answer = Desired.model_validate({"bundle": bundle, "version": version, "candidate": candidate})
     body = answer.model_dump(mode="json", exclude={"candidate"} if candidate is None else None)
     return web.json_response(body)
@@ -78,12 +80,16 @@ async def shadow_telemetry(request: web.Request) -> web.Response:
     body = parse_body(ShadowTelemetry, await read_capped(request, cap, "shadow report"), "report")
     device_id = device_id_of(request)
     db = request.app[DB]
-    db.put_shadow_report(device_id, body.model_dump())
+    await db.call(db.put_shadow_report, device_id, body.model_dump())
     c = body.candidate
-    if body.status == "promoted" and c is not None and db.has_bundle(c.bundle, c.version):
+    if (
+        body.status == "promoted"
+        and c is not None
+        and await db.call(db.has_bundle, c.bundle, c.version)
+    ):
         # The device committed it after its trial: make it what the hub wants there too, so the
         # next desired answer does not point back at the old production version.
-        db.set_desired(c.bundle, c.version, [device_id], None)
+        await db.call(db.set_desired, c.bundle, c.version, [device_id], None)
         log.info("device %s promoted shadow candidate %s v%s", device_id, c.bundle, c.version)
     return web.json_response({})
 
@@ -104,9 +110,12 @@ async def heartbeat(request: web.Request) -> web.Response:
         beat = Heartbeat.model_validate(raw)
     except ValidationError as e:
         raise BadRequest(validation_reason(e, "heartbeat")) from e
-    request.app[DB].touch_device(device_id_of(request), beat.status())
+    db = request.app[DB]
+    await db.call(db.touch_device, device_id_of(request), beat.status())
     if beat.events:
-        request.app[DB].add_device_events(
-            device_id_of(request), [e.model_dump(mode="json") for e in beat.events]
+        await db.call(
+            db.add_device_events,
+            device_id_of(request),
+            [e.model_dump(mode="json") for e in beat.events],
         )
     return web.json_response({})

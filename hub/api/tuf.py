@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from hub.api._common import (
     DB,
     PUBLISH_LOCK,
     REPO,
+    SHARED,
     read_capped,
     read_parts,
 )
@@ -29,6 +31,7 @@ from hub.errors import (
     NotFound,
     TooLarge,
 )
+from hub.replicas import PUBLISH_LOCK_KEY, cluster_lock_async
 from hub.storage import check_sha256
 from runtime.bundle.manifest import Manifest
 
@@ -37,13 +40,40 @@ log = logging.getLogger("leanloop.hub.tuf")
 _MANIFEST_TARGET_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})/([1-9][0-9]{0,9})/manifest\.json$")
 
 routes = web.RouteTableDef()
+_STREAM = 1024 * 1024  # bytes read from the blob store per step (one S3 range request)
 
 # -- TUF ----------------------------------------------------------------------------------------
+
+
+async def fresh_repo(app: web.Application) -> None:
+    """With hub replicas: take in what another replica published or re-signed (see
+    :mod:`hub.replicas`); a no-op on one hub."""
+    shared = app.get(SHARED)
+    if shared is not None and await asyncio.to_thread(shared.stale):
+        await asyncio.to_thread(shared.pull)
+        await asyncio.to_thread(app[REPO].reload)
+
+
+async def shared_changed(app: web.Application) -> None:
+    """With hub replicas: store what this replica changed for the others."""
+    shared = app.get(SHARED)
+    if shared is not None:
+        await asyncio.to_thread(shared.push)
+
+
+@contextlib.asynccontextmanager
+async def publish_lock(app: web.Application) -> AsyncIterator[None]:
+    """One publish at a time in this process and, with replicas, across them; fresh state."""
+    async with app[PUBLISH_LOCK], cluster_lock_async(app[CONFIG].database_url, PUBLISH_LOCK_KEY):
+        await fresh_repo(app)
+        yield
+        await shared_changed(app)
 
 
 @routes.get(f"{API}/tuf/metadata/{{file}}")
 async def tuf_metadata(request: web.Request) -> web.Response:
     """Signed metadata: ``timestamp.json`` or ``<version>.<role>.json``."""
+    await fresh_repo(request.app)
     data = request.app[REPO].metadata_bytes(request.match_info["file"])
     return web.Response(body=data, content_type="application/json")
 
@@ -77,47 +107,44 @@ async def tuf_target(request: web.Request) -> web.StreamResponse:
     206 with the rest of it (aiohttp's FileResponse keys its ETag on mtime and reads If-Range
     only as a date, so blobs are streamed here instead).
     """
+    await fresh_repo(request.app)
     sha256, _ = request.app[REPO].target_blob(request.match_info["path"])
-    path = request.app[BLOBS].path(sha256)
+    blobs = request.app[BLOBS]
+    size = await asyncio.to_thread(blobs.size, sha256)
+    if size is None:
+        raise NotFound(f"target blob {sha256} is missing from the blob store")
+    etag = f'"{sha256}"'
+    rng = _blob_range(request, size, etag)
+    start, end = rng or (0, size)
+    resp = web.StreamResponse(
+        status=206 if rng else 200,
+        headers={"Content-Type": "application/octet-stream", "ETag": etag},
+    )
+    resp.headers["Accept-Ranges"] = "bytes"
+    if rng:
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    resp.content_length = end - start
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    pos = start
     try:
-        f = path.open("rb")
-    except FileNotFoundError as e:
-        raise NotFound(f"target blob {sha256} is missing from the blob store") from e
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        etag = f'"{sha256}"'
-        rng = _blob_range(request, size, etag)
-        start, end = rng or (0, size)
-        resp = web.StreamResponse(
-            status=206 if rng else 200,
-            headers={"Content-Type": "application/octet-stream", "ETag": etag},
-        )
-        resp.headers["Accept-Ranges"] = "bytes"
-        if rng:
-            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        resp.content_length = end - start
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
-        loop = asyncio.get_running_loop()
-        f.seek(start)
-        left = end - start
-        try:
-            while left > 0:
-                chunk = await loop.run_in_executor(None, f.read, min(CHUNK, left))
-                if not chunk:
-                    break
-                await resp.write(chunk)
-                left -= len(chunk)
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the device hung up (a dropped link); it resumes with a Range request
+        while pos < end:
+            chunk = await asyncio.to_thread(blobs.read_range, sha256, pos, min(end, pos + _STREAM))
+            if not chunk:
+                break
+            await resp.write(chunk)
+            pos += len(chunk)
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the device hung up (a dropped link); it resumes with a Range request
     return resp
 
 
 @routes.get(f"{API}/admin/tuf/targets")
 async def current_targets(request: web.Request) -> web.Response:
     """The current signed targets metadata, for the admin to extend and re-sign."""
+    await fresh_repo(request.app)
     data = request.app[REPO].current_targets_bytes()
     if data is None:
         raise NotFound("no targets metadata yet; the first publish signs version 1")
@@ -181,13 +208,14 @@ async def post_targets(request: web.Request) -> web.Response:
     """Accept new targets metadata signed offline; record any new bundle versions."""
     app = request.app
     data = await read_capped(request, app[CONFIG].max_targets_bytes, "targets metadata")
-    async with app[PUBLISH_LOCK]:
-        md = app[REPO].verify_targets(data)
+    async with publish_lock(app):
+        # Blob lookups (S3 round trips with an object store) run off the event loop.
+        md = await asyncio.to_thread(app[REPO].verify_targets, data)
         targets = {p: (t.hashes["sha256"], t.length) for p, t in md.signed.targets.items()}
-        bundles = _new_bundles(app, targets)
-        version = app[REPO].accept_targets(data)
+        bundles = await asyncio.to_thread(_new_bundles, app, targets)
+        version = await asyncio.to_thread(app[REPO].accept_targets, data)
         for manifest, raw in bundles:
-            app[DB].add_bundle(manifest.name, manifest.version, raw)
+            await app[DB].call(app[DB].add_bundle, manifest.name, manifest.version, raw)
             log.info("bundle %s version %s published", manifest.name, manifest.version)
     return web.json_response({"version": version})
 
@@ -210,7 +238,7 @@ async def post_root(request: web.Request) -> web.Response:
     }
     parts = await read_parts(request, caps, {"root"})
     keys = {n.removesuffix(".key"): parts[n] for n in _ROOT_PARTS[2:] if n in parts}
-    async with app[PUBLISH_LOCK]:
+    async with publish_lock(app):
         version = app[REPO].accept_root(parts["root"], parts.get("targets"), keys or None)
     log.info("serving root version %s", version)
     return web.json_response({"version": version})

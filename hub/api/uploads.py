@@ -66,11 +66,11 @@ def _check_meta(meta: dict[str, Any]) -> SampleMeta:
         raise BadRequest(validation_reason(e, "sample meta")) from e
 
 
-def _record_feedback(db: HubDB, sample_id: str, device_id: str, meta: dict[str, Any]) -> None:
+async def _record_feedback(db: HubDB, sample_id: str, device_id: str, meta: dict[str, Any]) -> None:
     fb = _check_feedback(meta.get("feedback"))
     if fb is not None:
         predicted = predicted_label(meta.get("prediction") or {}, fb.get("item"))
-        db.set_feedback(sample_id, device_id, fb, predicted)
+        await db.call(db.set_feedback, sample_id, device_id, fb, predicted)
 
 
 async def _store_sample(
@@ -89,19 +89,21 @@ async def _store_sample(
     feedback = _check_feedback(meta.get("feedback"))
     db = app[DB]
     try:
-        known = db.sample(sample_id)
+        known = await db.call(db.sample, sample_id)
     except NotFound:
         known = None
     if known is not None:
         if known.device_id != device_id:
             raise ForbiddenError(f"sample {sample_id} belongs to another device")
         if feedback is not None:
-            _record_feedback(db, sample_id, device_id, meta)
+            await _record_feedback(db, sample_id, device_id, meta)
         return "duplicate"
     image_sha256 = await store_blob(app, image)
-    stored = db.add_sample(sample_id, record.bundle, device_id, record.priority, meta, image_sha256)
+    stored = await db.call(
+        db.add_sample, sample_id, record.bundle, device_id, record.priority, meta, image_sha256
+    )
     if feedback is not None:
-        _record_feedback(db, sample_id, device_id, meta)
+        await _record_feedback(db, sample_id, device_id, meta)
     return "stored" if stored else "duplicate"
 
 
@@ -124,9 +126,9 @@ def _upload_answer(status: str, offset: int) -> web.Response:
     return web.json_response({"status": status, "offset": offset})
 
 
-def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
+async def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
     try:
-        sample = db.sample(sample_id)
+        sample = await db.call(db.sample, sample_id)
     except NotFound:
         return False
     if sample.device_id != device_id:
@@ -140,7 +142,7 @@ async def upload_status(request: web.Request) -> web.Response:
     sample_id = _sample_id(request)
     sha256 = check_sha256(request.query.get("sha256", ""))
     device_id = device_id_of(request)
-    if _known_sample(request.app[DB], device_id, sample_id):
+    if await _known_sample(request.app[DB], device_id, sample_id):
         return _upload_answer("stored", 0)
     return _upload_answer("partial", request.app[UPLOADS].offset(device_id, sample_id, sha256))
 
@@ -180,7 +182,7 @@ async def upload_part(request: web.Request) -> web.Response:
     body_len = request.content_length
     if body_len is None or offset + body_len > length:
         raise BadRequest("Content-Length is required and must not run past Upload-Length")
-    if _known_sample(app[DB], device_id, sample_id):
+    if await _known_sample(app[DB], device_id, sample_id):
         return _upload_answer("duplicate", length)
     uploads = app[UPLOADS]
     path = uploads.path(device_id, sample_id, sha256, length)
@@ -246,9 +248,9 @@ async def sample_feedback(request: web.Request) -> web.Response:
     assert fb is not None
     db = request.app[DB]
     device_id = device_id_of(request)
-    sample = db.sample(sample_id)
+    sample = await db.call(db.sample, sample_id)
     if sample.device_id != device_id:
         raise ForbiddenError(f"sample {sample_id} belongs to another device")
     predicted = predicted_label(sample.meta.get("prediction") or {}, fb.get("item"))
-    db.set_feedback(sample_id, device_id, fb, predicted)
+    await db.call(db.set_feedback, sample_id, device_id, fb, predicted)
     return web.json_response({"status": "stored"})

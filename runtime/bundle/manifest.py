@@ -85,6 +85,11 @@ class ModelEntry(_Strict):
         default_factory=dict,
         description="other formats of the same network: format -> file (e.g. openvino -> x.xml)",
     )
+    engine: Literal["onnxruntime", "openvino", "litert"] | None = Field(
+        default=None,
+        description="engine a stage of the pipeline pins this model to; none: the device's "
+        "preference decides",
+    )
 
     @field_validator("path")
     @classmethod
