@@ -90,7 +90,7 @@ def infer(
     from leanloop._infer import native_stderr_filtered, run_infer
 
     # Each bad image is reported once, by run_infer; the pipeline's own warnings only with -v.
-    logging.getLogger("runtime").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.getLogger("leanloop").setLevel(logging.DEBUG if verbose else logging.ERROR)
     with contextlib.nullcontext() if verbose else native_stderr_filtered():
         code = run_infer(images, bundle, backend, threads, as_json)
     if code:
