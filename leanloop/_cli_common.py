@@ -1,6 +1,4 @@
-"""What every CLI module shares: the error wrapper (one ``error:`` line, the documented exit
-codes) and where the device's state folder is. Kept apart from ``leanloop.cli`` so command
-modules (``leanloop/cli_<area>.py``) can use it without importing the app they are mounted on."""
+"""What every ``leanloop`` command module shares: the error handler and the admin client."""
 
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import typer
 
 from runtime.errors import ConfigError, LeanloopError, PipelineError
 
-__all__ = ["_fail", "_state_dir", "handled"]
+__all__ = ["_fail", "_state_dir", "admin_client", "handled"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
@@ -47,7 +45,17 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def admin_client(hub: str, token: str | None) -> Any:
+    """The hub's admin client; ConfigError without a token."""
+    from hub.client import HubAdminClient
+
+    if not token:
+        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
+    return HubAdminClient(hub, token)
+
+
 def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
+    """The device's state folder: ``--state-dir``, else the config's ``state_dir``."""
     if state_dir is not None:
         return state_dir
     from runtime.config import load_config

@@ -1,64 +1,103 @@
-"""Operator helpers: ``leanloop config check FILE`` and ``leanloop mark-good VERSION``."""
+"""Operator helpers of the ``leanloop`` command: the device's metrics and the status rows that
+describe its source, engines, uploads and downloads (``leanloop status``)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from leanloop._cli_common import _state_dir, handled
+from runtime.errors import LeanloopError
 
-__all__ = ["config_app", "mark_good"]
-
-config_app = typer.Typer(help="The device configuration file.", no_args_is_help=True)
+__all__ = ["device_metrics", "status_rows"]
 
 
-@config_app.command("check")
-@handled
-def config_check(
-    file: Annotated[Path, typer.Argument(help="device config YAML")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    strict: Annotated[bool, typer.Option(help="warnings fail the check too")] = False,
-) -> None:
-    """Every error of a device config at once (with its line and "did you mean"), and warnings
-    for values that make no sense. Exit 2 when there is an error (or, with --strict, a
-    warning), 0 otherwise."""
-    from runtime.config_check import check_config
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
-    findings = check_config(file)
-    if as_json:
-        typer.echo(
-            json.dumps(
-                [
-                    {"level": f.level, "key": f.key, "line": f.line, "message": f.message}
-                    for f in findings
-                ],
-                indent=2,
+
+def status_rows(st: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for ``leanloop status``: source, engines, uploads, download, sinks."""
+    rows: list[tuple[str, str]] = []
+    src = st.get("source") or {}
+    if src:
+        line = (
+            f"{src.get('name')} ({src.get('kind')}) {src.get('state')}: "
+            f"{src.get('frames', 0)} frames, {src.get('dropped', 0)} dropped, "
+            f"{src.get('reconnects', 0)} reconnects"
+        )
+        if src.get("last_frame_age_s") is not None:
+            line += f", last frame {src['last_frame_age_s']} s ago"
+        if src.get("last_error") and src.get("state") != "streaming":
+            line += f" (last error: {src['last_error']})"
+        rows.append(("source", line))
+    eng = st.get("engines") or {}
+    if eng:
+        rows.append(("engines", ", ".join(f"{m}: {e}" for m, e in sorted(eng.items()))))
+    up = st.get("upload")
+    c = st.get("counters") or {}
+    if up:
+        if up.get("window_open"):
+            left = up.get("window_left_s")
+            window = "open" + (f" ({left:.0f} s left)" if left is not None else "")
+        else:
+            window = f"closed (opens {up.get('window_opens_at') or '?'})"
+        budget = up.get("budget_left_bytes")
+        rows.append(
+            (
+                "upload",
+                f"window {window}; {c.get('uploaded', 0)} sent, "
+                f"{c.get('upload_errors', 0)} errors, {_bytes(c.get('upload_bytes', 0))} on the "
+                f"link" + (f"; {_bytes(budget)} left today" if budget is not None else ""),
             )
         )
-    else:
-        for f in findings:
-            typer.echo(f.render(file), err=f.level == "error")
-        if not findings:
-            typer.echo(f"{file}: ok")
-    errors = sum(f.level == "error" for f in findings)
-    if errors or (strict and findings):
-        raise typer.Exit(2)
+    elif st.get("running"):
+        rows.append(("upload", "off (no hub configured)"))
+    dl = st.get("download")
+    if dl:
+        pct = f" ({dl['percent']} %)" if dl.get("percent") is not None else ""
+        rows.append(
+            (
+                "download",
+                f"{dl['bundle']} v{dl['version']}: {_bytes(dl['bytes'])} of "
+                f"{_bytes(dl['total_bytes'])}{pct}, {_bytes(dl['rate_bps'])}/s",
+            )
+        )
+    for name, s in sorted((st.get("sinks") or {}).items()):
+        rows.append((f"sink {name}", ", ".join(f"{k} {v}" for k, v in sorted(s.items()))))
+    return rows
 
 
-@handled
-def mark_good(
-    version: Annotated[int, typer.Argument(help="the version to allow again", min=0)],
-    bundle: Annotated[
-        str | None, typer.Option(help="bundle name (default: the active one)")
-    ] = None,
+def device_metrics(
     config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
 ) -> None:
-    """Let the device install VERSION again after an operator rollback (or a failure there):
-    it does so once the hub desires it."""
-    from runtime.operator import mark_good as device_mark_good
+    """Print the running device's Prometheus metrics (text exposition format)."""
+    from runtime.config import load_config
+    from runtime.control import request
 
-    typer.echo(device_mark_good(_state_dir(config, state_dir), version, bundle))
+    sd = state_dir if state_dir is not None else load_config(config).state_dir
+    live = request(sd, "metrics")
+    if live is None:
+        raise LeanloopError(f"no device service is running on {sd} (metrics come from it)")
+    typer.echo(str(live["text"]), nl=False)
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
+
+
+def say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """The command's result: ``data`` as one JSON object with ``--json``, else ``text``."""
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data, sort_keys=True, default=str))
+    else:
+        typer.echo(text)

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from runtime.config import DeviceConfig
+from runtime.sources import FolderSourceSettings
 
 __all__ = ["Finding", "check_config", "engine_names", "engine_problems"]
 
@@ -210,10 +211,12 @@ def _warnings(
             f"{cfg.store.max_bytes} bytes cannot hold even one small sample (about {one} bytes "
             "with the store's reserve): nothing will be kept",
         )
+    src = cfg.source
     if "source" not in data:
-        warn(("source",), f"no source configured: frames are read from {cfg.source.path}")
-    elif not cfg.source.path.is_dir():
-        warn(("source", "path"), f"{cfg.source.path} is not a folder (yet): no frames until it is")
+        where = f" from {src.path}" if isinstance(src, FolderSourceSettings) else ""
+        warn(("source",), f"no source configured: frames are read{where}")
+    elif isinstance(src, FolderSourceSettings) and not src.path.is_dir():
+        warn(("source", "path"), f"{src.path} is not a folder (yet): no frames until it is")
     if cfg.hub.url is None:
         warn(("hub",), "no hub (hub.url): the device runs offline, never updates or uploads")
     elif cfg.root is None:
