@@ -30,7 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from hub import web as web_page
-from hub.api import ROUTE_TABLES
+from hub.api import ROUTE_TABLES, labelstudio
 from hub.api._common import (
     ADMIN_TOKEN,
     BLOBS,
@@ -202,6 +202,7 @@ def create_app(config: HubConfig) -> web.Application:
     for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)
     web_page.add_static(app)
+    labelstudio.setup(app)
     return app
 
 

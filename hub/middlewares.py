@@ -37,6 +37,7 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
     ("/healthz", frozenset()),  # load balancers probe it without a token
     ("/metrics", frozenset()),  # Prometheus scrapes it (keep it on a private network)
+    ("/labelstudio/", frozenset()),  # signed image links; the ML backend checks its caller
     ("/ui/", frozenset()),  # the web page checks its own session cookie (hub/web/session.py)
     ("/ui", frozenset()),
     (f"{API}/device/", frozenset({"device"})),
@@ -45,7 +46,12 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
 )
 _READ = frozenset({"GET", "HEAD"})
 # An annotator works on samples and annotations only (reading and writing them).
-_ANNOTATOR_PREFIXES = (f"{API}/admin/samples", f"{API}/admin/annotations", f"{API}/admin/feedback")
+_ANNOTATOR_PREFIXES = (
+    f"{API}/admin/samples",
+    f"{API}/admin/annotations",
+    f"{API}/admin/feedback",
+    f"{API}/admin/labelstudio",
+)
 _ADMIN_ONLY_PREFIXES = (f"{API}/admin/tokens",)
 
 

@@ -10,6 +10,7 @@ from hub.api import (
     fleet,
     history,
     jobs,
+    labelstudio,
     ontologies,
     ops,
     replay,
@@ -38,4 +39,5 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     ontologies.routes,
     replay.routes,
     history.routes,
+    labelstudio.routes,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -167,3 +168,15 @@ async def store_blob(app: web.Application, data: bytes) -> str:
     loop = asyncio.get_running_loop()
     sha256, _ = await loop.run_in_executor(None, app[BLOBS].put, data)
     return sha256
+
+
+async def person_of_token(request: web.Request, token: str) -> tuple[str, str] | None:
+    """(name, role) of a person's token; None for unknown, revoked and device tokens."""
+    if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
+        return "admin", "admin"
+    db = request.app[DB]
+    digest = hash_token(token)
+    named = await db.call(db.api_token_by_hash, digest)
+    if named is not None and hmac.compare_digest(digest, named[2]):
+        return named[0], named[1]
+    return None

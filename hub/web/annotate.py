@@ -18,27 +18,17 @@ from aiohttp import web
 
 from hub.api._common import CONFIG, DB, JOBS, read_capped
 from hub.errors import BadRequest, HubHTTPError, NotFound
+from hub.sampleinfo import classes_of, predicted_items
 from hub.storage import HubDB, Sample
-from hub.web.pages import predicted_items
 from hub.web.render import render
 from hub.web.session import FORM, Viewer, page
 
-__all__ = ["classes_of", "routes"]
+__all__ = ["routes"]
 
 routes = web.RouteTableDef()
 
 _WORKERS = ("admin", "annotator")
 _MAX_BOXES = 1000
-
-
-def classes_of(db: HubDB, bundle: str) -> list[str]:
-    """The class names of the bundle's newest published ontology ([] if none is published)."""
-    best: tuple[int, list[str]] = (0, [])
-    for name, version, manifest in db.bundles():
-        if name == bundle and version > best[0]:
-            classes = ((manifest or {}).get("ontology") or {}).get("classes") or []
-            best = (version, [str(c) for c in classes])
-    return best[1]
 
 
 def _start_boxes(sample: Sample) -> list[list[Any]]:

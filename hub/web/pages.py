@@ -19,6 +19,7 @@ from hub.api.rollouts import apply_action
 from hub.api.shadow import aggregate_shadow
 from hub.errors import HubHTTPError
 from hub.rollouts.ticker import rollout_json
+from hub.sampleinfo import predicted_items, strategy_of
 from hub.storage import Sample
 from hub.web.render import render
 from hub.web.session import Viewer, login, logout, page, read_form, viewer
@@ -150,26 +151,6 @@ async def rollout_action(request: web.Request, who: Viewer) -> web.StreamRespons
 
 
 # -- samples explorer ---------------------------------------------------------------------------
-
-
-def predicted_items(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The last stage's items of a sample's production prediction (what the model said)."""
-    stages = (meta.get("prediction") or {}).get("stages") or {}
-    if not isinstance(stages, dict) or not stages:
-        return []
-    last = list(stages.values())[-1]
-    items = last.get("items") if isinstance(last, dict) else None
-    return [it for it in items or [] if isinstance(it, dict)]
-
-
-def strategy_of(meta: dict[str, Any]) -> str:
-    """Why the device kept the frame: the random slice, or its highest-scoring strategy."""
-    if meta.get("random_slice"):
-        return "random"
-    scores = meta.get("scores") or {}
-    if not isinstance(scores, dict) or not scores:
-        return "—"
-    return str(max(scores, key=lambda k: float(scores[k] or 0.0)))
 
 
 def _feedback_kind(s: Sample) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api._common import ADMIN_TOKEN, CONFIG, DB, hash_token
+from hub.api._common import CONFIG, DB, hash_token, person_of_token
 
 __all__ = ["COOKIE", "Viewer", "check_csrf", "login", "logout", "page", "viewer"]
 
@@ -40,18 +40,6 @@ class Viewer:
     session_hash: str
 
 
-async def _who_has(request: web.Request, token: str) -> tuple[str, str] | None:
-    """(name, role) of a person's token; None for unknown, revoked and device tokens."""
-    if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
-        return "admin", "admin"
-    db = request.app[DB]
-    digest = hash_token(token)
-    named = await db.call(db.api_token_by_hash, digest)
-    if named is not None and hmac.compare_digest(digest, named[2]):
-        return named[0], named[1]
-    return None
-
-
 async def viewer(request: web.Request) -> Viewer | None:
     """The live session of this request's cookie, or None."""
     cookie = request.cookies.get(COOKIE, "")
@@ -67,7 +55,7 @@ async def viewer(request: web.Request) -> Viewer | None:
 
 async def login(request: web.Request, token: str) -> Viewer | None:
     """Start a session for the owner of ``token`` and set its cookie on the next response."""
-    who = await _who_has(request, token.strip())
+    who = await person_of_token(request, token.strip())
     if who is None:
         return None
     cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)

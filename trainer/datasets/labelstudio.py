@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from trainer.datasets._io import copy_images, make_box, read_classes, read_json, sized_item
+from trainer.datasets.ls_json import box_region
 from trainer.datasets.model import Box, Dataset, Item
 from trainer.datasets.report import Report, check_dataset
 
@@ -200,23 +201,7 @@ def write_labelstudio(dataset: Dataset, out: Path) -> None:
             )
         for k, b in enumerate(item.boxes):
             result.append(
-                {
-                    "id": f"{tid}-{k}",
-                    "type": "rectanglelabels",
-                    "from_name": "label",
-                    "to_name": "image",
-                    "original_width": item.width,
-                    "original_height": item.height,
-                    "image_rotation": 0,
-                    "value": {
-                        "x": b.x1 / item.width * 100,
-                        "y": b.y1 / item.height * 100,
-                        "width": (b.x2 - b.x1) / item.width * 100,
-                        "height": (b.y2 - b.y1) / item.height * 100,
-                        "rotation": 0,
-                        "rectanglelabels": [b.label],
-                    },
-                }
+                box_region(f"{tid}-{k}", [b.x1, b.y1, b.x2, b.y2], b.label, item.width, item.height)
             )
         tasks.append(
             {
