@@ -8,7 +8,7 @@ LITERT_TORCH := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==
 	ai-edge-litert==2.3.0 torchao==0.18.0 jax==0.10.2 jaxlib==0.10.2 opt-einsum==3.4.0 \
 	absl-py==2.5.1 immutabledict==4.2.1 tabulate==0.10.0
 
-.PHONY: install sysdeps demo test lint bench clean
+.PHONY: install sysdeps labelstudio demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ demo: install
 sysdeps:
 	@bash .ci/sysdeps
 
-test: install sysdeps
+# Label Studio in a venv of its own, for the round trip with a real Label Studio server.
+labelstudio:
+	@bash .ci/labelstudio
+
+test: install sysdeps labelstudio
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
