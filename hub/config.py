@@ -36,7 +36,7 @@ class HubConfig(BaseModel):
         default=600, gt=0, description="how often the hub checks whether to re-sign timestamp"
     )
     trainer_command: list[str] = Field(
-        default_factory=lambda: [sys.executable, "-m", "trainer.job"],
+        default_factory=lambda: [sys.executable, "-I", "-m", "trainer.job"],
         min_length=1,
         description="command of a training job; --annotations/--images/--out[/--init-from] "
         "are appended",

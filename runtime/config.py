@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from runtime._limits import MAX_CONFIG_BYTES, TooLargeError, read_bounded
 from runtime.errors import ConfigError
 from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
@@ -333,9 +334,11 @@ def load_config(path: Path | None) -> DeviceConfig:
     if path is None:
         return DeviceConfig()
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = yaml.safe_load(read_bounded(path, MAX_CONFIG_BYTES)) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
+    except TooLargeError as e:
+        raise ConfigError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):

@@ -54,6 +54,7 @@ from typing import Any
 import urllib3
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.config import DownloadSettings
 from runtime.errors import TrustError, UpdateError
 
@@ -194,7 +195,7 @@ class Downloader:
 
     def _read_sidecar(self, side: Path) -> dict[str, Any] | None:
         try:
-            meta = json.loads(side.read_text())
+            meta = json.loads(read_bounded(side, MAX_STATE_BYTES))
         except (OSError, ValueError):
             return None
         return meta if isinstance(meta, dict) and meta.get("format") == _SIDECAR_FORMAT else None

@@ -19,6 +19,7 @@ from typing import Any
 import urllib3
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError
 from runtime.uploader import PartAnswer
 
@@ -215,7 +216,7 @@ def load_or_enroll(
     path = Path(state_dir) / "device.json"
     if path.exists():
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_bounded(path, MAX_STATE_BYTES))
             if data.get("device_id") == device_id and data.get("hub") == client.url:
                 client.token = str(data["device_token"])
                 return

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime._atomic import atomic_write_json, fsync_dir
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime._version import __version__
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
@@ -132,7 +133,7 @@ class _Reports:
         self.path = path
         self._lock = threading.Lock()
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_bounded(path, MAX_STATE_BYTES))
             self._items: list[dict[str, Any]] = [d for d in data if isinstance(d, dict)]
         except (OSError, ValueError, TypeError):
             self._items = []

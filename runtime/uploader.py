@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError, StoreError
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ class UploadPolicy:
         if self.budget_path is None:
             return None, 0
         try:
-            data = json.loads(self.budget_path.read_text())
+            data = json.loads(read_bounded(self.budget_path, MAX_STATE_BYTES))
             return date.fromisoformat(data["day"]), int(data["used"])
         except FileNotFoundError:
             return None, 0

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_bytes
+from runtime._limits import MAX_ONTOLOGY_BYTES, MAX_STATE_BYTES, TooLargeError, read_bounded
 from runtime._version import __version__
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import compute_expected
@@ -34,7 +35,7 @@ from runtime.bundle.manifest import (
     TensorSpec,
 )
 from runtime.errors import BundleError
-from runtime.pipeline.graph import load_pipeline_spec
+from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
 
 __all__ = ["IGNORED_SOURCE_DIRS", "build_bundle"]
 
@@ -43,11 +44,13 @@ _MODEL_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
 _GOLDEN_EXPECTED = "golden/expected.json"
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path, limit: int) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(read_bounded(path, limit))
     except FileNotFoundError as e:
         raise BundleError(f"{path}: missing") from e
+    except TooLargeError as e:
+        raise BundleError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
         raise BundleError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from e
 
@@ -105,7 +108,7 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
 
     if not src.is_dir():
         raise BundleError(f"{src}: not a folder")
-    onto_raw = _read_yaml(src / "ontology.yaml")
+    onto_raw = _read_yaml(src / "ontology.yaml", MAX_ONTOLOGY_BYTES)
     try:
         ontology = Ontology.model_validate(onto_raw)
     except ValidationError as e:
@@ -113,7 +116,11 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
         raise BundleError(
             f"{src / 'ontology.yaml'}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
         ) from e
-    spec = load_pipeline_spec((src / "pipeline.yaml").read_text(), str(src / "pipeline.yaml"))
+    pipe_path = src / "pipeline.yaml"
+    try:
+        spec = load_pipeline_spec(read_bounded(pipe_path, MAX_PIPELINE_BYTES), str(pipe_path))
+    except (OSError, TooLargeError) as e:
+        raise BundleError(f"{pipe_path}: cannot read: {e}") from e
     out.mkdir(parents=True, exist_ok=True)  # only once the source's own files are valid
     files = _copy_source(src, out)
 
@@ -156,7 +163,10 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
     if notes_path.exists():
         try:
             all_notes.update(
-                {str(k): str(v) for k, v in json.loads(notes_path.read_text()).items()}
+                {
+                    str(k): str(v)
+                    for k, v in json.loads(read_bounded(notes_path, MAX_STATE_BYTES)).items()
+                }
             )
         except (OSError, ValueError, AttributeError) as e:
             raise BundleError(f"{notes_path}: not a JSON object: {e}") from e

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from runtime._limits import MAX_MANIFEST_BYTES, MAX_STATE_BYTES, read_bounded
 from runtime.backends.base import Backend, BackendOptions
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import BundleError, LeanloopError
@@ -27,8 +28,10 @@ __all__ = [
     "SKIPPED_NAME",
     "LoadedBundle",
     "file_sha256",
+    "inside",
     "load_bundle",
     "read_manifest",
+    "unlisted_files",
     "unneeded_files",
     "verify_bundle_dir",
 ]
@@ -54,7 +57,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     """Parse ``manifest.json``. Raises BundleError with a one-line reason."""
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_bounded(path, MAX_MANIFEST_BYTES))
     except FileNotFoundError as e:
         raise BundleError(f"{path}: no manifest.json") from e
     except (OSError, ValueError) as e:
@@ -67,7 +70,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{path}: {loc}: {first['msg']}") from e
 
 
-def _inside(root: Path, rel: str) -> Path:
+def inside(root: Path, rel: str) -> Path:
     """``root / rel`` resolved, if it stays inside ``root`` without following a symbolic link.
 
     Raises BundleError for ``..``, an absolute path, or a link anywhere below ``root`` (a link
@@ -89,7 +92,7 @@ def verify_bundle_dir(bundle_dir: Path) -> Manifest:
     manifest = read_manifest(bundle_dir)
     skipped = _skipped(bundle_dir)
     for rel, entry in manifest.files.items():
-        p = _inside(bundle_dir, rel)
+        p = inside(bundle_dir, rel)
         try:
             size = p.stat().st_size
         except FileNotFoundError as e:
@@ -109,12 +112,30 @@ def verify_bundle_dir(bundle_dir: Path) -> Manifest:
     return manifest
 
 
+def unlisted_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Files and links in the folder that the manifest does not list (sorted, POSIX paths).
+
+    ``manifest.json`` and the fetcher's ``.skipped.json`` are the manifest's own; anything else
+    unlisted was not signed, so nothing may rely on it (a planted ``evil.py``, a stray link).
+    """
+    root = Path(bundle_dir)
+    extra: list[str] = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if rel in (MANIFEST_NAME, SKIPPED_NAME) or rel in manifest.files:
+            continue
+        extra.append(rel)
+    return extra
+
+
 _FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
 
 
 def _skipped(bundle_dir: Path) -> set[str]:
     try:
-        data = json.loads((bundle_dir / SKIPPED_NAME).read_text())
+        data = json.loads(read_bounded(bundle_dir / SKIPPED_NAME, MAX_STATE_BYTES))
     except (OSError, ValueError):
         return set()
     return {str(x) for x in data} if isinstance(data, list) else set()
@@ -175,7 +196,7 @@ def _model_rel(manifest: Manifest, key: str, backend: str) -> str:
 
 
 def _model_file(bundle_dir: Path, manifest: Manifest, key: str, backend: str) -> Path:
-    return _inside(bundle_dir, _model_rel(manifest, key, backend))
+    return inside(bundle_dir, _model_rel(manifest, key, backend))
 
 
 def load_bundle(
@@ -186,16 +207,19 @@ def load_bundle(
 ) -> LoadedBundle:
     """Verify and load a bundle. Raises BundleError, BackendError or PipelineError."""
     from runtime.backends import load_backend
-    from runtime.pipeline.graph import load_pipeline_spec
+    from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
     from runtime.pipeline.pipeline import Pipeline
+    from runtime.pipeline.plugins import PluginLoader
 
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle_dir(bundle_dir) if verify else read_manifest(bundle_dir)
-    pipe_path = _inside(bundle_dir, manifest.pipeline)
+    pipe_path = inside(bundle_dir, manifest.pipeline)
     try:
-        text = pipe_path.read_text()
+        text = read_bounded(pipe_path, MAX_PIPELINE_BYTES)
     except OSError as e:
         raise BundleError(f"{pipe_path}: cannot read: {e}") from e
+    except ValueError as e:
+        raise BundleError(str(e)) from e
     spec = load_pipeline_spec(text, where=str(pipe_path))
     opts = options or BackendOptions()
     models: dict[str, Backend] = {}
@@ -218,6 +242,9 @@ def load_bundle(
             bundle=manifest.name,
             bundle_version=manifest.version,
             ontology_version=manifest.ontology.version,
+            plugins=PluginLoader(
+                bundle_dir, {rel: entry.sha256 for rel, entry in manifest.files.items()}
+            ),
         )
     except LeanloopError:
         for m in models.values():

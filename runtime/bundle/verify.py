@@ -2,7 +2,8 @@
 
 Pure checks, no network: the root is trusted as given; the targets metadata must be signed by
 the root's targets role (threshold), unexpired; the manifest and every file it lists must be
-targets named ``<bundle>/<version>/<path>`` with exactly the file's length and sha256.
+targets named ``<bundle>/<version>/<path>`` with exactly the file's length and sha256, and the
+folder may hold no file the manifest does not list (an unsigned file is reported, exit 1).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root, Targets
 
-from runtime.bundle.loader import file_sha256, verify_bundle_dir
+from runtime._limits import MAX_METADATA_BYTES, read_bounded
+from runtime.bundle.loader import file_sha256, unlisted_files, verify_bundle_dir
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import TrustError
 
@@ -22,7 +24,7 @@ __all__ = ["verify_offline"]
 
 def _load(path: Path, what: str) -> Metadata:
     try:
-        return Metadata.from_bytes(path.read_bytes())
+        return Metadata.from_bytes(read_bounded(path, MAX_METADATA_BYTES))
     except OSError as e:
         raise TrustError(f"{path}: cannot read {what}: {e.strerror}") from e
     except Exception as e:
@@ -48,6 +50,12 @@ def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None)
     if targets_md.signed.is_expired(now):
         raise TrustError(f"{targets_path}: expired on {targets_md.signed.expires:%Y-%m-%d}")
     manifest = verify_bundle_dir(bundle_dir)
+    extra = unlisted_files(bundle_dir, manifest)
+    if extra:
+        more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
+        raise TrustError(
+            f"{bundle_dir}: files the manifest does not list: {', '.join(extra[:5])}{more}"
+        )
     for rel in [MANIFEST_NAME, *manifest.files]:
         name = manifest.target_name(rel)
         tf = targets_md.signed.targets.get(name)

@@ -22,6 +22,7 @@ from runtime.pipeline.graph import (
     parse_pipeline_spec,
 )
 from runtime.pipeline.pipeline import Decoder, Pipeline
+from runtime.pipeline.plugins import PluginLoader, PreContext
 from runtime.pipeline.postprocess import (
     PostContext,
     classify,
@@ -38,7 +39,6 @@ from runtime.pipeline.preprocess import (
     crop_box,
     crop_region,
     decode_image,
-    load_plugin,
     preprocess,
 )
 
@@ -52,8 +52,10 @@ __all__ = [
     "Letterbox",
     "Pipeline",
     "PipelineSpec",
+    "PluginLoader",
     "PluginPost",
     "PostContext",
+    "PreContext",
     "PreSpec",
     "Prediction",
     "SsdPost",
@@ -69,7 +71,6 @@ __all__ = [
     "decode_yolo_v5",
     "decode_yolo_v8",
     "load_pipeline_spec",
-    "load_plugin",
     "nms",
     "parse_pipeline_spec",
     "preprocess",
