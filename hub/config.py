@@ -35,6 +35,11 @@ class HubConfig(BaseModel):
     timestamp_check_interval_s: float = Field(
         default=600, gt=0, description="how often the hub checks whether to re-sign timestamp"
     )
+    fleet_enroll_secret: bool = Field(
+        default=True,
+        description="accept <data>/enroll.token to enrol new device ids; false: only "
+        "admin-minted (one-time or expiring) secrets. It never re-keys an enrolled id",
+    )
     trainer_command: list[str] = Field(
         default_factory=lambda: [sys.executable, "-I", "-m", "trainer.job"],
         min_length=1,

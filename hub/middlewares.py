@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Path prefix → token kinds allowed; the first match wins, anything unlisted needs admin.
 _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
+    (f"{API}/device/challenge", frozenset()),  # answered by the device's key, not a token
+    (f"{API}/device/refresh", frozenset()),
     (f"{API}/device/", frozenset({"device"})),
     (f"{API}/tuf/", frozenset({"device", "admin"})),
     (f"{API}/admin/", frozenset({"admin"})),

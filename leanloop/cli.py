@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from leanloop.cli_identity import identity_app
 from runtime.errors import ConfigError, LeanloopError, PipelineError
 
 __all__ = ["app", "main"]
@@ -42,6 +43,7 @@ app.add_typer(delta_app, name="delta")
 app.add_typer(feedback_app, name="feedback")
 shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(identity_app, name="identity")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)

@@ -185,6 +185,12 @@ class Downloader:
             self._bucket = TokenBucket(s.rate_limit_bps, burst, clock())
         self.stats = DownloadStats()
 
+    def set_token(self, token: str | None) -> None:
+        """Send ``token`` from now on (the device refreshed it)."""
+        self._headers.pop("Authorization", None)
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
     # ---- paths and the partial's sidecar ---------------------------------------------------
 
     def paths(self, sha256: str) -> tuple[Path, Path]:

@@ -438,6 +438,8 @@ class DeviceService:
         self.hub.heartbeat(status)
         self.reports.sent(sent)
         name, version = self.hub.desired()
+        if self.fetcher.token != self.hub.token:  # a 401 made the client refresh it
+            self.fetcher.set_token(self.hub.token)
         if name is None or version is None:
             return
         if self.machine.state not in AT_REST:

@@ -173,6 +173,11 @@ class BundleFetcher:
             time_floor if time_floor is not None else self.metadata_dir.parent / "time_floor.json"
         )
 
+    def set_token(self, token: str | None) -> None:
+        """Send ``token`` from now on (the device refreshed it)."""
+        self.token = token
+        self.downloader.set_token(token)
+
     @property
     def counters(self) -> dict[str, int]:
         """Download totals of this process (bytes received, resumes, retries, restarts)."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import devices, fleet, jobs, samples, shadow, tuf, uploads
+from hub.api import devices, fleet, identity, jobs, samples, shadow, tuf, uploads
 
 __all__ = ["ROUTE_TABLES"]
 
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
+    identity.routes,
     devices.routes,
     uploads.routes,
     tuf.routes,

@@ -1,11 +1,9 @@
-"""Device routes: enrolment, desired bundle, shadow telemetry, heartbeat."""
+"""Device routes: desired bundle, shadow telemetry, heartbeat (enrolment: :mod:`.identity`)."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import secrets
 from typing import Any, Literal
 
 from aiohttp import web
@@ -15,19 +13,16 @@ from hub.api._common import (
     API,
     CONFIG,
     DB,
-    ENROLL_TOKEN,
-    NAME_PATTERN,
     Body,
     device_id_of,
-    hash_token,
     json_object,
     parse_body,
     read_capped,
 )
 from hub.errors import (
-    AuthError,
     BadRequest,
 )
+from hub.storage import HubDB
 from runtime.shadow.compare import ShadowStats
 from runtime.shadow.promotion import PromotionRule
 from runtime.shadow.report import ShadowStatus
@@ -35,14 +30,6 @@ from runtime.shadow.report import ShadowStatus
 log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
-
-
-class EnrollRequest(Body):
-    """``POST /enroll``."""
-
-    device_id: str = Field(pattern=NAME_PATTERN)
-    enroll_token: str = Field(min_length=1, max_length=512)
-    cohort: str | None = Field(default=None, pattern=NAME_PATTERN)
 
 
 class _ShadowRef(Body):
@@ -86,18 +73,6 @@ class DeviceEvent(Body):
 _MAX_EVENTS = 100
 
 
-@routes.post(f"{API}/enroll")
-async def enroll(request: web.Request) -> web.Response:
-    """Trade the fleet enrollment secret for a device token (re-enrolling replaces the token)."""
-    body = parse_body(EnrollRequest, await read_capped(request, 4096, "enrollment"), "enrollment")
-    if not hmac.compare_digest(body.enroll_token.encode(), request.app[ENROLL_TOKEN].encode()):
-        raise AuthError("wrong enrollment secret")
-    token = secrets.token_urlsafe(32)
-    request.app[DB].enroll_device(body.device_id, body.cohort, hash_token(token))
-    log.info("device %s enrolled (cohort %s)", body.device_id, body.cohort)
-    return web.json_response({"device_token": token})
-
-
 @routes.get(f"{API}/device/desired")
 async def desired(request: web.Request) -> web.Response:
     """The bundle version a rollout asked this device to run (nulls: none yet)."""
@@ -116,19 +91,39 @@ async def desired(request: web.Request) -> web.Response:
 
 @routes.post(f"{API}/device/shadow")
 async def shadow_telemetry(request: web.Request) -> web.Response:
-    """Store a device's shadow summary; a ``promoted`` candidate becomes its desired bundle."""
+    """Store a device's shadow summary; a ``promoted`` candidate becomes its desired bundle.
+
+    Only the candidate the hub assigned to this device (itself, its cohort or the fleet) can be
+    promoted this way: a device cannot pick its own rollout by claiming a promotion.
+    """
     cap = request.app[CONFIG].max_heartbeat_bytes
     body = parse_body(ShadowTelemetry, await read_capped(request, cap, "shadow report"), "report")
     device_id = device_id_of(request)
     db = request.app[DB]
     db.put_shadow_report(device_id, body.model_dump())
     c = body.candidate
-    if body.status == "promoted" and c is not None and db.has_bundle(c.bundle, c.version):
+    if body.status == "promoted" and c is not None and not _assigned(db, device_id, c):
+        log.warning(
+            "device %s claims it promoted %s v%s, which the hub did not assign to it: ignored",
+            device_id,
+            c.bundle,
+            c.version,
+        )
+    elif body.status == "promoted" and c is not None and db.has_bundle(c.bundle, c.version):
         # The device committed it after its trial: make it what the hub wants there too, so the
         # next desired answer does not point back at the old production version.
         db.set_desired(c.bundle, c.version, [device_id], None)
         log.info("device %s promoted shadow candidate %s v%s", device_id, c.bundle, c.version)
     return web.json_response({})
+
+
+def _assigned(db: HubDB, device_id: str, c: _ShadowRef) -> bool:
+    """Whether ``c`` is the shadow candidate the hub assigns to this device now."""
+    assigned = db.shadow_candidate(db.device(device_id))
+    return assigned is not None and (assigned["bundle"], assigned["version"]) == (
+        c.bundle,
+        c.version,
+    )
 
 
 @routes.post(f"{API}/device/heartbeat")

@@ -28,7 +28,6 @@ from hub.api._common import (
 from hub.errors import (
     BadRequest,
     Conflict,
-    ForbiddenError,
     NotFound,
     TooLarge,
 )
@@ -108,9 +107,12 @@ async def _store_sample(
         known = db.sample(sample_id)
     except NotFound:
         known = None
+    if known is not None and known.device_id != device_id:
+        # Another device's id: answer as for a new id (nothing reveals that it exists) and
+        # keep nothing (ids are random; only a device probing others' ids gets here).
+        log.warning("device %s uploaded sample %s of another device: dropped", device_id, sample_id)
+        return "stored"
     if known is not None:
-        if known.device_id != device_id:
-            raise ForbiddenError(f"sample {sample_id} belongs to another device")
         if feedback is not None:
             _record_feedback(db, sample_id, device_id, meta)
         return "duplicate"
@@ -145,9 +147,7 @@ def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
         sample = db.sample(sample_id)
     except NotFound:
         return False
-    if sample.device_id != device_id:
-        raise ForbiddenError(f"sample {sample_id} belongs to another device")
-    return True
+    return sample.device_id == device_id  # another device's sample: as if there were none
 
 
 @routes.get(f"{API}/device/samples/{{sample_id}}/upload")
@@ -262,9 +262,9 @@ async def sample_feedback(request: web.Request) -> web.Response:
     assert fb is not None
     db = request.app[DB]
     device_id = device_id_of(request)
-    sample = db.sample(sample_id)
+    sample = db.sample(sample_id)  # NotFound: "no sample '<id>'"
     if sample.device_id != device_id:
-        raise ForbiddenError(f"sample {sample_id} belongs to another device")
+        raise NotFound(f"no sample {sample_id!r}")  # word for word what a missing id gets
     predicted = predicted_label(sample.meta.get("prediction") or {}, fb.get("item"))
     db.set_feedback(sample_id, device_id, fb, predicted)
     return web.json_response({"status": "stored"})

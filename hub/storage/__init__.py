@@ -9,6 +9,8 @@ the writer):
 - ``devices``: enrolled devices, their cohort, the sha256 of their token (never the token), the
   desired bundle/version a rollout set, and the last status they reported;
 - ``samples``: uploaded or imported samples, ``pending`` until annotated, ranked by priority;
+- ``device_keys``, ``enroll_secrets``: each device's registered public key (identity), and
+  admin-minted enrolment secrets (one-time or expiring; :mod:`hub.storage.identity`);
 - ``sample_feedback``: the latest human feedback (confirm/correct) a device sent on a sample,
   with the label the model had predicted; it drives the annotation queue's ranking
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
@@ -27,6 +29,7 @@ from pathlib import Path
 from hub.storage.blobs_fs import BlobStore, BlobWriter, PartialUploads, check_sha256
 from hub.storage.bundles import BundleTables
 from hub.storage.devices import FLEET, Device, DeviceTables
+from hub.storage.identity import DeviceKey, EnrollSecret, IdentityTables
 from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
@@ -36,6 +39,8 @@ __all__ = [
     "BlobStore",
     "BlobWriter",
     "Device",
+    "DeviceKey",
+    "EnrollSecret",
     "HubDB",
     "Job",
     "JobState",
@@ -47,7 +52,7 @@ __all__ = [
 ]
 
 
-class HubDB(DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables):
+class HubDB(IdentityTables, DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables):
     """The hub's rows in SQLite: every table group's methods on one connection.
 
     Every method is one short statement or transaction.
