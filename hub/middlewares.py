@@ -45,6 +45,8 @@ def _identify(request: web.Request) -> Identity:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    if not token.isascii():  # our tokens are URL-safe base64; other bytes arrive as surrogates
+        raise AuthError("unknown token")
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
         return Identity("admin")
     digest = hash_token(token)

@@ -132,7 +132,7 @@ async def read_parts(
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise BadRequest(f"{what} is not JSON: {e}") from e
     if not isinstance(obj, dict):
         raise BadRequest(f"{what} must be a JSON object")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Literal
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
 from aiohttp import web
 from pydantic import Field, ValidationError
@@ -208,18 +210,22 @@ async def upload_part(request: web.Request) -> web.Response:
         raise Conflict(f"offset {offset} is past the {held} bytes the hub holds; ask again")
     key = (device_id, sample_id)
     me = object()
-    app[UPLOAD_WRITERS][key] = me  # supersedes a request still reading on a dead link
+    writers = app[UPLOAD_WRITERS]
+    writers[key] = me  # supersedes a request still reading on a dead link
     size = offset
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: every chunk reaches the file at once, and a superseded request has
-        # nothing left in a buffer to flush over the newer one's bytes when it closes.
-        with open(path, "r+b" if held else "wb", buffering=0) as f:
+        # O_CREAT: another request may have unlinked the part file since we looked; this
+        # request's bytes then go to a file of its own. Unbuffered: every chunk reaches the
+        # file at once, and a superseded request has nothing left in a buffer to flush over
+        # the newer one's bytes when it closes.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with open(fd, "r+b", buffering=0) as f:
             f.truncate(offset)
             f.seek(offset)
             try:
                 async for chunk in request.content.iter_chunked(CHUNK):
-                    if app[UPLOAD_WRITERS].get(key) is not me:
+                    if writers.get(key) is not me:
                         raise Conflict("a newer request took over this upload")
                     if size + len(chunk) > length:
                         raise BadRequest("body runs past Upload-Length")
@@ -230,13 +236,38 @@ async def upload_part(request: web.Request) -> web.Response:
                 # (nobody reads this answer).
                 log.info("upload of %s cut at %d of %d bytes", sample_id, size, length)
                 return _upload_answer("partial", size)
+            if size < length:
+                return _upload_answer("partial", size)
+            return await _complete(app, f, path, device_id, sample_id, sha256, length, me)
     finally:
-        if app[UPLOAD_WRITERS].get(key) is me:
-            del app[UPLOAD_WRITERS][key]
-    if size < length:
-        return _upload_answer("partial", size)
-    payload = path.read_bytes()
-    if hashlib.sha256(payload).hexdigest() != sha256:
+        if writers.get(key) is me:
+            del writers[key]
+
+
+async def _complete(
+    app: web.Application,
+    f: BinaryIO,
+    path: Path,
+    device_id: str,
+    sample_id: str,
+    sha256: str,
+    length: int,
+    me: object,
+) -> web.Response:
+    """Check and store a payload this request finished writing (through its own file ``f``).
+
+    Only the newest request of an upload completes it: one that was superseded after its last
+    byte answers 409 (the newer one is rewriting the file). The payload is read from this
+    request's own open file, so a part file unlinked or replaced meanwhile cannot fail it, and
+    a sample stored meanwhile by a twin request makes this one a duplicate.
+    """
+    if app[UPLOAD_WRITERS].get((device_id, sample_id)) is not me:
+        raise Conflict("a newer request took over this upload")
+    if _known_sample(app[DB], device_id, sample_id):
+        return _upload_answer("duplicate", length)
+    f.seek(0)
+    payload = f.read(length + 1)
+    if len(payload) != length or hashlib.sha256(payload).hexdigest() != sha256:
         path.unlink(missing_ok=True)
         raise BadRequest(f"sample {sample_id}: payload does not hash to Upload-Sha256; send again")
     try:

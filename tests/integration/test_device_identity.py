@@ -67,8 +67,9 @@ def test_identity_holds_when_another_device_starts_under_its_id_and_its_token_is
     # recovers by signing a challenge, never by enrolling again.
     assert admin.approve_device("cam-1", key.public_b64) == key.public_b64
     _wait(
-        lambda: json.loads((victim.state / "device.json").read_text())["device_token"]
-        != token_before,
+        lambda: (
+            json.loads((victim.state / "device.json").read_text())["device_token"] != token_before
+        ),
         "the refreshed token",
     )
     approved = time.time()
