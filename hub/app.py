@@ -22,6 +22,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -36,6 +37,7 @@ from hub.api._common import (
     MULTIPART_OVERHEAD,
     PUBLISH_LOCK,
     REPO,
+    UNAUTH_SLOTS,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
@@ -130,12 +132,18 @@ def create_app(config: HubConfig) -> web.Application:
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
+    app[UNAUTH_SLOTS] = asyncio.Semaphore(config.max_unauthenticated)
     app.cleanup_ctx.extend([_storage_ctx, _timestamp_ctx, _jobs_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)
     return app
 
 
+# How each connection is served: a refused request's unread body is drained for at most 2 s
+# (aiohttp's default is 10 s), so a client that trickles one cannot keep its connection.
+SERVER_ARGS: dict[str, Any] = {"lingering_time": 2.0}
+
+
 def run(config: HubConfig) -> None:
     """Serve the hub until interrupted."""
-    web.run_app(create_app(config), host=config.host, port=config.port)
+    web.run_app(create_app(config), host=config.host, port=config.port, **SERVER_ARGS)

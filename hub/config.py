@@ -35,6 +35,23 @@ class HubConfig(BaseModel):
     timestamp_check_interval_s: float = Field(
         default=600, gt=0, description="how often the hub checks whether to re-sign timestamp"
     )
+    body_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request body that sends nothing for this long is cut (408, closed)",
+    )
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a JSON or multipart body must arrive whole within this (resumable sample "
+        "uploads have only the idle limit: devices pace them)",
+    )
+    max_unauthenticated: int = Field(
+        default=32,
+        ge=1,
+        description="requests without a token (enrolment, challenge, refresh) served at once; "
+        "more get 503 at once, so slow clients cannot hold every connection",
+    )
     fleet_enroll_secret: bool = Field(
         default=True,
         description="accept <data>/enroll.token to enrol new device ids; false: only "

@@ -13,14 +13,17 @@ from hub.api._common import (
     API,
     DB,
     IDENTITY,
+    UNAUTH_SLOTS,
     Identity,
     hash_token,
     one_line,
 )
 from hub.errors import (
     AuthError,
+    Busy,
     ForbiddenError,
     HubHTTPError,
+    RequestTimeout,
 )
 from runtime.errors import LeanloopError
 
@@ -66,6 +69,14 @@ async def auth_middleware(
         if request.path == prefix or request.path.startswith(prefix):
             allowed = kinds
             break
+    if not allowed:
+        # No token to check (enrolment, challenge, refresh): a bounded number at once, so
+        # clients that trickle bodies cannot take every connection (issue 12).
+        slots = request.app[UNAUTH_SLOTS]
+        if slots.locked():
+            raise Busy("too many unauthenticated requests; try again later")
+        async with slots:
+            return await handler(request)
     if allowed:
         who = _identify(request)
         if who.kind not in allowed:
@@ -83,6 +94,12 @@ async def error_middleware(
     """Map domain errors (and aiohttp's own HTTP errors) to ``{"error": "<one line>"}``."""
     try:
         return await handler(request)
+    except (RequestTimeout, Busy) as e:
+        # The body was not read (whole): no keep-alive; the server drains it briefly
+        # (hub.app.SERVER_ARGS) and closes the connection.
+        resp = web.json_response({"error": one_line(str(e))}, status=e.status)
+        resp.force_close()
+        return resp
     except HubHTTPError as e:
         status, message = e.status, str(e)
     except web.HTTPException as e:

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 
-from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, create_app
+from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, SERVER_ARGS, create_app
 from hub.config import HubConfig
 from hub.signing import TargetAddition, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME
@@ -152,7 +152,7 @@ class LiveHub:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self.app)
+        runner = web.AppRunner(self.app, **SERVER_ARGS)
         try:
             self._loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,13 +13,13 @@ from pydantic import Field, ValidationError
 
 from hub.api._common import (
     API,
-    CHUNK,
     CONFIG,
     DB,
     NAME_RE,
     UPLOAD_WRITERS,
     UPLOADS,
     Body,
+    body_chunks,
     device_id_of,
     json_object,
     parse_body,
@@ -224,7 +224,7 @@ async def upload_part(request: web.Request) -> web.Response:
             f.truncate(offset)
             f.seek(offset)
             try:
-                async for chunk in request.content.iter_chunked(CHUNK):
+                async for chunk in body_chunks(request, "sample part", None):
                     if writers.get(key) is not me:
                         raise Conflict("a newer request took over this upload")
                     if size + len(chunk) > length:
