@@ -34,6 +34,7 @@ from hub.api._common import (
     DB,
     ENROLL_TOKEN,
     JOBS,
+    LEADER,
     MULTIPART_OVERHEAD,
     PUBLISH_LOCK,
     REPO,
@@ -44,9 +45,11 @@ from hub.api._common import (
 )
 from hub.config import HubConfig
 from hub.jobs import JobRunner
+from hub.leader import Leader
 from hub.middlewares import auth_middleware, error_middleware
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.rollouts.ticker import tick_all
+from hub.storage import Blobs, BlobStore, HubDB, PartialUploads, S3BlobStore, open_database
 from runtime._atomic import atomic_write_bytes
 
 __all__ = [
@@ -63,7 +66,7 @@ __all__ = [
     "hash_token",
     "run",
 ]
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.app")
 
 
 def _token_file(path: Path) -> str:
@@ -80,7 +83,14 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     data.mkdir(parents=True, exist_ok=True)
     app[ADMIN_TOKEN] = _token_file(data / "admin.token")
     app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
-    app[BLOBS] = BlobStore(data / "blobs")
+    blobs: Blobs
+    if cfg.s3 is not None:
+        s3 = S3BlobStore(cfg.s3, data / "blobs-tmp")
+        await asyncio.to_thread(s3.check)
+        blobs = s3
+    else:
+        blobs = BlobStore(data / "blobs")
+    app[BLOBS] = blobs
     app[REPO] = TufRepository.open(
         data,
         app[BLOBS].size,
@@ -88,17 +98,43 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
         timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
         snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
     )
-    app[DB] = HubDB(data / "hub.sqlite3")
+    database = open_database(cfg.database_url, data, cfg.db_threads)
+    app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
     app[UPLOADS] = PartialUploads(data / "uploads")
     yield
     app[DB].close()
+
+
+async def _leader_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LEADER] = Leader(app[CONFIG].database_url)
+    await app[LEADER].start()
+    yield
+    await app[LEADER].stop()
+
+
+async def _rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def tick_forever() -> None:
+        while True:
+            await asyncio.sleep(app[CONFIG].rollout_tick_s)
+            if not app[LEADER].is_leader:
+                continue
+            try:
+                await tick_all(app[DB])
+            except Exception:  # keep stepping: a stuck rollout is worse than a noisy log
+                log.exception("rollout tick failed")
+
+    task = asyncio.create_task(tick_forever(), name="leanloop-rollouts")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _timestamp_ctx(app: web.Application) -> AsyncIterator[None]:
     async def refresh_forever() -> None:
         while True:
             try:
-                if app[REPO].refresh_timestamp():
+                if app[LEADER].is_leader and app[REPO].refresh_timestamp():
                     log.info("re-signed timestamp, now expiring %s", app[REPO].timestamp_expires)
             except Exception:  # keep trying: a stale timestamp is worse than a noisy log
                 log.exception("could not re-sign timestamp")
@@ -117,7 +153,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s
     )
     app[JOBS] = runner
-    runner.start()
+    await runner.start()
     yield
     await runner.stop()
 
@@ -133,7 +169,7 @@ def create_app(config: HubConfig) -> web.Application:
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
     app[UNAUTH_SLOTS] = asyncio.Semaphore(config.max_unauthenticated)
-    app.cleanup_ctx.extend([_storage_ctx, _timestamp_ctx, _jobs_ctx])
+    app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)
     return app

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hub.storage.blobs_s3 import S3Config
+
 __all__ = ["HubConfig"]
 
 KiB = 1024
@@ -19,6 +21,17 @@ class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_dir: Path = Field(description="hub state: SQLite, blobs, TUF metadata, tokens, jobs")
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user@host:port/db for a hub that scales out (several "
+        "replicas); none: SQLite in the data dir",
+    )
+    db_threads: int = Field(
+        default=8, ge=1, le=256, description="worker threads (and connections) of the database"
+    )
+    s3: S3Config | None = Field(
+        default=None, description="blobs in an S3-compatible bucket; none: <data>/blobs"
+    )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8470, ge=0, le=65535, description="TCP port (0: any free port)")
     keys_dir: Path | None = Field(
@@ -34,6 +47,9 @@ class HubConfig(BaseModel):
     )
     timestamp_check_interval_s: float = Field(
         default=600, gt=0, description="how often the hub checks whether to re-sign timestamp"
+    )
+    rollout_tick_s: float = Field(
+        default=10, gt=0, description="how often staged rollouts are stepped (halts, next waves)"
     )
     body_idle_timeout_s: float = Field(
         default=30.0,

@@ -26,16 +26,17 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from hub.storage import BlobStore, HubDB, Sample
+from hub.storage import Blobs, HubDB, Sample
+from runtime.errors import first_line
 
 __all__ = ["JobRunner", "export_samples", "log_tail", "pack_source"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.jobs")
 
 _LOG_TAIL_BYTES = 4096
 
 
-def export_samples(samples: list[Sample], blobs: BlobStore, job_dir: Path) -> int:
+def export_samples(samples: list[Sample], blobs: Blobs, job_dir: Path) -> int:
     """Write annotated samples for the trainer; return how many were written.
 
     Takes the rows (read on the event loop) so that only file work runs in a worker thread.
@@ -84,7 +85,7 @@ class JobRunner:
     def __init__(
         self,
         db: HubDB,
-        blobs: BlobStore,
+        blobs: Blobs,
         jobs_dir: Path,
         trainer_command: list[str],
         timeout_s: float | None = None,
@@ -105,11 +106,16 @@ class JobRunner:
         """Where a finished job's trainer left its checkpoint (for ``--init-from``)."""
         return self.job_dir(job_id) / "source" / "checkpoint"
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Recover jobs of a previous process and start the worker task."""
-        for job_id in self._db.jobs_in("running"):
-            self._db.set_job(job_id, "failed", error="the hub stopped while the job was running")
-        for job_id in self._db.jobs_in("queued"):
+        for job_id in await self._db.call(self._db.jobs_in, "running"):
+            await self._db.call(
+                self._db.set_job,
+                job_id,
+                "failed",
+                error="the hub stopped while the job was running",
+            )
+        for job_id in await self._db.call(self._db.jobs_in, "queued"):
             self._queue.put_nowait(job_id)
         self._task = asyncio.create_task(self._work(), name="leanloop-job-runner")
 
@@ -120,9 +126,9 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def submit(self, params: dict[str, Any]) -> int:
+    async def submit(self, params: dict[str, Any]) -> int:
         """Queue a job with these params (``bundle``, ``version``, ``init_from``, ``params``)."""
-        job_id = self._db.add_job(params)
+        job_id = await self._db.call(self._db.add_job, params)
         self._queue.put_nowait(job_id)
         return job_id
 
@@ -132,26 +138,37 @@ class JobRunner:
             try:
                 await self._run(job_id)
             except asyncio.CancelledError:
-                self._db.set_job(
-                    job_id, "failed", error="the hub stopped while the job was running"
+                await self._db.call(
+                    self._db.set_job,
+                    job_id,
+                    "failed",
+                    error="the hub stopped while the job was running",
                 )
                 raise
             except Exception as e:  # a job failure must never stop the runner
                 log.exception("job %s failed", job_id)
-                self._db.set_job(job_id, "failed", error=f"{type(e).__name__}: {e}".splitlines()[0])
+                await self._db.call(
+                    self._db.set_job,
+                    job_id,
+                    "failed",
+                    error=first_line(f"{type(e).__name__}: {e}"),
+                )
 
     async def _run(self, job_id: int) -> None:
-        job = self._db.job(job_id)
+        job = await self._db.call(self._db.job, job_id)
         job_dir = self.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         log_path = job_dir / "job.log"
-        self._db.set_job(job_id, "running", log_path=str(log_path))
+        await self._db.call(self._db.set_job, job_id, "running", log_path=str(log_path))
         loop = asyncio.get_running_loop()
-        samples = self._db.samples(job.params["bundle"], "annotated", None)
+        samples = await self._db.call(self._db.samples, job.params["bundle"], "annotated", None)
         count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
         if count == 0:
-            self._db.set_job(
-                job_id, "failed", error=f"no annotated samples for {job.params['bundle']}"
+            await self._db.call(
+                self._db.set_job,
+                job_id,
+                "failed",
+                error=f"no annotated samples for {job.params['bundle']}",
             )
             return
         source = job_dir / "source"
@@ -176,8 +193,11 @@ class JobRunner:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                self._db.set_job(
-                    job_id, "failed", error=f"trainer timed out after {self._timeout_s} s"
+                await self._db.call(
+                    self._db.set_job,
+                    job_id,
+                    "failed",
+                    error=f"trainer timed out after {self._timeout_s} s",
                 )
                 return
             except asyncio.CancelledError:
@@ -186,11 +206,21 @@ class JobRunner:
                     await proc.wait()
                 raise
         if rc != 0:
-            self._db.set_job(job_id, "failed", error=f"trainer exited with status {rc}; see log")
+            await self._db.call(
+                self._db.set_job,
+                job_id,
+                "failed",
+                error=f"trainer exited with status {rc}; see log",
+            )
             return
         if not source.is_dir():
-            self._db.set_job(job_id, "failed", error="trainer exited 0 but wrote no source folder")
+            await self._db.call(
+                self._db.set_job,
+                job_id,
+                "failed",
+                error="trainer exited 0 but wrote no source folder",
+            )
             return
         artifact = job_dir / "source.tar.gz"
         await loop.run_in_executor(None, pack_source, source, artifact)
-        self._db.set_job(job_id, "done", artifact_path=str(artifact))
+        await self._db.call(self._db.set_job, job_id, "done", artifact_path=str(artifact))

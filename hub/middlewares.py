@@ -27,7 +27,7 @@ from hub.errors import (
 )
 from runtime.errors import LeanloopError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.middlewares")
 
 # -- identity and auth --------------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
-def _identify(request: web.Request) -> Identity:
+async def _identify(request: web.Request) -> Identity:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -53,7 +53,7 @@ def _identify(request: web.Request) -> Identity:
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
         return Identity("admin")
     digest = hash_token(token)
-    found = request.app[DB].device_by_token_hash(digest)
+    found = await request.app[DB].call(request.app[DB].device_by_token_hash, digest)
     if found is not None and hmac.compare_digest(digest, found[1]):
         return Identity("device", found[0])
     raise AuthError("unknown token")
@@ -78,12 +78,12 @@ async def auth_middleware(
         async with slots:
             return await handler(request)
     if allowed:
-        who = _identify(request)
+        who = await _identify(request)
         if who.kind not in allowed:
             raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
         request[IDENTITY] = who
         if who.device_id is not None:
-            request.app[DB].touch_device(who.device_id)
+            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
     return await handler(request)
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from leanloop.cli_identity import identity_app
-from runtime.errors import ConfigError, LeanloopError, PipelineError
+from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
 
 __all__ = ["app", "main"]
 
@@ -456,7 +456,7 @@ def shadow_fleet(
 
 
 def _delta_error(e: Exception) -> None:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 1)
+    _fail(first_line(e), 1)
 
 
 @delta_app.command("make")

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from runtime._limits import MAX_CONFIG_BYTES, TooLargeError, read_bounded
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, first_line
 from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
 from runtime.sampling.rare_class import RareClassOptions
@@ -340,7 +340,7 @@ def load_config(path: Path | None) -> DeviceConfig:
     except TooLargeError as e:
         raise ConfigError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from e
+        raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:

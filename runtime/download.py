@@ -56,7 +56,8 @@ import urllib3
 from runtime._atomic import atomic_write_json
 from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.config import DownloadSettings
-from runtime.errors import TrustError, UpdateError
+from runtime.errors import TrustError, UpdateError, first_line
+from runtime.ratelimit import TokenBucket
 
 __all__ = [
     "DownloadError",
@@ -115,34 +116,6 @@ def backoff_delay(failures: int, base_s: float, max_s: float, rand: Callable[[],
     return rand() * min(max_s, base_s * 2.0 ** max(0, failures - 1))
 
 
-class TokenBucket:
-    """A byte-rate cap: reads are debited after they happen; the debt is slept off.
-
-    Pure (the clock is passed in): ``debit(n, now)`` returns how long to wait before the next
-    read so that, over time, no more than ``rate`` bytes/s go through, with bursts of at most
-    ``burst`` bytes.
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be > 0")
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._last = now
-
-    def debit(self, n: int, now: float) -> float:
-        """Take ``n`` bytes' worth of tokens at time ``now``; return the seconds to wait."""
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= n
-        return max(0.0, -self._tokens / self.rate)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__
-
-
 def _strong_etag(value: str | None) -> str | None:
     """The ETag if it is a strong validator (``If-Range`` accepts no weak one), else None."""
     if value is None:
@@ -182,7 +155,7 @@ class Downloader:
         if s.rate_limit_bps:
             burst = max(4096, s.rate_limit_bps // 4)
             self._read_size = min(s.chunk_bytes, burst)
-            self._bucket = TokenBucket(s.rate_limit_bps, burst, clock())
+            self._bucket = TokenBucket(s.rate_limit_bps, burst, clock=clock, sleep=sleep)
         self.stats = DownloadStats()
 
     def set_token(self, token: str | None) -> None:
@@ -316,7 +289,7 @@ class Downloader:
                 timeout=self._timeout,
             )
         except urllib3.exceptions.HTTPError as e:
-            raise _Retry(_one_line(e)) from e
+            raise _Retry(first_line(e)) from e
         clean = False
         try:
             clean = self._answer(url, r, length, part, side, have, etag)
@@ -428,7 +401,7 @@ class Downloader:
                 try:
                     data = r.read1(min(self._read_size, remaining))
                 except (urllib3.exceptions.HTTPError, OSError) as e:
-                    raise _Retry(f"connection dropped: {_one_line(e)}") from e
+                    raise _Retry(f"connection dropped: {first_line(e)}") from e
                 if not data:
                     raise _Retry(f"connection closed after {length - remaining} of {length} bytes")
                 self.stats.bytes_received += len(data)
@@ -468,7 +441,7 @@ class Downloader:
         except OSError as e:
             f.close()
             self._drop(part, side)  # a full disk gets its space back
-            raise DownloadError(f"{part}: cannot write ({_one_line(e)}); partial deleted") from e
+            raise DownloadError(f"{part}: cannot write ({first_line(e)}); partial deleted") from e
 
     def _finish(
         self, url: str, part: Path, side: Path, length: int, sha256: str, dest: Path

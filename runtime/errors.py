@@ -18,6 +18,7 @@ __all__ = [
     "StoreError",
     "TrustError",
     "UpdateError",
+    "first_line",
 ]
 
 
@@ -65,3 +66,13 @@ class HubError(LeanloopError):
     def __init__(self, message: str, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+def first_line(e: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error's message, trimmed to ``limit`` characters (the exception's
+    type name when the message is empty): what logs, reports and ``error:`` lines show."""
+    text = e if isinstance(e, str) else str(e)
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        line = "error" if isinstance(e, str) else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_json
 from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError
 from runtime.identity import DeviceKey, refresh_message
+from runtime.protocol import Desired, Heartbeat, ShadowTelemetry, validation_reason
 from runtime.uploader import PartAnswer
 
 __all__ = ["HubClient", "load_or_enroll"]
@@ -57,8 +59,8 @@ class HubClient:
         self.key = key
         self.device_id = device_id
         self.on_token = on_token  # persists a token a refresh brought
-        # The whole last answer of GET /device/desired (it also carries the shadow candidate).
-        self.last_desired: dict[str, Any] = {}
+        # The last answer of GET /device/desired (it also carries the shadow candidate).
+        self.last_desired = Desired()
         self._http = urllib3.PoolManager(
             maxsize=4,  # the update and upload threads share the client
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
@@ -177,31 +179,30 @@ class HubClient:
             headers={"Content-Type": "application/json"},
         )
 
-    def desired(self) -> tuple[str | None, int | None]:
-        """What the hub wants this device to run (an unsigned hint; content is verified)."""
+    def desired(self) -> Desired:
+        """What the hub wants this device to run (an unsigned hint; content is verified).
+        Raises HubError, also for an answer that is not a :class:`Desired`."""
         data = self._request("GET", "/device/desired")
-        self.last_desired = data if isinstance(data, dict) else {}
-        name, version = data.get("bundle"), data.get("version")
-        if name is not None and not isinstance(name, str):
-            raise HubError("desired: bundle is not a string")
-        if version is not None and not isinstance(version, int):
-            raise HubError("desired: version is not an integer")
-        return name, version
+        try:
+            self.last_desired = Desired.model_validate(data)
+        except ValidationError as e:
+            raise HubError(validation_reason(e, "desired answer")) from e
+        return self.last_desired
 
-    def heartbeat(self, status: dict[str, Any]) -> None:
+    def heartbeat(self, beat: Heartbeat) -> None:
         self._request(
             "POST",
             "/device/heartbeat",
-            body=json.dumps(status),
+            body=beat.model_dump_json(exclude_unset=True),
             headers={"Content-Type": "application/json"},
         )
 
-    def shadow_report(self, summary: dict[str, Any]) -> None:
+    def shadow_report(self, summary: ShadowTelemetry) -> None:
         """Send the shadow telemetry summary (counts, matrices, histograms; never frames)."""
         self._request(
             "POST",
             "/device/shadow",
-            body=json.dumps(summary),
+            body=summary.model_dump_json(),
             headers={"Content-Type": "application/json"},
         )
 

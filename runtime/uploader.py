@@ -45,7 +45,6 @@ import math
 import re
 import struct
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -56,6 +55,7 @@ from zoneinfo import ZoneInfo
 from runtime._atomic import atomic_write_json
 from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError, StoreError
+from runtime.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from runtime.config import UploadSettings
@@ -247,40 +247,6 @@ class UploadPolicy:
             "budget_left_bytes": None if math.isinf(budget) else int(budget),
             "spent_today_bytes": self._used if self._day == self._local().date() else 0,
         }
-
-
-class TokenBucket:
-    """A rate cap: ``take(n)`` blocks until ``n`` bytes may go at ``rate`` bytes/s.
-
-    Holds at most ``burst`` bytes of credit. ``clock`` and ``sleep`` are injectable.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be > 0")
-        self.rate = float(rate)
-        self.burst = float(burst)
-        self.clock = clock
-        self.sleep = sleep
-        self._tokens = float(burst)
-        self._t = clock()
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> None:
-        with self._lock:
-            now = self.clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
-            self._t = now
-            self._tokens -= n  # may go negative: the debt is waited out below
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self.sleep(wait)
 
 
 # ---- the sink and the uploader ------------------------------------------------------------

@@ -62,7 +62,7 @@ __all__ = [
     "train_models",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.trainer")
 
 CHECKPOINT_FILES = {"detector": "detector.pt", "classifier": "classifier.pt"}
 _CELLS = DETECTOR_INPUT // DETECTOR_STRIDE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import devices, fleet, identity, jobs, samples, shadow, tuf, uploads
+from hub.api import devices, fleet, identity, jobs, rollouts, samples, shadow, tuf, uploads
 
 __all__ = ["ROUTE_TABLES"]
 
@@ -17,4 +17,5 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     shadow.routes,
     samples.routes,
     jobs.routes,
+    rollouts.routes,
 )

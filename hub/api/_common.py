@@ -22,18 +22,21 @@ from hub.errors import (
     TooLarge,
 )
 from hub.jobs import JobRunner
+from hub.leader import Leader
 from hub.repository import TufRepository
-from hub.storage import BlobStore, HubDB, PartialUploads
+from hub.storage import Blobs, HubDB, PartialUploads
+from runtime.errors import first_line
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.api")
 
 API = "/api/v1"
 
 CONFIG = web.AppKey("config", HubConfig)
 DB = web.AppKey("db", HubDB)
-BLOBS = web.AppKey("blobs", BlobStore)
+BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
+LEADER = web.AppKey("leader", Leader)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
@@ -66,7 +69,8 @@ def hash_token(token: str) -> str:
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())[:500] or "error"
+    """An error message as the hub answers it: its first line (see ``first_line``)."""
+    return first_line(text, 500)
 
 
 class Body(BaseModel):

@@ -19,7 +19,7 @@ from hub.errors import (
     NotFound,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.fleet")
 
 routes = web.RouteTableDef()
 
@@ -42,9 +42,11 @@ async def rollout(request: web.Request) -> web.Response:
     body = parse_body(
         RolloutRequest, await read_capped(request, 4 * 1024 * 1024, "rollout"), "rollout"
     )
-    if not request.app[DB].has_bundle(body.bundle, body.version):
+    if not await request.app[DB].call(request.app[DB].has_bundle, body.bundle, body.version):
         raise NotFound(f"bundle {body.bundle} version {body.version} is not published")
-    n = request.app[DB].set_desired(body.bundle, body.version, body.devices, body.cohort)
+    n = await request.app[DB].call(
+        request.app[DB].set_desired, body.bundle, body.version, body.devices, body.cohort
+    )
     return web.json_response({"devices": n})
 
 
@@ -63,8 +65,8 @@ async def devices(request: web.Request) -> web.Response:
                 ),
                 "status": d.status,
                 "last_seen": d.last_seen,
-                "events": request.app[DB].device_events(d.id),
+                "events": await request.app[DB].call(request.app[DB].device_events, d.id),
             }
-            for d in request.app[DB].devices()
+            for d in await request.app[DB].call(request.app[DB].devices)
         ]
     )

@@ -137,27 +137,29 @@ async def enroll(request: web.Request) -> web.Response:
         pass
     else:
         minted = hash_token(body.enroll_token)
-        secret = db.enroll_secret(minted, now)
+        secret = await db.call(db.enroll_secret, minted, now)
         if secret is None:
             raise AuthError("wrong or spent enrollment secret")
         cohort = secret.cohort or cohort
-    if db.device_exists(body.device_id):
-        key = db.device_key(body.device_id)
+    if await db.call(db.device_exists, body.device_id):
+        key = await db.call(db.device_key, body.device_id)
         if key is None or not key.reset:
             if body.public_key is not None and (key is None or key.public_key != body.public_key):
-                db.set_pending_key(body.device_id, body.public_key)
+                await db.call(db.set_pending_key, body.device_id, body.public_key)
                 log.warning("enrolment of enrolled id %s with a new key: pending", body.device_id)
             raise Conflict(
                 f"device {body.device_id} is enrolled: it refreshes its token with its own key "
                 "(POST /device/refresh), or an admin approves a new key (leanloop identity "
                 "approve) or resets it"
             )
-    if minted is not None and not db.take_enroll_secret(minted, now):
+    if minted is not None and not await db.call(db.take_enroll_secret, minted, now):
         raise AuthError("wrong or spent enrollment secret")
     token = secrets.token_urlsafe(32)
-    if not db.enroll_new_device(body.device_id, cohort, hash_token(token), body.public_key):
+    if not await db.call(
+        db.enroll_new_device, body.device_id, cohort, hash_token(token), body.public_key
+    ):
         if minted is not None:
-            db.give_back_enroll_secret(minted)
+            await db.call(db.give_back_enroll_secret, minted)
         raise Conflict(f"device {body.device_id} was enrolled meanwhile")
     log.info("device %s enrolled (cohort %s)", body.device_id, cohort)
     return web.json_response({"device_token": token})
@@ -184,14 +186,16 @@ async def refresh(request: web.Request) -> web.Response:
     _check_key(body.new_public_key)
     db = request.app[DB]
     issued = _challenge_issued(request, body.device_id, body.challenge)
-    key = db.device_key(body.device_id) if issued is not None else None
+    key = await db.call(db.device_key, body.device_id) if issued is not None else None
     if issued is None or key is None or key.public_key is None:
         raise AuthError(_REFUSED)
     message = refresh_message(body.device_id, body.challenge, body.new_public_key)
     if not verify_signature(key.public_key, message, body.signature):
         raise AuthError(_REFUSED)
     token = secrets.token_urlsafe(32)
-    if not db.refresh_device(body.device_id, issued, hash_token(token), body.new_public_key):
+    if not await db.call(
+        db.refresh_device, body.device_id, issued, hash_token(token), body.new_public_key
+    ):
         raise AuthError(_REFUSED)
     log.info(
         "device %s refreshed its token%s", body.device_id, " and key" * bool(body.new_public_key)
@@ -205,7 +209,9 @@ async def register_key(request: web.Request) -> web.Response:
     body = parse_body(KeyRequest, await read_capped(request, 1024, "key"), "key")
     _check_key(body.public_key)
     device_id = device_id_of(request)
-    registered = request.app[DB].register_first_key(device_id, body.public_key)
+    registered = await request.app[DB].call(
+        request.app[DB].register_first_key, device_id, body.public_key
+    )
     if registered != body.public_key:
         raise Conflict(f"device {device_id} already has another key; an admin can approve one")
     return web.json_response({"public_key": registered})
@@ -220,7 +226,8 @@ async def mint_secret(request: web.Request) -> web.Response:
     body = parse_body(MintRequest, await read_capped(request, 1024, "secret"), "secret")
     secret = secrets.token_urlsafe(32)
     expires = time.time() + body.ttl_s
-    request.app[DB].add_enroll_secret(hash_token(secret), body.uses, expires, body.cohort)
+    db = request.app[DB]
+    await db.call(db.add_enroll_secret, hash_token(secret), body.uses, expires, body.cohort)
     return web.json_response(
         {"secret": secret, "uses": body.uses, "expires": expires, "cohort": body.cohort}
     )
@@ -239,7 +246,7 @@ async def approve(request: web.Request) -> web.Response:
     body = parse_body(ApproveRequest, await read_capped(request, 1024, "approve") or b"{}", "body")
     _check_key(body.public_key)
     device_id = _device_param(request)
-    key = request.app[DB].approve_device_key(device_id, body.public_key)
+    key = await request.app[DB].call(request.app[DB].approve_device_key, device_id, body.public_key)
     log.info("admin approved key %s for device %s", key, device_id)
     return web.json_response({"device_id": device_id, "public_key": key})
 
@@ -248,6 +255,6 @@ async def approve(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     """Forget a device's key and token; its id may then be enrolled afresh."""
     device_id = _device_param(request)
-    request.app[DB].reset_device(device_id)
+    await request.app[DB].call(request.app[DB].reset_device, device_id)
     log.info("admin reset device %s", device_id)
     return web.json_response({"device_id": device_id})

@@ -23,7 +23,7 @@ from hub.errors import (
 )
 from hub.jobs import log_tail
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.api.jobs")
 
 routes = web.RouteTableDef()
 
@@ -52,17 +52,17 @@ async def start_train(request: web.Request) -> web.Response:
     """Queue a training job over the bundle's annotated samples."""
     body = parse_body(TrainRequest, await read_capped(request, 64 * 1024, "job"), "job")
     if body.init_from is not None:
-        prev = request.app[DB].job(body.init_from)
+        prev = await request.app[DB].call(request.app[DB].job, body.init_from)
         if prev.state != "done":
             raise Conflict(f"job {prev.id} is {prev.state}; init_from needs a done job")
-    job_id = request.app[JOBS].submit(body.model_dump())
+    job_id = await request.app[JOBS].submit(body.model_dump())
     return web.json_response({"job": job_id})
 
 
 @routes.get(f"{API}/admin/jobs/{{job}}")
 async def job_status(request: web.Request) -> web.Response:
     """A job's state, error and the tail of its log."""
-    job = request.app[DB].job(_job_id(request))
+    job = await request.app[DB].call(request.app[DB].job, _job_id(request))
     body: dict[str, Any] = {
         "job": job.id,
         "state": job.state,
@@ -77,7 +77,7 @@ async def job_status(request: web.Request) -> web.Response:
 @routes.get(f"{API}/admin/jobs/{{job}}/artifact")
 async def job_artifact(request: web.Request) -> web.FileResponse:
     """The tar.gz of the bundle source a done job wrote."""
-    job = request.app[DB].job(_job_id(request))
+    job = await request.app[DB].call(request.app[DB].job, _job_id(request))
     if job.state != "done" or not job.artifact_path:
         raise Conflict(f"job {job.id} is {job.state}; the artifact exists once it is done")
     return web.FileResponse(job.artifact_path, headers={"Content-Type": "application/gzip"})

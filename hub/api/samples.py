@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -28,7 +29,7 @@ from hub.errors import (
 from runtime.feedback_stats import tally
 from runtime.store.record import new_sample_id
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.samples")
 
 routes = web.RouteTableDef()
 
@@ -76,10 +77,11 @@ async def import_sample(request: web.Request) -> web.Response:
     stored_meta = {**meta.model_dump(), "id": sample_id}
     db = request.app[DB]
     with contextlib.suppress(NotFound):
-        db.sample(sample_id)
+        await db.call(db.sample, sample_id)
         return web.json_response({"status": "duplicate", "id": sample_id})
     image_sha256 = await store_blob(request.app, parts["image"])
-    stored = db.add_sample(
+    stored = await db.call(
+        db.add_sample,
         sample_id, meta.bundle, meta.device_id, meta.priority, stored_meta, image_sha256,
         annotation=_annotation(annotation),
     )  # fmt: skip
@@ -112,10 +114,10 @@ async def list_samples(request: web.Request) -> web.Response:
                     "feedback": e.feedback or e.sample.meta.get("feedback"),
                     "queue": {"tier": e.tier, "device_rank": e.device_rank, "copies": e.copies},
                 }
-                for e in db.annotation_queue(q.get("bundle"), limit)
+                for e in await db.call(db.annotation_queue, q.get("bundle"), limit)
             ]
         )
-    samples = db.samples(q.get("bundle"), state, limit)  # type: ignore[arg-type]
+    samples = await db.call(db.samples, q.get("bundle"), state, limit)  # type: ignore[arg-type]
     return web.json_response(
         [{**s.meta, "id": s.id, "state": s.state, "annotation": s.annotation} for s in samples]
     )
@@ -128,10 +130,12 @@ async def feedback_metrics(request: web.Request) -> web.Response:
     not uploaded yet)."""
     db = request.app[DB]
     by_device: dict[str, list[tuple[str, str, str | None, int]]] = {}
-    for device_id, predicted, kind, label in db.feedback_entries(request.query.get("bundle")):
+    for device_id, predicted, kind, label in await db.call(
+        db.feedback_entries, request.query.get("bundle")
+    ):
         by_device.setdefault(device_id, []).append((predicted, kind, label, 1))
     out: dict[str, Any] = {}
-    for d in db.devices():
+    for d in await db.call(db.devices):
         reported = (d.status or {}).get("feedback")
         if d.id in by_device or reported is not None:
             out[d.id] = {"hub": tally(by_device.get(d.id, [])), "reported": reported}
@@ -140,12 +144,12 @@ async def feedback_metrics(request: web.Request) -> web.Response:
 
 
 @routes.get(f"{API}/admin/samples/{{sample_id}}/image")
-async def sample_image(request: web.Request) -> web.FileResponse:
+async def sample_image(request: web.Request) -> web.Response:
     """The sample's image bytes."""
-    sample = request.app[DB].sample(request.match_info["sample_id"])
+    sample = await request.app[DB].call(request.app[DB].sample, request.match_info["sample_id"])
     fmt = str(sample.meta.get("image_format", "jpeg"))
-    path = request.app[BLOBS].path(sample.image_sha256)
-    return web.FileResponse(path, headers={"Content-Type": f"image/{fmt}"})
+    data = await asyncio.to_thread(request.app[BLOBS].read, sample.image_sha256)
+    return web.Response(body=data, headers={"Content-Type": f"image/{fmt}"})
 
 
 @routes.post(f"{API}/admin/samples/{{sample_id}}/annotation")
@@ -153,5 +157,7 @@ async def annotate(request: web.Request) -> web.Response:
     """Store a human's boxes for a sample; it leaves the pending queue."""
     raw = await read_capped(request, request.app[CONFIG].max_meta_bytes, "annotation")
     body = parse_body(AnnotationRequest, raw, "annotation")
-    request.app[DB].annotate(request.match_info["sample_id"], _annotation(body))
+    await request.app[DB].call(
+        request.app[DB].annotate, request.match_info["sample_id"], _annotation(body)
+    )
     return web.json_response({})

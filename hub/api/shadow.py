@@ -23,7 +23,7 @@ from hub.errors import (
 from runtime.shadow.compare import ShadowStats
 from runtime.shadow.promotion import PromotionRule
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.shadow")
 
 routes = web.RouteTableDef()
 
@@ -54,9 +54,11 @@ async def shadow_rollout(request: web.Request) -> web.Response:
     raw = await read_capped(request, 4 * 1024 * 1024, "shadow rollout")
     body = parse_body(ShadowRolloutRequest, raw, "shadow rollout")
     db = request.app[DB]
-    if not db.has_bundle(body.bundle, body.version):
+    if not await db.call(db.has_bundle, body.bundle, body.version):
         raise NotFound(f"bundle {body.bundle} version {body.version} is not published")
-    n = db.set_shadow(body.bundle, body.version, body.rule.model_dump(), body.devices, body.cohort)
+    n = await db.call(
+        db.set_shadow, body.bundle, body.version, body.rule.model_dump(), body.devices, body.cohort
+    )
     return web.json_response({"devices": n})
 
 
@@ -65,7 +67,13 @@ async def shadow_cancel(request: web.Request) -> web.Response:
     """Withdraw shadow candidates; devices stop their worker at their next poll."""
     raw = await read_capped(request, 4 * 1024 * 1024, "shadow cancel")
     body = parse_body(ShadowCancelRequest, raw, "shadow cancel")
-    return web.json_response({"removed": request.app[DB].clear_shadow(body.devices, body.cohort)})
+    return web.json_response(
+        {
+            "removed": await request.app[DB].call(
+                request.app[DB].clear_shadow, body.devices, body.cohort
+            )
+        }
+    )
 
 
 def _aggregate(rows: list[tuple[str, str | None, dict[str, Any], float]]) -> list[dict[str, Any]]:
@@ -105,7 +113,7 @@ def _aggregate(rows: list[tuple[str, str | None, dict[str, Any], float]]) -> lis
 async def shadow_overview(request: web.Request) -> web.Response:
     """Shadow telemetry per device and aggregated per cohort (``?cohort=`` filters)."""
     cohort = request.query.get("cohort")
-    rows = request.app[DB].shadow_reports(cohort)
+    rows = await request.app[DB].call(request.app[DB].shadow_reports, cohort)
     return web.json_response(
         {
             "devices": [

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import re
 from typing import Any
 
@@ -32,11 +31,12 @@ from hub.errors import (
 from hub.storage import check_sha256
 from runtime.bundle.manifest import Manifest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.tuf")
 
 _MANIFEST_TARGET_RE = re.compile(r"^([a-z0-9][a-z0-9._-]{0,63})/([1-9][0-9]{0,9})/manifest\.json$")
 
 routes = web.RouteTableDef()
+_STREAM = 1024 * 1024  # bytes read from the blob store per step (one S3 range request)
 
 # -- TUF ----------------------------------------------------------------------------------------
 
@@ -78,40 +78,35 @@ async def tuf_target(request: web.Request) -> web.StreamResponse:
     only as a date, so blobs are streamed here instead).
     """
     sha256, _ = request.app[REPO].target_blob(request.match_info["path"])
-    path = request.app[BLOBS].path(sha256)
+    blobs = request.app[BLOBS]
+    size = await asyncio.to_thread(blobs.size, sha256)
+    if size is None:
+        raise NotFound(f"target blob {sha256} is missing from the blob store")
+    etag = f'"{sha256}"'
+    rng = _blob_range(request, size, etag)
+    start, end = rng or (0, size)
+    resp = web.StreamResponse(
+        status=206 if rng else 200,
+        headers={"Content-Type": "application/octet-stream", "ETag": etag},
+    )
+    resp.headers["Accept-Ranges"] = "bytes"
+    if rng:
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    resp.content_length = end - start
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    pos = start
     try:
-        f = path.open("rb")
-    except FileNotFoundError as e:
-        raise NotFound(f"target blob {sha256} is missing from the blob store") from e
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        etag = f'"{sha256}"'
-        rng = _blob_range(request, size, etag)
-        start, end = rng or (0, size)
-        resp = web.StreamResponse(
-            status=206 if rng else 200,
-            headers={"Content-Type": "application/octet-stream", "ETag": etag},
-        )
-        resp.headers["Accept-Ranges"] = "bytes"
-        if rng:
-            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        resp.content_length = end - start
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            return resp
-        loop = asyncio.get_running_loop()
-        f.seek(start)
-        left = end - start
-        try:
-            while left > 0:
-                chunk = await loop.run_in_executor(None, f.read, min(CHUNK, left))
-                if not chunk:
-                    break
-                await resp.write(chunk)
-                left -= len(chunk)
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the device hung up (a dropped link); it resumes with a Range request
+        while pos < end:
+            chunk = await asyncio.to_thread(blobs.read_range, sha256, pos, min(end, pos + _STREAM))
+            if not chunk:
+                break
+            await resp.write(chunk)
+            pos += len(chunk)
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the device hung up (a dropped link); it resumes with a Range request
     return resp
 
 
@@ -187,7 +182,7 @@ async def post_targets(request: web.Request) -> web.Response:
         bundles = _new_bundles(app, targets)
         version = app[REPO].accept_targets(data)
         for manifest, raw in bundles:
-            app[DB].add_bundle(manifest.name, manifest.version, raw)
+            await app[DB].call(app[DB].add_bundle, manifest.name, manifest.version, raw)
             log.info("bundle %s version %s published", manifest.name, manifest.version)
     return web.json_response({"version": version})
 

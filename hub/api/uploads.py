@@ -6,10 +6,10 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from hub.api._common import (
     API,
@@ -18,7 +18,6 @@ from hub.api._common import (
     NAME_RE,
     UPLOAD_WRITERS,
     UPLOADS,
-    Body,
     body_chunks,
     device_id_of,
     json_object,
@@ -35,10 +34,11 @@ from hub.errors import (
 )
 from hub.storage import HubDB, check_sha256
 from runtime.feedback_stats import predicted_label
+from runtime.protocol import FeedbackMessage, FeedbackRequest, SampleMeta, validation_reason
 from runtime.store.record import SampleRecord
 from runtime.uploader import decode_payload
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.uploads")
 
 routes = web.RouteTableDef()
 
@@ -50,42 +50,28 @@ def _sample_id(request: web.Request) -> str:
     return sample_id
 
 
-class FeedbackBody(Body):
-    """A device's feedback on a sample (``runtime.store.record.Feedback.to_dict``)."""
-
-    kind: Literal["confirm", "correct"]
-    label: str | None = Field(default=None, min_length=1, max_length=200)
-    who: str = Field(default="", max_length=200)
-    when: float = 0.0
-    bundle_version: int = Field(default=0, ge=0)
-    item: int | None = Field(default=None, ge=0)
-
-
-class FeedbackRequest(Body):
-    """``PUT /device/samples/{id}/feedback``."""
-
-    feedback: FeedbackBody
-
-
 def _check_feedback(raw: Any) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        fb = FeedbackBody.model_validate(raw)
+        fb = FeedbackMessage.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "feedback"
-        raise BadRequest(f"bad feedback: {where}: {first['msg']}") from e
-    if fb.kind == "correct" and fb.label is None:
-        raise BadRequest("bad feedback: a correction needs a label")
+        raise BadRequest(validation_reason(e, "feedback")) from e
     return fb.model_dump()
 
 
-def _record_feedback(db: HubDB, sample_id: str, device_id: str, meta: dict[str, Any]) -> None:
+def _check_meta(meta: dict[str, Any]) -> SampleMeta:
+    try:
+        return SampleMeta.model_validate(meta)
+    except ValidationError as e:
+        raise BadRequest(validation_reason(e, "sample meta")) from e
+
+
+async def _record_feedback(db: HubDB, sample_id: str, device_id: str, meta: dict[str, Any]) -> None:
     fb = _check_feedback(meta.get("feedback"))
     if fb is not None:
         predicted = predicted_label(meta.get("prediction") or {}, fb.get("item"))
-        db.set_feedback(sample_id, device_id, fb, predicted)
+        await db.call(db.set_feedback, sample_id, device_id, fb, predicted)
 
 
 async def _store_sample(
@@ -95,10 +81,11 @@ async def _store_sample(
 
     A duplicate still brings its feedback: a device re-sends a sample whose feedback changed.
     """
+    checked = _check_meta(meta)
     try:
-        record = SampleRecord.from_meta(meta, image)
-    except (KeyError, TypeError, ValueError) as e:
-        raise BadRequest(f"meta is not a sample record: {type(e).__name__}: {e}") from e
+        record = SampleRecord.from_meta(checked.model_dump(mode="json"), image)
+    except (KeyError, TypeError, ValueError) as e:  # e.g. a number out of range
+        raise BadRequest(f"meta is not a sample record: {e}") from e
     if record.id != sample_id:
         raise BadRequest(f"meta id {record.id!r} is not the URL's {sample_id!r}")
     if record.device_id != device_id:
@@ -106,7 +93,7 @@ async def _store_sample(
     feedback = _check_feedback(meta.get("feedback"))
     db = app[DB]
     try:
-        known = db.sample(sample_id)
+        known = await db.call(db.sample, sample_id)
     except NotFound:
         known = None
     if known is not None and known.device_id != device_id:
@@ -116,12 +103,14 @@ async def _store_sample(
         return "stored"
     if known is not None:
         if feedback is not None:
-            _record_feedback(db, sample_id, device_id, meta)
+            await _record_feedback(db, sample_id, device_id, meta)
         return "duplicate"
     image_sha256 = await store_blob(app, image)
-    stored = db.add_sample(sample_id, record.bundle, device_id, record.priority, meta, image_sha256)
+    stored = await db.call(
+        db.add_sample, sample_id, record.bundle, device_id, record.priority, meta, image_sha256
+    )
     if feedback is not None:
-        _record_feedback(db, sample_id, device_id, meta)
+        await _record_feedback(db, sample_id, device_id, meta)
     return "stored" if stored else "duplicate"
 
 
@@ -144,9 +133,9 @@ def _upload_answer(status: str, offset: int) -> web.Response:
     return web.json_response({"status": status, "offset": offset})
 
 
-def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
+async def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
     try:
-        sample = db.sample(sample_id)
+        sample = await db.call(db.sample, sample_id)
     except NotFound:
         return False
     return sample.device_id == device_id  # another device's sample: as if there were none
@@ -158,7 +147,7 @@ async def upload_status(request: web.Request) -> web.Response:
     sample_id = _sample_id(request)
     sha256 = check_sha256(request.query.get("sha256", ""))
     device_id = device_id_of(request)
-    if _known_sample(request.app[DB], device_id, sample_id):
+    if await _known_sample(request.app[DB], device_id, sample_id):
         return _upload_answer("stored", 0)
     return _upload_answer("partial", request.app[UPLOADS].offset(device_id, sample_id, sha256))
 
@@ -198,7 +187,7 @@ async def upload_part(request: web.Request) -> web.Response:
     body_len = request.content_length
     if body_len is None or offset + body_len > length:
         raise BadRequest("Content-Length is required and must not run past Upload-Length")
-    if _known_sample(app[DB], device_id, sample_id):
+    if await _known_sample(app[DB], device_id, sample_id):
         return _upload_answer("duplicate", length)
     uploads = app[UPLOADS]
     path = uploads.path(device_id, sample_id, sha256, length)
@@ -263,10 +252,10 @@ async def _complete(
     """
     if app[UPLOAD_WRITERS].get((device_id, sample_id)) is not me:
         raise Conflict("a newer request took over this upload")
-    if _known_sample(app[DB], device_id, sample_id):
-        return _upload_answer("duplicate", length)
     f.seek(0)
-    payload = f.read(length + 1)
+    payload = f.read(length + 1)  # at once: no other request runs between the check and this
+    if await _known_sample(app[DB], device_id, sample_id):
+        return _upload_answer("duplicate", length)
     if len(payload) != length or hashlib.sha256(payload).hexdigest() != sha256:
         path.unlink(missing_ok=True)
         raise BadRequest(f"sample {sample_id}: payload does not hash to Upload-Sha256; send again")
@@ -293,9 +282,9 @@ async def sample_feedback(request: web.Request) -> web.Response:
     assert fb is not None
     db = request.app[DB]
     device_id = device_id_of(request)
-    sample = db.sample(sample_id)  # NotFound: "no sample '<id>'"
+    sample = await db.call(db.sample, sample_id)  # NotFound: "no sample '<id>'"
     if sample.device_id != device_id:
         raise NotFound(f"no sample {sample_id!r}")  # word for word what a missing id gets
     predicted = predicted_label(sample.meta.get("prediction") or {}, fb.get("item"))
-    db.set_feedback(sample_id, device_id, fb, predicted)
+    await db.call(db.set_feedback, sample_id, device_id, fb, predicted)
     return web.json_response({"status": "stored"})

@@ -17,20 +17,28 @@ the writer):
 - ``bundles``: bundle versions that became current targets, with their manifest;
 - ``jobs``: training jobs and their state ``queued → running → done | failed``.
 
-Queries are tiny and indexed, so the app calls :class:`HubDB` straight from the event loop; only
-blob writes (fsync of megabytes) go to a thread. One-hub scale by design; a fleet that outgrows
-it runs the same code on PostgreSQL and an object store.
+That is the embedded default. The same :class:`HubDB` runs on PostgreSQL (``database_url`` in
+the hub config; :mod:`hub.storage._db` adapts placeholders and DDL) and the blobs in an
+S3-compatible bucket (:mod:`hub.storage.blobs_s3`), so several hub replicas can share them.
+The schema comes from the numbered migrations in ``hub/storage/migrations/``: a new table or
+column is a new ``NNNN_<what>.sql`` file (portable SQL: SQLite's ``REAL`` and
+``INTEGER PRIMARY KEY AUTOINCREMENT`` are translated for PostgreSQL). The app calls the
+database off the event loop: ``await db.call(db.method, ...)``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
+from hub.storage._db import Database, PostgresDatabase, SqliteDatabase, open_database
 from hub.storage.blobs_fs import BlobStore, BlobWriter, PartialUploads, check_sha256
+from hub.storage.blobs_s3 import S3BlobStore, S3Config
 from hub.storage.bundles import BundleTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.identity import DeviceKey, EnrollSecret, IdentityTables
 from hub.storage.jobs import Job, JobState, JobTables
+from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 
@@ -38,6 +46,8 @@ __all__ = [
     "FLEET",
     "BlobStore",
     "BlobWriter",
+    "Blobs",
+    "Database",
     "Device",
     "DeviceKey",
     "EnrollSecret",
@@ -45,18 +55,60 @@ __all__ = [
     "Job",
     "JobState",
     "PartialUploads",
+    "PostgresDatabase",
     "QueueEntry",
+    "Rollout",
+    "S3BlobStore",
+    "S3Config",
     "Sample",
     "SampleState",
+    "SqliteDatabase",
     "check_sha256",
+    "open_database",
 ]
 
 
-class HubDB(IdentityTables, DeviceTables, ShadowTables, SampleTables, BundleTables, JobTables):
-    """The hub's rows in SQLite: every table group's methods on one connection.
+class _Writer(Protocol):
+    size: int
 
-    Every method is one short statement or transaction.
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self, expected_sha256: str | None = None) -> tuple[str, bool]: ...
+
+    def abort(self) -> None: ...
+
+
+class Blobs(Protocol):
+    """The blob store the app uses: a local folder (:class:`BlobStore`) or a bucket
+    (:class:`S3BlobStore`). Blocking; called from worker threads."""
+
+    def size(self, sha256: str) -> int | None: ...
+
+    def has(self, sha256: str) -> bool: ...
+
+    def read(self, sha256: str) -> bytes: ...
+
+    def read_range(self, sha256: str, start: int, end: int) -> bytes: ...
+
+    def writer(self) -> _Writer: ...
+
+    def put(self, data: bytes, expected_sha256: str | None = None) -> tuple[str, bool]: ...
+
+
+class HubDB(
+    IdentityTables,
+    DeviceTables,
+    ShadowTables,
+    SampleTables,
+    BundleTables,
+    JobTables,
+    RolloutTables,
+):
+    """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
+
+    Every method is one short statement or transaction, blocking: the app runs it with
+    :meth:`call` in the database's threads. ``HubDB(path)`` opens SQLite at ``path``.
     """
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, database: Database | Path) -> None:
+        super().__init__(database)

@@ -113,6 +113,15 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFound(f"no blob {sha256}") from None
 
+    def read_range(self, sha256: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of a blob. Raises NotFound."""
+        try:
+            with self.path(sha256).open("rb") as f:
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise NotFound(f"no blob {sha256}") from None
+
     def writer(self) -> BlobWriter:
         """Start writing a blob whose hash is known only at the end."""
         return BlobWriter(self)

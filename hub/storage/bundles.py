@@ -12,16 +12,6 @@ from hub.storage._db import DBBase
 class BundleTables(DBBase):
     """Rows of ``bundles``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS bundles (
-        name TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        manifest_json TEXT NOT NULL,
-        published REAL NOT NULL,
-        PRIMARY KEY (name, version)
-    );
-    """
-
     # -- bundles -------------------------------------------------------------------------------
 
     def add_bundle(self, name: str, version: int, manifest: dict[str, Any]) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from hub.errors import NotFound
-from hub.storage._db import DBBase, loads
+from hub.storage._db import DBBase, Row, loads
 
 
 @dataclass(frozen=True)
@@ -31,32 +30,6 @@ FLEET = "*"
 class DeviceTables(DBBase):
     """Rows of ``devices``, ``device_events`` and ``cohorts``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS devices (
-        id TEXT PRIMARY KEY,
-        cohort TEXT,
-        token_hash TEXT NOT NULL UNIQUE,
-        desired_bundle TEXT,
-        desired_version INTEGER,
-        status_json TEXT,
-        last_seen REAL
-    );
-    CREATE INDEX IF NOT EXISTS devices_cohort ON devices(cohort);
-    CREATE TABLE IF NOT EXISTS device_events (
-        device_id TEXT NOT NULL,
-        id TEXT NOT NULL,
-        time REAL NOT NULL,
-        kind TEXT NOT NULL,
-        event_json TEXT NOT NULL,
-        PRIMARY KEY (device_id, id)
-    );
-    CREATE TABLE IF NOT EXISTS cohorts (
-        name TEXT PRIMARY KEY,
-        desired_bundle TEXT NOT NULL,
-        desired_version INTEGER NOT NULL
-    );
-    """
-
     # -- devices -------------------------------------------------------------------------------
 
     def device_by_token_hash(self, token_hash: str) -> tuple[str, str] | None:
@@ -66,7 +39,7 @@ class DeviceTables(DBBase):
         ).fetchone()
         return (row["id"], row["token_hash"]) if row else None
 
-    def _device(self, row: sqlite3.Row) -> Device:
+    def _device(self, row: Row) -> Device:
         return Device(
             id=row["id"],
             cohort=row["cohort"],
@@ -118,8 +91,8 @@ class DeviceTables(DBBase):
         with self._transaction():
             for e in events:
                 cur = self._db.execute(
-                    "INSERT OR IGNORE INTO device_events (device_id, id, time, kind, event_json) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO device_events (device_id, id, time, kind, event_json) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (device_id, e["id"], e["time"], e["kind"], json.dumps(e)),
                 )
                 new += cur.rowcount

@@ -48,24 +48,7 @@ def _revoked_token_hash() -> str:
 
 
 class IdentityTables(DBBase):
-    """Rows of ``device_keys`` and ``enroll_secrets``."""
-
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS device_keys (
-        device_id TEXT PRIMARY KEY REFERENCES devices(id) ON DELETE CASCADE,
-        public_key TEXT,
-        pending_key TEXT,
-        reset INTEGER NOT NULL DEFAULT 0,
-        refresh_issued REAL NOT NULL DEFAULT 0
-    );
-    CREATE TABLE IF NOT EXISTS enroll_secrets (
-        secret_hash TEXT PRIMARY KEY,
-        uses_left INTEGER NOT NULL,
-        expires REAL NOT NULL,
-        cohort TEXT,
-        created REAL NOT NULL
-    );
-    """
+    """Rows of ``device_keys`` and ``enroll_secrets`` (migration ``0003_identity.sql``)."""
 
     # -- keys -------------------------------------------------------------------------------
 

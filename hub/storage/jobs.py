@@ -28,28 +28,15 @@ class Job:
 class JobTables(DBBase):
     """Rows of ``jobs``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
-        params TEXT NOT NULL,
-        error TEXT,
-        log_path TEXT,
-        artifact_path TEXT,
-        created REAL NOT NULL
-    );
-    """
-
     # -- jobs ----------------------------------------------------------------------------------
 
     def add_job(self, params: dict[str, Any]) -> int:
         """Create a queued job and return its id."""
-        cur = self._db.execute(
-            "INSERT INTO jobs (state, params, created) VALUES ('queued', ?, ?)",
+        row = self._db.execute(
+            "INSERT INTO jobs (state, params, created) VALUES ('queued', ?, ?) RETURNING id",
             (json.dumps(params), time.time()),
-        )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        ).fetchone()
+        return int(row["id"])
 
     def set_job(self, job_id: int, state: JobState, **fields: str | None) -> None:
         """Move a job to ``state``; ``fields`` may set error, log_path, artifact_path."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from hub.errors import NotFound
-from hub.storage._db import DBBase, loads
+from hub.storage._db import DBBase, Row, loads
 
 SampleState = Literal["pending", "annotated"]
 
@@ -43,31 +42,6 @@ class QueueEntry:
 class SampleTables(DBBase):
     """Rows of ``samples`` and ``sample_feedback``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS samples (
-        id TEXT PRIMARY KEY,
-        bundle TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        priority REAL NOT NULL,
-        meta_json TEXT NOT NULL,
-        image_sha256 TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'annotated')),
-        annotation_json TEXT,
-        created REAL NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS samples_queue ON samples(bundle, state, priority DESC, created);
-    CREATE TABLE IF NOT EXISTS sample_feedback (
-        sample_id TEXT PRIMARY KEY REFERENCES samples(id),
-        device_id TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('confirm', 'correct')),
-        label TEXT,
-        predicted TEXT NOT NULL,
-        feedback_json TEXT NOT NULL,
-        received REAL NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS samples_image ON samples(image_sha256);
-    """
-
     # -- samples -------------------------------------------------------------------------------
 
     def add_sample(
@@ -99,7 +73,7 @@ class SampleTables(DBBase):
         )
         return cur.rowcount == 1
 
-    def _sample(self, row: sqlite3.Row) -> Sample:
+    def _sample(self, row: Row) -> Sample:
         return Sample(
             id=row["id"],
             bundle=row["bundle"],
@@ -219,7 +193,8 @@ class SampleTables(DBBase):
         sql = f"""
         WITH fb AS (
             SELECT s.bundle, s.image_sha256,
-                   MAX(f.kind = 'correct') AS corrected, MAX(f.kind = 'confirm') AS confirmed,
+                   MAX(CASE WHEN f.kind = 'correct' THEN 1 ELSE 0 END) AS corrected,
+                   MAX(CASE WHEN f.kind = 'confirm' THEN 1 ELSE 0 END) AS confirmed,
                    MAX(f.received) AS last_received
             FROM sample_feedback f JOIN samples s ON s.id = f.sample_id
             GROUP BY s.bundle, s.image_sha256
@@ -244,7 +219,7 @@ class SampleTables(DBBase):
             WHERE p.copy_rank = 1
         )
         SELECT * FROM ranked
-        ORDER BY CASE WHEN corrected THEN 0 WHEN confirmed THEN 2 ELSE 1 END,
+        ORDER BY CASE WHEN corrected = 1 THEN 0 WHEN confirmed = 1 THEN 2 ELSE 1 END,
                  device_rank, priority DESC, created, id
         """
         if limit is not None:
@@ -262,7 +237,7 @@ class SampleTables(DBBase):
             )
         return out
 
-    def _image_feedback(self, row: sqlite3.Row) -> dict[str, Any] | None:
+    def _image_feedback(self, row: Row) -> dict[str, Any] | None:
         """The latest feedback on any sample with this image, corrections first."""
         fb = self._db.execute(
             "SELECT f.feedback_json FROM sample_feedback f JOIN samples s ON s.id = f.sample_id"

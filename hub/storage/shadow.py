@@ -14,26 +14,6 @@ from hub.storage.devices import FLEET, Device
 class ShadowTables(DBBase):
     """Rows of ``shadow_rollouts`` and ``shadow_reports``."""
 
-    TABLES = """
-    CREATE TABLE IF NOT EXISTS shadow_rollouts (
-        scope TEXT NOT NULL CHECK (scope IN ('device', 'cohort', 'fleet')),
-        name TEXT NOT NULL,
-        bundle TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        rule_json TEXT NOT NULL,
-        created REAL NOT NULL,
-        PRIMARY KEY (scope, name)
-    );
-    CREATE TABLE IF NOT EXISTS shadow_reports (
-        device_id TEXT PRIMARY KEY,
-        bundle TEXT,
-        version INTEGER,
-        status TEXT,
-        report_json TEXT NOT NULL,
-        updated REAL NOT NULL
-    );
-    """
-
     # -- shadow candidates ----------------------------------------------------------------------
 
     def _known_devices(self, devices: list[str], cohort: str | None) -> list[str]:

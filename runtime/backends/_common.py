@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.bundle.manifest import TensorSpec
+from runtime.errors import first_line as _first_line
 
 __all__ = ["EngineBackend", "first_line"]
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an engine exception (engines often print multi-line C++ traces)."""
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+first_line = _first_line
+"""The first line of an engine exception (engines often print multi-line C++ traces)."""
 
 
 class EngineBackend:

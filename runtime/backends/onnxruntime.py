@@ -43,7 +43,7 @@ __all__ = ["NAME", "SESSION_CONFIG", "OrtBackend", "load", "ort_dtype", "unavail
 NAME = "onnxruntime"
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("leanloop.backends.onnxruntime")
 
 SESSION_CONFIG: dict[str, str] = {
     "session.intra_op.allow_spinning": "0",

@@ -34,7 +34,7 @@ from runtime.bundle.manifest import (
     Ontology,
     TensorSpec,
 )
-from runtime.errors import BundleError
+from runtime.errors import BundleError, first_line
 from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
 
 __all__ = ["IGNORED_SOURCE_DIRS", "build_bundle"]
@@ -52,7 +52,7 @@ def _read_yaml(path: Path, limit: int) -> Any:
     except TooLargeError as e:
         raise BundleError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
-        raise BundleError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from e
+        raise BundleError(f"{path}: not readable YAML: {first_line(e)}") from e
 
 
 def _copy_source(src: Path, out: Path) -> list[str]:

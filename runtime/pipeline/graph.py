@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runtime.errors import PipelineError
+from runtime.errors import PipelineError, first_line
 
 __all__ = [
     "MAX_PIPELINE_BYTES",
@@ -251,5 +251,5 @@ def load_pipeline_spec(text: str | bytes, where: str = "pipeline.yaml") -> Pipel
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise PipelineError(f"{where}: not valid YAML: {e}".splitlines()[0]) from e
+        raise PipelineError(f"{where}: not valid YAML: {first_line(e)}") from e
     return parse_pipeline_spec(data, where)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.errors import FrameError, PipelineError
+from runtime.errors import FrameError, PipelineError, first_line
 from runtime.pipeline.graph import (
     ClassifyPost,
     PipelineSpec,
@@ -76,7 +76,7 @@ from runtime.pipeline.preprocess import (
 
 __all__ = ["Decoder", "Pipeline"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("leanloop.pipeline")
 
 Decoder = Callable[[list[np.ndarray], Letterbox, tuple[int, int]], list[Item]]
 """A stage's decoder: ``(outputs, letterbox, source (width, height)) -> items``."""
@@ -84,11 +84,6 @@ Decoder = Callable[[list[np.ndarray], Letterbox, tuple[int, int]], list[Item]]
 _EWMA = 0.1  # weight of the newest frame in the latency averages
 _IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
 _LOG_EVERY = 1000  # log the first stage failure, then one in this many
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 class _Stage:
@@ -291,9 +286,9 @@ class Pipeline:
         try:
             image = decode_image(data)
         except FrameError as e:
-            return self._failed(frame_id, _one_line(e), t0)
+            return self._failed(frame_id, first_line(e), t0)
         except Exception as e:  # a decoder bug must not stop the device either
-            return self._failed(frame_id, f"frame cannot be decoded: {_one_line(e)}", t0)
+            return self._failed(frame_id, f"frame cannot be decoded: {first_line(e)}", t0)
         return self._run(image, frame_id, t0)
 
     def run(self, image: np.ndarray, frame_id: str = "") -> Prediction:
@@ -338,7 +333,7 @@ class Pipeline:
                 stats[st.key_items] += len(items)
                 stats[st.key_latency] += _EWMA * (ms - stats[st.key_latency])
         except FrameError as e:
-            return self._failed(frame_id, _one_line(e), t0)
+            return self._failed(frame_id, first_line(e), t0)
         except Exception as e:
             self._failures += 1
             if self._failures % _LOG_EVERY == 1:
@@ -351,7 +346,7 @@ class Pipeline:
                     exc_info=True,
                 )
             where = f"stage {stage_name}" if stage_name else "frame"
-            return self._failed(frame_id, f"{where}: {_one_line(e)}", t0)
+            return self._failed(frame_id, f"{where}: {first_line(e)}", t0)
         total = (time.perf_counter() - t0) * 1000.0
         stats["frames"] += 1
         stats["latency_ms"] += _EWMA * (total - stats["latency_ms"])

@@ -5,9 +5,10 @@ next to the production bundle. :class:`ShadowManager` follows it from the servic
 loop (:meth:`poll`, never from the frame path):
 
 1. once production is settled (it runs what the hub wants, no update in flight), the candidate
-   is fetched through TUF into the **inactive slot** exactly like an update (verified, status
-   ``staged``) — so a promotion later is an instant swap. Its health check runs in the worker,
-   not here: a candidate that crashes must not take the service down;
+   is fetched through TUF into the **inactive slot** by the installer, exactly like an update
+   (verified, install state ``shadow_staged``) — so a promotion later is an instant swap. Its
+   health check runs in the worker, not here: a candidate that crashes must not take the
+   service down;
 2. a :class:`~runtime.shadow.runner.ShadowRunner` starts the candidate in its own niced worker
    process; the frame loop offers it copies of production frames (:meth:`offer`: non-blocking,
    shed and counted when full);
@@ -18,9 +19,10 @@ loop (:meth:`poll`, never from the frame path):
 4. once the rule's ``min_frames`` are compared, :func:`~runtime.shadow.promotion.judge` decides,
    using corrective feedback from the sample store on frames both models saw. ``promote``:
    the worker stops, the candidate is loaded and health-checked here, and handed to the frame
-   loop's ordinary swap (``handoff``): activation → trial → commit, or rollback when the trial
-   fails. ``reject``: the worker stops and the candidate is dropped. Either way the outcome is
-   kept in ``shadow.json`` (so a restart does not judge it again) and sent to the hub.
+   loop's ordinary swap (:meth:`runtime.update.installer.Installer.promote`): activation →
+   trial → commit, or rollback when the trial fails. ``reject``: the worker stops and the
+   candidate is dropped. Either way the outcome is kept in ``shadow.json`` (so a restart does
+   not judge it again) and sent to the hub.
 
 A crash, hang or error storm of the candidate disables it (see the runner); production is not
 touched. ``shadow.json`` and the hub telemetry are refreshed every ``report_interval_s``.
@@ -32,19 +34,16 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
-
-from pydantic import ValidationError
+from typing import Protocol
 
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
-from runtime.bundle.loader import LoadedBundle, load_bundle, verify_bundle_dir
+from runtime.bundle.loader import load_bundle
 from runtime.config import DeviceConfig
-from runtime.errors import BundleError, FrameError, LeanloopError, TrustError, UpdateError
+from runtime.errors import BundleError, FrameError, LeanloopError, UpdateError
 from runtime.pipeline.prediction import Prediction
 from runtime.pipeline.preprocess import decode_image
+from runtime.protocol import Desired, ShadowAssignment, ShadowTelemetry
 from runtime.shadow.compare import compare
 from runtime.shadow.promotion import FeedbackScore, PromotionRule, feedback_accuracy, judge
 from runtime.shadow.report import (
@@ -57,9 +56,9 @@ from runtime.shadow.report import (
 from runtime.shadow.runner import ShadowRunner
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.writer import StoreWriter
-from runtime.update.slots import SlotName, Slots
+from runtime.update.installer import Fetcher, Installer
 
-__all__ = ["ShadowManager", "parse_candidate"]
+__all__ = ["ShadowManager"]
 
 log = logging.getLogger("leanloop.shadow")
 
@@ -68,38 +67,9 @@ _FEEDBACK_SCAN = 5000
 
 
 class _Hub(Protocol):
-    last_desired: dict[str, Any]
+    last_desired: Desired
 
-    def shadow_report(self, summary: dict[str, Any]) -> None: ...
-
-
-class _Fetcher(Protocol):
-    def fetch(
-        self,
-        name: str,
-        version: int,
-        dest: Path,
-        reuse_dirs: list[Path] | None = ...,
-        backend: str | None = ...,
-    ) -> Any: ...
-
-
-Handoff = Callable[[SlotName, LoadedBundle], None]
-
-
-def parse_candidate(data: Any) -> tuple[str, int, PromotionRule] | None:
-    """(bundle, version, rule) from the ``candidate`` of a desired answer; None if absent/bad."""
-    if not isinstance(data, dict):
-        return None
-    bundle, version = data.get("bundle"), data.get("version")
-    if not isinstance(bundle, str) or not isinstance(version, int) or isinstance(version, bool):
-        return None
-    try:
-        rule = PromotionRule.model_validate(data.get("rule") or {})
-    except ValidationError as e:
-        log.warning("shadow candidate %s v%s: bad rule, ignored: %s", bundle, version, e)
-        return None
-    return bundle, version, rule
+    def shadow_report(self, summary: ShadowTelemetry) -> None: ...
 
 
 class ShadowManager:
@@ -108,19 +78,18 @@ class ShadowManager:
     def __init__(
         self,
         cfg: DeviceConfig,
-        slots: Slots,
+        installer: Installer,
         writer: StoreWriter | None,
         store: SampleStore | None,
-        handoff: Handoff,
     ) -> None:
         self.settings = cfg.shadow
         self.state_dir = cfg.state_dir
         self.backend = cfg.inference.backend
         self.options = BackendOptions(threads=cfg.inference.threads)
-        self.slots = slots
+        self.installer = installer
+        self.slots = installer.slots  # read only: every write goes through the installer
         self.writer = writer
         self.store = store
-        self.handoff = handoff
         self._lock = threading.RLock()  # poll-level state (update thread)
         self._stats_lock = threading.Lock()  # stats and the report file; held only briefly
         self._runner: ShadowRunner | None = None
@@ -171,7 +140,7 @@ class ShadowManager:
 
     # ---- update loop --------------------------------------------------------------------
 
-    def poll(self, hub: _Hub | None, fetcher: _Fetcher | None, busy: bool) -> None:
+    def poll(self, hub: _Hub | None, fetcher: Fetcher | None, busy: bool) -> None:
         """The update loop's hook: follow the hub's candidate one step. Never raises for the
         candidate's faults (they end up in the report)."""
         if hub is None or fetcher is None or not self.settings.enabled:
@@ -181,46 +150,44 @@ class ShadowManager:
         except Exception as e:  # a shadow bug must never stop production updates
             log.exception("shadow: unexpected %s", e)
 
-    def _poll(self, hub: _Hub, fetcher: _Fetcher, busy: bool) -> None:
+    def _poll(self, hub: _Hub, fetcher: Fetcher, busy: bool) -> None:
         with self._lock:
             runner = self._runner
             if runner is not None and runner.state == "disabled":
                 self._finish("disabled", runner.reason)
             if self.report.status == "promoting":
                 self._follow_promotion()
-            want = parse_candidate(hub.last_desired.get("candidate"))
-            self._follow(want, hub.last_desired, fetcher, busy)
+            self._follow(hub.last_desired, fetcher, busy)
             if self.report.status == "running":
                 self._judge()
         self.save()
         self._send(hub)
 
-    def _production_settled(self, desired: dict[str, Any], busy: bool) -> BundleRef | None:
+    def _production_settled(self, desired: Desired, busy: bool) -> BundleRef | None:
         act = self.slots.state.active
         if busy or act is None:
             return None
         info = self.slots.info(act)
         if info.status != "committed" or info.bundle is None or info.version is None:
             return None
-        if (desired.get("bundle"), desired.get("version")) != (info.bundle, info.version):
+        if desired.target != (info.bundle, info.version):
             return None
         return BundleRef(bundle=info.bundle, version=info.version, slot=act)
 
-    def _follow(
-        self,
-        want: tuple[str, int, PromotionRule] | None,
-        desired: dict[str, Any],
-        fetcher: _Fetcher,
-        busy: bool,
-    ) -> None:
+    def _follow(self, desired: Desired, fetcher: Fetcher, busy: bool) -> None:
+        want: ShadowAssignment | None = desired.candidate
         rep = self.report
         cur = rep.candidate
-        same = want is not None and cur is not None and (cur.bundle, cur.version) == want[:2]
+        same = (
+            want is not None
+            and cur is not None
+            and (cur.bundle, cur.version) == (want.bundle, want.version)
+        )
         if rep.status in _LIVE and not same:
             self._finish("cancelled", "the hub withdrew or replaced the candidate")
         if want is None:
             return
-        bundle, version, rule = want
+        bundle, version, rule = want.bundle, want.version, want.rule
         if same:
             rep.rule = rule  # the admin may change the rule while it runs
             if self._runner is not None and not self._slot_intact():
@@ -248,7 +215,7 @@ class ShadowManager:
         version: int,
         rule: PromotionRule,
         prod: BundleRef,
-        fetcher: _Fetcher,
+        fetcher: Fetcher,
         resume: bool,
     ) -> None:
         rep = self.report
@@ -273,7 +240,7 @@ class ShadowManager:
             self._finish("refused", str(e))
             return
         try:
-            slot = self._stage(fetcher, bundle, version)
+            slot = self.installer.stage_candidate(bundle, version, fetcher)
         except BundleError as e:  # malformed: the same again next time
             self._finish("refused", str(e))
             return
@@ -300,25 +267,6 @@ class ShadowManager:
         self._set("starting", None)
         self._runner.start()
         log.info("shadow: %s v%s started from slot %s", bundle, version, slot)
-
-    def _stage(self, fetcher: _Fetcher, bundle: str, version: int) -> SlotName:
-        """Fetch the candidate into the inactive slot (or reuse it there). Raises UpdateError,
-        TrustError, BundleError."""
-        slot = self.slots.inactive()
-        info = self.slots.info(slot)
-        if (info.status, info.bundle, info.version) == ("staged", bundle, version):
-            return slot  # staged before a restart
-        slot, dest = self.slots.begin_staging(bundle, version)
-        reuse = [self.slots.active_dir] if self.slots.active_dir else []
-        try:
-            fetcher.fetch(bundle, version, dest, reuse_dirs=reuse, backend=self.backend)
-            verify_bundle_dir(dest)  # the health check runs in the worker, not in the service
-        except LeanloopError as e:
-            bad = isinstance(e, BundleError) and not isinstance(e, TrustError)
-            self.slots.abort_staging(slot, f"shadow candidate: {e}", bad=bad)
-            raise
-        self.slots.mark_staged(slot)
-        return slot
 
     def _judge(self) -> None:
         rep = self.report
@@ -352,7 +300,12 @@ class ShadowManager:
         self._handed = True
         self._set("promoting", why)
         log.info("shadow: promoting %s v%s (%s)", c.bundle, c.version, why)
-        self.handoff(c.slot, loaded)
+        try:
+            self.installer.promote(c.slot, loaded)
+        except UpdateError as e:  # an update got in first: measure again once it is done
+            loaded.close()
+            self._handed = False
+            self._set("idle", f"promotion waits: {e}")
 
     def _follow_promotion(self) -> None:
         c = self.report.candidate
@@ -462,7 +415,7 @@ class ShadowManager:
         if rep.candidate is None or not (changed or (due and self._dirty)):
             return
         try:
-            hub.shadow_report(rep.summary())
+            hub.shadow_report(ShadowTelemetry.model_validate(rep.summary()))
         except LeanloopError as e:
             log.warning("shadow: telemetry not sent: %s", e)
             return

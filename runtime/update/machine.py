@@ -24,7 +24,13 @@ Recovery after a crash (the last persisted state decides):
   stored: only the staged slot is discarded);
 - ``committing``: the trial had passed: the commit is finished;
 - ``rolling_back``: the rollback is finished;
-- states at rest (``idle``, ``committed``, ``rolled_back``, ``failed``): nothing to do.
+- states at rest (``idle``, ``committed``, ``rolled_back``, ``failed``, ``shadow_staged``):
+  nothing to do (a candidate staged for shadow mode stays staged for the shadow to reuse).
+
+A shadow candidate is staged by the same machine (:mod:`runtime.update.installer`):
+``downloading → verifying → shadow_staged``; the shadow worker loads it in its own process.
+A promotion then walks the ordinary chain from ``downloading`` (each step already done) to
+``swapping`` and the trial.
 
 Loop counter: each recovery of the same update increments ``crashes``; past
 ``update.max_crash_restarts`` the version is marked bad and no longer retried (a bundle that
@@ -82,6 +88,7 @@ class InstallState(enum.StrEnum):
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
+    SHADOW_STAGED = "shadow_staged"  # a shadow candidate waits, verified, in the inactive slot
 
 
 class Event(enum.StrEnum):
@@ -100,11 +107,12 @@ class Event(enum.StrEnum):
     TRIAL_FAILED = "trial_failed"
     ROLLBACK = "rollback"  # the operator (or start-up) asks for the previous committed bundle
     ROLLED_BACK = "rolled_back"  # the previous committed slot is active again
+    PARKED = "parked"  # a shadow candidate is verified in the inactive slot; nothing switched
 
 
 S, E = InstallState, Event
 
-AT_REST = frozenset({S.IDLE, S.COMMITTED, S.ROLLED_BACK, S.FAILED})
+AT_REST = frozenset({S.IDLE, S.COMMITTED, S.ROLLED_BACK, S.FAILED, S.SHADOW_STAGED})
 """States in which no update is in progress: a new one may start, a rollback may be asked."""
 
 STAGING = frozenset({S.DOWNLOADING, S.VERIFYING, S.LOADING, S.HEALTH_CHECK, S.STAGED})
@@ -119,6 +127,7 @@ def _table() -> dict[tuple[InstallState, Event], InstallState]:
     chain = [
         (S.DOWNLOADING, E.FETCHED, S.VERIFYING),
         (S.VERIFYING, E.VERIFIED, S.LOADING),
+        (S.VERIFYING, E.PARKED, S.SHADOW_STAGED),  # a candidate: the shadow worker loads it
         (S.LOADING, E.LOADED, S.HEALTH_CHECK),
         (S.HEALTH_CHECK, E.HEALTHY, S.STAGED),
         (S.STAGED, E.HANDED_OVER, S.SWAPPING),
@@ -167,6 +176,7 @@ RECOVERY: dict[InstallState, Recovery] = {
     S.COMMITTED: Recovery.NOTHING,
     S.ROLLED_BACK: Recovery.NOTHING,
     S.FAILED: Recovery.NOTHING,
+    S.SHADOW_STAGED: Recovery.NOTHING,  # the staged candidate is kept for the shadow to reuse
     S.DOWNLOADING: Recovery.DISCARD_STAGING,
     S.VERIFYING: Recovery.DISCARD_STAGING,
     S.LOADING: Recovery.DISCARD_STAGING,

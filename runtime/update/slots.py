@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime._atomic import atomic_write_bytes
 from runtime._limits import MAX_STATE_BYTES, read_bounded
-from runtime.errors import UpdateError
+from runtime.errors import UpdateError, first_line
 from runtime.update.machine import InstallRecord
 
 __all__ = ["SlotInfo", "SlotName", "Slots", "SlotsState"]
@@ -71,9 +71,7 @@ class Slots:
         try:
             return SlotsState.model_validate(json.loads(read_bounded(self.path, MAX_STATE_BYTES)))
         except (OSError, ValueError, ValidationError) as e:
-            raise UpdateError(
-                f"{self.path}: unreadable slot state: {str(e).splitlines()[0]}"
-            ) from e
+            raise UpdateError(f"{self.path}: unreadable slot state: {first_line(e)}") from e
 
     def save(self, event: str) -> None:
         self.state.last_event = event
@@ -92,12 +90,15 @@ class Slots:
     def info(self, slot: SlotName) -> SlotInfo:
         return self.state.slots[slot]
 
-    def recover(self) -> list[str]:
+    def recover(self, keep: SlotName | None = None) -> list[str]:
         """Safety net for slot states the install record does not explain (files written by
-        older releases): wipe ``staging``/``staged`` slots that are not active, roll back an
-        active ``trial`` slot. The install machine's recovery runs first. Returns what it did."""
+        older releases): wipe ``staging``/``staged`` slots that are not active (but ``keep``, a
+        staged slot the install record explains), roll back an active ``trial`` slot. The
+        install machine's recovery runs first. Returns what it did."""
         did: list[str] = []
         for name, info in self.state.slots.items():
+            if name == keep and info.status == "staged":
+                continue
             if info.status in ("staging", "staged") and name != self.state.active:
                 self.discard_nosave(name)
                 did.append(f"slot {name}: discarded a half-staged bundle")

@@ -49,8 +49,8 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def config(tmp_path: Path, keys_dir: Path) -> HubConfig:
-    """A hub config in a fresh data dir, with the fake trainer."""
+def config(tmp_path: Path, keys_dir: Path, hub_storage: dict[str, Any]) -> HubConfig:
+    """A hub config in a fresh data dir, with the fake trainer (storage: see tests/conftest.py)."""
     trainer = tmp_path / "fake_trainer.py"
     trainer.write_text(FAKE_TRAINER)
     return HubConfig(
@@ -59,6 +59,7 @@ def config(tmp_path: Path, keys_dir: Path) -> HubConfig:
         port=0,
         trainer_command=[sys.executable, str(trainer)],
         timestamp_check_interval_s=3600,
+        **hub_storage,
     )
 
 

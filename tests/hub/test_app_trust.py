@@ -11,6 +11,7 @@ import pytest
 import urllib3
 from tuf.api.metadata import Metadata, Snapshot, Timestamp
 
+from hub.api._common import BLOBS
 from hub.signing import init_keys, sign_targets
 from hub.testing import API
 from hub.testing import HubTestSession as Hub
@@ -28,7 +29,7 @@ async def test_put_blob_when_hash_matches_stores_once(hub: Hub) -> None:
     assert await (await hub.client.put(url, data=data, headers=hub.admin)).json() == {
         "stored": False
     }
-    assert (hub.config.data_dir / "blobs" / sha[:2] / sha).read_bytes() == data
+    assert hub.client.app[BLOBS].read(sha) == data
 
 
 async def test_put_blob_when_hash_mismatches_is_400_and_keeps_nothing(hub: Hub) -> None:
@@ -36,9 +37,9 @@ async def test_put_blob_when_hash_mismatches_is_400_and_keeps_nothing(hub: Hub) 
     resp = await hub.client.put(f"{API}/admin/blobs/{sha}", data=b"other", headers=hub.admin)
     assert resp.status == 400
     assert "hashes to" in (await resp.json())["error"]
-    blobs = hub.config.data_dir / "blobs"
-    assert not (blobs / sha[:2] / sha).exists()
-    assert list((blobs / "tmp").iterdir()) == []
+    assert not hub.client.app[BLOBS].has(sha)
+    tmp = hub.config.data_dir / ("blobs/tmp" if hub.config.s3 is None else "blobs-tmp")
+    assert list(tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["ABC", "12", "g" * 64, "../" + "a" * 61])

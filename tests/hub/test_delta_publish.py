@@ -72,7 +72,7 @@ def test_publish_when_file_changed_signs_delta_target_that_rebuilds_it(
         "result_sha256": hashlib.sha256(v2).hexdigest(),
     }
     assert info["length"] < 0.9 * len(v2)
-    patch = live_hub.app[BLOBS].path(info["hashes"]["sha256"]).read_bytes()
+    patch = live_hub.app[BLOBS].read(info["hashes"]["sha256"])
     assert bsdiff.apply_patch(v1, patch) == v2
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hub.api._common import DB
 from hub.client import safe_extract_tar
 from hub.storage import HubDB
 from hub.testing import API, sample_form, sample_meta
@@ -107,7 +108,7 @@ async def test_train_job_when_init_from_is_unknown_or_unfinished_is_rejected(
     body = {"bundle": "digits", "version": 2, "init_from": init_from}
     if init_from == 1:
         # a job row the runner never picked up: it stays queued
-        HubDB(hub.config.data_dir / "hub.sqlite3").add_job({"bundle": "none"})
+        hub.client.app[DB].add_job({"bundle": "none"})
     resp = await hub.client.post(f"{API}/admin/jobs/train", json=body, headers=hub.admin)
     assert resp.status == status
 
@@ -128,7 +129,7 @@ def test_job_runner_start_when_previous_process_died_marks_running_failed(tmp_pa
 
     async def start_and_stop() -> None:
         runner = JobRunner(db, BlobStore(tmp_path / "blobs"), tmp_path / "jobs", ["false"])
-        runner.start()
+        await runner.start()
         await runner.stop()
 
     asyncio.run(start_and_stop())

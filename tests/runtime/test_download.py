@@ -269,7 +269,7 @@ def test_paths_when_hash_is_not_hex_refuses(tmp_path: Path) -> None:
 
 
 def test_token_bucket_when_reads_outpace_rate_asks_to_wait() -> None:
-    bucket = TokenBucket(rate=1000, burst=500, now=0.0)
+    bucket = TokenBucket(rate=1000, burst=500, clock=lambda: 0.0)
     assert bucket.debit(500, 0.0) == 0.0  # the burst is free
     assert bucket.debit(1000, 0.0) == pytest.approx(1.0)
     assert bucket.debit(0, 1.0) == 0.0  # the debt was slept off

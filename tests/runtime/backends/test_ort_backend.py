@@ -81,7 +81,7 @@ def test_thread_pools_do_not_spin_when_a_session_is_built(float_model: Path) -> 
 def test_unavailable_providers_are_skipped_with_a_warning_when_requested(
     float_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="runtime.backends.onnxruntime"):
+    with caplog.at_level(logging.WARNING, logger="leanloop.backends.onnxruntime"):
         be = load(
             float_model,
             BackendOptions(providers=("NoSuchExecutionProvider", "CPUExecutionProvider")),

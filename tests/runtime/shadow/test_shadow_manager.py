@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from runtime.config import DeviceConfig
-from runtime.shadow.manager import ShadowManager, parse_candidate
+from runtime.protocol import Desired, ShadowTelemetry
+from runtime.shadow.manager import ShadowManager
 from runtime.shadow.promotion import FeedbackScore, PromotionRule, judge
 from runtime.shadow.report import BundleRef, ShadowReport, load_report, save_report
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.record import Feedback, SampleRecord, new_sample_id
-from runtime.update.slots import Slots
+from runtime.update.installer import Installer
 
 
 def _record(
@@ -65,7 +66,7 @@ def manager(tmp_path: Path) -> Any:
     cfg = DeviceConfig(state_dir=tmp_path / "state")
     cfg.state_dir.mkdir()
     store = SampleStore(tmp_path / "samples", max_bytes=8 << 20)
-    m = ShadowManager(cfg, Slots(cfg.state_dir), None, store, lambda slot, b: None)
+    m = ShadowManager(cfg, Installer(cfg), None, store)
     m.report.candidate = BundleRef(bundle="digits", version=2, slot="b")
     m.report.production = BundleRef(bundle="digits", version=1, slot="a")
     yield m
@@ -110,8 +111,13 @@ def test_feedback_score_when_store_holds_corrections_on_frames_both_models_saw(
         ({"bundle": "digits", "version": 2, "rule": {"nope": 1}}, None),
     ],
 )
-def test_parse_candidate_when_desired_answer_varies(data: Any, want: Any) -> None:
-    got = parse_candidate(data)
+def test_desired_candidate_when_answer_varies_is_parsed_or_dropped_alone(
+    data: Any, want: Any
+) -> None:
+    desired = Desired.model_validate({"bundle": "digits", "version": 1, "candidate": data})
+    assert desired.target == ("digits", 1)  # a bad candidate never costs the production answer
+    c = desired.candidate
+    got = None if c is None else (c.bundle, c.version, c.rule)
     if want is None or want[2] is not None:
         assert got == want
     else:
@@ -144,11 +150,11 @@ class _Hub:
     """The two members of the device's HubClient the manager uses (answers as the hub does)."""
 
     def __init__(self, desired: dict[str, Any]) -> None:
-        self.last_desired = desired
+        self.last_desired = Desired.model_validate(desired)
         self.sent: list[dict[str, Any]] = []
 
-    def shadow_report(self, summary: dict[str, Any]) -> None:
-        self.sent.append(summary)
+    def shadow_report(self, summary: ShadowTelemetry) -> None:
+        self.sent.append(summary.model_dump())
 
 
 class _NoFetch:

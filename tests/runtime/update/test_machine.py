@@ -33,6 +33,7 @@ EXPECTED: dict[tuple[InstallState, Event], InstallState] = {
     **{(s, E.FAIL): S.FAILED for s in STAGING},
     (S.DOWNLOADING, E.FETCHED): S.VERIFYING,
     (S.VERIFYING, E.VERIFIED): S.LOADING,
+    (S.VERIFYING, E.PARKED): S.SHADOW_STAGED,
     (S.LOADING, E.LOADED): S.HEALTH_CHECK,
     (S.HEALTH_CHECK, E.HEALTHY): S.STAGED,
     (S.STAGED, E.HANDED_OVER): S.SWAPPING,
@@ -61,6 +62,7 @@ STORED_NAMES = [
     "rolling_back",
     "rolled_back",
     "failed",
+    "shadow_staged",
 ]
 
 

@@ -1,0 +1,652 @@
+"""The installer: the only writer of the device's bundle slots.
+
+Every change to ``<state>/slots`` and ``slots.json`` goes through :class:`Installer`, and every
+one of them is an install-machine transition (:mod:`runtime.update.machine`: stored before it
+is entered, recovered at start-up by one map):
+
+- **update** (:meth:`Installer.update_to`, update thread): fetch through TUF into the inactive
+  slot, verify and fsync, load, golden health check — all off the frame path — then store the
+  switch and hand the loaded bundle to the frame loop;
+- **hand-over and trial** (:meth:`Installer.between_frames`, frame loop): the frame loop swaps
+  the handed bundle in *between two frames* with no I/O (models + pipeline + ontology switch
+  together); the new bundle is then on trial for ``update.trial_frames`` frames (or
+  ``update.trial_s`` seconds) while the old one stays loaded, and an error rate above
+  ``update.trial_max_error_rate`` swaps straight back;
+- **commit and rollback** (:meth:`Installer.advance`, update thread): what the frame loop did
+  arrives as typed :class:`FrameEvent` s and is stored (commit, or rollback with its report);
+  the operator's rollback (:meth:`Installer.request_rollback`, control socket) is served here
+  too, between two frames;
+- **shadow candidates** (:meth:`Installer.stage_candidate`, :meth:`Installer.promote`): the
+  shadow manager stages its candidate through the same machine (``downloading → verifying →
+  shadow_staged``) and a promotion takes the ordinary hand-over and trial.
+
+The frame loop and the update thread share three things, each under the lock: the hand-over
+(:class:`Swap`), the frame events, and the bundles the frame loop no longer serves (closed on
+the update thread). Failures and rollbacks are queued for the hub (:mod:`runtime.update.reports`).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from runtime._atomic import fsync_dir
+from runtime.backends.base import BackendOptions
+from runtime.bundle.health import run_health_check
+from runtime.bundle.loader import LoadedBundle, load_bundle, verify_bundle_dir
+from runtime.bundle.manifest import Manifest
+from runtime.config import DeviceConfig
+from runtime.errors import (
+    BackendError,
+    BundleError,
+    LeanloopError,
+    PipelineError,
+    TrustError,
+    UpdateError,
+    first_line,
+)
+from runtime.protocol import ReportKind
+from runtime.update import _testhooks
+from runtime.update.machine import AT_REST, Event, InstallMachine, InstallState
+from runtime.update.reports import UpdateReports
+from runtime.update.slots import SlotName, Slots
+
+__all__ = [
+    "OPERATOR_ROLLBACK",
+    "FrameEvent",
+    "FrameEventKind",
+    "Installer",
+    "Swap",
+    "SwapKind",
+]
+
+log = logging.getLogger("leanloop.update")
+
+OPERATOR_ROLLBACK = "operator rollback"
+_BLOCK = 4096
+_SPACE_MARGIN = 2 * _BLOCK
+
+
+class SwapKind(enum.StrEnum):
+    """Why the frame loop is handed a bundle."""
+
+    UPDATE = "update"  # a new bundle: served on trial, the old one kept loaded
+    ROLLBACK = "rollback"  # the previous committed bundle: served at once
+
+
+@dataclass(frozen=True)
+class Swap:
+    """A loaded bundle handed to the frame loop, swapped in between two frames."""
+
+    kind: SwapKind
+    bundle: LoadedBundle
+
+
+class FrameEventKind(enum.StrEnum):
+    """What the frame loop tells the update thread (which stores it)."""
+
+    UPDATE_SWAPPED = "update_swapped"
+    ROLLBACK_SWAPPED = "rollback_swapped"
+    TRIAL_PASSED = "trial_passed"
+    TRIAL_FAILED = "trial_failed"
+
+
+@dataclass(frozen=True)
+class FrameEvent:
+    kind: FrameEventKind
+    reason: str = ""
+
+
+@dataclass
+class _Trial:
+    """The frame loop's count of a bundle on trial."""
+
+    frames: int = 0
+    errors: int = 0
+    t0: float = field(default_factory=time.monotonic)
+
+
+class _RollbackRequest:
+    """An operator rollback the update thread answers."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: str | None = None
+        self.result = ""
+        self.cancelled = False
+
+    def answer(self, error: str | None, result: str) -> None:
+        self.error, self.result = error, result
+        self.done.set()
+
+
+class Fetcher(Protocol):
+    """What the installer needs of :class:`runtime.trust.BundleFetcher`."""
+
+    def fetch(
+        self,
+        name: str,
+        version: int,
+        dest: Path,
+        reuse_dirs: list[Path] | None = ...,
+        backend: Any = ...,
+        check_plan: Callable[[Manifest, set[str]], None] | None = ...,
+    ) -> Any: ...
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file of a staged slot and its folders (the slot must survive a power cut)."""
+    dirs = [root]
+    for p in root.rglob("*"):
+        if p.is_dir():
+            dirs.append(p)
+        else:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in dirs:
+        fsync_dir(d)
+
+
+def _staging_error(e: Exception, slot_dir: Path) -> tuple[LeanloopError, str | None]:
+    """A staging failure as a LeanloopError, and the report cause it implies (None: keep)."""
+    if isinstance(e, OSError):
+        full = e.errno == errno.ENOSPC
+        what = "disk full" if full else "cannot write"
+        err = UpdateError(f"{what} while staging in {slot_dir}: {e.strerror}")
+        return err, "disk_full" if full else "write_failed"
+    if isinstance(e, LeanloopError):
+        return e, None
+    log.exception("staging: unexpected %s", type(e).__name__)
+    return UpdateError(f"unexpected {type(e).__name__} while staging: {first_line(e)}"), None
+
+
+def _deterministic(e: LeanloopError) -> bool:
+    """The same bundle would fail the same way again: mark the version bad."""
+    return isinstance(e, BundleError | BackendError | PipelineError) and not isinstance(
+        e, TrustError
+    )
+
+
+class Installer:
+    """Slots, install machine, hand-over and trial of one device (see the module story)."""
+
+    def __init__(self, cfg: DeviceConfig) -> None:
+        self.cfg = cfg
+        self.slots = Slots(cfg.state_dir)
+        """Read it freely; write it only through this class."""
+        self.machine = InstallMachine(self.slots, cfg.update.max_crash_restarts)
+        self.reports = UpdateReports(cfg.state_dir / "reports.json")
+        self.options = BackendOptions(threads=cfg.inference.threads)
+        self.counters: dict[str, int] = {
+            "bytes_downloaded": 0,
+            "updates": 0,
+            "rollbacks": 0,
+            "update_errors": 0,
+        }
+        self.last_error: str | None = None
+        self.wake = threading.Event()  # set when the update thread has something to store
+        self._lock = threading.Lock()
+        self._next: Swap | None = None
+        self._events: list[FrameEvent] = []
+        self._retired: list[LoadedBundle] = []
+        self._requests: queue.Queue[_RollbackRequest] = queue.Queue()
+        self._rollback_req: _RollbackRequest | None = None
+        self._failed: dict[tuple[str, int], float] = {}
+        # Frame loop only:
+        self.serving: LoadedBundle | None = None
+        self._old: LoadedBundle | None = None  # the bundle a trial would fall back to
+        self._trial: _Trial | None = None
+        self._abort_trial: str | None = None
+
+    # ---- start-up ------------------------------------------------------------------------
+
+    def start(self) -> LoadedBundle | None:
+        """Recover from whatever the last run left, then load the active slot (falling back to
+        the previous one if it cannot load). Returns the bundle to serve."""
+        got = self.machine.recover()
+        if got is not None:
+            self.last_error = got.message
+            if got.rolled_back or got.crash_loop:
+                self.counters["rollbacks"] += int(got.rolled_back)
+                cause = "crash_loop" if got.crash_loop else f"crash_in_{got.interrupted.value}"
+                kind = ReportKind.ROLLED_BACK if got.rolled_back else ReportKind.UPDATE_FAILED
+                self.reports.add(kind, cause, got.bundle, got.version, got.message)
+        rec = self.machine.record
+        keep = rec.slot if rec.state is InstallState.SHADOW_STAGED else None
+        for line in self.slots.recover(keep=keep):
+            log.warning("recovery: %s", line)
+        self.serving = self._load_active()
+        return self.serving
+
+    def _load_active(self) -> LoadedBundle | None:
+        while self.slots.active_dir is not None:
+            try:
+                return load_bundle(self.slots.active_dir, self.cfg.inference.backend, self.options)
+            except LeanloopError as e:
+                log.error("active bundle does not load: %s", e)
+                info = self.slots.info(self.slots.state.active)  # type: ignore[arg-type]
+                reason = f"does not load at start: {e}"
+                self.machine.begin_rollback(reason, require_previous=False)
+                self.machine.finish_rollback()
+                self.counters["rollbacks"] += 1
+                self.reports.add(
+                    ReportKind.ROLLED_BACK, "load_failed", info.bundle, info.version, reason
+                )
+        return None
+
+    # ---- frame loop ----------------------------------------------------------------------
+
+    def between_frames(self) -> LoadedBundle | None:
+        """Frame loop, between two frames: swap in a handed-over bundle (no I/O) and judge the
+        trial. Returns the bundle to serve the next frame with (None: nothing to serve)."""
+        with self._lock:
+            nxt, self._next = self._next, None
+        if nxt is not None:
+            old, self.serving = self.serving, nxt.bundle
+            m = nxt.bundle.manifest
+            if nxt.kind is SwapKind.UPDATE:
+                # The old bundle stays loaded during the trial: a failed trial swaps back.
+                self._old = old
+                self._trial = _Trial()
+                log.info("serving %s v%s (trial)", m.name, m.version)
+                self._post(FrameEvent(FrameEventKind.UPDATE_SWAPPED))
+            else:
+                self._retire(old)
+                log.info("serving %s v%s (rollback)", m.name, m.version)
+                self._post(FrameEvent(FrameEventKind.ROLLBACK_SWAPPED))
+        self._judge_trial()
+        return self.serving
+
+    def frame_served(self, failed: bool) -> None:
+        """Frame loop: count a served frame for the trial (``failed``: the bundle failed it)."""
+        t = self._trial
+        if t is not None:
+            t.frames += 1
+            t.errors += int(failed)
+
+    def _judge_trial(self) -> None:
+        t = self._trial
+        if t is None:
+            return
+        if self._abort_trial is not None:
+            reason, self._abort_trial = self._abort_trial, None
+            self._end_trial(False, reason)
+            return
+        u = self.cfg.update
+        if t.frames < u.trial_frames and time.monotonic() - t.t0 < u.trial_s:
+            return
+        rate = t.errors / max(1, t.frames)
+        if rate > u.trial_max_error_rate:
+            self._end_trial(False, f"error rate {rate:.0%} over {t.frames} frames")
+        else:
+            self._end_trial(True, "trial passed")
+
+    def _end_trial(self, ok: bool, reason: str) -> None:
+        """End the trial in memory; the update thread stores the outcome."""
+        self._trial = None
+        if ok:
+            self._retire(self._old)
+            self._old = None
+            self._post(FrameEvent(FrameEventKind.TRIAL_PASSED, reason))
+            return
+        bad, self.serving, self._old = self.serving, self._old, None
+        self._retire(bad)
+        log.error("trial failed (%s); rolling back", reason)
+        self._post(FrameEvent(FrameEventKind.TRIAL_FAILED, reason))
+
+    def _retire(self, bundle: LoadedBundle | None) -> None:
+        """Hand a bundle the frame loop no longer uses to the update thread, which closes it."""
+        if bundle is not None:
+            with self._lock:
+                self._retired.append(bundle)
+
+    def _post(self, event: FrameEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+        self.wake.set()
+
+    def _hand(self, swap: Swap) -> None:
+        with self._lock:
+            self._next = swap
+        self.wake.set()
+
+    # ---- update thread -------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """An update is in flight (staging, handed over, on trial, rolling back)."""
+        with self._lock:
+            handed = self._next is not None
+        return handed or self.machine.state not in AT_REST
+
+    def advance(self) -> None:
+        """Update thread: store what the frame loop did, close retired bundles, serve
+        operator rollbacks."""
+        with self._lock:
+            events, self._events = self._events, []
+            retired, self._retired = self._retired, []
+        m = self.machine
+        for ev in events:
+            if ev.kind is FrameEventKind.UPDATE_SWAPPED:
+                m.fire(Event.SWAPPED)
+                self.counters["updates"] += 1
+            elif ev.kind is FrameEventKind.TRIAL_PASSED:
+                m.fire(Event.TRIAL_PASSED)
+                m.fire(Event.COMMIT_DONE, apply=self.slots.commit_nosave)
+                log.info("committed %s v%s", m.record.bundle, m.record.version)
+                if self._rollback_req is not None:  # asked during the trial, which passed first
+                    req, self._rollback_req, self._abort_trial = self._rollback_req, None, None
+                    self._start_operator_rollback(req)
+            elif ev.kind is FrameEventKind.TRIAL_FAILED:
+                rec = m.record
+                m.fire(Event.TRIAL_FAILED, reason=f"trial failed: {ev.reason}")
+                m.finish_rollback()
+                self.counters["rollbacks"] += 1
+                self.last_error = f"{rec.bundle} v{rec.version} trial failed: {ev.reason}"
+                operator = ev.reason == OPERATOR_ROLLBACK
+                self.reports.add(
+                    ReportKind.ROLLED_BACK,
+                    "operator" if operator else "trial_failed",
+                    rec.bundle,
+                    rec.version,
+                    self.last_error,
+                )
+                self._answer_rollback(None)
+            elif ev.kind is FrameEventKind.ROLLBACK_SWAPPED:
+                self._answer_rollback(None)
+        for b in retired:
+            b.close()
+        while True:
+            try:
+                req = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            self._start_operator_rollback(req)
+
+    def update_to(self, name: str, version: int, fetcher: Fetcher) -> None:
+        """Install ``name`` ``version`` unless it is what runs, an update is in flight, it
+        failed a moment ago, or the slots refuse it (older, failed here before)."""
+        if self.machine.state not in AT_REST:
+            return  # one update at a time
+        act = self.slots.state.active
+        if act is not None:
+            info = self.slots.info(act)
+            if info.bundle == name and info.version == version:
+                return
+        retry_at = self._failed.get((name, version))
+        if retry_at is not None and time.monotonic() < retry_at:
+            return
+        try:
+            self.slots.check_version(name, version)
+        except UpdateError as e:
+            self.last_error = str(e)
+            self._back_off(name, version)
+            return
+        self._stage(name, version, fetcher)
+
+    def _back_off(self, name: str, version: int) -> None:
+        self._failed[(name, version)] = time.monotonic() + 10 * self.cfg.hub.poll_interval_s
+
+    def _check_space(self, manifest: Manifest, skipped: set[str]) -> None:
+        """Refuse before writing when the slot folder cannot hold the planned files."""
+        if not _testhooks.space_check_enabled():
+            return
+        # Files take whole blocks; the manifest and the skip list take one or two more.
+        sizes = [f.size for rel, f in manifest.files.items() if rel not in skipped]
+        need = sum(-(-n // _BLOCK) * _BLOCK for n in sizes) + _SPACE_MARGIN
+        free = self.slots.free_bytes()
+        if need > free:
+            raise UpdateError(
+                f"not enough space for {manifest.name} v{manifest.version}: needs "
+                f"{need} bytes, {free} free in {self.slots.root / 'slots'}"
+            )
+
+    def _fetch_into(self, fetcher: Fetcher, name: str, version: int, slot: SlotName) -> Any:
+        """Fetch (TUF) into ``slot``; fires FETCHED. Returns the fetch result."""
+        dest = self.slots.prepare_dir(slot)
+        reuse = [self.slots.active_dir] if self.slots.active_dir else []
+        res = fetcher.fetch(
+            name,
+            version,
+            dest,
+            reuse_dirs=reuse,
+            backend=self.cfg.inference.backend,
+            check_plan=self._check_space,
+        )
+        self.counters["bytes_downloaded"] += res.downloaded_bytes
+        self.machine.fire(Event.FETCHED)
+        return res
+
+    def _verify(self, slot: SlotName) -> None:
+        """Every file hashes as the signed manifest says; all of it flushed to disk."""
+        verify_bundle_dir(self.slots.dir(slot))
+        _fsync_tree(self.slots.dir(slot))
+
+    def _stage(self, name: str, version: int, fetcher: Fetcher) -> None:
+        """Fetch, verify, load and health-check in the inactive slot, then store the switch
+        and hand the loaded bundle to the frame loop. Each step is an install state stored
+        before it starts; any failure wipes the inactive slot (the active one was never
+        touched) and ends in ``failed``."""
+        m = self.machine
+        slot = self.slots.inactive()
+        m.start(name, version, slot, lambda: self.slots.begin_staging_nosave(name, version))
+        loaded: LoadedBundle | None = None
+        cause = "download"
+        try:
+            res = self._fetch_into(fetcher, name, version, slot)
+            cause = "verify"
+            self._verify(slot)
+            m.fire(Event.VERIFIED)
+            cause = "load_failed"
+            loaded = load_bundle(
+                self.slots.dir(slot), self.cfg.inference.backend, self.options, verify=False
+            )
+            m.fire(Event.LOADED)
+            cause = "health_check_failed"
+            run_health_check(loaded)
+            m.fire(Event.HEALTHY, apply=lambda: self.slots.mark_staged_nosave(slot))
+        except Exception as raw:  # any failure must end the update in ``failed``
+            if loaded is not None:
+                loaded.close()
+            e, why = _staging_error(raw, self.slots.dir(slot))
+            cause = why or cause
+            bad = _deterministic(e)
+            reason = f"{name} v{version} refused: {first_line(e)}"
+            m.fire(
+                Event.FAIL, apply=lambda: self.slots.discard_nosave(slot, bad=bad), reason=reason
+            )
+            self.counters["update_errors"] += 1
+            self.last_error = reason
+            self._back_off(name, version)
+            self.reports.add(ReportKind.UPDATE_FAILED, cause, name, version, reason)
+            log.error("update refused: %s", reason)
+            return
+        self.last_error = None
+        log.info(
+            "staged %s v%s in slot %s (%d fetched, %d reused, %d by delta, %d delta fallbacks, "
+            "%d bytes)",
+            name,
+            version,
+            slot,
+            res.fetched,
+            res.reused,
+            res.delta_files,
+            res.delta_fallbacks,
+            res.downloaded_bytes,
+        )
+        # Store the switch (slot active, on trial) first; the frame loop swaps at the next frame.
+        m.fire(Event.HANDED_OVER, apply=lambda: self.slots.activate_nosave(slot))
+        self._hand(Swap(SwapKind.UPDATE, loaded))
+
+    # ---- operator rollback ---------------------------------------------------------------
+
+    def request_rollback(self, timeout: float = 30.0) -> str:
+        """Control socket: roll back between two frames. Raises UpdateError."""
+        state = self.machine.state
+        if state not in AT_REST and state is not InstallState.TRIAL:
+            raise UpdateError(
+                f"an update is in progress ({state.value}); try again when it is done"
+            )
+        req = _RollbackRequest()
+        self._requests.put(req)
+        self.wake.set()
+        if not req.done.wait(timeout):
+            req.cancelled = True  # the update thread drops it if it has not started it yet
+            raise UpdateError(f"rollback did not finish within {timeout:.0f} s")
+        if req.error:
+            raise UpdateError(req.error)
+        return req.result
+
+    def _answer_rollback(self, error: str | None) -> None:
+        req, self._rollback_req = self._rollback_req, None
+        if req is None:
+            return
+        act = self.slots.state.active
+        info = self.slots.info(act) if act else None
+        req.answer(
+            error,
+            f"rolled back to {info.bundle} v{info.version} (slot {act})" if info else "",
+        )
+
+    def _start_operator_rollback(self, req: _RollbackRequest) -> None:
+        if req.cancelled:
+            return
+        if self._rollback_req is not None:
+            req.answer("a rollback is already in progress", "")
+            return
+        m = self.machine
+        if m.state is InstallState.TRIAL:
+            self._rollback_req = req
+            self._abort_trial = OPERATOR_ROLLBACK
+            return
+        try:
+            prev = m.begin_rollback(OPERATOR_ROLLBACK)
+        except UpdateError as e:
+            req.answer(str(e), "")
+            return
+        assert prev is not None
+        rec = m.record
+        try:
+            loaded = load_bundle(self.slots.dir(prev), self.cfg.inference.backend, self.options)
+        except LeanloopError as e:
+            m.fire(Event.FAIL, reason=f"previous bundle does not load: {first_line(e)}")
+            req.answer(f"cannot roll back: the previous bundle does not load: {e}", "")
+            return
+        m.finish_rollback()
+        self.counters["rollbacks"] += 1
+        self.reports.add(
+            ReportKind.ROLLED_BACK, "operator", rec.bundle, rec.version, OPERATOR_ROLLBACK
+        )
+        self._rollback_req = req
+        self._hand(Swap(SwapKind.ROLLBACK, loaded))
+
+    # ---- shadow candidates ---------------------------------------------------------------
+
+    def stage_candidate(self, name: str, version: int, fetcher: Fetcher) -> SlotName:
+        """Stage a shadow candidate in the inactive slot (fetched and verified through TUF, not
+        loaded: the shadow worker loads it in its own process) and store ``shadow_staged``.
+        A candidate already staged there (before a restart) is reused.
+
+        Raises UpdateError (an update is in flight, not newer, failed here before, network),
+        TrustError, BundleError (malformed: the version is marked bad)."""
+        slot = self.slots.inactive()
+        info = self.slots.info(slot)
+        if (info.status, info.bundle, info.version) == ("staged", name, version):
+            return slot
+        m = self.machine
+        if m.state not in AT_REST:
+            raise UpdateError(f"an update is in progress ({m.state.value})")
+        m.start(name, version, slot, lambda: self.slots.begin_staging_nosave(name, version))
+        try:
+            self._fetch_into(fetcher, name, version, slot)
+            self._verify(slot)
+        except Exception as raw:
+            e, _ = _staging_error(raw, self.slots.dir(slot))
+            bad = _deterministic(e)
+            m.fire(
+                Event.FAIL,
+                apply=lambda: self.slots.discard_nosave(slot, bad=bad),
+                reason=f"shadow candidate {name} v{version}: {first_line(e)}",
+            )
+            raise e from raw
+        m.fire(Event.PARKED, apply=lambda: self.slots.mark_staged_nosave(slot))
+        return slot
+
+    def promote(self, slot: SlotName, loaded: LoadedBundle) -> None:
+        """A promoted shadow candidate takes the normal install path.
+
+        The candidate is staged in the inactive ``slot`` and was loaded and health-checked by
+        the caller on the update thread. The machine records each of those steps as done,
+        stores the switch, and the frame loop swaps at the next frame: trial → commit, or
+        rollback, like any update. Raises UpdateError when an update is already in flight.
+        """
+        m = self.machine
+        info = self.slots.info(slot)
+        if info.status != "staged" or info.bundle is None or info.version is None:
+            raise UpdateError(f"shadow candidate slot {slot} holds no staged bundle")
+        m.start(info.bundle, info.version, slot, apply=lambda: None)
+        for ev in (Event.FETCHED, Event.VERIFIED, Event.LOADED):
+            m.fire(ev)
+        m.fire(Event.HEALTHY, apply=lambda: self.slots.mark_staged_nosave(slot))
+        m.fire(Event.HANDED_OVER, apply=lambda: self.slots.activate_nosave(slot))
+        self._hand(Swap(SwapKind.UPDATE, loaded))
+
+    # ---- status and shutdown -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The install part of ``status.json``."""
+        act = self.slots.state.active
+        prev = self.slots.state.previous
+        info = self.slots.info(act) if act else None
+        pinfo = self.slots.info(prev) if prev else None
+        rec = self.machine.record
+        try:
+            free: int | None = self.slots.free_bytes()
+        except OSError:
+            free = None
+        return {
+            "active": {
+                "slot": act,
+                "bundle": info.bundle,
+                "version": info.version,
+                "status": info.status,
+            }
+            if info
+            else None,
+            "previous": {"slot": prev, "bundle": pinfo.bundle, "version": pinfo.version}
+            if pinfo
+            else None,
+            "update_state": rec.state.value,
+            "install": {
+                "state": rec.state.value,
+                "bundle": rec.bundle,
+                "version": rec.version,
+                "crashes": rec.crashes,
+                "reason": rec.reason,
+            },
+            "slots_free_bytes": free,
+            "pending_reports": len(self.reports.pending()),
+            "last_update_error": self.last_error,
+        }
+
+    def close(self) -> None:
+        """Close the bundles still loaded (service shutdown, after the frame loop stopped)."""
+        with self._lock:
+            nxt, self._next = self._next, None
+            retired, self._retired = self._retired, []
+        for b in [self.serving, self._old, nxt.bundle if nxt else None, *retired]:
+            if b is not None:
+                b.close()
+        self.serving = self._old = None

@@ -1,0 +1,73 @@
+"""Session-wide real servers: a throwaway PostgreSQL cluster and an S3-compatible server.
+
+The hub tests run on the embedded backend (SQLite + a blob folder) unless
+``LEANLOOP_TEST_HUB=postgres`` asks for PostgreSQL + S3 (``hub_storage`` below); tests written
+for both backends take the ``hub_backend`` parameter. Where a server cannot start, the tests that
+need it skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hub.storage import S3Config
+from hub.testservers import PostgresCluster, S3Server, ServerUnavailable
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    try:
+        cluster = PostgresCluster().start()
+    except ServerUnavailable as e:
+        pytest.skip(f"PostgreSQL cannot run here: {e}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    try:
+        server = S3Server().start()
+    except ServerUnavailable as e:
+        pytest.skip(f"the S3 server cannot run here: {e}")
+    yield server
+    server.stop()
+
+
+def storage_fields(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """HubConfig fields for a backend: nothing (embedded), or a fresh database and bucket."""
+    if backend == "sqlite":
+        return {}
+    pg: PostgresCluster = request.getfixturevalue("pg_cluster")
+    s3: S3Server = request.getfixturevalue("s3_server")
+    return {
+        "database_url": pg.new_database(),
+        "s3": S3Config(
+            bucket=s3.create_bucket(),
+            endpoint_url=s3.url,
+            region="us-east-1",
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+        ),
+    }
+
+
+@pytest.fixture
+def hub_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Storage fields of the hub config the hub fixtures build (see module doc)."""
+    backend = os.environ.get("LEANLOOP_TEST_HUB", "sqlite")
+    if backend not in BACKENDS:
+        raise pytest.UsageError(f"LEANLOOP_TEST_HUB={backend!r}: expected one of {BACKENDS}")
+    return storage_fields(backend, request)
+
+
+@pytest.fixture(params=BACKENDS)
+def hub_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Storage fields for each backend in turn (tests that must pass on both)."""
+    return storage_fields(request.param, request)
