@@ -51,22 +51,35 @@ async def tuf_metadata(request: web.Request) -> web.Response:
 _RANGE_RE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")  # longer numbers: ignored (200)
 
 
-def _blob_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
-    """The one byte range ``[start, end)`` to send, or None for the whole blob.
+def parse_range(
+    range_header: str, if_range: str | None, size: int, etag: str
+) -> tuple[int, int] | None:
+    """The one byte range ``[start, end)`` to send of a ``size``-byte blob, or None for all of it.
 
     ``Range: bytes=a-[b]`` is honoured only if ``If-Range`` is absent or is the blob's own
     strong ETag (a device resuming a partial of some other content gets the whole blob, 200).
-    Any other range form (suffix, several ranges) is ignored: the whole blob is sent.
+    Any other range form (suffix, several ranges, numbers of over 18 digits) is ignored: the
+    whole blob is sent. Raises ValueError when the range starts at or past the end (416).
     """
-    m = _RANGE_RE.match(request.headers.get("Range", "").strip())
-    if_range = request.headers.get("If-Range")
+    m = _RANGE_RE.match(range_header.strip())
     if m is None or (if_range is not None and if_range.strip() != etag):
         return None
     start = int(m[1])
     end = min(size, int(m[2]) + 1) if m[2] else size
     if start >= size or end <= start:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        raise ValueError(f"range {range_header[:40]!r} is outside the {size} bytes")
     return start, end
+
+
+def _blob_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    try:
+        return parse_range(
+            request.headers.get("Range", ""), request.headers.get("If-Range"), size, etag
+        )
+    except ValueError:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{size}"}
+        ) from None
 
 
 @routes.get(f"{API}/tuf/targets/{{path:.+}}")

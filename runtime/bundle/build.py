@@ -37,7 +37,7 @@ from runtime.bundle.manifest import (
 from runtime.errors import BundleError, first_line
 from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
 
-__all__ = ["IGNORED_SOURCE_DIRS", "build_bundle"]
+__all__ = ["IGNORED_SOURCE_DIRS", "build_bundle", "parse_ontology"]
 
 IGNORED_SOURCE_DIRS = ("checkpoint",)
 _MODEL_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
@@ -53,6 +53,22 @@ def _read_yaml(path: Path, limit: int) -> Any:
         raise BundleError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
         raise BundleError(f"{path}: not readable YAML: {first_line(e)}") from e
+
+
+def parse_ontology(data: bytes, where: str = "ontology.yaml") -> Ontology:
+    """The ontology in YAML ``data`` (at most 256 KiB). Raises BundleError (one line)."""
+    if len(data) > MAX_ONTOLOGY_BYTES:
+        raise BundleError(f"{where}: larger than {MAX_ONTOLOGY_BYTES} bytes")
+    try:
+        raw = yaml.safe_load(data)
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. bad UTF-8, huge integers
+        raise BundleError(f"{where}: not readable YAML: {str(e).splitlines()[0]}") from e
+    try:
+        return Ontology.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(map(str, first["loc"]))
+        raise BundleError(f"{where}: {loc}: {first['msg']}".splitlines()[0]) from e
 
 
 def _copy_source(src: Path, out: Path) -> list[str]:
@@ -108,14 +124,13 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
 
     if not src.is_dir():
         raise BundleError(f"{src}: not a folder")
-    onto_raw = _read_yaml(src / "ontology.yaml", MAX_ONTOLOGY_BYTES)
+    onto_path = src / "ontology.yaml"
     try:
-        ontology = Ontology.model_validate(onto_raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise BundleError(
-            f"{src / 'ontology.yaml'}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from e
+        ontology = parse_ontology(read_bounded(onto_path, MAX_ONTOLOGY_BYTES), str(onto_path))
+    except FileNotFoundError as e:
+        raise BundleError(f"{onto_path}: missing") from e
+    except (OSError, TooLargeError) as e:
+        raise BundleError(f"{onto_path}: cannot read: {e}") from e
     pipe_path = src / "pipeline.yaml"
     try:
         spec = load_pipeline_spec(read_bounded(pipe_path, MAX_PIPELINE_BYTES), str(pipe_path))

@@ -30,6 +30,7 @@ __all__ = [
     "file_sha256",
     "inside",
     "load_bundle",
+    "parse_manifest",
     "read_manifest",
     "unlisted_files",
     "unneeded_files",
@@ -54,20 +55,31 @@ def file_sha256(path: Path) -> str:
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
-    """Parse ``manifest.json``. Raises BundleError with a one-line reason."""
+    """Read and parse ``manifest.json``. Raises BundleError with a one-line reason."""
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
-        data = json.loads(read_bounded(path, MAX_MANIFEST_BYTES))
+        data = read_bounded(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError as e:
         raise BundleError(f"{path}: no manifest.json") from e
     except (OSError, ValueError) as e:
-        raise BundleError(f"{path}: not readable JSON: {e}") from e
+        raise BundleError(f"{path}: not readable: {e}") from e
+    return parse_manifest(data, str(path))
+
+
+def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """The manifest in ``data`` (at most 1 MiB). Raises BundleError with a one-line reason."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        return Manifest.model_validate(data)
+        obj = json.loads(data)
+    except ValueError as e:  # also bad UTF-8 and integers of over 4300 digits
+        raise BundleError(f"{where}: not readable JSON: {e}") from e
+    try:
+        return Manifest.model_validate(obj)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise BundleError(f"{path}: {loc}: {first['msg']}") from e
+        raise BundleError(f"{where}: {loc}: {first['msg']}".splitlines()[0]) from e
 
 
 def inside(root: Path, rel: str) -> Path:

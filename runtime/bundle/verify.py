@@ -19,7 +19,7 @@ from runtime.bundle.loader import file_sha256, unlisted_files, verify_bundle_dir
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import TrustError
 
-__all__ = ["verify_offline"]
+__all__ = ["check_targets", "verify_offline"]
 
 
 def _load(path: Path, what: str) -> Metadata:
@@ -31,24 +31,45 @@ def _load(path: Path, what: str) -> Metadata:
         raise TrustError(f"{path}: not valid {what} metadata: {e}") from e
 
 
+def check_targets(root_md: Metadata[Root], data: bytes, now: datetime, where: str) -> Targets:
+    """The targets in ``data`` if they are targets metadata signed by a threshold of the root's
+    targets keys and not expired at ``now``. Raises TrustError (one line) otherwise."""
+    if len(data) > MAX_METADATA_BYTES:
+        raise TrustError(f"{where}: larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        md = Metadata.from_bytes(data)
+    except Exception as e:  # python-tuf wraps every parse failure in DeserializationError
+        raise TrustError(f"{where}: not valid targets metadata: {e}".splitlines()[0]) from e
+    if not isinstance(md.signed, Targets):
+        raise TrustError(f"{where}: is not targets metadata")
+    try:
+        root_md.signed.verify_delegate(Targets.type, md.signed_bytes, md.signatures)
+    except UnsignedMetadataError as e:
+        raise TrustError(f"{where}: signature does not verify against the root: {e}") from e
+    try:
+        expired = md.signed.is_expired(now)
+    except (ValueError, OverflowError) as e:
+        raise TrustError(f"{where}: bad expiry: {e}") from e
+    if expired:
+        raise TrustError(f"{where}: expired on {md.signed.expires:%Y-%m-%d}")
+    return md.signed
+
+
 def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None) -> Manifest:
     """Raise TrustError/BundleError with a one-line reason, or return the verified manifest."""
     bundle_dir = Path(bundle_dir)
     if targets_path is None:
         raise TrustError("no signed targets metadata given: pass --targets FILE")
     root_md = _load(Path(root_path), "root")
-    targets_md = _load(Path(targets_path), "targets")
     if not isinstance(root_md.signed, Root):
         raise TrustError(f"{root_path}: is not root metadata")
-    if not isinstance(targets_md.signed, Targets):
-        raise TrustError(f"{targets_path}: is not targets metadata")
     try:
-        root_md.signed.verify_delegate(Targets.type, targets_md.signed_bytes, targets_md.signatures)
-    except UnsignedMetadataError as e:
-        raise TrustError(f"{targets_path}: signature does not verify against the root: {e}") from e
-    now = datetime.now(UTC)
-    if targets_md.signed.is_expired(now):
-        raise TrustError(f"{targets_path}: expired on {targets_md.signed.expires:%Y-%m-%d}")
+        data = read_bounded(Path(targets_path), MAX_METADATA_BYTES)
+    except OSError as e:
+        raise TrustError(f"{targets_path}: cannot read targets: {e.strerror}") from e
+    except ValueError as e:
+        raise TrustError(str(e)) from e
+    targets = check_targets(root_md, data, datetime.now(UTC), str(targets_path))
     manifest = verify_bundle_dir(bundle_dir)
     extra = unlisted_files(bundle_dir, manifest)
     if extra:
@@ -58,7 +79,7 @@ def verify_offline(bundle_dir: Path, root_path: Path, targets_path: Path | None)
         )
     for rel in [MANIFEST_NAME, *manifest.files]:
         name = manifest.target_name(rel)
-        tf = targets_md.signed.targets.get(name)
+        tf = targets.targets.get(name)
         if tf is None:
             raise TrustError(f"{rel}: not a signed target ({name})")
         p = bundle_dir / rel
