@@ -7,6 +7,7 @@ and its own token, and tries to take over, re-key, replay or move another device
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ from typing import Any
 import pytest
 
 import hub.api.identity as identity_api
-from hub.testing import API
+from hub.app import create_app
+from hub.config import HubConfig
+from hub.testing import API, LiveHub
 from hub.testing import HubTestSession as Hub
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, HubError
+from runtime.hubclient import HubClient
 from runtime.identity import KEY_NAME, DeviceKey, refresh_message
-
-pytestmark = pytest.mark.asyncio
 
 
 async def _enroll(
@@ -77,6 +79,7 @@ async def _devices(hub: Hub) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("victim_has_key", [True, False])
+@pytest.mark.asyncio
 async def test_fleet_secret_cannot_take_over_an_enrolled_id_when_another_device_tries(
     hub: Hub, victim_has_key: bool
 ) -> None:
@@ -91,6 +94,7 @@ async def test_fleet_secret_cannot_take_over_an_enrolled_id_when_another_device_
     assert (await _devices(hub))["cam-1"]["cohort"] == "lab"  # nor moved to another cohort
 
 
+@pytest.mark.asyncio
 async def test_refresh_gives_a_new_token_only_to_the_registered_key_when_signed_fresh(
     hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,6 +124,7 @@ async def test_refresh_gives_a_new_token_only_to_the_registered_key_when_signed_
     assert (await _refresh(hub, "cam-1", me, challenge=stale))[0] == 401
 
 
+@pytest.mark.asyncio
 async def test_device_moves_to_a_new_key_only_when_its_current_key_signs_the_move(
     hub: Hub,
 ) -> None:
@@ -134,6 +139,7 @@ async def test_device_moves_to_a_new_key_only_when_its_current_key_signs_the_mov
 # ---- admin approve / reset ----------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_admin_approves_a_pending_key_when_a_device_lost_its_own(hub: Hub) -> None:
     lost, fresh = DeviceKey.generate(), DeviceKey.generate()
     old_token = (await _enroll(hub, "cam-1", lost))[1]["device_token"]
@@ -151,6 +157,7 @@ async def test_admin_approves_a_pending_key_when_a_device_lost_its_own(hub: Hub)
     assert resp.status == 404
 
 
+@pytest.mark.asyncio
 async def test_admin_reset_lets_the_id_enrol_afresh_and_revokes_the_old_token(hub: Hub) -> None:
     old = DeviceKey.generate()
     token = (await _enroll(hub, "cam-1", old, cohort="lab"))[1]["device_token"]
@@ -165,6 +172,7 @@ async def test_admin_reset_lets_the_id_enrol_afresh_and_revokes_the_old_token(hu
     assert (await _enroll(hub, "cam-1", DeviceKey.generate()))[0] == 409  # once only
 
 
+@pytest.mark.asyncio
 async def test_device_enrolled_without_a_key_registers_one_once_with_its_token(hub: Hub) -> None:
     token = (await _enroll(hub, "cam-1", None))[1]["device_token"]
     a, b = DeviceKey.generate(), DeviceKey.generate()
@@ -190,6 +198,7 @@ async def _mint(hub: Hub, **body: Any) -> dict[str, Any]:
     return dict(await resp.json())
 
 
+@pytest.mark.asyncio
 async def test_minted_secret_enrols_once_then_is_spent(hub: Hub) -> None:
     secret = (await _mint(hub, cohort="lab"))["secret"]
     assert (await _enroll(hub, "cam-1", DeviceKey.generate(), secret))[0] == 200
@@ -203,12 +212,14 @@ async def test_minted_secret_enrols_once_then_is_spent(hub: Hub) -> None:
     assert (await _enroll(hub, "cam-5", None, two))[0] == 401
 
 
+@pytest.mark.asyncio
 async def test_minted_secret_is_refused_when_it_expired(hub: Hub) -> None:
     secret = (await _mint(hub, ttl_s=0.05))["secret"]
     await asyncio.sleep(0.1)
     assert (await _enroll(hub, "cam-1", None, secret))[0] == 401
 
 
+@pytest.mark.asyncio
 async def test_minted_secret_is_spent_once_when_devices_race_for_its_last_use(hub: Hub) -> None:
     secret = (await _mint(hub))["secret"]
     results = await asyncio.gather(*(_enroll(hub, f"cam-{i}", None, secret) for i in range(8)))
@@ -218,6 +229,7 @@ async def test_minted_secret_is_spent_once_when_devices_race_for_its_last_use(hu
 # ---- the device's key file ----------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_device_key_is_made_once_0600_and_a_corrupt_one_is_refused(tmp_path: Path) -> None:
     key = DeviceKey.load_or_create(tmp_path)
     path = tmp_path / KEY_NAME
@@ -227,3 +239,43 @@ async def test_device_key_is_made_once_0600_and_a_corrupt_one_is_refused(tmp_pat
     path.write_bytes(b"not a key")
     with pytest.raises(ConfigError, match="not a PEM private key"):
         DeviceKey.load_or_create(tmp_path)
+
+
+@pytest.mark.asyncio
+async def test_only_minted_secrets_enrol_when_the_fleet_secret_is_turned_off(
+    aiohttp_client: Any, config: HubConfig, keys_dir: Path
+) -> None:
+    strict = config.model_copy(update={"fleet_enroll_secret": False})
+    hub = Hub(await aiohttp_client(create_app(strict)), strict, keys_dir)
+    assert (await _enroll(hub, "cam-1", DeviceKey.generate()))[0] == 401
+    secret = (await _mint(hub))["secret"]
+    assert (await _enroll(hub, "cam-1", DeviceKey.generate(), secret))[0] == 200
+
+
+def test_identity_cli_mints_approves_and_resets_when_run_against_a_live_hub(
+    live_hub: LiveHub,
+) -> None:
+    from typer.testing import CliRunner
+
+    from leanloop.cli import app
+
+    runner = CliRunner()
+    base = ["--hub", live_hub.url, "--token", live_hub.admin_token]
+    got = runner.invoke(app, ["identity", "mint-secret", *base, "--uses", "2", "--json"])
+    assert got.exit_code == 0, got.output
+    secret = json.loads(got.output)["secret"]
+    key, fresh = DeviceKey.generate(), DeviceKey.generate()
+    client = HubClient(live_hub.url, key=key, device_id="cam-1")
+    client.enroll("cam-1", secret, None)
+    other = HubClient(live_hub.url, key=fresh, device_id="cam-1")
+    with pytest.raises(HubError) as e:
+        other.enroll("cam-1", secret, None)  # a new key for an enrolled id: pending
+    assert e.value.http_status == 409
+    approved = runner.invoke(app, ["identity", "approve", "cam-1", *base])
+    assert approved.exit_code == 0 and fresh.public_b64 in approved.output
+    assert other.refresh()  # the approved key gets a token
+    assert runner.invoke(app, ["identity", "reset", "cam-1", *base]).exit_code == 0
+    missing = runner.invoke(app, ["identity", "reset", "nope", *base])
+    assert missing.exit_code == 1 and missing.output.startswith("error: ")
+    no_token = runner.invoke(app, ["identity", "reset", "cam-1", "--hub", live_hub.url])
+    assert no_token.exit_code == 2

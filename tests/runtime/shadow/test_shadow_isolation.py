@@ -135,3 +135,25 @@ def test_worker_runs_isolated_in_a_neutral_folder_when_the_service_runs_in_its_s
         assert argv[1:4] == [b"-I", b"-m", b"runtime.shadow.worker"]
     finally:
         runner.stop()
+
+
+def test_health_check_fails_when_a_listed_plugin_raises_on_the_golden_images(
+    tmp_path: Path, shadow_classifier: Path
+) -> None:
+    from runtime.bundle.health import run_health_check
+
+    bundle = build(tmp_path / "b", shadow_classifier, 2, plugin="raise_on_poison")
+    loaded = load_bundle(bundle)
+    run_health_check(loaded)  # the built plug-in passes on the golden images
+    loaded.close()
+    plugin = bundle / "plugins" / "shadow_plugins.py"
+    text = plugin.read_text().replace(
+        "    if _poison(image):\n        raise", "    if True:\n        raise"
+    )
+    _resign(bundle, lambda b: plugin.write_text(text), [])
+    loaded = load_bundle(bundle)
+    try:
+        with pytest.raises(BundleError, match=r"health check failed on golden/.*poison frame"):
+            run_health_check(loaded)
+    finally:
+        loaded.close()
