@@ -10,7 +10,6 @@ import re
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from hub.api._common import (
     API,
@@ -29,7 +28,10 @@ from hub.errors import (
     TooLarge,
 )
 from hub.storage import check_sha256
+from runtime._limits import MAX_MANIFEST_BYTES
+from runtime.bundle.loader import parse_manifest
 from runtime.bundle.manifest import Manifest
+from runtime.errors import BundleError
 
 log = logging.getLogger("leanloop.hub.tuf")
 
@@ -167,13 +169,15 @@ def _new_bundles(
         m = _MANIFEST_TARGET_RE.match(path)
         if m is None or known.get(path) == (sha256, _length):
             continue
+        if _length > MAX_MANIFEST_BYTES:  # checked before reading: parsing cost grows with size
+            raise BadRequest(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
         data = app[BLOBS].read(sha256)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise BadRequest(f"blob of {path} does not hash to its signed sha256")
         try:
-            manifest = Manifest.model_validate_json(data)
-        except ValidationError as e:
-            raise BadRequest(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from e
+            manifest = parse_manifest(data, path)
+        except BundleError as e:
+            raise BadRequest(f"{path} is not a valid manifest: {e}") from e
         if (manifest.name, str(manifest.version)) != (m.group(1), m.group(2)):
             raise BadRequest(f"{path} describes {manifest.name} version {manifest.version}")
         for rel, entry in manifest.files.items():
