@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 __all__ = [
     "MAX_CONFIG_BYTES",
@@ -20,13 +23,14 @@ __all__ = [
     "MAX_STATE_BYTES",
     "TooLargeError",
     "read_bounded",
+    "safe_yaml",
 ]
 
 MAX_MANIFEST_BYTES = 1 << 20  # manifest.json: thousands of files fit in a few hundred KiB
 MAX_METADATA_BYTES = 5_000_000  # TUF metadata: python-tuf's own default cap for targets.json
-MAX_ONTOLOGY_BYTES = 256 * 1024
+MAX_ONTOLOGY_BYTES = 128 * 1024
 MAX_EXPECTED_BYTES = 4 << 20  # golden/expected.json: full score vectors of every golden image
-MAX_CONFIG_BYTES = 256 * 1024  # the device config file
+MAX_CONFIG_BYTES = 64 * 1024  # the device config file
 MAX_STATE_BYTES = 4 << 20  # the device's own state files (slots, shadow report, time floor, ...)
 
 
@@ -46,3 +50,13 @@ def read_bounded(path: Path | str, limit: int) -> bytes:
     if len(data) > limit:  # it grew while we read it
         raise TooLargeError(f"{path}: larger than {limit} bytes")
     return data
+
+
+# libyaml's loader when PyYAML has it (about 7x faster than the pure-Python one on a flow list;
+# same safe subset of YAML), else the pure-Python safe loader.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def safe_yaml(data: bytes | str) -> Any:
+    """``yaml.safe_load`` with libyaml when available. Raises yaml.YAMLError (or ValueError)."""
+    return yaml.load(data, Loader=_SafeLoader)

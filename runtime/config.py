@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from runtime._limits import MAX_CONFIG_BYTES, TooLargeError, read_bounded
+from runtime._limits import MAX_CONFIG_BYTES, TooLargeError, read_bounded, safe_yaml
 from runtime.errors import ConfigError, first_line
 from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
@@ -334,7 +334,7 @@ def load_config(path: Path | None) -> DeviceConfig:
     if path is None:
         return DeviceConfig()
     try:
-        data = yaml.safe_load(read_bounded(path, MAX_CONFIG_BYTES)) or {}
+        data = safe_yaml(read_bounded(path, MAX_CONFIG_BYTES)) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
     except TooLargeError as e:

@@ -20,7 +20,13 @@ import yaml
 from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_bytes
-from runtime._limits import MAX_ONTOLOGY_BYTES, MAX_STATE_BYTES, TooLargeError, read_bounded
+from runtime._limits import (
+    MAX_ONTOLOGY_BYTES,
+    MAX_STATE_BYTES,
+    TooLargeError,
+    read_bounded,
+    safe_yaml,
+)
 from runtime._version import __version__
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import compute_expected
@@ -46,7 +52,7 @@ _GOLDEN_EXPECTED = "golden/expected.json"
 
 def _read_yaml(path: Path, limit: int) -> Any:
     try:
-        return yaml.safe_load(read_bounded(path, limit))
+        return safe_yaml(read_bounded(path, limit))
     except FileNotFoundError as e:
         raise BundleError(f"{path}: missing") from e
     except TooLargeError as e:
@@ -60,7 +66,7 @@ def parse_ontology(data: bytes, where: str = "ontology.yaml") -> Ontology:
     if len(data) > MAX_ONTOLOGY_BYTES:
         raise BundleError(f"{where}: larger than {MAX_ONTOLOGY_BYTES} bytes")
     try:
-        raw = yaml.safe_load(data)
+        raw = safe_yaml(data)
     except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. bad UTF-8, huge integers
         raise BundleError(f"{where}: not readable YAML: {str(e).splitlines()[0]}") from e
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.serialization import SerializationError
 
 from runtime._limits import MAX_METADATA_BYTES, read_bounded
 from runtime.bundle.loader import file_sha256, unlisted_files, verify_bundle_dir
@@ -43,7 +44,11 @@ def check_targets(root_md: Metadata[Root], data: bytes, now: datetime, where: st
     if not isinstance(md.signed, Targets):
         raise TrustError(f"{where}: is not targets metadata")
     try:
-        root_md.signed.verify_delegate(Targets.type, md.signed_bytes, md.signatures)
+        signed_bytes = md.signed_bytes
+    except SerializationError as e:  # found by fuzzing: parses, but has no canonical form
+        raise TrustError(f"{where}: not valid targets metadata: no canonical form") from e
+    try:
+        root_md.signed.verify_delegate(Targets.type, signed_bytes, md.signatures)
     except UnsignedMetadataError as e:
         raise TrustError(f"{where}: signature does not verify against the root: {e}") from e
     try:

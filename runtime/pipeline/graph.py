@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime._limits import safe_yaml
 from runtime.errors import PipelineError, first_line
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 PIPELINE_FORMAT = "leanloop.pipeline/1"
-MAX_PIPELINE_BYTES = 256 * 1024
+MAX_PIPELINE_BYTES = 64 * 1024
 """``pipeline.yaml`` larger than this is refused before it is parsed."""
 
 
@@ -249,7 +250,7 @@ def load_pipeline_spec(text: str | bytes, where: str = "pipeline.yaml") -> Pipel
     if len(text) > MAX_PIPELINE_BYTES:
         raise PipelineError(f"{where}: larger than {MAX_PIPELINE_BYTES // 1024} KiB")
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as e:
         raise PipelineError(f"{where}: not valid YAML: {first_line(e)}") from e
     return parse_pipeline_spec(data, where)

@@ -138,3 +138,18 @@ def test_parser_refuses_cleanly_when_one_field_of_a_valid_object_has_any_json_va
             TARGETS[name].run(_encode(name, obj))
 
     run()
+
+
+def test_tuf_targets_are_refused_when_they_parse_but_have_no_canonical_form() -> None:
+    """Found by atheris: a float in signed metadata parses, but canonical JSON has no floats,
+    so computing the signed bytes raised SerializationError instead of a TrustError."""
+    from runtime.bundle.verify import check_targets
+    from runtime.errors import TrustError
+
+    seed = json.loads(seeds("tuf_targets")[0])
+    seed["signed"]["x-extra"] = 1.5
+    from fuzz.targets import _NOW, _trusted_root
+
+    with pytest.raises(TrustError, match="no canonical form"):
+        check_targets(_trusted_root()[0], json.dumps(seed).encode(), _NOW, "targets.json")
+    TARGETS["tuf_targets"].run(json.dumps(seed).encode())
