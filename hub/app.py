@@ -7,10 +7,13 @@ signed offline, rolls a bundle version out to devices or a cohort, annotates the
 queue, and starts training jobs whose artifact is the next bundle source.
 
 Structure: this module is wiring only. ``create_app`` opens typed ``web.AppKey`` state in
-``cleanup_ctx`` (storage, TUF repository, tokens; the timestamp re-signing timer; the job runner),
-adds the two middlewares of :mod:`hub.middlewares` (errors outermost, then auth by path prefix)
-and the route table of each area in :mod:`hub.api` (one module per area: devices, uploads, tuf,
-fleet, shadow, samples, jobs). Every body is size-capped before it is read.
+``cleanup_ctx`` (storage — SQLite or PostgreSQL, a blob folder or bucket —, the TUF repository and
+tokens, shared with other replicas through the database; the leader election; the timestamp
+re-signing timer, the job runner and the rollout ticker, which act on the leader), adds the
+metrics middleware (:mod:`hub.metrics`, outermost) and the two of :mod:`hub.middlewares` (errors,
+then auth by path prefix and role) and the route table of each area in :mod:`hub.api` (one module
+per area: devices, uploads, tuf, fleet, shadow, samples, jobs, rollouts, tokens, ops). Every body
+is size-capped before it is read. :func:`run` serves HTTPS when the config names a certificate.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hub import web as web_page
 from hub.api import ROUTE_TABLES
 from hub.api._common import (
     ADMIN_TOKEN,
@@ -38,6 +43,8 @@ from hub.api._common import (
     MULTIPART_OVERHEAD,
     PUBLISH_LOCK,
     REPO,
+    SHARED,
+    TOUCHED,
     UNAUTH_SLOTS,
     UPLOAD_WRITERS,
     UPLOADS,
@@ -46,7 +53,9 @@ from hub.api._common import (
 from hub.config import HubConfig
 from hub.jobs import JobRunner
 from hub.leader import Leader
+from hub.metrics import METRICS, HubMetrics, metrics_middleware
 from hub.middlewares import auth_middleware, error_middleware
+from hub.replicas import START_LOCK_KEY, SharedFiles, cluster_lock
 from hub.repository import TufRepository
 from hub.rollouts.ticker import tick_all
 from hub.storage import Blobs, BlobStore, HubDB, PartialUploads, S3BlobStore, open_database
@@ -77,12 +86,34 @@ def _token_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def _open_shared_state(app: web.Application) -> None:
+    """Tokens and the TUF repository: from the data dir, created on first start. With replicas,
+    pulled from the database first and pushed back after, under a cluster-wide lock (see
+    :mod:`hub.replicas`). Blocking (runs in a thread)."""
+    cfg = app[CONFIG]
+    data = cfg.data_dir
+    shared = SharedFiles(app[DB], data) if cfg.database_url is not None else None
+    with cluster_lock(cfg.database_url, START_LOCK_KEY):
+        if shared is not None:
+            shared.pull()
+        app[ADMIN_TOKEN] = _token_file(data / "admin.token")
+        app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
+        app[REPO] = TufRepository.open(
+            data,
+            app[BLOBS].size,
+            cfg.keys_dir,
+            timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
+            snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
+        )
+        if shared is not None:
+            shared.push()
+            app[SHARED] = shared
+
+
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     data = cfg.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    app[ADMIN_TOKEN] = _token_file(data / "admin.token")
-    app[ENROLL_TOKEN] = _token_file(data / "enroll.token")
     blobs: Blobs
     if cfg.s3 is not None:
         s3 = S3BlobStore(cfg.s3, data / "blobs-tmp")
@@ -91,15 +122,9 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     else:
         blobs = BlobStore(data / "blobs")
     app[BLOBS] = blobs
-    app[REPO] = TufRepository.open(
-        data,
-        app[BLOBS].size,
-        cfg.keys_dir,
-        timestamp_expiry=timedelta(seconds=cfg.timestamp_expiry_s),
-        snapshot_expiry=timedelta(seconds=cfg.snapshot_expiry_s),
-    )
     database = open_database(cfg.database_url, data, cfg.db_threads)
     app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
+    await asyncio.to_thread(_open_shared_state, app)
     app[UPLOADS] = PartialUploads(data / "uploads")
     yield
     app[DB].close()
@@ -136,6 +161,8 @@ async def _timestamp_ctx(app: web.Application) -> AsyncIterator[None]:
             try:
                 if app[LEADER].is_leader and app[REPO].refresh_timestamp():
                     log.info("re-signed timestamp, now expiring %s", app[REPO].timestamp_expires)
+                    if SHARED in app:
+                        await asyncio.to_thread(app[SHARED].push)
             except Exception:  # keep trying: a stale timestamp is worse than a noisy log
                 log.exception("could not re-sign timestamp")
             await asyncio.sleep(app[CONFIG].timestamp_check_interval_s)
@@ -153,7 +180,7 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s
     )
     app[JOBS] = runner
-    await runner.start()
+    await runner.start(recover=app[LEADER].is_leader)
     yield
     await runner.stop()
 
@@ -164,14 +191,20 @@ def create_app(config: HubConfig) -> web.Application:
         config.max_targets_bytes,
         config.max_meta_bytes * 2 + config.max_image_bytes + MULTIPART_OVERHEAD,
     )
-    app = web.Application(client_max_size=cap, middlewares=[error_middleware, auth_middleware])
+    app = web.Application(
+        client_max_size=cap,
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+    )
+    app[METRICS] = HubMetrics()
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
     app[UNAUTH_SLOTS] = asyncio.Semaphore(config.max_unauthenticated)
+    app[TOUCHED] = {}
     app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
-    for table in ROUTE_TABLES:
+    for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)
+    web_page.add_static(app)
     return app
 
 
@@ -180,6 +213,23 @@ def create_app(config: HubConfig) -> web.Application:
 SERVER_ARGS: dict[str, Any] = {"lingering_time": 2.0}
 
 
+def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
+    """The server TLS context of ``tls_cert_file``/``tls_key_file`` (None: plain HTTP)."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return ctx
+
+
 def run(config: HubConfig) -> None:
-    """Serve the hub until interrupted."""
-    web.run_app(create_app(config), host=config.host, port=config.port, **SERVER_ARGS)
+    """Serve the hub until interrupted (HTTPS when the config names a certificate)."""
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        ssl_context=ssl_context(config),
+        access_log=None,  # hub.metrics logs each request at debug level
+        **SERVER_ARGS,
+    )

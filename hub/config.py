@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hub.storage.blobs_s3 import S3Config
 
-__all__ = ["HubConfig"]
+__all__ = ["HubConfig", "load_hub_config"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -31,6 +33,12 @@ class HubConfig(BaseModel):
     )
     s3: S3Config | None = Field(
         default=None, description="blobs in an S3-compatible bucket; none: <data>/blobs"
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain) to serve HTTPS; with tls_key_file"
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="PEM private key of the certificate"
     )
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=8470, ge=0, le=65535, description="TCP port (0: any free port)")
@@ -82,8 +90,54 @@ class HubConfig(BaseModel):
     job_timeout_s: float | None = Field(
         default=None, gt=0, description="kill a training job after this long (None: never)"
     )
+    web_session_ttl_s: float = Field(
+        default=8 * 3600, gt=0, description="the web page's session ends after this long idle"
+    )
+    web_claim_ttl_s: float = Field(
+        default=15 * 60, gt=0, description="an annotator's claim (lock) on a sample runs out after"
+    )
+    require_blessing: bool = Field(
+        default=False,
+        description="refuse to publish or roll out a bundle without a replay blessing unless "
+        "forced with a reason (written to the audit log)",
+    )
+    history_retention_s: float = Field(
+        default=90 * 86400, gt=0, description="how long the devices' prediction metadata is kept"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HubConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
+
     max_blob_bytes: int = Field(default=2048 * MiB, gt=0, description="cap of one uploaded blob")
     max_targets_bytes: int = Field(default=8 * MiB, gt=0, description="cap of targets metadata")
     max_heartbeat_bytes: int = Field(default=64 * KiB, gt=0, description="cap of a heartbeat")
     max_meta_bytes: int = Field(default=256 * KiB, gt=0, description="cap of a sample's meta")
     max_image_bytes: int = Field(default=4 * MiB, gt=0, description="cap of a sample's image")
+    max_dataset_bytes: int = Field(
+        default=1024 * MiB,
+        gt=0,
+        description="cap of an imported dataset archive, and of its unpacked size",
+    )
+
+
+def load_hub_config(path: Path | None, overrides: dict[str, Any]) -> HubConfig:
+    """A HubConfig from a YAML file (if given) with ``overrides`` on top. Raises ValueError with
+    a one-line reason (file unreadable, not YAML, unknown or bad field)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"{path}: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of HubConfig fields")
+        data = loaded
+    try:
+        return HubConfig.model_validate({**data, **overrides})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ValueError(f"{path or 'hub config'}: {where}: {first['msg']}") from e

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -13,6 +15,7 @@ from hub.api._common import (
     API,
     DB,
     IDENTITY,
+    TOUCHED,
     UNAUTH_SLOTS,
     Identity,
     hash_token,
@@ -25,6 +28,7 @@ from hub.errors import (
     HubHTTPError,
     RequestTimeout,
 )
+from hub.storage import HubDB
 from runtime.errors import LeanloopError
 
 log = logging.getLogger("leanloop.hub.middlewares")
@@ -36,10 +40,32 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
     (f"{API}/device/challenge", frozenset()),  # answered by the device's key, not a token
     (f"{API}/device/refresh", frozenset()),
+    ("/healthz", frozenset()),  # load balancers probe it without a token
+    ("/metrics", frozenset()),  # Prometheus scrapes it (keep it on a private network)
+    ("/ui/", frozenset()),  # the web page checks its own session cookie (hub/web/session.py)
+    ("/ui", frozenset()),
     (f"{API}/device/", frozenset({"device"})),
     (f"{API}/tuf/", frozenset({"device", "admin"})),
-    (f"{API}/admin/", frozenset({"admin"})),
+    (f"{API}/admin/", frozenset({"admin", "annotator", "viewer"})),
 )
+_READ = frozenset({"GET", "HEAD"})
+# An annotator works on samples and annotations only (reading and writing them).
+_ANNOTATOR_PREFIXES = (f"{API}/admin/samples", f"{API}/admin/annotations", f"{API}/admin/feedback")
+_ADMIN_ONLY_PREFIXES = (f"{API}/admin/tokens",)
+
+
+def _role_allows(who: Identity, method: str, path: str) -> bool:
+    """Roles under ``/admin/``: admin anything; viewer reads (not tokens); annotator samples and
+    annotations."""
+    if who.kind == "admin":
+        return True
+    if path.startswith(_ADMIN_ONLY_PREFIXES):
+        return False
+    if who.kind == "viewer":
+        return method in _READ
+    if who.kind == "annotator":
+        return path.startswith(_ANNOTATOR_PREFIXES)
+    return True  # devices: the prefix policy decided
 
 
 async def _identify(request: web.Request) -> Identity:
@@ -52,11 +78,23 @@ async def _identify(request: web.Request) -> Identity:
         raise AuthError("unknown token")
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
         return Identity("admin")
+    db = request.app[DB]
     digest = hash_token(token)
-    found = await request.app[DB].call(request.app[DB].device_by_token_hash, digest)
+    found, named = await db.call(_lookup, db, digest)  # one trip to the database's threads
     if found is not None and hmac.compare_digest(digest, found[1]):
         return Identity("device", found[0])
+    if named is not None and hmac.compare_digest(digest, named[2]):
+        return Identity(named[1], name=named[0])
     raise AuthError("unknown token")
+
+
+def _lookup(db: HubDB, digest: str) -> tuple[Any, Any]:
+    found = db.device_by_token_hash(digest)
+    return found, (db.api_token_by_hash(digest) if found is None else None)
+
+
+_TOUCH_EVERY_S = 30.0  # last_seen is minutes-grained news; a write per request is not worth it
+_HEARTBEAT = f"{API}/device/heartbeat"  # writes last_seen with the status itself
 
 
 @web.middleware
@@ -79,11 +117,15 @@ async def auth_middleware(
             return await handler(request)
     if allowed:
         who = await _identify(request)
-        if who.kind not in allowed:
+        if who.kind not in allowed or not _role_allows(who, request.method, request.path):
             raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
         request[IDENTITY] = who
-        if who.device_id is not None:
-            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
+        if who.device_id is not None and request.path != _HEARTBEAT:
+            touched = request.app[TOUCHED]
+            now = time.monotonic()
+            if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
+                touched[who.device_id] = now
+                await request.app[DB].call(request.app[DB].touch_device, who.device_id)
     return await handler(request)
 
 

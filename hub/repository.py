@@ -101,6 +101,7 @@ class TufRepository:
 
         Raises ConfigError if root metadata or an online key is missing or does not match.
         """
+        self._args = (tuf_dir, online_keys_dir, blob_size, timestamp_expiry, snapshot_expiry)
         self._dir = Path(tuf_dir)
         self._blob_size = blob_size
         self._timestamp_expiry = timestamp_expiry
@@ -204,6 +205,10 @@ class TufRepository:
         # 1.root.json last: its presence is what marks the repository as initialized.
         for version in [*range(2, len(chain) + 1), 1]:
             atomic_write_bytes(tuf_dir / f"{version}.root.json", chain[version - 1])
+
+    def reload(self) -> None:
+        """Read the repository from disk again (another hub replica changed it)."""
+        TufRepository.__init__(self, *self._args)
 
     # -- reading -------------------------------------------------------------------------------
 

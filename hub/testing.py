@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 
-from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, SERVER_ARGS, create_app
+from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, SERVER_ARGS, create_app, ssl_context
 from hub.config import HubConfig
 from hub.signing import TargetAddition, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME
@@ -155,7 +155,7 @@ class LiveHub:
         runner = web.AppRunner(self.app, **SERVER_ARGS)
         try:
             self._loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context(self.config))
             self._loop.run_until_complete(site.start())
             self.port = runner.addresses[0][1]
         except BaseException as e:
@@ -180,7 +180,8 @@ class LiveHub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.config.tls_cert_file is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def admin_token(self) -> str:

@@ -26,6 +26,8 @@ from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
 from runtime.sampling.rare_class import RareClassOptions
 from runtime.sampling.rules import RulesOptions
+from runtime.sinks import AnySinkSettings
+from runtime.sources import AnySourceSettings, FolderSourceSettings
 
 __all__ = [
     "ClassQuota",
@@ -33,6 +35,7 @@ __all__ = [
     "DownloadSettings",
     "HubSettings",
     "InferenceSettings",
+    "MetricsSettings",
     "SamplingSettings",
     "ShadowSettings",
     "SinkSettings",
@@ -50,6 +53,11 @@ class _Strict(BaseModel):
 
 class HubSettings(_Strict):
     url: str | None = Field(default=None, description="hub base URL; none: run offline")
+    fallback_urls: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="other replicas of the same hub, tried in turn when the current one is down",
+    )
     enroll_token: str | None = Field(default=None, description="fleet enrollment secret")
     enroll_token_file: Path | None = Field(default=None, description="file holding the secret")
     cohort: str | None = Field(default=None, description="cohort to join at enrollment")
@@ -57,12 +65,9 @@ class HubSettings(_Strict):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
-class SourceSettings(_Strict):
-    type: Literal["folder"] = "folder"
-    path: Path = Field(default=Path("/var/lib/leanloop/inbox"), description="image folder")
-    pattern: str = Field(default="*", description="glob of frame files, in name order")
-    poll_interval_s: float = Field(default=0.2, gt=0)
-    fps_limit: float = Field(default=0.0, ge=0, description="0: as fast as frames come")
+# The frame source: one settings model per source type, in runtime/sources/ (``type`` picks
+# one; no ``type`` means ``folder``). ``SourceSettings`` is the folder source's, as before.
+SourceSettings = FolderSourceSettings
 
 
 class SinkSettings(_Strict):
@@ -71,8 +76,35 @@ class SinkSettings(_Strict):
 
 
 class InferenceSettings(_Strict):
-    backend: str = Field(default="onnxruntime", description="onnxruntime | openvino | litert")
+    backend: list[str] = Field(
+        default_factory=lambda: ["onnxruntime", "litert", "openvino"],
+        description="engines in order of preference (onnxruntime, openvino, litert; one name "
+        "is a list of one): each model runs on the first that is installed and has a file "
+        "for it, unless its stage pins an engine",
+    )
     threads: int = Field(default=0, ge=0, description="engine threads; 0: engine default")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from runtime.bundle.engines import preference
+        from runtime.errors import BackendError
+
+        try:
+            return list(preference(v))
+        except BackendError as e:
+            raise ValueError(str(e)) from None
+
+    max_frame_pixels: int = Field(
+        default=8192 * 8192,
+        gt=0,
+        description="a frame whose header declares more pixels is refused before decoding",
+    )
 
 
 class ClassQuota(_Strict):
@@ -310,6 +342,18 @@ class ShadowSettings(_Strict):
     )
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics (``leanloop device metrics`` reads them through the control socket)."""
+
+    textfile: Path | None = Field(
+        default=None,
+        description="also write them to this file for node_exporter's textfile collector "
+        "(e.g. <state_dir>/metrics/leanloop.prom; outside the state folder the unit needs "
+        "ReadWritePaths=); none: no file",
+    )
+    interval_s: float = Field(default=15.0, gt=0, description="how often the textfile is written")
+
+
 class DeviceConfig(_Strict):
     """``leanloop device run --config FILE``."""
 
@@ -317,8 +361,14 @@ class DeviceConfig(_Strict):
     state_dir: Path = Field(default=Path("/var/lib/leanloop"))
     root: Path | None = Field(default=None, description="pinned TUF root.json of the fleet")
     hub: HubSettings = Field(default_factory=HubSettings)
-    source: SourceSettings = Field(default_factory=SourceSettings)
+    source: AnySourceSettings = Field(
+        default_factory=FolderSourceSettings,
+        description="where frames come from: folder | video | rtsp | mjpeg | v4l2",
+    )
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    sinks: list[AnySinkSettings] = Field(
+        default_factory=list, description="more places results go: webhook, mqtt"
+    )
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
@@ -327,6 +377,7 @@ class DeviceConfig(_Strict):
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     status_interval_s: float = Field(default=1.0, gt=0)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 def load_config(path: Path | None) -> DeviceConfig:

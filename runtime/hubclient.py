@@ -53,12 +53,16 @@ class HubClient:
         key: DeviceKey | None = None,
         device_id: str | None = None,
         on_token: Callable[[str], None] | None = None,
+        fallback_urls: list[str] | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/")  # the hub the token belongs to (device.json names it)
         self.token = token
         self.key = key
         self.device_id = device_id
         self.on_token = on_token  # persists a token a refresh brought
+        # Hub replicas to try in turn when the current one is unreachable or answers 502-504.
+        self._urls = [self.url, *(u.rstrip("/") for u in fallback_urls or [])]
+        self._current = 0
         # The last answer of GET /device/desired (it also carries the shadow candidate).
         self.last_desired = Desired()
         self._http = urllib3.PoolManager(
@@ -77,8 +81,10 @@ class HubClient:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
+        """One request (see :meth:`_request_any`); a 401 makes the client get a new token with
+        its device key and send the request once more (a streamed body is not sent again)."""
         try:
-            return self._request_once(method, path, **dict(kw))
+            return self._request_any(method, path, **dict(kw))
         except HubError as e:
             body = kw.get("body")
             if (
@@ -91,15 +97,28 @@ class HubClient:
             self.refresh()
             if body is not None and not isinstance(body, str | bytes):
                 raise  # a streamed body cannot be sent again; the caller retries later
-            return self._request_once(method, path, **kw)
+            return self._request_any(method, path, **dict(kw))
 
-    def _request_once(self, method: str, path: str, **kw: Any) -> Any:
-        url = f"{self.url}/api/v1{path}"
+    def _request_any(self, method: str, path: str, **kw: Any) -> Any:
+        """One request; with fallback URLs, a hub that is down or answers 502-504 is retried
+        once on the next one, which then stays current."""
+        for attempt in range(len(self._urls)):
+            try:
+                return self._request_one(self._urls[self._current], method, path, **dict(kw))
+            except HubError as e:
+                down = e.http_status is None or e.http_status in (502, 503, 504)
+                if not down or attempt + 1 == len(self._urls) or "answer cut" in str(e):
+                    raise
+                self._current = (self._current + 1) % len(self._urls)
+        raise AssertionError("unreachable")
+
+    def _request_one(self, base: str, method: str, path: str, **kw: Any) -> Any:
+        url = f"{base}/api/v1{path}"
         headers = {**self._headers(), **kw.pop("headers", {})}
         try:
             r = self._http.request(method, url, headers=headers, preload_content=False, **kw)
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise HubError(f"hub {self.url} unreachable: {type(e).__name__}: {e}") from e
+            raise HubError(f"hub {base} unreachable: {type(e).__name__}: {e}") from e
         try:
             body = r.read(_MAX_JSON_RESPONSE + 1, decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -287,6 +306,20 @@ class HubClient:
         if status != "stored":
             raise HubError(f"feedback on {sample_id}: unexpected hub answer {data!r}"[:200])
         return "stored"
+
+    def post_predictions(self, body: bytes) -> int:
+        """Send one gzip-compressed batch of prediction metadata; return how many it held."""
+        data = self._request(
+            "POST",
+            "/device/predictions",
+            body=body,
+            headers={"Content-Type": "application/gzip"},
+            retries=False,  # one request, one charge to the budget; the uploader retries
+        )
+        received = data.get("received") if isinstance(data, dict) else None
+        if not isinstance(received, int):
+            raise HubError(f"predictions: unexpected hub answer {data!r}"[:200])
+        return received
 
     def close(self) -> None:
         self._http.clear()

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,26 @@ class BundleFetcher:
         self.time_floor = TimeFloor(
             time_floor if time_floor is not None else self.metadata_dir.parent / "time_floor.json"
         )
+        # The fetch in progress (for ``status``): bundle, bytes to fetch at most, start.
+        self._current: tuple[str, int, int, float, int] | None = None
+
+    def progress(self) -> dict[str, Any] | None:
+        """The bundle being fetched: bytes received of ``total_bytes`` (the files it runs, at full
+        size: reused files and deltas make it finish early), percent, bytes/s; or None."""
+        cur = self._current
+        if cur is None:
+            return None
+        name, version, total, t0, before = cur
+        got = max(0, self.downloader.stats.bytes_received - before)
+        took = max(1e-6, time.monotonic() - t0)
+        return {
+            "bundle": name,
+            "version": version,
+            "bytes": got,
+            "total_bytes": total,
+            "percent": round(100.0 * min(got, total) / total, 1) if total else None,
+            "rate_bps": round(got / took, 1),
+        }
 
     def set_token(self, token: str | None) -> None:
         """Send ``token`` from now on (the device refreshed it)."""
@@ -243,14 +264,16 @@ class BundleFetcher:
         version: int,
         dest: Path,
         reuse_dirs: list[Path] | None = None,
-        backend: str | None = None,
+        backend: str | Sequence[str] | None = None,
         check_plan: Callable[[Manifest, set[str]], None] | None = None,
     ) -> FetchResult:
         """Download bundle ``name`` ``version`` into the empty folder ``dest``.
 
-        With ``backend`` set, model files of other engine formats are not downloaded (they are
-        listed in ``.skipped.json``); every other file is. ``check_plan(manifest, skipped)`` runs
-        once the signed manifest is known and before any file is written (the free-space check).
+        With ``backend`` set (the device's engine preference), model files that no planned
+        engine reads are not downloaded (they are listed in ``.skipped.json``; see
+        :func:`~runtime.bundle.loader.unneeded_files`); every other file is.
+        ``check_plan(manifest, skipped)`` runs once the signed manifest is known and before any
+        file is written (the free-space check).
 
         Raises TrustError (metadata or a file does not verify), UpdateError (not published,
         network), BundleError (manifest malformed or inconsistent with signed metadata).
@@ -281,6 +304,8 @@ class BundleFetcher:
                 check_plan(manifest, skip)
             if skip:
                 atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
+            planned = sum(e.size for rel, e in manifest.files.items() if rel not in skip)
+            self._current = (name, version, planned, time.monotonic(), body_before)
             for rel, entry in sorted(manifest.files.items()):
                 ti = up.get_targetinfo(manifest.target_name(rel))
                 if ti is None:
@@ -314,6 +339,8 @@ class BundleFetcher:
             raise UpdateError(f"download failed: {type(e).__name__}: {e}") from e
         except BundleError as e:
             raise TrustError(f"signed manifest is invalid: {e}") from e
+        finally:
+            self._current = None
         received = fetcher.bytes_received + self.downloader.stats.bytes_received - body_before
         return FetchResult(manifest, received, reused, fetched, delta_files, delta_fallbacks)
 

@@ -71,3 +71,9 @@ def hub_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
 def hub_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Storage fields for each backend in turn (tests that must pass on both)."""
     return storage_fields(request.param, request)
+
+
+@pytest.fixture
+def replica_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """PostgreSQL + S3 storage fields (tests of several hub replicas)."""
+    return storage_fields("postgres", request)

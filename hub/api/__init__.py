@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import devices, fleet, identity, jobs, rollouts, samples, shadow, tuf, uploads
+from hub.api import (
+    datasets,
+    devices,
+    fleet,
+    history,
+    identity,
+    jobs,
+    ontologies,
+    ops,
+    replay,
+    rollouts,
+    samples,
+    shadow,
+    tokens,
+    tuf,
+    uploads,
+)
 
 __all__ = ["ROUTE_TABLES"]
 
@@ -18,4 +34,10 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     samples.routes,
     jobs.routes,
     rollouts.routes,
+    tokens.routes,
+    ops.routes,
+    datasets.routes,
+    ontologies.routes,
+    replay.routes,
+    history.routes,
 )

@@ -23,6 +23,7 @@ from hub.errors import (
 )
 from hub.jobs import JobRunner
 from hub.leader import Leader
+from hub.replicas import SharedFiles
 from hub.repository import TufRepository
 from hub.storage import Blobs, HubDB, PartialUploads
 from runtime.errors import first_line
@@ -37,10 +38,12 @@ BLOBS = web.AppKey("blobs", Blobs)
 REPO = web.AppKey("repo", TufRepository)
 JOBS = web.AppKey("jobs", JobRunner)
 LEADER = web.AppKey("leader", Leader)
+SHARED = web.AppKey("shared", SharedFiles)  # only with hub replicas (PostgreSQL)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
 UPLOADS = web.AppKey("uploads", PartialUploads)
+TOUCHED = web.AppKey("touched", dict)  # device id -> when its last_seen was last written
 UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
 UNAUTH_SLOTS = web.AppKey("unauth_slots", asyncio.Semaphore)  # requests without a token
 
@@ -49,18 +52,29 @@ NAME_RE = re.compile(NAME_PATTERN)
 CHUNK = 64 * 1024
 MULTIPART_OVERHEAD = 16 * 1024
 
-TokenKind = Literal["admin", "device"]
+TokenKind = Literal["admin", "annotator", "viewer", "device"]
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who is calling: the admin, or one device."""
+    """Who is calling: a person or script with a role (the bootstrap admin token, or a named
+    token), or one device."""
 
     kind: TokenKind
     device_id: str | None = None
+    name: str | None = None  # the named token's name (None: the bootstrap admin token)
 
 
 IDENTITY = web.RequestKey("identity", Identity)
+
+
+def caller_name(request: web.Request, claimed: str | None = None) -> str:
+    """Who to write in a record: the named token's name, else what the caller says, else the
+    role (the bootstrap admin token has no name)."""
+    who = request.get(IDENTITY)
+    if who is not None and who.name:
+        return who.name
+    return claimed or (who.kind if who is not None else "unknown")
 
 
 def hash_token(token: str) -> str:

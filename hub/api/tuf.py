@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +21,8 @@ from hub.api._common import (
     DB,
     PUBLISH_LOCK,
     REPO,
+    SHARED,
+    caller_name,
     read_capped,
     read_parts,
 )
@@ -27,10 +31,12 @@ from hub.errors import (
     NotFound,
     TooLarge,
 )
+from hub.replay.blessing import check_release
+from hub.replicas import PUBLISH_LOCK_KEY, cluster_lock_async
 from hub.storage import check_sha256
 from runtime._limits import MAX_MANIFEST_BYTES
 from runtime.bundle.loader import parse_manifest
-from runtime.bundle.manifest import Manifest
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import BundleError
 
 log = logging.getLogger("leanloop.hub.tuf")
@@ -43,9 +49,35 @@ _STREAM = 1024 * 1024  # bytes read from the blob store per step (one S3 range r
 # -- TUF ----------------------------------------------------------------------------------------
 
 
+async def fresh_repo(app: web.Application) -> None:
+    """With hub replicas: take in what another replica published or re-signed (see
+    :mod:`hub.replicas`); a no-op on one hub."""
+    shared = app.get(SHARED)
+    if shared is not None and await asyncio.to_thread(shared.stale):
+        await asyncio.to_thread(shared.pull)
+        await asyncio.to_thread(app[REPO].reload)
+
+
+async def shared_changed(app: web.Application) -> None:
+    """With hub replicas: store what this replica changed for the others."""
+    shared = app.get(SHARED)
+    if shared is not None:
+        await asyncio.to_thread(shared.push)
+
+
+@contextlib.asynccontextmanager
+async def publish_lock(app: web.Application) -> AsyncIterator[None]:
+    """One publish at a time in this process and, with replicas, across them; fresh state."""
+    async with app[PUBLISH_LOCK], cluster_lock_async(app[CONFIG].database_url, PUBLISH_LOCK_KEY):
+        await fresh_repo(app)
+        yield
+        await shared_changed(app)
+
+
 @routes.get(f"{API}/tuf/metadata/{{file}}")
 async def tuf_metadata(request: web.Request) -> web.Response:
     """Signed metadata: ``timestamp.json`` or ``<version>.<role>.json``."""
+    await fresh_repo(request.app)
     data = request.app[REPO].metadata_bytes(request.match_info["file"])
     return web.Response(body=data, content_type="application/json")
 
@@ -92,6 +124,7 @@ async def tuf_target(request: web.Request) -> web.StreamResponse:
     206 with the rest of it (aiohttp's FileResponse keys its ETag on mtime and reads If-Range
     only as a date, so blobs are streamed here instead).
     """
+    await fresh_repo(request.app)
     sha256, _ = request.app[REPO].target_blob(request.match_info["path"])
     blobs = request.app[BLOBS]
     size = await asyncio.to_thread(blobs.size, sha256)
@@ -128,6 +161,7 @@ async def tuf_target(request: web.Request) -> web.StreamResponse:
 @routes.get(f"{API}/admin/tuf/targets")
 async def current_targets(request: web.Request) -> web.Response:
     """The current signed targets metadata, for the admin to extend and re-sign."""
+    await fresh_repo(request.app)
     data = request.app[REPO].current_targets_bytes()
     if data is None:
         raise NotFound("no targets metadata yet; the first publish signs version 1")
@@ -193,11 +227,21 @@ async def post_targets(request: web.Request) -> web.Response:
     """Accept new targets metadata signed offline; record any new bundle versions."""
     app = request.app
     data = await read_capped(request, app[CONFIG].max_targets_bytes, "targets metadata")
-    async with app[PUBLISH_LOCK]:
-        md = app[REPO].verify_targets(data)
+    async with publish_lock(app):
+        # Blob lookups (S3 round trips with an object store) run off the event loop.
+        md = await asyncio.to_thread(app[REPO].verify_targets, data)
         targets = {p: (t.hashes["sha256"], t.length) for p, t in md.signed.targets.items()}
-        bundles = _new_bundles(app, targets)
-        version = app[REPO].accept_targets(data)
+        bundles = await asyncio.to_thread(_new_bundles, app, targets)
+        await app[DB].call(
+            check_release,
+            app[DB],
+            app[CONFIG].require_blessing,
+            [(m.name, m.version, targets[m.target_name(MANIFEST_NAME)][0]) for m, _ in bundles],
+            "publish",
+            request.query.get("force_reason"),
+            caller_name(request, request.query.get("who")),
+        )
+        version = await asyncio.to_thread(app[REPO].accept_targets, data)
         for manifest, raw in bundles:
             await app[DB].call(app[DB].add_bundle, manifest.name, manifest.version, raw)
             log.info("bundle %s version %s published", manifest.name, manifest.version)
@@ -222,7 +266,7 @@ async def post_root(request: web.Request) -> web.Response:
     }
     parts = await read_parts(request, caps, {"root"})
     keys = {n.removesuffix(".key"): parts[n] for n in _ROOT_PARTS[2:] if n in parts}
-    async with app[PUBLISH_LOCK]:
+    async with publish_lock(app):
         version = app[REPO].accept_root(parts["root"], parts.get("targets"), keys or None)
     log.info("serving root version %s", version)
     return web.json_response({"version": version})

@@ -31,6 +31,7 @@ __all__ = [
     "BackendOptions",
     "available_backends",
     "load_backend",
+    "unavailable_reason",
 ]
 
 REGISTRY: dict[str, str] = {
@@ -68,6 +69,18 @@ def load_backend(name: str, path: Path | str, options: BackendOptions | None = N
     """
     backend: Backend = _module(name).load(Path(path), options or BackendOptions())
     return backend
+
+
+def unavailable_reason(name: str) -> str | None:
+    """None when backend ``name`` can be used here, else why not. Raises BackendError for an
+    unknown name."""
+    if name not in REGISTRY:
+        _module(name)  # raises the "unknown backend" error
+    try:
+        reason: str | None = _module(name).unavailable_reason()
+    except BackendError as e:
+        reason = str(e)
+    return reason
 
 
 def available_backends() -> dict[str, str | None]:

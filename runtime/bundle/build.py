@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from runtime._limits import (
 )
 from runtime._version import __version__
 from runtime.backends.base import BackendOptions
+from runtime.bundle.engines import engine_for_format, stage_pins
 from runtime.bundle.health import compute_expected
 from runtime.bundle.loader import file_sha256, load_bundle
 from runtime.bundle.manifest import (
@@ -106,17 +108,21 @@ def build_bundle(
     name: str,
     version: int,
     notes: dict[str, str] | None = None,
+    backend: str | Sequence[str] | None = None,
 ) -> Manifest:
     """Build ``out`` from ``src``. ``out`` must not exist or be empty. Raises BundleError.
 
-    On any failure ``out`` is removed again, so no half-built bundle is left to publish.
+    Golden outputs are computed with each model on the engine made for its file (ONNX on ONNX
+    Runtime, TFLite on LiteRT, OpenVINO IR on OpenVINO) — a stage's ``engine`` pin wins —
+    unless ``backend`` names an engine preference to compute them with instead. On any failure
+    ``out`` is removed again, so no half-built bundle is left to publish.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out}: exists and is not empty")
     existed = out.exists()
     try:
-        return _build(Path(src), out, name, version, notes)
+        return _build(Path(src), out, name, version, notes, backend)
     except BaseException:
         # ``out`` was empty or absent: whatever is in it now is ours.
         shutil.rmtree(out, ignore_errors=True)
@@ -125,7 +131,14 @@ def build_bundle(
         raise
 
 
-def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] | None) -> Manifest:
+def _build(
+    src: Path,
+    out: Path,
+    name: str,
+    version: int,
+    notes: dict[str, str] | None,
+    backend: str | Sequence[str] | None,
+) -> Manifest:
     from runtime.backends import load_backend
 
     if not src.is_dir():
@@ -142,6 +155,7 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
         spec = load_pipeline_spec(read_bounded(pipe_path, MAX_PIPELINE_BYTES), str(pipe_path))
     except (OSError, TooLargeError) as e:
         raise BundleError(f"{pipe_path}: cannot read: {e}") from e
+    pins = stage_pins(spec)
     out.mkdir(parents=True, exist_ok=True)  # only once the source's own files are valid
     files = _copy_source(src, out)
 
@@ -159,8 +173,7 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
             )
         path = primary[0]
         fmt = _MODEL_FORMATS[Path(path).suffix]
-        backend = {"onnx": "onnxruntime", "openvino": "openvino", "tflite": "litert"}[fmt]
-        eng = load_backend(backend, out / path, BackendOptions(warmup_runs=0))
+        eng = load_backend(engine_for_format(fmt), out / path, BackendOptions(warmup_runs=0))
         try:
             sig_in, sig_out = _signature(eng.inputs), _signature(eng.outputs)
         finally:
@@ -170,12 +183,14 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
             for f in candidates
             if f != path and Path(f).suffix in _MODEL_FORMATS
         }
+        pin = pins.get(stage.model)
         models[stage.model] = ModelEntry(
             path=path,
             format=fmt,
             inputs=sig_in,
             outputs=sig_out,
             alternates=alternates,
+            engine=pin,
         )
 
     golden = [f for f in files if f.startswith("golden/") and f.endswith((".png", ".jpg"))]
@@ -218,7 +233,12 @@ def _build(src: Path, out: Path, name: str, version: int, notes: dict[str, str] 
     _write(_manifest(None))
     health: HealthCheck | None = None
     if golden:
-        loaded = load_bundle(out, verify=True)
+        if backend is None:  # each model on its own engine (pins are in the manifest)
+            native = {k: m.engine or engine_for_format(m.format) for k, m in models.items()}
+            golden_engines: str | Sequence[str] = sorted(set(native.values()))
+            loaded = load_bundle(out, golden_engines, verify=True, pins=native)
+        else:
+            loaded = load_bundle(out, backend, verify=True)
         try:
             expected = compute_expected(loaded, golden)
         finally:

@@ -2,15 +2,17 @@
 
 ``verify_bundle_dir`` is the offline integrity check: every file the manifest lists must be
 present with the listed size and sha256, and no path may escape the folder. ``load_bundle``
-verifies (unless told not to), picks each model's file for the requested engine, loads it
-through the backend registry and builds the :class:`~runtime.pipeline.pipeline.Pipeline`.
+verifies (unless told not to), plans which engine runs each model (the device's engine
+preference, a stage's pin, the files the bundle has: :mod:`runtime.bundle.engines`), loads each
+model through the backend registry and builds the :class:`~runtime.pipeline.pipeline.Pipeline`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from runtime._limits import MAX_MANIFEST_BYTES, MAX_STATE_BYTES, read_bounded
 from runtime.backends.base import Backend, BackendOptions
+from runtime.bundle.engines import DEFAULT_PREFERENCE, plan_engines, preference, stage_pins
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import BundleError, LeanloopError
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from runtime.pipeline.pipeline import Pipeline
 
 __all__ = [
+    "DEFAULT_PREFERENCE",
     "SKIPPED_NAME",
     "LoadedBundle",
     "file_sha256",
@@ -163,17 +167,24 @@ def _with_sidecars(rel: str, manifest: Manifest) -> set[str]:
     return out
 
 
-def unneeded_files(manifest: Manifest, backend: str) -> set[str]:
-    """Model files of other engine formats that a device running ``backend`` never reads."""
+def unneeded_files(manifest: Manifest, backend: str | Sequence[str]) -> set[str]:
+    """Model files that a device preferring the engines ``backend`` never reads.
+
+    Each model keeps only the file its planned engine reads (see :func:`plan_engines`; the
+    engines are the ones installed here). When no engine can run some model, nothing is
+    skipped: the load fails with the reason and the fetch does not guess.
+    """
+    try:
+        plan = plan_engines(manifest, backend)
+    except BundleError:
+        return set()
     every: set[str] = set()
     needed: set[str] = set()
     for key, entry in manifest.models.items():
         for rel in [entry.path, *entry.alternates.values()]:
             every |= _with_sidecars(rel, manifest)
-        try:
-            needed |= _with_sidecars(_model_rel(manifest, key, backend), manifest)
-        except BundleError:
-            return set()  # this backend cannot run the bundle: skip nothing, fail at load
+        if key in plan:
+            needed |= _with_sidecars(plan[key].path, manifest)
     return every - needed
 
 
@@ -184,40 +195,27 @@ class LoadedBundle:
     path: Path
     manifest: Manifest
     pipeline: Pipeline
-    backend: str
+    backend: str  # the engine preference it was loaded with, comma-separated
+    engines: dict[str, str] = field(default_factory=dict)  # model key -> engine that runs it
 
     def close(self) -> None:
         self.pipeline.close()
 
 
-def _model_rel(manifest: Manifest, key: str, backend: str) -> str:
-    """The file of model ``key`` that ``backend`` reads. Raises BundleError if there is none."""
-    entry = manifest.models[key]
-    want = _FORMAT_OF_BACKEND.get(backend)
-    if want is None or entry.format == want:
-        return entry.path
-    if want in entry.alternates:
-        return entry.alternates[want]
-    # OpenVINO reads ONNX directly.
-    if backend == "openvino" and entry.format == "onnx":
-        return entry.path
-    raise BundleError(
-        f"model {key!r} has no {want} file for backend {backend} "
-        f"(has {entry.format}{', ' + ', '.join(entry.alternates) if entry.alternates else ''})"
-    )
-
-
-def _model_file(bundle_dir: Path, manifest: Manifest, key: str, backend: str) -> Path:
-    return inside(bundle_dir, _model_rel(manifest, key, backend))
-
-
 def load_bundle(
     bundle_dir: Path,
-    backend: str = "onnxruntime",
+    backend: str | Sequence[str] = DEFAULT_PREFERENCE,
     options: BackendOptions | None = None,
     verify: bool = True,
+    pins: Mapping[str, str] | None = None,
 ) -> LoadedBundle:
-    """Verify and load a bundle. Raises BundleError, BackendError or PipelineError."""
+    """Verify and load a bundle, each model on its planned engine (:func:`plan_engines`).
+
+    ``backend`` is the engine preference: one name, a comma-separated string or a list;
+    ``pins`` (model key -> engine) override the stages' and the manifest's pins (the bundle
+    builder runs each model on its own engine with them). Raises BundleError, BackendError or
+    PipelineError.
+    """
     from runtime.backends import load_backend
     from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
     from runtime.pipeline.pipeline import Pipeline
@@ -233,20 +231,21 @@ def load_bundle(
     except ValueError as e:
         raise BundleError(str(e)) from e
     spec = load_pipeline_spec(text, where=str(pipe_path))
+    for stage in spec.stages:
+        if stage.model not in manifest.models:
+            raise BundleError(
+                f"{pipe_path}: stage {stage.name!r} names model {stage.model!r}, "
+                "which the manifest does not list"
+            )
+    plan = plan_engines(manifest, backend, {**stage_pins(spec), **(pins or {})})
     opts = options or BackendOptions()
     models: dict[str, Backend] = {}
     try:
         for stage in spec.stages:
             if stage.model in models:
                 continue
-            if stage.model not in manifest.models:
-                raise BundleError(
-                    f"{pipe_path}: stage {stage.name!r} names model {stage.model!r}, "
-                    "which the manifest does not list"
-                )
-            models[stage.model] = load_backend(
-                backend, _model_file(bundle_dir, manifest, stage.model, backend), opts
-            )
+            choice = plan[stage.model]
+            models[stage.model] = load_backend(choice.engine, inside(bundle_dir, choice.path), opts)
         pipeline = Pipeline(
             spec,
             models,
@@ -262,4 +261,10 @@ def load_bundle(
         for m in models.values():
             m.close()
         raise
-    return LoadedBundle(path=bundle_dir, manifest=manifest, pipeline=pipeline, backend=backend)
+    return LoadedBundle(
+        path=bundle_dir,
+        manifest=manifest,
+        pipeline=pipeline,
+        backend=",".join(preference(backend)),
+        engines={key: plan[key].engine for key in models},
+    )

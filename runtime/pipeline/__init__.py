@@ -1,8 +1,9 @@
 """The device pipeline: graph spec, pre-processing, engines' outputs decoded into predictions.
 
 ``graph`` parses ``pipeline.yaml``; ``preprocess`` turns frames and crops into input tensors
-(shared with the trainer); ``postprocess`` decodes raw outputs into items; ``pipeline`` runs the
-stages over loaded backends; ``prediction`` is the per-frame result and its stable JSON form.
+(shared with the trainer); ``postprocess`` and ``ssd`` decode raw outputs into items;
+``pipeline`` runs the stages over loaded backends; ``prediction`` is the per-frame result
+and its stable JSON form.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from runtime.pipeline.graph import (
     PreSpec,
     SsdPost,
     StageSpec,
+    TfliteSsdPost,
     YoloPost,
     load_pipeline_spec,
     parse_pipeline_spec,
@@ -26,11 +28,9 @@ from runtime.pipeline.plugins import PluginLoader, PreContext
 from runtime.pipeline.postprocess import (
     PostContext,
     classify,
-    decode_ssd,
     decode_yolo_v5,
     decode_yolo_v8,
     nms,
-    ssd_anchors,
 )
 from runtime.pipeline.prediction import Item, Prediction, StageResult
 from runtime.pipeline.preprocess import (
@@ -41,6 +41,7 @@ from runtime.pipeline.preprocess import (
     decode_image,
     preprocess,
 )
+from runtime.pipeline.ssd import decode_ssd, decode_tflite_ssd, ssd_anchors
 
 __all__ = [
     "PIPELINE_FORMAT",
@@ -61,6 +62,7 @@ __all__ = [
     "SsdPost",
     "StageResult",
     "StageSpec",
+    "TfliteSsdPost",
     "YoloPost",
     "as_bgr",
     "classify",
@@ -68,6 +70,7 @@ __all__ = [
     "crop_region",
     "decode_image",
     "decode_ssd",
+    "decode_tflite_ssd",
     "decode_yolo_v5",
     "decode_yolo_v8",
     "load_pipeline_spec",

@@ -54,25 +54,26 @@ from runtime.pipeline.graph import (
     PreSpec,
     SsdPost,
     StageSpec,
+    TfliteSsdPost,
     YoloPost,
 )
 from runtime.pipeline.plugins import PluginLoader, PreContext
 from runtime.pipeline.postprocess import (
     PostContext,
     classify,
-    decode_ssd,
     decode_yolo_v5,
     decode_yolo_v8,
-    ssd_anchors,
 )
 from runtime.pipeline.prediction import Item, Prediction, StageResult
 from runtime.pipeline.preprocess import (
+    MAX_FRAME_PIXELS,
     Letterbox,
     Preprocessor,
     as_bgr,
     crop_region,
     decode_image,
 )
+from runtime.pipeline.ssd import decode_ssd, decode_tflite_ssd, ssd_anchors
 
 __all__ = ["Decoder", "Pipeline"]
 
@@ -83,7 +84,7 @@ Decoder = Callable[[list[np.ndarray], Letterbox, tuple[int, int]], list[Item]]
 
 _EWMA = 0.1  # weight of the newest frame in the latency averages
 _IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
-_LOG_EVERY = 1000  # log the first stage failure, then one in this many
+_WARN_EVERY_S = 10.0  # at most one warning about failed frames in this many seconds
 
 
 class _Stage:
@@ -191,6 +192,7 @@ class Pipeline:
             self.stats[f"stage.{st.name}.calls"] = 0
             self.stats[f"stage.{st.name}.items"] = 0
         self._failures = 0
+        self._warn_after = 0.0  # monotonic time before which failed frames are not logged
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -205,6 +207,8 @@ class Pipeline:
                 f"{where}: model {st.model!r} has {len(model.inputs)} inputs; "
                 "a stage feeds exactly one image input"
             )
+        if not model.outputs:
+            raise PipelineError(f"{where}: model {st.model!r} has no outputs on {model.name}")
         _check_input(where, st.model, st.pre, model)
         pre_fn = None
         if st.pre.plugin is not None:
@@ -224,6 +228,8 @@ class Pipeline:
         post = st.post
         if isinstance(post, ClassifyPost):
             cpost = post.model_copy(update={"output": _output_index(where, post.output, names)})
+            if post.classes is not None:
+                classes = list(post.classes)
 
             def decode_classify(
                 outs: list[np.ndarray], lb: Letterbox, size: tuple[int, int]
@@ -248,7 +254,10 @@ class Pipeline:
                     "scores_output": _output_index(where, post.scores_output, names),
                 }
             )
-            anchors = ssd_anchors(post.anchors)
+            try:
+                anchors = ssd_anchors(post.anchors, st.pre.resize)
+            except PipelineError as e:
+                raise PipelineError(f"{where}: {e}") from e
             n_boxes = model.outputs[int(spost.boxes_output)].shape
             if len(n_boxes) >= 2 and isinstance(n_boxes[-2], int) and n_boxes[-2] != len(anchors):
                 raise PipelineError(
@@ -263,6 +272,21 @@ class Pipeline:
                 return decode_ssd(outs, spost, classes, lb, size, input_size, anchors)
 
             return decode_ssd_stage, "detection"
+        if isinstance(post, TfliteSsdPost):
+            tpost = post.model_copy(
+                update={
+                    key: _output_index(where, getattr(post, key), names)
+                    for key in ("boxes_output", "classes_output", "scores_output", "count_output")
+                }
+            )
+            tflite_input = st.pre.resize
+
+            def decode_tflite_stage(
+                outs: list[np.ndarray], lb: Letterbox, size: tuple[int, int]
+            ) -> list[Item]:
+                return decode_tflite_ssd(outs, tpost, classes, lb, size, tflite_input)
+
+            return decode_tflite_stage, "detection"
         ppost: PluginPost = post
         fn = self._plugin(where, ppost.function)
         input_size = st.pre.resize
@@ -280,16 +304,29 @@ class Pipeline:
 
     # ---- per frame -------------------------------------------------------------------------
 
-    def run_bytes(self, data: bytes, frame_id: str = "") -> Prediction:
-        """Decode an encoded image (JPEG/PNG/...) and run it. Never raises for a bad frame."""
+    def run_bytes(
+        self, data: bytes, frame_id: str = "", max_pixels: int = MAX_FRAME_PIXELS
+    ) -> Prediction:
+        """Decode an encoded image (PNG/JPEG/WebP/BMP) and run it. Never raises for a bad frame."""
+        return self.run_encoded(data, frame_id, max_pixels)[1]
+
+    def run_encoded(
+        self, data: bytes, frame_id: str = "", max_pixels: int = MAX_FRAME_PIXELS
+    ) -> tuple[np.ndarray | None, Prediction]:
+        """Decode and run one encoded frame: (the decoded BGR frame or None, its prediction).
+
+        A frame declaring more than ``max_pixels`` pixels is refused from its header, before
+        it is decoded. Never raises for a bad frame: whatever decoding raises becomes the
+        prediction's ``error`` (the frame is None then).
+        """
         t0 = time.perf_counter()
         try:
-            image = decode_image(data)
+            image = decode_image(data, max_pixels)
         except FrameError as e:
-            return self._failed(frame_id, first_line(e), t0)
+            return None, self._failed(frame_id, first_line(e), t0)
         except Exception as e:  # a decoder bug must not stop the device either
-            return self._failed(frame_id, f"frame cannot be decoded: {first_line(e)}", t0)
-        return self._run(image, frame_id, t0)
+            return None, self._failed(frame_id, f"frame cannot be decoded: {first_line(e)}", t0)
+        return image, self._run(image, frame_id, t0)
 
     def run(self, image: np.ndarray, frame_id: str = "") -> Prediction:
         """Run every stage on one frame (BGR, gray or BGRA uint8). Never raises for a bad frame."""
@@ -335,18 +372,8 @@ class Pipeline:
         except FrameError as e:
             return self._failed(frame_id, first_line(e), t0)
         except Exception as e:
-            self._failures += 1
-            if self._failures % _LOG_EVERY == 1:
-                _log.warning(
-                    "pipeline %s v%s: stage %s failed (%d so far)",
-                    self.bundle,
-                    self.bundle_version,
-                    stage_name,
-                    self._failures,
-                    exc_info=True,
-                )
             where = f"stage {stage_name}" if stage_name else "frame"
-            return self._failed(frame_id, f"{where}: {first_line(e)}", t0)
+            return self._failed(frame_id, f"{where}: {first_line(e)}", t0, exc=e)
         total = (time.perf_counter() - t0) * 1000.0
         stats["frames"] += 1
         stats["latency_ms"] += _EWMA * (total - stats["latency_ms"])
@@ -361,9 +388,26 @@ class Pipeline:
             height=h,
         )
 
-    def _failed(self, frame_id: str, reason: str, t0: float) -> Prediction:
+    def _failed(
+        self, frame_id: str, reason: str, t0: float, exc: BaseException | None = None
+    ) -> Prediction:
+        """The error result of a frame, counted, with a rate-limited warning in the log (the
+        first failure, then at most one line per :data:`_WARN_EVERY_S` with the count)."""
         self.stats["frames"] += 1
         self.stats["errors"] += 1
+        self._failures += 1
+        now = time.monotonic()
+        if now >= self._warn_after:
+            self._warn_after = now + _WARN_EVERY_S
+            _log.warning(
+                "pipeline %s v%s: frame %s failed: %s (%d failed frames so far)",
+                self.bundle,
+                self.bundle_version,
+                frame_id or "?",
+                reason,
+                self._failures,
+                exc_info=exc if exc is not None and not isinstance(exc, FrameError) else None,
+            )
         return Prediction(
             frame_id=frame_id,
             error=reason,
@@ -476,6 +520,8 @@ def _adopt(found: list[Item], idx: int, parent: Item, ox: int, oy: int) -> list[
         else:
             b = item.box
             item.box = (b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy)
+        if item.keypoints is not None:
+            item.keypoints = [(x + ox, y + oy) for x, y in item.keypoints]
     return found
 
 

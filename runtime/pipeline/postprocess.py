@@ -9,8 +9,8 @@ tensors. The pipeline picks one decoder per stage from the stage's ``post`` spec
   pixels, then C class scores that are already sigmoid.
 - :func:`decode_yolo_v5` — one output ``[1, N, 5+C]``: ``cx, cy, w, h, objectness, C class
   scores`` (sigmoid already); a box's score is ``objectness * class score``.
-- :func:`decode_ssd` — box deltas ``[1, N, 4]`` against generated anchors (:func:`ssd_anchors`)
-  and class logits ``[1, N, C+1]`` (softmax, index 0 is background).
+- SSD decoders (anchor-based, and TFLite's post-processed outputs) live in
+  :mod:`runtime.pipeline.ssd` and share this module's tail.
 
 Detection decoders then share one tail: keep boxes scoring at least ``score_threshold``, map
 them from model-input pixels to source-image pixels with :meth:`Letterbox.to_source`, clamp
@@ -44,14 +44,13 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import PipelineError
-from runtime.pipeline.graph import Anchors, ClassifyPost, PluginPost, SsdPost, YoloPost
+from runtime.pipeline.graph import BoxPost, ClassifyPost, PluginPost, YoloPost
 from runtime.pipeline.prediction import Item
 from runtime.pipeline.preprocess import Letterbox
 
 __all__ = [
     "PostContext",
     "classify",
-    "decode_ssd",
     "decode_yolo_v5",
     "decode_yolo_v8",
     "label_of",
@@ -59,7 +58,6 @@ __all__ = [
     "select_output",
     "sigmoid",
     "softmax",
-    "ssd_anchors",
 ]
 
 
@@ -267,7 +265,7 @@ def _single(output: np.ndarray, what: str, width: int) -> np.ndarray:
     return a
 
 
-def _passing(scores: np.ndarray, spec: YoloPost | SsdPost) -> np.ndarray:
+def _passing(scores: np.ndarray, spec: BoxPost) -> np.ndarray:
     """Indices of the candidates scoring at least the threshold. Decoders convert only these
     boxes: a detector head has hundreds of candidates and keeps a handful."""
     return np.flatnonzero(scores >= spec.score_threshold)
@@ -277,13 +275,17 @@ def _finish(
     boxes: np.ndarray,
     scores: np.ndarray,
     class_ids: np.ndarray,
-    spec: YoloPost | SsdPost,
+    spec: BoxPost,
     classes: Sequence[str],
     letterbox: Letterbox,
     image_size: tuple[int, int],
+    keypoints: np.ndarray | None = None,
+    suppress: bool = True,
 ) -> list[Item]:
     """Shared tail for the boxes that passed the score threshold (see :func:`_passing`): map
-    to source pixels, clamp, NMS, cap, build items."""
+    to source pixels, clamp, NMS (unless ``suppress`` is False: the model did it), cap, build
+    items. ``keypoints`` (``M×K×2`` x, y in input pixels, one row per box) are mapped to source
+    pixels too (not clamped) and carried on the items."""
     w, h = image_size
     # Letterbox.to_source then a clip to (w, h, w, h), in place and fused: the same float32
     # arithmetic per element ((v - pad) / scale, then max 0, min side) in 4 ufunc calls
@@ -296,15 +298,20 @@ def _finish(
     has_area = (src[:, 2] > src[:, 0]) & (src[:, 3] > src[:, 1])
     if not has_area.all():
         src, scores, class_ids = src[has_area], scores[has_area], class_ids[has_area]
-    idx = nms(
-        src,
-        scores,
-        spec.nms_iou,
-        class_ids=None if spec.class_agnostic else class_ids,
-        max_keep=spec.max_detections,
-    )
+        if keypoints is not None:
+            keypoints = keypoints[has_area]
+    if suppress:
+        idx = nms(
+            src,
+            scores,
+            spec.nms_iou,
+            class_ids=None if spec.class_agnostic else class_ids,
+            max_keep=spec.max_detections,
+        )
+    else:
+        idx = np.argsort(-scores, kind="stable")[: spec.max_detections]
     names = spec.classes if spec.classes is not None else classes
-    return [
+    items = [
         Item(
             class_id=c,
             label=label_of(c, names),
@@ -315,6 +322,12 @@ def _finish(
             src[idx].tolist(), scores[idx].tolist(), class_ids[idx].tolist(), strict=True
         )
     ]
+    if keypoints is not None and keypoints.shape[1]:
+        pad = np.array([lb.pad_x, lb.pad_y], dtype=np.float32)
+        kp = (keypoints[idx] - pad) / np.array([lb.scale_x, lb.scale_y], dtype=np.float32)
+        for item, points in zip(items, kp.tolist(), strict=True):
+            item.keypoints = [(x, y) for x, y in points]
+    return items
 
 
 def decode_yolo_v8(
@@ -372,89 +385,4 @@ def decode_yolo_v5(
     if not keep.size:
         return []
     boxes = _cxcywh_to_xyxy(pred[keep, :4])
-    return _finish(boxes, scores[keep], class_ids[keep], spec, classes, letterbox, image_size)
-
-
-def ssd_anchors(spec: Anchors) -> np.ndarray:
-    """Generate SSD anchors as an ``N×4`` float32 array of ``cx, cy, w, h`` (fractions of input).
-
-    For each feature map ``k`` of size ``(fw, fh)``, in order: rows ``j`` in ``0..fh-1``, columns
-    ``i`` in ``0..fw-1``, each size ``s`` of ``sizes[k]``, each aspect ratio ``ar``::
-
-        cx = (i + 0.5) / fw        cy = (j + 0.5) / fh
-        w  = s * sqrt(ar)          h  = s / sqrt(ar)
-
-    so ``N = sum_k fw_k * fh_k * len(sizes[k]) * len(aspect_ratios)``. The model must emit its
-    boxes in this same order. Raises PipelineError when ``sizes`` does not have one list per
-    feature map.
-    """
-    if len(spec.sizes) != len(spec.feature_maps):
-        raise PipelineError(
-            f"ssd anchors: {len(spec.feature_maps)} feature maps but {len(spec.sizes)} size lists"
-        )
-    ratios = np.sqrt(np.asarray(spec.aspect_ratios, dtype=np.float64))
-    parts: list[np.ndarray] = []
-    for (fw, fh), sizes in zip(spec.feature_maps, spec.sizes, strict=True):
-        s = np.asarray(sizes, dtype=np.float64)
-        wh = np.stack(
-            [(s[:, None] * ratios[None, :]).ravel(), (s[:, None] / ratios[None, :]).ravel()],
-            axis=1,
-        )  # [S*R, 2], sizes outer, ratios inner
-        jj, ii = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-        centers = np.stack([(ii.ravel() + 0.5) / fw, (jj.ravel() + 0.5) / fh], axis=1)
-        m = len(wh)
-        block = np.empty((len(centers) * m, 4), dtype=np.float64)
-        block[:, :2] = np.repeat(centers, m, axis=0)
-        block[:, 2:] = np.tile(wh, (len(centers), 1))
-        parts.append(block)
-    return np.concatenate(parts).astype(np.float32)
-
-
-def decode_ssd(
-    outputs: Sequence[np.ndarray],
-    spec: SsdPost,
-    classes: Sequence[str],
-    letterbox: Letterbox,
-    image_size: tuple[int, int],
-    input_size: tuple[int, int],
-    anchors: np.ndarray | None = None,
-    names: Sequence[str] | None = None,
-) -> list[Item]:
-    """Decode SSD box deltas ``[1, N, 4]`` and class logits ``[1, N, C+1]``.
-
-    Standard SSD decoding with variances ``(v0, v1)`` against anchors ``(acx, acy, aw, ah)``::
-
-        cx = acx + dx * v0 * aw        cy = acy + dy * v0 * ah
-        w  = aw * exp(dw * v1)         h  = ah * exp(dh * v1)
-
-    The result is a fraction of the model input, scaled by ``input_size`` (width, height) to
-    input pixels. Class scores are a softmax over C+1 logits; index 0 is background, so class
-    ``c`` of the result is logit ``c + 1``. ``anchors`` defaults to ``ssd_anchors(spec.anchors)``
-    (pass them pre-computed on the hot path). Raises PipelineError on shape mismatches.
-    """
-    anchors = ssd_anchors(spec.anchors) if anchors is None else anchors
-    deltas = _single(select_output(outputs, spec.boxes_output, names), "ssd boxes", 4)
-    logits = _single(select_output(outputs, spec.scores_output, names), "ssd scores", 0)
-    if len(deltas) != len(anchors) or len(logits) != len(anchors) or logits.shape[1] < 2:
-        raise PipelineError(
-            f"ssd: {len(anchors)} anchors but boxes {np.shape(deltas)} and scores "
-            f"{np.shape(logits)}"
-        )
-    probs = softmax(logits, axis=1)[:, 1:]
-    class_ids = probs.argmax(axis=1)
-    scores = probs[np.arange(probs.shape[0]), class_ids]
-    keep = _passing(scores, spec)
-    if not keep.size:
-        return []
-    v0, v1 = spec.anchors.variances
-    d = deltas[keep].astype(np.float32, copy=False)
-    a = anchors[keep]
-    cx = a[:, 0] + d[:, 0] * v0 * a[:, 2]
-    cy = a[:, 1] + d[:, 1] * v0 * a[:, 3]
-    w = a[:, 2] * np.exp(d[:, 2] * v1)
-    h = a[:, 3] * np.exp(d[:, 3] * v1)
-    tw, th = input_size
-    boxes = np.stack(
-        [(cx - w / 2) * tw, (cy - h / 2) * th, (cx + w / 2) * tw, (cy + h / 2) * th], axis=1
-    ).astype(np.float32)
     return _finish(boxes, scores[keep], class_ids[keep], spec, classes, letterbox, image_size)

@@ -30,6 +30,7 @@ class Item:
     scores: list[float] | None = None  # full score vector where the head has one
     parent: int | None = None  # index of the parent detection for for_each stages
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    keypoints: list[tuple[float, float]] | None = None  # regressed (x, y) in frame pixels
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score}
@@ -41,6 +42,8 @@ class Item:
             d["parent"] = self.parent
         if self.top_k:
             d["top_k"] = [[lbl, float(s)] for lbl, s in self.top_k]
+        if self.keypoints is not None:
+            d["keypoints"] = [[round(float(x), 3), round(float(y), 3)] for x, y in self.keypoints]
         return d
 
     @classmethod
@@ -54,6 +57,9 @@ class Item:
             scores=[float(s) for s in d["scores"]] if d.get("scores") is not None else None,
             parent=int(d["parent"]) if d.get("parent") is not None else None,
             top_k=[(str(a), float(b)) for a, b in d.get("top_k", [])],
+            keypoints=[(float(x), float(y)) for x, y in d["keypoints"]]
+            if d.get("keypoints") is not None
+            else None,
         )
 
 

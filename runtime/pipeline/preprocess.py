@@ -10,15 +10,17 @@ Frames are ``uint8`` arrays, ``H×W×3`` in BGR order (what cameras and OpenCV g
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
 from runtime.errors import FrameError, PipelineError
 from runtime.pipeline.graph import CropSpec, PreSpec
+from runtime.pipeline.imagesize import declared_size, image_format
 
 __all__ = [
+    "MAX_FRAME_PIXELS",
     "Letterbox",
     "Preprocessor",
     "as_bgr",
@@ -30,14 +32,39 @@ __all__ = [
 ]
 
 MAX_FRAME_SIDE = 8192
+MAX_FRAME_PIXELS = MAX_FRAME_SIDE * MAX_FRAME_SIDE
+"""Default limit of the pixels a frame may declare (the device's ``inference.max_frame_pixels``)."""
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG/BMP bytes to a BGR uint8 frame. Raises FrameError."""
+def decode_image(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+    """Decode PNG/JPEG/WebP/BMP bytes to a BGR uint8 frame. Raises FrameError.
+
+    The size the header declares is read first (:func:`~runtime.pipeline.imagesize.
+    declared_size`): a frame declaring more than ``max_pixels`` pixels, or whose size cannot
+    be read, is refused before the decoder allocates anything. Whatever the decoder itself
+    raises (e.g. ``cv2.error``) becomes a FrameError too.
+    """
     if not data:
         raise FrameError("empty frame")
+    size = declared_size(data)
+    if size is None:
+        if image_format(data) is None:
+            raise FrameError("frame is not a PNG, JPEG, WebP or BMP image")
+        raise FrameError(f"frame is not a decodable {image_format(data)} image (bad header)")
+    w, h = size
+    if w < 1 or h < 1:
+        raise FrameError(f"frame declares {w}x{h} pixels")
+    if w * h > max_pixels:
+        raise FrameError(
+            f"frame declares {w}x{h} pixels, more than the limit of {max_pixels} "
+            "(inference.max_frame_pixels)"
+        )
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        msg = str(e).strip().splitlines()
+        raise FrameError(f"frame cannot be decoded: {msg[-1] if msg else 'cv2.error'}") from e
     if img is None:
         raise FrameError("frame is not a decodable image")
     if img.dtype != np.uint8:
@@ -70,13 +97,28 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _nearest(v: float) -> int:
+    return math.floor(v + 0.5)  # half up, the same for left and right edges
+
+
+_ROUNDING: dict[str, tuple[Callable[[float], int], Callable[[float], int]]] = {
+    "outward": (math.floor, math.ceil),
+    "nearest": (_nearest, _nearest),
+    "inward": (math.ceil, math.floor),
+}
+"""CropSpec.rounding -> how the (left/top, right/bottom) edges become whole pixels."""
+
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
 def crop_region(
     image_size: tuple[int, int], box: tuple[float, float, float, float], spec: CropSpec
 ) -> tuple[int, int, int, int] | None:
     """The integer pixel region (x1, y1, x2, y2) that :func:`crop_box` cuts from a frame of
     ``image_size`` (width, height): ``box`` with margin (and squared), clamped to the frame.
 
-    Returns None when the clamped region is smaller than ``spec.min_size`` on a side.
+    Edges are rounded to whole pixels as ``spec.rounding`` says. Returns None when the
+    clamped region is smaller than ``spec.min_size`` on a side.
     """
     w, h = image_size
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -87,10 +129,11 @@ def crop_region(
         x1, x2, y1, y2 = cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2
         bw = bh = side
     mx, my = bw * spec.margin / 2, bh * spec.margin / 2
-    ix1 = max(0, math.floor(x1 - mx))
-    iy1 = max(0, math.floor(y1 - my))
-    ix2 = min(w, math.ceil(x2 + mx))
-    iy2 = min(h, math.ceil(y2 + my))
+    low, high = _ROUNDING[spec.rounding]
+    ix1 = max(0, low(x1 - mx))
+    iy1 = max(0, low(y1 - my))
+    ix2 = min(w, high(x2 + mx))
+    iy2 = min(h, high(y2 + my))
     if ix2 - ix1 < spec.min_size or iy2 - iy1 < spec.min_size:
         return None
     return ix1, iy1, ix2, iy2
@@ -151,6 +194,7 @@ class Preprocessor:
         "div",
         "general",
         "int_dtype",
+        "interp",
         "nchw",
         "pad_value",
         "passthrough",
@@ -168,6 +212,7 @@ class Preprocessor:
         self.spec = spec
         self.tw, self.th = spec.resize
         self.stretch = spec.mode == "stretch"
+        self.interp = _INTERPOLATION.get(spec.interpolation)  # None: auto
         self.pad_value = spec.pad_value
         self.color = spec.color
         self.channels = 1 if spec.color == "gray" else 3
@@ -209,7 +254,9 @@ class Preprocessor:
         tw, th = self.tw, self.th
         h, w = image.shape[:2]
         if self.stretch:
-            interp = cv2.INTER_AREA if (w > tw or h > th) else cv2.INTER_LINEAR
+            interp = self.interp
+            if interp is None:
+                interp = cv2.INTER_AREA if (w > tw or h > th) else cv2.INTER_LINEAR
             if out is None:
                 out = cv2.resize(image, (tw, th), interpolation=interp)
             else:
@@ -217,7 +264,9 @@ class Preprocessor:
             return out, Letterbox(tw / w, th / h, 0.0, 0.0)
         s = min(tw / w, th / h)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        interp = self.interp
+        if interp is None:
+            interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, (nw, nh), interpolation=interp)
         px, py = (tw - nw) // 2, (th - nh) // 2
         if out is None:

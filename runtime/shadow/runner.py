@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +68,7 @@ class ShadowRunner:
         bundle_dir: Path,
         on_result: OnResult,
         *,
-        backend: str = "onnxruntime",
+        backend: str | Sequence[str] = "onnxruntime",
         threads: int = 1,
         nice: int = 10,
         queue_size: int = 4,
@@ -85,7 +85,7 @@ class ShadowRunner:
         self.max_duty = max_duty
         self.on_result = on_result
         self.on_disable = on_disable
-        self.backend = backend
+        self.backend = backend if isinstance(backend, str) else ",".join(backend)
         self.threads = threads
         self.nice = nice
         self.frame_timeout_s = frame_timeout_s

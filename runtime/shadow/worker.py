@@ -24,7 +24,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.shadow.worker")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--backend", default="onnxruntime", help="engine preference, comma-separated")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nice", type=int, default=10)
     a = p.parse_args(argv)

@@ -172,6 +172,7 @@ class Device:
         trust_root: Path,
         device_id: str = "cam-1",
         env: dict[str, str] | None = None,
+        cohort: str | None = None,
         **overrides: Any,
     ) -> None:
         self.dir = root / device_id
@@ -182,7 +183,12 @@ class Device:
             "device_id": device_id,
             "state_dir": str(self.state),
             "root": str(trust_root),
-            "hub": {"url": hub.url, "enroll_token": hub.enroll_token, "poll_interval_s": 0.3},
+            "hub": {
+                "url": hub.url,
+                "enroll_token": hub.enroll_token,
+                "poll_interval_s": 0.3,
+                "cohort": cohort,
+            },
             "source": {"path": str(self.inbox), "pattern": "*.png", "poll_interval_s": 0.05},
             "upload": {"interval_s": 0.3},
             "update": {"trial_frames": 2, "trial_s": 1.0},
@@ -286,9 +292,14 @@ def start_device(tmp_path: Path, live_hub: LiveHub, keys: Path) -> Iterator[Call
     devices: list[Device] = []
 
     def start(
-        device_id: str = "cam-1", env: dict[str, str] | None = None, **overrides: Any
+        device_id: str = "cam-1",
+        env: dict[str, str] | None = None,
+        cohort: str | None = None,
+        **overrides: Any,
     ) -> Device:
-        d = Device(tmp_path / "devices", live_hub, keys / "root.json", device_id, env, **overrides)
+        d = Device(
+            tmp_path / "devices", live_hub, keys / "root.json", device_id, env, cohort, **overrides
+        )
         devices.append(d)
         return d
 

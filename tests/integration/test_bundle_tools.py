@@ -133,11 +133,28 @@ def test_cli_infer_reports_bad_frames_and_keeps_going_when_images_are_mixed(
     cv2.imwrite(str(good), painted_frame())
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG truncated")
-    r = CliRunner().invoke(app, ["infer", "--bundle", str(b), "--json", str(corrupt), str(good)])
-    assert r.exit_code == 1
+    missing = tmp_path / "missing.png"
+    r = CliRunner().invoke(
+        app, ["infer", "--bundle", str(b), "--json", str(corrupt), str(good), str(missing)]
+    )
+    assert r.exit_code == 2  # some input was bad; the good image still ran
     preds = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
-    assert preds[0]["error"] and "error" not in preds[1]
+    assert preds[0]["error"] and "error" not in preds[1] and preds[2]["error"] == "no such file"
     assert [i["label"] for i in preds[1]["stages"]["classifier"]["items"]] == ["2", "7"]
+    assert preds[1]["engines"] == {"detector": "onnxruntime", "classifier": "onnxruntime"}
+    errors = r.stderr.splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors), r.stderr
+    assert str(corrupt) in errors[0] and f"{missing}: no such file" in errors[1]
+
+
+def test_cli_infer_exits_2_with_one_error_line_when_the_only_image_is_bad(
+    make_bundle: BundleMaker, tmp_path: Path
+) -> None:
+    b = make_bundle(1, BOXES)
+    r = CliRunner().invoke(app, ["infer", "--bundle", str(b), str(tmp_path / "nope.png")])
+    assert r.exit_code == 2
+    assert r.stderr == f"error: {tmp_path / 'nope.png'}: no such file\n"
+    assert r.stdout.startswith("engines: detector=onnxruntime, classifier=onnxruntime")
 
 
 def test_cli_rejects_config_with_exit_2_when_a_key_is_unknown(tmp_path: Path) -> None:
@@ -152,7 +169,9 @@ def test_cli_build_names_the_missing_file_when_source_is_incomplete(tmp_path: Pa
     src = tmp_path / "src"
     src.mkdir()
     (src / "pipeline.yaml").write_text("format: leanloop.pipeline/1\nstages: []\n")
-    r = CliRunner().invoke(app, ["bundle", "build", str(src), "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        app, ["bundle", "build", str(src), "--out", str(tmp_path / "out"), "--name", "x"]
+    )
     assert r.exit_code == 1
     assert r.output.count("\n") == 1 and r.output.startswith("error: ")
     assert "ontology.yaml: missing" in r.output

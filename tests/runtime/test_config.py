@@ -11,7 +11,18 @@ from runtime.errors import ConfigError
 def test_defaults_work_when_no_file_is_given() -> None:
     cfg = load_config(None)
     assert isinstance(cfg, DeviceConfig)
-    assert cfg.inference.backend == "onnxruntime"
+    assert cfg.inference.backend == ["onnxruntime", "litert", "openvino"]
+
+
+def test_backend_is_a_preference_list_when_one_name_or_several_are_given(tmp_path: Path) -> None:
+    p = tmp_path / "d.yaml"
+    p.write_text("inference:\n  backend: litert\n")
+    assert load_config(p).inference.backend == ["litert"]
+    p.write_text("inference:\n  backend: [openvino, onnxruntime]\n")
+    assert load_config(p).inference.backend == ["openvino", "onnxruntime"]
+    p.write_text("inference:\n  backend: [onnxruntme]\n")
+    with pytest.raises(ConfigError, match="unknown engine 'onnxruntme'"):
+        load_config(p)
 
 
 def test_unknown_key_is_rejected_when_config_has_a_typo(tmp_path: Path) -> None:

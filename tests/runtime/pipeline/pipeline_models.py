@@ -88,6 +88,31 @@ def export_brightness_tflite(path: Path, size: int = 28) -> Path:
     return path
 
 
+def export_constant_detector_tflite(
+    path: Path, preds: np.ndarray, input_shape: tuple[int, ...] = (1, 1, 96, 96)
+) -> Path:
+    """:func:`make_constant_detector` as TFLite (litert-torch): ``preds + 1e-12 * max(image)``
+    (the converter folds ``0 * max(image)`` away, and OpenVINO then sees a graph with no
+    outputs)."""
+    import litert_torch
+    import torch
+
+    from trainer.export_formats import _quiet
+
+    class Constant(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("preds", torch.from_numpy(np.asarray(preds, np.float32)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.preds + 1e-12 * x.amax()
+            return out
+
+    with _quiet():
+        litert_torch.convert(Constant().eval(), (torch.zeros(*input_shape),)).export(str(path))
+    return path
+
+
 def make_constant_detector(
     path: Path,
     preds: np.ndarray | list[np.ndarray],

@@ -11,13 +11,12 @@ from runtime.errors import PipelineError
 from runtime.pipeline.graph import Anchors, ClassifyPost, PreSpec, SsdPost, YoloPost
 from runtime.pipeline.postprocess import (
     classify,
-    decode_ssd,
     decode_yolo_v5,
     decode_yolo_v8,
     nms,
-    ssd_anchors,
 )
 from runtime.pipeline.preprocess import Letterbox, preprocess
+from runtime.pipeline.ssd import decode_ssd, ssd_anchors
 
 IDENTITY = Letterbox(1.0, 1.0, 0.0, 0.0)
 
