@@ -107,25 +107,27 @@ async def auth_middleware(
         if request.path == prefix or request.path.startswith(prefix):
             allowed = kinds
             break
+    if not allowed and request.method in _READ:
+        return await handler(request)  # probes, metrics, pages: no body to trickle
     if not allowed:
-        # No token to check (enrolment, challenge, refresh): a bounded number at once, so
-        # clients that trickle bodies cannot take every connection (issue 12).
+        # No token to check and a body to read (enrolment, challenge, refresh, the page's
+        # forms): a bounded number at once, so clients that trickle bodies cannot take every
+        # connection (issue 12).
         slots = request.app[UNAUTH_SLOTS]
         if slots.locked():
             raise Busy("too many unauthenticated requests; try again later")
         async with slots:
             return await handler(request)
-    if allowed:
-        who = await _identify(request)
-        if who.kind not in allowed or not _role_allows(who, request.method, request.path):
-            raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
-        request[IDENTITY] = who
-        if who.device_id is not None and request.path != _HEARTBEAT:
-            touched = request.app[TOUCHED]
-            now = time.monotonic()
-            if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
-                touched[who.device_id] = now
-                await request.app[DB].call(request.app[DB].touch_device, who.device_id)
+    who = await _identify(request)
+    if who.kind not in allowed or not _role_allows(who, request.method, request.path):
+        raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
+    request[IDENTITY] = who
+    if who.device_id is not None and request.path != _HEARTBEAT:
+        touched = request.app[TOUCHED]
+        now = time.monotonic()
+        if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
+            touched[who.device_id] = now
+            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
     return await handler(request)
 
 

@@ -100,6 +100,13 @@ class IdentityTables(DBBase):
             )
             return True
 
+    def enroll_device(self, device_id: str, cohort: str | None, token_hash: str) -> bool:
+        """Add a device without a key (tools and tests); never re-keys an enrolled id.
+
+        Returns False (and changes nothing) when the id is enrolled and not reset.
+        """
+        return self.enroll_new_device(device_id, cohort, token_hash, None)
+
     def register_first_key(self, device_id: str, public_key: str) -> str | None:
         """Register a key for a device that has none (it proves itself with its token).
 
