@@ -11,9 +11,13 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6);
 - ``store.json``: sample-store inserts vs a raw LMDB put, top-1,000 of 100,000, frame path with
   the store on vs off (#5);
+- ``replay.json``: replay throughput (1 and 2 worker processes) vs the device pipeline's own
+  frames/s on one core (#14);
 - ``soak.json``: a simulated fleet (10,000 devices polling every 60 s + 5 uploads/s) against the
   hub on SQLite, on PostgreSQL + S3, and two replicas with one killed, beside a bare aiohttp
   endpoint (#15);
+- ``training.json``: training throughput of our loop vs a plain torch loop on the same model
+  (classification, detection), and the Optuna search's overhead (#13);
 - ``active.json``: labels margin / entropy / least-confidence need to reach random
   sampling's accuracy on the real MNIST digits, 3 seeds (#5).
 
@@ -60,6 +64,13 @@ def _active(out: Path, quick: bool) -> int:
     return 0
 
 
+def _replay(out: Path, quick: bool) -> int:
+    from bench.replay import run as replay_run
+
+    replay_run(out, quick=quick)
+    return 0
+
+
 def _swap(out: Path, quick: bool) -> int:
     from bench.swap import run as swap_run
 
@@ -85,6 +96,13 @@ def _soak(out: Path, quick: bool) -> int:
     return 0
 
 
+def _training(out: Path, quick: bool) -> int:
+    from bench.training import run_all as training_run_all
+
+    training_run_all(out, quick=quick)
+    return 0
+
+
 SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "inference": _inference,
     "delta": _delta,
@@ -93,7 +111,9 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "shadow": _shadow,
     "store": _store,
     "active": _active,
+    "replay": _replay,
     "soak": _soak,
+    "training": _training,
 }
 
 

@@ -124,6 +124,7 @@ class FaultProxy:
         direction: Direction = "down",
         rate_bps: float | None = None,
         cut: Literal["fin", "rst"] = "fin",
+        listen_port: int = 0,
     ) -> None:
         if cut_every is not None and cut_every <= 0:
             raise ValueError("cut_every must be > 0 bytes")
@@ -136,7 +137,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._rate_lock = threading.Lock()
         self._next_send = 0.0
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        # listen_port: a fixed port, so a link can go down (stop) and come back (a new proxy).
+        self._listener = socket.create_server(("127.0.0.1", listen_port), reuse_port=False)
         self.port: int = self._listener.getsockname()[1]
         self._conns: list[_Conn] = []
         self._stop = threading.Event()

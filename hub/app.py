@@ -29,6 +29,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from hub import web as web_page
 from hub.api import ROUTE_TABLES
 from hub.api._common import (
     ADMIN_TOKEN,
@@ -198,8 +199,9 @@ def create_app(config: HubConfig) -> web.Application:
     app[UPLOAD_WRITERS] = {}
     app[TOUCHED] = {}
     app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
-    for table in ROUTE_TABLES:
+    for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)
+    web_page.add_static(app)
     return app
 
 

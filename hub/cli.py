@@ -11,9 +11,9 @@ leanloop errors are printed on one line and exit with status 1.
 
 from __future__ import annotations
 
-import logging
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,14 @@ from hub.signing import ROLES, init_keys, rotate_root
 from runtime.errors import LeanloopError
 
 __all__ = ["hub_app", "keys_app", "publish_command"]
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
+
+
+def say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """The command's result: ``data`` as one JSON object with ``--json``, else ``text``."""
+    typer.echo(json.dumps(data, sort_keys=True, default=str) if as_json else text)
+
 
 hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage the signing keys (TUF roles).", no_args_is_help=True)
@@ -58,16 +66,24 @@ def serve(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each request")] = False,
+    require_blessing: Annotated[
+        bool,
+        typer.Option(
+            "--require-blessing",
+            help="refuse to publish or roll out a bundle without a replay blessing (unless "
+            "forced); also the config's require_blessing",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
     from hub.app import run
     from hub.config import load_hub_config
+    from runtime.logs import setup_logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys}
+    # journald priorities and no second timestamp under systemd; per-request lines at debug.
+    setup_logging(verbose)
+    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys,
+                 "require_blessing": require_blessing or None}  # fmt: skip
     try:
         cfg = load_hub_config(config, {k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
@@ -83,13 +99,22 @@ def serve(
 def keys_init(
     out: Annotated[Path, typer.Option("--out", help="folder to create the keys in")],
     expires_days: Annotated[int, typer.Option(help="root metadata lifetime")] = 365,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create root/targets (admin, offline) and snapshot/timestamp (hub) keys and root.json."""
     try:
         init_keys(out, expires_days)
     except LeanloopError as e:
         raise _fail(e) from e
-    typer.echo(f"wrote {out}/root.json; keep {out}/admin offline, give {out}/online to the hub")
+    say(
+        as_json,
+        {
+            "root": str(out / "root.json"),
+            "admin": str(out / "admin"),
+            "online": str(out / "online"),
+        },
+        f"wrote {out}/root.json; keep {out}/admin offline, give {out}/online to the hub",
+    )
 
 
 @keys_app.command("rotate-root")
@@ -103,6 +128,7 @@ def keys_rotate_root(
         ),
     ] = None,
     expires_days: Annotated[int, typer.Option(help="new root metadata lifetime")] = 365,
+    as_json: JsonFlag = False,
 ) -> None:
     """Sign root version N+1 with the old and new root keys; devices follow at their next check."""
     try:
@@ -110,9 +136,15 @@ def keys_rotate_root(
     except LeanloopError as e:
         raise _fail(e) from e
     done = ", ".join(sorted(replace or ())) or "no key (expiry renewed)"
-    typer.echo(
+    say(
+        as_json,
+        {
+            "root_version": new.signed.version,
+            "replaced": sorted(replace or ()),
+            "retired": str(keys / "retired" / f"v{new.signed.version - 1}"),
+        },
         f"wrote root version {new.signed.version} replacing {done}; old keys are in "
-        f"{keys}/retired/v{new.signed.version - 1}; now run `leanloop keys push-root`"
+        f"{keys}/retired/v{new.signed.version - 1}; now run `leanloop keys push-root`",
     )
 
 
@@ -123,6 +155,7 @@ def keys_push_root(
     token: Annotated[
         str | None, typer.Option("--token", envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Upload the new root(s) to the hub (with targets re-signed and online keys if replaced)."""
     from hub.client import HubAdminClient
@@ -133,7 +166,7 @@ def keys_push_root(
         version = HubAdminClient(hub_url, token).push_root(keys)
     except LeanloopError as e:
         raise _fail(e) from e
-    typer.echo(f"the hub serves root version {version}")
+    say(as_json, {"root_version": version}, f"the hub serves root version {version}")
 
 
 def publish_command(
@@ -146,6 +179,8 @@ def publish_command(
     cohort: Annotated[
         str | None, typer.Option("--cohort", help="also roll the bundle out to this cohort")
     ] = None,
+    force_reason: str | None = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Upload a bundle, sign it into the hub's targets, and optionally roll it out to a cohort."""
     from hub.client import HubAdminClient
@@ -155,11 +190,26 @@ def publish_command(
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
     client = HubAdminClient(hub_url, token)
     try:
-        version = client.publish_bundle(bundle_dir, keys_dir)
+        version = client.publish_bundle(bundle_dir, keys_dir, force_reason=force_reason)
         manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_bytes())
-        typer.echo(f"published {manifest.name} {manifest.version} (targets version {version})")
+        n = None
         if cohort is not None:
-            n = client.rollout(manifest.name, manifest.version, cohort=cohort)
-            typer.echo(f"rolled out to {n} device(s) of cohort {cohort}")
+            n = client.rollout(
+                manifest.name, manifest.version, cohort=cohort, force_reason=force_reason
+            )
+        text = f"published {manifest.name} {manifest.version} (targets version {version})"
+        if n is not None:
+            text += f"\nrolled out to {n} device(s) of cohort {cohort}"
+        say(
+            as_json,
+            {
+                "name": manifest.name,
+                "version": manifest.version,
+                "targets_version": version,
+                "cohort": cohort,
+                "devices": n,
+            },
+            text,
+        )
     except LeanloopError as e:
         raise _fail(e) from e

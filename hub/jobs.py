@@ -12,6 +12,15 @@ training run wants every core of a small hub). The runner
 3. packs ``source/`` as ``source.tar.gz`` (the artifact) and marks the job ``done`` — or
    ``failed`` with a one-line error at any step.
 
+A job whose params hold a training ``spec`` (``leanloop.train/1``, see ``docs/training.md``)
+runs the spec-driven trainer instead: the samples become a native dataset folder
+(``dataset/dataset.json`` + images; classes from the job's ``classes`` or the labels seen; a
+sample's ``label`` for classification is its boxes' single label), the spec is written with
+that dataset and, with ``init_from``, the earlier job's checkpoint as warm start, and
+``<spec_command> --spec spec.json --out source --progress progress.json`` runs. The job status
+shows ``progress.json`` (epoch, validation metric, confusion matrix) while it runs and the model
+card's metrics once it is done.
+
 The state is persisted before each step. On start, a job found ``running`` died with the previous
 hub process and is marked ``failed``; ``queued`` ones are queued again.
 """
@@ -22,14 +31,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 from hub.storage import Blobs, HubDB, Sample
-from runtime.errors import first_line
+from runtime.errors import LeanloopError, first_line
 
-__all__ = ["JobRunner", "export_samples", "log_tail", "pack_source"]
+__all__ = [
+    "JobRunner",
+    "export_dataset",
+    "export_samples",
+    "job_progress",
+    "log_tail",
+    "pack_source",
+]
 
 log = logging.getLogger("leanloop.hub.jobs")
 
@@ -49,6 +66,99 @@ def export_samples(samples: list[Sample], blobs: Blobs, job_dir: Path) -> int:
             (images / f"{sample.id}.jpg").write_bytes(blobs.read(sample.image_sha256))
             out.write(json.dumps({"id": sample.id, "boxes": boxes}) + "\n")
     return len(samples)
+
+
+def export_dataset(
+    samples: list[Sample],
+    blobs: Blobs,
+    folder: Path,
+    classes: list[str] | None,
+    name: str,
+    ontology: tuple[str, int] | None = None,
+) -> int:
+    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`),
+    labelled in ``ontology`` (id, version) when known. Returns the number of items. Raises
+    trainer's DatasetError listing labels outside ``classes``, or naming samples labelled
+    under another ontology version (docs/datasets.md: no mapping, no mixing)."""
+    import cv2
+    import numpy as np
+
+    from hub.ontology import mixed_versions
+    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem, save_dataset
+
+    mixed = mixed_versions([s.meta for s in samples], ontology[1] if ontology else None)
+    if mixed:
+        raise DatasetError([mixed])
+
+    items = []
+    seen: set[str] = set()
+    for sample in samples:
+        data = blobs.read(sample.image_sha256)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            continue  # an undecodable upload is no training example
+        rows = (sample.annotation or {}).get("boxes", [])
+        boxes = [BoxLabel.of(r) for r in rows]
+        labels = {b.label for b in boxes}
+        seen |= labels
+        items.append(
+            DatasetItem(
+                id=sample.id,
+                image=data,
+                width=img.shape[1],
+                height=img.shape[0],
+                label=next(iter(labels)) if len(labels) == 1 else None,
+                boxes=boxes,
+            )
+        )
+    onto_id, onto_version = ontology or ("default", 1)
+    ds = Dataset(
+        name=name,
+        version=str(len(items)),
+        ontology_id=onto_id,
+        ontology_version=onto_version,
+        classes=classes or sorted(seen),
+        items=items,
+    )
+    save_dataset(ds.check(), folder)
+    return len(items)
+
+
+def stamp_source(source: Path, history_file: Path) -> None:
+    """Write the hub's ontology version (changes, mapping from the previous version) into a
+    trained source's ``ontology.yaml``, so devices remap their store when they commit it. A
+    source whose classes match no version is left as the trainer wrote it (with a warning)."""
+    if not history_file.exists() or not (source / "ontology.yaml").exists():
+        return
+    import yaml
+
+    from hub.ontology import stamp_ontology
+    from runtime.bundle.manifest import Ontology
+
+    path = source / "ontology.yaml"
+    try:
+        current = Ontology.model_validate(yaml.safe_load(path.read_text()))
+        new = stamp_ontology(current, json.loads(history_file.read_text()))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        log.warning("%s: not stamped with the hub's ontology version: %s", path, e)
+        return
+    data = new.model_dump(mode="json", exclude_defaults=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def job_progress(job_dir: Path) -> dict[str, Any] | None:
+    """A spec job's last progress line, or its model card's metrics once written."""
+    card = job_dir / "source" / "model_card.json"
+    progress = job_dir / "progress.json"
+    try:
+        if card.is_file():
+            body = json.loads(card.read_text())
+            return {"metrics": body.get("metrics"), "search": body.get("search")}
+        if progress.is_file():
+            return dict(json.loads(progress.read_text()))
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def pack_source(source: Path, dest: Path) -> None:
@@ -89,14 +199,19 @@ class JobRunner:
         jobs_dir: Path,
         trainer_command: list[str],
         timeout_s: float | None = None,
+        spec_command: list[str] | None = None,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._jobs_dir = jobs_dir
         self._command = list(trainer_command)
+        self._spec_command = list(spec_command or [sys.executable, "-m", "trainer.run"])
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        from hub.autotrain import AutoTrain
+
+        self.auto = AutoTrain(jobs_dir / "auto_train.json", db, self)
 
     def job_dir(self, job_id: int) -> Path:
         """The folder of one job."""
@@ -169,8 +284,49 @@ class JobRunner:
         await self._db.call(self._db.set_job, job_id, "running", log_path=str(log_path))
         loop = asyncio.get_running_loop()
         samples = await self._db.call(self._db.samples, job.params["bundle"], "annotated", None)
-        count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
-        if count == 0:
+        source = job_dir / "source"
+        argv: list[str] = []
+        count = 0
+        if job.params.get("spec") and job.params.get("datasets"):
+            try:  # hub datasets instead of annotated samples (hub/datasets.py)
+                count = await self._hub_datasets(job.params["datasets"], job_dir)
+            except LeanloopError as e:
+                await self._db.call(self._db.set_job, job_id, "failed", error=str(e))
+                return
+            argv = await loop.run_in_executor(None, self._spec_job, job.params, [], job_dir, True)
+        elif not samples:
+            count = 0
+        elif job.params.get("spec"):
+            # The hub's current ontology, when it manages one, fixes the classes and their order
+            # (samples are remapped when it changes, so they are all in its latest version);
+            # else the published bundle's. Its history lets the source be stamped.
+            params = dict(job.params)
+            managed = await self._db.call(self._db.sample_ontology, samples[0].id)
+            published = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
+            if managed is not None:
+                params["classes"] = params.get("classes") or managed.classes
+                params["ontology"] = (managed.id, managed.version)
+                history = await self._db.call(self._db.ontology_versions, managed.id)
+                (job_dir / "ontology_history.json").write_text(
+                    json.dumps([v.to_dict() for v in history])
+                )
+            elif published is not None:  # its id and version (the classes: as labelled)
+                params["ontology"] = (published[0], published[1])
+            argv = await loop.run_in_executor(None, self._spec_job, params, samples, job_dir)
+            count = len(samples)
+        else:
+            count = await loop.run_in_executor(None, export_samples, samples, self._blobs, job_dir)
+            argv = [
+                *self._command,
+                "--annotations", str(job_dir / "annotations.jsonl"),
+                "--images", str(job_dir / "images"),
+                "--out", str(source),
+            ]  # fmt: skip
+            if job.params.get("init_from") is not None:
+                argv += ["--init-from", str(self.checkpoint(int(job.params["init_from"])))]
+            if job.params.get("params"):
+                argv += ["--params", json.dumps(job.params["params"])]
+        if count == 0 or not argv:
             await self._db.call(
                 self._db.set_job,
                 job_id,
@@ -178,17 +334,6 @@ class JobRunner:
                 error=f"no annotated samples for {job.params['bundle']}",
             )
             return
-        source = job_dir / "source"
-        argv = [
-            *self._command,
-            "--annotations", str(job_dir / "annotations.jsonl"),
-            "--images", str(job_dir / "images"),
-            "--out", str(source),
-        ]  # fmt: skip
-        if job.params.get("init_from") is not None:
-            argv += ["--init-from", str(self.checkpoint(int(job.params["init_from"])))]
-        if job.params.get("params"):
-            argv += ["--params", json.dumps(job.params["params"])]
         with open(log_path, "ab") as log_file:
             log_file.write(f"$ {' '.join(argv)}\n{count} annotated samples\n".encode())
             log_file.flush()
@@ -229,5 +374,65 @@ class JobRunner:
             )
             return
         artifact = job_dir / "source.tar.gz"
+        await loop.run_in_executor(None, stamp_source, source, job_dir / "ontology_history.json")
         await loop.run_in_executor(None, pack_source, source, artifact)
         await self._db.call(self._db.set_job, job_id, "done", artifact_path=str(artifact))
+
+    async def _hub_datasets(self, names: list[str], job_dir: Path) -> int:
+        """Write hub dataset versions ('name' or 'name:version') as the job's training set,
+        aligned to one ontology version; the history goes beside it for the stamp. Returns
+        the item count. Raises DatasetError, NotFound."""
+        from hub.datasets import training_set
+
+        db = self._db
+        stored = []
+        for ref in names:
+            name, _, ver = ref.partition(":")
+            v = await db.call(db.dataset_version, name, int(ver) if ver.isdigit() else None)
+            stored.append((v, await db.call(db.dataset_items, v.name, v.version)))
+        onto_id = stored[0][0].ontology_id
+        history = (
+            [h.to_dict() for h in await db.call(db.ontology_versions, onto_id)] if onto_id else []
+        )
+        if history:
+            (job_dir / "ontology_history.json").write_text(json.dumps(history))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, training_set, self._blobs, job_dir / "dataset", stored, history
+        )
+
+    def _spec_job(
+        self,
+        params: dict[str, Any],
+        samples: list[Sample],
+        job_dir: Path,
+        dataset_ready: bool = False,
+    ) -> list[str]:
+        """Write the dataset folder (unless ``dataset_ready``) and the job's spec; return the
+        trainer's argv."""
+        from trainer.spec import parse_spec
+
+        if not dataset_ready:
+            export_dataset(
+                samples,
+                self._blobs,
+                job_dir / "dataset",
+                params.get("classes"),
+                params["bundle"],
+                params.get("ontology"),
+            )
+        spec = parse_spec(params["spec"], "job spec")
+        update: dict[str, Any] = {
+            "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})
+        }
+        if params.get("init_from") is not None:
+            key = "classifier" if spec.task == "classify" else "detector"
+            update["warm_start"] = self.checkpoint(int(params["init_from"])) / f"{key}.pt"
+        spec = spec.model_copy(update=update)
+        (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
+        return [
+            *self._spec_command,
+            "--spec", str(job_dir / "spec.json"),
+            "--out", str(job_dir / "source"),
+            "--progress", str(job_dir / "progress.json"),
+        ]  # fmt: skip

@@ -37,6 +37,8 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
     ("/healthz", frozenset()),  # load balancers probe it without a token
     ("/metrics", frozenset()),  # Prometheus scrapes it (keep it on a private network)
+    ("/ui/", frozenset()),  # the web page checks its own session cookie (hub/web/session.py)
+    ("/ui", frozenset()),
     (f"{API}/device/", frozenset({"device"})),
     (f"{API}/tuf/", frozenset({"device", "admin"})),
     (f"{API}/admin/", frozenset({"admin", "annotator", "viewer"})),

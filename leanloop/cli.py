@@ -9,17 +9,18 @@ input with a one-line ``error: ...`` and exit code 2, a failed operation with ex
 from __future__ import annotations
 
 import contextlib
-import functools
+import faulthandler
 import json
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
+from leanloop._cli_common import _fail, admin_client, handled
+from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows
+from leanloop.cli_train import train as train_command
+from runtime.errors import ConfigError, first_line
 
 __all__ = ["app", "main"]
 
@@ -44,44 +45,31 @@ app.add_typer(feedback_app, name="feedback")
 shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
 app.add_typer(shadow_app, name="shadow")
 
-F = TypeVar("F", bound=Callable[..., Any])
-_INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
+
+def _print_version(value: bool) -> None:
+    if value:
+        from runtime._version import __version__
+
+        typer.echo(f"leanloop {__version__}")
+        raise typer.Exit()
 
 
-def _fail(msg: str, code: int) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def handled(fn: F) -> F:
-    """Turn leanloop errors into one line on stderr and the documented exit codes."""
-
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except typer.Exit:
-            raise
-        except _INPUT_ERRORS as e:
-            _fail(str(e), 2)
-        except LeanloopError as e:
-            _fail(str(e), 1)
-        except ImportError as e:
-            _fail(
-                f"{e.name or e}: not installed here; install leanloop[hub] for hub-side commands", 1
-            )
-        except KeyboardInterrupt:
-            _fail("interrupted", 1)
-
-    return wrapper  # type: ignore[return-value]
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """leanloop: the Lean AI loop for vision at the edge."""
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from runtime.logs import setup_logging
+
+    setup_logging(verbose)  # journald priorities and no second timestamp under systemd
 
 
 # ---- device side -----------------------------------------------------------------------
@@ -99,7 +87,14 @@ def device_run(
 
     _setup_logging(verbose)
     cfg = load_config(config)
+    # A hang killed by systemd's watchdog (SIGABRT) leaves every thread's traceback in the log
+    # (stderr must be a real file descriptor: not under a test runner's capture).
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        faulthandler.enable()
     raise typer.Exit(DeviceService(cfg).run())
+
+
+device_app.command("metrics")(handled(device_metrics))
 
 
 @app.command("infer")
@@ -192,6 +187,8 @@ def status(
         f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
         f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload",
     )
+    for k, v in status_rows(st):
+        t.add_row(k, v)
     if fb := st.get("feedback"):  # per class: leanloop status --json
         t.add_row("feedback", f"{fb.get('reviewed')} reviewed, {fb.get('corrections')} corrected, "
                   f"accuracy on reviewed {fb.get('accuracy')}")  # fmt: skip
@@ -204,14 +201,18 @@ def rollback(
     config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Return to the previous committed bundle (live between two frames, or service stopped)."""
     from runtime.operator import rollback as device_rollback
 
     sd = _state_dir(config, state_dir)
+    if as_json and not yes:
+        raise ConfigError("--json asks nothing: add --yes")
     if not yes and not typer.confirm("Roll back to the previous committed bundle?"):
         raise typer.Exit(1)
-    typer.echo(device_rollback(sd))
+    msg = device_rollback(sd)
+    say(as_json, {"message": msg}, msg)
 
 
 @samples_app.command("list")
@@ -233,6 +234,9 @@ def samples_list(
     from rich.table import Table
 
     t = Table("id", "priority", "frame", "bundle", "prediction", "state")
+    # Full ids, never cut: they are pasted into `feedback` (which also takes a unique prefix).
+    t.columns[0].no_wrap = True
+    t.columns[0].min_width = max((len(r["id"]) for r in rows), default=2)
     for r in rows:
         t.add_row(
             r["id"],
@@ -378,12 +382,7 @@ def shadow_report(
     Console().print(t)
 
 
-def _admin_client(hub: str, token: str | None) -> Any:
-    from hub.client import HubAdminClient
-
-    if not token:
-        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
-    return HubAdminClient(hub, token)
+_admin_client = admin_client
 
 
 @shadow_app.command("assign")
@@ -403,6 +402,7 @@ def shadow_assign(
         float, typer.Option(help="δ on corrected frames (candidate vs production accuracy)")
     ] = 0.02,
     measure_only: Annotated[bool, typer.Option(help="report, never promote")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Hub admin: run a candidate in shadow mode on devices, a cohort, or the fleet."""
     rule = {
@@ -412,7 +412,11 @@ def shadow_assign(
         "promote": not measure_only,
     }
     n = _admin_client(hub, token).shadow_rollout(bundle, version, rule, device or None, cohort)
-    typer.echo(f"{bundle} v{version} in shadow on {n} device(s)")
+    say(
+        as_json,
+        {"bundle": bundle, "version": version, "devices": n},
+        f"{bundle} v{version} in shadow on {n} device(s)",
+    )
 
 
 @shadow_app.command("fleet")
@@ -456,6 +460,7 @@ def delta_make(
     codec: Annotated[
         str, typer.Option(help="auto | tensor | hdiffpatch | hdiffpatch-lzma | zstd-dict | bsdiff4")
     ] = "auto",
+    as_json: JsonFlag = False,
 ) -> None:
     """Make a verified patch from OLD to NEW (tensor-aware for model files)."""
     from bsdiff import DeltaError, codec_name, make_patch, read_header
@@ -469,9 +474,16 @@ def delta_make(
 
     atomic_write_bytes(patch, data)
     h = read_header(data)
-    typer.echo(
+    say(
+        as_json,
+        {
+            "patch": str(patch),
+            "bytes": len(data),
+            "result_bytes": h.result_size,
+            "codec": codec_name(h.codec),
+        },
         f"{patch}: {len(data)} bytes ({len(data) / max(1, h.result_size):.2%} of "
-        f"{h.result_size}), codec {codec_name(h.codec)}"
+        f"{h.result_size}), codec {codec_name(h.codec)}",
     )
 
 
@@ -481,6 +493,7 @@ def delta_apply(
     old: Annotated[Path, typer.Argument(help="base file")],
     patch: Annotated[Path, typer.Argument(help="patch file")],
     out: Annotated[Path, typer.Argument(help="result file to write (atomically)")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Apply PATCH to OLD; the result is written only if its sha256 matches the patch header."""
     from bsdiff import DeltaError, apply_patch_file
@@ -490,7 +503,11 @@ def delta_apply(
     except DeltaError as e:
         _delta_error(e)
         return
-    typer.echo(f"{out}: {h.result_size} bytes, sha256 {h.result_sha256.hex()[:16]}… verified")
+    say(
+        as_json,
+        {"out": str(out), "bytes": h.result_size, "sha256": h.result_sha256.hex()},
+        f"{out}: {h.result_size} bytes, sha256 {h.result_sha256.hex()[:16]}… verified",
+    )
 
 
 # ---- bundles ---------------------------------------------------------------------------
@@ -510,12 +527,17 @@ def bundle_build(
             "(default: each model on the engine made for its file)"
         ),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Make a bundle (manifest, golden expected outputs) from a source folder."""
     from runtime.bundle.build import build_bundle
 
     m = build_bundle(src, out, name=name, version=version, backend=backend)
-    typer.echo(f"built {m.name} v{m.version}: {len(m.files)} files in {out}")
+    say(
+        as_json,
+        {"name": m.name, "version": m.version, "files": len(m.files), "out": str(out)},
+        f"built {m.name} v{m.version}: {len(m.files)} files in {out}",
+    )
 
 
 @bundle_app.command("verify")
@@ -527,12 +549,17 @@ def bundle_verify(
         Path | None,
         typer.Option(help="signed targets.json (default: <bundle>/../targets.json or the hub's)"),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Offline check of a bundle's files against its manifest and signed targets metadata."""
     from runtime.bundle.verify import verify_offline
 
     m = verify_offline(bundle, root, targets)
-    typer.echo(f"ok: {m.name} v{m.version}, {len(m.files) + 1} files verified")
+    say(
+        as_json,
+        {"ok": True, "name": m.name, "version": m.version, "files": len(m.files) + 1},
+        f"ok: {m.name} v{m.version}, {len(m.files) + 1} files verified",
+    )
 
 
 @bundle_app.command("publish")
@@ -545,13 +572,18 @@ def bundle_publish(
         str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
     ] = None,
     cohort: Annotated[str | None, typer.Option(help="roll out to this cohort")] = None,
+    force: Annotated[bool, typer.Option("--force", help="publish even if not blessed")] = False,
+    reason: Annotated[str | None, typer.Option(help="why (--force; audited)")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Sign a bundle's files as TUF targets and upload them to the hub."""
     from hub.cli import publish_command
 
     if not token:
         raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
-    publish_command(bundle, hub, keys, token, cohort)
+    if force and not (reason or "").strip():
+        raise ConfigError("--force needs --reason (it is written to the hub's audit log)")
+    publish_command(bundle, hub, keys, token, cohort, reason if force else None, as_json)
 
 
 def _mount_hub() -> None:
@@ -581,25 +613,56 @@ def demo(
     ] = 150,
     budget: Annotated[int, typer.Option(min=1, help="digit labels per iteration per arm")] = 100,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="also write report.json")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="print the report as JSON on stdout (tables go to stderr); also "
+            "writes report.json",
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on one machine: hub, devices, train, publish, update, collect, retrain."""
+    import sys
+    from dataclasses import asdict
+
     from leanloop.demo import DemoSettings, run_demo
 
-    run_demo(
-        DemoSettings(
-            workdir=workdir,
-            iterations=iterations,
-            devices=devices,
-            frames=frames,
-            budget=budget,
-            seed=seed,
-            json_report=as_json,
-        )
+    settings = DemoSettings(
+        workdir=workdir,
+        iterations=iterations,
+        devices=devices,
+        frames=frames,
+        budget=budget,
+        seed=seed,
+        json_report=as_json,
     )
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        rows = run_demo(settings)
+    if as_json:
+        report = {
+            "settings": {
+                k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
+            },
+            "rows": [asdict(r) for r in rows],
+        }
+        typer.echo(json.dumps(report, indent=2, default=str))
 
 
 _mount_hub()
+app.command("train")(train_command)
+
+from leanloop.cli_dataset import dataset_app, ontology_app  # noqa: E402
+from leanloop.cli_model import model_app  # noqa: E402
+
+app.add_typer(model_app, name="model")
+
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(ontology_app, name="ontology")
+
+from leanloop.cli_replay import replay_app  # noqa: E402
+
+app.registered_commands += replay_app.registered_commands  # replay, bless, metrics
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
 from runtime.sampling.rare_class import RareClassOptions
 from runtime.sampling.rules import RulesOptions
+from runtime.sinks import AnySinkSettings
+from runtime.sources import AnySourceSettings, FolderSourceSettings
 
 __all__ = [
     "ClassQuota",
@@ -32,6 +34,7 @@ __all__ = [
     "DownloadSettings",
     "HubSettings",
     "InferenceSettings",
+    "MetricsSettings",
     "SamplingSettings",
     "ShadowSettings",
     "SinkSettings",
@@ -61,12 +64,9 @@ class HubSettings(_Strict):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
-class SourceSettings(_Strict):
-    type: Literal["folder"] = "folder"
-    path: Path = Field(default=Path("/var/lib/leanloop/inbox"), description="image folder")
-    pattern: str = Field(default="*", description="glob of frame files, in name order")
-    poll_interval_s: float = Field(default=0.2, gt=0)
-    fps_limit: float = Field(default=0.0, ge=0, description="0: as fast as frames come")
+# The frame source: one settings model per source type, in runtime/sources/ (``type`` picks
+# one; no ``type`` means ``folder``). ``SourceSettings`` is the folder source's, as before.
+SourceSettings = FolderSourceSettings
 
 
 class SinkSettings(_Strict):
@@ -341,6 +341,18 @@ class ShadowSettings(_Strict):
     )
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics (``leanloop device metrics`` reads them through the control socket)."""
+
+    textfile: Path | None = Field(
+        default=None,
+        description="also write them to this file for node_exporter's textfile collector "
+        "(e.g. <state_dir>/metrics/leanloop.prom; outside the state folder the unit needs "
+        "ReadWritePaths=); none: no file",
+    )
+    interval_s: float = Field(default=15.0, gt=0, description="how often the textfile is written")
+
+
 class DeviceConfig(_Strict):
     """``leanloop device run --config FILE``."""
 
@@ -348,8 +360,14 @@ class DeviceConfig(_Strict):
     state_dir: Path = Field(default=Path("/var/lib/leanloop"))
     root: Path | None = Field(default=None, description="pinned TUF root.json of the fleet")
     hub: HubSettings = Field(default_factory=HubSettings)
-    source: SourceSettings = Field(default_factory=SourceSettings)
+    source: AnySourceSettings = Field(
+        default_factory=FolderSourceSettings,
+        description="where frames come from: folder | video | rtsp | mjpeg | v4l2",
+    )
     sink: SinkSettings = Field(default_factory=SinkSettings)
+    sinks: list[AnySinkSettings] = Field(
+        default_factory=list, description="more places results go: webhook, mqtt"
+    )
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
@@ -358,6 +376,7 @@ class DeviceConfig(_Strict):
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     status_interval_s: float = Field(default=1.0, gt=0)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
 
 def load_config(path: Path | None) -> DeviceConfig:

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from runtime.errors import LeanloopError
 
 __all__ = [
+    "Chain",
     "Change",
     "Conversion",
     "Create",
     "Delete",
+    "LabelMapping",
     "Mapping",
     "Merge",
     "OntologyChangeError",
@@ -41,6 +43,7 @@ __all__ = [
     "SplitRule",
     "apply_changes",
     "mapping_between",
+    "old_label_fate",
 ]
 
 
@@ -185,6 +188,56 @@ class Mapping:
         return f"{label!r} was deleted"
 
 
+class LabelMapping(Protocol):
+    """What the remap code needs of a mapping (one :class:`Mapping` or a :class:`Chain`)."""
+
+    @property
+    def old_classes(self) -> tuple[str, ...]: ...
+
+    @property
+    def new_classes(self) -> tuple[str, ...]: ...
+
+    def convert(self, label: str, box: Sequence[float] | None = None) -> Conversion: ...
+
+    def describe(self, label: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Several version steps in a row (data stored under v1, the ontology now at v3)."""
+
+    steps: tuple[Mapping, ...]
+
+    @property
+    def old_classes(self) -> tuple[str, ...]:
+        return self.steps[0].old_classes
+
+    @property
+    def new_classes(self) -> tuple[str, ...]:
+        return self.steps[-1].new_classes
+
+    def convert(self, label: str, box: Sequence[float] | None = None) -> Conversion:
+        status: Literal["same", "converted"] = "same"
+        current = label
+        for step in self.steps:
+            c = step.convert(current, box)
+            if not c.ok or c.label is None:
+                return c
+            if c.status == "converted":
+                status = "converted"
+            current = c.label
+        return Conversion(current, status)
+
+    def describe(self, label: str) -> str:
+        current = label
+        for step in self.steps:
+            c = step.convert(current)
+            if not c.ok or c.label is None:
+                return step.describe(current)
+            current = c.label
+        return f"{label!r} is now {current!r}"
+
+
 def apply_changes(classes: Sequence[str], changes: Sequence[Change]) -> tuple[list[str], Mapping]:
     """The class list after ``changes`` and the mapping from ``classes`` to it.
 
@@ -266,6 +319,28 @@ def apply_changes(classes: Sequence[str], changes: Sequence[Change]) -> tuple[li
     return current, Mapping(tuple(classes), tuple(current), fate)
 
 
+def old_label_fate(
+    label: str, changes: Sequence[Change], mapping_from_previous: dict[str, str] | None = None
+) -> tuple[str | None, str]:
+    """What a label of the *previous* version became, from the new version's changes (or its
+    plain mapping): ``(new label, "")`` when it converts one to one, else ``(None, why)``."""
+    if mapping_from_previous and label in mapping_from_previous:
+        return mapping_from_previous[label], ""
+    current = label
+    touched = False
+    for ch in changes:
+        if isinstance(ch, Rename) and ch.old == current:
+            current, touched = ch.new, True
+        elif isinstance(ch, Merge) and current in ch.sources:
+            current, touched = ch.into, True
+        elif isinstance(ch, Split) and ch.source == current:
+            parts = ", ".join(repr(p) for p in ch.into)
+            return None, f"{label!r} was split into {parts}; choose one of them"
+        elif isinstance(ch, Delete) and ch.name == current:
+            return None, f"{label!r} was deleted"
+    return (current, "") if touched else (None, f"{label!r} is not a class")
+
+
 def mapping_between(
     old_classes: Sequence[str],
     new_classes: Sequence[str],
@@ -275,15 +350,16 @@ def mapping_between(
     """The mapping a device uses between its committed ontology and a new one.
 
     With ``changes`` (the new version's explicit changes) they are replayed on the old classes;
-    if that does not give ``new_classes`` (the device skipped a version) they are not used.
+    if they do not give the classes of ``new_classes`` (the device skipped a version) they are
+    not used.
     Otherwise ``mapping_from_previous`` (old -> new) plus same-name classes convert, and any
     other old class is dropped.
     """
     if changes:
         try:
             got, mapping = apply_changes(old_classes, changes)
-            if got == list(new_classes):
-                return mapping
+            if set(got) == set(new_classes):  # the model may order its outputs its own way
+                return Mapping(mapping.old_classes, tuple(new_classes), mapping.targets)
         except OntologyChangeError:
             pass
     explicit = dict(mapping_from_previous or {})

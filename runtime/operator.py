@@ -163,7 +163,7 @@ def list_samples(state_dir: Path, top: int, max_bytes: int) -> list[dict[str, An
         store.close()
 
 
-def _active_classes(state_dir: Path) -> tuple[list[str], int]:
+def _active_ontology(state_dir: Path) -> tuple[Any, int]:
     from runtime.bundle.loader import read_manifest
 
     slots = Slots(state_dir)
@@ -171,7 +171,28 @@ def _active_classes(state_dir: Path) -> tuple[list[str], int]:
     if d is None:
         raise UpdateError("no active bundle: cannot check labels against its ontology")
     m = read_manifest(d)
-    return list(m.ontology.classes), m.version
+    return m.ontology, m.version
+
+
+def _check_label(ontology: Any, label: str) -> tuple[str, str | None]:
+    """(label to store, the old label it was converted from). A label of the previous ontology
+    version converts when it has one successor; otherwise ConfigError says what became of it."""
+    from runtime.ontology import old_label_fate
+
+    classes = list(ontology.classes)
+    if label in classes:
+        return label, None
+    new, why = old_label_fate(label, ontology.changes, ontology.mapping_from_previous)
+    if new is not None and new in classes:
+        return new, label
+    if why and "is not a class" not in why:
+        raise ConfigError(
+            f"label {label!r} is from ontology version {ontology.version - 1}: in version "
+            f"{ontology.version} {why} ({', '.join(classes)})"
+        )
+    raise ConfigError(
+        f"unknown label {label!r}: the active bundle's ontology has {', '.join(classes)}"
+    )
 
 
 def give_feedback(
@@ -200,11 +221,10 @@ def give_feedback(
     from runtime.store.lmdb_store import SampleStore
     from runtime.store.record import Feedback
 
-    classes, version = _active_classes(state_dir)
-    if label is not None and label not in classes:
-        raise ConfigError(
-            f"unknown label {label!r}: the active bundle's ontology has {', '.join(classes)}"
-        )
+    ontology, version = _active_ontology(state_dir)
+    converted_from = None
+    if label is not None:
+        label, converted_from = _check_label(ontology, label)
     path = state_dir / "samples"
     if store is None and not path.exists():
         raise ConfigError(f"{path}: no sample store")
@@ -216,17 +236,36 @@ def give_feedback(
         bundle_version=version,
         item=item,
     )
+    note = {"converted_from": converted_from} if converted_from else {}
     if store is not None:
-        return _record_feedback(state_dir, store, outbox, sample_id, fb)
+        return {**_record_feedback(state_dir, store, outbox, sample_id, fb), **note}
     own = SampleStore(path, max_bytes=max_bytes)
     sent = state_dir / SENT_DIR
     own_outbox = FeedbackOutbox(sent) if sent.exists() else None
     try:
-        return _record_feedback(state_dir, own, own_outbox, sample_id, fb)
+        return {**_record_feedback(state_dir, own, own_outbox, sample_id, fb), **note}
     finally:
         if own_outbox is not None:
             own_outbox.close()
         own.close()
+
+
+def resolve_sample_id(store: Any, sample_id: str) -> str:
+    """The full id of ``sample_id`` or of the one stored sample whose id starts with it.
+
+    An id the store does not hold and no stored id starts with is returned as given (it may be
+    a sample that went to the hub). Raises ConfigError when the prefix names several samples.
+    """
+    if store.get(sample_id) is not None:
+        return sample_id
+    found = store.ids_with_prefix(sample_id, limit=3)
+    if len(found) > 1:
+        raise ConfigError(
+            f"sample id prefix {sample_id!r} is ambiguous: it matches {', '.join(found[:2])}"
+            + (" and more" if len(found) > 2 else "")
+            + "; type more of the id"
+        )
+    return found[0] if found else sample_id
 
 
 def _record_feedback(
@@ -234,6 +273,7 @@ def _record_feedback(
 ) -> dict[str, Any]:
     from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, forget_summary
 
+    sample_id = resolve_sample_id(store, sample_id)
     try:
         rec = store.set_feedback(sample_id, fb)
     except StoreError:

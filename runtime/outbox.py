@@ -248,6 +248,36 @@ class FeedbackOutbox:
         with self._lock:
             self._run(True, f"drop {sample_id}", lambda t: t.delete(rid, db=self._queue))
 
+    def rewrite_all(
+        self,
+        sent_fn: Callable[[dict[str, Any]], dict[str, Any]],
+        queued_fn: Callable[[str, dict[str, Any]], dict[str, Any] | None],
+    ) -> int:
+        """Rewrite every remembered sample (``sent_fn(entry)``) and every queued feedback
+        (``queued_fn(id, feedback)``; None drops it) in one transaction, e.g. to remap labels
+        after an ontology change. Returns how many queued feedbacks were dropped."""
+
+        def change(txn: lmdb.Transaction[bytes]) -> int:
+            for key, raw in list(txn.cursor(db=self._sent)):
+                data = self._load(raw)
+                if data is not None:
+                    txn.put(bytes(key), json.dumps(sent_fn(data)).encode(), db=self._sent)
+            dropped = 0
+            for key, raw in list(txn.cursor(db=self._queue)):
+                fb = self._load(raw)
+                if fb is None:
+                    continue
+                new = queued_fn(bytes(key).decode(errors="replace"), fb)
+                if new is None:
+                    txn.delete(bytes(key), db=self._queue)
+                    dropped += 1
+                elif new != fb:
+                    txn.put(bytes(key), json.dumps(new).encode(), db=self._queue)
+            return dropped
+
+        with self._lock:
+            return self._run(True, "rewrite", change)
+
     def stats(self) -> dict[str, int]:
         """``queued`` feedback and ``remembered`` sent samples."""
 

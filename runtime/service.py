@@ -20,6 +20,7 @@ the next heartbeat. Messages to and from the hub are the typed models of :mod:`r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -28,18 +29,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from runtime import _svc_testhooks
 from runtime._atomic import atomic_write_json
 from runtime._version import __version__
 from runtime.bundle.loader import LoadedBundle
+from runtime.bundle.manifest import Ontology
 from runtime.config import DeviceConfig
 from runtime.control import ControlServer, socket_path
-from runtime.errors import ConfigError, HubError, LeanloopError, UpdateError
+from runtime.errors import ConfigError, HubError, LeanloopError, StoreError, UpdateError
 from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
+from runtime.metrics import DeviceMetrics, write_textfile
 from runtime.outbox import SENT_DIR, FeedbackOutbox
+from runtime.prediction_stream import PREDICTIONS_DIR, PredictionSpool
 from runtime.protocol import Heartbeat
+from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
-from runtime.sources import FolderSource, JsonlSink, NullSink
+from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
+from runtime.sources import Source, open_source, source_key
+from runtime.store.remap import remap_store
 from runtime.store.writer import open_store_and_writer
 from runtime.trust import BundleFetcher
 from runtime.update.installer import Installer
@@ -48,6 +58,9 @@ from runtime.uploader import Uploader
 __all__ = ["DeviceService"]
 
 log = logging.getLogger("leanloop.device")
+
+_START_TIMEOUT_S = 120.0  # EXTEND_TIMEOUT_USEC while loading at start and while stopping
+_SOURCE_READY_S = 10.0  # READY waits this long for a live source's first open
 
 
 class _Latency:
@@ -74,6 +87,11 @@ class DeviceService:
 
     def __init__(self, cfg: DeviceConfig) -> None:
         self.cfg = cfg
+        # systemd (Type=notify): start-up may load and recover bundles for a while.
+        self.notifier = Notifier()
+        self.notifier.extend_timeout(_START_TIMEOUT_S)
+        self.watchdog = Watchdog(self.notifier)
+        self._reload = threading.Event()
         self.state_dir = cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._stop = threading.Event()
@@ -84,6 +102,7 @@ class DeviceService:
             "frame_errors": 0,
             "uploaded": 0,
             "upload_errors": 0,
+            "upload_bytes": 0,
         }
         self.latency = _Latency()
         self._started = time.time()
@@ -92,18 +111,25 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
-        self.source = FolderSource(
-            cfg.source.path, cfg.source.pattern, self.state_dir / "source_cursor.json"
-        )
+        # Every prediction's metadata, sent in compressed batches by the uploader.
+        self.predictions = PredictionSpool(self.state_dir / PREDICTIONS_DIR)
+        self.installer.on_commit = self._remap_store  # a new ontology version remaps the store
+        if (committed := self.installer.committed_ontologies()) is not None:
+            self._remap_store(*committed)  # finishes a remap a crash interrupted (else no-op)
+        self.source: Source = self._open_source()
         sink_path = cfg.sink.path or self.state_dir / "results.jsonl"
-        self.sink: JsonlSink | NullSink = (
-            JsonlSink(sink_path) if cfg.sink.type == "jsonl" else NullSink()
-        )
+        sinks: list[tuple[str, Sink]] = [
+            ("results", JsonlSink(sink_path) if cfg.sink.type == "jsonl" else NullSink())
+        ]
+        sinks += [(f"{s.type}{i}", open_sink(s, cfg.device_id)) for i, s in enumerate(cfg.sinks)]
+        self.sink = FanoutSink(sinks)
         self.hub: HubClient | None = None
         self.fetcher: BundleFetcher | None = None
         self.uploader: Uploader | None = None
         # shadow hook 1/4: shadow-mode A/B (runtime/shadow); idle until the hub assigns one.
         self.shadow = ShadowManager(cfg, self.installer, self.writer, self.store)
+        self.metrics = DeviceMetrics(self.status)  # histograms + a view of status()
+        self._textfile_at = 0.0
 
     @property
     def bundle(self) -> LoadedBundle | None:
@@ -116,27 +142,33 @@ class DeviceService:
         bundle = self.installer.between_frames()  # a handed-over bundle swaps in here
         if bundle is None:
             return False
-        got = self.source.next()
-        if got is None:
+        frame = self.source.next()
+        if frame is None:
             return False
-        frame_id, data = got
+        frame_id = frame.id
         # Never raises: a frame that cannot be decoded or run is an error result.
-        image, pred = bundle.pipeline.run_encoded(
-            data, frame_id, self.cfg.inference.max_frame_pixels
-        )
-        self.sink.write(pred)
-        self.source.done()
+        if frame.image is not None:  # cameras and video files give pixels
+            image: np.ndarray | None = frame.image
+            pred = bundle.pipeline.run(frame.image, frame_id)
+        else:
+            image, pred = bundle.pipeline.run_encoded(
+                frame.data or b"", frame_id, self.cfg.inference.max_frame_pixels
+            )
+        self.sink.write(pred, frame.ts)
+        if self.cfg.hub.url is not None:
+            self.predictions.add(pred)
+        self.source.done(frame)
         self.counters["frames"] += 1
+        self.metrics.observe(pred)
         if pred.error:
             self.counters["frame_errors"] += 1
         else:
             self.latency.add(pred.latency_ms)
-            self.writer.offer(image, pred)  # type: ignore[arg-type]
-            self.shadow.offer(frame_id, data, pred)  # shadow hook 2/4: non-blocking copy
+            self.writer.offer(image, pred, frame.ts)  # type: ignore[arg-type]
+            if self.shadow.active:  # shadow hook 2/4: non-blocking copy (encoded only then)
+                self.shadow.offer(frame_id, frame.encoded(), pred)
         # A frame that does not decode is the frame's fault, not the bundle's.
         self.installer.frame_served(failed=pred.error is not None and image is not None)
-        if self.cfg.source.fps_limit > 0:
-            time.sleep(1.0 / self.cfg.source.fps_limit)
         return True
 
     # ---- background loops --------------------------------------------------------------
@@ -175,6 +207,7 @@ class DeviceService:
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
                 ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
                 outbox=self.outbox,
+                predictions=self.predictions,
             )
         return True
 
@@ -220,6 +253,7 @@ class DeviceService:
                 res = self.uploader.run_once()
                 self.counters["uploaded"] += res.sent
                 self.counters["upload_errors"] += res.failed
+                self.counters["upload_bytes"] += res.wire_bytes
             except LeanloopError as e:
                 self.counters["upload_errors"] += 1
                 log.warning("upload: %s", e)
@@ -230,8 +264,83 @@ class DeviceService:
         while not self._stop.wait(self.cfg.status_interval_s):
             try:
                 self.write_status()
+                self.notifier.status(self.status_line())
+                self._write_textfile()
             except Exception as e:
                 log.warning("status: %s", e)
+
+    def _remap_store(self, old: Ontology, new: Ontology) -> None:
+        """An update committed: remap the store and the outbox to a new ontology version."""
+        try:
+            remap_store(self.store, self.outbox, old, new)
+        except StoreError as e:  # the bundle stays committed; records keep their old labels
+            log.error("could not remap the sample store to the new ontology: %s", e)
+
+    def _write_textfile(self) -> None:
+        m = self.cfg.metrics
+        if m.textfile is None or time.monotonic() < self._textfile_at:
+            return
+        self._textfile_at = time.monotonic() + m.interval_s
+        write_textfile(m.textfile, self.metrics.exposition())
+
+    def _engines(self) -> dict[str, str]:
+        """Which engine runs each model of the serving bundle."""
+        b = self.bundle
+        return {str(k): str(v) for k, v in b.engines.items()} if b is not None else {}
+
+    def _shadow_status(self) -> dict[str, Any] | None:
+        rep = getattr(self.shadow, "report", None)
+        if rep is None or getattr(rep, "candidate", None) is None:
+            return None
+        stats = getattr(rep, "stats", None)
+        return {
+            "status": getattr(rep, "status", None),
+            "agreement": getattr(stats, "agreement", None),
+        }
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status`` (sd_notify STATUS=)."""
+        b = self.bundle
+        src = self.source.health()
+        serving = f"serving {b.manifest.name} v{b.manifest.version}" if b else "no bundle"
+        up = time.time() - self._started
+        fps = self.counters["frames"] / up if up > 0 else 0.0
+        state = self.installer.status().get("update_state", "?")
+        return f"{serving}; {fps:.1f} fps; source {src['name']} {src['state']}; update {state}"
+
+    def _reopen_source(self) -> None:
+        """SIGHUP: tell systemd we reload, reopen the source (a replaced camera), READY again."""
+        self._reload.clear()
+        self.notifier.reloading()
+        log.info("reload: reopening source %s", self.source.health()["name"])
+        self.source.close()
+        self.source = self._open_source()
+        self._wait_source()
+        self.notifier.ready(self.status_line())
+
+    def _open_source(self) -> Source:
+        """Open the source, resuming after the last frame a committed store transaction
+        decided (the store keeps that cursor with its records: after a kill -9 no frame the
+        store already judged is read, hence stored, again)."""
+        src = open_source(self.cfg.source, self.state_dir)
+        cursor = self.store.source_cursor(source_key(self.cfg.source))
+        if cursor is not None:
+            src.resume_after(cursor)
+        return src
+
+    def _wait_source(self) -> None:
+        """Give a live source's first open up to ``_SOURCE_READY_S`` (READY comes after it);
+        a stop request ends the wait at once."""
+        wait = getattr(self.source, "wait_ready", None)
+        if wait is None:
+            return
+        deadline = time.monotonic() + _SOURCE_READY_S
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                return
+            if getattr(self.source, "tried", False):
+                break  # the first open failed; the source keeps retrying on its own
+        log.warning("source %s not open yet; retrying", self.source.health()["name"])
 
     # ---- status ------------------------------------------------------------------------
 
@@ -250,13 +359,17 @@ class DeviceService:
             "time": time.time(),
             "uptime_s": round(up, 1),
             **inst,
-            "engines": dict(self.bundle.engines) if self.bundle is not None else {},
             "counters": counters,
             "fps": round(self.counters["frames"] / up, 2) if up > 0 else 0.0,
             "latency_ms": {"p50": self.latency.pct(0.5), "p99": self.latency.pct(0.99)},
             "store": self.store.stats(),
             "writer": self.writer.stats(),
             "source_idle_s": round(self.source.idle_for(), 2),
+            "source": self.source.health(),
+            "sinks": self.sink.stats(),
+            "engines": self._engines(),
+            "download": self.fetcher.progress() if self.fetcher is not None else None,
+            "shadow": self._shadow_status(),
             "feedback": feedback_summary(self.store, self.state_dir),
             "upload": self.uploader.status() if self.uploader is not None else None,
         }
@@ -290,12 +403,14 @@ class DeviceService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.installer.wake.set()  # the update thread waits on it, not on _stop
 
     def run(self) -> int:
         """Serve until stopped. Returns the process exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         atomic_write_json(self.state_dir / "service.pid", {"pid": os.getpid()})
         control = ControlServer(
             socket_path(self.state_dir),
@@ -303,6 +418,7 @@ class DeviceService:
                 "status": lambda req: self.status(),
                 "rollback": lambda req: {"message": self.installer.request_rollback()},
                 "feedback": self._feedback,
+                "metrics": lambda req: {"text": self.metrics.exposition()},
             },
         )
         control.start()
@@ -314,19 +430,29 @@ class DeviceService:
         for t in threads:
             t.start()
         log.info("device %s started (runtime %s)", self.cfg.device_id, __version__)
+        self._wait_source()
+        log.info("ready: %s", self.status_line())
+        self.notifier.ready(self.status_line())
         try:
             while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reopen_source()
                 try:
                     busy = self._frame_step()
                 except Exception:  # nothing a frame does may stop the device
                     self.counters["frame_errors"] += 1
                     log.exception("frame loop: unexpected error; going on")
                     busy = False
-                if not busy:
+                if not busy and (self.bundle is None or not self.source.waits):
                     self._stop.wait(self.cfg.source.poll_interval_s)
+                self.watchdog.progress()  # frame-loop progress, not a timer
+                _svc_testhooks.maybe_hang(self.counters["frames"], time.time() - self._started)
         finally:
+            log.info("stopping")
+            self.notifier.stopping()
+            self.notifier.extend_timeout(_START_TIMEOUT_S / 4)
             control.close()
-            self.source.persist()
+            self.source.close()
             self.shadow.close()  # shadow hook 4/4: stop the candidate's worker
             self.writer.close(timeout=5.0)
             for t in threads:
@@ -334,6 +460,8 @@ class DeviceService:
             self.write_status()
             self.store.close()
             self.outbox.close()
+            with contextlib.suppress(OSError):
+                self.predictions.seal()  # what was not sealed yet goes next start
             self.sink.close()
             self.installer.close()
             Path(self.state_dir / "service.pid").unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,6 +173,26 @@ class BundleFetcher:
         self.time_floor = TimeFloor(
             time_floor if time_floor is not None else self.metadata_dir.parent / "time_floor.json"
         )
+        # The fetch in progress (for ``status``): bundle, bytes to fetch at most, start.
+        self._current: tuple[str, int, int, float, int] | None = None
+
+    def progress(self) -> dict[str, Any] | None:
+        """The bundle being fetched: bytes received of ``total_bytes`` (the files it runs, at full
+        size: reused files and deltas make it finish early), percent, bytes/s; or None."""
+        cur = self._current
+        if cur is None:
+            return None
+        name, version, total, t0, before = cur
+        got = max(0, self.downloader.stats.bytes_received - before)
+        took = max(1e-6, time.monotonic() - t0)
+        return {
+            "bundle": name,
+            "version": version,
+            "bytes": got,
+            "total_bytes": total,
+            "percent": round(100.0 * min(got, total) / total, 1) if total else None,
+            "rate_bps": round(got / took, 1),
+        }
 
     @property
     def counters(self) -> dict[str, int]:
@@ -278,6 +299,8 @@ class BundleFetcher:
                 check_plan(manifest, skip)
             if skip:
                 atomic_write_json(dest / SKIPPED_NAME, sorted(skip))
+            planned = sum(e.size for rel, e in manifest.files.items() if rel not in skip)
+            self._current = (name, version, planned, time.monotonic(), body_before)
             for rel, entry in sorted(manifest.files.items()):
                 ti = up.get_targetinfo(manifest.target_name(rel))
                 if ti is None:
@@ -311,6 +334,8 @@ class BundleFetcher:
             raise UpdateError(f"download failed: {type(e).__name__}: {e}") from e
         except BundleError as e:
             raise TrustError(f"signed manifest is invalid: {e}") from e
+        finally:
+            self._current = None
         received = fetcher.bytes_received + self.downloader.stats.bytes_received - body_before
         return FetchResult(manifest, received, reused, fetched, delta_files, delta_fallbacks)
 

@@ -212,6 +212,8 @@ def load_dataset(path: Path) -> tuple[Dataset, Path]:
     its relative image paths are under. Raises DatasetError."""
     path = Path(path)
     file = path / DATASET_FILE if path.is_dir() else path
+    if not file.exists():
+        raise DatasetError([f"{path}: no dataset here (a folder with {DATASET_FILE})"])
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except OSError as e:

@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import devices, fleet, jobs, ops, rollouts, samples, shadow, tokens, tuf, uploads
+from hub.api import (
+    datasets,
+    devices,
+    fleet,
+    history,
+    jobs,
+    ontologies,
+    ops,
+    replay,
+    rollouts,
+    samples,
+    shadow,
+    tokens,
+    tuf,
+    uploads,
+)
 
 __all__ = ["ROUTE_TABLES"]
 
@@ -19,4 +34,8 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     rollouts.routes,
     tokens.routes,
     ops.routes,
+    datasets.routes,
+    ontologies.routes,
+    replay.routes,
+    history.routes,
 )

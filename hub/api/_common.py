@@ -65,6 +65,15 @@ class Identity:
 IDENTITY = web.RequestKey("identity", Identity)
 
 
+def caller_name(request: web.Request, claimed: str | None = None) -> str:
+    """Who to write in a record: the named token's name, else what the caller says, else the
+    role (the bootstrap admin token has no name)."""
+    who = request.get(IDENTITY)
+    if who is not None and who.name:
+        return who.name
+    return claimed or (who.kind if who is not None else "unknown")
+
+
 def hash_token(token: str) -> str:
     """How a device token is stored: sha256 hex (tokens are random, so no salt is needed)."""
     return hashlib.sha256(token.encode()).hexdigest()

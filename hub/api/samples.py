@@ -15,6 +15,7 @@ from hub.api._common import (
     BLOBS,
     CONFIG,
     DB,
+    JOBS,
     NAME_PATTERN,
     Body,
     parse_body,
@@ -157,7 +158,11 @@ async def annotate(request: web.Request) -> web.Response:
     """Store a human's boxes for a sample; it leaves the pending queue."""
     raw = await read_capped(request, request.app[CONFIG].max_meta_bytes, "annotation")
     body = parse_body(AnnotationRequest, raw, "annotation")
-    await request.app[DB].call(
-        request.app[DB].annotate, request.match_info["sample_id"], _annotation(body)
-    )
-    return web.json_response({})
+    db, sample_id = request.app[DB], request.match_info["sample_id"]
+    # Labels of the previous ontology version are converted, or refused saying why.
+    labels = await db.call(db.current_labels, sample_id, [b[4] for b in body.boxes])
+    body.boxes = [(*b[:4], lbl) for b, lbl in zip(body.boxes, labels, strict=True)]
+    await db.call(db.annotate, sample_id, _annotation(body))
+    sample = await db.call(db.sample, sample_id)
+    job = await request.app[JOBS].auto.on_annotated(sample.bundle)  # the small inner loop, if on
+    return web.json_response({} if job is None else {"auto_job": job})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from typing import Any
@@ -104,6 +105,8 @@ async def _store_sample(
     )
     if feedback is not None:
         await _record_feedback(db, sample_id, device_id, meta)
+    if stored:  # from a device on an older ontology version: converted now (docs/datasets.md)
+        await db.call(db.to_current_ontology, sample_id)
     return "stored" if stored else "duplicate"
 
 
@@ -251,6 +254,9 @@ async def sample_feedback(request: web.Request) -> web.Response:
     sample = await db.call(db.sample, sample_id)
     if sample.device_id != device_id:
         raise ForbiddenError(f"sample {sample_id} belongs to another device")
+    if fb.get("label") is not None:  # a device on an older bundle: old labels are converted
+        with contextlib.suppress(BadRequest):  # (a device cannot fix it: keep what it said)
+            fb["label"] = (await db.call(db.current_labels, sample_id, [fb["label"]]))[0]
     predicted = predicted_label(sample.meta.get("prediction") or {}, fb.get("item"))
     await db.call(db.set_feedback, sample_id, device_id, fb, predicted)
     return web.json_response({"status": "stored"})

@@ -13,7 +13,13 @@ the writer):
   with the label the model had predicted; it drives the annotation queue's ranking
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
 - ``bundles``: bundle versions that became current targets, with their manifest;
-- ``jobs``: training jobs and their state ``queued → running → done | failed``.
+- ``jobs``: training jobs and their state ``queued → running → done | failed``;
+- ``replay_reports``, ``blessings``, ``audit_log``, ``prediction_events``: the replay gate's
+  records and the devices' prediction stream (:mod:`hub.storage.replay`).
+- ``datasets``, ``dataset_items``: imported datasets, one immutable version per import
+  (:mod:`hub.storage.datasets`);
+- ``ontologies``: ontology versions with their explicit changes; a change remaps the samples
+  in the same transaction (:mod:`hub.storage.ontologies`).
 
 That is the embedded default. The same :class:`HubDB` runs on PostgreSQL (``database_url`` in
 the hub config; :mod:`hub.storage._db` adapts placeholders and DDL) and the blobs in an
@@ -33,13 +39,17 @@ from hub.storage._db import Database, PostgresDatabase, SqliteDatabase, open_dat
 from hub.storage.blobs_fs import BlobStore, BlobWriter, PartialUploads, check_sha256
 from hub.storage.blobs_s3 import S3BlobStore, S3Config
 from hub.storage.bundles import BundleTables
+from hub.storage.datasets import DatasetTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.jobs import Job, JobState, JobTables
+from hub.storage.ontologies import OntologyTables
+from hub.storage.replay import ReplayTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
+from hub.storage.web import WebSession, WebTables, Work
 
 __all__ = [
     "FLEET",
@@ -62,6 +72,8 @@ __all__ = [
     "Sample",
     "SampleState",
     "SqliteDatabase",
+    "WebSession",
+    "Work",
     "check_sha256",
     "open_database",
 ]
@@ -101,8 +113,12 @@ class HubDB(
     BundleTables,
     JobTables,
     RolloutTables,
+    ReplayTables,
     TokenTables,
     SharedFileTables,
+    DatasetTables,
+    OntologyTables,
+    WebTables,
 ):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 

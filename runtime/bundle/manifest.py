@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from runtime.ontology import Change
+
 __all__ = [
     "BUNDLE_FORMAT",
     "MANIFEST_NAME",
@@ -105,7 +107,15 @@ class Ontology(_Strict):
     classes: list[str] = Field(min_length=1)
     mapping_from_previous: dict[str, str] = Field(
         default_factory=dict,
-        description="old class name -> new class name when classes were merged/split/renamed",
+        description="old class name -> new class name when classes were merged/renamed",
+    )
+    previous_version: int | None = Field(
+        default=None, ge=1, description="the version the mapping and changes start from"
+    )
+    changes: list[Change] = Field(
+        default_factory=list,
+        description="explicit changes from the previous version (create, rename, merge, split, "
+        "delete); a device remaps its store with them when it commits the bundle",
     )
 
 

@@ -104,6 +104,11 @@ class ShadowManager:
 
     # ---- frame loop ---------------------------------------------------------------------
 
+    @property
+    def active(self) -> bool:
+        """True while a candidate runs (the frame loop encodes a camera frame only then)."""
+        return self._runner is not None
+
     def offer(self, frame_id: str, data: bytes, prediction: Prediction) -> None:
         """The frame loop's hook: hand a served frame to the candidate; never blocks."""
         runner = self._runner

@@ -54,6 +54,7 @@ Layout (one LMDB environment, six named sub-databases)::
     rslice   id -> priority key                                     (random-slice records)
     meta     b"format" | b"bytes" | b"pending" | b"evicted" | b"random_bytes"  -> 8-byte counters
              b"c:" + class -> count (8) + footprint (8) of the class's ranked records
+             b"src:" + source -> the newest frame id of that source decided (put_many)
 
 The priority key is the IEEE-754 double mapped to 8 bytes whose byte order is the number order;
 ties sort by id, which is time-ordered, so among equals the oldest is evicted first and a
@@ -127,6 +128,7 @@ _NODE = 8  # LMDB leaf node header
 _PGNO = 8  # a leaf node of an overflow value holds its page number
 _FIXED_RESERVE_PAGES = 8  # meta pages, sub-database roots, free-list pages
 _TREE_PAGES_PER_TXN = 16  # B-tree pages one write transaction copies (4 trees, depth <= 3)
+_CURSOR = b"src:"  # meta key prefix: source name -> newest frame id decided (put_many)
 _LAG_TXNS = 3  # pages freed by this many recent transactions are not reusable yet
 _MIB = 1 << 20
 _MAX_CLASS = 255
@@ -323,6 +325,7 @@ class SampleStore:
         self.metasync = bool(metasync)
         self._lock = threading.Lock()
         self._rejected = 0
+        self._duplicates = 0
         self._largest = 0  # largest footprint one write transaction stored, since open
         self._txn_bytes = 0
         self._largest_record = 0
@@ -786,24 +789,55 @@ class SampleStore:
         """
         return self.put_many([record])[0]
 
-    def put_many(self, records: Sequence[SampleRecord]) -> list[bool]:
+    def put_many(
+        self,
+        records: Sequence[SampleRecord],
+        source: str | None = None,
+        through: str | None = None,
+    ) -> list[bool]:
         """:meth:`put` each record, in order, in **one** durable transaction (one disk sync).
+
+        **The source cursor travels with the records.** ``source`` names the frame source and
+        ``through`` the newest frame id of it the caller has decided about (stored or not):
+        the store keeps the highest such id per source (:meth:`source_cursor`) in the same
+        transaction, so after a crash the source resumes after it — exactly where the records
+        stop, never behind them. A *new* record (an id not stored) of a frame at or before the
+        cursor is refused (False, counted ``duplicates``): that frame was decided before, and a
+        source that reads it again must not make a second record of it. Frame ids of one
+        source sort in the order it reads them (file names, frame numbers, capture times);
+        shadow copies (``prediction["shadow"]``) are a second look at a frame the store may
+        not hold yet and are not refused.
 
         Returns one acceptance flag per record. Raises StoreError (nothing of the batch is
         changed) on an LMDB failure or a non-finite priority.
         """
+        ckey = _CURSOR + source.encode() if source is not None else None
 
         def write(txn: lmdb.Transaction[bytes]) -> list[bool]:
             self._txn_bytes = 0
             out = []
+            floor = txn.get(ckey, db=self._meta) if ckey is not None else None
             for r in records:
+                if (
+                    floor is not None
+                    and r.frame_id.encode() <= bytes(floor)
+                    and not r.prediction.get("shadow")
+                    and txn.get(r.id.encode() + b"\0\0", db=self._records) is None
+                ):
+                    self._duplicates += 1
+                    out.append(False)
+                    continue
                 below = (
                     priority_key(r.priority) + r.id.encode() if math.isfinite(r.priority) else None
                 )
                 out.append(self._write_record(txn, r, below))
+            if ckey is not None and through is not None:
+                new = through.encode()
+                if floor is None or new > bytes(floor):
+                    txn.put(ckey, new, db=self._meta)
             return out
 
-        if not records:
+        if not records and through is None:
             return []
         with self._lock:
             self._check_disk(sum(len(r.image) for r in records))
@@ -811,6 +845,40 @@ class SampleStore:
             self._largest = max(self._largest, self._txn_bytes)
             self._rejected += done.count(False)
             return done
+
+    def source_cursor(self, source: str) -> str | None:
+        """The newest frame id of ``source`` decided in a committed transaction (see
+        :meth:`put_many`), or None."""
+        key = _CURSOR + source.encode()
+
+        def read(txn: lmdb.Transaction[bytes]) -> str | None:
+            raw = txn.get(key, db=self._meta)
+            return None if raw is None else bytes(raw).decode(errors="replace")
+
+        return self._run(False, "source cursor", read)
+
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of stored records that start with ``prefix`` (in id order), so
+        an operator may type any unique prefix of an id."""
+        want = prefix.encode()
+
+        def read(txn: lmdb.Transaction[bytes]) -> list[str]:
+            out: list[str] = []
+            cursor = txn.cursor(db=self._records)
+            if not want or not cursor.set_range(want):
+                return out
+            for key in cursor.iternext(keys=True, values=False):
+                k = bytes(key)
+                if not k.startswith(want):
+                    break
+                rid = k[:-2].decode(errors="replace")  # id + 2-byte chunk number
+                if not out or out[-1] != rid:
+                    out.append(rid)
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return self._run(False, f"ids {prefix}", read)
 
     def get(self, sample_id: str) -> SampleRecord | None:
         """The record with this id, or None. Raises StoreError if it is stored but corrupt."""
@@ -938,6 +1006,36 @@ class SampleStore:
         with self._lock:
             return self._run(True, f"feedback on {sample_id}", change)
 
+    def rewrite(
+        self, sample_id: str, fn: Callable[[SampleRecord], SampleRecord | None]
+    ) -> SampleRecord | None:
+        """Replace a record by ``fn(record)`` in one transaction (``fn`` returns None: keep it
+        as it is). Used to remap labels after an ontology change; the id and priority must
+        stay. Like feedback, the write is protected from quotas. Returns the new record, or None
+        when the id is unknown or nothing changed. Raises StoreError (nothing changed)."""
+        rid = sample_id.encode()
+
+        def change(txn: lmdb.Transaction[bytes]) -> SampleRecord | None:
+            if txn.get(rid + b"\0\0", db=self._records) is None:
+                return None
+            try:
+                old = self._read(txn, rid, with_image=True)
+            except _Corrupt as e:
+                self._note_corrupt(rid, str(e))
+                return None
+            new = fn(old)
+            if new is None:
+                return None
+            if new.id != old.id or new.priority != old.priority:
+                raise StoreError(f"sample store {self.path}: a rewrite changed id or priority")
+            self._txn_bytes = 0
+            if not self._write_record(txn, new, below=None):
+                raise StoreError(f"sample store {self.path}: no room to rewrite {sample_id}")
+            return new
+
+        with self._lock:
+            return self._run(True, f"rewrite {sample_id}", change)
+
     def release(
         self, ids: Iterable[str], *, expected_priority: Mapping[str, float] | None = None
     ) -> int:
@@ -995,6 +1093,7 @@ class SampleStore:
             disk = 0
         out.update(
             rejected=self._rejected,
+            duplicates=self._duplicates,
             corrupt=len(self._corrupt),
             max_bytes=self.max_bytes,
             map_size=self.map_size,

@@ -69,6 +69,7 @@ from runtime.errors import LeanloopError
 from runtime.pipeline.prediction import Prediction
 from runtime.sampling import SampleContext, Scorer, make_scorer
 from runtime.sampling.novelty import dhash
+from runtime.sources import source_key
 from runtime.store.lmdb_store import ClassQuota, SampleStore
 from runtime.store.record import SampleRecord, new_sample_id
 
@@ -120,6 +121,7 @@ class StoreWriter:
         seed: int = 0,
         batch: int = 4,
         max_rate: float = 0.0,
+        source: str | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -139,6 +141,10 @@ class StoreWriter:
         self.random_slice = float(random_slice)
         self.batch = max(1, int(batch))
         self.max_rate = float(max_rate)
+        # The frame source's key: each write carries the newest frame decided, so the store
+        # persists the source cursor in the same transaction (SampleStore.put_many).
+        self.source = source
+        self._slot_through: str | None = None
         self._rng = random.Random(seed)
         # The open write slot (max_rate > 0): its end (monotonic), its best frame, its uniform
         # pick and how many distinct frames it has seen.
@@ -275,6 +281,8 @@ class StoreWriter:
             return
         if self._slot_end is None:
             self._slot_end = time.monotonic() + 1.0 / self.max_rate
+        if prediction.shadow is None and (self._slot_through or "") < fid:
+            self._slot_through = fid
         self._seen += 1
         if best is None or c.priority > best.priority:
             self._best = c
@@ -283,6 +291,7 @@ class StoreWriter:
 
     def _close_slot(self) -> None:
         best, pick, seen = self._best, self._pick, self._seen
+        through, self._slot_through = self._slot_through, None
         self._slot_end, self._best, self._pick, self._seen = None, None, None, 0
         if best is None:
             return
@@ -293,12 +302,13 @@ class StoreWriter:
         self.outranked += seen - 1
         self._refresh_floor()
         if self._admit(chosen):
-            self._guarded(lambda: self._write([chosen]))
+            self._guarded(lambda: self._write([chosen], through))
 
     def _handle(self, jobs: list[_Job]) -> None:
         """Without write slots: score, admit and write a batch of frames."""
         self._refresh_floor()
         admitted: list[_Candidate] = []
+        through = max((p.frame_id for _, p, _ in jobs if p.shadow is None), default=None)
         for frame, prediction, ts in jobs:
             if self._abandon.is_set():
                 return
@@ -310,7 +320,7 @@ class StoreWriter:
             if self._admit(c):
                 admitted.append(c)
         if admitted:
-            self._guarded(lambda: self._write(admitted))
+            self._guarded(lambda: self._write(admitted, through))
 
     def _refresh_floor(self) -> None:
         """Read the store's floor once before admitting frames (None: room, or unreadable)."""
@@ -356,8 +366,9 @@ class StoreWriter:
             return False
         return True
 
-    def _write(self, cands: list[_Candidate]) -> None:
-        """Encode ``cands`` and store them in one transaction."""
+    def _write(self, cands: list[_Candidate], through: str | None = None) -> None:
+        """Encode ``cands`` and store them in one transaction (with the source cursor
+        ``through``: the newest frame decided)."""
         built: list[tuple[SampleRecord, _Candidate]] = []
         for c in cands:
             if self._abandon.is_set():
@@ -393,7 +404,7 @@ class StoreWriter:
         if not built:
             return
         try:
-            done = self.store.put_many([r for r, _ in built])
+            done = self.store.put_many([r for r, _ in built], self.source, through)
         except LeanloopError as e:
             self.errors += len(built)
             log.warning("store writer: %s", e)
@@ -483,6 +494,7 @@ def open_store_and_writer(cfg: DeviceConfig, path: Path) -> tuple[SampleStore, S
             random_slice=st.random_slice if st.random_slice_share > 0 else 0.0,
             seed=sa.seed,
             max_rate=st.max_rate,
+            source=source_key(cfg.source),
         )
     except BaseException:
         store.close()

@@ -43,7 +43,7 @@ from runtime._atomic import fsync_dir
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
 from runtime.bundle.loader import LoadedBundle, load_bundle, verify_bundle_dir
-from runtime.bundle.manifest import Manifest
+from runtime.bundle.manifest import Manifest, Ontology
 from runtime.config import DeviceConfig
 from runtime.errors import (
     BackendError,
@@ -207,6 +207,11 @@ class Installer:
         # Frame loop only:
         self.serving: LoadedBundle | None = None
         self._old: LoadedBundle | None = None  # the bundle a trial would fall back to
+        # (before, after) ontologies of the last update swap, for on_commit (set before the
+        # swap's event is posted, read by the update thread after it):
+        self._swapped_ontology: tuple[Ontology, Ontology] | None = None
+        self.on_commit: Callable[[Ontology, Ontology], None] | None = None
+        """Called on the update thread when an update commits: (old ontology, new ontology)."""
         self._trial: _Trial | None = None
         self._abort_trial: str | None = None
 
@@ -246,6 +251,24 @@ class Installer:
                 )
         return None
 
+    def committed_ontologies(self) -> tuple[Ontology, Ontology] | None:
+        """(previous, active) ontologies when the active bundle is committed and a previous
+        committed one is kept: what a start-up remap needs after a crash between the commit
+        and the remap (:attr:`on_commit`)."""
+        from runtime.bundle.loader import read_manifest
+
+        st = self.slots.state
+        if st.active is None or st.previous is None:
+            return None
+        if st.slots[st.active].status != "committed":
+            return None
+        try:
+            prev = read_manifest(self.slots.dir(st.previous)).ontology
+            cur = read_manifest(self.slots.dir(st.active)).ontology
+        except LeanloopError:
+            return None
+        return prev, cur
+
     # ---- frame loop ----------------------------------------------------------------------
 
     def between_frames(self) -> LoadedBundle | None:
@@ -259,6 +282,8 @@ class Installer:
             if nxt.kind is SwapKind.UPDATE:
                 # The old bundle stays loaded during the trial: a failed trial swaps back.
                 self._old = old
+                if old is not None:
+                    self._swapped_ontology = (old.manifest.ontology, m.ontology)
                 self._trial = _Trial()
                 log.info("serving %s v%s (trial)", m.name, m.version)
                 self._post(FrameEvent(FrameEventKind.UPDATE_SWAPPED))
@@ -346,6 +371,9 @@ class Installer:
                 m.fire(Event.TRIAL_PASSED)
                 m.fire(Event.COMMIT_DONE, apply=self.slots.commit_nosave)
                 log.info("committed %s v%s", m.record.bundle, m.record.version)
+                swapped, self._swapped_ontology = self._swapped_ontology, None
+                if self.on_commit is not None and swapped is not None:
+                    self.on_commit(*swapped)
                 if self._rollback_req is not None:  # asked during the trial, which passed first
                     req, self._rollback_req, self._abort_trial = self._rollback_req, None, None
                     self._start_operator_rollback(req)

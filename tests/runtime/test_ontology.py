@@ -125,7 +125,7 @@ def change_lists(draw: st.DrawFn) -> tuple[list[str], list[dict[str, Any]]]:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=change_lists())
 def test_every_old_class_lands_in_the_new_list_when_changes_apply(
     case: tuple[list[str], list[dict[str, Any]]],
@@ -144,3 +144,32 @@ def test_every_old_class_lands_in_the_new_list_when_changes_apply(
             assert set(conv.options) <= set(new) and len(conv.options) >= 2
     if not raw:
         assert m.identity()
+
+
+def test_operator_feedback_with_an_old_label_converts_or_is_refused_clearly() -> None:
+    from runtime.bundle.manifest import Ontology
+    from runtime.errors import ConfigError
+    from runtime.operator import _check_label
+
+    onto = Ontology(
+        id="t",
+        version=2,
+        classes=["animal", "sedan", "truck"],
+        changes=changes(
+            {"op": "merge", "sources": ["cat", "dog"], "into": "animal"},
+            {"op": "split", "source": "car", "into": ["sedan", "truck"]},
+            {"op": "delete", "name": "bike"},
+        ),
+    )
+    assert _check_label(onto, "animal") == ("animal", None)
+    assert _check_label(onto, "cat") == ("animal", "cat")
+    with pytest.raises(ConfigError) as e:
+        _check_label(onto, "car")
+    assert str(e.value) == (
+        "label 'car' is from ontology version 1: in version 2 'car' was split into 'sedan', "
+        "'truck'; choose one of them (animal, sedan, truck)"
+    )
+    with pytest.raises(ConfigError, match="'bike' was deleted"):
+        _check_label(onto, "bike")
+    with pytest.raises(ConfigError, match="unknown label 'zebra': the active bundle's ontology"):
+        _check_label(onto, "zebra")

@@ -11,6 +11,7 @@ coco       ``annotations.json`` + images                detection, classificatio
 yolo       ``data.yaml``/``classes.txt``, images/, labels/  detection
 labelstudio ``tasks.json`` (Label Studio's JSON export)  detection, classification
 folder     ``<class>/<image>``                          classification
+native     ``dataset.json`` (what ``leanloop train`` reads) both
 ========== ============================================ ============================
 """
 
@@ -23,6 +24,7 @@ from trainer.datasets.coco import read_coco, write_coco
 from trainer.datasets.folder import read_folder, write_folder
 from trainer.datasets.labelstudio import read_labelstudio, write_labelstudio
 from trainer.datasets.model import Box, Dataset, Item
+from trainer.datasets.native import read_native, write_native
 from trainer.datasets.report import DatasetError, Problem, Report
 from trainer.datasets.yolo import read_yolo, write_yolo
 
@@ -46,6 +48,7 @@ FORMATS: dict[str, tuple[Reader, Writer]] = {
     "yolo": (read_yolo, write_yolo),
     "labelstudio": (read_labelstudio, write_labelstudio),
     "folder": (read_folder, write_folder),
+    "native": (read_native, write_native),
 }
 
 

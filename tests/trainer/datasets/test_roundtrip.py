@@ -22,8 +22,10 @@ CASES = [
     ("labelstudio", "detection"),
     ("labelstudio", "classification"),
     ("folder", "classification"),
+    ("native", "classification"),
+    ("native", "detection"),
 ]
-KEEPS_ONTOLOGY = {"coco", "yolo", "labelstudio"}
+KEEPS_ONTOLOGY = {"coco", "yolo", "labelstudio", "native"}
 
 
 def _roundtrip(fmt: str, ds: Dataset) -> None:

@@ -1,0 +1,53 @@
+"""What every ``leanloop`` command module shares: the error handler and the admin client."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from runtime.errors import ConfigError, LeanloopError, PipelineError
+
+__all__ = ["admin_client", "handled"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
+
+
+def _fail(msg: str, code: int) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def handled(fn: F) -> F:
+    """Turn leanloop errors into one line on stderr and the documented exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except typer.Exit:
+            raise
+        except _INPUT_ERRORS as e:
+            _fail(str(e), 2)
+        except LeanloopError as e:
+            _fail(str(e), 1)
+        except ImportError as e:
+            _fail(
+                f"{e.name or e}: not installed here; install leanloop[hub] for hub-side commands", 1
+            )
+        except KeyboardInterrupt:
+            _fail("interrupted", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def admin_client(hub: str, token: str | None) -> Any:
+    """The hub's admin client; ConfigError without a token."""
+    from hub.client import HubAdminClient
+
+    if not token:
+        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
+    return HubAdminClient(hub, token)

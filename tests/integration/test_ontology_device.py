@@ -1,0 +1,106 @@
+"""A real device commits a bundle whose ontology has a new version (a merge, a split, renames):
+its sample store is remapped at commit, and feedback that cannot be converted is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+from loopkit import BundleMaker, Device, committed, publish
+from typer.testing import CliRunner
+
+from hub.client import HubAdminClient
+from hub.testing import LiveHub
+from leanloop.cli import app
+from runtime.store.lmdb_store import SampleStore
+
+BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
+CHANGES = [
+    {"op": "merge", "sources": ["0", "1"], "into": "low"},
+    {"op": "split", "source": "9", "into": ["9a", "9b"]},
+    {"op": "rename", "old": "2", "new": "two"},
+    {"op": "rename", "old": "7", "new": "seven"},
+]
+V2 = {
+    "id": "digits",
+    "version": 2,
+    "previous_version": 1,
+    "classes": ["low", "two", "3", "4", "5", "6", "seven", "8", "9a", "9b"],
+    "changes": CHANGES,
+}
+
+
+def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(
+    live_hub: LiveHub,
+    admin: HubAdminClient,
+    keys: Path,
+    make_bundle: BundleMaker,
+    start_device: Callable[..., Device],
+) -> None:
+    publish(admin, keys, make_bundle(1, BOXES), 1)
+    dev = start_device(upload={"interval_s": 3600})  # keep samples on the device
+    dev.wait("v1 committed", committed(1))
+    dev.feed(3)
+    dev.wait("stored", lambda st: st["writer"]["stored"] >= 3)
+    runner = CliRunner()
+    cfg = ["--config", str(dev.config)]
+    rows = json.loads(runner.invoke(app, ["samples", "list", *cfg, "--json"]).stdout)
+    to_split, to_merge, untouched = (r["id"] for r in rows[:3])
+    for sid, label in ((to_split, "9"), (to_merge, "1")):
+        r = runner.invoke(app, ["feedback", "correct", sid, "--label", label, "--item", "0", *cfg])
+        assert r.exit_code == 0, r.output
+
+    v2 = make_bundle(2, BOXES, extra={"ontology.yaml": yaml.safe_dump(V2).encode()})
+    publish(admin, keys, v2, 2)
+    dev.feed(3)
+    dev.wait("v2 committed", committed(2))
+    # Feedback given now with a label of version 1: converted when it has one successor,
+    # refused with what became of it otherwise.
+    r = runner.invoke(app, ["feedback", "correct", untouched, "--label", "0", "--item", "1", *cfg])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["feedback", "correct", untouched, "--label", "9", *cfg])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: label '9' is from ontology version 1: in version 2 '9'")
+    dev.stop(close_log=False)
+
+    store = SampleStore(dev.state / "samples", max_bytes=1 << 30)
+    try:
+        split, merged, plain = (store.get(s) for s in (to_split, to_merge, untouched))
+    finally:
+        store.close()
+    assert split is not None and merged is not None and plain is not None
+    for rec in (split, merged, plain):
+        assert rec.ontology_version == 2
+        labels = [i["label"] for i in rec.prediction["stages"]["classifier"]["items"]]
+        assert labels == ["two", "seven"]
+    assert merged.feedback is not None and merged.feedback.label == "low"
+    assert split.feedback is None and split.extra["needs_review"] is True
+    assert split.extra["refused_feedback"]["label"] == "9"
+    assert plain.feedback is not None and plain.feedback.label == "low"
+
+    # A crash between the commit and the remap leaves records at version 1: the next start
+    # finishes the remap.
+    old_pred = json.loads(json.dumps(plain.prediction))
+    for item, label in zip(old_pred["stages"]["classifier"]["items"], ["2", "7"], strict=True):
+        item["label"] = label
+    store = SampleStore(dev.state / "samples", max_bytes=1 << 30)
+    try:
+        store.put(replace(plain, id=plain.id[:-1] + "f", ontology_version=1, prediction=old_pred))
+    finally:
+        store.close()
+    dev.restart()
+    dev.wait("running again", lambda st: st.get("pid") == dev.proc.pid)
+    dev.stop()
+    store = SampleStore(dev.state / "samples", max_bytes=1 << 30)
+    try:
+        again = store.get(plain.id[:-1] + "f")
+    finally:
+        store.close()
+    assert again is not None and again.ontology_version == 2
+    assert [i["label"] for i in again.prediction["stages"]["classifier"]["items"]] == [
+        "two",
+        "seven",
+    ]
