@@ -11,6 +11,8 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``shadow.json``: production latency/throughput with a shadow candidate on vs off (#6);
 - ``store.json``: sample-store inserts vs a raw LMDB put, top-1,000 of 100,000, frame path with
   the store on vs off (#5);
+- ``replay.json``: replay throughput (1 and 2 worker processes) vs the device pipeline's own
+  frames/s on one core (#14);
 - ``soak.json``: a simulated fleet (10,000 devices polling every 60 s + 5 uploads/s) against the
   hub on SQLite, on PostgreSQL + S3, and two replicas with one killed, beside a bare aiohttp
   endpoint (#15);
@@ -62,6 +64,13 @@ def _active(out: Path, quick: bool) -> int:
     return 0
 
 
+def _replay(out: Path, quick: bool) -> int:
+    from bench.replay import run as replay_run
+
+    replay_run(out, quick=quick)
+    return 0
+
+
 def _swap(out: Path, quick: bool) -> int:
     from bench.swap import run as swap_run
 
@@ -77,12 +86,13 @@ def _shadow(out: Path, quick: bool) -> int:
 
 
 SOAK_MINUTES = 3.0  # --soak-minutes
+SOAK_DEVICES = 10_000  # --soak-devices
 
 
 def _soak(out: Path, quick: bool) -> int:
     from bench.soak import run as soak_run
 
-    soak_run(out, quick=quick, minutes=SOAK_MINUTES)
+    soak_run(out, quick=quick, minutes=SOAK_MINUTES, devices=SOAK_DEVICES)
     return 0
 
 
@@ -101,6 +111,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "shadow": _shadow,
     "store": _store,
     "active": _active,
+    "replay": _replay,
     "soak": _soak,
     "training": _training,
 }
@@ -114,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--soak-minutes", type=float, default=3.0, help="soak: minutes per hub phase (30: long)"
     )
+    parser.add_argument("--soak-devices", type=int, default=10_000, help="soak: simulated devices")
     args = parser.parse_args(argv)
-    global SOAK_MINUTES
-    SOAK_MINUTES = args.soak_minutes
+    global SOAK_MINUTES, SOAK_DEVICES
+    SOAK_MINUTES, SOAK_DEVICES = args.soak_minutes, args.soak_devices
     rc = 0
     for name, run in SECTIONS.items():
         if args.only in (None, name):

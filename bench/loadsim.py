@@ -43,7 +43,7 @@ class SimConfig:
     uploads_per_s: float = 5.0
     failure_events_per_device_hour: float = 0.5
     timeout_s: float = 10.0
-    connections: int = 256
+    connections: int = 2000
     bare: bool = False  # the anchor: a bare endpoint, no enrolment, same request pattern
     seed: int = 7
     cohorts: int = 4
@@ -219,7 +219,7 @@ class _Sim:
 
     async def run(self) -> LoadStats:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
-        conn = aiohttp.TCPConnector(limit=self.cfg.connections)
+        conn = aiohttp.TCPConnector(limit=self.cfg.connections, limit_per_host=0)
         async with aiohttp.ClientSession(timeout=timeout, connector=conn) as s:
             t0 = time.monotonic()
             self.t_end = t0 + self.cfg.duration_s

@@ -7,10 +7,13 @@ signed offline, rolls a bundle version out to devices or a cohort, annotates the
 queue, and starts training jobs whose artifact is the next bundle source.
 
 Structure: this module is wiring only. ``create_app`` opens typed ``web.AppKey`` state in
-``cleanup_ctx`` (storage, TUF repository, tokens; the timestamp re-signing timer; the job runner),
-adds the two middlewares of :mod:`hub.middlewares` (errors outermost, then auth by path prefix)
-and the route table of each area in :mod:`hub.api` (one module per area: devices, uploads, tuf,
-fleet, shadow, samples, jobs). Every body is size-capped before it is read.
+``cleanup_ctx`` (storage — SQLite or PostgreSQL, a blob folder or bucket —, the TUF repository and
+tokens, shared with other replicas through the database; the leader election; the timestamp
+re-signing timer, the job runner and the rollout ticker, which act on the leader), adds the
+metrics middleware (:mod:`hub.metrics`, outermost) and the two of :mod:`hub.middlewares` (errors,
+then auth by path prefix and role) and the route table of each area in :mod:`hub.api` (one module
+per area: devices, uploads, tuf, fleet, shadow, samples, jobs, rollouts, tokens, ops). Every body
+is size-capped before it is read. :func:`run` serves HTTPS when the config names a certificate.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from hub import web as web_page
 from hub.api import ROUTE_TABLES
 from hub.api._common import (
     ADMIN_TOKEN,
@@ -39,6 +43,7 @@ from hub.api._common import (
     PUBLISH_LOCK,
     REPO,
     SHARED,
+    TOUCHED,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
@@ -192,9 +197,11 @@ def create_app(config: HubConfig) -> web.Application:
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
+    app[TOUCHED] = {}
     app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
-    for table in ROUTE_TABLES:
+    for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)
+    web_page.add_static(app)
     return app
 
 

@@ -66,6 +66,14 @@ def serve(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each request")] = False,
+    require_blessing: Annotated[
+        bool,
+        typer.Option(
+            "--require-blessing",
+            help="refuse to publish or roll out a bundle without a replay blessing (unless "
+            "forced); also the config's require_blessing",
+        ),
+    ] = False,
 ) -> None:
     """Serve the Hub API until interrupted (tokens are in DATA/admin.token, DATA/enroll.token)."""
     from hub.app import run
@@ -74,7 +82,8 @@ def serve(
 
     # journald priorities and no second timestamp under systemd; per-request lines at debug.
     setup_logging(verbose)
-    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys}
+    overrides = {"data_dir": data, "host": host, "port": port, "keys_dir": keys,
+                 "require_blessing": require_blessing or None}  # fmt: skip
     try:
         cfg = load_hub_config(config, {k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
@@ -170,6 +179,7 @@ def publish_command(
     cohort: Annotated[
         str | None, typer.Option("--cohort", help="also roll the bundle out to this cohort")
     ] = None,
+    force_reason: str | None = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Upload a bundle, sign it into the hub's targets, and optionally roll it out to a cohort."""
@@ -180,11 +190,13 @@ def publish_command(
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
     client = HubAdminClient(hub_url, token)
     try:
-        version = client.publish_bundle(bundle_dir, keys_dir)
+        version = client.publish_bundle(bundle_dir, keys_dir, force_reason=force_reason)
         manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_bytes())
         n = None
         if cohort is not None:
-            n = client.rollout(manifest.name, manifest.version, cohort=cohort)
+            n = client.rollout(
+                manifest.name, manifest.version, cohort=cohort, force_reason=force_reason
+            )
         text = f"published {manifest.name} {manifest.version} (targets version {version})"
         if n is not None:
             text += f"\nrolled out to {n} device(s) of cohort {cohort}"

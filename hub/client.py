@@ -34,6 +34,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlencode
 
 import urllib3
 
@@ -202,12 +203,29 @@ class HubAdminClient:
         except NotFound:
             return None
 
-    def post_targets(self, signed: bytes) -> int:
-        """Post signed targets metadata; return the version the hub now serves."""
-        return int(self._json("POST", "/admin/targets", body=signed)["version"])
+    def post_targets(
+        self, signed: bytes, force_reason: str | None = None, who: str | None = None
+    ) -> int:
+        """Post signed targets metadata; return the version the hub now serves.
 
-    def publish_bundle(self, bundle_dir: Path, keys_dir: Path, expires_days: int = 365) -> int:
+        ``force_reason`` publishes unblessed bundles anyway (the hub audits it).
+        """
+        q = {k: v for k, v in (("force_reason", force_reason), ("who", who)) if v is not None}
+        path = "/admin/targets" + (f"?{urlencode(q)}" if q else "")
+        return int(self._json("POST", path, body=signed)["version"])
+
+    def publish_bundle(
+        self,
+        bundle_dir: Path,
+        keys_dir: Path,
+        expires_days: int = 365,
+        force_reason: str | None = None,
+        who: str | None = None,
+    ) -> int:
         """Upload a built bundle folder and sign it into the hub's targets; return that version.
+
+        A hub that requires blessings refuses (Conflict) a bundle without one unless
+        ``force_reason`` is given.
 
         Raises BundleError (manifest invalid, a file missing or not matching it), TrustError
         (the hub's current targets are not signed by our targets key), HubError subclasses.
@@ -239,7 +257,7 @@ class HubAdminClient:
         if current is not None:
             additions.update(self._deltas(bundle_dir, manifest, current))
         signed = sign_targets(current, additions, keys_dir, expires_days)
-        return self.post_targets(signed)
+        return self.post_targets(signed, force_reason, who)
 
     def _running_versions(self, bundle: str) -> set[int]:
         """Versions of ``bundle`` the hub's devices serve now (their last heartbeat); empty if
@@ -350,9 +368,15 @@ class HubAdminClient:
         version: int,
         devices: list[str] | None = None,
         cohort: str | None = None,
+        force_reason: str | None = None,
+        who: str | None = None,
     ) -> int:
         """Ask devices (listed, a cohort, or all) to run a bundle version; return how many."""
         body: dict[str, Any] = {"bundle": bundle, "version": version}
+        if force_reason is not None:
+            body["force_reason"] = force_reason
+        if who is not None:
+            body["who"] = who
         if devices is not None:
             body["devices"] = devices
         if cohort is not None:
@@ -428,6 +452,71 @@ class HubAdminClient:
         }
         return str(self._json("POST", "/admin/samples", fields=fields)["id"])
 
+    # -- replay ----------------------------------------------------------------------------------
+
+    def post_report(self, report_json: bytes, html: bytes | None = None) -> dict[str, Any]:
+        """Keep a replay report on the hub; answers ``digest`` and ``decision``."""
+        fields = {"report": ("report.json", report_json, "application/json")}
+        if html is not None:
+            fields["html"] = ("report.html", html, "text/html")
+        return dict(self._json("POST", "/admin/replay/reports", fields=fields))
+
+    def bless(self, report_digest: str, who: str) -> dict[str, Any]:
+        """Bless a stored report's candidate (Conflict if its gate did not pass)."""
+        body = {"report_digest": report_digest, "who": who}
+        return dict(self._json("POST", "/admin/blessings", json_body=body))
+
+    def start_replay_job(
+        self, bundle_dir: Path, baseline: int, spec: dict[str, Any] | None = None, **kw: Any
+    ) -> str:
+        """Upload a candidate bundle's files as blobs and start a replay job on the hub against
+        a published ``baseline`` version; returns the job id (see :meth:`replay_job`).
+        ``kw``: since, cohort, workers, bless, who."""
+        bundle_dir = Path(bundle_dir)
+        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
+        manifest = Manifest.model_validate_json(manifest_bytes)
+        for rel in manifest.files:
+            self.put_blob((bundle_dir / rel).read_bytes())
+        self.put_blob(manifest_bytes)
+        body = {
+            "candidate_digest": hashlib.sha256(manifest_bytes).hexdigest(),
+            "baseline": baseline,
+            "spec": spec or {},
+            **{k: v for k, v in kw.items() if v is not None},
+        }
+        return str(self._json("POST", "/admin/replay/jobs", json_body=body)["id"])
+
+    def replay_job(self, job_id: str) -> dict[str, Any]:
+        """A replay job's state, report digest and decision."""
+        return dict(self._json("GET", f"/admin/replay/jobs/{job_id}"))
+
+    def blessings(self) -> list[dict[str, Any]]:
+        """Every blessing on the hub, newest first."""
+        return list(self._json("GET", "/admin/blessings"))
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """The hub's release audit log, newest first."""
+        return list(self._json("GET", "/admin/audit"))
+
+    def target_file(self, hashed_path: str) -> bytes:
+        """A target's bytes by its consistent-snapshot path ``<dir>/<sha256>.<name>``."""
+        return self._request("GET", f"/tuf/targets/{hashed_path}")
+
+    def history(self, bundle: str | None = None) -> list[dict[str, Any]]:
+        """The hub's history frames (samples with ground truth), by id."""
+        return list(self._json("GET", "/admin/history", query={"bundle": bundle}))
+
+    def history_image(self, sha256: str) -> bytes:
+        """One history frame's image bytes, by sha256."""
+        return self._request("GET", f"/admin/history/images/{sha256}")
+
+    def metrics(
+        self, by: str, window_s: float, now: float | None = None, events: str | None = None
+    ) -> dict[str, Any]:
+        """Comparative metrics per ``by`` groups, this window and the previous one."""
+        query = {"by": by, "window_s": window_s, "now": now, "events": events}
+        return dict(self._json("GET", "/admin/metrics/compare", query=query))
+
     # -- jobs ----------------------------------------------------------------------------------
 
     def start_train(
@@ -437,8 +526,10 @@ class HubAdminClient:
         init_from: int | None = None,
         params: dict[str, Any] | None = None,
         spec: dict[str, Any] | None = None,
+        datasets: list[str] | None = None,
     ) -> int:
-        """Queue a training job (with ``spec``: the spec-driven trainer); return its id."""
+        """Queue a training job (with ``spec``: the spec-driven trainer, on the bundle's
+        annotated samples or on hub ``datasets`` 'name[:version]'); return its id."""
         body: dict[str, Any] = {
             "bundle": bundle,
             "version": version,
@@ -447,6 +538,8 @@ class HubAdminClient:
         }
         if spec is not None:
             body["spec"] = spec
+        if datasets is not None:
+            body["datasets"] = datasets
         return int(self._json("POST", "/admin/jobs/train", json_body=body)["job"])
 
     def job(self, job_id: int) -> dict[str, Any]:

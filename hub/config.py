@@ -68,6 +68,20 @@ class HubConfig(BaseModel):
     job_timeout_s: float | None = Field(
         default=None, gt=0, description="kill a training job after this long (None: never)"
     )
+    web_session_ttl_s: float = Field(
+        default=8 * 3600, gt=0, description="the web page's session ends after this long idle"
+    )
+    web_claim_ttl_s: float = Field(
+        default=15 * 60, gt=0, description="an annotator's claim (lock) on a sample runs out after"
+    )
+    require_blessing: bool = Field(
+        default=False,
+        description="refuse to publish or roll out a bundle without a replay blessing unless "
+        "forced with a reason (written to the audit log)",
+    )
+    history_retention_s: float = Field(
+        default=90 * 86400, gt=0, description="how long the devices' prediction metadata is kept"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HubConfig:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -13,6 +15,7 @@ from hub.api._common import (
     API,
     DB,
     IDENTITY,
+    TOUCHED,
     Identity,
     hash_token,
     one_line,
@@ -22,6 +25,7 @@ from hub.errors import (
     ForbiddenError,
     HubHTTPError,
 )
+from hub.storage import HubDB
 from runtime.errors import LeanloopError
 
 log = logging.getLogger("leanloop.hub.middlewares")
@@ -33,6 +37,8 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
     ("/healthz", frozenset()),  # load balancers probe it without a token
     ("/metrics", frozenset()),  # Prometheus scrapes it (keep it on a private network)
+    ("/ui/", frozenset()),  # the web page checks its own session cookie (hub/web/session.py)
+    ("/ui", frozenset()),
     (f"{API}/device/", frozenset({"device"})),
     (f"{API}/tuf/", frozenset({"device", "admin"})),
     (f"{API}/admin/", frozenset({"admin", "annotator", "viewer"})),
@@ -67,13 +73,21 @@ async def _identify(request: web.Request) -> Identity:
         return Identity("admin")
     db = request.app[DB]
     digest = hash_token(token)
-    found = await db.call(db.device_by_token_hash, digest)
+    found, named = await db.call(_lookup, db, digest)  # one trip to the database's threads
     if found is not None and hmac.compare_digest(digest, found[1]):
         return Identity("device", found[0])
-    named = await db.call(db.api_token_by_hash, digest)
     if named is not None and hmac.compare_digest(digest, named[2]):
         return Identity(named[1], name=named[0])
     raise AuthError("unknown token")
+
+
+def _lookup(db: HubDB, digest: str) -> tuple[Any, Any]:
+    found = db.device_by_token_hash(digest)
+    return found, (db.api_token_by_hash(digest) if found is None else None)
+
+
+_TOUCH_EVERY_S = 30.0  # last_seen is minutes-grained news; a write per request is not worth it
+_HEARTBEAT = f"{API}/device/heartbeat"  # writes last_seen with the status itself
 
 
 @web.middleware
@@ -91,8 +105,12 @@ async def auth_middleware(
         if who.kind not in allowed or not _role_allows(who, request.method, request.path):
             raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
         request[IDENTITY] = who
-        if who.device_id is not None:
-            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
+        if who.device_id is not None and request.path != _HEARTBEAT:
+            touched = request.app[TOUCHED]
+            now = time.monotonic()
+            if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
+                touched[who.device_id] = now
+                await request.app[DB].call(request.app[DB].touch_device, who.device_id)
     return await handler(request)
 
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import functools
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
+from leanloop._cli_common import _fail, admin_client, handled
 from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows
 from leanloop.cli_train import train as train_command
-from runtime.errors import ConfigError, LeanloopError, PipelineError, first_line
+from runtime.errors import ConfigError, first_line
 
 __all__ = ["app", "main"]
 
@@ -65,38 +64,6 @@ def _root(
     ] = False,
 ) -> None:
     """leanloop: the Lean AI loop for vision at the edge."""
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-_INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
-
-
-def _fail(msg: str, code: int) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def handled(fn: F) -> F:
-    """Turn leanloop errors into one line on stderr and the documented exit codes."""
-
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except typer.Exit:
-            raise
-        except _INPUT_ERRORS as e:
-            _fail(str(e), 2)
-        except LeanloopError as e:
-            _fail(str(e), 1)
-        except ImportError as e:
-            _fail(
-                f"{e.name or e}: not installed here; install leanloop[hub] for hub-side commands", 1
-            )
-        except KeyboardInterrupt:
-            _fail("interrupted", 1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -415,12 +382,7 @@ def shadow_report(
     Console().print(t)
 
 
-def _admin_client(hub: str, token: str | None) -> Any:
-    from hub.client import HubAdminClient
-
-    if not token:
-        raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
-    return HubAdminClient(hub, token)
+_admin_client = admin_client
 
 
 @shadow_app.command("assign")
@@ -610,6 +572,8 @@ def bundle_publish(
         str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
     ] = None,
     cohort: Annotated[str | None, typer.Option(help="roll out to this cohort")] = None,
+    force: Annotated[bool, typer.Option("--force", help="publish even if not blessed")] = False,
+    reason: Annotated[str | None, typer.Option(help="why (--force; audited)")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Sign a bundle's files as TUF targets and upload them to the hub."""
@@ -617,7 +581,9 @@ def bundle_publish(
 
     if not token:
         raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
-    publish_command(bundle, hub, keys, token, cohort, as_json)
+    if force and not (reason or "").strip():
+        raise ConfigError("--force needs --reason (it is written to the hub's audit log)")
+    publish_command(bundle, hub, keys, token, cohort, reason if force else None, as_json)
 
 
 def _mount_hub() -> None:
@@ -693,6 +659,10 @@ app.add_typer(model_app, name="model")
 
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(ontology_app, name="ontology")
+
+from leanloop.cli_replay import replay_app  # noqa: E402
+
+app.registered_commands += replay_app.registered_commands  # replay, bless, metrics
 
 
 def main() -> None:

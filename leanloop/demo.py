@@ -15,7 +15,9 @@ Iteration 0 measures the MVP (v1, trained on the seed batch). Each later iterati
 devices run a production segment → keep and upload their most valuable samples → the hub ranks
 them → the oracle labels the top frames, ``budget`` digit labels per arm → a training job
 retrains (warm start) →
-the admin builds, signs (TUF) and publishes v+1 → devices fetch, verify, health-check and swap
+the admin builds v+1, replays it against v on the hub's labelled history (the gate: blessed
+when it passes, else published with an audited reason so the loop goes on), signs (TUF) and
+publishes it → devices fetch, verify, health-check and swap
 → the next segment is measured with the new model. The table reports production accuracy (on
 the segment each model actually served), labels used, bytes downloaded per device, wall time.
 """
@@ -165,6 +167,7 @@ class Demo:
         self.labels = dict.fromkeys(ARMS, 0)
         self.version = dict.fromkeys(ARMS, 1)
         self.last_job: dict[str, int] = {}
+        self.gates: dict[tuple[str, int], dict[str, Any]] = {}  # (arm, version) -> gate decision
 
     def say(self, msg: str) -> None:
         if not self.s.quiet:
@@ -203,6 +206,7 @@ class Demo:
                 "127.0.0.1",
                 "--keys",
                 str(self.work / "keys"),
+                "--require-blessing",
             ],
             self.work / "logs" / "hub.log",
         )
@@ -431,6 +435,7 @@ class Demo:
                     labels=self.labels[arm],
                     bytes_per_device=int(np.mean(bytes_dl)),
                     wall_s=round(time.monotonic() - self.t0, 1),
+                    extra={"gate": self.gates.get((arm, self.version[arm]))},
                 )
             )
 
@@ -477,13 +482,58 @@ class Demo:
         self.hub.job_artifact(job, dest)
         return dest
 
+    def gate(self, arm: str, bundle: Path, version: int) -> str | None:
+        """Replay v against v-1 on the arm's history (the hub's labelled frames) and bless it when
+        the gate passes; otherwise return the reason the demo publishes it anyway (audited).
+
+        The history holds the frames the candidate was trained on, so this gate is optimistic;
+        it shows the mechanism, one decision per iteration (a fleet gates on held-out history).
+        """
+        from hub.replay.evaluate import run_replay
+        from hub.replay.fetch import download_history
+        from hub.replay.history import HistoryDir
+        from hub.replay.report import write_report
+        from hub.replay.spec import parse_gate_spec
+
+        if version == 1:
+            self.gates[(arm, version)] = {"decision": "forced", "summary": "first version"}
+            return "first version: nothing to replay it against"
+        work = self.work / "replay" / f"{arm}-v{version}"
+        download_history(self.hub, work / "history", f"digits-{arm}")
+        spec = parse_gate_spec({
+            "metrics": {"top1_accuracy": {"max_drop": 0.02}},
+            "slices": {"by": ["selection", "class"], "min_size": 30},
+            "bootstrap": {"resamples": 300, "seed": self.s.seed},
+        })  # fmt: skip
+        baseline = self.work / "bundles" / f"digits-{arm}-v{version - 1}"
+        report = run_replay(bundle, baseline, HistoryDir(work / "history"), spec,
+                            work / "results", who="demo")  # fmt: skip
+        j, h = write_report(report, work / "report")
+        stored = self.hub.post_report(j.read_bytes(), h.read_bytes())
+        dec, m = report["decision"], report["metrics"]
+        self.gates[(arm, version)] = {
+            "decision": dec["decision"], "summary": dec["summary"], "report": stored["digest"],
+            "frames": report["counts"]["used"],
+            "top1": [m["baseline"]["top1_accuracy"], m["candidate"]["top1_accuracy"]],
+        }  # fmt: skip
+        self.say(
+            f"gate digits-{arm} v{version} vs v{version - 1} on {report['counts']['used']} "
+            f"frames: top-1 {m['candidate']['top1_accuracy']:.1%} vs "
+            f"{m['baseline']['top1_accuracy']:.1%}: {dec['summary']}"
+        )
+        if dec["decision"] == "pass":
+            self.hub.bless(stored["digest"], "demo")
+            return None
+        return f"demo: the loop goes on although the gate blocked it ({dec['summary']})"
+
     def publish(self, arm: str, src: Path, version: int) -> None:
         from runtime.bundle.build import build_bundle
 
         out = self.work / "bundles" / f"digits-{arm}-v{version}"
         build_bundle(src, out, name=f"digits-{arm}", version=version)
-        self.hub.publish_bundle(out, self.work / "keys")
-        self.hub.rollout(f"digits-{arm}", version, cohort=arm)
+        reason = self.gate(arm, out, version)  # None: blessed
+        self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
+        self.hub.rollout(f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo")
 
     def run(self) -> list[Row]:
         self.prepare_workdir()
@@ -524,13 +574,24 @@ class Demo:
         from rich.table import Table
 
         t = Table(title=f"iteration {it}")
-        for col in ("arm", "model", "frame acc", "digit acc", "labels", "bytes/device", "wall s"):
+        cols = (
+            "arm",
+            "model",
+            "gate",
+            "frame acc",
+            "digit acc",
+            "labels",
+            "bytes/device",
+            "wall s",
+        )
+        for col in cols:
             t.add_column(col)
         for r in self.rows:
             if r.iteration == it:
                 t.add_row(
                     "uncertainty" if r.arm == "unc" else "random",
                     f"v{r.version}",
+                    (r.extra.get("gate") or {}).get("decision", "-"),
                     f"{r.frame_accuracy:.1%}",
                     f"{r.digit_accuracy:.1%}",
                     str(r.labels),

@@ -223,6 +223,20 @@ class HubClient:
             raise HubError(f"feedback on {sample_id}: unexpected hub answer {data!r}"[:200])
         return "stored"
 
+    def post_predictions(self, body: bytes) -> int:
+        """Send one gzip-compressed batch of prediction metadata; return how many it held."""
+        data = self._request(
+            "POST",
+            "/device/predictions",
+            body=body,
+            headers={"Content-Type": "application/gzip"},
+            retries=False,  # one request, one charge to the budget; the uploader retries
+        )
+        received = data.get("received") if isinstance(data, dict) else None
+        if not isinstance(received, int):
+            raise HubError(f"predictions: unexpected hub answer {data!r}"[:200])
+        return received
+
     def close(self) -> None:
         self._http.clear()
 

@@ -20,6 +20,7 @@ the next heartbeat. Messages to and from the hub are the typed models of :mod:`r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, feedback_summary
 from runtime.hubclient import HubClient, load_or_enroll
 from runtime.metrics import DeviceMetrics, write_textfile
 from runtime.outbox import SENT_DIR, FeedbackOutbox
+from runtime.prediction_stream import PREDICTIONS_DIR, PredictionSpool
 from runtime.protocol import Heartbeat
 from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
@@ -109,6 +111,8 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
+        # Every prediction's metadata, sent in compressed batches by the uploader.
+        self.predictions = PredictionSpool(self.state_dir / PREDICTIONS_DIR)
         self.installer.on_commit = self._remap_store  # a new ontology version remaps the store
         if (committed := self.installer.committed_ontologies()) is not None:
             self._remap_store(*committed)  # finishes a remap a crash interrupted (else no-op)
@@ -151,6 +155,8 @@ class DeviceService:
                 frame.data or b"", frame_id, self.cfg.inference.max_frame_pixels
             )
         self.sink.write(pred, frame.ts)
+        if self.cfg.hub.url is not None:
+            self.predictions.add(pred)
         self.source.done(frame)
         self.counters["frames"] += 1
         self.metrics.observe(pred)
@@ -201,6 +207,7 @@ class DeviceService:
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
                 ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
                 outbox=self.outbox,
+                predictions=self.predictions,
             )
         return True
 
@@ -453,6 +460,8 @@ class DeviceService:
             self.write_status()
             self.store.close()
             self.outbox.close()
+            with contextlib.suppress(OSError):
+                self.predictions.seal()  # what was not sealed yet goes next start
             self.sink.close()
             self.installer.close()
             Path(self.state_dir / "service.pid").unlink(missing_ok=True)

@@ -7,7 +7,9 @@ small, policed and safe to interrupt:
    asked first: outside every upload window, or with the day's byte budget spent, nothing is
    sent at all;
 2. feedback given on samples already uploaded (:mod:`runtime.outbox`) goes first, a small
-   request each, and leaves the outbox only once the hub acknowledged it;
+   request each, and leaves the outbox only once the hub acknowledged it; then the sealed
+   segments of the prediction stream (:mod:`runtime.prediction_stream`: every prediction's
+   metadata, compressed, one request each, charged whole, deleted on the hub's ack);
    then pending records are read from the store, highest priority first; each is encoded as one
    **payload** (:func:`encode_payload`: meta JSON + image) named by the sample id and checked
    by its sha256;
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from runtime.config import UploadSettings
     from runtime.feedback_stats import FeedbackLedger
     from runtime.outbox import FeedbackOutbox
+    from runtime.prediction_stream import PredictionSpool
     from runtime.store.lmdb_store import SampleStore
     from runtime.store.record import SampleRecord
 
@@ -314,6 +317,7 @@ class UploadResult:
     stopped: str | None = None  # why the cycle ended early: window|budget|cycle_budget|error
     wire_bytes: int = 0  # bytes charged to the budget this cycle (bodies + request overhead)
     resumed: int = 0  # parts that continued after a drop within this cycle
+    predictions_sent: int = 0  # prediction metadata events the hub acknowledged
 
 
 class _Stop(Exception):
@@ -335,6 +339,7 @@ class Uploader:
         rate: TokenBucket | None = None,
         ledger: FeedbackLedger | None = None,
         outbox: FeedbackOutbox | None = None,
+        predictions: PredictionSpool | None = None,
     ) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -352,6 +357,7 @@ class Uploader:
         self.rate = rate
         self.ledger = ledger
         self.outbox = outbox
+        self.predictions = predictions
         self.feedback_dropped = 0  # outbox entries the hub refused for good (since start)
         self._known: dict[str, tuple[str, int]] = {}  # id -> (sha256, offset the hub acked)
         self._probe: set[str] = set()  # ids whose hub offset is unknown (a part failed)
@@ -370,6 +376,7 @@ class Uploader:
         now: Callable[[], datetime] = _utc_now,
         ledger: FeedbackLedger | None = None,
         outbox: FeedbackOutbox | None = None,
+        predictions: PredictionSpool | None = None,
     ) -> Uploader:
         rate = TokenBucket(settings.rate_bps, settings.burst_bytes) if settings.rate_bps else None
         return cls(
@@ -383,6 +390,7 @@ class Uploader:
             rate=rate,
             ledger=ledger,
             outbox=outbox,
+            predictions=predictions,
         )
 
     # ---- budget ------------------------------------------------------------------------
@@ -506,6 +514,21 @@ class Uploader:
             self.outbox.done(sample_id, feedback)
             counts["feedback_sent"] += 1
 
+    # ---- the prediction stream ---------------------------------------------------------------
+
+    def _send_predictions(self, counts: dict[str, int]) -> None:
+        """Seal and send prediction metadata (:mod:`runtime.prediction_stream`), oldest segment
+        first, each charged whole before it goes and forgotten only once the hub acked it."""
+        post = getattr(self.sink, "post_predictions", None)
+        if self.predictions is None or post is None:
+            return
+        self.predictions.seal()
+        for segment, body in self.predictions.pending(self.batch):
+            self._allowance(len(body), need=len(body))
+            n = int(post(body))
+            self.predictions.done(segment, n)
+            counts["predictions_sent"] += n
+
     # ---- one cycle -------------------------------------------------------------------------
 
     def run_once(self) -> UploadResult:
@@ -527,16 +550,18 @@ class Uploader:
             "feedback_only": 0,
             "feedback_sent": 0,
             "resumed": 0,
+            "predictions_sent": 0,
         }
         failed, stopped = 0, None
         try:
             self._send_outbox(counts)
+            self._send_predictions(counts)
             records = self.store.top(self.batch, state="pending")
         except _Stop as e:
             stopped, records = str(e), []
         except HubError as e:
             failed, stopped, records = 1, "error", []
-            log.warning("feedback upload failed, retrying next cycle: %s", e)
+            log.warning("feedback/prediction upload failed, retrying next cycle: %s", e)
         for record in records:
             try:
                 status = self._send(record, counts)
@@ -572,6 +597,7 @@ class Uploader:
             stopped=stopped,
             wire_bytes=self._cycle_spent,
             resumed=counts["resumed"],
+            predictions_sent=counts["predictions_sent"],
         )
         return self.last
 
@@ -586,6 +612,8 @@ class Uploader:
                 "stopped": self.last.stopped,
                 "wire_bytes": self.last.wire_bytes,
             }
+        if self.predictions is not None:
+            out["predictions"] = self.predictions.stats()
         if self.outbox is not None:
             try:
                 out["feedback_outbox"] = {**self.outbox.stats(), "dropped": self.feedback_dropped}

@@ -1,8 +1,24 @@
-"""leanloop trainer (hub side): digit data, models, training, ONNX export, bundle source writer.
+"""leanloop trainer (hub side): spec-driven training for any task, export, bundle sources.
 
 Imports ``runtime`` so that crops and pre-processing are the device's own; ``runtime`` never
 imports this package. Heavy modules (torch) load only when their submodule is imported:
 ``trainer.data`` is numpy + OpenCV only.
+
+The training service (``docs/training.md``):
+
+* :mod:`trainer.spec` — the training spec (``leanloop.train/1``)
+* :mod:`trainer.dataset_types` — the in-memory dataset the tasks read (``dataset.json``)
+* :mod:`trainer.tasks` — ``classify``, ``detect``, ``detect_then_classify``
+* :mod:`trainer.arch` — torchvision MobileNetV3 / ResNet classifiers, the FCOS-style detector
+* :mod:`trainer.engine` — the shared loop: device, augmentation, class weights, early stopping
+* :mod:`trainer.search` — Optuna search with pruning
+* :mod:`trainer.warm` — warm start from a state dict or an ONNX model (onnx2torch)
+* :mod:`trainer.card` — the model card
+* :mod:`trainer.run` — ``run_spec`` and ``python -m trainer.run`` (the hub's spec jobs)
+* :mod:`trainer.synthetic` — small local datasets (digits, digit frames, shapes)
+* :mod:`trainer.datasets` — dataset formats in and out (COCO, YOLO, Label Studio, folder)
+
+The demo's digit reader (its own trainer, run by hub jobs without a spec):
 
 * :mod:`trainer.data` — real MNIST digits, frame composition, the drifting production stream
 * :mod:`trainer.stages` — the pipeline stage specs shared by training and ``pipeline.yaml``

@@ -50,6 +50,47 @@ class RunOutput(dict[str, Any]):
     """``{"source": path, "card": model card dict}``."""
 
 
+def load_spec_dataset(spec: TrainingSpec) -> tuple[Dataset, Path]:
+    """The spec's dataset as the tasks read it, and the folder relative images are under.
+    Other formats are read by :mod:`trainer.datasets` (every problem reported) and converted
+    in memory; their data version is a digest of their content. Raises DatasetError."""
+    ref = spec.dataset
+    if ref.format == "native":
+        return load_dataset(ref.path)
+    import hashlib
+
+    from trainer.dataset_types import BoxLabel, DatasetError, DatasetItem
+    from trainer.datasets import DatasetError as ImportedDatasetError
+    from trainer.datasets import read_dataset
+
+    try:
+        imported = read_dataset(ref.format, ref.path)
+    except ImportedDatasetError as e:
+        problems = [str(p) for p in e.problems] or [str(e)]
+        raise DatasetError(problems) from e
+    items = [
+        DatasetItem(
+            id=it.path,
+            image=it.source or (ref.path / it.path),
+            width=it.width,
+            height=it.height,
+            label=it.label,
+            boxes=[BoxLabel(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2, label=b.label) for b in it.boxes],
+        )
+        for it in imported.items
+    ]
+    digest = hashlib.sha256(repr(imported.content()).encode()).hexdigest()[:12]
+    ds = Dataset(
+        name=ref.path.name or "dataset",
+        version=f"{ref.format}-{digest}",
+        ontology_id=imported.ontology_id or "default",
+        ontology_version=imported.ontology_version,
+        classes=list(imported.classes),
+        items=items,
+    )
+    return ds, ref.path
+
+
 def _initial_model(spec: TrainingSpec, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
     """The network to start from when ``spec.warm_start`` is given, and the report."""
     if spec.warm_start is None:
@@ -197,7 +238,7 @@ def run_spec(
     """Search (if the spec asks), train, export, and write the bundle source. Raises
     TrainerError (data, warm start, export) or SpecError."""
     t0 = time.perf_counter()
-    dataset, root = load_dataset(spec.dataset.path)
+    dataset, root = load_spec_dataset(spec)
     dataset.check()
     seconds: dict[str, float] = {}
     search: dict[str, Any] | None = None

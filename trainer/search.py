@@ -70,8 +70,13 @@ def run_search(
         pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs)
     else:
         pruner = optuna.pruners.NopPruner()
+    # A fixed study name: Hyperband assigns trials to brackets by a hash of it, so a random
+    # name (Optuna's default) would make the same spec and seed prune differently.
     study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=s.seed), pruner=pruner
+        study_name=f"leanloop-{spec.name}-{s.seed}",
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=s.seed),
+        pruner=pruner,
     )
     trial_s: list[float] = []
 

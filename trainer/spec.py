@@ -51,7 +51,13 @@ class _Strict(BaseModel):
 class DatasetRef(_Strict):
     """Where the labelled data comes from."""
 
-    path: Path = Field(description="dataset folder holding dataset.json (leanloop.dataset/1)")
+    path: Path = Field(
+        description="dataset folder: dataset.json (format native), or a COCO / YOLO / Label "
+        "Studio / folder-per-class dataset read by trainer.datasets"
+    )
+    format: Literal["native", "coco", "yolo", "labelstudio", "folder"] = Field(
+        default="native", description="how the folder is laid out"
+    )
     val_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="share of items held out for validation (stratified)"
     )
@@ -113,9 +119,9 @@ class SearchParam(_Strict):
     def _shape(self) -> SearchParam:
         if self.choices is None and (self.low is None or self.high is None):
             raise ValueError("give low and high, or choices")
-        if self.choices is None and self.low is not None and self.high is not None:  # noqa: SIM102
-            if self.low >= self.high:
-                raise ValueError("low must be below high")
+        bounded = self.choices is None and self.low is not None and self.high is not None
+        if bounded and self.low >= self.high:  # type: ignore[operator]
+            raise ValueError("low must be below high")
         return self
 
 

@@ -8,9 +8,11 @@ from hub.api import (
     datasets,
     devices,
     fleet,
+    history,
     jobs,
     ontologies,
     ops,
+    replay,
     rollouts,
     samples,
     shadow,
@@ -34,4 +36,6 @@ ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
     ops.routes,
     datasets.routes,
     ontologies.routes,
+    replay.routes,
+    history.routes,
 )

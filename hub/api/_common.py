@@ -41,6 +41,7 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
 UPLOADS = web.AppKey("uploads", PartialUploads)
+TOUCHED = web.AppKey("touched", dict)  # device id -> when its last_seen was last written
 UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -62,6 +63,15 @@ class Identity:
 
 
 IDENTITY = web.RequestKey("identity", Identity)
+
+
+def caller_name(request: web.Request, claimed: str | None = None) -> str:
+    """Who to write in a record: the named token's name, else what the caller says, else the
+    role (the bootstrap admin token has no name)."""
+    who = request.get(IDENTITY)
+    if who is not None and who.name:
+        return who.name
+    return claimed or (who.kind if who is not None else "unknown")
 
 
 def hash_token(token: str) -> str:

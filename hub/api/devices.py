@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from typing import Any
 
 from aiohttp import web
 from pydantic import Field, ValidationError
@@ -23,6 +24,7 @@ from hub.api._common import (
     read_capped,
 )
 from hub.errors import AuthError, BadRequest
+from hub.storage import HubDB
 from runtime.protocol import (
     MAX_EVENTS,
     Desired,
@@ -58,16 +60,22 @@ async def enroll(request: web.Request) -> web.Response:
     return web.json_response({"device_token": token})
 
 
+def _desired_of(db: HubDB, device_id: str) -> tuple[str | None, int | None, Any]:
+    """The device's desired bundle (its own, else its cohort's or the fleet's) and its shadow
+    candidate: one trip to the database's threads (this is the hottest device route)."""
+    device = db.device(device_id)
+    bundle, version = device.desired_bundle, device.desired_version
+    if bundle is None:
+        bundle, version = db.cohort_desired(device.cohort)
+    # Shadow mode: the candidate (with its promotion rule) next to the production bundle.
+    return bundle, version, db.shadow_candidate(device)
+
+
 @routes.get(f"{API}/device/desired")
 async def desired(request: web.Request) -> web.Response:
     """The bundle version a rollout asked this device to run (nulls: none yet)."""
     db = request.app[DB]
-    device = await db.call(db.device, device_id_of(request))
-    bundle, version = device.desired_bundle, device.desired_version
-    if bundle is None:
-        bundle, version = await db.call(db.cohort_desired, device.cohort)
-    # Shadow mode: the candidate (with its promotion rule) next to the production bundle.
-    candidate = await db.call(db.shadow_candidate, device)
+    bundle, version, candidate = await db.call(_desired_of, db, device_id_of(request))
     answer = Desired.model_validate({"bundle": bundle, "version": version, "candidate": candidate})
     body = answer.model_dump(mode="json", exclude={"candidate"} if candidate is None else None)
     return web.json_response(body)

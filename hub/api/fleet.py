@@ -9,15 +9,18 @@ from pydantic import Field
 
 from hub.api._common import (
     API,
+    CONFIG,
     DB,
     NAME_PATTERN,
     Body,
+    caller_name,
     parse_body,
     read_capped,
 )
 from hub.errors import (
     NotFound,
 )
+from hub.replay.blessing import check_release
 
 log = logging.getLogger("leanloop.hub.fleet")
 
@@ -31,6 +34,10 @@ class RolloutRequest(Body):
     version: int = Field(ge=1)
     devices: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
     cohort: str | None = Field(default=None, pattern=NAME_PATTERN)
+    force_reason: str | None = Field(
+        default=None, max_length=2000, description="roll out an unblessed bundle (audited)"
+    )
+    who: str | None = Field(default=None, max_length=200)
 
 
 # -- admin: fleet -------------------------------------------------------------------------------
@@ -44,9 +51,17 @@ async def rollout(request: web.Request) -> web.Response:
     )
     if not await request.app[DB].call(request.app[DB].has_bundle, body.bundle, body.version):
         raise NotFound(f"bundle {body.bundle} version {body.version} is not published")
-    n = await request.app[DB].call(
-        request.app[DB].set_desired, body.bundle, body.version, body.devices, body.cohort
+    db = request.app[DB]
+    await db.call(
+        check_release,
+        db,
+        request.app[CONFIG].require_blessing,
+        [(body.bundle, body.version, None)],
+        "roll out",
+        body.force_reason,
+        caller_name(request, body.who),
     )
+    n = await db.call(db.set_desired, body.bundle, body.version, body.devices, body.cohort)
     return web.json_response({"devices": n})
 
 

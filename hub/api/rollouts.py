@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiohttp import web
 
-from hub.api._common import API, BLOBS, DB, parse_body, read_capped
+from hub.api._common import API, BLOBS, CONFIG, DB, caller_name, parse_body, read_capped
 from hub.errors import BadRequest, Conflict, NotFound
+from hub.replay.blessing import check_release
 from hub.rollouts import RolloutSpec, control
 from hub.rollouts.ticker import rollout_json, tick_one
-from hub.storage import check_sha256
+from hub.storage import HubDB, check_sha256
 from runtime.bundle.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,13 @@ async def create(request: web.Request) -> web.Response:
         raise NotFound(f"bundle {spec.bundle} version {spec.version} is not published")
     if spec.kind == "rollback":
         await _check_rollback(request, spec)
+    else:  # a rollback returns to content that already served; a new version needs a blessing
+        q = request.query
+        who = caller_name(request, q.get("who"))
+        await db.call(
+            check_release, db, request.app[CONFIG].require_blessing,
+            [(spec.bundle, spec.version, None)], "roll out", q.get("force_reason"), who,
+        )  # fmt: skip
     rollout_id, aborted = await db.call(db.add_rollout, spec)
     if aborted:
         log.info("rollout %s supersedes %s", rollout_id, aborted)
@@ -83,13 +92,12 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
-@routes.post(f"{API}/admin/rollouts/{{rollout_id}}/{{action:pause|resume|abort}}")
-async def act(request: web.Request) -> web.Response:
+async def apply_action(db: HubDB, rollout_id: int, action: str) -> dict[str, Any]:
     """Pause (no new orders), resume (also after a halt), or abort (devices ordered that do not
-    run the version yet are told their previous version again)."""
-    db = request.app[DB]
-    rollout = await db.call(db.rollout, _rollout_id(request))
-    action = request.match_info["action"]
+    run the version yet are told their previous version again); the rollout's new status.
+    Raises NotFound, Conflict (the action does not apply in its state). The web page uses it
+    too."""
+    rollout = await db.call(db.rollout, rollout_id)
     try:
         state = control(rollout.state, action, "aborted by the admin")  # type: ignore[arg-type]
     except ValueError as e:
@@ -103,7 +111,14 @@ async def act(request: web.Request) -> web.Response:
     if action == "resume":
         rollout = await tick_one(db, rollout)
     log.info("rollout %s: %s", rollout.id, action)
-    return web.json_response(await rollout_json(db, rollout))
+    return await rollout_json(db, rollout)
+
+
+@routes.post(f"{API}/admin/rollouts/{{rollout_id}}/{{action:pause|resume|abort}}")
+async def act(request: web.Request) -> web.Response:
+    """Pause, resume or abort a rollout (see :func:`apply_action`)."""
+    body = await apply_action(request.app[DB], _rollout_id(request), request.match_info["action"])
+    return web.json_response(body)
 
 
 @routes.get(f"{API}/admin/bundles")

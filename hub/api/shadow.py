@@ -76,7 +76,9 @@ async def shadow_cancel(request: web.Request) -> web.Response:
     )
 
 
-def _aggregate(rows: list[tuple[str, str | None, dict[str, Any], float]]) -> list[dict[str, Any]]:
+def aggregate_shadow(
+    rows: list[tuple[str, str | None, dict[str, Any], float]],
+) -> list[dict[str, Any]]:
     """Sum device reports per (cohort, candidate): counts, flip matrix, histograms."""
     groups: dict[tuple[str | None, str | None, int | None], dict[str, Any]] = {}
     for device_id, cohort, rep, _updated in rows:
@@ -119,6 +121,6 @@ async def shadow_overview(request: web.Request) -> web.Response:
             "devices": [
                 {"device_id": d, "cohort": c, "updated": u, "report": r} for d, c, r, u in rows
             ],
-            "cohorts": _aggregate(rows),
+            "cohorts": aggregate_shadow(rows),
         }
     )

@@ -23,6 +23,7 @@ from hub.api._common import (
     PUBLISH_LOCK,
     REPO,
     SHARED,
+    caller_name,
     read_capped,
     read_parts,
 )
@@ -31,9 +32,10 @@ from hub.errors import (
     NotFound,
     TooLarge,
 )
+from hub.replay.blessing import check_release
 from hub.replicas import PUBLISH_LOCK_KEY, cluster_lock_async
 from hub.storage import check_sha256
-from runtime.bundle.manifest import Manifest
+from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 
 log = logging.getLogger("leanloop.hub.tuf")
 
@@ -213,6 +215,15 @@ async def post_targets(request: web.Request) -> web.Response:
         md = await asyncio.to_thread(app[REPO].verify_targets, data)
         targets = {p: (t.hashes["sha256"], t.length) for p, t in md.signed.targets.items()}
         bundles = await asyncio.to_thread(_new_bundles, app, targets)
+        await app[DB].call(
+            check_release,
+            app[DB],
+            app[CONFIG].require_blessing,
+            [(m.name, m.version, targets[m.target_name(MANIFEST_NAME)][0]) for m, _ in bundles],
+            "publish",
+            request.query.get("force_reason"),
+            caller_name(request, request.query.get("who")),
+        )
         version = await asyncio.to_thread(app[REPO].accept_targets, data)
         for manifest, raw in bundles:
             await app[DB].call(app[DB].add_bundle, manifest.name, manifest.version, raw)

@@ -14,6 +14,8 @@ the writer):
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
 - ``bundles``: bundle versions that became current targets, with their manifest;
 - ``jobs``: training jobs and their state ``queued → running → done | failed``;
+- ``replay_reports``, ``blessings``, ``audit_log``, ``prediction_events``: the replay gate's
+  records and the devices' prediction stream (:mod:`hub.storage.replay`).
 - ``datasets``, ``dataset_items``: imported datasets, one immutable version per import
   (:mod:`hub.storage.datasets`);
 - ``ontologies``: ontology versions with their explicit changes; a change remaps the samples
@@ -41,11 +43,13 @@ from hub.storage.datasets import DatasetTables
 from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.ontologies import OntologyTables
+from hub.storage.replay import ReplayTables
 from hub.storage.rollouts import Rollout, RolloutTables
 from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
+from hub.storage.web import WebSession, WebTables, Work
 
 __all__ = [
     "FLEET",
@@ -68,6 +72,8 @@ __all__ = [
     "Sample",
     "SampleState",
     "SqliteDatabase",
+    "WebSession",
+    "Work",
     "check_sha256",
     "open_database",
 ]
@@ -107,10 +113,12 @@ class HubDB(
     BundleTables,
     JobTables,
     RolloutTables,
+    ReplayTables,
     TokenTables,
     SharedFileTables,
     DatasetTables,
     OntologyTables,
+    WebTables,
 ):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 

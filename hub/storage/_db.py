@@ -86,10 +86,18 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
+_READS = ("SELECT", "WITH", "PRAGMA")
+
+
 class _SqliteConn:
+    """One thread's SQLite connection. Writers of the process take ``write_lock`` (the whole
+    transaction, or one write statement), so they queue on a lock instead of hitting SQLite's
+    busy handler, whose sleeps grow to 100 ms under contention; readers never wait (WAL)."""
+
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write_lock: threading.RLock) -> None:
+        self._lock = write_lock
         self._c = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._c.row_factory = _dict_row
         self._c.execute("PRAGMA journal_mode=WAL")
@@ -97,20 +105,25 @@ class _SqliteConn:
         self._c.execute("PRAGMA foreign_keys=ON")
 
     def execute(self, sql: str, params: Any = ()) -> Cursor:
-        return self._c.execute(sql, params)
+        if sql.lstrip()[:6].upper().startswith(_READS) and " RETURNING " not in sql.upper():
+            return self._c.execute(sql, params)
+        with self._lock:
+            return self._c.execute(sql, params)
 
     def script(self, sql: str) -> None:
-        self._c.executescript(sql)
+        with self._lock:
+            self._c.executescript(sql)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        self._c.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._c.execute("ROLLBACK")
-            raise
-        self._c.execute("COMMIT")
+        with self._lock:
+            self._c.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._c.execute("ROLLBACK")
+                raise
+            self._c.execute("COMMIT")
 
     def close(self) -> None:
         self._c.close()
@@ -234,9 +247,10 @@ class SqliteDatabase(Database):
     def __init__(self, path: Path, threads: int = 4) -> None:
         super().__init__(threads)
         self.path = Path(path)
+        self._write_lock = threading.RLock()
 
     def _connect(self) -> Conn:
-        return _SqliteConn(self.path)
+        return _SqliteConn(self.path, self._write_lock)
 
 
 class PostgresDatabase(Database):

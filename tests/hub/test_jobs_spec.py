@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from aiohttp import FormData
 
 from hub.testing import API, sample_form, sample_meta
 from hub.testing import HubTestSession as Hub
@@ -102,6 +103,31 @@ async def test_auto_train_when_every_four_annotations_trains_and_shows_confusion
     resp = await hub.client.delete(f"{API}/admin/jobs/auto/shapes", headers=hub.admin)
     assert resp.status == 200
     assert "auto_job" not in await _annotate(hub, cam, 9)
+
+
+@pytest.mark.asyncio
+async def test_train_job_when_the_hub_manages_the_ontology_labels_the_dataset_in_it(
+    hub: Hub,
+) -> None:
+    onto = {"id": "shapes", "classes": ["square", "circle", "triangle"]}
+    resp = await hub.client.post(f"{API}/admin/ontologies", json=onto, headers=hub.admin)
+    assert resp.status in (200, 201), await resp.text()
+    for n in range(6):
+        form = FormData()
+        meta = {"bundle": "shapes", "ontology_id": "shapes", "ontology_version": 1}
+        form.add_field("meta", json.dumps(meta), content_type="application/json")
+        form.add_field("image", _jpeg(n % 2, n), filename="i.jpg", content_type="image/jpeg")
+        label = ["circle", "square"][n % 2]
+        ann = {"boxes": [[0, 0, 40, 40, label]], "annotator": "ann"}
+        form.add_field("annotation", json.dumps(ann), content_type="application/json")
+        resp = await hub.client.post(f"{API}/admin/samples", data=form, headers=hub.admin)
+        assert resp.status == 200, await resp.text()
+    body = {"bundle": "shapes", "version": 1, "spec": SPEC}
+    resp = await hub.client.post(f"{API}/admin/jobs/train", json=body, headers=hub.admin)
+    status = await _wait_job(hub, int((await resp.json())["job"]))
+    assert status["state"] == "done", status
+    labels = status["progress"]["metrics"]["classifier"]["confusion"]["labels"]
+    assert labels == ["square", "circle", "triangle"]
 
 
 def test_cli_train_when_given_a_hub_trains_there_and_downloads_the_source(

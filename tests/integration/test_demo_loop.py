@@ -66,6 +66,13 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
     assert first.digit_accuracy > 0.3
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert len(report["rows"]) == 4
+    # One gate decision per iteration and arm: v2 replayed against v1 on the labelled history
+    # (blessed when it passed; the hub requires a blessing or an audited --force).
+    for r in rows[2:]:
+        gate = r.extra["gate"]
+        assert gate["decision"] in ("pass", "blocked") and gate["frames"] > 0
+    assert report["rows"][2]["extra"]["gate"] == rows[2].extra["gate"]
+    assert (tmp_path / "demo" / "replay" / "unc-v2" / "report" / "report.html").exists()
     # Devices uploaded samples, and every sample the oracle labelled came from a device.
     hub_db = tmp_path / "demo" / "hub" / "hub.sqlite3"
     assert hub_db.exists()

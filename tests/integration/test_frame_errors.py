@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loopkit import BundleMaker, Device, committed, publish
+from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
+from leanloop.cli import app
 
 BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 
@@ -60,6 +62,10 @@ def test_device_goes_on_when_frames_make_the_decoder_raise_or_declare_too_many_p
     assert "error" not in res["f000000.png"] and res["f000000.png"]["stages"]["detector"]
     assert st["counters"]["frame_errors"] == 2
     assert st["update_state"] == "committed"  # frame errors are not a bundle's fault
+    assert st["engines"] == {"detector": "onnxruntime", "classifier": "onnxruntime"}
+    r = CliRunner().invoke(app, ["status", "--config", str(dev.config)])
+    assert r.exit_code == 0, r.output
+    assert "engines" in r.stdout and "detector=onnxruntime, classifier=onnxruntime" in r.stdout
     log = dev.tail()
     assert log.count("frame a0.png failed") == 1
     assert "frame a1.png failed" not in log  # rate-limited: one warning per 10 s
