@@ -547,8 +547,10 @@ class HubAdminClient:
         init_from: int | None = None,
         params: dict[str, Any] | None = None,
         spec: dict[str, Any] | None = None,
+        datasets: list[str] | None = None,
     ) -> int:
-        """Queue a training job (with ``spec``: the spec-driven trainer); return its id."""
+        """Queue a training job (with ``spec``: the spec-driven trainer, on the bundle's
+        annotated samples or on hub ``datasets`` 'name[:version]'); return its id."""
         body: dict[str, Any] = {
             "bundle": bundle,
             "version": version,
@@ -557,6 +559,8 @@ class HubAdminClient:
         }
         if spec is not None:
             body["spec"] = spec
+        if datasets is not None:
+            body["datasets"] = datasets
         return int(self._json("POST", "/admin/jobs/train", json_body=body)["job"])
 
     def job(self, job_id: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "as_dataset",
     "export_dataset",
     "read_archive",
+    "training_set",
     "unpack_archive",
 ]
 
@@ -141,3 +142,29 @@ def export_dataset(
         return buf.getvalue()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def training_set(
+    blobs: Blobs,
+    folder: Path,
+    stored: list[tuple[DatasetVersion, list[DatasetItemRow]]],
+    history: list[dict[str, object]],
+) -> int:
+    """Write stored dataset versions as one native training set in ``folder`` (the spec
+    jobs' input), aligned to one ontology version (:func:`trainer.datasets.align.
+    align_datasets`: mixed versions need ``history``, the hub's versions of the ontology).
+    Returns the number of items. Raises DatasetError."""
+    from trainer.datasets.align import OntologyStep, align_datasets
+
+    images = folder.parent / "dataset-blobs"
+    images.mkdir(parents=True, exist_ok=True)
+    sets = []
+    for v, rows in stored:
+        for r in rows:
+            if not (images / r.image_sha256).exists():
+                (images / r.image_sha256).write_bytes(blobs.read(r.image_sha256))
+        sets.append(as_dataset(v, rows, images))
+    steps = [OntologyStep.model_validate(h) for h in history] or None
+    merged = align_datasets(sets, steps)
+    write_dataset("native", merged, folder)
+    return len(merged.items)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.storage import Blobs, HubDB, Sample
-from runtime.errors import first_line
+from runtime.errors import LeanloopError, first_line
 
 __all__ = [
     "JobRunner",
@@ -77,12 +77,18 @@ def export_dataset(
     ontology: tuple[str, int] | None = None,
 ) -> int:
     """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`),
-    labelled in ``ontology`` (id, version) when the hub manages one. Returns the number of
-    items. Raises trainer's DatasetError listing labels outside ``classes``."""
+    labelled in ``ontology`` (id, version) when known. Returns the number of items. Raises
+    trainer's DatasetError listing labels outside ``classes``, or naming samples labelled
+    under another ontology version (docs/datasets.md: no mapping, no mixing)."""
     import cv2
     import numpy as np
 
-    from trainer.dataset_types import BoxLabel, Dataset, DatasetItem, save_dataset
+    from hub.ontology import mixed_versions
+    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem, save_dataset
+
+    mixed = mixed_versions([s.meta for s in samples], ontology[1] if ontology else None)
+    if mixed:
+        raise DatasetError([mixed])
 
     items = []
     seen: set[str] = set()
@@ -116,6 +122,28 @@ def export_dataset(
     )
     save_dataset(ds.check(), folder)
     return len(items)
+
+
+def stamp_source(source: Path, history_file: Path) -> None:
+    """Write the hub's ontology version (changes, mapping from the previous version) into a
+    trained source's ``ontology.yaml``, so devices remap their store when they commit it. A
+    source whose classes match no version is left as the trainer wrote it (with a warning)."""
+    if not history_file.exists() or not (source / "ontology.yaml").exists():
+        return
+    import yaml
+
+    from hub.ontology import stamp_ontology
+    from runtime.bundle.manifest import Ontology
+
+    path = source / "ontology.yaml"
+    try:
+        current = Ontology.model_validate(yaml.safe_load(path.read_text()))
+        new = stamp_ontology(current, json.loads(history_file.read_text()))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        log.warning("%s: not stamped with the hub's ontology version: %s", path, e)
+        return
+    data = new.model_dump(mode="json", exclude_defaults=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def job_progress(job_dir: Path) -> dict[str, Any] | None:
@@ -258,16 +286,32 @@ class JobRunner:
         samples = await self._db.call(self._db.samples, job.params["bundle"], "annotated", None)
         source = job_dir / "source"
         argv: list[str] = []
-        if not samples:
+        count = 0
+        if job.params.get("spec") and job.params.get("datasets"):
+            try:  # hub datasets instead of annotated samples (hub/datasets.py)
+                count = await self._hub_datasets(job.params["datasets"], job_dir)
+            except LeanloopError as e:
+                await self._db.call(self._db.set_job, job_id, "failed", error=str(e))
+                return
+            argv = await loop.run_in_executor(None, self._spec_job, job.params, [], job_dir, True)
+        elif not samples:
             count = 0
         elif job.params.get("spec"):
             # The hub's current ontology, when it manages one, fixes the classes and their order
-            # (samples are remapped when it changes, so they are all in its latest version).
-            onto = await self._db.call(self._db.sample_ontology, samples[0].id)
+            # (samples are remapped when it changes, so they are all in its latest version);
+            # else the published bundle's. Its history lets the source be stamped.
             params = dict(job.params)
-            if onto is not None:
-                params["classes"] = params.get("classes") or onto.classes
-                params["ontology"] = (onto.id, onto.version)
+            managed = await self._db.call(self._db.sample_ontology, samples[0].id)
+            published = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
+            if managed is not None:
+                params["classes"] = params.get("classes") or managed.classes
+                params["ontology"] = (managed.id, managed.version)
+                history = await self._db.call(self._db.ontology_versions, managed.id)
+                (job_dir / "ontology_history.json").write_text(
+                    json.dumps([v.to_dict() for v in history])
+                )
+            elif published is not None:  # its id and version (the classes: as labelled)
+                params["ontology"] = (published[0], published[1])
             argv = await loop.run_in_executor(None, self._spec_job, params, samples, job_dir)
             count = len(samples)
         else:
@@ -330,21 +374,53 @@ class JobRunner:
             )
             return
         artifact = job_dir / "source.tar.gz"
+        await loop.run_in_executor(None, stamp_source, source, job_dir / "ontology_history.json")
         await loop.run_in_executor(None, pack_source, source, artifact)
         await self._db.call(self._db.set_job, job_id, "done", artifact_path=str(artifact))
 
-    def _spec_job(self, params: dict[str, Any], samples: list[Sample], job_dir: Path) -> list[str]:
-        """Write the dataset folder and the job's spec; return the trainer's argv."""
+    async def _hub_datasets(self, names: list[str], job_dir: Path) -> int:
+        """Write hub dataset versions ('name' or 'name:version') as the job's training set,
+        aligned to one ontology version; the history goes beside it for the stamp. Returns
+        the item count. Raises DatasetError, NotFound."""
+        from hub.datasets import training_set
+
+        db = self._db
+        stored = []
+        for ref in names:
+            name, _, ver = ref.partition(":")
+            v = await db.call(db.dataset_version, name, int(ver) if ver.isdigit() else None)
+            stored.append((v, await db.call(db.dataset_items, v.name, v.version)))
+        onto_id = stored[0][0].ontology_id
+        history = (
+            [h.to_dict() for h in await db.call(db.ontology_versions, onto_id)] if onto_id else []
+        )
+        if history:
+            (job_dir / "ontology_history.json").write_text(json.dumps(history))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, training_set, self._blobs, job_dir / "dataset", stored, history
+        )
+
+    def _spec_job(
+        self,
+        params: dict[str, Any],
+        samples: list[Sample],
+        job_dir: Path,
+        dataset_ready: bool = False,
+    ) -> list[str]:
+        """Write the dataset folder (unless ``dataset_ready``) and the job's spec; return the
+        trainer's argv."""
         from trainer.spec import parse_spec
 
-        export_dataset(
-            samples,
-            self._blobs,
-            job_dir / "dataset",
-            params.get("classes"),
-            params["bundle"],
-            params.get("ontology"),
-        )
+        if not dataset_ready:
+            export_dataset(
+                samples,
+                self._blobs,
+                job_dir / "dataset",
+                params.get("classes"),
+                params["bundle"],
+                params.get("ontology"),
+            )
         spec = parse_spec(params["spec"], "job spec")
         update: dict[str, Any] = {
             "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})

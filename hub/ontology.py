@@ -15,10 +15,20 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.ontology import LabelMapping
+from pydantic import TypeAdapter
+
+from runtime.bundle.manifest import Ontology
+from runtime.ontology import Change, LabelMapping, apply_changes
 from runtime.store.remap import convert_feedback, remap_prediction
 
-__all__ = ["SampleChange", "remap_annotation", "remap_sample", "weakness_report"]
+__all__ = [
+    "SampleChange",
+    "mixed_versions",
+    "remap_annotation",
+    "remap_sample",
+    "stamp_ontology",
+    "weakness_report",
+]
 
 
 @dataclass(frozen=True)
@@ -219,3 +229,54 @@ def weakness_report(
         "classes": out_classes,
         "confused_pairs": [{"predicted": p, "actual": a, "count": n} for (p, a), n in pairs],
     }
+
+
+def stamp_ontology(current: Ontology, versions: list[dict[str, Any]]) -> Ontology:
+    """``current`` (a bundle source's ontology, its class order the model's outputs) as the
+    hub's latest version with the same classes: its number, ``previous_version``, ``changes``
+    and ``mapping_from_previous``. Raises ValueError when no version has these classes, or a
+    stored change does not apply (OntologyChangeError is a ValueError's sibling: wrapped)."""
+    match = [v for v in versions if set(v["classes"]) == set(current.classes)]
+    if not match:
+        raise ValueError(
+            f"classes {current.classes} are those of no version of ontology {current.id!r} on "
+            f"the hub ({', '.join(str(v['version']) for v in versions) or 'none'})"
+        )
+    v = match[-1]
+    prev = next((p for p in versions if p["version"] == v["version"] - 1), None)
+    try:
+        changes = TypeAdapter(list[Change]).validate_python(v["changes"]) if prev else []
+        mapping = apply_changes(prev["classes"], changes)[1] if prev and changes else None
+    except Exception as e:  # a stored change that no longer applies: say which version
+        raise ValueError(f"ontology {current.id!r} v{v['version']}: {e}") from e
+    return Ontology(
+        id=current.id,
+        version=v["version"],
+        classes=current.classes,
+        mapping_from_previous=mapping.to_manifest_mapping() if mapping else {},
+        previous_version=prev["version"] if prev else None,
+        changes=changes,
+    )
+
+
+def mixed_versions(metas: list[dict[str, Any]], target: int | None) -> str | None:
+    """Why these samples cannot be one training set, or None: they must all be labelled under
+    one ontology version (``target`` when given; a sample without a version counts as it)."""
+    by_version: dict[int, list[str]] = {}
+    for m in metas:
+        v = m.get("ontology_version")
+        if isinstance(v, int) and (target is None or v != target):
+            by_version.setdefault(v, []).append(str(m.get("id", "?")))
+    if target is None and len(by_version) <= 1:
+        return None
+    if not by_version:
+        return None
+    parts = "; ".join(
+        f"version {v}: {len(ids)} (e.g. {', '.join(ids[:3])})"
+        for v, ids in sorted(by_version.items())
+    )
+    want = f"version {target}" if target is not None else "one version"
+    return (
+        f"annotated samples mix ontology versions ({parts}); training needs {want}: change "
+        "the ontology on the hub (it remaps stored samples) or relabel them"
+    )

@@ -42,6 +42,13 @@ TokenOpt = Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", hel
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
 
 
+def _busy(what: str) -> Any:
+    """A spinner on stderr while long work runs (nothing when stderr is not a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(what)
+
+
 def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
     typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
 
@@ -51,7 +58,8 @@ def _read(fmt: str, path: Path) -> Any:
     from trainer.datasets import DatasetError, read_dataset
 
     try:
-        return read_dataset(fmt, path)
+        with _busy(f"reading {fmt} dataset {path} (every image is decoded)"):
+            return read_dataset(fmt, path)
     except DatasetError as e:
         for p in e.problems:
             typer.echo(f"  {p}", err=True)
@@ -129,7 +137,8 @@ def dataset_import(
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(root, arcname=".")
-    answer = _admin_client(hub, token).import_dataset(name, fmt, buf.getvalue())
+    with _busy(f"uploading {len(buf.getvalue()) >> 10} KiB; the hub validates it again"):
+        answer = _admin_client(hub, token).import_dataset(name, fmt, buf.getvalue())
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
     else:
@@ -152,7 +161,8 @@ def dataset_export(
 
     if path.exists():
         raise ConfigError(f"{path}: already exists")
-    data = _admin_client(hub, token).export_dataset(name, fmt, version)
+    with _busy(f"exporting {name} as {fmt}"):
+        data = _admin_client(hub, token).export_dataset(name, fmt, version)
     path.mkdir(parents=True)
     unpack_archive(data, path, max_bytes=1 << 40)
     _say(
@@ -380,6 +390,60 @@ def ontology_change(
             f"remapped {out['remapped']} sample(s); {len(out['needs_review'])} back in the "
             "queue as needs review"
         )
+
+
+def stamp_source(source: Path, versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Give ``source/ontology.yaml`` the hub's version whose classes it has (see
+    :func:`hub.ontology.stamp_ontology`). Raises ConfigError."""
+    from pydantic import ValidationError
+
+    from hub.ontology import stamp_ontology
+    from runtime._atomic import atomic_write_bytes
+    from runtime.bundle.manifest import Ontology
+
+    path = source / "ontology.yaml"
+    try:
+        current = Ontology.model_validate(yaml.safe_load(path.read_text()))
+        new = stamp_ontology(current, versions)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except (yaml.YAMLError, ValidationError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from e
+    data = new.model_dump(mode="json", exclude_defaults=True)
+    atomic_write_bytes(path, yaml.safe_dump(data, sort_keys=False).encode())
+    return data
+
+
+@ontology_app.command("stamp")
+@handled
+def ontology_stamp(
+    source: Annotated[Path, typer.Argument(help="bundle source folder (its ontology.yaml)")],
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="ontology history YAML (list of {version, classes, changes}) instead of the hub's"
+        ),
+    ] = None,
+    hub: HubOpt = HUB,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the ontology version (number, changes, mapping) whose classes a bundle source has
+    into its ontology.yaml, so devices remap their store when they commit the bundle."""
+    try:
+        onto_id = str(yaml.safe_load((source / "ontology.yaml").read_text())["id"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ConfigError(f"{source / 'ontology.yaml'}: no ontology id: {e}") from e
+    if history is not None:
+        try:
+            versions = list(yaml.safe_load(history.read_text()))
+        except (OSError, yaml.YAMLError, TypeError) as e:
+            raise ConfigError(f"{history}: {str(e).splitlines()[0]}") from e
+        versions = [{"changes": [], **v} for v in versions if isinstance(v, dict)]
+    else:
+        versions = _admin_client(hub, token).ontology(onto_id)
+    data = stamp_source(source, versions)
+    _say(as_json, data, f"{source / 'ontology.yaml'}: {data['id']} v{data['version']}")
 
 
 @ontology_app.command("weakness")

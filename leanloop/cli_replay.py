@@ -140,7 +140,9 @@ def replay(
     if on_hub:
         if client is None or not baseline.isdigit():
             raise ConfigError("--on-hub needs --hub and --baseline as a published version")
-        _replay_on_hub(client, candidate, int(baseline), gate, start, cohort, workers, bless, who)
+        _replay_on_hub(
+            client, candidate, int(baseline), gate, start, cohort, workers, bless, who, as_json
+        )
         return
     console = Console(stderr=True)
     base_dir = Path(baseline)
@@ -176,15 +178,18 @@ def replay(
             raise ConfigError("the hub computed another report digest")
         if dec["decision"] == "pass":
             b = client.bless(stored["digest"], who)
-            typer.echo(f"blessed {b['bundle']} v{b['version']} (report {stored['digest'][:12]})")
-    typer.echo(dec["summary"])
+            typer.echo(
+                f"blessed {b['bundle']} v{b['version']} (report {stored['digest'][:12]})",
+                err=as_json,  # with --json, stdout holds the report alone
+            )
+    typer.echo(dec["summary"], err=as_json)
     if dec["decision"] != "pass":
         raise typer.Exit(1)
 
 
 def _replay_on_hub(
     client: Any, candidate: Path, baseline: int, gate: Any, since: float | None,
-    cohort: str | None, workers: int, bless: bool, who: str,
+    cohort: str | None, workers: int, bless: bool, who: str, as_json: bool,
 ) -> None:  # fmt: skip
     job_id = client.start_replay_job(
         candidate, baseline, gate.model_dump(mode="json"), since=since, cohort=cohort,
@@ -195,10 +200,13 @@ def _replay_on_hub(
         time.sleep(0.5)
     if job["state"] == "failed":
         raise LeanloopError(f"replay job {job_id} failed: {job.get('error')}")
-    typer.echo(f"report: {job['report_digest']}")
-    if job.get("blessed"):
-        typer.echo(f"blessed {candidate.name} (report {job['report_digest'][:12]})")
-    typer.echo(job["summary"])
+    if as_json:
+        typer.echo(json.dumps(job, sort_keys=True))
+    else:
+        typer.echo(f"report: {job['report_digest']}")
+        if job.get("blessed"):
+            typer.echo(f"blessed {candidate.name} (report {job['report_digest'][:12]})")
+    typer.echo(job["summary"], err=as_json)
     if job["decision"] != "pass":
         raise typer.Exit(1)
 
@@ -210,6 +218,7 @@ def bless_report(
     hub: Annotated[str, typer.Option(help="hub URL")],
     who: Annotated[str, typer.Option(help="who blesses")],
     token: Annotated[str | None, _TOKEN] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the blessing as JSON")] = False,
 ) -> None:
     """Upload a replay report to the hub and bless its candidate (the gate must have passed)."""
     try:
@@ -220,6 +229,9 @@ def bless_report(
     client = _admin_client(hub, token)
     stored = client.post_report(data, html.read_bytes() if html.exists() else None)
     b = client.bless(stored["digest"], who)
+    if as_json:
+        typer.echo(json.dumps(b, sort_keys=True))
+        return
     typer.echo(f"blessed {b['bundle']} v{b['version']} (report {stored['digest'][:12]})")
 
 

@@ -45,6 +45,13 @@ class TrainRequest(Body):
     classes: list[str] | None = Field(
         default=None, max_length=10_000, description="spec jobs: class order (default: labels seen)"
     )
+    datasets: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="spec jobs: train on these hub datasets ('name' or 'name:version') instead "
+        "of the annotated samples; versions of one ontology are aligned (docs/datasets.md)",
+    )
 
 
 # -- admin: jobs --------------------------------------------------------------------------------
@@ -74,6 +81,8 @@ async def start_train(request: web.Request) -> web.Response:
     body = parse_body(TrainRequest, await read_capped(request, 256 * 1024, "job"), "job")
     if body.spec is not None:
         body = body.model_copy(update={"spec": _checked_spec(body.spec)})
+    elif body.datasets is not None:
+        raise BadRequest("datasets need a spec (the training spec the job runs)")
     if body.init_from is not None:
         prev = await request.app[DB].call(request.app[DB].job, body.init_from)
         if prev.state != "done":

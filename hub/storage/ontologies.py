@@ -247,6 +247,27 @@ class OntologyTables(DBBase):
         versions = self.ontology_versions(onto_id)
         return versions[-1] if versions else None
 
+    def bundle_ontology(
+        self, bundle: str
+    ) -> tuple[str, int, list[str], list[dict[str, Any]]] | None:
+        """The ontology a bundle's training data is labelled in: (id, version, classes,
+        history) — the hub's latest version when it manages the bundle's ontology (history:
+        every version as :meth:`OntologyVersion.to_dict`), else the latest published
+        manifest's ontology (history empty); None when the bundle was never published."""
+        b = self._db.execute(
+            "SELECT manifest_json FROM bundles WHERE name = ? ORDER BY version DESC LIMIT 1",
+            (bundle,),
+        ).fetchone()
+        onto = (json.loads(b["manifest_json"]).get("ontology") or {}) if b else {}
+        onto_id = onto.get("id")
+        if not isinstance(onto_id, str):
+            return None
+        versions = self.ontology_versions(onto_id)
+        if versions:
+            last = versions[-1]
+            return onto_id, last.version, last.classes, [v.to_dict() for v in versions]
+        return onto_id, int(onto.get("version", 1)), list(onto.get("classes") or []), []
+
     def current_labels(self, sample_id: str, labels: list[str]) -> list[str]:
         """Labels a human gives a sample, in its ontology's latest version: a label of the
         previous version with one successor is converted; one that was split or deleted is

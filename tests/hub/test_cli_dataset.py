@@ -87,6 +87,20 @@ def test_import_and_export_through_the_hub_when_it_runs(live_hub: LiveHub, tmp_p
     assert code == 0 and set(json.loads(out)["classes"]) == {"animal", "bird"}
     code, out, err = cli("ontology", "weakness", "pets", *hub, env=env)
     assert code == 0 and "animal" in out and "corrected from" in out, err
+    # A retrained bundle source (its model's class order) gets the hub's version and changes.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ontology.yaml").write_text("id: pets\nversion: 1\nclasses: [bird, animal]\n")
+    code, out, err = cli("ontology", "stamp", str(src), *hub, env=env)
+    assert code == 0, err
+    stamped = yaml.safe_load((src / "ontology.yaml").read_text())
+    assert stamped["version"] == 2 and stamped["previous_version"] == 1
+    assert stamped["classes"] == ["bird", "animal"]
+    assert stamped["mapping_from_previous"] == {"cat": "animal", "dog": "animal"}
+    assert [c["op"] for c in stamped["changes"]] == ["merge", "create"]
+    (src / "ontology.yaml").write_text("id: pets\nversion: 1\nclasses: [fish]\n")
+    code, out, err = cli("ontology", "stamp", str(src), *hub, env=env)
+    assert code == 2 and "are those of no version of ontology 'pets'" in err
     code, out, err = cli("ontology", "change", "pets", "explode cat", *hub, env=env)
     assert code == 2 and "cannot read change 'explode cat'" in err
 
@@ -109,6 +123,19 @@ def test_ontology_change_writes_the_next_version_when_given_a_bundle_source(
     }  # fmt: skip
     code, _, err = cli("ontology", "change", "cars", "--source", str(tmp_path), "delete zebra")
     assert code == 2 and "no class 'zebra'" in err
+    # A retrained source (classes of version 4, in the model's order) stamped from a history.
+    retrained = tmp_path / "retrained"
+    retrained.mkdir()
+    (retrained / "ontology.yaml").write_text(
+        "id: cars\nversion: 1\nclasses: [coach, sedan, truck]\n"
+    )
+    hist = tmp_path / "history.yaml"
+    hist.write_text(yaml.safe_dump([{"version": 3, "classes": ["car", "bus", "bike"]}, data]))
+    code, _, err = cli("ontology", "stamp", str(retrained), "--history", str(hist))
+    assert code == 0, err
+    stamped = yaml.safe_load((retrained / "ontology.yaml").read_text())
+    assert stamped["version"] == 4 and stamped["changes"] == data["changes"]
+    assert stamped["classes"] == ["coach", "sedan", "truck"]
 
 
 def test_merge_refuses_mixed_ontology_versions_until_the_history_is_given(

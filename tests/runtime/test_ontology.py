@@ -125,7 +125,7 @@ def change_lists(draw: st.DrawFn) -> tuple[list[str], list[dict[str, Any]]]:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=change_lists())
 def test_every_old_class_lands_in_the_new_list_when_changes_apply(
     case: tuple[list[str], list[dict[str, Any]]],

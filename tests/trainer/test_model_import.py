@@ -213,3 +213,39 @@ def test_openvino_model_imports_builds_and_infers_when_given_xml_and_bin(tmp_pat
     assert code == 0, err
     pred = json.loads(out.splitlines()[0]) if out.startswith("{") else json.loads(out)[0]
     assert [i["label"] for i in pred["stages"]["detector"]["items"]] == ["dog"]
+
+
+def test_tflite_classifier_imports_builds_and_infers_when_litert_torch_is_here(
+    tmp_path: Path,
+) -> None:
+    torch = pytest.importorskip("torch")
+    from trainer.export_formats import export_tflite, tflite_unavailable_reason
+
+    if (reason := tflite_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=2),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
+    export_tflite(net, tmp_path / "clf.tflite", (3, SIZE, SIZE))
+    src, bundle = tmp_path / "src", tmp_path / "bundle"
+    code, out, err = cli(
+        "model", "import", str(tmp_path / "clf.tflite"), "--task", "classification",
+        "--labels", "red,green,blue", "--out", str(src), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["post"]["type"] == "softmax" and got["pre"]["layout"] == "nchw"
+    code, out, err = cli("bundle", "build", str(src), "--out", str(bundle), "--name", "colours")
+    assert code == 0, err
+    image = write_png(tmp_path / "frame.png", 40, 30)
+    code, out, err = cli(
+        "infer", "--bundle", str(bundle), "--backend", "litert", str(image), "--json"
+    )
+    assert code == 0, err
+    pred = json.loads(out.splitlines()[0]) if out.startswith("{") else json.loads(out)[0]
+    items = pred["stages"]["classifier"]["items"]
+    assert items and items[0]["label"] in {"red", "green", "blue"}

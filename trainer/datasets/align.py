@@ -76,7 +76,8 @@ def _convert(item: Item, chain: Chain, where: str, report: Report) -> Item:
 def align_datasets(
     datasets: Sequence[Dataset], history: Sequence[OntologyStep] | None = None
 ) -> Dataset:
-    """One dataset under the newest ontology version of ``datasets``. Raises DatasetError."""
+    """One dataset under the newest ontology version of ``datasets`` (or of ``history``, when
+    given). Raises DatasetError."""
     if not datasets:
         raise DatasetError("no datasets to train on")
     tasks = {d.task for d in datasets}
@@ -93,20 +94,26 @@ def align_datasets(
             f"{newest.ontology_id!r} and no mapping between them is given; pass the ontology "
             "history (its versions and changes) or relabel to one version"
         )
+    # With a history, the target is its latest version (converting even a single dataset).
+    target = max([newest.ontology_version, *(s.version for s in history or [])])
+    target_classes = next((s.classes for s in history or [] if s.version == target), newest.classes)
     report = Report("training set")
     items: list[Item] = []
     seen: set[str] = set()
     for n, d in enumerate(datasets):
-        if d.ontology_version == newest.ontology_version:
-            if d.classes != newest.classes:
+        if d.ontology_version == target:
+            if set(d.classes) != set(target_classes):
                 report.add(f"dataset {n}", "same ontology version but other classes")
             converted = list(d.items)
         else:
-            chain = _chain(history or [], d.ontology_version, newest.ontology_version)
+            chain = _chain(history or [], d.ontology_version, target)
             converted = [_convert(i, chain, f"dataset {n}: {i.path}", report) for i in d.items]
         for item in converted:
             path = item.path if item.path not in seen else f"d{n}/{item.path}"
             seen.add(path)
             items.append(item.model_copy(update={"path": path}))
     report.raise_if_any()
-    return newest.model_copy(update={"items": items})
+    classes = newest.classes if newest.ontology_version == target else target_classes
+    return newest.model_copy(
+        update={"items": items, "ontology_version": target, "classes": list(classes)}
+    )

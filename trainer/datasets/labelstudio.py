@@ -47,7 +47,7 @@ def _image_rel(root: Path, ref: str) -> str:
 def _latest_result(task: dict[str, Any]) -> list[Any] | None:
     anns = [
         a
-        for a in task.get("annotations") or []
+        for a in task.get("annotations") or task.get("completions") or []  # older exports
         if isinstance(a, dict) and not a.get("was_cancelled")
     ]
     if not anns:

@@ -47,8 +47,10 @@ def seed_history(admin: HubAdminClient, levels: list[int]) -> None:
 
 
 def cli(*args: str, token: str) -> tuple[int, str]:
-    """Exit code, and stdout followed by stderr."""
+    """Exit code, and stdout followed by stderr (with --json, stdout is the JSON alone)."""
     res = CliRunner().invoke(app, list(args), env={"LEANLOOP_ADMIN_TOKEN": token})
+    if "--json" in args:
+        json.loads(res.stdout)
     return res.exit_code, res.stdout + res.stderr
 
 

@@ -11,7 +11,7 @@ from aiohttp import FormData
 
 from hub.testing import API, HubTestSession
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "format": "leanloop.replay-report/1",
     "candidate": {"name": "fruit", "version": 2, "digest": "c" * 64},
     "baseline": {"name": "fruit", "version": 1, "digest": "b" * 64},

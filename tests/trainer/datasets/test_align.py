@@ -69,3 +69,9 @@ def test_items_needing_review_are_listed_when_a_split_has_no_rule() -> None:
         "dataset 0: v1-0.png box 0: needs review: 'car' was split into 'truck', 'sedan' "
         "(a human must choose)"
     ]
+
+
+def test_a_single_older_dataset_is_converted_when_the_history_goes_further() -> None:
+    got = align_datasets([ds(1, ["car", "bus", "bike"], ("car", 30), ("bus", 5))], HISTORY)
+    assert got.ontology_version == 2 and got.classes == ["truck", "sedan", "coach"]
+    assert [[b.label for b in i.boxes] for i in got.items] == [["truck"], ["coach"]]
