@@ -92,11 +92,7 @@ def served_labels(dev: Device, frames: list[str], timeout: float = 60) -> set[st
     while not set(frames) <= set(results := dev.results()):
         assert time.monotonic() < deadline, f"not served: {frames}; {dev.tail()}"
         time.sleep(0.1)
-    return {
-        item["label"]
-        for f in frames
-        for item in results[f]["stages"]["classifier"]["items"]  # type: ignore[index]
-    }
+    return {item["label"] for f in frames for item in results[f]["stages"]["classifier"]["items"]}
 
 
 def with_detections(dev: Device, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
