@@ -8,7 +8,7 @@ LITERT_TORCH := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==
 	ai-edge-litert==2.3.0 torchao==0.18.0 jax==0.10.2 jaxlib==0.10.2 opt-einsum==3.4.0 \
 	absl-py==2.5.1 immutabledict==4.2.1 tabulate==0.10.0
 
-.PHONY: install sysdeps labelstudio demo test lint bench clean
+.PHONY: install sysdeps labelstudio demo test lint bench fuzz fuzz-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,24 @@ sysdeps:
 labelstudio:
 	@bash .ci/labelstudio
 
-test: install sysdeps labelstudio
+test: install sysdeps labelstudio fuzz-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@# A short coverage-guided pass over every parser (make fuzz runs them for longer).
+	@$(PY) -c "import atheris" 2>/dev/null && $(PY) -m fuzz --seconds 1 --jobs 4 \
+		|| echo "note: atheris not installed, coverage-guided fuzzing skipped"
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes, FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 60
+fuzz-deps: install
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris \
+		|| echo "note: atheris does not install here"
+
+fuzz: fuzz-deps
+	$(PY) -m fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy runtime hub trainer bsdiff leanloop bench hil
+	$(VENV)/bin/mypy runtime hub trainer bsdiff leanloop bench hil fuzz
 
 bench: install
 	@# Delta anchors that come as CLI tools (skipped with a note when they cannot be installed).

@@ -26,6 +26,7 @@ import ssl
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -44,6 +45,7 @@ from hub.api._common import (
     REPO,
     SHARED,
     TOUCHED,
+    UNAUTH_SLOTS,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
@@ -197,6 +199,7 @@ def create_app(config: HubConfig) -> web.Application:
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
+    app[UNAUTH_SLOTS] = asyncio.Semaphore(config.max_unauthenticated)
     app[TOUCHED] = {}
     app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
     for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
@@ -204,6 +207,11 @@ def create_app(config: HubConfig) -> web.Application:
     web_page.add_static(app)
     labelstudio.setup(app)
     return app
+
+
+# How each connection is served: a refused request's unread body is drained for at most 2 s
+# (aiohttp's default is 10 s), so a client that trickles one cannot keep its connection.
+SERVER_ARGS: dict[str, Any] = {"lingering_time": 2.0}
 
 
 def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
@@ -224,4 +232,5 @@ def run(config: HubConfig) -> None:
         port=config.port,
         ssl_context=ssl_context(config),
         access_log=None,  # hub.metrics logs each request at debug level
+        **SERVER_ARGS,
     )

@@ -387,6 +387,27 @@ class HubAdminClient:
         """Every device: ``device_id``, ``cohort``, ``desired``, ``status``, ``last_seen``."""
         return list(self._json("GET", "/admin/devices"))
 
+    # -- device identity (hub/api/identity.py) -------------------------------------------------
+
+    def mint_enroll_secret(
+        self, uses: int = 1, ttl_s: float = 86400.0, cohort: str | None = None
+    ) -> dict[str, Any]:
+        """A new enrolment secret: ``{secret, uses, expires, cohort}``."""
+        body: dict[str, Any] = {"uses": uses, "ttl_s": ttl_s}
+        if cohort is not None:
+            body["cohort"] = cohort
+        return dict(self._json("POST", "/admin/enroll-secrets", json_body=body))
+
+    def approve_device(self, device_id: str, public_key: str | None = None) -> str:
+        """Make ``public_key`` (default: the pending one) the device's key; returns it."""
+        body = {"public_key": public_key} if public_key else {}
+        path = f"/admin/devices/{device_id}/approve"
+        return str(self._json("POST", path, json_body=body)["public_key"])
+
+    def reset_device(self, device_id: str) -> None:
+        """Forget a device's key and token so its id can be enrolled afresh."""
+        self._json("POST", f"/admin/devices/{device_id}/reset", json_body={})
+
     # -- shadow mode ---------------------------------------------------------------------------
 
     def shadow_rollout(

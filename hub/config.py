@@ -28,8 +28,12 @@ class HubConfig(BaseModel):
         description="postgresql://user@host:port/db for a hub that scales out (several "
         "replicas); none: SQLite in the data dir",
     )
-    db_threads: int = Field(
-        default=8, ge=1, le=256, description="worker threads (and connections) of the database"
+    db_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="worker threads (and connections) of the database; none: 2 for SQLite (one "
+        "writer at a time anyway; fewer threads contend less for the GIL), 8 for PostgreSQL",
     )
     s3: S3Config | None = Field(
         default=None, description="blobs in an S3-compatible bucket; none: <data>/blobs"
@@ -59,8 +63,30 @@ class HubConfig(BaseModel):
     rollout_tick_s: float = Field(
         default=10, gt=0, description="how often staged rollouts are stepped (halts, next waves)"
     )
+    body_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request body that sends nothing for this long is cut (408, closed)",
+    )
+    body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a JSON or multipart body must arrive whole within this (resumable sample "
+        "uploads have only the idle limit: devices pace them)",
+    )
+    max_unauthenticated: int = Field(
+        default=32,
+        ge=1,
+        description="requests without a token (enrolment, challenge, refresh) served at once; "
+        "more get 503 at once, so slow clients cannot hold every connection",
+    )
+    fleet_enroll_secret: bool = Field(
+        default=True,
+        description="accept <data>/enroll.token to enrol new device ids; false: only "
+        "admin-minted (one-time or expiring) secrets. It never re-keys an enrolled id",
+    )
     trainer_command: list[str] = Field(
-        default_factory=lambda: [sys.executable, "-m", "trainer.job"],
+        default_factory=lambda: [sys.executable, "-I", "-m", "trainer.job"],
         min_length=1,
         description="command of a training job; --annotations/--images/--out[/--init-from] "
         "are appended",

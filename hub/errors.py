@@ -15,11 +15,13 @@ from runtime.errors import HubError
 __all__ = [
     "AuthError",
     "BadRequest",
+    "Busy",
     "Conflict",
     "ForbiddenError",
     "HubHTTPError",
     "HubUnavailable",
     "NotFound",
+    "RequestTimeout",
     "TooLarge",
     "error_for_status",
 ]
@@ -70,12 +72,25 @@ class TooLarge(HubHTTPError):
     status = 413
 
 
+class RequestTimeout(HubHTTPError):
+    """The request body stopped arriving (or took too long): the connection is closed."""
+
+    status = 408
+
+
+class Busy(HubHTTPError):
+    """Too many requests of this kind at once; try again later."""
+
+    status = 503
+
+
 class HubUnavailable(HubError):
     """The hub could not be reached, or answered with something that is not the Hub API."""
 
 
 _BY_STATUS: dict[int, type[HubError]] = {
-    cls.status: cls for cls in (BadRequest, AuthError, ForbiddenError, NotFound, Conflict, TooLarge)
+    cls.status: cls
+    for cls in (BadRequest, AuthError, ForbiddenError, NotFound, Conflict, TooLarge, RequestTimeout)
 }
 
 

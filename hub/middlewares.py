@@ -16,14 +16,17 @@ from hub.api._common import (
     DB,
     IDENTITY,
     TOUCHED,
+    UNAUTH_SLOTS,
     Identity,
     hash_token,
     one_line,
 )
 from hub.errors import (
     AuthError,
+    Busy,
     ForbiddenError,
     HubHTTPError,
+    RequestTimeout,
 )
 from hub.storage import HubDB
 from runtime.errors import LeanloopError
@@ -35,6 +38,8 @@ log = logging.getLogger("leanloop.hub.middlewares")
 # Path prefix → token kinds allowed; the first match wins, anything unlisted needs admin.
 _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/enroll", frozenset()),  # the enrollment secret travels in the body
+    (f"{API}/device/challenge", frozenset()),  # answered by the device's key, not a token
+    (f"{API}/device/refresh", frozenset()),
     ("/healthz", frozenset()),  # load balancers probe it without a token
     ("/metrics", frozenset()),  # Prometheus scrapes it (keep it on a private network)
     ("/labelstudio/", frozenset()),  # signed image links; the ML backend checks its caller
@@ -75,6 +80,8 @@ async def _identify(request: web.Request) -> Identity:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    if not token.isascii():  # our tokens are URL-safe base64; other bytes arrive as surrogates
+        raise AuthError("unknown token")
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
         return Identity("admin")
     db = request.app[DB]
@@ -106,17 +113,27 @@ async def auth_middleware(
         if request.path == prefix or request.path.startswith(prefix):
             allowed = kinds
             break
-    if allowed:
-        who = await _identify(request)
-        if who.kind not in allowed or not _role_allows(who, request.method, request.path):
-            raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
-        request[IDENTITY] = who
-        if who.device_id is not None and request.path != _HEARTBEAT:
-            touched = request.app[TOUCHED]
-            now = time.monotonic()
-            if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
-                touched[who.device_id] = now
-                await request.app[DB].call(request.app[DB].touch_device, who.device_id)
+    if not allowed and request.method in _READ:
+        return await handler(request)  # probes, metrics, pages: no body to trickle
+    if not allowed:
+        # No token to check and a body to read (enrolment, challenge, refresh, the page's
+        # forms): a bounded number at once, so clients that trickle bodies cannot take every
+        # connection (issue 12).
+        slots = request.app[UNAUTH_SLOTS]
+        if slots.locked():
+            raise Busy("too many unauthenticated requests; try again later")
+        async with slots:
+            return await handler(request)
+    who = await _identify(request)
+    if who.kind not in allowed or not _role_allows(who, request.method, request.path):
+        raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
+    request[IDENTITY] = who
+    if who.device_id is not None and request.path != _HEARTBEAT:
+        touched = request.app[TOUCHED]
+        now = time.monotonic()
+        if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
+            touched[who.device_id] = now
+            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
     return await handler(request)
 
 
@@ -127,6 +144,12 @@ async def error_middleware(
     """Map domain errors (and aiohttp's own HTTP errors) to ``{"error": "<one line>"}``."""
     try:
         return await handler(request)
+    except (RequestTimeout, Busy) as e:
+        # The body was not read (whole): no keep-alive; the server drains it briefly
+        # (hub.app.SERVER_ARGS) and closes the connection.
+        resp = web.json_response({"error": one_line(str(e))}, status=e.status)
+        resp.force_close()
+        return resp
     except HubHTTPError as e:
         status, message = e.status, str(e)
     except web.HTTPException as e:

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 
 from runtime.bundle.manifest import Ontology
 from runtime.ontology import Change, LabelMapping, apply_changes
-from runtime.store.remap import convert_feedback, remap_prediction
+from runtime.store.remap import convert_feedback, feedback_item, remap_prediction
 
 __all__ = [
     "SampleChange",
@@ -92,6 +92,7 @@ def remap_sample(
     """One sample under the new ontology version."""
     meta = dict(meta)
     review = False
+    before = meta.get("prediction")  # the boxes a split's rule reads: the feedback's item
     pred, pred_review = remap_prediction(meta.get("prediction"), mapping)
     if pred is not None:
         meta["prediction"] = pred
@@ -100,7 +101,9 @@ def remap_sample(
 
     def fb_convert(fb: dict[str, Any], pred_label: str | None) -> dict[str, Any] | None:
         nonlocal review
-        new, why = convert_feedback(fb, pred_label, None, mapping)
+        new, why = convert_feedback(
+            fb, pred_label, feedback_item(before, fb.get("item")).get("box"), mapping
+        )
         if new is None:
             review = True
             meta["refused_feedback"] = {**fb, "reason": why}

@@ -13,14 +13,14 @@ import asyncio
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient
 
-from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, create_app, ssl_context
+from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, SERVER_ARGS, create_app, ssl_context
 from hub.config import HubConfig
 from hub.signing import TargetAddition, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME
@@ -87,6 +87,7 @@ class HubTestSession:
     client: TestClient[web.Request, web.Application]
     config: HubConfig
     keys_dir: Path
+    enrolled: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> auth header
 
     @property
     def admin_token(self) -> str:
@@ -101,13 +102,17 @@ class HubTestSession:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     async def enroll(self, device_id: str, cohort: str | None = None) -> dict[str, str]:
-        """Enroll a device; return its auth header."""
+        """Enroll a device (once per session: an enrolled id keeps its token); its auth header."""
+        known = self.enrolled
+        if device_id in known:
+            return known[device_id]
         body: dict[str, Any] = {"device_id": device_id, "enroll_token": self.enroll_token}
         if cohort is not None:
             body["cohort"] = cohort
         resp = await self.client.post(f"{API}/enroll", json=body)
         assert resp.status == 200, await resp.text()
-        return {"Authorization": f"Bearer {(await resp.json())['device_token']}"}
+        known[device_id] = {"Authorization": f"Bearer {(await resp.json())['device_token']}"}
+        return known[device_id]
 
     async def put_blob(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
@@ -147,7 +152,7 @@ class LiveHub:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(self.app)
+        runner = web.AppRunner(self.app, **SERVER_ARGS)
         try:
             self._loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context(self.config))

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from leanloop._cli_common import _fail, _state_dir, admin_client, handled
+from leanloop.cli_identity import identity_app
 from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows
 from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, first_line
@@ -44,6 +45,7 @@ app.add_typer(delta_app, name="delta")
 app.add_typer(feedback_app, name="feedback")
 shadow_app = typer.Typer(help="Shadow-mode A/B: a candidate bundle measured on live frames.")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(identity_app, name="identity")
 
 
 def _print_version(value: bool) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from runtime._limits import MAX_CONFIG_BYTES, TooLargeError, read_bounded, safe_yaml
 from runtime.errors import ConfigError, first_line
 from runtime.sampling.close_to_threshold import CloseToThresholdOptions
 from runtime.sampling.novelty import NoveltyOptions
@@ -395,9 +396,11 @@ def load_config(path: Path | None) -> DeviceConfig:
             raise ConfigError(f"inference.backend: {problems[0]}")
         return cfg
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = safe_yaml(read_bounded(path, MAX_CONFIG_BYTES)) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
+    except TooLargeError as e:
+        raise ConfigError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
     if not isinstance(data, dict):

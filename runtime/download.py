@@ -54,6 +54,7 @@ from typing import Any
 import urllib3
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.config import DownloadSettings
 from runtime.errors import TrustError, UpdateError, first_line
 from runtime.ratelimit import TokenBucket
@@ -157,6 +158,12 @@ class Downloader:
             self._bucket = TokenBucket(s.rate_limit_bps, burst, clock=clock, sleep=sleep)
         self.stats = DownloadStats()
 
+    def set_token(self, token: str | None) -> None:
+        """Send ``token`` from now on (the device refreshed it)."""
+        self._headers.pop("Authorization", None)
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
     # ---- paths and the partial's sidecar ---------------------------------------------------
 
     def paths(self, sha256: str) -> tuple[Path, Path]:
@@ -167,7 +174,7 @@ class Downloader:
 
     def _read_sidecar(self, side: Path) -> dict[str, Any] | None:
         try:
-            meta = json.loads(side.read_text())
+            meta = json.loads(read_bounded(side, MAX_STATE_BYTES))
         except (OSError, ValueError):
             return None
         return meta if isinstance(meta, dict) and meta.get("format") == _SIDECAR_FORMAT else None

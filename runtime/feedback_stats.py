@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 
 if TYPE_CHECKING:
     from runtime.store.lmdb_store import SampleStore
@@ -106,7 +107,7 @@ class FeedbackLedger:
 
     def _read(self) -> dict[str, int]:
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(read_bounded(self.path, MAX_STATE_BYTES))
             counts = data.get("counts", {}) if isinstance(data, dict) else {}
             return {str(k): int(v) for k, v in counts.items()}
         except (OSError, ValueError, TypeError, AttributeError):

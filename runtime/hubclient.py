@@ -7,11 +7,17 @@ Samples go in resumable parts (``upload_status`` / ``upload_part``, the sink the
 Synchronous (urllib3) with timeouts; the service calls it from its background threads, never
 from the frame path. Every failure becomes a :class:`HubError` with a one-line reason. The
 device token is kept in ``<state>/device.json`` (mode 0600), written atomically.
+
+Identity (:mod:`runtime.identity`): the device's own key is registered at enrolment. When the
+hub stops accepting the token (401), the client answers a hub challenge with that key for a new
+token and repeats the request once — it never enrols again, and the fleet secret cannot take
+the id from it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,14 +26,19 @@ import urllib3
 from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError
+from runtime.identity import DeviceKey, refresh_message
 from runtime.protocol import Desired, Heartbeat, ShadowTelemetry, UploadAnswer, validation_reason
 from runtime.uploader import PartAnswer
 
 __all__ = ["HubClient", "load_or_enroll"]
 
+log = logging.getLogger(__name__)
+
 _MAX_JSON_RESPONSE = 1 << 20
 _SLICE = 16 * 1024  # a part is sent in slices of this size, each paced by the rate cap
+_NO_REFRESH = ("/enroll", "/device/challenge", "/device/refresh")
 
 
 class HubClient:
@@ -38,10 +49,17 @@ class HubClient:
         url: str,
         token: str | None = None,
         timeout_s: float = 10.0,
+        *,
+        key: DeviceKey | None = None,
+        device_id: str | None = None,
+        on_token: Callable[[str], None] | None = None,
         fallback_urls: list[str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")  # the hub the token belongs to (device.json names it)
         self.token = token
+        self.key = key
+        self.device_id = device_id
+        self.on_token = on_token  # persists a token a refresh brought
         # Hub replicas to try in turn when the current one is unreachable or answers 502-504.
         self._urls = [self.url, *(u.rstrip("/") for u in fallback_urls or [])]
         self._current = 0
@@ -63,11 +81,30 @@ class HubClient:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _request(self, method: str, path: str, **kw: Any) -> Any:
+        """One request (see :meth:`_request_any`); a 401 makes the client get a new token with
+        its device key and send the request once more (a streamed body is not sent again)."""
+        try:
+            return self._request_any(method, path, **dict(kw))
+        except HubError as e:
+            body = kw.get("body")
+            if (
+                e.http_status != 401
+                or path in _NO_REFRESH
+                or self.key is None
+                or self.device_id is None
+            ):
+                raise
+            self.refresh()
+            if body is not None and not isinstance(body, str | bytes):
+                raise  # a streamed body cannot be sent again; the caller retries later
+            return self._request_any(method, path, **dict(kw))
+
+    def _request_any(self, method: str, path: str, **kw: Any) -> Any:
         """One request; with fallback URLs, a hub that is down or answers 502-504 is retried
         once on the next one, which then stays current."""
         for attempt in range(len(self._urls)):
             try:
-                return self._request_one(self._urls[self._current], method, path, **kw)
+                return self._request_one(self._urls[self._current], method, path, **dict(kw))
             except HubError as e:
                 down = e.http_status is None or e.http_status in (502, 503, 504)
                 if not down or attempt + 1 == len(self._urls) or "answer cut" in str(e):
@@ -101,10 +138,15 @@ class HubClient:
         return data
 
     def enroll(self, device_id: str, enroll_token: str, cohort: str | None) -> str:
-        """Trade the fleet enrollment secret for a device token."""
+        """Trade an enrollment secret for a device token (registering the device key if any).
+
+        An id that is already enrolled is refused (HubError, HTTP 409).
+        """
         body = {"device_id": device_id, "enroll_token": enroll_token}
         if cohort:
             body["cohort"] = cohort
+        if self.key is not None:
+            body["public_key"] = self.key.public_b64
         data = self._request(
             "POST", "/enroll", body=json.dumps(body), headers={"Content-Type": "application/json"}
         )
@@ -113,6 +155,48 @@ class HubClient:
             raise HubError("enroll: hub gave no device token")
         self.token = token
         return token
+
+    def refresh(self, new_key: DeviceKey | None = None) -> str:
+        """Get a new token by signing a fresh hub challenge with the device key (and move to
+        ``new_key`` if given). Raises HubError (401 when the hub does not accept the key)."""
+        if self.key is None or self.device_id is None:
+            raise HubError("refresh: this client has no device key")
+        hdr = {"Content-Type": "application/json"}
+        got = self._request(
+            "POST", "/device/challenge", body=json.dumps({"device_id": self.device_id}), headers=hdr
+        )
+        challenge = got.get("challenge") if isinstance(got, dict) else None
+        if not isinstance(challenge, str):
+            raise HubError("refresh: hub gave no challenge")
+        new_pub = new_key.public_b64 if new_key is not None else None
+        body: dict[str, Any] = {
+            "device_id": self.device_id,
+            "challenge": challenge,
+            "signature": self.key.sign(refresh_message(self.device_id, challenge, new_pub)),
+        }
+        if new_pub is not None:
+            body["new_public_key"] = new_pub
+        data = self._request("POST", "/device/refresh", body=json.dumps(body), headers=hdr)
+        token = data.get("device_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise HubError("refresh: hub gave no device token")
+        self.token = token
+        if new_key is not None:
+            self.key = new_key
+        if self.on_token is not None:
+            self.on_token(token)
+        return token
+
+    def register_key(self) -> None:
+        """Register the device key for an id enrolled without one (proved by the token)."""
+        if self.key is None:
+            raise HubError("register key: this client has no device key")
+        self._request(
+            "PUT",
+            "/device/key",
+            body=json.dumps({"public_key": self.key.public_b64}),
+            headers={"Content-Type": "application/json"},
+        )
 
     def desired(self) -> Desired:
         """What the hub wants this device to run (an unsigned hint; content is verified).
@@ -248,19 +332,63 @@ def load_or_enroll(
     enroll_token: str | None,
     cohort: str | None,
 ) -> None:
-    """Use the stored device token, or enroll once and store it (mode 0600)."""
+    """Make ``client`` speak for this device: its key, its stored token, or a new one.
+
+    The key (``<state>/device_key.pem``) is made on first start. A stored token is used as is
+    (and the key registered once if the id was enrolled before keys existed); otherwise the
+    device enrolls with ``enroll_token``, and an id that is enrolled already gets its token by
+    signing a challenge with this key. Tokens are stored in ``<state>/device.json`` (0600).
+    Raises HubError when none of this works (e.g. the id is waiting for an admin's approval).
+    """
     path = Path(state_dir) / "device.json"
+    client.key = DeviceKey.load_or_create(state_dir)
+    client.device_id = device_id
+
+    def save(token: str, key_registered: bool = True) -> None:
+        atomic_write_json(
+            path,
+            {
+                "device_id": device_id,
+                "hub": client.url,
+                "device_token": token,
+                "key_registered": key_registered,
+            },
+            mode=0o600,
+        )
+
+    client.on_token = save
     if path.exists():
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_bounded(path, MAX_STATE_BYTES))
             if data.get("device_id") == device_id and data.get("hub") == client.url:
                 client.token = str(data["device_token"])
+                if not data.get("key_registered"):
+                    try:
+                        client.register_key()
+                        save(client.token)
+                    except HubError as e:
+                        log.warning("device key not registered with the hub: %s", e)
                 return
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, AttributeError):
             pass  # unreadable: enroll again
-    if not enroll_token:
-        raise HubError("device is not enrolled and no enrollment token is configured")
-    token = client.enroll(device_id, enroll_token, cohort)
-    atomic_write_json(
-        path, {"device_id": device_id, "hub": client.url, "device_token": token}, mode=0o600
-    )
+    if enroll_token:
+        try:
+            save(client.enroll(device_id, enroll_token, cohort))
+            return
+        except HubError as e:
+            if e.http_status != 409:
+                raise
+            log.info("device %s is enrolled already: refreshing with its key", device_id)
+    try:
+        client.refresh()  # saves through on_token
+    except HubError as e:
+        if not enroll_token:
+            raise HubError(
+                "device is not enrolled and no enrollment token is configured "
+                f"(nor does the hub accept its key: {e})"
+            ) from e
+        raise HubError(
+            f"device {device_id}: the hub knows this id with another key, or not at all "
+            f"({e}); an admin approves this device's key (leanloop identity approve) or "
+            "resets the id"
+        ) from e

@@ -224,6 +224,8 @@ class DeviceService:
         self.hub.heartbeat(Heartbeat.model_validate({**self.status(), "events": sent}))
         reports.sent(sent)
         target = self.hub.desired().target
+        if self.fetcher.token != self.hub.token:  # a 401 made the client refresh it
+            self.fetcher.set_token(self.hub.token)
         if target is not None:
             self.installer.update_to(*target, self.fetcher)
 

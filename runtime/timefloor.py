@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime._version import __released__
 
 __all__ = ["ISSUED_FIELD", "RELEASE_TIME", "TimeFloor", "parse_utc"]
@@ -66,7 +67,7 @@ class TimeFloor:
         self._floor = release_time
         self._keyids: frozenset[str] = frozenset()
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(read_bounded(self.path, MAX_STATE_BYTES))
             floor = parse_utc(data.get("floor"))
             keyids = data.get("timestamp_keyids")
             if floor is not None and isinstance(keyids, list):

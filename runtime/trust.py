@@ -42,7 +42,7 @@ from tuf.ngclient import FetcherInterface, Updater
 import bsdiff
 import runtime.download as _download_mod
 from runtime._atomic import atomic_write_json
-from runtime.bundle.loader import SKIPPED_NAME, _inside, file_sha256, read_manifest, unneeded_files
+from runtime.bundle.loader import SKIPPED_NAME, file_sha256, inside, read_manifest, unneeded_files
 from runtime.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from runtime.config import DownloadSettings
 from runtime.download import Downloader, DownloadError, HashMismatchError
@@ -194,6 +194,11 @@ class BundleFetcher:
             "rate_bps": round(got / took, 1),
         }
 
+    def set_token(self, token: str | None) -> None:
+        """Send ``token`` from now on (the device refreshed it)."""
+        self.token = token
+        self.downloader.set_token(token)
+
     @property
     def counters(self) -> dict[str, int]:
         """Download totals of this process (bytes received, resumes, retries, restarts)."""
@@ -309,7 +314,7 @@ class BundleFetcher:
                     raise TrustError(f"{rel}: manifest and signed targets metadata disagree")
                 if rel in skip:
                     continue
-                out = _inside(dest, rel)
+                out = inside(dest, rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 olds = local.versions(rel)
                 same = next((p for p, sha in olds if sha == entry.sha256), None)

@@ -64,6 +64,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError, StoreError
 from runtime.protocol import FeedbackMessage, SampleMeta, validation_reason
 from runtime.quarantine import REFUSED_FOR_GOOD, Quarantine, QuarantineKind
@@ -205,7 +206,7 @@ class UploadPolicy:
         if self.budget_path is None:
             return None, 0
         try:
-            data = json.loads(self.budget_path.read_text())
+            data = json.loads(read_bounded(self.budget_path, MAX_STATE_BYTES))
             return date.fromisoformat(data["day"]), int(data["used"])
         except FileNotFoundError:
             return None, 0

@@ -3,8 +3,8 @@
 * :func:`digits_dataset` — scikit-learn's real 8×8 handwritten digits, upscaled (classification);
 * :func:`digit_frames_dataset` — the demo's lab frames: real MNIST digits composed into 96×96
   frames with tight boxes (detection, detect-then-classify);
-* :func:`shapes_dataset` — filled circles and squares drawn with OpenCV at known places on a
-  noisy background (detection, exact boxes).
+* :func:`shapes_dataset` — filled circles and squares (and, when asked, triangles) drawn with
+  OpenCV at known places on a noisy background (detection, exact boxes).
 
 Tests, the benchmark and the presets use them;
 ``python -m trainer.synthetic digits|digit-frames|shapes DIR`` writes one for ``leanloop train``
@@ -13,6 +13,7 @@ Tests, the benchmark and the presets use them;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,7 @@ from trainer.dataset_types import BoxLabel, Dataset, DatasetItem, save_dataset
 __all__ = ["SHAPES", "digit_frames_dataset", "digits_dataset", "main", "shapes_dataset"]
 
 SHAPES = ["circle", "square"]
+DRAWABLE = ("circle", "square", "triangle")
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -57,8 +59,18 @@ def digits_dataset(folder: Path, classes: tuple[int, ...] = (0, 1, 7), per_class
     return folder
 
 
-def shapes_dataset(folder: Path, n: int = 48, size: int = 64, seed: int = 0) -> Path:
-    """Frames with 1–2 filled circles/squares on a noisy background; boxes known exactly."""
+def shapes_dataset(
+    folder: Path,
+    n: int = 48,
+    size: int = 64,
+    seed: int = 0,
+    kinds: Sequence[str] = tuple(SHAPES),
+) -> Path:
+    """Frames with 1–2 filled shapes of ``kinds`` (any of :data:`DRAWABLE`) on a noisy
+    background; boxes known exactly."""
+    unknown = sorted(set(kinds) - set(DRAWABLE))
+    if unknown or not kinds:
+        raise ValueError(f"cannot draw {unknown or 'no shapes'}; drawable: {list(DRAWABLE)}")
     rng = np.random.default_rng(seed)
     items = []
     for k in range(n):
@@ -72,15 +84,18 @@ def shapes_dataset(folder: Path, n: int = 48, size: int = 64, seed: int = 0) -> 
                     break
             else:
                 continue
-            kind = int(rng.integers(0, 2))
+            kind = kinds[int(rng.integers(0, len(kinds)))]
             colour = tuple(int(v) for v in rng.integers(150, 255, 3))
-            if kind == 0:
+            if kind == "circle":
                 cv2.circle(img, (x + s // 2, y + s // 2), s // 2, colour, -1)
-            else:
+            elif kind == "square":
                 cv2.rectangle(img, (x, y), (x + s - 1, y + s - 1), colour, -1)
-            boxes.append(BoxLabel(x1=x, y1=y, x2=x + s, y2=y + s, label=SHAPES[kind]))
+            else:  # a triangle standing on its base, filling the box
+                tri = np.array([[x + s // 2, y], [x, y + s - 1], [x + s - 1, y + s - 1]])
+                cv2.fillPoly(img, [tri.astype(np.int32)], colour)
+            boxes.append(BoxLabel(x1=x, y1=y, x2=x + s, y2=y + s, label=kind))
         items.append(DatasetItem(id=f"s{k}", image=_png(img), width=size, height=size, boxes=boxes))
-    ds = Dataset(name="shapes", version="1", ontology_id="shapes", classes=SHAPES, items=items)
+    ds = Dataset(name="shapes", version="1", ontology_id="shapes", classes=list(kinds), items=items)
     save_dataset(ds.check(), folder)
     return folder
 

@@ -9,6 +9,7 @@ from hub.api import (
     devices,
     fleet,
     history,
+    identity,
     jobs,
     labelstudio,
     ontologies,
@@ -25,6 +26,7 @@ from hub.api import (
 __all__ = ["ROUTE_TABLES"]
 
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = (
+    identity.routes,
     devices.routes,
     uploads.routes,
     tuf.routes,

@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from hub.config import HubConfig
 from hub.errors import (
     BadRequest,
+    RequestTimeout,
     TooLarge,
 )
 from hub.jobs import JobRunner
@@ -44,6 +46,7 @@ PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
 UPLOADS = web.AppKey("uploads", PartialUploads)
 TOUCHED = web.AppKey("touched", dict)  # device id -> when its last_seen was last written
 UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
+UNAUTH_SLOTS = web.AppKey("unauth_slots", asyncio.Semaphore)  # requests without a token
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 NAME_RE = re.compile(NAME_PATTERN)
@@ -90,6 +93,7 @@ class Body(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 def parse_body(model: type[M], data: bytes | str, what: str) -> M:
@@ -101,13 +105,40 @@ def parse_body(model: type[M], data: bytes | str, what: str) -> M:
         raise BadRequest(f"bad {what}: {where}: {first['msg']}") from e
 
 
+async def timed(request: web.Request, what: str, step: Awaitable[T], deadline: float | None) -> T:
+    """``await step``, cut with 408 when the body is idle too long or past ``deadline``
+    (event-loop time): a client that trickles its body cannot hold a connection for ever."""
+    cfg = request.app[CONFIG]
+    wait = cfg.body_idle_timeout_s
+    if deadline is not None:
+        wait = min(wait, deadline - asyncio.get_running_loop().time())
+    try:
+        async with asyncio.timeout(max(wait, 0.0)):
+            return await step
+    except TimeoutError:
+        raise RequestTimeout(f"{what}: the body stopped arriving; send it again") from None
+
+
+def body_deadline(request: web.Request) -> float:
+    return asyncio.get_running_loop().time() + request.app[CONFIG].body_timeout_s
+
+
+async def body_chunks(
+    request: web.Request, what: str, deadline: float | None
+) -> AsyncIterator[bytes]:
+    """The body in chunks as they arrive, each under :func:`timed`."""
+    while chunk := await timed(request, what, request.content.read(CHUNK), deadline):
+        yield chunk
+
+
 async def read_capped(request: web.Request, limit: int, what: str) -> bytes:
-    """The whole body, refusing (413) before reading if Content-Length is over ``limit``."""
+    """The whole body, refusing (413) before reading if Content-Length is over ``limit``, and
+    (408) when it trickles in (see :func:`timed`)."""
     length = request.content_length
     if length is not None and length > limit:
         raise TooLarge(f"{what} is {length} bytes; the limit is {limit}")
     buf = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK):
+    async for chunk in body_chunks(request, what, body_deadline(request)):
         buf += chunk
         if len(buf) > limit:
             raise TooLarge(f"{what} is over the limit of {limit} bytes")
@@ -124,9 +155,10 @@ async def read_parts(
     if not request.content_type.startswith("multipart/"):
         raise BadRequest(f"expected a multipart body with parts {', '.join(sorted(caps))}")
     parts: dict[str, bytes] = {}
+    deadline = body_deadline(request)
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await timed(request, "body", reader.next(), deadline)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not accepted")
             name = part.name or ""
@@ -135,7 +167,7 @@ async def read_parts(
             if name in parts:
                 raise BadRequest(f"part {name!r} given twice")
             buf = bytearray()
-            while chunk := await part.read_chunk(CHUNK):
+            while chunk := await timed(request, name, part.read_chunk(CHUNK), deadline):
                 buf += chunk
                 if len(buf) > caps[name]:
                     raise TooLarge(f"part {name!r} is over the limit of {caps[name]} bytes")
@@ -151,7 +183,7 @@ async def read_parts(
 def json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # not JSON, not UTF-8, or an integer of over 4300 digits
         raise BadRequest(f"{what} is not JSON: {e}") from e
     if not isinstance(obj, dict):
         raise BadRequest(f"{what} must be a JSON object")

@@ -1,29 +1,23 @@
-"""Device routes: enrolment, desired bundle, shadow telemetry, heartbeat."""
+"""Device routes: desired bundle, shadow telemetry, heartbeat (enrolment: :mod:`.identity`)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
-import secrets
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from hub.api._common import (
     API,
     CONFIG,
     DB,
-    ENROLL_TOKEN,
-    NAME_PATTERN,
-    Body,
     device_id_of,
-    hash_token,
     json_object,
     parse_body,
     read_capped,
 )
-from hub.errors import AuthError, BadRequest
+from hub.errors import BadRequest
 from hub.storage import HubDB
 from runtime.protocol import (
     MAX_EVENTS,
@@ -36,28 +30,6 @@ from runtime.protocol import (
 log = logging.getLogger("leanloop.hub.devices")
 
 routes = web.RouteTableDef()
-
-
-class EnrollRequest(Body):
-    """``POST /enroll``."""
-
-    device_id: str = Field(pattern=NAME_PATTERN)
-    enroll_token: str = Field(min_length=1, max_length=512)
-    cohort: str | None = Field(default=None, pattern=NAME_PATTERN)
-
-
-@routes.post(f"{API}/enroll")
-async def enroll(request: web.Request) -> web.Response:
-    """Trade the fleet enrollment secret for a device token (re-enrolling replaces the token)."""
-    body = parse_body(EnrollRequest, await read_capped(request, 4096, "enrollment"), "enrollment")
-    if not hmac.compare_digest(body.enroll_token.encode(), request.app[ENROLL_TOKEN].encode()):
-        raise AuthError("wrong enrollment secret")
-    token = secrets.token_urlsafe(32)
-    await request.app[DB].call(
-        request.app[DB].enroll_device, body.device_id, body.cohort, hash_token(token)
-    )
-    log.info("device %s enrolled (cohort %s)", body.device_id, body.cohort)
-    return web.json_response({"device_token": token})
 
 
 def _desired_of(db: HubDB, device_id: str) -> tuple[str | None, int | None, Any]:
@@ -83,7 +55,11 @@ async def desired(request: web.Request) -> web.Response:
 
 @routes.post(f"{API}/device/shadow")
 async def shadow_telemetry(request: web.Request) -> web.Response:
-    """Store a device's shadow summary; a ``promoted`` candidate becomes its desired bundle."""
+    """Store a device's shadow summary; a ``promoted`` candidate becomes its desired bundle.
+
+    Only the candidate the hub assigned to this device (itself, its cohort or the fleet) can be
+    promoted this way: a device cannot pick its own rollout by claiming a promotion.
+    """
     cap = request.app[CONFIG].max_heartbeat_bytes
     body = parse_body(ShadowTelemetry, await read_capped(request, cap, "shadow report"), "report")
     device_id = device_id_of(request)
@@ -93,6 +69,17 @@ async def shadow_telemetry(request: web.Request) -> web.Response:
     if (
         body.status == "promoted"
         and c is not None
+        and not await db.call(_assigned, db, device_id, c.bundle, c.version)
+    ):
+        log.warning(
+            "device %s claims it promoted %s v%s, which the hub did not assign to it: ignored",
+            device_id,
+            c.bundle,
+            c.version,
+        )
+    elif (
+        body.status == "promoted"
+        and c is not None
         and await db.call(db.has_bundle, c.bundle, c.version)
     ):
         # The device committed it after its trial: make it what the hub wants there too, so the
@@ -100,6 +87,12 @@ async def shadow_telemetry(request: web.Request) -> web.Response:
         await db.call(db.set_desired, c.bundle, c.version, [device_id], None)
         log.info("device %s promoted shadow candidate %s v%s", device_id, c.bundle, c.version)
     return web.json_response({})
+
+
+def _assigned(db: HubDB, device_id: str, bundle: str, version: int) -> bool:
+    """Whether (bundle, version) is the shadow candidate the hub assigns to this device now."""
+    assigned = db.shadow_candidate(db.device(device_id))
+    return assigned is not None and (assigned["bundle"], assigned["version"]) == (bundle, version)
 
 
 @routes.post(f"{API}/device/heartbeat")

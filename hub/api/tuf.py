@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from hub.api._common import (
     API,
@@ -35,7 +34,10 @@ from hub.errors import (
 from hub.replay.blessing import check_release
 from hub.replicas import PUBLISH_LOCK_KEY, cluster_lock_async
 from hub.storage import check_sha256
+from runtime._limits import MAX_MANIFEST_BYTES
+from runtime.bundle.loader import parse_manifest
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
+from runtime.errors import BundleError
 
 log = logging.getLogger("leanloop.hub.tuf")
 
@@ -80,25 +82,38 @@ async def tuf_metadata(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/json")
 
 
-_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=(\d{1,18})-(\d{0,18})$")  # longer numbers: ignored (200)
 
 
-def _blob_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
-    """The one byte range ``[start, end)`` to send, or None for the whole blob.
+def parse_range(
+    range_header: str, if_range: str | None, size: int, etag: str
+) -> tuple[int, int] | None:
+    """The one byte range ``[start, end)`` to send of a ``size``-byte blob, or None for all of it.
 
     ``Range: bytes=a-[b]`` is honoured only if ``If-Range`` is absent or is the blob's own
     strong ETag (a device resuming a partial of some other content gets the whole blob, 200).
-    Any other range form (suffix, several ranges) is ignored: the whole blob is sent.
+    Any other range form (suffix, several ranges, numbers of over 18 digits) is ignored: the
+    whole blob is sent. Raises ValueError when the range starts at or past the end (416).
     """
-    m = _RANGE_RE.match(request.headers.get("Range", "").strip())
-    if_range = request.headers.get("If-Range")
+    m = _RANGE_RE.match(range_header.strip())
     if m is None or (if_range is not None and if_range.strip() != etag):
         return None
     start = int(m[1])
     end = min(size, int(m[2]) + 1) if m[2] else size
     if start >= size or end <= start:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        raise ValueError(f"range {range_header[:40]!r} is outside the {size} bytes")
     return start, end
+
+
+def _blob_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    try:
+        return parse_range(
+            request.headers.get("Range", ""), request.headers.get("If-Range"), size, etag
+        )
+    except ValueError:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{size}"}
+        ) from None
 
 
 @routes.get(f"{API}/tuf/targets/{{path:.+}}")
@@ -188,13 +203,15 @@ def _new_bundles(
         m = _MANIFEST_TARGET_RE.match(path)
         if m is None or known.get(path) == (sha256, _length):
             continue
+        if _length > MAX_MANIFEST_BYTES:  # checked before reading: parsing cost grows with size
+            raise BadRequest(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes")
         data = app[BLOBS].read(sha256)
         if hashlib.sha256(data).hexdigest() != sha256:
             raise BadRequest(f"blob of {path} does not hash to its signed sha256")
         try:
-            manifest = Manifest.model_validate_json(data)
-        except ValidationError as e:
-            raise BadRequest(f"{path} is not a valid manifest: {e.errors()[0]['msg']}") from e
+            manifest = parse_manifest(data, path)
+        except BundleError as e:
+            raise BadRequest(f"{path} is not a valid manifest: {e}") from e
         if (manifest.name, str(manifest.version)) != (m.group(1), m.group(2)):
             raise BadRequest(f"{path} describes {manifest.name} version {manifest.version}")
         for rel, entry in manifest.files.items():

@@ -5,19 +5,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from hub.api._common import (
     API,
-    CHUNK,
     CONFIG,
     DB,
     NAME_RE,
     UPLOAD_WRITERS,
     UPLOADS,
+    body_chunks,
     device_id_of,
     json_object,
     parse_body,
@@ -28,7 +30,6 @@ from hub.api._common import (
 from hub.errors import (
     BadRequest,
     Conflict,
-    ForbiddenError,
     NotFound,
     TooLarge,
 )
@@ -88,7 +89,10 @@ async def _store_sample(
     A duplicate still brings its feedback: a device re-sends a sample whose feedback changed.
     """
     checked = _check_meta(meta)
-    record = SampleRecord.from_meta(checked.model_dump(mode="json"), image)
+    try:
+        record = SampleRecord.from_meta(checked.model_dump(mode="json"), image)
+    except (KeyError, TypeError, ValueError) as e:  # e.g. a number out of range
+        raise BadRequest(f"meta is not a sample record: {e}") from e
     if record.id != sample_id:
         raise BadRequest(f"meta id {record.id!r} is not the URL's {sample_id!r}")
     if record.device_id != device_id:
@@ -99,9 +103,12 @@ async def _store_sample(
         known = await db.call(db.sample, sample_id)
     except NotFound:
         known = None
+    if known is not None and known.device_id != device_id:
+        # Another device's id: answer as for a new id (nothing reveals that it exists) and
+        # keep nothing (ids are random; only a device probing others' ids gets here).
+        log.warning("device %s uploaded sample %s of another device: dropped", device_id, sample_id)
+        return "stored"
     if known is not None:
-        if known.device_id != device_id:
-            raise ForbiddenError(f"sample {sample_id} belongs to another device")
         if feedback is not None:
             await _record_feedback(db, sample_id, device_id, meta)
         return "duplicate"
@@ -141,9 +148,7 @@ async def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:
         sample = await db.call(db.sample, sample_id)
     except NotFound:
         return False
-    if sample.device_id != device_id:
-        raise ForbiddenError(f"sample {sample_id} belongs to another device")
-    return True
+    return sample.device_id == device_id  # another device's sample: as if there were none
 
 
 @routes.get(f"{API}/device/samples/{{sample_id}}/upload")
@@ -204,18 +209,22 @@ async def upload_part(request: web.Request) -> web.Response:
         raise Conflict(f"offset {offset} is past the {held} bytes the hub holds; ask again")
     key = (device_id, sample_id)
     me = object()
-    app[UPLOAD_WRITERS][key] = me  # supersedes a request still reading on a dead link
+    writers = app[UPLOAD_WRITERS]
+    writers[key] = me  # supersedes a request still reading on a dead link
     size = offset
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Unbuffered: every chunk reaches the file at once, and a superseded request has
-        # nothing left in a buffer to flush over the newer one's bytes when it closes.
-        with open(path, "r+b" if held else "wb", buffering=0) as f:
+        # O_CREAT: another request may have unlinked the part file since we looked; this
+        # request's bytes then go to a file of its own. Unbuffered: every chunk reaches the
+        # file at once, and a superseded request has nothing left in a buffer to flush over
+        # the newer one's bytes when it closes.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with open(fd, "r+b", buffering=0) as f:
             f.truncate(offset)
             f.seek(offset)
             try:
-                async for chunk in request.content.iter_chunked(CHUNK):
-                    if app[UPLOAD_WRITERS].get(key) is not me:
+                async for chunk in body_chunks(request, "sample part", None):
+                    if writers.get(key) is not me:
                         raise Conflict("a newer request took over this upload")
                     if size + len(chunk) > length:
                         raise BadRequest("body runs past Upload-Length")
@@ -226,13 +235,38 @@ async def upload_part(request: web.Request) -> web.Response:
                 # (nobody reads this answer).
                 log.info("upload of %s cut at %d of %d bytes", sample_id, size, length)
                 return _upload_answer("partial", size)
+            if size < length:
+                return _upload_answer("partial", size)
+            return await _complete(app, f, path, device_id, sample_id, sha256, length, me)
     finally:
-        if app[UPLOAD_WRITERS].get(key) is me:
-            del app[UPLOAD_WRITERS][key]
-    if size < length:
-        return _upload_answer("partial", size)
-    payload = path.read_bytes()
-    if hashlib.sha256(payload).hexdigest() != sha256:
+        if writers.get(key) is me:
+            del writers[key]
+
+
+async def _complete(
+    app: web.Application,
+    f: BinaryIO,
+    path: Path,
+    device_id: str,
+    sample_id: str,
+    sha256: str,
+    length: int,
+    me: object,
+) -> web.Response:
+    """Check and store a payload this request finished writing (through its own file ``f``).
+
+    Only the newest request of an upload completes it: one that was superseded after its last
+    byte answers 409 (the newer one is rewriting the file). The payload is read from this
+    request's own open file, so a part file unlinked or replaced meanwhile cannot fail it, and
+    a sample stored meanwhile by a twin request makes this one a duplicate.
+    """
+    if app[UPLOAD_WRITERS].get((device_id, sample_id)) is not me:
+        raise Conflict("a newer request took over this upload")
+    f.seek(0)
+    payload = f.read(length + 1)  # at once: no other request runs between the check and this
+    if await _known_sample(app[DB], device_id, sample_id):
+        return _upload_answer("duplicate", length)
+    if len(payload) != length or hashlib.sha256(payload).hexdigest() != sha256:
         path.unlink(missing_ok=True)
         raise BadRequest(f"sample {sample_id}: payload does not hash to Upload-Sha256; send again")
     try:
@@ -258,9 +292,9 @@ async def sample_feedback(request: web.Request) -> web.Response:
     assert fb is not None
     db = request.app[DB]
     device_id = device_id_of(request)
-    sample = await db.call(db.sample, sample_id)
+    sample = await db.call(db.sample, sample_id)  # NotFound: "no sample '<id>'"
     if sample.device_id != device_id:
-        raise ForbiddenError(f"sample {sample_id} belongs to another device")
+        raise NotFound(f"no sample {sample_id!r}")  # word for word what a missing id gets
     if fb.get("label") is not None:  # a device on an older bundle: old labels are converted
         with contextlib.suppress(BadRequest):  # (a device cannot fix it: keep what it said)
             fb["label"] = (await db.call(db.current_labels, sample_id, [fb["label"]]))[0]

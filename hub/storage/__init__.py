@@ -9,6 +9,8 @@ the writer):
 - ``devices``: enrolled devices, their cohort, the sha256 of their token (never the token), the
   desired bundle/version a rollout set, and the last status they reported;
 - ``samples``: uploaded or imported samples, ``pending`` until annotated, ranked by priority;
+- ``device_keys``, ``enroll_secrets``: each device's registered public key (identity), and
+  admin-minted enrolment secrets (one-time or expiring; :mod:`hub.storage.identity`);
 - ``sample_feedback``: the latest human feedback (confirm/correct) a device sent on a sample,
   with the label the model had predicted; it drives the annotation queue's ranking
   (:meth:`HubDB.annotation_queue`) and the per-device feedback metrics;
@@ -41,6 +43,7 @@ from hub.storage.blobs_s3 import S3BlobStore, S3Config
 from hub.storage.bundles import BundleTables
 from hub.storage.datasets import DatasetTables
 from hub.storage.devices import FLEET, Device, DeviceTables
+from hub.storage.identity import DeviceKey, EnrollSecret, IdentityTables
 from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.ontologies import OntologyTables
 from hub.storage.replay import ReplayTables
@@ -59,6 +62,8 @@ __all__ = [
     "Blobs",
     "Database",
     "Device",
+    "DeviceKey",
+    "EnrollSecret",
     "HubDB",
     "Job",
     "JobState",
@@ -107,6 +112,7 @@ class Blobs(Protocol):
 
 
 class HubDB(
+    IdentityTables,
     DeviceTables,
     ShadowTables,
     SampleTables,

@@ -32,19 +32,6 @@ class DeviceTables(DBBase):
 
     # -- devices -------------------------------------------------------------------------------
 
-    def enroll_device(self, device_id: str, cohort: str | None, token_hash: str) -> None:
-        """Add a device, or give an enrolled one a new token (its old token stops working).
-
-        A re-enrolment keeps the device's desired bundle; ``cohort`` replaces the old one only
-        when given.
-        """
-        self._db.execute(
-            "INSERT INTO devices (id, cohort, token_hash) VALUES (?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET token_hash = excluded.token_hash, "
-            "cohort = COALESCE(excluded.cohort, devices.cohort)",
-            (device_id, cohort, token_hash),
-        )
-
     def device_by_token_hash(self, token_hash: str) -> tuple[str, str] | None:
         """(device id, stored token hash) for a token hash, or None."""
         row = self._db.execute(

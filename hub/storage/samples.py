@@ -33,7 +33,7 @@ class QueueEntry:
     """A sample's place in the annotation queue and why (see :meth:`HubDB.annotation_queue`)."""
 
     sample: Sample
-    tier: Literal["corrected", "unreviewed", "confirmed"]
+    tier: Literal["needs_review", "corrected", "unreviewed", "confirmed"]
     device_rank: int  # 1: the device's best pending sample of this bundle
     copies: int  # pending samples with the same image (this one stands for all)
     feedback: dict[str, Any] | None  # the latest feedback on this image, if any
@@ -179,9 +179,12 @@ class SampleTables(DBBase):
         1. **One image, one entry**: pending samples with the same image sha256 (in a bundle)
            collapse to the best of them, and an image already annotated under another sample
            is not asked again;
-        2. **tiers**: an image a human corrected on a device comes first (the model was wrong
-           and the label is half done), then unreviewed ones, then confirmed ones (a human
-           already agreed with the model: they teach least);
+        2. **tiers**: a sample that needs review comes first (an ontology change split its
+           label and only a human can choose: ``meta.needs_review``, or the device's
+           ``extra.needs_review`` for feedback it could not convert), then an image a human
+           corrected on a device (the model was wrong and the label is half done), then
+           unreviewed ones, then confirmed ones (a human already agreed with the model: they
+           teach least);
         3. **per-device rank**: within a tier, each device's k-th best sample competes in round
            k (round-robin by rank), so a device that uploads many samples, or scores all of
            them high, cannot push the other devices' best ones down; ties within a round go
@@ -211,6 +214,7 @@ class SampleTables(DBBase):
         ),
         ranked AS (
             SELECT p.*, COALESCE(fb.corrected, 0) AS corrected,
+                   CASE WHEN p.meta_json LIKE ? THEN 1 ELSE 0 END AS needs_review,
                    COALESCE(fb.confirmed, 0) AS confirmed,
                    ROW_NUMBER() OVER (PARTITION BY p.bundle, p.device_id
                                       ORDER BY p.priority DESC, p.created, p.id) AS device_rank
@@ -219,16 +223,25 @@ class SampleTables(DBBase):
             WHERE p.copy_rank = 1
         )
         SELECT * FROM ranked
-        ORDER BY CASE WHEN corrected = 1 THEN 0 WHEN confirmed = 1 THEN 2 ELSE 1 END,
+        ORDER BY CASE WHEN needs_review = 1 THEN 0 WHEN corrected = 1 THEN 1
+                      WHEN confirmed = 1 THEN 3 ELSE 2 END,
                  device_rank, priority DESC, created, id
         """
+        # meta is stored as json.dumps writes it; a LIKE on the flag runs on both databases.
+        args.append('%"needs_review": true%')
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
         out: list[QueueEntry] = []
         for r in self._db.execute(sql, args).fetchall():
-            tier: Literal["corrected", "unreviewed", "confirmed"] = (
-                "corrected" if r["corrected"] else "confirmed" if r["confirmed"] else "unreviewed"
+            tier: Literal["needs_review", "corrected", "unreviewed", "confirmed"] = (
+                "needs_review"
+                if r["needs_review"]
+                else "corrected"
+                if r["corrected"]
+                else "confirmed"
+                if r["confirmed"]
+                else "unreviewed"
             )
             out.append(
                 QueueEntry(

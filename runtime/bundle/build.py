@@ -21,6 +21,13 @@ import yaml
 from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_bytes
+from runtime._limits import (
+    MAX_ONTOLOGY_BYTES,
+    MAX_STATE_BYTES,
+    TooLargeError,
+    read_bounded,
+    safe_yaml,
+)
 from runtime._version import __version__
 from runtime.backends.base import BackendOptions
 from runtime.bundle.engines import engine_for_format, stage_pins
@@ -36,22 +43,40 @@ from runtime.bundle.manifest import (
     TensorSpec,
 )
 from runtime.errors import BundleError, first_line
-from runtime.pipeline.graph import load_pipeline_spec
+from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
 
-__all__ = ["IGNORED_SOURCE_DIRS", "build_bundle"]
+__all__ = ["IGNORED_SOURCE_DIRS", "build_bundle", "parse_ontology"]
 
 IGNORED_SOURCE_DIRS = ("checkpoint",)
 _MODEL_FORMATS = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}
 _GOLDEN_EXPECTED = "golden/expected.json"
 
 
-def _read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path, limit: int) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return safe_yaml(read_bounded(path, limit))
     except FileNotFoundError as e:
         raise BundleError(f"{path}: missing") from e
+    except TooLargeError as e:
+        raise BundleError(str(e)) from e
     except (OSError, yaml.YAMLError) as e:
         raise BundleError(f"{path}: not readable YAML: {first_line(e)}") from e
+
+
+def parse_ontology(data: bytes, where: str = "ontology.yaml") -> Ontology:
+    """The ontology in YAML ``data`` (at most 256 KiB). Raises BundleError (one line)."""
+    if len(data) > MAX_ONTOLOGY_BYTES:
+        raise BundleError(f"{where}: larger than {MAX_ONTOLOGY_BYTES} bytes")
+    try:
+        raw = safe_yaml(data)
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: e.g. bad UTF-8, huge integers
+        raise BundleError(f"{where}: not readable YAML: {str(e).splitlines()[0]}") from e
+    try:
+        return Ontology.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(map(str, first["loc"]))
+        raise BundleError(f"{where}: {loc}: {first['msg']}".splitlines()[0]) from e
 
 
 def _copy_source(src: Path, out: Path) -> list[str]:
@@ -118,15 +143,18 @@ def _build(
 
     if not src.is_dir():
         raise BundleError(f"{src}: not a folder")
-    onto_raw = _read_yaml(src / "ontology.yaml")
+    onto_path = src / "ontology.yaml"
     try:
-        ontology = Ontology.model_validate(onto_raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise BundleError(
-            f"{src / 'ontology.yaml'}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from e
-    spec = load_pipeline_spec((src / "pipeline.yaml").read_text(), str(src / "pipeline.yaml"))
+        ontology = parse_ontology(read_bounded(onto_path, MAX_ONTOLOGY_BYTES), str(onto_path))
+    except FileNotFoundError as e:
+        raise BundleError(f"{onto_path}: missing") from e
+    except (OSError, TooLargeError) as e:
+        raise BundleError(f"{onto_path}: cannot read: {e}") from e
+    pipe_path = src / "pipeline.yaml"
+    try:
+        spec = load_pipeline_spec(read_bounded(pipe_path, MAX_PIPELINE_BYTES), str(pipe_path))
+    except (OSError, TooLargeError) as e:
+        raise BundleError(f"{pipe_path}: cannot read: {e}") from e
     pins = stage_pins(spec)
     out.mkdir(parents=True, exist_ok=True)  # only once the source's own files are valid
     files = _copy_source(src, out)
@@ -171,7 +199,10 @@ def _build(
     if notes_path.exists():
         try:
             all_notes.update(
-                {str(k): str(v) for k, v in json.loads(notes_path.read_text()).items()}
+                {
+                    str(k): str(v)
+                    for k, v in json.loads(read_bounded(notes_path, MAX_STATE_BYTES)).items()
+                }
             )
         except (OSError, ValueError, AttributeError) as e:
             raise BundleError(f"{notes_path}: not a JSON object: {e}") from e

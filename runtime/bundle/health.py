@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runtime.bundle.loader import LoadedBundle
+from runtime._limits import MAX_EXPECTED_BYTES, read_bounded
+from runtime.bundle.loader import LoadedBundle, inside
 from runtime.errors import BundleError
 from runtime.pipeline.prediction import Prediction
 
@@ -23,7 +24,7 @@ def compute_expected(loaded: LoadedBundle, inputs: list[str]) -> dict[str, Any]:
     """Run the pipeline on each golden input (paths relative to the bundle)."""
     out: dict[str, Any] = {}
     for rel in inputs:
-        data = (loaded.path / rel).read_bytes()
+        data = inside(loaded.path, rel).read_bytes()
         pred = loaded.pipeline.run_bytes(data, frame_id=rel)
         if pred.error:
             raise BundleError(f"golden input {rel}: {pred.error}")
@@ -64,14 +65,18 @@ def run_health_check(loaded: LoadedBundle) -> None:
     if health is None:
         return
     try:
-        expected = json.loads((loaded.path / health.expected).read_bytes())
+        expected = json.loads(
+            read_bounded(inside(loaded.path, health.expected), MAX_EXPECTED_BYTES)
+        )
     except (OSError, ValueError) as e:
         raise BundleError(f"health check: cannot read {health.expected}: {e}") from e
+    if not isinstance(expected, dict):
+        raise BundleError(f"health check: {health.expected} is not a JSON object")
     for rel in health.inputs:
         if rel not in expected:
             raise BundleError(f"health check: no expected output for {rel}")
         try:
-            data = (loaded.path / rel).read_bytes()
+            data = inside(loaded.path, rel).read_bytes()
         except OSError as e:
             raise BundleError(f"health check: cannot read {rel}: {e}") from e
         got = loaded.pipeline.run_bytes(data, frame_id=rel)

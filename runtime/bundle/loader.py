@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from runtime._limits import MAX_MANIFEST_BYTES, MAX_STATE_BYTES, read_bounded
 from runtime.backends.base import Backend, BackendOptions
 from runtime.bundle.engines import DEFAULT_PREFERENCE, plan_engines, preference, stage_pins
 from runtime.bundle.manifest import MANIFEST_NAME, Manifest
@@ -31,8 +32,11 @@ __all__ = [
     "SKIPPED_NAME",
     "LoadedBundle",
     "file_sha256",
+    "inside",
     "load_bundle",
+    "parse_manifest",
     "read_manifest",
+    "unlisted_files",
     "unneeded_files",
     "verify_bundle_dir",
 ]
@@ -55,23 +59,34 @@ def file_sha256(path: Path) -> str:
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
-    """Parse ``manifest.json``. Raises BundleError with a one-line reason."""
+    """Read and parse ``manifest.json``. Raises BundleError with a one-line reason."""
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
-        data = json.loads(path.read_bytes())
+        data = read_bounded(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError as e:
         raise BundleError(f"{path}: no manifest.json") from e
     except (OSError, ValueError) as e:
-        raise BundleError(f"{path}: not readable JSON: {e}") from e
+        raise BundleError(f"{path}: not readable: {e}") from e
+    return parse_manifest(data, str(path))
+
+
+def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """The manifest in ``data`` (at most 1 MiB). Raises BundleError with a one-line reason."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        return Manifest.model_validate(data)
+        obj = json.loads(data)
+    except ValueError as e:  # also bad UTF-8 and integers of over 4300 digits
+        raise BundleError(f"{where}: not readable JSON: {e}") from e
+    try:
+        return Manifest.model_validate(obj)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise BundleError(f"{path}: {loc}: {first['msg']}") from e
+        raise BundleError(f"{where}: {loc}: {first['msg']}".splitlines()[0]) from e
 
 
-def _inside(root: Path, rel: str) -> Path:
+def inside(root: Path, rel: str) -> Path:
     """``root / rel`` resolved, if it stays inside ``root`` without following a symbolic link.
 
     Raises BundleError for ``..``, an absolute path, or a link anywhere below ``root`` (a link
@@ -93,7 +108,7 @@ def verify_bundle_dir(bundle_dir: Path) -> Manifest:
     manifest = read_manifest(bundle_dir)
     skipped = _skipped(bundle_dir)
     for rel, entry in manifest.files.items():
-        p = _inside(bundle_dir, rel)
+        p = inside(bundle_dir, rel)
         try:
             size = p.stat().st_size
         except FileNotFoundError as e:
@@ -113,9 +128,30 @@ def verify_bundle_dir(bundle_dir: Path) -> Manifest:
     return manifest
 
 
+def unlisted_files(bundle_dir: Path, manifest: Manifest) -> list[str]:
+    """Files and links in the folder that the manifest does not list (sorted, POSIX paths).
+
+    ``manifest.json`` and the fetcher's ``.skipped.json`` are the manifest's own; anything else
+    unlisted was not signed, so nothing may rely on it (a planted ``evil.py``, a stray link).
+    """
+    root = Path(bundle_dir)
+    extra: list[str] = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if rel in (MANIFEST_NAME, SKIPPED_NAME) or rel in manifest.files:
+            continue
+        extra.append(rel)
+    return extra
+
+
+_FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
+
+
 def _skipped(bundle_dir: Path) -> set[str]:
     try:
-        data = json.loads((bundle_dir / SKIPPED_NAME).read_text())
+        data = json.loads(read_bounded(bundle_dir / SKIPPED_NAME, MAX_STATE_BYTES))
     except (OSError, ValueError):
         return set()
     return {str(x) for x in data} if isinstance(data, list) else set()
@@ -181,16 +217,19 @@ def load_bundle(
     PipelineError.
     """
     from runtime.backends import load_backend
-    from runtime.pipeline.graph import load_pipeline_spec
+    from runtime.pipeline.graph import MAX_PIPELINE_BYTES, load_pipeline_spec
     from runtime.pipeline.pipeline import Pipeline
+    from runtime.pipeline.plugins import PluginLoader
 
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle_dir(bundle_dir) if verify else read_manifest(bundle_dir)
-    pipe_path = _inside(bundle_dir, manifest.pipeline)
+    pipe_path = inside(bundle_dir, manifest.pipeline)
     try:
-        text = pipe_path.read_text()
+        text = read_bounded(pipe_path, MAX_PIPELINE_BYTES)
     except OSError as e:
         raise BundleError(f"{pipe_path}: cannot read: {e}") from e
+    except ValueError as e:
+        raise BundleError(str(e)) from e
     spec = load_pipeline_spec(text, where=str(pipe_path))
     for stage in spec.stages:
         if stage.model not in manifest.models:
@@ -206,9 +245,7 @@ def load_bundle(
             if stage.model in models:
                 continue
             choice = plan[stage.model]
-            models[stage.model] = load_backend(
-                choice.engine, _inside(bundle_dir, choice.path), opts
-            )
+            models[stage.model] = load_backend(choice.engine, inside(bundle_dir, choice.path), opts)
         pipeline = Pipeline(
             spec,
             models,
@@ -216,6 +253,9 @@ def load_bundle(
             bundle=manifest.name,
             bundle_version=manifest.version,
             ontology_version=manifest.ontology.version,
+            plugins=PluginLoader(
+                bundle_dir, {rel: entry.sha256 for rel, entry in manifest.files.items()}
+            ),
         )
     except LeanloopError:
         for m in models.values():

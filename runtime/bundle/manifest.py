@@ -14,7 +14,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runtime.ontology import Change
 
@@ -98,6 +98,13 @@ class ModelEntry(_Strict):
     def _rel(cls, v: str) -> str:
         return check_relative_path(v)
 
+    @field_validator("alternates")
+    @classmethod
+    def _alternates(cls, v: dict[str, str]) -> dict[str, str]:
+        for path in v.values():
+            check_relative_path(path)
+        return v
+
 
 class Ontology(_Strict):
     """The concepts the bundle predicts, versioned separately from the bundle."""
@@ -126,6 +133,18 @@ class HealthCheck(_Strict):
     expected: str = Field(description="JSON file with the expected prediction per input")
     score_tolerance: float = Field(default=1e-3, ge=0)
     box_tolerance: float = Field(default=0.5, ge=0, description="pixels")
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: list[str]) -> list[str]:
+        for path in v:
+            check_relative_path(path)
+        return v
+
+    @field_validator("expected")
+    @classmethod
+    def _expected(cls, v: str) -> str:
+        return check_relative_path(v)
 
 
 class Manifest(_Strict):
@@ -160,6 +179,21 @@ class Manifest(_Strict):
             if path == MANIFEST_NAME:
                 raise ValueError("manifest.json cannot list itself")
         return v
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, v: str) -> str:
+        return check_relative_path(v)
+
+    @model_validator(mode="after")
+    def _health_files_listed(self) -> Manifest:
+        # The health check reads these before anything else uses the bundle: each must be a
+        # listed (hence hash-checked) file, never something else that happens to be there.
+        if self.health is not None:
+            for rel in [*self.health.inputs, self.health.expected]:
+                if rel not in self.files:
+                    raise ValueError(f"health check file {rel} is not listed in files")
+        return self
 
     def target_name(self, path: str) -> str:
         """TUF target path of one bundle file: ``<name>/<version>/<path>``."""

@@ -24,6 +24,7 @@ from runtime.pipeline.graph import (
     parse_pipeline_spec,
 )
 from runtime.pipeline.pipeline import Decoder, Pipeline
+from runtime.pipeline.plugins import PluginLoader, PreContext
 from runtime.pipeline.postprocess import (
     PostContext,
     classify,
@@ -38,7 +39,6 @@ from runtime.pipeline.preprocess import (
     crop_box,
     crop_region,
     decode_image,
-    load_plugin,
     preprocess,
 )
 from runtime.pipeline.ssd import decode_ssd, decode_tflite_ssd, ssd_anchors
@@ -53,8 +53,10 @@ __all__ = [
     "Letterbox",
     "Pipeline",
     "PipelineSpec",
+    "PluginLoader",
     "PluginPost",
     "PostContext",
+    "PreContext",
     "PreSpec",
     "Prediction",
     "SsdPost",
@@ -72,7 +74,6 @@ __all__ = [
     "decode_yolo_v5",
     "decode_yolo_v8",
     "load_pipeline_spec",
-    "load_plugin",
     "nms",
     "parse_pipeline_spec",
     "preprocess",

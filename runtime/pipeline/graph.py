@@ -23,14 +23,17 @@ Example (the demo's digit reader)::
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime._limits import safe_yaml
 from runtime.errors import PipelineError, first_line
 
 __all__ = [
+    "MAX_PIPELINE_BYTES",
     "PIPELINE_FORMAT",
     "Anchors",
     "BoxPost",
@@ -45,9 +48,34 @@ __all__ = [
     "YoloPost",
     "load_pipeline_spec",
     "parse_pipeline_spec",
+    "plugin_ref_parts",
 ]
 
 PIPELINE_FORMAT = "leanloop.pipeline/1"
+MAX_PIPELINE_BYTES = 64 * 1024
+"""``pipeline.yaml`` larger than this is refused before it is parsed."""
+
+
+def plugin_ref_parts(ref: str) -> tuple[str, str]:
+    """``'plugins/x.py:fn'`` -> ``('plugins/x.py', 'fn')``.
+
+    Raises ValueError unless ``ref`` names a ``.py`` file by a plain relative path inside the
+    bundle (no ``..``, not absolute) and a function name. Plug-ins are never named by module.
+    """
+    file, sep, attr = ref.rpartition(":")
+    if not sep or not file.endswith(".py") or not attr.isidentifier():
+        raise ValueError(
+            f"plug-in {ref!r}: expected '<file>.py:<function>' naming a file of the bundle"
+        )
+    p = PurePosixPath(file)
+    if (
+        "\\" in file
+        or "\x00" in file
+        or p.is_absolute()
+        or any(part in ("..", ".", "") for part in p.parts)
+    ):
+        raise ValueError(f"plug-in {ref!r}: the file escapes the bundle folder")
+    return file, attr
 
 
 class _Strict(BaseModel):
@@ -76,9 +104,20 @@ class PreSpec(_Strict):
     quant_zero_point: int | None = None
     plugin: str | None = Field(
         default=None,
-        description="dotted path 'pkg.module:function' replacing the built-in pre-processing; "
-        "signature fn(image: np.ndarray[H,W,3] uint8 BGR, spec: PreSpec) -> np.ndarray",
+        description="'<file>.py:function', a file of the bundle, replacing the built-in "
+        "pre-processing; fn(image: np.ndarray[H,W,3] uint8 BGR, ctx: PreContext) -> "
+        "np.ndarray | (np.ndarray, Letterbox) (see runtime.pipeline.plugins)",
     )
+    plugin_params: dict[str, Any] = Field(
+        default_factory=dict, description="handed to the pre plug-in as ctx.params"
+    )
+
+    @field_validator("plugin")
+    @classmethod
+    def _plugin_ref(cls, v: str | None) -> str | None:
+        if v is not None:
+            plugin_ref_parts(v)
+        return v
 
 
 class CropSpec(_Strict):
@@ -251,8 +290,14 @@ class PluginPost(_Strict):
         default="detection",
         description="what the items are: detections (with boxes) can feed a for_each stage",
     )
-    function: str = Field(description="dotted path 'pkg.module:function'")
+    function: str = Field(description="'<file>.py:function', a file of the bundle")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("function")
+    @classmethod
+    def _plugin_ref(cls, v: str) -> str:
+        plugin_ref_parts(v)
+        return v
 
 
 PostSpec = Annotated[
@@ -317,10 +362,12 @@ def parse_pipeline_spec(data: Any, where: str = "pipeline.yaml") -> PipelineSpec
         raise PipelineError(f"{where}: {loc}: {first['msg']}") from e
 
 
-def load_pipeline_spec(text: str, where: str = "pipeline.yaml") -> PipelineSpec:
-    """Parse YAML text. Raises PipelineError."""
+def load_pipeline_spec(text: str | bytes, where: str = "pipeline.yaml") -> PipelineSpec:
+    """Parse YAML text (at most :data:`MAX_PIPELINE_BYTES`). Raises PipelineError."""
+    if len(text) > MAX_PIPELINE_BYTES:
+        raise PipelineError(f"{where}: larger than {MAX_PIPELINE_BYTES // 1024} KiB")
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as e:
         raise PipelineError(f"{where}: not valid YAML: {first_line(e)}") from e
     return parse_pipeline_spec(data, where)

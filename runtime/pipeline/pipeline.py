@@ -57,6 +57,7 @@ from runtime.pipeline.graph import (
     TfliteSsdPost,
     YoloPost,
 )
+from runtime.pipeline.plugins import PluginLoader, PreContext
 from runtime.pipeline.postprocess import (
     PostContext,
     classify,
@@ -71,8 +72,6 @@ from runtime.pipeline.preprocess import (
     as_bgr,
     crop_region,
     decode_image,
-    load_plugin,
-    preprocess,
 )
 from runtime.pipeline.ssd import decode_ssd, decode_tflite_ssd, ssd_anchors
 
@@ -107,6 +106,8 @@ class _Stage:
         "parent",
         "plugin_pre",
         "pre",
+        "pre_ctx",
+        "pre_fn",
         "prep",
         "rowwise",
     )
@@ -118,6 +119,7 @@ class _Stage:
         parent: int | None,
         decode: Decoder,
         kind: str,
+        pre_fn: Callable[..., Any] | None = None,
     ) -> None:
         self.name = spec.name
         self.model = model
@@ -126,7 +128,8 @@ class _Stage:
         self.kind = kind
         self.pre: PreSpec = spec.pre
         self.crop = spec.crop
-        self.plugin_pre = spec.pre.plugin is not None
+        self.plugin_pre = pre_fn is not None
+        self.pre_fn = pre_fn
         self.prep = None if self.plugin_pre else Preprocessor(spec.pre)
         self.key_calls = f"stage.{spec.name}.calls"  # Pipeline.stats keys, built once
         self.key_items = f"stage.{spec.name}.items"
@@ -137,6 +140,9 @@ class _Stage:
         first = model.inputs[0]
         self.input_name = first.name
         self.input_rank = len(first.shape)
+        self.pre_ctx = PreContext(
+            spec.pre, first.name, list(first.shape), spec.pre.resize, dict(spec.pre.plugin_params)
+        )
         batch_dim = first.shape[0] if first.shape else 1
         if isinstance(batch_dim, int) and batch_dim >= 1:
             # Fixed batch: one call per crop for 1, else chunks padded to the batch size.
@@ -158,13 +164,17 @@ class Pipeline:
         bundle: str = "",
         bundle_version: int = 0,
         ontology_version: int = 0,
+        plugins: PluginLoader | None = None,
     ) -> None:
         """Check the graph against the models and pre-compute every stage.
 
+        Plug-ins are imported through ``plugins`` (the bundle's files; see
+        :mod:`runtime.pipeline.plugins`); a graph naming one without it is refused.
         Raises PipelineError (one line) when a stage's model is missing, its input cannot be fed
         by the ``pre`` spec, an output selector names no output, or a plug-in cannot be loaded.
         """
         self.spec = spec
+        self.plugins = plugins
         self.models = models
         self.classes = list(classes)
         self.bundle = bundle
@@ -200,11 +210,17 @@ class Pipeline:
         if not model.outputs:
             raise PipelineError(f"{where}: model {st.model!r} has no outputs on {model.name}")
         _check_input(where, st.model, st.pre, model)
+        pre_fn = None
         if st.pre.plugin is not None:
-            load_plugin(st.pre.plugin)  # fail at load, not on the first frame
+            pre_fn = self._plugin(where, st.pre.plugin)  # fail at load, not on the first frame
         decode, kind = self._decoder(where, st, model)
         parent = index[st.for_each] if st.for_each is not None else None
-        return _Stage(st, model, parent, decode, kind)
+        return _Stage(st, model, parent, decode, kind, pre_fn)
+
+    def _plugin(self, where: str, ref: str) -> Callable[..., Any]:
+        if self.plugins is None:
+            raise PipelineError(f"{where}: plug-in {ref!r} needs its bundle (none given)")
+        return self.plugins.load(ref)
 
     def _decoder(self, where: str, st: StageSpec, model: Backend) -> tuple[Decoder, str]:
         names = [o.name for o in model.outputs]
@@ -272,12 +288,14 @@ class Pipeline:
 
             return decode_tflite_stage, "detection"
         ppost: PluginPost = post
-        fn = load_plugin(ppost.function)
+        fn = self._plugin(where, ppost.function)
+        input_size = st.pre.resize
 
         def decode_plugin(
             outs: list[np.ndarray], lb: Letterbox, size: tuple[int, int]
         ) -> list[Item]:
-            got = fn(outs, PostContext(ppost, classes, lb, size, ppost.params))
+            ctx = PostContext(ppost, classes, lb, size, ppost.params, names, input_size)
+            got = fn(outs, ctx)
             if not isinstance(got, list) or not all(isinstance(i, Item) for i in got):
                 raise PipelineError(f"plug-in {ppost.function} did not return a list of Item")
             return got
@@ -402,8 +420,17 @@ class Pipeline:
     def _tensor(self, st: _Stage, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         if st.prep is not None:  # ``image`` is already BGR (the frame, from as_bgr)
             return st.prep.one(image)
-        tensor, lb = preprocess(image, st.pre)
-        if st.plugin_pre and tensor.ndim == st.input_rank - 1:
+        assert st.pre_fn is not None
+        got = st.pre_fn(image, st.pre_ctx)
+        if isinstance(got, tuple) and len(got) == 2 and isinstance(got[1], Letterbox):
+            tensor, lb = got
+        else:
+            h, w = image.shape[:2]
+            tw, th = st.pre.resize
+            tensor, lb = got, Letterbox(tw / w, th / h, 0.0, 0.0)  # a stretch, by default
+        if not isinstance(tensor, np.ndarray):
+            raise PipelineError(f"pre plug-in {st.pre.plugin} did not return an array")
+        if tensor.ndim == st.input_rank - 1:
             tensor = tensor[None]
         return tensor, lb
 

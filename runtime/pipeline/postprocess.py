@@ -21,14 +21,16 @@ list is labelled with its number.
 
 Plug-in decoders
 ----------------
-``post: {type: plugin, function: "pkg.module:fn", params: {...}}`` calls::
+``post: {type: plugin, function: "plugins/decode.py:fn", params: {...}}`` (a file of the
+bundle, imported by :class:`~runtime.pipeline.plugins.PluginLoader`) calls::
 
     fn(outputs: list[np.ndarray], ctx: PostContext) -> list[Item]
 
 ``outputs`` are the model's outputs in signature order for **one** image (batch of one);
 ``ctx`` carries the stage's :class:`~runtime.pipeline.graph.PluginPost` spec, the class names,
 the :class:`~runtime.pipeline.preprocess.Letterbox` from model-input to source pixels, the source
-image size ``(width, height)`` and the spec's ``params``. Boxes must be returned in source-image
+image size ``(width, height)``, the spec's ``params``, the model's output names and its input
+size. Boxes must be returned in source-image
 pixels (use ``ctx.letterbox.to_source``). Anything the function raises makes that frame an error
 result; it never stops the pipeline.
 """
@@ -68,6 +70,8 @@ class PostContext:
     letterbox: Letterbox
     image_size: tuple[int, int]  # source image (width, height) in pixels
     params: dict[str, Any] = field(default_factory=dict)
+    output_names: list[str] = field(default_factory=list)  # the model's outputs, in order
+    input_size: tuple[int, int] = (0, 0)  # (width, height) of the model input (pre resize)
 
 
 # ---- small helpers --------------------------------------------------------------------------

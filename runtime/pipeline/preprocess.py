@@ -9,10 +9,8 @@ Frames are ``uint8`` arrays, ``H×W×3`` in BGR order (what cameras and OpenCV g
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +27,6 @@ __all__ = [
     "crop_box",
     "crop_region",
     "decode_image",
-    "load_plugin",
     "preprocess",
     "preprocess_batch",
 ]
@@ -37,24 +34,6 @@ __all__ = [
 MAX_FRAME_SIDE = 8192
 MAX_FRAME_PIXELS = MAX_FRAME_SIDE * MAX_FRAME_SIDE
 """Default limit of the pixels a frame may declare (the device's ``inference.max_frame_pixels``)."""
-
-
-def load_plugin(path: str) -> Callable[..., Any]:
-    """Import ``'pkg.module:function'`` (or ``'pkg.module.function'``). Raises PipelineError."""
-    if ":" in path:
-        mod_name, _, attr = path.partition(":")
-    else:
-        mod_name, _, attr = path.rpartition(".")
-    if not mod_name or not attr:
-        raise PipelineError(f"plug-in {path!r}: expected 'package.module:function'")
-    try:
-        mod = importlib.import_module(mod_name)
-        fn = getattr(mod, attr)
-    except (ImportError, AttributeError) as e:
-        raise PipelineError(f"plug-in {path!r} cannot be loaded: {e}") from e
-    if not callable(fn):
-        raise PipelineError(f"plug-in {path!r} is not callable")
-    return fn
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
@@ -402,13 +381,9 @@ def preprocess(image: np.ndarray, spec: PreSpec) -> tuple[np.ndarray, Letterbox]
     Returns the tensor (``1×C×H×W`` or ``1×H×W×C``) and the map back to source pixels.
     (Builds a :class:`Preprocessor` per call; a hot loop should keep one.)
     """
-    image = as_bgr(image)
     if spec.plugin:
-        tensor = np.asarray(load_plugin(spec.plugin)(image, spec))
-        h, w = image.shape[:2]
-        tw, th = spec.resize
-        return tensor, Letterbox(tw / w, th / h, 0.0, 0.0)
-    return Preprocessor(spec).one(image)
+        raise PipelineError("preprocess: a pre plug-in runs inside its bundle's pipeline only")
+    return Preprocessor(spec).one(as_bgr(image))
 
 
 def preprocess_batch(

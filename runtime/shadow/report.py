@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime._atomic import atomic_write_bytes
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.shadow.compare import ShadowStats
 from runtime.shadow.promotion import PromotionRule
 
@@ -151,7 +152,7 @@ def load_report(state_dir: Path) -> ShadowReport:
     """The persisted report, or a fresh one if there is none or it does not parse."""
     path = Path(state_dir) / REPORT_NAME
     try:
-        return ShadowReport.model_validate(json.loads(path.read_bytes()))
+        return ShadowReport.model_validate(json.loads(read_bounded(path, MAX_STATE_BYTES)))
     except FileNotFoundError:
         return ShadowReport()
     except (OSError, ValueError, ValidationError) as e:

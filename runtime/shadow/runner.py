@@ -46,6 +46,7 @@ log = logging.getLogger("leanloop.shadow")
 RunnerState = Literal["starting", "running", "disabled", "stopped"]
 OnResult = Callable[[str, bytes, Prediction, Prediction], None]
 _Job = tuple[str, bytes, Prediction]
+_NEUTRAL_CWD = "/"  # the worker must not start in the state folder (issue 12)
 
 
 def _exit_reason(code: int | None) -> str:
@@ -123,12 +124,15 @@ class ShadowRunner:
 
     def start(self) -> None:
         """Start the worker process and the feeder thread (returns at once)."""
+        # Isolated (-I: no cwd, script folder, PYTHONPATH or user site on sys.path) and started
+        # in "/": nothing in the state folder or the bundle can shadow a module by name.
         cmd = [
             sys.executable,
+            "-I",
             "-m",
             "runtime.shadow.worker",
             "--bundle",
-            str(self.bundle_dir),
+            str(Path(self.bundle_dir).resolve()),
             "--backend",
             self.backend,
             "--threads",
@@ -139,7 +143,12 @@ class ShadowRunner:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, self.threads)))
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            cwd=_NEUTRAL_CWD,
         )
         self._thread = threading.Thread(target=self._feed, name="shadow-feed", daemon=True)
         self._thread.start()

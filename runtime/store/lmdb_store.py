@@ -277,11 +277,12 @@ def _decode(rid: bytes, blob: bytes, with_image: bool = True) -> SampleRecord:
         meta = json.loads(blob[start : start + meta_len])
         image = bytes(blob[start + meta_len : end]) if with_image else b""
         record = SampleRecord.from_meta(meta, image)
+        image_size = meta.get("image_size", image_len)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _Corrupt(f"meta does not decode ({type(e).__name__})") from e
     if record.id.encode() != rid:
         raise _Corrupt("id does not match its key")
-    if int(meta.get("image_size", image_len)) != image_len:
+    if image_size != image_len:  # found by fuzzing: int() of a stored string could raise
         raise _Corrupt("image size does not match")
     return record
 

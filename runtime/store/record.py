@@ -10,6 +10,7 @@ image. :meth:`SampleRecord.final_class` is the class quotas count it under.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
@@ -48,13 +49,16 @@ class Feedback:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Feedback:
+        if not isinstance(d, dict):
+            raise ValueError("feedback must be an object")
+        item = d.get("item")
         return cls(
             kind=str(d["kind"]),
             label=d.get("label"),
             who=str(d.get("who", "")),
-            when=float(d.get("when", 0.0)),
-            bundle_version=int(d.get("bundle_version", 0)),
-            item=d.get("item"),
+            when=_finite(d.get("when", 0.0), "feedback.when"),
+            bundle_version=_int(d.get("bundle_version", 0), "feedback.bundle_version"),
+            item=None if item is None else _int(item, "feedback.item"),
         )
 
 
@@ -127,26 +131,64 @@ class SampleRecord:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], image: bytes) -> SampleRecord:
+        """The record of a meta object (JSON from the store or a device). Raises KeyError for a
+        missing field, ValueError for one of the wrong type or out of range."""
+        if not isinstance(meta, dict):
+            raise ValueError("sample meta must be an object")
         fb = meta.get("feedback")
+        shadow = meta.get("shadow_prediction")
         return cls(
             id=str(meta["id"]),
             device_id=str(meta["device_id"]),
-            created=float(meta["created"]),
+            created=_finite(meta["created"], "created"),
             frame_id=str(meta["frame_id"]),
             bundle=str(meta["bundle"]),
-            bundle_version=int(meta["bundle_version"]),
-            ontology_version=int(meta["ontology_version"]),
+            bundle_version=_int(meta["bundle_version"], "bundle_version"),
+            ontology_version=_int(meta["ontology_version"], "ontology_version"),
             image=image,
             image_format=str(meta.get("image_format", "jpeg")),
-            prediction=dict(meta["prediction"]),
-            scores={str(k): float(v) for k, v in meta.get("scores", {}).items()},
-            priority=float(meta["priority"]),
-            shadow_prediction=meta.get("shadow_prediction"),
+            prediction=_object(meta["prediction"], "prediction"),
+            scores={
+                str(k): _finite(v, f"scores.{k}")
+                for k, v in _object(meta.get("scores", {}), "scores").items()
+            },
+            priority=_finite(meta["priority"], "priority"),
+            shadow_prediction=None if shadow is None else _object(shadow, "shadow_prediction"),
             feedback=Feedback.from_dict(fb) if fb else None,
             upload_state=str(meta.get("upload_state", "pending")),
-            extra=dict(meta.get("extra", {})),
+            extra=_object(meta.get("extra", {}), "extra"),
             random_slice=bool(meta.get("random_slice", False)),
         )
+
+
+_INT_LIMIT = 1 << 63
+
+
+def _finite(value: Any, name: str) -> float:
+    """A finite float from a JSON number. Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number")
+    if isinstance(value, int) and abs(value) >= _INT_LIMIT:
+        raise ValueError(f"{name} is out of range")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite")
+    return out
+
+
+def _int(value: Any, name: str) -> int:
+    """A 64-bit integer from a JSON number. Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer")
+    if abs(value) >= _INT_LIMIT:
+        raise ValueError(f"{name} is out of range")
+    return value
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object")
+    return value
 
 
 def _final_items(prediction: dict[str, Any]) -> list[dict[str, Any]]:

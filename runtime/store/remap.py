@@ -31,6 +31,7 @@ from runtime.store.record import Feedback, SampleRecord
 __all__ = [
     "RemapReport",
     "convert_feedback",
+    "feedback_item",
     "mapping_for",
     "remap_prediction",
     "remap_record",
@@ -87,6 +88,14 @@ def _final_items(prediction: dict[str, Any]) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
+def feedback_item(prediction: Any, item: Any) -> dict[str, Any]:
+    """The final-stage item a feedback names (``item`` index, None: the first), or {} — its
+    label and box decide a split with a rule, on the device and on the hub alike."""
+    items = _final_items(prediction) if isinstance(prediction, dict) else []
+    i = item if isinstance(item, int) and not isinstance(item, bool) else 0
+    return items[i] if 0 <= i < len(items) else {}
+
+
 def remap_prediction(pred: dict[str, Any] | None, mapping: LabelMapping) -> tuple[Any, bool]:
     """(converted copy, some label needs review)."""
     if not isinstance(pred, dict):
@@ -135,9 +144,7 @@ def remap_record(
     feedback = rec.feedback
     refused: str | None = None
     if feedback is not None:
-        items = _final_items(rec.prediction)
-        i = feedback.item if feedback.item is not None else 0
-        item = items[i] if 0 <= i < len(items) else {}
+        item = feedback_item(rec.prediction, feedback.item)
         label = item.get("label")
         new_fb, why = convert_feedback(
             feedback.to_dict(), label if isinstance(label, str) else None, item.get("box"), mapping

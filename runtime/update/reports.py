@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_json
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.protocol import ReportKind, UpdateReport
 
 __all__ = ["MAX_REPORTS", "UpdateReports"]
@@ -35,7 +36,7 @@ class UpdateReports:
         self._lock = threading.Lock()
         self._items: list[UpdateReport] = []
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_bounded(path, MAX_STATE_BYTES))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:

@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime._atomic import atomic_write_bytes
+from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import UpdateError, first_line
 from runtime.update.machine import InstallRecord
 
@@ -73,7 +74,7 @@ class Slots:
         if not self.path.exists():
             return SlotsState()
         try:
-            return SlotsState.model_validate(json.loads(self.path.read_bytes()))
+            return SlotsState.model_validate(json.loads(read_bounded(self.path, MAX_STATE_BYTES)))
         except (OSError, ValueError, ValidationError) as e:
             raise UpdateError(f"{self.path}: unreadable slot state: {first_line(e)}") from e
 

@@ -102,12 +102,13 @@ async def test_enroll_when_body_is_invalid_is_400(hub: Hub, body: Any) -> None:
     assert "\n" not in (await resp.json())["error"]
 
 
-async def test_enroll_when_repeated_replaces_the_token_and_stores_only_its_hash(hub: Hub) -> None:
+async def test_enroll_when_repeated_is_refused_and_stores_only_the_token_hash(hub: Hub) -> None:
     old = await hub.enroll("cam-1", cohort="lab")
-    new = await hub.enroll("cam-1")
-    assert (await hub.client.get(f"{API}/device/desired", headers=old)).status == 401
-    assert (await hub.client.get(f"{API}/device/desired", headers=new)).status == 200
-    token = new["Authorization"].split()[1]
+    again = {"device_id": "cam-1", "enroll_token": hub.enroll_token, "cohort": "field"}
+    resp = await hub.client.post(f"{API}/enroll", json=again)
+    assert resp.status == 409  # the fleet secret never re-keys an enrolled id (issue 12)
+    assert (await hub.client.get(f"{API}/device/desired", headers=old)).status == 200
+    token = old["Authorization"].split()[1]
     if hub.config.database_url is None:  # SQLite: the very bytes on disk, WAL included
         db_bytes = (hub.config.data_dir / "hub.sqlite3").read_bytes()
         wal = hub.config.data_dir / "hub.sqlite3-wal"
@@ -117,7 +118,7 @@ async def test_enroll_when_repeated_replaces_the_token_and_stores_only_its_hash(
     assert token.encode() not in raw
     assert hash_token(token).encode() in raw
     devices = await (await hub.client.get(f"{API}/admin/devices", headers=hub.admin)).json()
-    assert devices[0]["cohort"] == "lab"  # kept when the re-enrolment names none
+    assert devices[0]["cohort"] == "lab"  # a refused re-enrolment moves nothing
 
 
 async def test_desired_when_rollout_targets_a_cohort_changes_only_that_cohort(

@@ -158,6 +158,27 @@ async def test_shadow_telemetry_when_promoted_makes_the_candidate_the_device_des
     assert (await _desired(hub, other))["version"] == 1
 
 
+async def test_shadow_telemetry_when_promoting_an_unassigned_candidate_changes_nothing(
+    hub: Hub, make_bundle: Any
+) -> None:
+    """A device cannot pick its own rollout by claiming a promotion (issue 12)."""
+    for v in (1, 2, 3):
+        await hub.publish(make_bundle("digits", v))
+    dev = await hub.enroll("cam-1", cohort="east")
+    resp = await hub.client.post(
+        f"{API}/admin/rollouts", json={"bundle": "digits", "version": 1}, headers=hub.admin
+    )
+    assert resp.status == 200
+    for assigned in (None, 2):  # nothing assigned, then v2 assigned and v3 claimed
+        if assigned is not None:
+            await _assign(hub, {"bundle": "digits", "version": assigned, "cohort": "east"})
+        resp = await hub.client.post(
+            f"{API}/device/shadow", json=_report("promoted", 3, _stats("2", "2", 3)), headers=dev
+        )
+        assert resp.status == 200
+        assert (await _desired(hub, dev))["version"] == 1
+
+
 @pytest.mark.parametrize(
     ("method", "path", "who"),
     [

@@ -75,3 +75,28 @@ def test_remapped_labels_are_new_classes_or_the_sample_needs_review(
     assert all(b[4] in new_classes for b in out.annotation["boxes"])
     kept = [b for b in boxes if mapping.convert(b[4], b[:4]).ok]
     assert len(out.annotation["boxes"]) == len(kept)  # only boxes of deleted classes go
+
+
+def test_a_correction_on_a_detection_is_split_by_the_rule_on_that_detections_box() -> None:
+    changes = CHANGES.validate_python(
+        [
+            {
+                "op": "split",
+                "source": "circle",
+                "into": ["big", "small"],
+                "rule": {"by": "area", "threshold": 300, "above": "big", "below": "small"},
+            }
+        ]
+    )
+    _, mapping = apply_changes(["circle", "square"], changes)
+    items = [{"label": "square", "box": [0, 0, 10, 10]}, {"label": "square", "box": [0, 0, 20, 20]}]
+    meta: dict[str, Any] = {"prediction": {"stages": {"clf": {"items": items}}}}
+    for item, want in ((0, "small"), (1, "big")):
+        fb = {"kind": "correct", "label": "circle", "item": item, "who": "ana"}
+        out = remap_sample({**meta, "feedback": fb}, None, "pending", fb, "square", mapping, 2)
+        assert not out.needs_review
+        assert out.feedback is not None and out.feedback["label"] == want
+        assert out.meta["feedback"]["label"] == want
+    whole = {"kind": "correct", "label": "circle", "item": None, "who": "ana"}
+    out = remap_sample({"feedback": whole}, None, "pending", whole, None, mapping, 2)
+    assert out.needs_review and out.feedback is None  # no box: a human picks

@@ -82,6 +82,10 @@ def test_portable_sql_when_run_on_each_backend(hub_backend: dict[str, Any], tmp_
     db.set_feedback("s1", "a", {"kind": "correct", "label": "7"}, "1")
     queue = db.annotation_queue("digits", None)
     assert [(e.sample.id, e.tier) for e in queue] == [("s1", "corrected"), ("s2", "unreviewed")]
+    review = {"id": "s3", "needs_review": True, "annotation_before_review": {"boxes": []}}
+    db.add_sample("s3", "digits", "b", 0.1, review, "ef" * 32)
+    queue = db.annotation_queue("digits", 2)
+    assert [(e.sample.id, e.tier) for e in queue] == [("s3", "needs_review"), ("s1", "corrected")]
     with pytest.raises(NotFound):
         db.sample("nope")
     db.close()

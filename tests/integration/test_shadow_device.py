@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from loopkit import Device, committed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "shadow"))
@@ -29,14 +28,6 @@ from hub.testing import LiveHub
 SHADOW = {"frame_timeout_s": 10.0, "report_interval_s": 0.2, "nice": 5}
 HANG_TIMEOUT = {**SHADOW, "frame_timeout_s": 1.0}
 POISON = (255, 200)
-
-
-@pytest.fixture(autouse=True)
-def plugins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    here = str(Path(__file__).resolve().parents[1] / "runtime" / "shadow")
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    )
 
 
 def report(dev: Device) -> dict[str, Any]:
@@ -73,7 +64,7 @@ def _production(admin: HubAdminClient, keys: Path, root: Path, clf: Path) -> Non
 
 
 def _served(dev: Device) -> dict[str, dict[str, Any]]:
-    """The results sink with latencies and write times removed (they differ run to run)."""
+    """The results sink with latencies and frame times removed (they differ run to run)."""
     out = {}
     for fid, pred in dev.results().items():
         pred.pop("latency_ms", None)

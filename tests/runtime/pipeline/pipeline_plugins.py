@@ -1,18 +1,18 @@
-"""Plug-ins the pipeline tests load by dotted path (``pipeline_plugins:<name>``)."""
+"""Plug-ins the pipeline tests load as a file (``pipeline_plugins.py:<name>``); not a test."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from runtime.pipeline.graph import PreSpec
+from runtime.pipeline.plugins import PreContext
 from runtime.pipeline.postprocess import PostContext
 from runtime.pipeline.prediction import Item
 
 
-def gray_pre(image: np.ndarray, spec: PreSpec) -> np.ndarray:
+def gray_pre(image: np.ndarray, ctx: PreContext) -> np.ndarray:
     """Gray, resized, scaled to [0, 1]; returned *without* the batch axis (the pipeline adds it)."""
-    tw, th = spec.resize
+    tw, th = ctx.input_size
     gray = cv2.cvtColor(cv2.resize(image, (tw, th)), cv2.COLOR_BGR2GRAY)
     return (gray.astype(np.float32) / 255.0)[None]
 

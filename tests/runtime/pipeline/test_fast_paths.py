@@ -150,7 +150,7 @@ def test_preprocess_batch_equals_concatenated_preprocess_when_crops_are_frame_vi
 
 
 def test_preprocess_batch_refuses_when_the_spec_has_a_plugin() -> None:
-    spec = PreSpec(resize=(8, 8), plugin="tests.runtime.pipeline.pipeline_plugins:gray_pre")
+    spec = PreSpec(resize=(8, 8), plugin="pipeline_plugins.py:gray_pre")
     with pytest.raises(PipelineError, match="one at a time"):
         preprocess_batch([np.zeros((8, 8, 3), np.uint8)], spec)
     with pytest.raises(PipelineError, match="no images"):

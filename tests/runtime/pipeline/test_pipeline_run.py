@@ -18,7 +18,7 @@ from pipeline_models import DIGITS, CountingBackend, FailingBackend
 from runtime.backends import load_backend
 from runtime.backends.base import Backend, BackendOptions
 from runtime.errors import PipelineError
-from runtime.pipeline import Pipeline, parse_pipeline_spec
+from runtime.pipeline import Pipeline, PluginLoader, parse_pipeline_spec
 from runtime.pipeline.prediction import Prediction
 
 OPTS = BackendOptions(threads=1)
@@ -55,7 +55,16 @@ def painted_frame(width: int = 192, height: int = 96) -> np.ndarray:
 
 def make_pipeline(stages: list[dict[str, Any]], models: dict[str, Backend]) -> Pipeline:
     spec = parse_pipeline_spec({"stages": stages})
-    return Pipeline(spec, models, DIGITS, bundle="digits", bundle_version=3, ontology_version=2)
+    plugins = PluginLoader.for_folder(Path(__file__).parent, ["pipeline_plugins.py"])
+    return Pipeline(
+        spec,
+        models,
+        DIGITS,
+        bundle="digits",
+        bundle_version=3,
+        ontology_version=2,
+        plugins=plugins,
+    )
 
 
 @pytest.fixture
@@ -169,22 +178,22 @@ def test_whole_frame_classifier_yields_one_item_when_stage_has_no_parent(
 # ---- plug-ins -------------------------------------------------------------------------------
 
 
-def test_plugins_replace_pre_and_post_when_named_by_dotted_path(
+def test_plugins_replace_pre_and_post_when_named_by_file(
     det: CountingBackend, classifier_dynamic: Path
 ) -> None:
     cls = load_backend("onnxruntime", classifier_dynamic, OPTS)
     detector = {
         "name": "halves",
         "model": "det",
-        "pre": {"resize": [96, 96], "color": "gray", "plugin": "pipeline_plugins:gray_pre"},
+        "pre": {"resize": [96, 96], "color": "gray", "plugin": "pipeline_plugins.py:gray_pre"},
         "post": {
             "type": "plugin",
-            "function": "pipeline_plugins:left_half",
+            "function": "pipeline_plugins.py:left_half",
             "params": {"score": 0.75},
         },
     }
     classifier = cls_stage(for_each="halves")
-    classifier["pre"] = dict(CLS_PRE, plugin="pipeline_plugins.gray_pre")
+    classifier["pre"] = dict(CLS_PRE, plugin="pipeline_plugins.py:gray_pre")
     pipe = make_pipeline([detector, classifier], {"det": det, "cls": cls})
     img = np.zeros((40, 80, 3), np.uint8)
     img[:, :40] = 255
@@ -198,16 +207,24 @@ def test_plugins_replace_pre_and_post_when_named_by_dotted_path(
 def test_plugin_post_gives_an_error_result_when_it_returns_the_wrong_type(
     det: CountingBackend,
 ) -> None:
-    stage = dict(DET_STAGE, post={"type": "plugin", "function": "pipeline_plugins:not_a_list"})
+    stage = dict(DET_STAGE, post={"type": "plugin", "function": "pipeline_plugins.py:not_a_list"})
     pipe = make_pipeline([stage], {"det": det})
     pred = pipe.run(painted_frame())
     assert pred.error is not None and "did not return a list of Item" in pred.error
 
 
-def test_pipeline_rejects_a_plugin_when_it_cannot_be_imported(det: CountingBackend) -> None:
-    stage = dict(DET_STAGE, post={"type": "plugin", "function": "no_such_module:fn"})
-    with pytest.raises(PipelineError, match="no_such_module"):
+def test_pipeline_rejects_a_plugin_when_its_file_is_not_listed(det: CountingBackend) -> None:
+    stage = dict(DET_STAGE, post={"type": "plugin", "function": "conftest.py:fn"})
+    with pytest.raises(PipelineError, match="not a file the manifest lists"):
         make_pipeline([stage], {"det": det})
+
+
+@pytest.mark.parametrize(
+    "ref", ["os:system", "pipeline_plugins:gray_pre", "../x.py:fn", "/etc/x.py:fn", "a.py:1x"]
+)
+def test_pipeline_spec_rejects_a_plugin_when_it_is_not_a_bundle_file(ref: str) -> None:
+    with pytest.raises(PipelineError, match="plug-in"):
+        parse_pipeline_spec({"stages": [dict(DET_STAGE, post={"type": "plugin", "function": ref})]})
 
 
 # ---- construction checks --------------------------------------------------------------------

@@ -18,14 +18,3 @@ def shadow_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_brightness_classifier(
         tmp_path_factory.mktemp("shadow_clf") / "classifier.onnx", batch=None
     )
-
-
-@pytest.fixture(autouse=True)
-def plugins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Worker and device processes import ``shadow_plugins`` by dotted path, like any plug-in."""
-    import os
-
-    here = str(Path(__file__).resolve().parent)
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    )

@@ -1,4 +1,5 @@
-"""Pre-processing plug-ins for shadow tests (``shadow_plugins:<name>``), not a test module.
+"""Pre-processing plug-ins for shadow tests, not a test module: :func:`shadowkit.build` ships
+this file in the bundle as ``plugins/shadow_plugins.py`` and names ``<that file>:<function>``.
 
 Each computes exactly what the built-in ``pre`` spec computes (so a candidate using it agrees
 with production), except on a *poison* frame — one whose pixel (25, 25) is at least 250 — where
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 
-from runtime.pipeline.graph import PreSpec
+from runtime.pipeline.plugins import PreContext
 from runtime.pipeline.preprocess import preprocess
 
 
@@ -21,23 +22,23 @@ def _poison(image: np.ndarray) -> bool:
     return bool(image[25, 25].min() >= 250)
 
 
-def _normal(image: np.ndarray, spec: PreSpec) -> np.ndarray:
-    return preprocess(image, spec.model_copy(update={"plugin": None}))[0]
+def _normal(image: np.ndarray, ctx: PreContext) -> np.ndarray:
+    return preprocess(image, ctx.spec.model_copy(update={"plugin": None}))[0]
 
 
-def segv_on_poison(image: np.ndarray, spec: PreSpec) -> np.ndarray:
+def segv_on_poison(image: np.ndarray, ctx: PreContext) -> np.ndarray:
     if _poison(image):
         os.kill(os.getpid(), signal.SIGSEGV)
-    return _normal(image, spec)
+    return _normal(image, ctx)
 
 
-def hang_on_poison(image: np.ndarray, spec: PreSpec) -> np.ndarray:
+def hang_on_poison(image: np.ndarray, ctx: PreContext) -> np.ndarray:
     while _poison(image):
         time.sleep(3600)
-    return _normal(image, spec)
+    return _normal(image, ctx)
 
 
-def raise_on_poison(image: np.ndarray, spec: PreSpec) -> np.ndarray:
+def raise_on_poison(image: np.ndarray, ctx: PreContext) -> np.ndarray:
     if _poison(image):
         raise RuntimeError("poison frame")
-    return _normal(image, spec)
+    return _normal(image, ctx)

@@ -10,6 +10,7 @@ detector stage that misbehaves on poison frames.
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def build(
     src = write_source(root / f"src-v{version}", BOXES, classifier)
     if plugin is not None:
         pipe = copy.deepcopy(PIPELINE)
-        pipe["stages"][0]["pre"]["plugin"] = f"shadow_plugins:{plugin}"
+        pipe["stages"][0]["pre"]["plugin"] = f"plugins/shadow_plugins.py:{plugin}"
         (src / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
+        (src / "plugins").mkdir()
+        shutil.copyfile(HERE / "shadow_plugins.py", src / "plugins" / "shadow_plugins.py")
     if swap is not None:
         classes = list(CLASSES)
         i, j = classes.index(swap[0]), classes.index(swap[1])

@@ -1,0 +1,1 @@
+"""Fuzzing of every parser that takes outside bytes (issue 12); see :mod:`fuzz.targets`."""
