@@ -34,10 +34,11 @@ labelstudio:
 	@bash .ci/labelstudio
 
 test: install sysdeps labelstudio fuzz-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
-	@# A short coverage-guided pass over every parser (make fuzz runs them for longer).
+	@# A short coverage-guided pass over every parser first (make fuzz runs them for longer), so
+	@# that pytest's summary is the run's closing line.
 	@$(PY) -c "import atheris" 2>/dev/null && $(PY) -m fuzz --seconds 1 --jobs 4 \
 		|| echo "note: atheris not installed, coverage-guided fuzzing skipped"
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes, FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60
