@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from hub.api._common import BLOBS, DB, LEADER
+from hub.api.history import fleet_rows
 from hub.metrics import METRICS
+from hub.replay.fleet_metrics import prometheus_collector
 
 log = logging.getLogger("leanloop.hub.ops")
 
 routes = web.RouteTableDef()
 
 _HEALTH_TIMEOUT_S = 5.0
+FLEET_WINDOW_S = 86400.0  # /metrics: this day beside the previous one
 
 
 @routes.get("/healthz")
@@ -60,4 +64,14 @@ async def metrics(request: web.Request) -> web.Response:
         m.rollouts.labels(status).set(n)
     m.leader.set(1 if request.app[LEADER].is_leader else 0)
     body = generate_latest(m.registry)
+    # The fleet's comparative metrics (docs/replay.md): per cohort and version, the last day
+    # beside the day before, from the prediction stream, feedback and shadow telemetry.
+    try:
+        rows = await fleet_rows(request.app, ["cohort", "version"], FLEET_WINDOW_S, time.time(), [])
+    except Exception as e:  # a scrape must not fail because one source is unreadable
+        log.warning("metrics: fleet metrics: %s", e)
+        rows = []
+    fleet = CollectorRegistry(auto_describe=False)
+    fleet.register(prometheus_collector(lambda: rows))
+    body += generate_latest(fleet)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api._common import BLOBS, CONFIG, DB
+from hub.api._common import BLOBS, DB
 from hub.api.rollouts import apply_action
 from hub.api.shadow import aggregate_shadow
 from hub.errors import HubHTTPError
@@ -296,6 +296,22 @@ async def reports(request: web.Request, who: Viewer) -> web.StreamResponse:
         labels = sorted(set(flips) | {c for row in flips.values() for c in row})
         g["flip_labels"] = labels
         g["flip_rows"] = [(a, [flips.get(a, {}).get(b, 0) for b in labels]) for a in labels]
-    return render(
-        request, "reports.html", who, shadow=groups, data_dir=str(request.app[CONFIG].data_dir)
+    replays = await db.call(db.reports, 50)
+    return render(request, "reports.html", who, shadow=groups, replays=replays)
+
+
+@routes.get("/ui/reports/replay/{digest:[0-9a-f]{16,64}}")
+@page()
+async def replay_report(request: web.Request, who: Viewer) -> web.StreamResponse:
+    """A replay/gate report's own self-contained HTML page (plots inline), sandboxed."""
+    db = request.app[DB]
+    row = await db.call(db.report, request.match_info["digest"])
+    if row is None or not row.get("html_sha256"):
+        raise web.HTTPNotFound(reason="no such replay report page")
+    data = await db.call(request.app[BLOBS].read, row["html_sha256"])
+    resp = web.Response(body=data, content_type="text/html", charset="utf-8")
+    resp.headers["Content-Security-Policy"] = (
+        "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
     )
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp

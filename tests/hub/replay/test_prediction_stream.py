@@ -148,3 +148,25 @@ def test_hub_refuses_bombs_garbage_and_bad_events_with_4xx(hub: LiveHub) -> None
     code, text = _post(hub, token, gzip.compress(json.dumps({"events": [old]}).encode()))
     assert code == 200 and json.loads(text)["received"] == 1
     assert hub.app[DB].predictions() == []
+
+
+def test_hub_metrics_when_scraped_show_the_fleet_per_cohort_beside_the_previous_day(
+    hub: LiveHub,
+) -> None:
+    token = HubClient(hub.url).enroll("cam-3", hub.enroll_token, "north")
+    now = time.time()
+    events = [
+        {"id": f"{n:016x}-00000003", "time": now - 60 - n, "bundle": "digits", "version": 3,
+         "label": "7", "latency_ms": 2.0}
+        for n in range(5)
+    ] + [{"id": "00000000000000ff-00000003", "time": now - 86400 - 60, "bundle": "digits",
+          "version": 3, "label": "7", "latency_ms": 2.0}]  # fmt: skip
+    code, text = _post(hub, token, gzip.compress(json.dumps({"events": events}).encode()))
+    assert code == 200, text
+    with urllib.request.urlopen(f"{hub.url}/metrics") as r:
+        scrape = r.read().decode()
+    assert 'leanloop_frames{cohort="north",period="current",version="3"} 5.0' in scrape or (
+        'leanloop_frames{cohort="north",version="3",period="current"} 5.0' in scrape
+    ), scrape[-2000:]
+    assert 'period="previous"' in scrape
+    assert "leanloop_hub_requests_total" in scrape  # the hub's own metrics stay

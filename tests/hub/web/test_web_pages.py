@@ -331,3 +331,26 @@ async def test_rollout_action_when_admin_pauses_changes_the_rollout(
     assert "pause done" in html
     st = await hub.client.get(f"{API}/admin/rollouts/{rid}", headers=hub.admin)
     assert (await st.json())["status"] == "paused"
+
+
+@pytest.mark.asyncio
+async def test_reports_when_a_replay_report_is_stored_link_its_sandboxed_page(
+    hub: Hub, person: Any
+) -> None:
+    from hub.api._common import BLOBS, DB
+
+    app = hub.client.server.app
+    db, blobs = app[DB], app[BLOBS]
+    page_html = b"<html><body><h1>gate: blocked</h1><svg></svg></body></html>"
+    html_sha, _ = await db.call(blobs.put, page_html)
+    json_sha, _ = await db.call(blobs.put, b"{}")
+    digest = "ab" * 16
+    await db.call(db.add_report, digest, "digits", 4, "cd" * 16, "blocked", json_sha, html_sha)
+    b = await person()
+    await b.login(await _token(hub, "vic", "viewer"))
+    status, html = await b.get("/ui/reports")
+    assert status == 200 and f"/ui/reports/replay/{digest}" in html and "blocked" in html
+    resp = await b.s.get(f"/ui/reports/replay/{digest}")
+    assert resp.status == 200 and await resp.read() == page_html
+    assert resp.headers["Content-Security-Policy"].startswith("sandbox")
+    assert (await b.get(f"/ui/reports/replay/{'ef' * 16}"))[0] == 404
