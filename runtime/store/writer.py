@@ -122,6 +122,7 @@ class StoreWriter:
         batch: int = 4,
         max_rate: float = 0.0,
         source: str | None = None,
+        camera: str | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -144,6 +145,8 @@ class StoreWriter:
         # The frame source's key: each write carries the newest frame decided, so the store
         # persists the source cursor in the same transaction (SampleStore.put_many).
         self.source = source
+        # The source's name, kept on every record (``extra.camera``): replay slices by camera.
+        self.camera = camera
         self._slot_through: str | None = None
         self._rng = random.Random(seed)
         # The open write slot (max_rate > 0): its end (monotonic), its best frame, its uniform
@@ -399,6 +402,7 @@ class StoreWriter:
                 random_slice=c.in_slice,
                 # A human's word on the earlier copy stays with the frame.
                 feedback=c.kept.feedback if c.kept is not None else None,
+                extra={"camera": self.camera} if self.camera else {},
             )
             built.append((record, c))
         if not built:
@@ -495,6 +499,7 @@ def open_store_and_writer(cfg: DeviceConfig, path: Path) -> tuple[SampleStore, S
             seed=sa.seed,
             max_rate=st.max_rate,
             source=source_key(cfg.source),
+            camera=cfg.source.name,
         )
     except BaseException:
         store.close()

@@ -59,11 +59,14 @@ def store(tmp_path: Path) -> Iterator[SampleStore]:
 
 
 def test_writer_stores_scored_jpeg_record_when_frame_is_offered(store: SampleStore) -> None:
-    w = StoreWriter(store, make_scorer({"margin": 1.0}), device_id="dev-9", jpeg_quality=80)
+    w = StoreWriter(
+        store, make_scorer({"margin": 1.0}), device_id="dev-9", jpeg_quality=80, camera="gate-2"
+    )
     assert w.offer(frame(), prediction([0.55, 0.45], "a.png")) is True
     assert w.close(timeout=5) is True
     [rec] = store.top(5)
     assert rec.device_id == "dev-9" and rec.frame_id == "a.png"
+    assert rec.extra == {"camera": "gate-2"}  # replay slices history by camera
     assert (rec.bundle, rec.bundle_version, rec.ontology_version) == ("digits", 4, 2)
     assert rec.scores == pytest.approx({"margin": 0.9})
     assert rec.priority == pytest.approx(0.9)
