@@ -67,6 +67,14 @@ def test_boxes_when_sent_to_label_studio_and_back_are_the_same() -> None:
     assert back.boxes == [[8.0, 6.0, 40.0, 30.0, "3"], [0.0, 0.0, 80.0, 60.0, "7"]]
 
 
+def test_classification_when_sent_and_back_is_one_choice() -> None:
+    task = task_for("s2", "http://hub/img", [{"label": "cat", "score": 0.9}], (80, 60), "pets v2")
+    (region,) = task["predictions"][0]["result"]
+    assert region["type"] == "choices" and region["value"] == {"choices": ["cat"]}
+    back = annotation_of(task["predictions"][0]["result"])
+    assert (back.label, back.boxes, back.problems) == ("cat", [], [])
+
+
 def test_annotation_when_results_are_bad_names_every_problem() -> None:
     result = [
         {"id": "a", "type": "rectanglelabels", "original_width": 80, "original_height": 60,

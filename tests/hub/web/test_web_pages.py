@@ -354,3 +354,38 @@ async def test_reports_when_a_replay_report_is_stored_link_its_sandboxed_page(
     assert resp.status == 200 and await resp.read() == page_html
     assert resp.headers["Content-Security-Policy"].startswith("sandbox")
     assert (await b.get(f"/ui/reports/replay/{'ef' * 16}"))[0] == 404
+
+
+@pytest.mark.asyncio
+async def test_jobs_when_a_job_wrote_a_model_card_show_its_metrics_and_confusion(
+    hub: Hub, person: Any
+) -> None:
+    import json
+
+    from hub.api._common import CONFIG, DB
+
+    app = hub.client.server.app
+    db = app[DB]
+    job = await db.call(db.add_job, {"bundle": "pets", "version": 2})
+    source = Path(app[CONFIG].data_dir) / "jobs" / str(job) / "source"
+    source.mkdir(parents=True)
+    card = {
+        "format": "leanloop.model_card/1", "task": "classify", "time_s": 42.0,
+        "data": {"dataset": "pets", "version": "3", "items": 120,
+                 "ontology": {"id": "pets", "version": 2, "classes": ["cat", "<dog>"]}},
+        "parity": {"max_abs_diff": {"openvino": 2e-6, "tflite": 7e-7}, "skipped": {}},
+        "metrics": {"classifier": {
+            "overall": {"accuracy": 0.875},
+            "per_class": {"cat": {"precision": 0.9, "recall": 0.8},
+                          "<dog>": {"precision": 0.85, "recall": 0.95}},
+            "confusion": {"labels": ["cat", "<dog>"], "matrix": [[8, 2], [1, 19]]}}},
+    }  # fmt: skip
+    (source / "model_card.json").write_text(json.dumps(card))
+    await db.call(db.set_job, job, "done", log_path=str(source.parent / "job.log"))
+    b = await person()
+    await b.login(hub.admin_token)
+    status, html = await b.get("/ui/jobs")
+    assert status == 200 and f'data-job="{job}"' in html
+    assert "accuracy <b>0.875</b>" in html and "pets v3, 120 items" in html
+    assert "&lt;dog&gt;" in html and "<dog>" not in html
+    assert 'class="heat7">8<' in html and 'class="heat8">19<' in html
