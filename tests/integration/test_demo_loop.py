@@ -50,7 +50,7 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
         timeout_s=180,
         train_params=FAST_TRAINING,
     )
-    rows = run_demo(s)
+    rows, out = run_demo(s)
     assert [(r.iteration, r.arm, r.version) for r in rows] == [
         (0, "unc", 1),
         (0, "rnd", 1),
@@ -65,7 +65,15 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
     # The MVP actually reads digits (this is real training on real digits, not a stub).
     assert first.digit_accuracy > 0.3
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert len(report["rows"]) == 4
+    assert len(report["rows"]) == 4 and report["total_s"] == out["total_s"] > 0
+    # Where the time went: both arms' jobs ran at once, ONNX only (what the devices run).
+    phases = report["phases"]
+    for name in ("training v1", "training (wall, arms in parallel)", "replay gate",
+                 "publish (sign, deltas) + rollout", "device catch-up"):  # fmt: skip
+        assert phases[name]["s"] > 0, name
+    assert phases["  of which export (onnx)"]["n"] == 3  # v1 + one job per arm
+    notes = json.loads((tmp_path / "demo" / "sources" / "unc-v2" / "notes.json").read_text())
+    assert not any(k.startswith(("max_diff.", "export_skipped.")) for k in notes)
     # One gate decision per iteration and arm: v2 replayed against v1 on the labelled history
     # (blessed when it passed; the hub requires a blessing or an audited --force).
     for r in rows[2:]:
