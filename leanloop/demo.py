@@ -45,6 +45,7 @@ from leanloop.demo_view import (
     Phases,
     export_seconds,
     job_line,
+    print_parts,
     print_phases,
     print_rows,
     print_summary,
@@ -189,6 +190,7 @@ class Demo:
         self.last_job: dict[str, int] = {}
         self.gates: dict[tuple[str, int], dict[str, Any]] = {}  # (arm, version) -> gate decision
         self.phases = Phases()
+        self.rollouts: dict[tuple[str, int], int] = {}  # (arm, version) -> staged rollout id
         self.jobs_at_once = 1 if s.full else len(ARMS)
 
     def say(self, msg: str) -> None:
@@ -206,11 +208,12 @@ class Demo:
         (self.work / MARKER).write_text("made by leanloop demo; deleted by the next run\n")
 
     def start_hub(self) -> None:
-        from hub.client import HubAdminClient
+        from hub.fleet_client import FleetClient
         from hub.signing import init_keys
 
         init_keys(self.work / "keys")
-        (self.work / "hub.yaml").write_text(yaml.safe_dump({"job_concurrency": self.jobs_at_once}))
+        hub_cfg = {"job_concurrency": self.jobs_at_once, "rollout_tick_s": 0.5}
+        (self.work / "hub.yaml").write_text(yaml.safe_dump(hub_cfg))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs.start(
@@ -243,7 +246,7 @@ class Demo:
             time.sleep(0.1)
         self.admin_token = (self.work / "hub" / "admin.token").read_text().strip()
         self.enroll_token = (self.work / "hub" / "enroll.token").read_text().strip()
-        self.hub = HubAdminClient(self.url, self.admin_token)
+        self.hub = FleetClient(self.url, self.admin_token)
         self.say(f"hub on {self.url}")
 
     def _port_open(self) -> bool:
@@ -460,7 +463,10 @@ class Demo:
                     labels=self.labels[arm],
                     bytes_per_device=int(np.mean(bytes_dl)),
                     wall_s=round(time.monotonic() - self.t0, 1),
-                    extra={"gate": self.gates.get((arm, self.version[arm]))},
+                    extra={
+                        "gate": self.gates.get((arm, self.version[arm])),
+                        "rollout": self.rollout_summary(arm, self.version[arm]),
+                    },
                 )
             )
 
@@ -597,7 +603,59 @@ class Demo:
             reason = self.gate(arm, out, version)  # None: blessed
         with self.phases.time("publish (sign, deltas) + rollout"):
             self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
-            self.hub.rollout(f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo")
+            if version == 1:  # no device is enrolled yet: v1 is the cohort's desired bundle
+                self.hub.rollout(
+                    f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo"
+                )
+                return
+            # A staged rollout: one canary device first; the rest once it runs the version.
+            spec = {"bundle": f"digits-{arm}", "version": version, "cohort": arm,
+                    "waves": [{"count": 1}, {"percent": 100}], "soak_s": 1.0}  # fmt: skip
+            r = self.hub.create_rollout(spec, force_reason=reason, who="demo")
+            self.rollouts[(arm, version)] = int(r["id"])
+
+    def operator_correction(self, arm: str) -> dict[str, Any] | None:
+        """An operator at device ``<arm>-1`` corrects one wrong digit of an uploaded sample
+        with the real CLI (``leanloop feedback correct``, through the device's control socket);
+        the demo waits for the correction to reach the hub's feedback metrics."""
+        dev = f"{arm}-1"
+        for meta in self.hub.samples(f"digits-{arm}", state="pending", limit=200):
+            if meta.get("device_id") != dev or f"1/{meta['frame_id']}" not in self.gt:
+                continue
+            boxes, labels = self.gt[f"1/{meta['frame_id']}"]
+            stages = (meta.get("prediction") or {}).get("stages") or {}
+            items = list(stages.values())[-1]["items"] if stages else []
+            for k, it in enumerate(items):
+                for box, lbl in zip(boxes, labels, strict=True):
+                    box_ok = it.get("box") and _iou(tuple(box), tuple(it["box"])) >= 0.5
+                    if box_ok and it.get("label") != str(lbl):
+                        return self._correct(dev, meta["id"], k, str(it["label"]), str(lbl))
+        return None  # every uploaded digit was read right
+
+    def _correct(self, dev: str, sample: str, item: int, said: str, label: str) -> dict[str, Any]:
+        cfg = self.work / "devices" / dev / "device.yaml"
+        argv = [sys.executable, "-m", "leanloop.cli", "feedback", "correct", sample, "--label",
+                label, "--item", str(item), "--who", "operator", "--config", str(cfg)]  # fmt: skip
+        run = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if run.returncode != 0:
+            raise DemoError(f"feedback correct failed: {(run.stderr or run.stdout).strip()}")
+
+        def at_hub() -> bool:
+            hub = (self.hub.feedback_metrics()["devices"].get(dev) or {}).get("hub") or {}
+            return bool((hub.get("confusion") or {}).get(said, {}).get(label))
+
+        self.wait(f"the correction of {sample} at the hub", at_hub, timeout=60)
+        self.say(f"operator at {dev} corrected {said} → {label} on {sample}; the hub has it")
+        return {"device": dev, "sample": sample, "item": item, "said": said, "label": label}
+
+    def rollout_summary(self, arm: str, version: int) -> dict[str, Any] | None:
+        """The staged rollout of this version: its status and per-wave counts (canary first)."""
+        rid = self.rollouts.get((arm, version))
+        if rid is None:
+            return None
+        r = self.hub.rollout_status(rid)
+        waves = [{k: w[k] for k in ("target", "succeeded", "failed")} for w in r["waves"]]
+        return {"id": rid, "status": r["status"], "waves": waves}
 
     def run(self) -> list[Row]:
         with self.phases.time("setup (data, hub, seed import)"):
@@ -620,6 +678,9 @@ class Demo:
                 self.segment_frames(it)
                 self.wait_segment(it)
             self.measure(it)
+            if it == 0:
+                with self.phases.time("operator correction → hub"):
+                    self.rows[-2].extra["correction"] = self.operator_correction("unc")
             if not self.s.quiet:
                 print_rows(self.rows, it, stderr=False)
             if it == self.s.iterations:
@@ -657,6 +718,7 @@ def run_demo(s: DemoSettings) -> tuple[list[Row], dict[str, Any]]:
     (demo.work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if not s.quiet:
         print_summary(rows)
+        print_parts(rows)
         print_phases(phases, total, GOAL_S)
         print(f"report: {demo.work / 'report.json'}", file=sys.stderr)
     return rows, report

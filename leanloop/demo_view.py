@@ -16,7 +16,17 @@ if TYPE_CHECKING:
 
     from leanloop.demo import Row
 
-__all__ = ["JobView", "Phases", "job_line", "print_phases", "print_rows", "print_summary"]
+__all__ = [
+    "JobView",
+    "Phases",
+    "job_line",
+    "parts_lines",
+    "print_parts",
+    "print_phases",
+    "print_rows",
+    "print_summary",
+    "rollout_cell",
+]
 
 _PROGRESS = re.compile(r"^progress (\w+) (\d+)/(\d+) loss=([0-9.naif]+)\s*$", re.M)
 _EXPORT = re.compile(r"^export_s = ([0-9.]+)", re.M)
@@ -90,12 +100,21 @@ class JobView:
             self._live.__exit__(None, None, None)
 
 
+def rollout_cell(r: dict[str, Any] | None) -> str:
+    """``canary 1/1 → 2/2 done``: devices running it per wave, and the rollout's status."""
+    if not r:
+        return "-"
+    waves = [f"{w['succeeded']}/{w['target']}" for w in r["waves"]]
+    return f"canary {' → '.join(waves)} {r['status']}"
+
+
 def print_rows(rows: list[Row], it: int, stderr: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"iteration {it}")
-    cols = ("arm", "model", "gate", "frame acc", "digit acc", "labels", "bytes/device", "wall s")
+    cols = ("arm", "model", "gate", "rollout", "frame acc", "digit acc", "labels",
+            "bytes/device", "wall s")  # fmt: skip
     for col in cols:
         t.add_column(col)
     for r in rows:
@@ -104,6 +123,7 @@ def print_rows(rows: list[Row], it: int, stderr: bool) -> None:
                 "uncertainty" if r.arm == "unc" else "random",
                 f"v{r.version}",
                 (r.extra.get("gate") or {}).get("decision", "-"),
+                rollout_cell(r.extra.get("rollout")),
                 f"{r.frame_accuracy:.1%}",
                 f"{r.digit_accuracy:.1%}",
                 str(r.labels),
@@ -131,6 +151,40 @@ def print_summary(rows: list[Row]) -> None:
             f"{u.frame_accuracy - r_.frame_accuracy:+.1%}",
             f"{u.bytes_per_device:,}",
         )
+    Console().print(t)
+
+
+def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
+    """One line per part of the loop the run exercised beyond train/publish/update (what
+    wave 2 added): the replay gate per candidate, the staged rollouts, the operator's fix."""
+    out: list[tuple[str, str]] = []
+    gates = [f"{r.arm} v{r.version}: {r.extra['gate']['decision']}" for r in rows
+             if r.extra.get("gate") and r.extra["gate"].get("frames")]  # fmt: skip
+    if gates:
+        out.append(("replay gate (per candidate)", ", ".join(gates)))
+    rolls = [f"{r.arm} v{r.version}: {rollout_cell(r.extra['rollout'])}" for r in rows
+             if r.extra.get("rollout")]  # fmt: skip
+    if rolls:
+        out.append(("staged rollout (canary first)", ", ".join(rolls)))
+    for r in rows:
+        if fix := r.extra.get("correction"):
+            out.append((
+                "operator correction → hub",
+                f"{fix['device']}: {fix['said']} → {fix['label']} on {fix['sample']} (item "
+                f"{fix['item']}), in the hub's feedback metrics",
+            ))  # fmt: skip
+    return out
+
+
+def print_parts(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="the loop's parts in this run")
+    t.add_column("part")
+    t.add_column("what happened")
+    for part, what in parts_lines(rows):
+        t.add_row(part, what)
     Console().print(t)
 
 

@@ -80,6 +80,14 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
         gate = r.extra["gate"]
         assert gate["decision"] in ("pass", "blocked") and gate["frames"] > 0
     assert report["rows"][2]["extra"]["gate"] == rows[2].extra["gate"]
+    # v2 went out as a staged rollout: a one-device canary, then the rest of the cohort.
+    for r in rows[2:]:
+        waves = r.extra["rollout"]["waves"]
+        assert waves[0]["target"] == 1 and waves[0]["succeeded"] == 1 and not waves[0]["failed"]
+    assert rows[0].extra["rollout"] is None  # v1: the cohort's desired bundle before enrolment
+    # An operator corrected a wrong digit with `leanloop feedback correct`; the hub counted it.
+    fix = rows[0].extra["correction"]
+    assert fix["device"] == "unc-1" and fix["said"] != fix["label"]
     assert (tmp_path / "demo" / "replay" / "unc-v2" / "report" / "report.html").exists()
     # Devices uploaded samples, and every sample the oracle labelled came from a device.
     hub_db = tmp_path / "demo" / "hub" / "hub.sqlite3"
