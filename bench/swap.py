@@ -157,10 +157,11 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         def install(v: int) -> float:
             """Stage v the way the update thread does; wait for its commit. Returns its time."""
             t = time.perf_counter()
-            svc._stage("digits", v)
-            while svc.machine.state is not InstallState.COMMITTED:
-                if svc.machine.state in (InstallState.FAILED, InstallState.ROLLED_BACK):
-                    raise RuntimeError(f"v{v}: {svc.machine.record.reason}")
+            machine = svc.installer.machine
+            svc.installer.update_to("digits", v, fetcher)
+            while machine.state is not InstallState.COMMITTED:
+                if machine.state in (InstallState.FAILED, InstallState.ROLLED_BACK):
+                    raise RuntimeError(f"v{v}: {machine.record.reason}")
                 time.sleep(0.01)
             return time.perf_counter() - t
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from hub.signing import ROLES, init_keys, rotate_root
-from runtime.errors import LeanloopError
+from runtime.errors import LeanloopError, first_line
 
 __all__ = ["hub_app", "keys_app", "publish_command"]
 
@@ -87,7 +87,7 @@ def serve(
     try:
         cfg = load_hub_config(config, {k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
-        typer.secho(f"error: {str(e).splitlines()[0]}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {first_line(e)}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from e
     try:
         run(cfg)

@@ -15,9 +15,11 @@ import contextlib
 import logging
 from typing import Any
 
+from runtime.errors import first_line
+
 __all__ = ["Leader"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.leader")
 
 LEADER_LOCK = 0x6C6C6C64  # "llld"
 
@@ -47,7 +49,7 @@ class Leader:
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
             won = bool(row and row[0])
         except psycopg.Error as e:
-            log.warning("leader election: %s", str(e).splitlines()[0] if str(e) else e)
+            log.warning("leader election: %s", first_line(e))
             self._conn, won = None, False
         if won and not self.is_leader:
             log.info("this hub replica now leads (timestamp, jobs, rollouts)")

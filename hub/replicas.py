@@ -36,7 +36,7 @@ __all__ = [
     "cluster_lock_async",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.replicas")
 
 START_LOCK_KEY = 0x6C6C7374  # "llst"
 PUBLISH_LOCK_KEY = 0x6C6C7062  # "llpb"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
 from runtime.errors import ConfigError, LeanloopError, PipelineError
 
-__all__ = ["admin_client", "handled"]
+__all__ = ["_fail", "_state_dir", "admin_client", "handled"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)
@@ -51,3 +52,12 @@ def admin_client(hub: str, token: str | None) -> Any:
     if not token:
         raise ConfigError("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN")
     return HubAdminClient(hub, token)
+
+
+def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
+    """The device's state folder: ``--state-dir``, else the config's ``state_dir``."""
+    if state_dir is not None:
+        return state_dir
+    from runtime.config import load_config
+
+    return load_config(config).state_dir

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from leanloop._cli_common import _fail, admin_client, handled
+from leanloop._cli_common import _fail, _state_dir, admin_client, handled
 from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows
 from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, first_line
@@ -117,19 +117,11 @@ def infer(
     from leanloop._infer import native_stderr_filtered, run_infer
 
     # Each bad image is reported once, by run_infer; the pipeline's own warnings only with -v.
-    logging.getLogger("runtime").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.getLogger("leanloop").setLevel(logging.DEBUG if verbose else logging.ERROR)
     with contextlib.nullcontext() if verbose else native_stderr_filtered():
         code = run_infer(images, bundle, backend, threads, as_json)
     if code:
         raise typer.Exit(code)
-
-
-def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
-    if state_dir is not None:
-        return state_dir
-    from runtime.config import load_config
-
-    return load_config(config).state_dir
 
 
 def _store_bytes(config: Path | None) -> int:
@@ -164,8 +156,6 @@ def status(
         f"{act.get('bundle')} v{act.get('version')} ({act.get('status')})" if act else "none",
     )
     t.add_row("previous", f"{prev.get('bundle')} v{prev.get('version')}" if prev else "none")
-    if engines := st.get("engines"):
-        t.add_row("engines", ", ".join(f"{k}={e}" for k, e in engines.items()))
     inst = st.get("install") or {}
     t.add_row(
         "update",
@@ -187,6 +177,10 @@ def status(
         f"{s.get('count', 0)} samples, {s.get('bytes', 0)} / "
         f"{s.get('max_bytes', 0)} bytes, {s.get('pending', 0)} to upload",
     )
+    from runtime.operator import status_notes
+
+    for key, text in status_notes(st):
+        t.add_row(key, text)
     for k, v in status_rows(st):
         t.add_row(k, v)
     if fb := st.get("feedback"):  # per class: leanloop status --json
@@ -663,6 +657,12 @@ app.add_typer(ontology_app, name="ontology")
 from leanloop.cli_replay import replay_app  # noqa: E402
 
 app.registered_commands += replay_app.registered_commands  # replay, bless, metrics
+
+
+from leanloop.cli_config import config_app, mark_good  # noqa: E402  (the app is made above)
+
+app.add_typer(config_app, name="config")
+app.command("mark-good")(mark_good)
 
 
 def main() -> None:

@@ -65,6 +65,10 @@ def _summary(card: dict[str, Any], source: str) -> None:
 
 
 def _local(spec: Any, out: Path, as_json: bool) -> None:
+    from trainer.spec import load_spec_dataset
+
+    dataset_at = load_spec_dataset(spec)  # a bad dataset fails before torch is even imported
+    dataset_at[0].check()
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from trainer.engine import EpochReport
@@ -98,7 +102,7 @@ def _local(spec: Any, out: Path, as_json: bool) -> None:
             value = "pruned" if row["state"] == "PRUNED" else f"{row['value'] or 0:.3f}"
             progress.update(bars["search"], advance=1, info=f"trial {row['number']}: {value}")
 
-        result = run_spec(spec, out, on_epoch, on_trial)
+        result = run_spec(spec, out, on_epoch, on_trial, dataset_at)
     if as_json:
         typer.echo(json.dumps({"source": result["source"], "card": result["card"]}, indent=1))
     else:

@@ -380,9 +380,20 @@ class DeviceConfig(_Strict):
 
 
 def load_config(path: Path | None) -> DeviceConfig:
-    """Read and validate a device config. Raises ConfigError naming the file and the key."""
+    """Read and validate a device config. Raises ConfigError naming the file and the key.
+
+    The inference engines are checked here too (an unknown name, or none installed), so a
+    device refuses such a config before it touches any slot: a typo in ``inference.backend``
+    must never make it mark a bundle bad for failing to load.
+    """
+    from runtime.config_check import engine_problems
+
     if path is None:
-        return DeviceConfig()
+        cfg = DeviceConfig()
+        problems = engine_problems(cfg.inference.backend)
+        if problems:
+            raise ConfigError(f"inference.backend: {problems[0]}")
+        return cfg
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError as e:
@@ -391,9 +402,21 @@ def load_config(path: Path | None) -> DeviceConfig:
         raise ConfigError(f"{path}: not readable YAML: {first_line(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    inference = data.get("inference")
+    backend = inference.get("backend") if isinstance(inference, dict) else None
+    # The engine check first: a typo there is said with "did you mean", and an engine that is
+    # not installed is refused before the service touches any slot.
+    found = [f"inference.backend: {p}" for p in engine_problems(backend)]
     try:
-        return DeviceConfig.model_validate(data)
+        cfg = DeviceConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{path}: {loc}: {first['msg']}") from e
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            if found and loc[:2] == ("inference", "backend"):
+                continue  # already said above
+            found.append(f"{'.'.join(loc)}: {err['msg']}")
+    if found:
+        more = len(found) - 1
+        hint = f" (and {more} more: leanloop config check {path})" if more else ""
+        raise ConfigError(f"{path}: {found[0]}{hint}")
+    return cfg

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from runtime._atomic import atomic_write_json
 from runtime.errors import HubError
-from runtime.protocol import Desired, Heartbeat, ShadowTelemetry, validation_reason
+from runtime.protocol import Desired, Heartbeat, ShadowTelemetry, UploadAnswer, validation_reason
 from runtime.uploader import PartAnswer
 
 __all__ = ["HubClient", "load_or_enroll"]
@@ -157,11 +157,11 @@ class HubClient:
 
     @staticmethod
     def _part_answer(data: Any, what: str) -> PartAnswer:
-        status = data.get("status") if isinstance(data, dict) else None
-        offset = data.get("offset") if isinstance(data, dict) else None
-        if status not in ("partial", "stored", "duplicate") or not isinstance(offset, int):
-            raise HubError(f"{what}: unexpected hub answer {data!r}"[:200])
-        return PartAnswer(str(status), offset)
+        try:
+            answer = UploadAnswer.model_validate(data)
+        except ValidationError:
+            raise HubError(f"{what}: unexpected hub answer {data!r}"[:200]) from None
+        return PartAnswer(answer.status, answer.offset)
 
     def upload_status(self, sample_id: str, sha256: str) -> PartAnswer:
         """Whether the hub stores the sample, else how many bytes of this payload it holds."""

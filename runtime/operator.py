@@ -1,10 +1,11 @@
 """Operator commands that work on the device, with the service up or down.
 
-With the service running, ``leanloop status``, ``rollback`` and ``feedback`` go through its
-control socket (:mod:`runtime.control`): the status is live, a rollback swaps bundles between
-two frames, feedback goes through the service's own sample store. With the service stopped they
-act on the state folder: ``status`` reads ``status.json`` (or the slot state), ``rollback``
-runs the same persisted install-machine transitions the service uses (and refuses if a service
+With the service running, ``leanloop status``, ``rollback``, ``feedback`` and ``mark-good`` go
+through its control socket (:mod:`runtime.control`): the status is live, a rollback swaps
+bundles between two frames, feedback goes through the service's own sample store, mark-good is
+stored by the installer. With the service stopped they act on the state folder: ``status``
+reads ``status.json`` (or the slot state), ``rollback`` runs the same persisted install-machine
+transitions the service uses and ``mark-good`` edits the slot table (both refuse if a service
 is alive but does not answer: it owns the state then), ``feedback`` opens the store itself.
 """
 
@@ -22,11 +23,13 @@ __all__ = [
     "feedback",
     "give_feedback",
     "list_samples",
+    "mark_good",
     "offline_rollback",
     "read_status",
     "rollback",
     "service_pid",
     "status",
+    "status_notes",
 ]
 
 
@@ -67,6 +70,11 @@ def read_status(state_dir: Path) -> dict[str, Any]:
                 "version": i.version,
                 "status": i.status,
             }
+        st["rolled_back_by_operator"] = inst.state.value == "rolled_back" and inst.by_operator
+        st["held_back"] = {b: sorted(v) for b, v in slots.state.held.items() if v}
+        from runtime.quarantine import quarantine_summary
+
+        st["quarantine"] = quarantine_summary(state_dir)
     st["running"] = service_pid(state_dir) is not None
     return st
 
@@ -83,11 +91,38 @@ def offline_rollback(state_dir: Path) -> str:
     machine = InstallMachine(slots)
     machine.recover()  # what the service would do at start: settle an interrupted update first
     slots.recover()
-    machine.begin_rollback("operator rollback (service stopped)")
+    machine.begin_rollback("operator rollback (service stopped)", by_operator=True)
     slot = machine.finish_rollback()
     assert slot is not None  # begin_rollback checked there is a committed previous slot
     i = slots.info(slot)
     return f"rolled back to {i.bundle} v{i.version} (slot {slot})"
+
+
+def mark_good(state_dir: Path, version: int, bundle: str | None = None) -> str:
+    """Let ``bundle`` ``version`` be installed again after an operator rollback (or a failure),
+    through the service when it runs. Raises UpdateError, ConfigError."""
+    from runtime.control import request
+    from runtime.update.installer import mark_good_message
+
+    if not state_dir.is_dir():
+        raise ConfigError(f"{state_dir}: no such state folder")
+    live = request(state_dir, "mark_good", version=version, bundle=bundle)
+    if live is not None:
+        return str(live["message"])
+    if service_pid(state_dir) is not None:
+        raise UpdateError(
+            f"the service is running (pid {service_pid(state_dir)}) but not answering"
+        )
+    slots = Slots(state_dir)
+    if bundle is None:
+        act = slots.state.active
+        bundle = slots.info(act).bundle if act else None
+        if bundle is None:
+            raise ConfigError("no active bundle: say which bundle (--bundle)")
+    found = slots.mark_good_nosave(bundle, version)
+    if found:
+        slots.save(f"operator marked {bundle} v{version} good (service stopped)")
+    return mark_good_message(bundle, version, found)
 
 
 def status(state_dir: Path) -> dict[str, Any]:
@@ -99,6 +134,39 @@ def status(state_dir: Path) -> dict[str, Any]:
         if live is not None:
             return {**live, "running": True}
     return read_status(state_dir)
+
+
+def status_notes(st: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows ``leanloop status`` adds when something needs the operator's eye: a rollback the
+    operator asked for (not a failure), versions held back, quarantined records, a shadow
+    candidate that waits."""
+    rows: list[tuple[str, str]] = []
+    if st.get("rolled_back_by_operator"):
+        rows.append(("rollback", "rolled back by operator"))
+    for bundle, versions in (st.get("held_back") or {}).items():
+        for v in versions:
+            rows.append(
+                (
+                    "held back",
+                    f"{bundle} v{v} (operator rollback): not installed again until the hub "
+                    f"desires a newer version or `leanloop mark-good {v}`",
+                )
+            )
+    q = st.get("quarantine") or {}
+    if q.get("count"):
+        text = (
+            f"{q['count']} record(s) the hub refused ({q.get('samples', 0)} samples, "
+            f"{q.get('feedback', 0)} feedback), kept in {q.get('folder')}"
+        )
+        recent = q.get("recent") or []
+        if recent:
+            r = recent[0]
+            text += f"; latest: {r['kind']} {r['id']}: {r['reason']}"
+        rows.append(("quarantine", text))
+    sh = st.get("shadow") or {}
+    if sh.get("reason") and sh.get("status") not in (None, "running", "starting"):
+        rows.append(("shadow", f"{sh['status']}: {sh['reason']}"))
+    return rows
 
 
 def rollback(state_dir: Path) -> str:
@@ -236,6 +304,7 @@ def give_feedback(
         bundle_version=version,
         item=item,
     )
+    _check_as_the_hub_would(fb)
     note = {"converted_from": converted_from} if converted_from else {}
     if store is not None:
         return {**_record_feedback(state_dir, store, outbox, sample_id, fb), **note}
@@ -248,6 +317,18 @@ def give_feedback(
         if own_outbox is not None:
             own_outbox.close()
         own.close()
+
+
+def _check_as_the_hub_would(fb: Any) -> None:
+    """Refuse feedback the hub would refuse (the shared message model). Raises ConfigError."""
+    from pydantic import ValidationError
+
+    from runtime.protocol import FeedbackMessage, validation_reason
+
+    try:
+        FeedbackMessage.model_validate(fb.to_dict())
+    except ValidationError as e:
+        raise ConfigError(validation_reason(e, "feedback")) from e
 
 
 def resolve_sample_id(store: Any, sample_id: str) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "ShadowRef",
     "ShadowTelemetry",
     "UpdateReport",
+    "UploadAnswer",
     "validation_reason",
 ]
 
@@ -115,6 +116,13 @@ class Desired(_FromHub):
         if self.bundle is None or self.version is None:
             return None
         return self.bundle, self.version
+
+
+class UploadAnswer(_FromHub):
+    """``GET``/``PATCH /device/samples/{id}/upload``: how far the hub got with a sample."""
+
+    status: Literal["partial", "stored", "duplicate"]
+    offset: int = Field(ge=0, strict=True, description="payload bytes the hub holds")
 
 
 # ---- device -> hub ------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from runtime.metrics import DeviceMetrics, write_textfile
 from runtime.outbox import SENT_DIR, FeedbackOutbox
 from runtime.prediction_stream import PREDICTIONS_DIR, PredictionSpool
 from runtime.protocol import Heartbeat
+from runtime.quarantine import QUARANTINE_DIR, Quarantine
 from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
 from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
@@ -111,6 +112,8 @@ class DeviceService:
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
         # What the device uploaded, and feedback on it waiting for the hub.
         self.outbox = FeedbackOutbox(self.state_dir / SENT_DIR)
+        # What the hub refused for good, kept with the reason (never blocks the queue).
+        self.quarantine = Quarantine(self.state_dir / QUARANTINE_DIR)
         # Every prediction's metadata, sent in compressed batches by the uploader.
         self.predictions = PredictionSpool(self.state_dir / PREDICTIONS_DIR)
         self.installer.on_commit = self._remap_store  # a new ontology version remaps the store
@@ -207,6 +210,7 @@ class DeviceService:
                 gate=lambda: self.source.idle_for() >= self.cfg.upload.only_when_idle_s,
                 ledger=FeedbackLedger(self.state_dir / LEDGER_NAME),
                 outbox=self.outbox,
+                quarantine=self.quarantine,
                 predictions=self.predictions,
             )
         return True
@@ -289,14 +293,12 @@ class DeviceService:
         return {str(k): str(v) for k, v in b.engines.items()} if b is not None else {}
 
     def _shadow_status(self) -> dict[str, Any] | None:
-        rep = getattr(self.shadow, "report", None)
-        if rep is None or getattr(rep, "candidate", None) is None:
+        """The candidate, its status, why (e.g. why it waits) and its agreement so far."""
+        brief = self.shadow.brief()
+        rep = self.shadow.report
+        if rep.candidate is None and not brief["reason"]:
             return None
-        stats = getattr(rep, "stats", None)
-        return {
-            "status": getattr(rep, "status", None),
-            "agreement": getattr(stats, "agreement", None),
-        }
+        return {**brief, "agreement": rep.stats.agreement}
 
     def status_line(self) -> str:
         """One line for ``systemctl status`` (sd_notify STATUS=)."""
@@ -372,6 +374,7 @@ class DeviceService:
             "shadow": self._shadow_status(),
             "feedback": feedback_summary(self.store, self.state_dir),
             "upload": self.uploader.status() if self.uploader is not None else None,
+            "quarantine": self.quarantine.summary(),
         }
 
     def _feedback(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -396,6 +399,15 @@ class DeviceService:
             outbox=self.outbox,
         )
 
+    def _mark_good(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Control socket: let a held-back (or failed) version be installed again."""
+        version, bundle = req.get("version"), req.get("bundle")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ConfigError("mark_good: 'version' must be a non-negative integer")
+        if bundle is not None and not isinstance(bundle, str):
+            raise ConfigError("mark_good: 'bundle' must be a string")
+        return {"message": self.installer.request_mark_good(version, bundle)}
+
     def write_status(self) -> None:
         atomic_write_json(self.state_dir / "status.json", self.status())
 
@@ -418,6 +430,7 @@ class DeviceService:
                 "status": lambda req: self.status(),
                 "rollback": lambda req: {"message": self.installer.request_rollback()},
                 "feedback": self._feedback,
+                "mark_good": self._mark_good,
                 "metrics": lambda req: {"text": self.metrics.exposition()},
             },
         )

@@ -30,6 +30,13 @@ small, policed and safe to interrupt:
    got; after 3 failed parts in a row that moved nothing (or a failed query) the cycle ends
    and the record stays for the next cycle.
 
+A record the hub refuses for good (a 4xx in :data:`runtime.quarantine.REFUSED_FOR_GOOD`), or one
+the device can tell the hub would refuse (it fails :class:`runtime.protocol.SampleMeta` or
+:class:`runtime.protocol.FeedbackMessage`, checked before any byte is charged), is moved to the
+quarantine (:mod:`runtime.quarantine`) with the reason and the cycle goes on with the next one:
+it never blocks the queue and its bytes are never charged twice (a refused part is not probed
+and re-sent).
+
 A crash between the hub's acknowledgement and the release re-sends one sample's first part
 next time; the hub answers "duplicate" and the store releases it then. A record whose feedback
 changed while it was in flight is not released, and its new feedback goes alone next cycle.
@@ -54,8 +61,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from runtime._atomic import atomic_write_json
 from runtime.errors import HubError, StoreError
+from runtime.protocol import FeedbackMessage, SampleMeta, validation_reason
+from runtime.quarantine import REFUSED_FOR_GOOD, Quarantine, QuarantineKind
 from runtime.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -317,11 +328,16 @@ class UploadResult:
     stopped: str | None = None  # why the cycle ended early: window|budget|cycle_budget|error
     wire_bytes: int = 0  # bytes charged to the budget this cycle (bodies + request overhead)
     resumed: int = 0  # parts that continued after a drop within this cycle
+    quarantined: int = 0  # records refused for good (by the hub or the shared model) and set aside
     predictions_sent: int = 0  # prediction metadata events the hub acknowledged
 
 
 class _Stop(Exception):
     """End the cycle early; the message is the reason."""
+
+
+def _refused_for_good(e: HubError) -> bool:
+    return e.http_status in REFUSED_FOR_GOOD
 
 
 class Uploader:
@@ -339,6 +355,7 @@ class Uploader:
         rate: TokenBucket | None = None,
         ledger: FeedbackLedger | None = None,
         outbox: FeedbackOutbox | None = None,
+        quarantine: Quarantine | None = None,
         predictions: PredictionSpool | None = None,
     ) -> None:
         if batch < 1:
@@ -357,8 +374,10 @@ class Uploader:
         self.rate = rate
         self.ledger = ledger
         self.outbox = outbox
+        self.quarantine = quarantine
         self.predictions = predictions
         self.feedback_dropped = 0  # outbox entries the hub refused for good (since start)
+        self.quarantined = 0  # records quarantined since start
         self._known: dict[str, tuple[str, int]] = {}  # id -> (sha256, offset the hub acked)
         self._probe: set[str] = set()  # ids whose hub offset is unknown (a part failed)
         self._first = True  # after a start, ask the hub about the first sample (a restart)
@@ -376,6 +395,7 @@ class Uploader:
         now: Callable[[], datetime] = _utc_now,
         ledger: FeedbackLedger | None = None,
         outbox: FeedbackOutbox | None = None,
+        quarantine: Quarantine | None = None,
         predictions: PredictionSpool | None = None,
     ) -> Uploader:
         rate = TokenBucket(settings.rate_bps, settings.burst_bytes) if settings.rate_bps else None
@@ -390,6 +410,7 @@ class Uploader:
             rate=rate,
             ledger=ledger,
             outbox=outbox,
+            quarantine=quarantine,
             predictions=predictions,
         )
 
@@ -467,6 +488,8 @@ class Uploader:
             except HubError as e:
                 # Bytes never handed to the socket never reached the link: give them back.
                 self._charge(-(n - min(n, handed[0])))
+                if _refused_for_good(e):
+                    raise  # the hub read it and said no: sending it again cannot help
                 # The link dropped mid-part: the hub kept what arrived. Ask how far it got
                 # and go on if that moved; otherwise leave it for the next cycle.
                 log.info("part of %s at %d failed (%s); asking the hub", record.id, offset, e)
@@ -500,19 +523,67 @@ class Uploader:
         if self.outbox is None:
             return
         for sample_id, feedback in self.outbox.pending(self.batch):
+            try:
+                FeedbackMessage.model_validate(feedback)
+            except ValidationError as e:  # the hub would refuse it: not a byte spent on it
+                self._set_aside_feedback(sample_id, feedback, validation_reason(e, "feedback"))
+                counts["quarantined"] += 1
+                continue
             body = len(json.dumps({"feedback": feedback}).encode())
             self._allowance(body, need=body)
             try:
                 self.sink.put_feedback(sample_id, feedback)
             except HubError as e:
-                if e.http_status in (403, 404):
-                    log.warning("feedback on %s dropped: the hub refused it: %s", sample_id, e)
-                    self.outbox.drop(sample_id)
+                if _refused_for_good(e):
+                    self._set_aside_feedback(sample_id, feedback, str(e), e.http_status)
                     self.feedback_dropped += 1
+                    counts["quarantined"] += 1
                     continue
                 raise
             self.outbox.done(sample_id, feedback)
             counts["feedback_sent"] += 1
+
+    def _set_aside_feedback(
+        self,
+        sample_id: str,
+        feedback: dict[str, Any],
+        reason: str,
+        http_status: int | None = None,
+    ) -> None:
+        """Quarantine a queued feedback and take it out of the outbox."""
+        assert self.outbox is not None
+        if self.quarantine is not None:
+            self.quarantine.add(
+                QuarantineKind.FEEDBACK,
+                sample_id,
+                reason,
+                {"sample_id": sample_id, "feedback": feedback},
+                http_status=http_status,
+            )
+        else:
+            log.warning("feedback on %s dropped: %s", sample_id, reason)
+        self.outbox.drop(sample_id)
+        self.quarantined += 1
+
+    def _set_aside_sample(
+        self, record: SampleRecord, reason: str, http_status: int | None = None
+    ) -> None:
+        """Quarantine a stored sample (meta and image) and release it from the store."""
+        if self.quarantine is not None:
+            self.quarantine.add(
+                QuarantineKind.SAMPLE,
+                record.id,
+                reason,
+                record.to_meta(),
+                image=record.image,
+                http_status=http_status,
+            )
+        else:
+            log.warning("sample %s dropped: %s", record.id, reason)
+        self._known.pop(record.id, None)
+        self._probe.discard(record.id)
+        self.store.release([record.id])
+        self.quarantined += 1
 
     # ---- the prediction stream ---------------------------------------------------------------
 
@@ -550,6 +621,7 @@ class Uploader:
             "feedback_only": 0,
             "feedback_sent": 0,
             "resumed": 0,
+            "quarantined": 0,
             "predictions_sent": 0,
         }
         failed, stopped = 0, None
@@ -564,11 +636,21 @@ class Uploader:
             log.warning("feedback/prediction upload failed, retrying next cycle: %s", e)
         for record in records:
             try:
+                SampleMeta.model_validate(record.to_meta())
+            except ValidationError as e:  # the hub would refuse it: not a byte spent on it
+                self._set_aside_sample(record, validation_reason(e, "sample meta"))
+                counts["quarantined"] += 1
+                continue
+            try:
                 status = self._send(record, counts)
             except _Stop as e:
                 stopped = str(e)
                 break
             except HubError as e:
+                if _refused_for_good(e):
+                    self._set_aside_sample(record, str(e), e.http_status)
+                    counts["quarantined"] += 1
+                    continue
                 failed, stopped = 1, "error"
                 log.warning("upload of %s failed, retrying next cycle: %s", record.id, e)
                 break
@@ -597,6 +679,7 @@ class Uploader:
             stopped=stopped,
             wire_bytes=self._cycle_spent,
             resumed=counts["resumed"],
+            quarantined=counts["quarantined"],
             predictions_sent=counts["predictions_sent"],
         )
         return self.last
@@ -611,7 +694,11 @@ class Uploader:
                 "failed": self.last.failed,
                 "stopped": self.last.stopped,
                 "wire_bytes": self.last.wire_bytes,
+                "quarantined": self.last.quarantined,
             }
+        out["quarantined_since_start"] = self.quarantined
+        if self.quarantine is not None:
+            out["quarantined"] = self.quarantine.summary()["count"]  # kept aside, all told
         if self.predictions is not None:
             out["predictions"] = self.predictions.stats()
         if self.outbox is not None:

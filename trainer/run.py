@@ -34,10 +34,10 @@ import yaml
 from runtime.errors import LeanloopError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
 from trainer.card import build_card, write_card
-from trainer.dataset_types import Dataset, load_dataset
+from trainer.dataset_types import Dataset
 from trainer.engine import EpochReport, select_device
 from trainer.errors import TrainerError
-from trainer.spec import SpecError, TrainingSpec, load_spec
+from trainer.spec import SpecError, TrainingSpec, load_spec, load_spec_dataset
 from trainer.tasks import TASKS
 from trainer.tasks._common import OnEpoch, TaskResult
 
@@ -48,47 +48,6 @@ SearchHook = Callable[[dict[str, Any]], None]
 
 class RunOutput(dict[str, Any]):
     """``{"source": path, "card": model card dict}``."""
-
-
-def load_spec_dataset(spec: TrainingSpec) -> tuple[Dataset, Path]:
-    """The spec's dataset as the tasks read it, and the folder relative images are under.
-    Other formats are read by :mod:`trainer.datasets` (every problem reported) and converted
-    in memory; their data version is a digest of their content. Raises DatasetError."""
-    ref = spec.dataset
-    if ref.format == "native":
-        return load_dataset(ref.path)
-    import hashlib
-
-    from trainer.dataset_types import BoxLabel, DatasetError, DatasetItem
-    from trainer.datasets import DatasetError as ImportedDatasetError
-    from trainer.datasets import read_dataset
-
-    try:
-        imported = read_dataset(ref.format, ref.path)
-    except ImportedDatasetError as e:
-        problems = [str(p) for p in e.problems] or [str(e)]
-        raise DatasetError(problems) from e
-    items = [
-        DatasetItem(
-            id=it.path,
-            image=it.source or (ref.path / it.path),
-            width=it.width,
-            height=it.height,
-            label=it.label,
-            boxes=[BoxLabel(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2, label=b.label) for b in it.boxes],
-        )
-        for it in imported.items
-    ]
-    digest = hashlib.sha256(repr(imported.content()).encode()).hexdigest()[:12]
-    ds = Dataset(
-        name=ref.path.name or "dataset",
-        version=f"{ref.format}-{digest}",
-        ontology_id=imported.ontology_id or "default",
-        ontology_version=imported.ontology_version,
-        classes=list(imported.classes),
-        items=items,
-    )
-    return ds, ref.path
 
 
 def _initial_model(spec: TrainingSpec, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
@@ -234,11 +193,13 @@ def run_spec(
     out_dir: Path,
     on_epoch: OnEpoch | None = None,
     on_trial: SearchHook | None = None,
+    dataset_at: tuple[Dataset, Path] | None = None,
 ) -> RunOutput:
-    """Search (if the spec asks), train, export, and write the bundle source. Raises
+    """Search (if the spec asks), train, export, and write the bundle source. ``dataset_at``
+    is the spec's dataset already loaded (:func:`trainer.spec.load_spec_dataset`). Raises
     TrainerError (data, warm start, export) or SpecError."""
     t0 = time.perf_counter()
-    dataset, root = load_spec_dataset(spec)
+    dataset, root = dataset_at or load_spec_dataset(spec)
     dataset.check()
     seconds: dict[str, float] = {}
     search: dict[str, Any] | None = None

@@ -15,12 +15,15 @@ formats and an optional Optuna **search**.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainer.errors import TrainerError
+
+if TYPE_CHECKING:
+    from trainer.dataset_types import Dataset
 
 __all__ = [
     "ARCHITECTURES",
@@ -33,6 +36,7 @@ __all__ = [
     "SpecError",
     "TrainingSpec",
     "load_spec",
+    "load_spec_dataset",
 ]
 
 ARCHITECTURES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50")
@@ -231,3 +235,46 @@ def load_spec(path: Path) -> TrainingSpec:
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not YAML: {str(e).splitlines()[0]}") from e
     return parse_spec(data, str(path)).resolved(path.parent.resolve())
+
+
+def load_spec_dataset(spec: TrainingSpec) -> tuple[Dataset, Path]:  # torch-free
+    """The spec's dataset as the tasks read it, and the folder relative images are under.
+    Other formats are read by :mod:`trainer.datasets` (every problem reported) and converted
+    in memory; their data version is a digest of their content. Raises DatasetError."""
+    ref = spec.dataset
+    if ref.format == "native":
+        from trainer.dataset_types import load_dataset
+
+        return load_dataset(ref.path)
+    import hashlib
+
+    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem
+    from trainer.datasets import DatasetError as ImportedDatasetError
+    from trainer.datasets import read_dataset
+
+    try:
+        imported = read_dataset(ref.format, ref.path)
+    except ImportedDatasetError as e:
+        problems = [str(p) for p in e.problems] or [str(e)]
+        raise DatasetError(problems) from e
+    items = [
+        DatasetItem(
+            id=it.path,
+            image=it.source or (ref.path / it.path),
+            width=it.width,
+            height=it.height,
+            label=it.label,
+            boxes=[BoxLabel(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2, label=b.label) for b in it.boxes],
+        )
+        for it in imported.items
+    ]
+    digest = hashlib.sha256(repr(imported.content()).encode()).hexdigest()[:12]
+    ds = Dataset(
+        name=ref.path.name or "dataset",
+        version=f"{ref.format}-{digest}",
+        ontology_id=imported.ontology_id or "default",
+        ontology_version=imported.ontology_version,
+        classes=list(imported.classes),
+        items=items,
+    )
+    return ds, ref.path

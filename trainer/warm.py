@@ -3,9 +3,11 @@
 * ``.pt`` / ``.pth``: a state dict (or a checkpoint dict holding ``state_dict``), loaded with
   ``weights_only=True``; tensors whose name and shape match the fresh network are copied, the
   rest (e.g. a last layer sized for other classes) stay fresh and are listed in the card.
-* ``.onnx``: converted to a torch module by onnx2torch, its weights then transferred the same
-  way by name and, when names differ (an export renames them), by order among tensors of equal
-  shape. A graph onnx2torch cannot convert is refused with the operator it does not support.
+* ``.onnx``: converted to a torch module by onnx2torch. A classifier fine-tunes that converted
+  graph whole (:func:`onnx_module`, see :mod:`trainer.run`); other tasks take its tensors by
+  name and shape like a state dict, and are refused when none match (an export renames and
+  folds tensors; guessing by order would load wrong weights silently). A graph onnx2torch
+  cannot convert is refused with the operator it does not support.
 """
 
 from __future__ import annotations
@@ -60,7 +62,11 @@ def onnx_module(path: Path) -> torch.nn.Module:
             "warm-start from a torch state dict instead"
         ) from e
     except Exception as e:  # converter errors have no common base
-        raise TrainerError(f"{path}: onnx2torch failed: {str(e).splitlines()[0]}") from e
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise TrainerError(
+            f"{path}: onnx2torch cannot convert this graph ({type(e).__name__}: {first}); "
+            "warm-start from a torch state dict instead"
+        ) from e
     module.train()
     return module
 
@@ -93,21 +99,14 @@ def warm_start(model: torch.nn.Module, path: Path) -> WarmStartReport:
         if s is not None and s.shape == t.shape:
             new[name] = s
             used.add(name)
-    if kind == "onnx" and len(new) < len(target):
-        # Names differ after export (BN folded, nodes renamed): pair the remaining float
-        # tensors by order among equal shapes.
-        rest = [(k, v) for k, v in source.items() if k not in used]
-        for name, t in target.items():
-            if name in new or not t.is_floating_point():
-                continue
-            for i, (k, v) in enumerate(rest):
-                if v.shape == t.shape:
-                    new[name] = v
-                    used.add(k)
-                    del rest[i]
-                    break
     if not new:
-        raise TrainerError(f"{path}: no tensor matches the network in name and shape")
+        hint = (
+            " (an exported graph renames and folds its tensors: fine-tune it whole with task "
+            "classify, or warm-start from the source's checkpoint/<model>.pt)"
+            if kind == "onnx"
+            else ""
+        )
+        raise TrainerError(f"{path}: no tensor matches the network in name and shape{hint}")
     model.load_state_dict({**target, **new})
     return WarmStartReport(
         source=str(path),

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from hub.api._common import BLOBS, DB, LEADER
 from hub.metrics import METRICS
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.ops")
 
 routes = web.RouteTableDef()
 

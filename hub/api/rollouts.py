@@ -23,7 +23,7 @@ from hub.rollouts.ticker import rollout_json, tick_one
 from hub.storage import HubDB, check_sha256
 from runtime.bundle.manifest import MANIFEST_NAME
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.rollouts")
 
 routes = web.RouteTableDef()
 

@@ -29,7 +29,7 @@ from hub.api._common import (
     read_capped,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.tokens")
 
 routes = web.RouteTableDef()
 

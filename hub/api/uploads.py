@@ -34,7 +34,13 @@ from hub.errors import (
 )
 from hub.storage import HubDB, check_sha256
 from runtime.feedback_stats import predicted_label
-from runtime.protocol import FeedbackMessage, FeedbackRequest, SampleMeta, validation_reason
+from runtime.protocol import (
+    FeedbackMessage,
+    FeedbackRequest,
+    SampleMeta,
+    UploadAnswer,
+    validation_reason,
+)
 from runtime.store.record import SampleRecord
 from runtime.uploader import decode_payload
 
@@ -126,7 +132,8 @@ async def upload_sample(request: web.Request) -> web.Response:
 
 
 def _upload_answer(status: str, offset: int) -> web.Response:
-    return web.json_response({"status": status, "offset": offset})
+    answer = UploadAnswer.model_validate({"status": status, "offset": offset})
+    return web.json_response(answer.model_dump())
 
 
 async def _known_sample(db: HubDB, device_id: str, sample_id: str) -> bool:

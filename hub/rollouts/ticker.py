@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["rollout_json", "tick_all", "tick_one"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("leanloop.hub.rollouts.ticker")
 
 
 async def tick_one(db: HubDB, rollout: Rollout, now: float | None = None) -> Rollout:

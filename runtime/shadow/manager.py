@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
@@ -179,6 +179,31 @@ class ShadowManager:
             return None
         return BundleRef(bundle=info.bundle, version=info.version, slot=act)
 
+    def _unsettled(self, desired: Desired, busy: bool) -> str:
+        """Why production is not settled enough to measure a candidate against (for status)."""
+        if busy:
+            return "a production update is in flight"
+        act = self.slots.state.active
+        if act is None:
+            return "no production bundle yet"
+        info = self.slots.info(act)
+        if info.status != "committed":
+            return f"production {info.bundle} v{info.version} is {info.status}"
+        want = desired.target
+        if want is None:
+            return "the hub names no production bundle"
+        name, version = want
+        if self.slots.is_held(name, version):
+            return (
+                f"the hub desires {name} v{version}, held back by an operator rollback "
+                f"(production stays {info.bundle} v{info.version} until leanloop mark-good "
+                f"{version} or a newer version)"
+            )
+        return (
+            f"production runs {info.bundle} v{info.version}, the hub desires {name} v{version}: "
+            "that update comes first"
+        )
+
     def _follow(self, desired: Desired, fetcher: Fetcher, busy: bool) -> None:
         want: ShadowAssignment | None = desired.candidate
         rep = self.report
@@ -204,6 +229,9 @@ class ShadowManager:
             return
         prod = self._production_settled(desired, busy)
         if prod is None:
+            why = f"candidate {bundle} v{version} waits: {self._unsettled(desired, busy)}"
+            if (rep.status, rep.reason) != ("idle", why):
+                self._set("idle", why)
             return
         self._begin(bundle, version, rule, prod, fetcher, resume=same)
 
@@ -427,6 +455,16 @@ class ShadowManager:
         self._sent_status = rep.status
         self._last_sent = time.monotonic()
         self._dirty = False
+
+    def brief(self) -> dict[str, Any]:
+        """For ``status``: the candidate, its status and why."""
+        rep = self.report
+        c = rep.candidate
+        return {
+            "status": rep.status,
+            "candidate": f"{c.bundle} v{c.version}" if c else None,
+            "reason": rep.reason,
+        }
 
     def close(self) -> None:
         """Stop the worker and write the report (service shutdown)."""

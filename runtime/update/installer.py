@@ -115,10 +115,17 @@ class _Trial:
     t0: float = field(default_factory=time.monotonic)
 
 
-class _RollbackRequest:
-    """An operator rollback the update thread answers."""
+def mark_good_message(bundle: str, version: int, found: bool) -> str:
+    if found:
+        return f"{bundle} v{version} marked good: the device installs it when the hub desires it"
+    return f"{bundle} v{version} was neither held back nor marked bad here: nothing to do"
 
-    def __init__(self) -> None:
+
+class _RollbackRequest:
+    """An operator request (a rollback, or mark-good) the update thread answers."""
+
+    def __init__(self, mark_good: tuple[str, int] | None = None) -> None:
+        self.mark_good = mark_good
         self.done = threading.Event()
         self.error: str | None = None
         self.result = ""
@@ -379,6 +386,7 @@ class Installer:
                     self._start_operator_rollback(req)
             elif ev.kind is FrameEventKind.TRIAL_FAILED:
                 rec = m.record
+                rec.by_operator = ev.reason == OPERATOR_ROLLBACK  # stored with the next state
                 m.fire(Event.TRIAL_FAILED, reason=f"trial failed: {ev.reason}")
                 m.finish_rollback()
                 self.counters["rollbacks"] += 1
@@ -416,6 +424,8 @@ class Installer:
         retry_at = self._failed.get((name, version))
         if retry_at is not None and time.monotonic() < retry_at:
             return
+        if self.slots.is_held(name, version):
+            return  # the operator rolled back from it: status says so; mark-good lifts it
         try:
             self.slots.check_version(name, version)
         except UpdateError as e:
@@ -551,6 +561,14 @@ class Installer:
     def _start_operator_rollback(self, req: _RollbackRequest) -> None:
         if req.cancelled:
             return
+        if req.mark_good is not None:
+            bundle, version = req.mark_good
+            found = self.slots.mark_good_nosave(bundle, version)
+            if found:
+                self.slots.save(f"operator marked {bundle} v{version} good")
+                self._failed.pop((bundle, version), None)
+            req.answer(None, mark_good_message(bundle, version, found))
+            return
         if self._rollback_req is not None:
             req.answer("a rollback is already in progress", "")
             return
@@ -560,7 +578,7 @@ class Installer:
             self._abort_trial = OPERATOR_ROLLBACK
             return
         try:
-            prev = m.begin_rollback(OPERATOR_ROLLBACK)
+            prev = m.begin_rollback(OPERATOR_ROLLBACK, by_operator=True)
         except UpdateError as e:
             req.answer(str(e), "")
             return
@@ -579,6 +597,26 @@ class Installer:
         )
         self._rollback_req = req
         self._hand(Swap(SwapKind.ROLLBACK, loaded))
+
+    def request_mark_good(
+        self, version: int, bundle: str | None = None, timeout: float = 30.0
+    ) -> str:
+        """Control socket: let the device install ``bundle`` (default: the active bundle's
+        name) ``version`` again after an operator rollback or a failure. Raises UpdateError."""
+        if bundle is None:
+            act = self.slots.state.active
+            bundle = self.slots.info(act).bundle if act else None
+            if bundle is None:
+                raise UpdateError("no active bundle: say which bundle (--bundle)")
+        req = _RollbackRequest(mark_good=(bundle, version))
+        self._requests.put(req)
+        self.wake.set()
+        if not req.done.wait(timeout):
+            req.cancelled = True
+            raise UpdateError(f"mark-good did not finish within {timeout:.0f} s")
+        if req.error:
+            raise UpdateError(req.error)
+        return req.result
 
     # ---- shadow candidates ---------------------------------------------------------------
 
@@ -667,6 +705,8 @@ class Installer:
             "slots_free_bytes": free,
             "pending_reports": len(self.reports.pending()),
             "last_update_error": self.last_error,
+            "rolled_back_by_operator": rec.state is InstallState.ROLLED_BACK and rec.by_operator,
+            "held_back": {b: sorted(v) for b, v in self.slots.state.held.items() if v},
         }
 
     def close(self) -> None:

@@ -207,6 +207,9 @@ class InstallRecord(BaseModel):
     reason: str | None = Field(default=None, description="why it failed or rolled back")
     since: float = Field(default=0.0, description="when the state was entered (unix time)")
     entered: int = Field(default=0, ge=0, description="states stored so far (all updates)")
+    by_operator: bool = Field(
+        default=False, description="the rollback in progress or last was the operator's"
+    )
 
 
 @dataclass(frozen=True)
@@ -275,13 +278,18 @@ class InstallMachine:
         if (rec.bundle, rec.version) != (bundle, version):
             rec.crashes = 0
         rec.bundle, rec.version, rec.slot, rec.reason = bundle, version, slot, None
+        rec.by_operator = False
         self.fire(E.START, apply)
 
-    def begin_rollback(self, reason: str, require_previous: bool = True) -> SlotName | None:
+    def begin_rollback(
+        self, reason: str, require_previous: bool = True, by_operator: bool = False
+    ) -> SlotName | None:
         """Store ``rolling_back`` for a return to the previous committed slot; returns it.
 
-        Raises UpdateError when there is none (unless ``require_previous`` is false: the active
-        bundle is then abandoned with nothing to serve) or when an update is being staged.
+        ``by_operator``: the operator asked (the version left is then held back, not marked
+        bad). Raises UpdateError when there is none (unless ``require_previous`` is false: the
+        active bundle is then abandoned with nothing to serve) or when an update is being
+        staged.
         """
         if self.state not in AT_REST and self.state is not S.TRIAL:
             raise UpdateError(
@@ -297,25 +305,28 @@ class InstallMachine:
         if act is not None:
             info = self.slots.info(act)
             rec.bundle, rec.version, rec.slot = info.bundle, info.version, act
+        rec.by_operator = by_operator
         self.fire(E.ROLLBACK, reason=reason)
         return prev
 
     def finish_rollback(self) -> SlotName | None:
         """From ``rolling_back``: make the previous committed slot active; store the result.
 
-        A bundle on trial is marked bad (its trial failed); a committed one the operator left is
-        marked bad too, so the device does not reinstall it by itself. Returns the active slot.
+        A bundle on trial is marked bad (its trial failed); one the operator left (the record's
+        ``by_operator``) is held back: the device does not reinstall it by itself until the
+        operator marks it good. Returns the active slot.
         """
         rec = self.record
         slots = self.slots
         act = slots.state.active
         prev = slots.state.previous
         can = prev is not None and slots.info(prev).status == "committed"
+        hold = rec.by_operator
         if act is not None and act == rec.slot:
             if not can:
-                self.fire(E.FAIL, apply=lambda: slots.fail_trial_nosave(), reason=rec.reason)
+                self.fire(E.FAIL, apply=lambda: slots.fail_trial_nosave(hold), reason=rec.reason)
                 return slots.state.active
-            self.fire(E.ROLLED_BACK, apply=lambda: slots.fail_trial_nosave())
+            self.fire(E.ROLLED_BACK, apply=lambda: slots.fail_trial_nosave(hold))
         else:
             self.fire(E.ROLLED_BACK)
         return slots.state.active

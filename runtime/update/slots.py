@@ -50,6 +50,11 @@ class SlotsState(BaseModel):
     )
     highest: dict[str, int] = Field(default_factory=dict)
     bad_versions: dict[str, list[int]] = Field(default_factory=dict)
+    held: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description="versions an operator rolled back from: not installed again until the "
+        "operator marks them good (a newer version is installed as usual)",
+    )
     last_event: str = ""
     install: InstallRecord = Field(
         default_factory=InstallRecord, description="the install state machine's record"
@@ -120,6 +125,29 @@ class Slots:
             if info.version not in bad:
                 bad.append(info.version)
 
+    def _hold(self, info: SlotInfo) -> None:
+        if info.bundle and info.version is not None:
+            held = self.state.held.setdefault(info.bundle, [])
+            if info.version not in held:
+                held.append(info.version)
+
+    def is_held(self, bundle: str, version: int) -> bool:
+        """An operator rolled back from ``bundle`` ``version`` (it waits for mark-good)."""
+        return version in self.state.held.get(bundle, [])
+
+    def mark_good_nosave(self, bundle: str, version: int) -> bool:
+        """Forget that ``bundle`` ``version`` was rolled back from or failed here; True if it
+        was held or bad (the device may then install it again)."""
+        found = False
+        for table in (self.state.held, self.state.bad_versions):
+            versions = table.get(bundle, [])
+            if version in versions:
+                versions.remove(version)
+                found = True
+            if not versions:
+                table.pop(bundle, None)
+        return found
+
     def check_version(self, bundle: str, version: int) -> None:
         """Refuse versions that would go down or that already failed here. Raises UpdateError."""
         act = self.state.active
@@ -134,6 +162,11 @@ class Slots:
             raise UpdateError(f"{bundle} v{version} is older than v{high} already installed")
         if version in self.state.bad_versions.get(bundle, []):
             raise UpdateError(f"{bundle} v{version} failed on this device before")
+        if self.is_held(bundle, version):
+            raise UpdateError(
+                f"{bundle} v{version} is held back: an operator rolled back from it "
+                f"(leanloop mark-good {version} allows it again)"
+            )
 
     # ---- in-memory changes, stored by the caller (the install machine stores them together
     # ---- with its next state in one atomic write) ---------------------------------------------
@@ -188,13 +221,17 @@ class Slots:
         if act is not None and self.state.slots[act].status == "trial":
             self.state.slots[act].status = "committed"
 
-    def fail_trial_nosave(self) -> SlotName | None:
-        """Leave the active bundle (marked bad) for the previous committed slot, if any."""
+    def fail_trial_nosave(self, hold: bool = False) -> SlotName | None:
+        """Leave the active bundle for the previous committed slot, if any. Its version is
+        marked bad, or only held back (``hold``: an operator's rollback is not a failure)."""
         act = self.state.active
         if act is None:
             return None
         info = self.state.slots[act]
-        self._mark_bad(info)
+        if hold:
+            self._hold(info)
+        else:
+            self._mark_bad(info)
         info.status = "bad"
         prev = self.state.previous
         if prev is not None and self.state.slots[prev].status == "committed":

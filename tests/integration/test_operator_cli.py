@@ -87,7 +87,8 @@ def test_rollback_swaps_back_between_frames_when_the_service_runs(
     assert st["active"]["version"] == 1 and st["active"]["status"] == "committed"
     assert dev.proc.poll() is None
     slots = json.loads((dev.state / "slots.json").read_text())
-    assert 2 in slots["bad_versions"]["digits"]  # the hub's v2 is not re-installed by itself
+    assert 2 in slots["held"]["digits"]  # the hub's v2 is not re-installed by itself
+    assert "digits" not in slots["bad_versions"]  # an operator's rollback is not a failure
     dev.wait(
         "rollback reported to the hub",
         lambda st: any(
@@ -129,7 +130,8 @@ def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
     slots = json.loads((dev.state / "slots.json").read_text())
     assert slots["slots"][slots["active"]]["version"] == 1
     assert slots["install"]["state"] == "rolled_back"
-    assert 2 in slots["bad_versions"]["digits"]  # the hub's v2 is not re-installed by itself
+    assert 2 in slots["held"]["digits"]  # the hub's v2 is not re-installed by itself
+    assert "digits" not in slots["bad_versions"]
 
 
 def test_rollback_ends_the_trial_and_swaps_back_when_asked_during_trial(

@@ -73,10 +73,11 @@ def _production(admin: HubAdminClient, keys: Path, root: Path, clf: Path) -> Non
 
 
 def _served(dev: Device) -> dict[str, dict[str, Any]]:
-    """The results sink with latencies removed (they differ run to run)."""
+    """The results sink with latencies and write times removed (they differ run to run)."""
     out = {}
     for fid, pred in dev.results().items():
         pred.pop("latency_ms", None)
+        pred.pop("ts", None)
         for st in pred["stages"].values():
             st.pop("latency_ms", None)
         out[fid] = pred

@@ -231,26 +231,27 @@ def matrix(tmp_path_factory: pytest.TempPathFactory, classifier_onnx: Path) -> I
             dev.close()
 
 
-# (state the device is killed in, version serving after restart, the new version marked bad)
-STATE_CASES = [
-    ("downloading", 2, False),
-    ("verifying", 2, False),
-    ("loading", 2, False),
-    ("health_check", 2, False),
-    ("staged", 2, False),
-    ("swapping", 2, False),  # the switch may be stored: undone, not blamed, retried
-    ("trial", 1, True),  # the new bundle may be what killed it
-    ("committing", 2, False),
-    ("committed", 2, False),
-    ("rolling_back", 1, True),  # an operator rollback from v2, killed half-way
-    ("rolled_back", 1, True),
-    ("failed", 2, False),  # killed while recovering from a kill in downloading
+# (state the device is killed in, version serving after restart, what the new version is then:
+# "bad" (failed here), "held" (an operator rolled back from it) or None (free to install))
+STATE_CASES: list[tuple[str, int, str | None]] = [
+    ("downloading", 2, None),
+    ("verifying", 2, None),
+    ("loading", 2, None),
+    ("health_check", 2, None),
+    ("staged", 2, None),
+    ("swapping", 2, None),  # the switch may be stored: undone, not blamed, retried
+    ("trial", 1, "bad"),  # the new bundle may be what killed it
+    ("committing", 2, None),
+    ("committed", 2, None),
+    ("rolling_back", 1, "held"),  # an operator rollback from v2, killed half-way
+    ("rolled_back", 1, "held"),
+    ("failed", 2, None),  # killed while recovering from a kill in downloading
 ]
 
 
 @pytest.mark.parametrize(("state", "serving", "bad"), STATE_CASES, ids=[c[0] for c in STATE_CASES])
 def test_device_serves_old_or_new_and_settles_when_killed_in_state(
-    matrix: Any, state: str, serving: int, bad: bool
+    matrix: Any, state: str, serving: int, bad: str | None
 ) -> None:
     dev, v1, v2, bounds = matrix
     totals = {p: b[-1] for p, b in bounds.items()}
@@ -282,7 +283,8 @@ def test_device_serves_old_or_new_and_settles_when_killed_in_state(
     got = next(r for r in dev.results() if r["frame_id"] == name)
     assert got["bundle_version"] == serving and got.get("error") is None
     stored = dev.slots()
-    assert (2 in stored["bad_versions"].get("digits", [])) is bad
+    assert (2 in stored["bad_versions"].get("digits", [])) is (bad == "bad")
+    assert (2 in stored.get("held", {}).get("digits", [])) is (bad == "held")
     _no_half_written_slot(dev, stored)
     dev.stop()
 

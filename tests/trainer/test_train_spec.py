@@ -279,3 +279,24 @@ def test_classify_when_dataset_is_folder_per_class_reads_it_through_trainer_data
     (tmp_path / "set" / "digit3" / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"bad\.png"):
         run_spec(spec, tmp_path / "source2")
+
+
+def test_warm_start_when_a_detector_is_given_an_exported_onnx_refuses_with_the_way_out(
+    shapes: Path, tmp_path: Path
+) -> None:
+    base = {
+        "task": "detect",
+        "dataset": {"path": str(shapes)},
+        "model": {**TINY, "input_size": [64, 64]},
+        "epochs": 1,
+        "batch": 8,
+        "export": ["onnx"],
+    }
+    run_spec(_spec(**base), tmp_path / "first")
+    spec = _spec(**base, warm_start=str(tmp_path / "first" / "models" / "detector.onnx"))
+    # Refused either way: onnx2torch cannot read this export, or its tensors match no name.
+    with pytest.raises(TrainerError, match=r"detector\.onnx: .*(state dict|checkpoint)"):
+        run_spec(spec, tmp_path / "second")
+    spec = _spec(**base, warm_start=str(tmp_path / "first" / "checkpoint" / "detector.pt"))
+    card = run_spec(spec, tmp_path / "second")["card"]
+    assert json.loads(card["warm_start"])["kept_fresh"] == []

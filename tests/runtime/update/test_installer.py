@@ -235,6 +235,15 @@ def test_installer_serves_operator_rollback_between_two_frames(fleet: Fleet) -> 
     _pump_until(inst, lambda: bool(again))
     t.join()
     assert "no previous committed bundle" in str(again["r"])  # v1 has nothing before it
+    # An operator's rollback is not a failure: v2 is held back, not marked bad ...
+    assert inst.status()["rolled_back_by_operator"] is True
+    assert inst.status()["held_back"] == {"digits": [2]}
+    assert "digits" not in inst.slots.state.bad_versions
+    calls = fetcher.calls
+    inst.update_to("digits", 2, fetcher)  # ... and not installed again while the hub wants it
+    assert fetcher.calls == calls and inst.last_error is None
+    _install(inst, fetcher, 4)  # a newer version goes as usual
+    assert _active(inst) == (4, "committed")
     inst.close()
 
 

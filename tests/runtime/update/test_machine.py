@@ -250,6 +250,23 @@ def test_operator_rollback_returns_to_previous_when_finished_after_a_crash(tmp_p
     assert 2 in slots.state.bad_versions["digits"]
 
 
+def test_operator_rollback_holds_the_version_back_until_marked_good(tmp_path: Path) -> None:
+    slots, m = _committed(tmp_path)
+    _update(m, 2, until=S.COMMITTED)
+    m.begin_rollback("operator rollback", by_operator=True)
+    slots, m = _restart(tmp_path)  # killed in rolling_back: who asked was stored with it
+    m.recover()
+    assert m.state is S.ROLLED_BACK and m.record.by_operator
+    assert slots.state.active == "a" and "digits" not in slots.state.bad_versions
+    assert slots.is_held("digits", 2)
+    with pytest.raises(UpdateError, match="held back: an operator rolled back from it"):
+        slots.check_version("digits", 2)
+    slots.check_version("digits", 3)  # a newer version goes as usual
+    assert slots.mark_good_nosave("digits", 2)
+    slots.check_version("digits", 2)
+    assert not slots.mark_good_nosave("digits", 2)  # nothing left to lift
+
+
 def test_rollback_is_refused_when_no_previous_or_update_in_progress(tmp_path: Path) -> None:
     _, m = _committed(tmp_path)
     with pytest.raises(UpdateError, match="no previous committed"):
