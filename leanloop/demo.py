@@ -40,6 +40,13 @@ import cv2
 import numpy as np
 import yaml
 
+from leanloop.demo_parts import (
+    gate,
+    operator_correction,
+    rollout_summary,
+    shadow_result,
+    start_shadow,
+)
 from leanloop.demo_view import (
     JobView,
     Phases,
@@ -284,6 +291,7 @@ class Demo:
                     "sampling": {"weights": weights, "seed": self.s.seed},
                     "upload": {"interval_s": 0.5, "batch": 64, "only_when_idle_s": 1.0},
                     "update": {"trial_frames": 10},
+                    "shadow": {"report_interval_s": 0.5},
                 }
                 (d / "device.yaml").write_text(yaml.safe_dump(cfg))
                 self.procs.start(
@@ -321,8 +329,8 @@ class Demo:
         for arm in ARMS:
             for i, fr in enumerate(self.seed_frames):
                 _ok, png = cv2.imencode(".png", fr.image)
-                meta = {
-                    "id": f"seed-{i:05d}",
+                meta = {  # one id per arm: the hub keys samples by id alone
+                    "id": f"seed-{arm}-{i:05d}",
                     "frame_id": f"seed-{i:05d}.png",
                     "bundle": f"digits-{arm}",
                     "device_id": "lab",
@@ -465,7 +473,7 @@ class Demo:
                     wall_s=round(time.monotonic() - self.t0, 1),
                     extra={
                         "gate": self.gates.get((arm, self.version[arm])),
-                        "rollout": self.rollout_summary(arm, self.version[arm]),
+                        "rollout": rollout_summary(self, arm, self.version[arm]),
                     },
                 )
             )
@@ -549,50 +557,6 @@ class Demo:
         self.say(", ".join(f"{a}: job {jobs[a]} done in {took[a]:.0f} s" for a in arms))
         return out
 
-    def gate(self, arm: str, bundle: Path, version: int) -> str | None:
-        """Replay v against v-1 on the arm's history (the hub's labelled frames) and bless it when
-        the gate passes; otherwise return the reason the demo publishes it anyway (audited).
-
-        The history holds the frames the candidate was trained on, so this gate is optimistic;
-        it shows the mechanism, one decision per iteration (a fleet gates on held-out history).
-        """
-        from hub.replay.evaluate import run_replay
-        from hub.replay.fetch import download_history
-        from hub.replay.history import HistoryDir
-        from hub.replay.report import write_report
-        from hub.replay.spec import parse_gate_spec
-
-        if version == 1:
-            self.gates[(arm, version)] = {"decision": "forced", "summary": "first version"}
-            return "first version: nothing to replay it against"
-        work = self.work / "replay" / f"{arm}-v{version}"
-        download_history(self.hub, work / "history", f"digits-{arm}")
-        spec = parse_gate_spec({
-            "metrics": {"top1_accuracy": {"max_drop": 0.02}},
-            "slices": {"by": ["selection", "class"], "min_size": 30},
-            "bootstrap": {"resamples": 300, "seed": self.s.seed},
-        })  # fmt: skip
-        baseline = self.work / "bundles" / f"digits-{arm}-v{version - 1}"
-        report = run_replay(bundle, baseline, HistoryDir(work / "history"), spec,
-                            work / "results", who="demo")  # fmt: skip
-        j, h = write_report(report, work / "report")
-        stored = self.hub.post_report(j.read_bytes(), h.read_bytes())
-        dec, m = report["decision"], report["metrics"]
-        self.gates[(arm, version)] = {
-            "decision": dec["decision"], "summary": dec["summary"], "report": stored["digest"],
-            "frames": report["counts"]["used"],
-            "top1": [m["baseline"]["top1_accuracy"], m["candidate"]["top1_accuracy"]],
-        }  # fmt: skip
-        self.say(
-            f"gate digits-{arm} v{version} vs v{version - 1} on {report['counts']['used']} "
-            f"frames: top-1 {m['candidate']['top1_accuracy']:.1%} vs "
-            f"{m['baseline']['top1_accuracy']:.1%}: {dec['summary']}"
-        )
-        if dec["decision"] == "pass":
-            self.hub.bless(stored["digest"], "demo")
-            return None
-        return f"demo: the loop goes on although the gate blocked it ({dec['summary']})"
-
     def publish(self, arm: str, src: Path, version: int) -> None:
         from runtime.bundle.build import build_bundle
 
@@ -600,7 +564,7 @@ class Demo:
         with self.phases.time("bundle build"):
             build_bundle(src, out, name=f"digits-{arm}", version=version)
         with self.phases.time("replay gate"):
-            reason = self.gate(arm, out, version)  # None: blessed
+            reason = gate(self, arm, out, version)  # None: blessed
         with self.phases.time("publish (sign, deltas) + rollout"):
             self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
             if version == 1:  # no device is enrolled yet: v1 is the cohort's desired bundle
@@ -613,49 +577,6 @@ class Demo:
                     "waves": [{"count": 1}, {"percent": 100}], "soak_s": 1.0}  # fmt: skip
             r = self.hub.create_rollout(spec, force_reason=reason, who="demo")
             self.rollouts[(arm, version)] = int(r["id"])
-
-    def operator_correction(self, arm: str) -> dict[str, Any] | None:
-        """An operator at device ``<arm>-1`` corrects one wrong digit of an uploaded sample
-        with the real CLI (``leanloop feedback correct``, through the device's control socket);
-        the demo waits for the correction to reach the hub's feedback metrics."""
-        dev = f"{arm}-1"
-        for meta in self.hub.samples(f"digits-{arm}", state="pending", limit=200):
-            if meta.get("device_id") != dev or f"1/{meta['frame_id']}" not in self.gt:
-                continue
-            boxes, labels = self.gt[f"1/{meta['frame_id']}"]
-            stages = (meta.get("prediction") or {}).get("stages") or {}
-            items = list(stages.values())[-1]["items"] if stages else []
-            for k, it in enumerate(items):
-                for box, lbl in zip(boxes, labels, strict=True):
-                    box_ok = it.get("box") and _iou(tuple(box), tuple(it["box"])) >= 0.5
-                    if box_ok and it.get("label") != str(lbl):
-                        return self._correct(dev, meta["id"], k, str(it["label"]), str(lbl))
-        return None  # every uploaded digit was read right
-
-    def _correct(self, dev: str, sample: str, item: int, said: str, label: str) -> dict[str, Any]:
-        cfg = self.work / "devices" / dev / "device.yaml"
-        argv = [sys.executable, "-m", "leanloop.cli", "feedback", "correct", sample, "--label",
-                label, "--item", str(item), "--who", "operator", "--config", str(cfg)]  # fmt: skip
-        run = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-        if run.returncode != 0:
-            raise DemoError(f"feedback correct failed: {(run.stderr or run.stdout).strip()}")
-
-        def at_hub() -> bool:
-            hub = (self.hub.feedback_metrics()["devices"].get(dev) or {}).get("hub") or {}
-            return bool((hub.get("confusion") or {}).get(said, {}).get(label))
-
-        self.wait(f"the correction of {sample} at the hub", at_hub, timeout=60)
-        self.say(f"operator at {dev} corrected {said} → {label} on {sample}; the hub has it")
-        return {"device": dev, "sample": sample, "item": item, "said": said, "label": label}
-
-    def rollout_summary(self, arm: str, version: int) -> dict[str, Any] | None:
-        """The staged rollout of this version: its status and per-wave counts (canary first)."""
-        rid = self.rollouts.get((arm, version))
-        if rid is None:
-            return None
-        r = self.hub.rollout_status(rid)
-        waves = [{k: w[k] for k in ("target", "succeeded", "failed")} for w in r["waves"]]
-        return {"id": rid, "status": r["status"], "waves": waves}
 
     def run(self) -> list[Row]:
         with self.phases.time("setup (data, hub, seed import)"):
@@ -674,13 +595,19 @@ class Demo:
             self.wait_versions()
         self.say("v1 is live on every device")
         for it in range(self.s.iterations + 1):
+            if it == self.s.iterations:
+                with self.phases.time("shadow candidate: publish + stage"):
+                    shadow = start_shadow(self)
             with self.phases.time("devices: serve segment + upload"):
                 self.segment_frames(it)
                 self.wait_segment(it)
             self.measure(it)
+            if it == self.s.iterations:
+                with self.phases.time("shadow candidate: agreement"):
+                    self.rows[-2].extra["shadow"] = shadow_result(self, shadow)
             if it == 0:
                 with self.phases.time("operator correction → hub"):
-                    self.rows[-2].extra["correction"] = self.operator_correction("unc")
+                    self.rows[-2].extra["correction"] = operator_correction(self, "unc")
             if not self.s.quiet:
                 print_rows(self.rows, it, stderr=False)
             if it == self.s.iterations:

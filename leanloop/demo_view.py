@@ -167,6 +167,12 @@ def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
     if rolls:
         out.append(("staged rollout (canary first)", ", ".join(rolls)))
     for r in rows:
+        if sh := r.extra.get("shadow"):
+            out.append((
+                "shadow candidate",
+                f"{r.arm} devices ran v{sh['version']} (the random arm's model) beside "
+                f"v{r.version}: agreement {sh['agreement']:.1%} on the last segment",
+            ))  # fmt: skip
         if fix := r.extra.get("correction"):
             out.append((
                 "operator correction → hub",

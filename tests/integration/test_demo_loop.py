@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,18 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
     # An operator corrected a wrong digit with `leanloop feedback correct`; the hub counted it.
     fix = rows[0].extra["correction"]
     assert fix["device"] == "unc-1" and fix["said"] != fix["label"]
+    # During the last segment the random arm's model ran as a shadow candidate on the
+    # uncertainty devices (never promoted): the hub has their agreement on those frames.
+    sh = rows[2].extra["shadow"]
+    assert sh["version"] == 3 and sh["compared"] > 0 and 0.0 <= sh["agreement"] <= 1.0
+    assert rows[2].version == 2  # production stayed on v2
     assert (tmp_path / "demo" / "replay" / "unc-v2" / "report" / "report.html").exists()
     # Devices uploaded samples, and every sample the oracle labelled came from a device.
     hub_db = tmp_path / "demo" / "hub" / "hub.sqlite3"
     assert hub_db.exists()
+    # Both arms trained on the whole seed batch plus their own labels (same budget).
+    with sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True) as db:
+        per_arm = dict(db.execute(
+            "SELECT bundle, count(*) FROM samples WHERE id LIKE 'seed-%' GROUP BY bundle"
+        ).fetchall())  # fmt: skip
+    assert per_arm == {"digits-unc": 60, "digits-rnd": 60}
