@@ -28,8 +28,12 @@ class HubConfig(BaseModel):
         description="postgresql://user@host:port/db for a hub that scales out (several "
         "replicas); none: SQLite in the data dir",
     )
-    db_threads: int = Field(
-        default=8, ge=1, le=256, description="worker threads (and connections) of the database"
+    db_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="worker threads (and connections) of the database; none: 2 for SQLite (one "
+        "writer at a time anyway; fewer threads contend less for the GIL), 8 for PostgreSQL",
     )
     s3: S3Config | None = Field(
         default=None, description="blobs in an S3-compatible bucket; none: <data>/blobs"

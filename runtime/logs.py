@@ -54,12 +54,14 @@ class JournalFormatter(logging.Formatter):
 
 def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> None:
     """Configure the root logger for the journal or a terminal (see the module story)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return  # configured already (as logging.basicConfig: e.g. a test runner's capture)
     out = stream or sys.stderr
     handler = logging.StreamHandler(out)
     if stderr_is_journal(out):
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -268,9 +268,9 @@ def open_database(url: str | None, data_dir: Path, threads: int | None = None) -
     """``url`` None or ``sqlite:///path``: SQLite (default ``<data>/hub.sqlite3``);
     ``postgresql://...``: PostgreSQL."""
     if url is None:
-        return SqliteDatabase(data_dir / "hub.sqlite3", threads or 4)
+        return SqliteDatabase(data_dir / "hub.sqlite3", threads or 2)
     if url.startswith("sqlite:///"):
-        return SqliteDatabase(Path(url.removeprefix("sqlite:///")), threads or 4)
+        return SqliteDatabase(Path(url.removeprefix("sqlite:///")), threads or 2)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, threads or 8)
     raise ValueError(f"database_url {url[:40]!r}: expected sqlite:///PATH or postgresql://...")

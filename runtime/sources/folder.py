@@ -1,6 +1,7 @@
 """Frames from image files dropped in a folder (a camera writing files, a test harness).
 
-Files are read in name order, each once; the frame id is the file name. The name of the last
+Files are read in name order, each once; the frame id is the file name and its time the file's
+modification time. The name of the last
 processed file is persisted (every ``persist_every`` frames and on close) so a restart resumes
 after it. Delivery is at-least-once: a crash between two persists re-reads at most that many
 frames, and results carry the frame id so consumers can de-duplicate.
@@ -96,7 +97,8 @@ class FolderSource:
             p = self._pending.pop(0)
             self._last = p.name
             try:
-                size = p.stat().st_size
+                st = p.stat()
+                size = st.st_size
                 if size > MAX_FRAME_BYTES:
                     self.oversized += 1
                     data = b""
@@ -110,7 +112,8 @@ class FolderSource:
                 self._next_at = now + 1.0 / self.fps_limit
             h = self._health
             h.state, h.frames, h.last_frame_at = "streaming", h.frames + 1, time.time()
-            return Frame(id=p.name, ts=h.last_frame_at, data=data)
+            # The file's modification time is when the camera (or whoever) wrote the frame.
+            return Frame(id=p.name, ts=st.st_mtime, data=data)
 
     def done(self, frame: Frame | None = None) -> None:
         """Mark the last returned frame processed (persisted every ``persist_every``)."""

@@ -73,7 +73,7 @@ def _production(admin: HubAdminClient, keys: Path, root: Path, clf: Path) -> Non
 
 
 def _served(dev: Device) -> dict[str, dict[str, Any]]:
-    """The results sink with latencies and write times removed (they differ run to run)."""
+    """The results sink with latencies and frame times removed (they differ run to run)."""
     out = {}
     for fid, pred in dev.results().items():
         pred.pop("latency_ms", None)

@@ -74,6 +74,9 @@ def test_journal_format_has_priority_and_no_timestamp_when_stderr_is_journal(
     st = os.fstat(out.fileno())
     monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
     assert stderr_is_journal(out)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
     setup_logging(stream=out)
     log = logging.getLogger("leanloop.test")
     log.warning("camera gone")
@@ -90,4 +93,4 @@ def test_journal_format_has_priority_and_no_timestamp_when_stderr_is_journal(
     assert not stderr_is_journal(out)
     rec = logging.LogRecord("x", logging.INFO, "", 0, "hi", None, None)
     assert JournalFormatter().format(rec) == "<6>x: hi"
-    logging.getLogger().handlers.clear()
+    root.handlers[:] = saved

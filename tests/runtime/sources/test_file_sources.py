@@ -3,6 +3,7 @@ folder of images; each frame once, resume after a restart, the config models."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -101,11 +102,13 @@ def test_folder_source_gives_each_file_once_in_name_order(tmp_path: Path) -> Non
     for n in ("b.png", "a.png", ".hidden.png"):
         _ok, buf = cv2.imencode(".png", np.zeros((4, 4), np.uint8))
         (inbox / n).write_bytes(buf.tobytes())
+    os.utime(inbox / "a.png", (1_700_000_000, 1_700_000_000))  # written by the camera then
     src = open_source(FolderSourceSettings(path=inbox, pattern="*.png"), tmp_path)
     assert isinstance(src, FolderSource)
     got = [src.next() for _ in range(3)]
     assert [f.id for f in got if f is not None] == ["a.png", "b.png"]
     assert got[0] is not None and got[0].data and got[0].image is None
+    assert got[0].ts == 1_700_000_000
     assert src.health()["state"] == "idle" and src.health()["frames"] == 2
 
 
