@@ -290,7 +290,9 @@ class Demo:
                     "store": {"max_bytes": 2 << 20, "jpeg_quality": 95, "max_rate": 0},
                     "sampling": {"weights": weights, "seed": self.s.seed},
                     "upload": {"interval_s": 0.5, "batch": 64, "only_when_idle_s": 1.0},
-                    "update": {"trial_frames": 10},
+                    # No frames come between segments: the trial ends after 3 s on the health
+                    # check and the frames seen (60 s by default: a minute per update here).
+                    "update": {"trial_frames": 10, "trial_s": 3.0},
                     "shadow": {"report_interval_s": 0.5},
                 }
                 (d / "device.yaml").write_text(yaml.safe_dump(cfg))
