@@ -2,25 +2,35 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+# `make demo` needs the hub extra only; `make test`/`lint`/`bench` add the dev tools and the
+# TFLite export toolchain (a second stamp on top of the first).
+STAMP := $(VENV)/.installed-$(HASH)
+TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 # TFLite export (litert-torch) and exactly what its export path imports, pinned to a tested set.
 LITERT_TORCH := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==0.10.0 \
 	ai-edge-litert==2.3.0 torchao==0.18.0 jax==0.10.2 jaxlib==0.10.2 opt-einsum==3.4.0 \
 	absl-py==2.5.1 immutabledict==4.2.1 tabulate==0.10.0
 
-.PHONY: install sysdeps labelstudio demo test lint bench fuzz fuzz-deps clean
+.PHONY: install install-test sysdeps labelstudio demo test lint bench fuzz fuzz-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[hub]'
+	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev]'
 	@# --no-deps: litert-converter needs xdsl, which pins typing-extensions<4.13 and would downgrade pydantic.
 	$(PY) -m pip install -q --no-deps $(LITERT_TORCH)
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 demo: install
 	$(VENV)/bin/leanloop demo $(DEMO_ARGS)
@@ -33,7 +43,7 @@ sysdeps:
 labelstudio:
 	@bash .ci/labelstudio
 
-test: install sysdeps labelstudio fuzz-deps
+test: install-test sysdeps labelstudio fuzz-deps
 	@# A short coverage-guided pass over every parser first (make fuzz runs them for longer), so
 	@# that pytest's summary is the run's closing line.
 	@$(PY) -c "import atheris" 2>/dev/null && $(PY) -m fuzz --seconds 1 --jobs 4 \
@@ -42,18 +52,18 @@ test: install sysdeps labelstudio fuzz-deps
 
 # Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes, FUZZ_SECONDS each.
 FUZZ_SECONDS ?= 60
-fuzz-deps: install
+fuzz-deps: install-test
 	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris \
 		|| echo "note: atheris does not install here"
 
 fuzz: fuzz-deps
 	$(PY) -m fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
-lint: install
+lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy runtime hub trainer bsdiff leanloop bench hil fuzz
 
-bench: install
+bench: install-test
 	@# Delta anchors that come as CLI tools (skipped with a note when they cannot be installed).
 	@command -v xdelta3 >/dev/null && command -v zstd >/dev/null || \
 		(apt-get install -y -q xdelta3 zstd >/dev/null 2>&1 || echo "note: xdelta3/zstd CLI not installed")

@@ -18,6 +18,7 @@ Each benchmark prints its table and writes JSON under ``--out``:
   endpoint (#15);
 - ``training.json``: training throughput of our loop vs a plain torch loop on the same model
   (classification, detection), and the Optuna search's overhead (#13);
+- ``demo.json``: ``leanloop demo`` wall time per phase against its ≤ 5-minute goal (#18);
 - ``active.json``: labels margin / entropy / least-confidence need to reach random
   sampling's accuracy on the real MNIST digits, 3 seeds (#5).
 
@@ -103,6 +104,13 @@ def _training(out: Path, quick: bool) -> int:
     return 0
 
 
+def _demo(out: Path, quick: bool) -> int:
+    from bench.demo import run as demo_run
+
+    demo_run(out, quick=quick)
+    return 0
+
+
 SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "inference": _inference,
     "delta": _delta,
@@ -114,6 +122,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "replay": _replay,
     "soak": _soak,
     "training": _training,
+    "demo": _demo,
 }
 
 

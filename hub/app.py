@@ -177,8 +177,9 @@ async def _timestamp_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     runner = JobRunner(
-        app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s
-    )
+        app[DB], app[BLOBS], cfg.data_dir / "jobs", cfg.trainer_command, cfg.job_timeout_s,
+        concurrency=cfg.job_concurrency,
+    )  # fmt: skip
     app[JOBS] = runner
     await runner.start(recover=app[LEADER].is_leader)
     yield

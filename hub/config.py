@@ -91,6 +91,9 @@ class HubConfig(BaseModel):
         description="command of a training job; --annotations/--images/--out[/--init-from] "
         "are appended",
     )
+    job_concurrency: int = Field(
+        default=1, ge=1, le=16, description="training jobs run at once (each its own process)"
+    )
     job_timeout_s: float | None = Field(
         default=None, gt=0, description="kill a training job after this long (None: never)"
     )

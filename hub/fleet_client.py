@@ -28,9 +28,15 @@ __all__ = ["FleetClient"]
 class FleetClient(HubAdminClient):
     """:class:`~hub.client.HubAdminClient` plus staged rollouts."""
 
-    def create_rollout(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Start a staged rollout (a :class:`hub.rollouts.RolloutSpec` as JSON)."""
-        return dict(self._json("POST", "/admin/rollouts/staged", json_body=spec))
+    def create_rollout(
+        self, spec: dict[str, Any], force_reason: str | None = None, who: str | None = None
+    ) -> dict[str, Any]:
+        """Start a staged rollout (a :class:`hub.rollouts.RolloutSpec` as JSON); an unblessed
+        version needs ``force_reason`` when the hub requires blessings (audited with ``who``)."""
+        query = {k: v for k, v in (("force_reason", force_reason), ("who", who)) if v is not None}
+        return dict(
+            self._json("POST", "/admin/rollouts/staged", json_body=spec, query=query or None)
+        )
 
     def rollouts(self) -> list[dict[str, Any]]:
         """Every rollout, newest first."""

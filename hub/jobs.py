@@ -1,7 +1,8 @@
 """Training jobs: export the annotated samples, run the trainer as a subprocess, pack its output.
 
-A job is a row (``queued``) plus a folder ``<data>/jobs/<id>/``. One job runs at a time (a
-training run wants every core of a small hub). The runner
+A job is a row (``queued``) plus a folder ``<data>/jobs/<id>/``. One job runs at a time by
+default (a training run wants every core of a small hub); the config's ``job_concurrency`` runs
+that many at once (e.g. two small jobs with one torch thread each). The runner
 
 1. exports the bundle's annotated samples: ``annotations.jsonl`` (one
    ``{"id": …, "boxes": [[x1, y1, x2, y2, "label"], …]}`` per line) and ``images/<id>.jpg``;
@@ -190,7 +191,7 @@ def log_tail(path: str | None, limit: int = _LOG_TAIL_BYTES) -> str:
 
 
 class JobRunner:
-    """Runs queued jobs one at a time in a background task."""
+    """Runs queued jobs in ``concurrency`` background tasks (one job at a time each)."""
 
     def __init__(
         self,
@@ -200,15 +201,17 @@ class JobRunner:
         trainer_command: list[str],
         timeout_s: float | None = None,
         spec_command: list[str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._db = db
+        self._concurrency = max(1, concurrency)
         self._blobs = blobs
         self._jobs_dir = jobs_dir
         self._command = list(trainer_command)
         self._spec_command = list(spec_command or [sys.executable, "-m", "trainer.run"])
         self._timeout_s = timeout_s
         self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         from hub.autotrain import AutoTrain
 
         self.auto = AutoTrain(jobs_dir / "auto_train.json", db, self)
@@ -228,7 +231,7 @@ class JobRunner:
         running is not dead.
         """
         if not recover:
-            self._task = asyncio.create_task(self._work(), name="leanloop-job-runner")
+            self._start_workers()
             return
         for job_id in await self._db.call(self._db.jobs_in, "running"):
             await self._db.call(
@@ -239,14 +242,21 @@ class JobRunner:
             )
         for job_id in await self._db.call(self._db.jobs_in, "queued"):
             self._queue.put_nowait(job_id)
-        self._task = asyncio.create_task(self._work(), name="leanloop-job-runner")
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"leanloop-job-runner-{k}")
+            for k in range(self._concurrency)
+        ]
 
     async def stop(self) -> None:
-        """Cancel the worker; a running trainer process is killed and its job marked failed."""
-        if self._task is not None:
-            self._task.cancel()
+        """Cancel the workers; a running trainer process is killed and its job marked failed."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def submit(self, params: dict[str, Any]) -> int:
         """Queue a job with these params (``bundle``, ``version``, ``init_from``, ``params``)."""

@@ -617,10 +617,15 @@ def demo(
             "writes report.json",
         ),
     ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="the larger run: every export format, training jobs one at a time"
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on one machine: hub, devices, train, publish, update, collect, retrain."""
     import sys
-    from dataclasses import asdict
 
     from leanloop.demo import DemoSettings, run_demo
 
@@ -632,16 +637,11 @@ def demo(
         budget=budget,
         seed=seed,
         json_report=as_json,
+        full=full,
     )
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        rows = run_demo(settings)
+        _rows, report = run_demo(settings)
     if as_json:
-        report = {
-            "settings": {
-                k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
-            },
-            "rows": [asdict(r) for r in rows],
-        }
         typer.echo(json.dumps(report, indent=2, default=str))
 
 

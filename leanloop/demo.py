@@ -40,9 +40,34 @@ import cv2
 import numpy as np
 import yaml
 
+from leanloop.demo_parts import (
+    gate,
+    operator_correction,
+    rollout_summary,
+    shadow_result,
+    start_shadow,
+)
+from leanloop.demo_view import (
+    JobView,
+    Phases,
+    export_seconds,
+    job_line,
+    print_parts,
+    print_phases,
+    print_rows,
+    print_summary,
+)
 from runtime.errors import LeanloopError
 
-__all__ = ["DemoSettings", "run_demo", "score_frame"]
+__all__ = ["DEMO_TRAINING", "GOAL_S", "DemoSettings", "run_demo", "score_frame"]
+
+GOAL_S = 300.0
+"""Wall-time goal of the default run after the install (``python -m bench --only demo``)."""
+
+# The default run: ONNX only (what the demo's devices run; ``--full`` also exports OpenVINO and
+# TFLite) and the trainer's default steps; the two arms' jobs run at once on one core each.
+DEMO_TRAINING: dict[str, Any] = {"formats": []}
+FULL_TRAINING: dict[str, Any] = {"formats": ["openvino", "tflite"]}
 
 ARMS = {"unc": {"margin": 1.0}, "rnd": {"random": 1.0}}
 MARKER = ".leanloop-demo"
@@ -65,6 +90,9 @@ class DemoSettings:
     timeout_s: float = 300.0
     quiet: bool = False
     train_params: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the trainer's parameters (on top of DEMO_TRAINING, or FULL_TRAINING)."""
+    full: bool = False
+    """Today's larger run: every export format, jobs one after the other on both cores."""
 
 
 @dataclass
@@ -168,6 +196,9 @@ class Demo:
         self.version = dict.fromkeys(ARMS, 1)
         self.last_job: dict[str, int] = {}
         self.gates: dict[tuple[str, int], dict[str, Any]] = {}  # (arm, version) -> gate decision
+        self.phases = Phases()
+        self.rollouts: dict[tuple[str, int], int] = {}  # (arm, version) -> staged rollout id
+        self.jobs_at_once = 1 if s.full else len(ARMS)
 
     def say(self, msg: str) -> None:
         if not self.s.quiet:
@@ -184,10 +215,12 @@ class Demo:
         (self.work / MARKER).write_text("made by leanloop demo; deleted by the next run\n")
 
     def start_hub(self) -> None:
-        from hub.client import HubAdminClient
+        from hub.fleet_client import FleetClient
         from hub.signing import init_keys
 
         init_keys(self.work / "keys")
+        hub_cfg = {"job_concurrency": self.jobs_at_once, "rollout_tick_s": 0.5}
+        (self.work / "hub.yaml").write_text(yaml.safe_dump(hub_cfg))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs.start(
@@ -207,6 +240,8 @@ class Demo:
                 "--keys",
                 str(self.work / "keys"),
                 "--require-blessing",
+                "--config",
+                str(self.work / "hub.yaml"),
             ],
             self.work / "logs" / "hub.log",
         )
@@ -218,7 +253,7 @@ class Demo:
             time.sleep(0.1)
         self.admin_token = (self.work / "hub" / "admin.token").read_text().strip()
         self.enroll_token = (self.work / "hub" / "enroll.token").read_text().strip()
-        self.hub = HubAdminClient(self.url, self.admin_token)
+        self.hub = FleetClient(self.url, self.admin_token)
         self.say(f"hub on {self.url}")
 
     def _port_open(self) -> bool:
@@ -255,7 +290,10 @@ class Demo:
                     "store": {"max_bytes": 2 << 20, "jpeg_quality": 95, "max_rate": 0},
                     "sampling": {"weights": weights, "seed": self.s.seed},
                     "upload": {"interval_s": 0.5, "batch": 64, "only_when_idle_s": 1.0},
-                    "update": {"trial_frames": 10},
+                    # No frames come between segments: the trial ends after 3 s on the health
+                    # check and the frames seen (60 s by default: a minute per update here).
+                    "update": {"trial_frames": 10, "trial_s": 3.0},
+                    "shadow": {"report_interval_s": 0.5},
                 }
                 (d / "device.yaml").write_text(yaml.safe_dump(cfg))
                 self.procs.start(
@@ -293,8 +331,8 @@ class Demo:
         for arm in ARMS:
             for i, fr in enumerate(self.seed_frames):
                 _ok, png = cv2.imencode(".png", fr.image)
-                meta = {
-                    "id": f"seed-{i:05d}",
+                meta = {  # one id per arm: the hub keys samples by id alone
+                    "id": f"seed-{arm}-{i:05d}",
                     "frame_id": f"seed-{i:05d}.png",
                     "bundle": f"digits-{arm}",
                     "device_id": "lab",
@@ -435,7 +473,10 @@ class Demo:
                     labels=self.labels[arm],
                     bytes_per_device=int(np.mean(bytes_dl)),
                     wall_s=round(time.monotonic() - self.t0, 1),
-                    extra={"gate": self.gates.get((arm, self.version[arm]))},
+                    extra={
+                        "gate": self.gates.get((arm, self.version[arm])),
+                        "rollout": rollout_summary(self, arm, self.version[arm]),
+                    },
                 )
             )
 
@@ -465,177 +506,148 @@ class Demo:
         self.labels[arm] += used
         return frames, used
 
-    def train(self, arm: str, version: int) -> Path:
-        job = self.hub.start_train(
-            f"digits-{arm}", version, self.last_job.get(arm), params=self.s.train_params or None
-        )
-        self.wait(
-            f"training job {job}",
-            lambda: self.hub.job(job)["state"] in ("done", "failed"),
-            timeout=600,
-        )
-        info = self.hub.job(job)
-        if info["state"] != "done":
-            raise DemoError(f"training job {job} failed: {info.get('error')}")
-        self.last_job[arm] = job
-        dest = self.work / "sources" / f"{arm}-v{version}"
-        self.hub.job_artifact(job, dest)
-        return dest
+    def job_params(self, threads: int) -> dict[str, Any]:
+        base = FULL_TRAINING if self.s.full else DEMO_TRAINING
+        return {**base, "threads": threads, **self.s.train_params}
 
-    def gate(self, arm: str, bundle: Path, version: int) -> str | None:
-        """Replay v against v-1 on the arm's history (the hub's labelled frames) and bless it when
-        the gate passes; otherwise return the reason the demo publishes it anyway (audited).
+    def train(self, arms: list[str], version: int) -> dict[str, Path]:
+        """One training job per arm, submitted at once (the hub runs ``jobs_at_once`` of them
+        in parallel, each on ``2 / jobs_at_once`` torch threads); their bundle sources."""
+        threads = max(1, 2 // min(len(arms), self.jobs_at_once))
+        jobs = {
+            arm: self.hub.start_train(
+                f"digits-{arm}", version, self.last_job.get(arm), params=self.job_params(threads)
+            )
+            for arm in arms
+        }
+        t0 = time.monotonic()
+        took: dict[str, float] = {}
+        infos: dict[str, dict[str, Any]] = {}
+        with JobView(not self.s.quiet, f"training v{version}") as view:
 
-        The history holds the frames the candidate was trained on, so this gate is optimistic;
-        it shows the mechanism, one decision per iteration (a fleet gates on held-out history).
-        """
-        from hub.replay.evaluate import run_replay
-        from hub.replay.fetch import download_history
-        from hub.replay.history import HistoryDir
-        from hub.replay.report import write_report
-        from hub.replay.spec import parse_gate_spec
+            def done() -> bool:
+                for arm, job in jobs.items():
+                    if arm in took:
+                        continue
+                    infos[arm] = self.hub.job(job)
+                    if infos[arm]["state"] in ("done", "failed"):
+                        took[arm] = time.monotonic() - t0
+                lines = {
+                    f"job {jobs[a]} digits-{a} v{version}": job_line(infos.get(a, {})) for a in arms
+                }
+                view.update(lines, time.monotonic() - t0)
+                return len(took) == len(jobs)
 
-        if version == 1:
-            self.gates[(arm, version)] = {"decision": "forced", "summary": "first version"}
-            return "first version: nothing to replay it against"
-        work = self.work / "replay" / f"{arm}-v{version}"
-        download_history(self.hub, work / "history", f"digits-{arm}")
-        spec = parse_gate_spec({
-            "metrics": {"top1_accuracy": {"max_drop": 0.02}},
-            "slices": {"by": ["selection", "class"], "min_size": 30},
-            "bootstrap": {"resamples": 300, "seed": self.s.seed},
-        })  # fmt: skip
-        baseline = self.work / "bundles" / f"digits-{arm}-v{version - 1}"
-        report = run_replay(bundle, baseline, HistoryDir(work / "history"), spec,
-                            work / "results", who="demo")  # fmt: skip
-        j, h = write_report(report, work / "report")
-        stored = self.hub.post_report(j.read_bytes(), h.read_bytes())
-        dec, m = report["decision"], report["metrics"]
-        self.gates[(arm, version)] = {
-            "decision": dec["decision"], "summary": dec["summary"], "report": stored["digest"],
-            "frames": report["counts"]["used"],
-            "top1": [m["baseline"]["top1_accuracy"], m["candidate"]["top1_accuracy"]],
-        }  # fmt: skip
-        self.say(
-            f"gate digits-{arm} v{version} vs v{version - 1} on {report['counts']['used']} "
-            f"frames: top-1 {m['candidate']['top1_accuracy']:.1%} vs "
-            f"{m['baseline']['top1_accuracy']:.1%}: {dec['summary']}"
-        )
-        if dec["decision"] == "pass":
-            self.hub.bless(stored["digest"], "demo")
-            return None
-        return f"demo: the loop goes on although the gate blocked it ({dec['summary']})"
+            self.wait(f"training jobs {sorted(jobs.values())}", done, timeout=900)
+        self.phases.add("training (wall, arms in parallel)" if len(arms) > 1 else "training v1",
+                        time.monotonic() - t0)  # fmt: skip
+        out: dict[str, Path] = {}
+        for arm, job in jobs.items():
+            info = infos[arm]
+            if info["state"] != "done":
+                raise DemoError(f"training job {job} failed: {info.get('error')}")
+            if len(arms) > 1:
+                self.phases.add(f"  training job, {arm} arm", took[arm])
+            exp = export_seconds(info)
+            if exp is not None:
+                fmts = "+".join(["onnx", *self.job_params(threads)["formats"]])
+                self.phases.add(f"  of which export ({fmts})", exp)
+            self.last_job[arm] = job
+            dest = self.work / "sources" / f"{arm}-v{version}"
+            self.hub.job_artifact(job, dest)
+            out[arm] = dest
+        self.say(", ".join(f"{a}: job {jobs[a]} done in {took[a]:.0f} s" for a in arms))
+        return out
 
     def publish(self, arm: str, src: Path, version: int) -> None:
         from runtime.bundle.build import build_bundle
 
         out = self.work / "bundles" / f"digits-{arm}-v{version}"
-        build_bundle(src, out, name=f"digits-{arm}", version=version)
-        reason = self.gate(arm, out, version)  # None: blessed
-        self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
-        self.hub.rollout(f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo")
+        with self.phases.time("bundle build"):
+            build_bundle(src, out, name=f"digits-{arm}", version=version)
+        with self.phases.time("replay gate"):
+            reason = gate(self, arm, out, version)  # None: blessed
+        with self.phases.time("publish (sign, deltas) + rollout"):
+            self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
+            if version == 1:  # no device is enrolled yet: v1 is the cohort's desired bundle
+                self.hub.rollout(
+                    f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo"
+                )
+                return
+            # A staged rollout: one canary device first; the rest once it runs the version.
+            spec = {"bundle": f"digits-{arm}", "version": version, "cohort": arm,
+                    "waves": [{"count": 1}, {"percent": 100}], "soak_s": 1.0}  # fmt: skip
+            r = self.hub.create_rollout(spec, force_reason=reason, who="demo")
+            self.rollouts[(arm, version)] = int(r["id"])
 
     def run(self) -> list[Row]:
-        self.prepare_workdir()
-        self.say("loading real digits and composing the seed batch")
-        self.load_data()
-        self.start_hub()
-        self.import_seed()
+        with self.phases.time("setup (data, hub, seed import)"):
+            self.prepare_workdir()
+            self.say("loading real digits and composing the seed batch")
+            self.load_data()
+            self.start_hub()
+            self.import_seed()
         self.say("training the minimum viable model (v1) on the seed batch")
-        src = self.train("unc", 1)
+        src = self.train(["unc"], 1)["unc"]
         self.last_job["rnd"] = self.last_job["unc"]
         for arm in ARMS:
             self.publish(arm, src, 1)
-        self.start_devices()
-        self.wait_versions()
+        with self.phases.time("device start + catch-up"):
+            self.start_devices()
+            self.wait_versions()
         self.say("v1 is live on every device")
         for it in range(self.s.iterations + 1):
-            self.segment_frames(it)
-            self.wait_segment(it)
+            if it == self.s.iterations:
+                with self.phases.time("shadow candidate: publish + stage"):
+                    shadow = start_shadow(self)
+            with self.phases.time("devices: serve segment + upload"):
+                self.segment_frames(it)
+                self.wait_segment(it)
             self.measure(it)
-            self.print_rows(it)
+            if it == self.s.iterations:
+                with self.phases.time("shadow candidate: agreement"):
+                    self.rows[-2].extra["shadow"] = shadow_result(self, shadow)
+            if it == 0:
+                with self.phases.time("operator correction → hub"):
+                    self.rows[-2].extra["correction"] = operator_correction(self, "unc")
+            if not self.s.quiet:
+                print_rows(self.rows, it, stderr=False)
             if it == self.s.iterations:
                 break
+            with self.phases.time("oracle labelling"):
+                for arm in ARMS:
+                    n, used = self.annotate(arm)
+                    self.version[arm] += 1
+                    self.say(f"{arm}: oracle labelled {used} digits in {n} frames")
+            srcs = self.train(list(ARMS), self.version["unc"])
             for arm in ARMS:
-                n, used = self.annotate(arm)
-                self.version[arm] += 1
-                self.say(
-                    f"{arm}: oracle labelled {used} digits in {n} frames; "
-                    f"training v{self.version[arm]}"
-                )
-                src = self.train(arm, self.version[arm])
-                self.publish(arm, src, self.version[arm])
-            self.wait_versions()
+                self.publish(arm, srcs[arm], self.version[arm])
+            with self.phases.time("device catch-up"):
+                self.wait_versions()
             self.say(f"v{self.version['unc']} is live on every device")
         return self.rows
 
-    def print_rows(self, it: int) -> None:
-        from rich.console import Console
-        from rich.table import Table
 
-        t = Table(title=f"iteration {it}")
-        cols = (
-            "arm",
-            "model",
-            "gate",
-            "frame acc",
-            "digit acc",
-            "labels",
-            "bytes/device",
-            "wall s",
-        )
-        for col in cols:
-            t.add_column(col)
-        for r in self.rows:
-            if r.iteration == it:
-                t.add_row(
-                    "uncertainty" if r.arm == "unc" else "random",
-                    f"v{r.version}",
-                    (r.extra.get("gate") or {}).get("decision", "-"),
-                    f"{r.frame_accuracy:.1%}",
-                    f"{r.digit_accuracy:.1%}",
-                    str(r.labels),
-                    f"{r.bytes_per_device:,}",
-                    f"{r.wall_s}",
-                )
-        Console(stderr=self.s.quiet).print(t)
-
-
-def print_summary(rows: list[Row]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="production accuracy per iteration (frames read right)")
-    for col in ("iteration", "labels", "uncertainty", "random", "Δ", "bytes/device"):
-        t.add_column(col)
-    its = sorted({r.iteration for r in rows})
-    for it in its:
-        u = next(r for r in rows if r.iteration == it and r.arm == "unc")
-        r_ = next(r for r in rows if r.iteration == it and r.arm == "rnd")
-        t.add_row(
-            str(it),
-            f"{u.labels}",
-            f"{u.frame_accuracy:.1%}",
-            f"{r_.frame_accuracy:.1%}",
-            f"{u.frame_accuracy - r_.frame_accuracy:+.1%}",
-            f"{u.bytes_per_device:,}",
-        )
-    Console().print(t)
-
-
-def run_demo(s: DemoSettings) -> list[Row]:
+def run_demo(s: DemoSettings) -> tuple[list[Row], dict[str, Any]]:
+    """Run the demo; returns its rows and the report (settings, rows, phases, total)."""
     demo = Demo(s)
     try:
         rows = demo.run()
     finally:
         demo.procs.stop_all()
-    print_summary(rows)
-    if s.json_report:
-        report = {
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
-            "rows": [asdict(r) for r in rows],
-        }
-        path = demo.work / "report.json"
-        path.write_text(json.dumps(report, indent=2))
-        print(f"report: {path}", file=sys.stderr)
-    return rows
+    total = time.monotonic() - demo.t0
+    phases = demo.phases.to_dict()
+    report = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
+        "rows": [asdict(r) for r in rows],
+        "phases": phases,
+        "total_s": round(total, 1),
+        "goal_s": GOAL_S,
+    }
+    (demo.work / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    if not s.quiet:
+        print_summary(rows)
+        print_parts(rows)
+        print_phases(phases, total, GOAL_S)
+        print(f"report: {demo.work / 'report.json'}", file=sys.stderr)
+    return rows, report

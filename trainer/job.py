@@ -26,6 +26,7 @@ import cv2
 
 from runtime.errors import LeanloopError
 from trainer.errors import TrainerError
+from trainer.export import ALTERNATE_FORMATS
 from trainer.source import CHECKPOINT_DIR, write_bundle_source
 from trainer.stages import CLASSES
 from trainer.train import AnnotatedFrame, TrainParams, train_models
@@ -51,6 +52,7 @@ def run_training_job(
     init_from: Path | None = None,
     params: TrainParams | None = None,
     notes: dict[str, Any] | None = None,
+    formats: tuple[str, ...] = ALTERNATE_FORMATS,
 ) -> Path:
     """Train on ``annotated`` (warm-started from ``init_from`` if given), export, and write the
     bundle source to ``out_dir``. Returns ``out_dir``. Raises TrainerError or OSError."""
@@ -67,7 +69,9 @@ def run_training_job(
         "seed": params.seed,
     }
     all_notes.update(notes or {})
-    out = write_bundle_source(out_dir, models, golden, all_notes)
+    t_export = time.perf_counter()
+    out = write_bundle_source(out_dir, models, golden, all_notes, formats)
+    print(f"export_s = {time.perf_counter() - t_export:.1f} (onnx + {list(formats)})", flush=True)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", flush=True)
     return out
 
@@ -116,6 +120,16 @@ def load_annotations(annotations: Path, images: Path) -> list[AnnotatedFrame]:
     return frames
 
 
+def _formats(value: Any) -> tuple[str, ...]:
+    """The ``formats`` job parameter: a list of alternate formats. Raises TrainerError."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TrainerError("training parameter formats: a list of format names")
+    unknown = sorted(set(value) - set(ALTERNATE_FORMATS))
+    if unknown:
+        raise TrainerError(f"training parameter formats: unknown {unknown}; {ALTERNATE_FORMATS}")
+    return tuple(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m trainer.job``); returns the exit code."""
     ap = argparse.ArgumentParser(prog="python -m trainer.job", description=__doc__.splitlines()[0])
@@ -123,10 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=Path, required=True, help="folder of <id>.jpg")
     ap.add_argument("--out", type=Path, required=True, help="bundle source folder to write")
     ap.add_argument("--init-from", type=Path, default=None, help="checkpoint folder")
-    ap.add_argument("--params", default="{}", help="JSON object of TrainParams overrides")
+    ap.add_argument(
+        "--params",
+        default="{}",
+        help='JSON object of TrainParams overrides; "formats": the model formats exported '
+        f"beside ONNX (a subset of {list(ALTERNATE_FORMATS)}; default all)",
+    )
     args = ap.parse_args(argv)
     try:
-        params = TrainParams.from_dict(json.loads(args.params))
+        raw = json.loads(args.params)
+        if not isinstance(raw, dict):
+            raise TrainerError("--params: not a JSON object")
+        formats = _formats(raw.pop("formats", list(ALTERNATE_FORMATS)))
+        params = TrainParams.from_dict(raw)
         t0 = time.perf_counter()
         frames = load_annotations(args.annotations, args.images)
         digits = sum(len(f.labels) for f in frames)
@@ -140,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        models_out = run_training_job(frames, args.out, args.init_from, params)
+        models_out = run_training_job(frames, args.out, args.init_from, params, formats=formats)
         metrics = json.loads((models_out / "notes.json").read_text())
         for key in ("train.train_s", "train.detector_train_s", "train.classifier_train_s"):
             print(f"{key} = {metrics.get(key)}", flush=True)

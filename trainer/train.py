@@ -415,15 +415,21 @@ def _fit(
     lr: float,
     gen: torch.Generator,
     loss_fn: Any,
+    name: str = "",
 ) -> float:
-    """AdamW with a one-cycle schedule over ``steps`` batches; returns the last-epoch mean loss."""
+    """AdamW with a one-cycle schedule over ``steps`` batches; returns the last-epoch mean loss.
+
+    Prints ``progress <name> <step>/<steps> loss=<x>`` to stdout every tenth of the run (the
+    hub keeps stdout as the job log; ``leanloop demo`` shows the last such line live).
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     model.train()
     order = torch.randperm(n, generator=gen)
     pos = 0
     recent: list[float] = []
-    for _ in range(steps):
+    every = max(1, steps // 10)
+    for step in range(1, steps + 1):
         if pos + batch > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + batch]
@@ -434,6 +440,8 @@ def _fit(
         opt.step()
         sched.step()
         recent = [*recent[-19:], loss.item()]
+        if name and (step % every == 0 or step == steps):
+            print(f"progress {name} {step}/{steps} loss={np.mean(recent):.3f}", flush=True)
     model.eval()
     return float(np.mean(recent)) if recent else float("nan")
 
@@ -485,7 +493,7 @@ def train_models(
 
     t1 = time.perf_counter()
     metrics["detector_loss"] = _fit(
-        models.detector, len(det_x), params.detector_batch, det_steps, lr, gen, det_loss
+        models.detector, len(det_x), params.detector_batch, det_steps, lr, gen, det_loss, "detector"
     )
     metrics["detector_train_s"] = time.perf_counter() - t1
     metrics["detector_samples"] = float(len(det_x))
@@ -503,7 +511,14 @@ def train_models(
 
     t3 = time.perf_counter()
     metrics["classifier_loss"] = _fit(
-        models.classifier, len(cls_x), params.classifier_batch, cls_steps, lr, gen, cls_loss
+        models.classifier,
+        len(cls_x),
+        params.classifier_batch,
+        cls_steps,
+        lr,
+        gen,
+        cls_loss,
+        "classifier",
     )
     metrics["classifier_train_s"] = time.perf_counter() - t3
     metrics["classifier_samples"] = float(len(cls_x))

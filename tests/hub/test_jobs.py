@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,42 @@ def test_safe_extract_tar_when_archive_is_plain_extracts_files(tmp_path: Path) -
     names = safe_extract_tar(_tar(**{"pipeline.yaml": b"p", "models/m.onnx": b"m"}), tmp_path)
     assert sorted(names) == ["models/m.onnx", "pipeline.yaml"]
     assert (tmp_path / "models" / "m.onnx").read_bytes() == b"m"
+
+
+BARRIER_TRAINER = """
+import argparse, os, pathlib, sys, time
+p = argparse.ArgumentParser()
+p.add_argument("--annotations"); p.add_argument("--images"); p.add_argument("--out")
+p.add_argument("--init-from")
+a = p.parse_args()
+shared = pathlib.Path(sys.argv[0]).parent / "started"
+shared.mkdir(exist_ok=True)
+(shared / str(os.getpid())).touch()
+deadline = time.monotonic() + 20
+while len(list(shared.iterdir())) < 2:  # the other job must be running at the same time
+    if time.monotonic() > deadline:
+        print("alone: the other job never started", file=sys.stderr); sys.exit(3)
+    time.sleep(0.05)
+out = pathlib.Path(a.out); (out / "models").mkdir(parents=True)
+(out / "pipeline.yaml").write_text("format: leanloop.pipeline/1\\nstages: []\\n")
+"""
+
+
+@pytest.mark.asyncio
+async def test_train_jobs_when_concurrency_is_2_run_at_the_same_time(
+    aiohttp_client: Any, config: Any, keys_dir: Path, tmp_path: Path
+) -> None:
+    from hub.app import create_app
+
+    trainer = tmp_path / "barrier" / "trainer.py"
+    trainer.parent.mkdir()
+    trainer.write_text(BARRIER_TRAINER)
+    cfg = config.model_copy(
+        update={"job_concurrency": 2, "trainer_command": [sys.executable, str(trainer)]}
+    )
+    hub = Hub(await aiohttp_client(create_app(cfg)), cfg, keys_dir)
+    await _annotated(hub, "0000000000000001-00000001", "7")
+    jobs = [await _train(hub), await _train(hub)]
+    for job in jobs:  # each waits for the other: with one job at a time the first one fails
+        status = await _wait_job(hub, job)
+        assert status["state"] == "done", status

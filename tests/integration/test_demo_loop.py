@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
         timeout_s=180,
         train_params=FAST_TRAINING,
     )
-    rows = run_demo(s)
+    rows, out = run_demo(s)
     assert [(r.iteration, r.arm, r.version) for r in rows] == [
         (0, "unc", 1),
         (0, "rnd", 1),
@@ -65,14 +66,41 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
     # The MVP actually reads digits (this is real training on real digits, not a stub).
     assert first.digit_accuracy > 0.3
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert len(report["rows"]) == 4
+    assert len(report["rows"]) == 4 and report["total_s"] == out["total_s"] > 0
+    # Where the time went: both arms' jobs ran at once, ONNX only (what the devices run).
+    phases = report["phases"]
+    for name in ("training v1", "training (wall, arms in parallel)", "replay gate",
+                 "publish (sign, deltas) + rollout", "device catch-up"):  # fmt: skip
+        assert phases[name]["s"] > 0, name
+    assert phases["  of which export (onnx)"]["n"] == 3  # v1 + one job per arm
+    notes = json.loads((tmp_path / "demo" / "sources" / "unc-v2" / "notes.json").read_text())
+    assert not any(k.startswith(("max_diff.", "export_skipped.")) for k in notes)
     # One gate decision per iteration and arm: v2 replayed against v1 on the labelled history
     # (blessed when it passed; the hub requires a blessing or an audited --force).
     for r in rows[2:]:
         gate = r.extra["gate"]
         assert gate["decision"] in ("pass", "blocked") and gate["frames"] > 0
     assert report["rows"][2]["extra"]["gate"] == rows[2].extra["gate"]
+    # v2 went out as a staged rollout: a one-device canary, then the rest of the cohort.
+    for r in rows[2:]:
+        waves = r.extra["rollout"]["waves"]
+        assert waves[0]["target"] == 1 and waves[0]["succeeded"] == 1 and not waves[0]["failed"]
+    assert rows[0].extra["rollout"] is None  # v1: the cohort's desired bundle before enrolment
+    # An operator corrected a wrong digit with `leanloop feedback correct`; the hub counted it.
+    fix = rows[0].extra["correction"]
+    assert fix["device"] == "unc-1" and fix["said"] != fix["label"]
+    # During the last segment the random arm's model ran as a shadow candidate on the
+    # uncertainty devices (never promoted): the hub has their agreement on those frames.
+    sh = rows[2].extra["shadow"]
+    assert sh["version"] == 3 and sh["compared"] > 0 and 0.0 <= sh["agreement"] <= 1.0
+    assert rows[2].version == 2  # production stayed on v2
     assert (tmp_path / "demo" / "replay" / "unc-v2" / "report" / "report.html").exists()
     # Devices uploaded samples, and every sample the oracle labelled came from a device.
     hub_db = tmp_path / "demo" / "hub" / "hub.sqlite3"
     assert hub_db.exists()
+    # Both arms trained on the whole seed batch plus their own labels (same budget).
+    with sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True) as db:
+        per_arm = dict(db.execute(
+            "SELECT bundle, count(*) FROM samples WHERE id LIKE 'seed-%' GROUP BY bundle"
+        ).fetchall())  # fmt: skip
+    assert per_arm == {"digits-unc": 60, "digits-rnd": 60}

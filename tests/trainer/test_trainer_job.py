@@ -24,6 +24,7 @@ TINY = json.dumps(
         "warm_classifier_steps": 2,
         "views_per_digit": 2,
         "synthetic_per_frame": 0.5,
+        "formats": [],
     }
 )
 
@@ -92,6 +93,20 @@ def test_job_cli_when_run_on_a_tiny_set_writes_a_source_and_warm_starts(
     notes = json.loads((second / "notes.json").read_text())
     assert notes["train.warm_start"] == "1"
     assert notes["init_from"].endswith("checkpoint")
+    assert not any(k.startswith("export_skipped.") for k in notes)  # ONNX only: none asked
+
+
+def test_job_cli_when_formats_is_bad_exits_2(
+    make_frames: MakeFrames, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ann, images = _export(make_frames("seed", LAB_STYLE, 1, 34), tmp_path)
+    for bad in ('{"formats": ["coreml"]}', '{"formats": "onnx"}', "[1]"):
+        code = main(
+            ["--annotations", str(ann), "--images", str(images), "--out", str(tmp_path / "o"),
+             "--params", bad]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(

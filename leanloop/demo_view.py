@@ -1,0 +1,207 @@
+"""What ``leanloop demo`` shows: per-phase wall times, the live job display, the tables.
+
+Kept apart from :mod:`leanloop.demo` (which runs the loop) so that the loop reads as the loop.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.live import Live
+
+    from leanloop.demo import Row
+
+__all__ = [
+    "JobView",
+    "Phases",
+    "job_line",
+    "parts_lines",
+    "print_parts",
+    "print_phases",
+    "print_rows",
+    "print_summary",
+    "rollout_cell",
+]
+
+_PROGRESS = re.compile(r"^progress (\w+) (\d+)/(\d+) loss=([0-9.naif]+)\s*$", re.M)
+_EXPORT = re.compile(r"^export_s = ([0-9.]+)", re.M)
+
+
+class Phases:
+    """Wall seconds per phase of the run, summed over its occurrences (and counted)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.count: dict[str, int] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.count[name] = self.count.get(name, 0) + 1
+
+    @contextmanager
+    def time(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - t0)
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {k: {"s": round(v, 2), "n": self.count[k]} for k, v in self.seconds.items()}
+
+
+def job_line(info: dict[str, Any]) -> str:
+    """A one-line view of a training job from its status (state + last progress line)."""
+    tail = str(info.get("log_tail") or "")
+    found = _PROGRESS.findall(tail)
+    if info.get("state") != "running" or not found:
+        return str(info.get("state", "?"))
+    stage, step, steps, loss = found[-1]
+    return f"{stage} {step}/{steps} (loss {loss})"
+
+
+def export_seconds(info: dict[str, Any]) -> float | None:
+    """The export time a finished job printed (``export_s = …``), if its log tail holds it."""
+    found = _EXPORT.findall(str(info.get("log_tail") or ""))
+    return float(found[-1]) if found else None
+
+
+class JobView:
+    """A live (rich) display of the running training jobs, one line each, on stderr."""
+
+    def __init__(self, enabled: bool, title: str) -> None:
+        self.enabled = enabled
+        self.title = title
+        self._live: Live | None = None
+
+    def __enter__(self) -> JobView:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(
+                self.title, console=Console(stderr=True), refresh_per_second=4, transient=True
+            )
+            self._live.__enter__()
+        return self
+
+    def update(self, lines: dict[str, str], elapsed: float) -> None:
+        if self._live is not None:
+            body = "\n".join(f"  {k:<22} {v}" for k, v in lines.items())
+            self._live.update(f"{self.title} [{elapsed:5.1f}s]\n{body}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+
+def rollout_cell(r: dict[str, Any] | None) -> str:
+    """``canary 1/1 → 2/2 done``: devices running it per wave, and the rollout's status."""
+    if not r:
+        return "-"
+    waves = [f"{w['succeeded']}/{w['target']}" for w in r["waves"]]
+    return f"canary {' → '.join(waves)} {r['status']}"
+
+
+def print_rows(rows: list[Row], it: int, stderr: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"iteration {it}")
+    cols = ("arm", "model", "gate", "rollout", "frame acc", "digit acc", "labels",
+            "bytes/device", "wall s")  # fmt: skip
+    for col in cols:
+        t.add_column(col)
+    for r in rows:
+        if r.iteration == it:
+            t.add_row(
+                "uncertainty" if r.arm == "unc" else "random",
+                f"v{r.version}",
+                (r.extra.get("gate") or {}).get("decision", "-"),
+                rollout_cell(r.extra.get("rollout")),
+                f"{r.frame_accuracy:.1%}",
+                f"{r.digit_accuracy:.1%}",
+                str(r.labels),
+                f"{r.bytes_per_device:,}",
+                f"{r.wall_s}",
+            )
+    Console(stderr=stderr).print(t)
+
+
+def print_summary(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="production accuracy per iteration (frames read right)")
+    for col in ("iteration", "labels", "uncertainty", "random", "Δ", "bytes/device"):
+        t.add_column(col)
+    for it in sorted({r.iteration for r in rows}):
+        u = next(r for r in rows if r.iteration == it and r.arm == "unc")
+        r_ = next(r for r in rows if r.iteration == it and r.arm == "rnd")
+        t.add_row(
+            str(it),
+            f"{u.labels}",
+            f"{u.frame_accuracy:.1%}",
+            f"{r_.frame_accuracy:.1%}",
+            f"{u.frame_accuracy - r_.frame_accuracy:+.1%}",
+            f"{u.bytes_per_device:,}",
+        )
+    Console().print(t)
+
+
+def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
+    """One line per part of the loop the run exercised beyond train/publish/update (what
+    wave 2 added): the replay gate per candidate, the staged rollouts, the operator's fix."""
+    out: list[tuple[str, str]] = []
+    gates = [f"{r.arm} v{r.version}: {r.extra['gate']['decision']}" for r in rows
+             if r.extra.get("gate") and r.extra["gate"].get("frames")]  # fmt: skip
+    if gates:
+        out.append(("replay gate (per candidate)", ", ".join(gates)))
+    rolls = [f"{r.arm} v{r.version}: {rollout_cell(r.extra['rollout'])}" for r in rows
+             if r.extra.get("rollout")]  # fmt: skip
+    if rolls:
+        out.append(("staged rollout (canary first)", ", ".join(rolls)))
+    for r in rows:
+        if sh := r.extra.get("shadow"):
+            out.append((
+                "shadow candidate",
+                f"{r.arm} devices ran v{sh['version']} (the random arm's model) beside "
+                f"v{r.version}: agreement {sh['agreement']:.1%} on the last segment",
+            ))  # fmt: skip
+        if fix := r.extra.get("correction"):
+            out.append((
+                "operator correction → hub",
+                f"{fix['device']}: {fix['said']} → {fix['label']} on {fix['sample']} (item "
+                f"{fix['item']}), in the hub's feedback metrics",
+            ))  # fmt: skip
+    return out
+
+
+def print_parts(rows: list[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="the loop's parts in this run")
+    t.add_column("part")
+    t.add_column("what happened")
+    for part, what in parts_lines(rows):
+        t.add_row(part, what)
+    Console().print(t)
+
+
+def print_phases(phases: dict[str, dict[str, float]], total_s: float, goal_s: float) -> None:
+    """The wall time per phase and the total against the goal (overlapping phases say so)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"where the time went: {total_s:.0f} s wall (goal ≤ {goal_s:.0f} s)")
+    for col in ("phase", "times", "wall s", "share"):
+        t.add_column(col)
+    for name, v in phases.items():
+        t.add_row(name, str(int(v["n"])), f"{v['s']:.1f}", f"{v['s'] / max(total_s, 1e-9):.0%}")
+    Console().print(t)

@@ -1,0 +1,51 @@
+"""leanloop/demo_view.py: the demo's phase times, live job lines and the loop-parts table."""
+
+from __future__ import annotations
+
+from leanloop.demo import Row
+from leanloop.demo_view import Phases, export_seconds, job_line, parts_lines, rollout_cell
+
+
+def test_phases_when_timed_twice_sum_and_count() -> None:
+    p = Phases()
+    p.add("training", 1.25)
+    with p.time("training"):
+        pass
+    d = p.to_dict()
+    assert d["training"]["n"] == 2 and 1.25 <= d["training"]["s"] < 1.5
+
+
+def test_job_line_when_running_shows_last_progress_else_state() -> None:
+    tail = (
+        "loaded 9 frames\nprogress detector 12/120 loss=2.603\nprogress classifier 3/30 loss=1.5\n"
+    )
+    assert job_line({"state": "running", "log_tail": tail}) == "classifier 3/30 (loss 1.5)"
+    assert job_line({"state": "queued", "log_tail": ""}) == "queued"
+    assert job_line({"state": "running", "log_tail": "loaded 9 frames\n"}) == "running"
+    assert export_seconds({"log_tail": tail + "export_s = 2.4 (onnx + [])\n"}) == 2.4
+    assert export_seconds({"log_tail": tail}) is None
+
+
+def test_parts_lines_when_gate_rollout_and_correction_ran_has_one_line_each() -> None:
+    waves = [{"target": 1, "succeeded": 1, "failed": 0}, {"target": 2, "succeeded": 2, "failed": 0}]
+    rollout = {"id": 3, "status": "done", "waves": waves}
+    fix = {"device": "unc-1", "said": "3", "label": "8", "sample": "s1", "item": 0}
+    rows = [
+        Row(0, "unc", 1, 0.5, 0.6, 10, 1, 1.0, {"gate": {"decision": "forced"}, "correction": fix}),
+        Row(
+            1,
+            "unc",
+            2,
+            0.6,
+            0.7,
+            20,
+            2,
+            2.0,
+            {"gate": {"decision": "pass", "frames": 40}, "rollout": rollout},
+        ),
+    ]
+    lines = dict(parts_lines(rows))
+    assert lines["replay gate (per candidate)"] == "unc v2: pass"
+    assert lines["staged rollout (canary first)"] == "unc v2: canary 1/1 → 2/2 done"
+    assert "3 → 8" in lines["operator correction → hub"]
+    assert rollout_cell(None) == "-"
