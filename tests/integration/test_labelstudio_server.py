@@ -119,7 +119,7 @@ def test_label_studio_when_pointed_at_the_hub_round_trips_tasks_predictions_and_
             {"id": f"ls-{i}", "bundle": "digits", "image_format": "png", "prediction": seen},
             png,
             [],
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     # The hub's samples are annotated (imports carry an annotation); send them back to the
