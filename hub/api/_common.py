@@ -212,3 +212,15 @@ async def person_of_token(request: web.Request, token: str) -> tuple[str, str] |
     if named is not None and hmac.compare_digest(digest, named[2]):
         return named[0], named[1]
     return None
+
+
+def unread_bytes(request: web.Request) -> bytes:
+    """Body bytes that arrived but were not read when the connection was lost.
+
+    aiohttp raises the lost connection before it hands out what it had already received (its
+    StreamReader checks the error first); those bytes arrived whole and in order, so a
+    resumable upload counts them (issue 5's bytes-on-the-wire bound)."""
+    held = list(getattr(request.content, "_buffer", None) or ())
+    if held:  # the first chunk may be read in part already
+        held[0] = held[0][getattr(request.content, "_buffer_offset", 0) :]
+    return b"".join(bytes(b) for b in held)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -26,6 +27,7 @@ from hub.api._common import (
     read_capped,
     read_parts,
     store_blob,
+    unread_bytes,
 )
 from hub.errors import (
     BadRequest,
@@ -230,9 +232,13 @@ async def upload_part(request: web.Request) -> web.Response:
                         raise BadRequest("body runs past Upload-Length")
                     f.write(chunk)
                     size += len(chunk)
-            except ConnectionError:
-                # The link dropped mid-part: keep what arrived, the device resumes from here
-                # (nobody reads this answer).
+            except (ConnectionError, aiohttp.ClientPayloadError):
+                # The link dropped mid-part: keep what arrived (also what aiohttp received but
+                # had not handed out yet), the device resumes from here (nobody reads this).
+                if writers.get(key) is me:
+                    rest = unread_bytes(request)[: length - size]
+                    f.write(rest)
+                    size += len(rest)
                 log.info("upload of %s cut at %d of %d bytes", sample_id, size, length)
                 return _upload_answer("partial", size)
             if size < length:
