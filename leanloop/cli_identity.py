@@ -67,13 +67,17 @@ def approve(
     key: Annotated[
         str | None, typer.Option(help="public key (base64); default: the pending one")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Accept a key for a device; its old token stops working, its key then gets a new one."""
     try:
         chosen = _client(hub, token).approve_device(device, key)
     except LeanloopError as e:
         raise _fail(e) from e
-    typer.echo(f"approved {device}: key {chosen}")
+    if as_json:
+        typer.echo(json.dumps({"device": device, "approved_key": chosen}))
+    else:
+        typer.echo(f"approved {device}: key {chosen}")
 
 
 @identity_app.command("reset")
@@ -81,10 +85,14 @@ def reset(
     device: Annotated[str, typer.Argument(help="device id")],
     hub: Annotated[str, _HUB],
     token: Annotated[str | None, _TOKEN] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Forget a device's key and token; it may then enrol again with an enrolment secret."""
     try:
         _client(hub, token).reset_device(device)
     except LeanloopError as e:
         raise _fail(e) from e
-    typer.echo(f"reset {device}: it may enrol again")
+    if as_json:
+        typer.echo(json.dumps({"device": device, "reset": True}))
+    else:
+        typer.echo(f"reset {device}: it may enrol again")

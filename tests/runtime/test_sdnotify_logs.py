@@ -78,6 +78,11 @@ def test_journal_format_has_priority_and_no_timestamp_when_stderr_is_journal(
     saved = root.handlers[:]
     root.handlers.clear()
     setup_logging(stream=out)
+    # An earlier in-process CLI call (e.g. `leanloop infer` without --verbose) may have quieted
+    # the `leanloop` logger: this test is about the format, so it sets the levels it needs.
+    for name in ("leanloop", "leanloop.test"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    monkeypatch.setattr(logging.getLogger("leanloop"), "disabled", False)
     log = logging.getLogger("leanloop.test")
     log.warning("camera gone")
     try:

@@ -36,6 +36,10 @@ def why_not() -> str | None:
     """None when systemd can boot in a container here, else the reason."""
     if os.geteuid() != 0:
         return "systemd-nspawn needs root"
+    if ROOT.is_relative_to("/tmp") or ROOT.is_relative_to("/var/tmp"):
+        # The booted container mounts its own /tmp and the hardened unit adds PrivateTmp=yes,
+        # so code of a checkout under /tmp cannot run in the service.
+        return f"the checkout {ROOT} is under /tmp, which the container and the unit hide"
     if shutil.which("systemd-nspawn") is None:
         return "systemd-nspawn not installed (apt-get install systemd-container)"
     if not Path("/usr/lib/systemd/systemd").exists():
