@@ -22,7 +22,7 @@ from hub.rollouts.ticker import rollout_json
 from hub.sampleinfo import predicted_items, strategy_of
 from hub.storage import Sample
 from hub.web.render import render
-from hub.web.session import Viewer, login, logout, page, read_form, viewer
+from hub.web.session import Viewer, login, logout, page, read_form, set_cookie, viewer
 
 __all__ = ["routes"]
 
@@ -61,8 +61,6 @@ async def login_post(request: web.Request) -> web.StreamResponse:
             error="unknown token (people log in with a named token; device tokens cannot)",
         )  # fmt: skip
     resp = web.HTTPSeeOther(nxt)
-    from hub.web.session import set_cookie
-
     set_cookie(request, resp)
     raise resp
 
