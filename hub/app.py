@@ -11,7 +11,8 @@ Structure: this module is wiring only. ``create_app`` opens typed ``web.AppKey``
 tokens, shared with other replicas through the database; the leader election; the timestamp
 re-signing timer, the job runner and the rollout ticker, which act on the leader), adds the
 metrics middleware (:mod:`hub.metrics`, outermost) and the two of :mod:`hub.middlewares` (errors,
-then auth by path prefix and role) and the route table of each area in :mod:`hub.api` (one module
+then auth by path prefix and role), then :mod:`hub.fastpath`'s (read-your-writes around the
+caches of the devices' hot routes) and the route table of each area in :mod:`hub.api` (one module
 per area: devices, uploads, tuf, fleet, shadow, samples, jobs, rollouts, tokens, ops). Every body
 is size-capped before it is read. :func:`run` serves HTTPS when the config names a certificate.
 """
@@ -44,13 +45,13 @@ from hub.api._common import (
     PUBLISH_LOCK,
     REPO,
     SHARED,
-    TOUCHED,
     UNAUTH_SLOTS,
     UPLOAD_WRITERS,
     UPLOADS,
     hash_token,
 )
 from hub.config import HubConfig
+from hub.fastpath import FASTPATH, FastPath, fastpath_middleware
 from hub.jobs import JobRunner
 from hub.leader import Leader
 from hub.metrics import METRICS, HubMetrics, metrics_middleware
@@ -126,7 +127,10 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
     await asyncio.to_thread(_open_shared_state, app)
     app[UPLOADS] = PartialUploads(data / "uploads")
+    app[FASTPATH] = FastPath(app[DB], cfg.cache_check_s, cfg.heartbeat_flush_s)
+    await app[FASTPATH].start()
     yield
+    await app[FASTPATH].stop()
     app[DB].close()
 
 
@@ -144,7 +148,7 @@ async def _rollouts_ctx(app: web.Application) -> AsyncIterator[None]:
             if not app[LEADER].is_leader:
                 continue
             try:
-                await tick_all(app[DB])
+                await tick_all(app[DB], fast=app[FASTPATH])
             except Exception:  # keep stepping: a stuck rollout is worse than a noisy log
                 log.exception("rollout tick failed")
 
@@ -194,14 +198,13 @@ def create_app(config: HubConfig) -> web.Application:
     )
     app = web.Application(
         client_max_size=cap,
-        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware, fastpath_middleware],
     )
     app[METRICS] = HubMetrics()
     app[CONFIG] = config
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
     app[UNAUTH_SLOTS] = asyncio.Semaphore(config.max_unauthenticated)
-    app[TOUCHED] = {}
     app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
     for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)

@@ -74,6 +74,18 @@ class HubConfig(BaseModel):
         description="a JSON or multipart body must arrive whole within this (resumable sample "
         "uploads have only the idle limit: devices pace them)",
     )
+    cache_check_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="how often each replica reads the change counters of its token and desired "
+        "caches: the longest another replica serves a revoked token or an old desired answer",
+    )
+    heartbeat_flush_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="heartbeats (last seen, status) are written in batches this often: what a "
+        "crashed hub may lose of them (devices send them again at their next poll)",
+    )
     max_unauthenticated: int = Field(
         default=32,
         ge=1,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +14,6 @@ from hub.api._common import (
     API,
     DB,
     IDENTITY,
-    TOUCHED,
     UNAUTH_SLOTS,
     Identity,
     hash_token,
@@ -28,6 +26,7 @@ from hub.errors import (
     HubHTTPError,
     RequestTimeout,
 )
+from hub.fastpath import FASTPATH
 from hub.storage import HubDB
 from runtime.errors import LeanloopError
 
@@ -84,14 +83,23 @@ async def _identify(request: web.Request) -> Identity:
         raise AuthError("unknown token")
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):
         return Identity("admin")
-    db = request.app[DB]
     digest = hash_token(token)
+    fast = request.app[FASTPATH]
+    cached = fast.token(digest)  # hub.fastpath: dropped when any token changes
+    if cached is not None:
+        return cached
+    generation = fast.generation("tokens")  # before the lookup: see remember_token
+    db = request.app[DB]
     found, named = await db.call(_lookup, db, digest)  # one trip to the database's threads
+    who: Identity | None = None
     if found is not None and hmac.compare_digest(digest, found[1]):
-        return Identity("device", found[0])
-    if named is not None and hmac.compare_digest(digest, named[2]):
-        return Identity(named[1], name=named[0])
-    raise AuthError("unknown token")
+        who = Identity("device", found[0])
+    elif named is not None and hmac.compare_digest(digest, named[2]):
+        who = Identity(named[1], name=named[0])
+    if who is None:
+        raise AuthError("unknown token")
+    fast.remember_token(digest, generation, who)
+    return who
 
 
 def _lookup(db: HubDB, digest: str) -> tuple[Any, Any]:
@@ -99,8 +107,7 @@ def _lookup(db: HubDB, digest: str) -> tuple[Any, Any]:
     return found, (db.api_token_by_hash(digest) if found is None else None)
 
 
-_TOUCH_EVERY_S = 30.0  # last_seen is minutes-grained news; a write per request is not worth it
-_HEARTBEAT = f"{API}/device/heartbeat"  # writes last_seen with the status itself
+_HEARTBEAT = f"{API}/device/heartbeat"  # notes last_seen with the status itself
 
 
 @web.middleware
@@ -129,11 +136,7 @@ async def auth_middleware(
         raise ForbiddenError(f"a {who.kind} token cannot call {request.method} {request.path}")
     request[IDENTITY] = who
     if who.device_id is not None and request.path != _HEARTBEAT:
-        touched = request.app[TOUCHED]
-        now = time.monotonic()
-        if now - touched.get(who.device_id, -_TOUCH_EVERY_S) >= _TOUCH_EVERY_S:
-            touched[who.device_id] = now
-            await request.app[DB].call(request.app[DB].touch_device, who.device_id)
+        request.app[FASTPATH].seen(who.device_id)  # last_seen, written behind
     return await handler(request)
 
 

@@ -44,7 +44,6 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 ENROLL_TOKEN = web.AppKey("enroll_token", str)
 PUBLISH_LOCK = web.AppKey("publish_lock", asyncio.Lock)
 UPLOADS = web.AppKey("uploads", PartialUploads)
-TOUCHED = web.AppKey("touched", dict)  # device id -> when its last_seen was last written
 UPLOAD_WRITERS = web.AppKey("upload_writers", dict)  # (device, id) -> the request writing it
 UNAUTH_SLOTS = web.AppKey("unauth_slots", asyncio.Semaphore)  # requests without a token
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -18,6 +19,7 @@ from hub.api._common import (
     read_capped,
 )
 from hub.errors import BadRequest
+from hub.fastpath import FASTPATH
 from hub.storage import HubDB
 from runtime.protocol import (
     MAX_EVENTS,
@@ -45,12 +47,25 @@ def _desired_of(db: HubDB, device_id: str) -> tuple[str | None, int | None, Any]
 
 @routes.get(f"{API}/device/desired")
 async def desired(request: web.Request) -> web.Response:
-    """The bundle version a rollout asked this device to run (nulls: none yet)."""
-    db = request.app[DB]
-    bundle, version, candidate = await db.call(_desired_of, db, device_id_of(request))
-    answer = Desired.model_validate({"bundle": bundle, "version": version, "candidate": candidate})
-    body = answer.model_dump(mode="json", exclude={"candidate"} if candidate is None else None)
-    return web.json_response(body)
+    """The bundle version a rollout asked this device to run (nulls: none yet).
+
+    Served from :mod:`hub.fastpath`'s cache, which forgets it when a rollout changes it."""
+    device_id = device_id_of(request)
+    fast = request.app[FASTPATH]
+    body = fast.desired(device_id)
+    if body is None:
+        generation = fast.generation("desired")  # before the read: see remember_desired
+        db = request.app[DB]
+        bundle, version, candidate = await db.call(_desired_of, db, device_id)
+        answer = Desired.model_validate(
+            {"bundle": bundle, "version": version, "candidate": candidate}
+        )
+        dumped = answer.model_dump(
+            mode="json", exclude={"candidate"} if candidate is None else None
+        )
+        body = json.dumps(dumped).encode()
+        fast.remember_desired(device_id, generation, body)
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.post(f"{API}/device/shadow")
@@ -97,7 +112,8 @@ def _assigned(db: HubDB, device_id: str, bundle: str, version: int) -> bool:
 
 @routes.post(f"{API}/device/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
-    """Store the device's status report (a JSON object under the heartbeat cap).
+    """Store the device's status report (a JSON object under the heartbeat cap): written
+    behind, within ``heartbeat_flush_s`` (:mod:`hub.fastpath`).
 
     Its optional ``events`` list (update failures and rollbacks, each with an ``id``) is kept
     apart, in the device's event record, so a later heartbeat does not overwrite it.
@@ -111,8 +127,8 @@ async def heartbeat(request: web.Request) -> web.Response:
         beat = Heartbeat.model_validate(raw)
     except ValidationError as e:
         raise BadRequest(validation_reason(e, "heartbeat")) from e
+    request.app[FASTPATH].seen(device_id_of(request), beat.status())  # written behind
     db = request.app[DB]
-    await db.call(db.touch_device, device_id_of(request), beat.status())
     if beat.events:
         await db.call(
             db.add_device_events,

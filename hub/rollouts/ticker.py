@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from hub.rollouts.engine import tick, wave_counts
 
 if TYPE_CHECKING:
+    from hub.fastpath import FastPath
     from hub.storage import HubDB, Rollout
 
 __all__ = ["rollout_json", "tick_all", "tick_one"]
@@ -41,11 +42,17 @@ async def tick_one(db: HubDB, rollout: Rollout, now: float | None = None) -> Rol
     return await db.call(db.rollout, rollout.id)
 
 
-async def tick_all(db: HubDB, now: float | None = None) -> int:
-    """Step every running rollout; return how many there were."""
+async def tick_all(db: HubDB, now: float | None = None, fast: FastPath | None = None) -> int:
+    """Step every running rollout; return how many there were. With the hub's ``fast`` path,
+    the heartbeats it holds are written first (the halt rules read them) and its caches learn
+    of the orders at once."""
+    if fast is not None:
+        await fast.flush()
     running = await db.call(db.rollouts, True)
     for r in running:
         await tick_one(db, r, now)
+    if fast is not None:
+        await fast.refresh()
     return len(running)
 
 

@@ -220,14 +220,14 @@ class Database:
             for path in sorted(_MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
                 if path.stem in done:
                     continue
-                for stmt in _statements(path.read_text()):
+                for stmt in _statements(path.read_text(), c.dialect):
                     c.execute(pg_ddl(stmt) if c.dialect == "postgresql" else stmt)
                 c.execute(
                     "INSERT INTO schema_migrations (name, applied) VALUES (?, ?)",
                     (path.stem, time.time()),
                 )
                 applied.append(path.stem)
-            for stmt in _statements(legacy_tables):
+            for stmt in _statements(legacy_tables, c.dialect):
                 c.execute(pg_ddl(stmt) if c.dialect == "postgresql" else stmt)
         return applied
 
@@ -235,10 +235,48 @@ class Database:
 _MIGRATION_LOCK = 0x6C6C6D67  # "llmg": the advisory lock key of schema migrations
 
 
-def _statements(script: str) -> list[str]:
-    """A migration's statements (split on ``;`` at line ends; no ``;`` inside literals)."""
-    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+_SECTION = re.compile(r"--\s*@(all|sqlite|postgresql)\s*")
+
+
+def _statements(script: str, dialect: Dialect | None = None) -> list[str]:
+    """A migration's statements, split on ``;`` at line ends (no ``;`` inside literals).
+
+    A line ``-- @sqlite`` or ``-- @postgresql`` starts statements for that dialect only (``-- @all``
+    ends them): what portable SQL cannot say, such as triggers. A statement may span a trigger's
+    ``BEGIN`` … ``END;`` or a ``$$`` body, whose inner ``;`` do not split it.
+    """
+    lines: list[str] = []
+    keep = True
+    for ln in script.splitlines():
+        section = _SECTION.fullmatch(ln.strip())
+        if section:
+            keep = section.group(1) == "all" or dialect in (None, section.group(1))
+        elif keep and not ln.strip().startswith("--"):
+            lines.append(ln)
+    out: list[str] = []
+    current: list[str] = []
+    in_dollar = in_block = False
+    for ln in lines:
+        upper = ln.strip().upper()
+        current.append(ln)
+        if upper.count("$$") % 2:
+            in_dollar = not in_dollar
+        if not in_dollar and re.search(r"\bBEGIN$", upper):
+            in_block = "\n".join(current).lstrip().upper().startswith("CREATE TRIGGER")
+        if in_block:
+            if upper == "END;":
+                in_block = False
+                out.append("\n".join(current).strip())
+                current = []
+        elif not in_dollar and upper.endswith(";"):
+            chunk = "\n".join(current)
+            if "$$" in chunk:  # one statement with a body
+                out.append(chunk.strip().removesuffix(";"))
+            else:
+                out.extend(s.strip() for s in chunk.split(";") if s.strip())
+            current = []
+    out.extend(s.strip() for s in "\n".join(current).split(";") if s.strip())
+    return out
 
 
 class SqliteDatabase(Database):

@@ -84,6 +84,26 @@ class DeviceTables(DBBase):
                 (time.time(), json.dumps(status), device_id),
             )
 
+    def touch_devices(self, seen: list[tuple[str, float, dict[str, Any] | None]]) -> None:
+        """Record many devices' last contact at once: (device id, when, status or None to keep
+        the stored status). One transaction: what the hub's heartbeat write-behind flushes."""
+        with self._transaction():
+            for device_id, when, status in seen:
+                if status is None:
+                    self._db.execute(
+                        "UPDATE devices SET last_seen = ? WHERE id = ?", (when, device_id)
+                    )
+                else:
+                    self._db.execute(
+                        "UPDATE devices SET last_seen = ?, status_json = ? WHERE id = ?",
+                        (when, json.dumps(status), device_id),
+                    )
+
+    def generations(self) -> dict[str, int]:
+        """The change counters the triggers of migration 0011 bump (``tokens``, ``desired``)."""
+        rows = self._db.execute("SELECT name, value FROM hub_generations")
+        return {r["name"]: int(r["value"]) for r in rows}
+
     def add_device_events(self, device_id: str, events: list[dict[str, Any]]) -> int:
         """Store update outcomes a device reported (failures, rollbacks); a repeated id is
         ignored (the device resends what it is not sure arrived). Returns how many were new."""

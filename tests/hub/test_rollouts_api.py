@@ -17,6 +17,7 @@ import pytest_asyncio
 from hub.api._common import DB
 from hub.app import create_app
 from hub.config import HubConfig
+from hub.fastpath import FASTPATH
 from hub.rollouts.ticker import tick_all
 from hub.testing import API, HubTestSession
 
@@ -103,7 +104,7 @@ async def test_rollout_when_canary_fails_halts_and_orders_no_one_else(
     assert {int(d[1:]) % 2 for d in canary} == {0, 1}  # spread over both cohorts
     for i, d in enumerate(canary):
         await _report(hub, devices[d], 2, fail=i < 2)
-    await tick_all(hub.client.app[DB])
+    await tick_all(hub.client.app[DB], fast=hub.client.app[FASTPATH])
     st = await _status(hub, r["id"])
     assert st["status"] == "halted" and "2 of 4" in st["reason"]
     assert st["waves"][0] == {
@@ -128,7 +129,7 @@ async def test_rollout_when_devices_succeed_walks_every_wave_and_pause_resume(
         for h in devices.values():
             if await _desired(hub, h) == 2:
                 await _report(hub, h, 2)
-        await tick_all(hub.client.app[DB])
+        await tick_all(hub.client.app[DB], fast=hub.client.app[FASTPATH])
     assert (await _status(hub, rid))["waves"][1]["ordered"] == 0  # paused: nothing new
     resp = await hub.client.post(f"{API}/admin/rollouts/{rid}/resume", headers=hub.admin)
     assert (await resp.json())["waves"][1]["ordered"] == 2
@@ -136,7 +137,7 @@ async def test_rollout_when_devices_succeed_walks_every_wave_and_pause_resume(
         for h in devices.values():
             if await _desired(hub, h) == 2:
                 await _report(hub, h, 2)
-        await tick_all(hub.client.app[DB])
+        await tick_all(hub.client.app[DB], fast=hub.client.app[FASTPATH])
     st = await _status(hub, rid)
     assert st["status"] == "done"
     assert [w["ordered"] for w in st["waves"]] == [2, 2, 4]
