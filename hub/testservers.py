@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PostgresCluster", "S3Server", "ServerUnavailable", "free_port"]
+__all__ = ["HubProcess", "PostgresCluster", "S3Server", "ServerUnavailable", "free_port"]
 
 
 class ServerUnavailable(RuntimeError):
@@ -175,6 +175,80 @@ class S3Server:
                 self._proc.wait()
 
     def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class HubProcess:
+    """``leanloop hub serve`` as a process of its own on a free loopback port (a hub replica a
+    test or benchmark can SIGKILL). ``config`` holds HubConfig fields (``data_dir`` required;
+    S3 settings as a plain mapping)."""
+
+    def __init__(self, config: dict[str, object], log: Path | None = None) -> None:
+        import yaml
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = Path(str(config["data_dir"]))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = {"port": self.port, "timestamp_check_interval_s": 3600, **config}
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()}
+        self.config_file = self.data_dir.parent / f"{self.data_dir.name}.hub.yaml"
+        self.config_file.write_text(yaml.safe_dump(cfg))
+        self.log = log or self.data_dir.parent / f"{self.data_dir.name}.hub.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> HubProcess:
+        argv = [sys.executable, "-m", "leanloop.cli", "hub", "serve"]
+        with open(self.log, "ab") as out:
+            self._proc = subprocess.Popen(
+                [*argv, "--config", str(self.config_file)], stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-600:]
+                raise RuntimeError(f"hub exited with {self._proc.returncode}: {tail}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2).close()
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"hub did not answer /healthz within {timeout} s")
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def enroll_token(self) -> str:
+        return (self.data_dir / "enroll.token").read_text().strip()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush (a crashed replica)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+    def __enter__(self) -> HubProcess:
         return self.start()
 
     def __exit__(

@@ -46,7 +46,7 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,7 @@ class Downloader:
             self._read_size = min(s.chunk_bytes, burst)
             self._bucket = TokenBucket(s.rate_limit_bps, burst, clock=clock, sleep=sleep)
         self.stats = DownloadStats()
+        self.last_url: str | None = None  # the URL that finished the last fetch
 
     def set_token(self, token: str | None) -> None:
         """Send ``token`` from now on (the device refreshed it)."""
@@ -222,15 +223,24 @@ class Downloader:
 
     # ---- fetch ----------------------------------------------------------------------------
 
-    def fetch(self, url: str, length: int, sha256: str, dest: Path) -> Path:
+    def fetch(
+        self, url: str, length: int, sha256: str, dest: Path, mirrors: Sequence[str] = ()
+    ) -> Path:
         """Download the target at ``url`` (signed ``length`` and ``sha256``) to ``dest``.
 
-        Raises DownloadError (gave up after ``max_attempts`` failures in a row, a broken or
-        refusing server; the partial is kept), OversizeError (more bytes than signed; partial
-        deleted), HashMismatchError (wrong bytes; partial deleted).
+        ``mirrors`` are the same target on other hubs (replicas): an attempt that brings no new
+        byte moves on to the next one at once (the partial carries over: the bytes are signed,
+        whoever serves them), and backs off only once every one failed in turn.
+        :attr:`last_url` is the one that finished it.
+
+        Raises DownloadError (gave up after ``max_attempts`` failures in a row, at least one per
+        URL, a broken or refusing server; the partial is kept), OversizeError (more bytes than
+        signed; partial deleted), HashMismatchError (wrong bytes; partial deleted).
         """
         if length < 0:
             raise DownloadError(f"{url}: negative signed length {length}")
+        urls = [url, *mirrors]
+        turn = 0
         part, side = self.paths(sha256)
         self.dir.mkdir(parents=True, exist_ok=True)
         s = self.settings
@@ -240,6 +250,7 @@ class Downloader:
             if have == length:
                 break
             before = self.stats.bytes_received
+            url = urls[turn % len(urls)]
             try:
                 self._attempt(url, length, part, side, have)
                 continue  # the loop re-reads what is on disk; complete means have == length
@@ -247,7 +258,13 @@ class Downloader:
                 reason = str(e)
             progressed = self.stats.bytes_received > before
             failures = 0 if progressed else failures + 1
-            if failures >= s.max_attempts:
+            if not progressed and len(urls) > 1:
+                turn += 1  # this hub is down or refusing: the next one, at once
+                if failures % len(urls):
+                    self.stats.retries += 1
+                    log.info("download %s: %s; trying %s", url, reason, urls[turn % len(urls)])
+                    continue
+            if failures >= max(s.max_attempts, len(urls)):
                 raise DownloadError(
                     f"{url}: gave up after {failures} attempts in a row without progress "
                     f"({self.resume_point(sha256, length)} of {length} bytes kept): {reason}"
@@ -263,6 +280,7 @@ class Downloader:
             if delay:
                 self._sleep(delay)
         self._finish(url, part, side, length, sha256, Path(dest))
+        self.last_url = url
         return Path(dest)
 
     def _attempt(self, url: str, length: int, part: Path, side: Path, have: int) -> None:

@@ -199,6 +199,7 @@ class DeviceService:
                 self.cfg.root,
                 hub.url,
                 self.hub.token,
+                fallback_urls=hub.fallback_urls,
                 downloads_dir=self.state_dir / "downloads",
                 download=self.cfg.download,
             )

@@ -54,7 +54,7 @@ from runtime.update import _testhooks
 # test environment variables of runtime.update._testhooks are set).
 _download_mod._on_bytes = _testhooks.on_bytes
 
-__all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "delta_target_name"]
+__all__ = ["AuthFetcher", "BundleFetcher", "FetchResult", "HubURLs", "delta_target_name"]
 
 log = logging.getLogger("leanloop.trust")
 
@@ -64,17 +64,69 @@ def delta_target_name(file_target: str, base_sha256: str) -> str:
     return f"{file_target}.from-{base_sha256[:16]}.lldelta"
 
 
-class AuthFetcher(FetcherInterface):
-    """python-tuf fetcher that sends the device token and counts the bytes it receives."""
+class HubURLs:
+    """The TUF bases (``<hub>/api/v1/tuf``) of the device's hub and its fallbacks, and the one
+    that answered last (tried first next time), shared by metadata and target downloads."""
 
-    def __init__(self, token: str | None, timeout_s: float = 30.0, chunk: int = 64 * 1024) -> None:
+    def __init__(self, hub_url: str, fallback_urls: Sequence[str] = ()) -> None:
+        self.bases = [u.rstrip("/") + "/api/v1/tuf" for u in (hub_url, *fallback_urls)]
+        self.current = 0
+
+    @property
+    def primary(self) -> str:
+        return self.bases[0]
+
+    def in_turn(self, url: str) -> list[str]:
+        """``url`` (under the primary base) on every base, the current one first."""
+        if len(self.bases) == 1 or not url.startswith(self.primary):
+            return [url]
+        rest = url[len(self.primary) :]
+        n = len(self.bases)
+        return [self.bases[(self.current + i) % n] + rest for i in range(n)]
+
+    def answered(self, url: str) -> None:
+        """Make the base of ``url`` the current one."""
+        for i, base in enumerate(self.bases):
+            if url.startswith(base + "/"):
+                self.current = i
+                return
+
+
+class AuthFetcher(FetcherInterface):
+    """python-tuf fetcher that sends the device token and counts the bytes it receives. With
+    fallback hubs, a hub that is down or answers 502-504 is tried on the next one."""
+
+    def __init__(
+        self,
+        token: str | None,
+        timeout_s: float = 30.0,
+        chunk: int = 64 * 1024,
+        urls: HubURLs | None = None,
+    ) -> None:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout_s
         self._chunk = chunk
         self._http = urllib3.PoolManager(retries=urllib3.Retry(total=2, backoff_factor=0.2))
+        self._urls = urls
         self.bytes_received = 0
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        candidates = self._urls.in_turn(url) if self._urls is not None else [url]
+        for i, candidate in enumerate(candidates):
+            try:
+                chunks = self._fetch_one(candidate)
+            except (tuf_exc.DownloadError, tuf_exc.SlowRetrievalError) as e:
+                status = getattr(e, "status_code", None)
+                if i + 1 == len(candidates) or status not in (None, 502, 503, 504):
+                    raise
+                log.info("%s: %s; trying the next hub", candidate, e)
+                continue
+            if self._urls is not None:
+                self._urls.answered(candidate)
+            return chunks
+        raise AssertionError("unreachable")
+
+    def _fetch_one(self, url: str) -> Iterator[bytes]:
         try:
             r = self._http.request(
                 "GET",
@@ -153,16 +205,20 @@ class BundleFetcher:
         token: str | None,
         timeout_s: float = 30.0,
         *,
+        fallback_urls: Sequence[str] = (),
         downloads_dir: Path | None = None,
         download: DownloadSettings | None = None,
         clock: Callable[[], datetime] = _utc_now,
         time_floor: Path | None = None,
     ) -> None:
         """``clock`` gives the system time; ``time_floor`` is the floor file (default
-        ``time_floor.json`` beside ``metadata_dir``, so it outlives a wiped metadata cache)."""
+        ``time_floor.json`` beside ``metadata_dir``, so it outlives a wiped metadata cache).
+        Metadata and targets come from ``hub_url``, else from the ``fallback_urls`` in turn
+        (hub replicas), as the device's API calls do."""
         self.metadata_dir = Path(metadata_dir)
         self.pinned_root = Path(pinned_root)
-        self.base = hub_url.rstrip("/") + "/api/v1/tuf"
+        self.urls = HubURLs(hub_url, fallback_urls)
+        self.base = self.urls.primary
         self.token = token
         self.timeout_s = timeout_s
         # Partials survive restarts; default beside the metadata dir (<state_dir>/downloads).
@@ -214,7 +270,10 @@ class BundleFetcher:
             raise TrustError(f"{ti.path}: signed without a sha256 hash")
         dirname, sep, basename = ti.path.rpartition("/")
         url = f"{self.base}/targets/{quote(f'{dirname}{sep}{sha256}.{basename}')}"
-        self.downloader.fetch(url, ti.length, sha256, out)
+        first, *others = self.urls.in_turn(url)
+        self.downloader.fetch(first, ti.length, sha256, out, mirrors=others)
+        if self.downloader.last_url is not None:
+            self.urls.answered(self.downloader.last_url)
         with out.open("rb") as f:
             ti.verify_length_and_hashes(f)
 
@@ -280,7 +339,7 @@ class BundleFetcher:
         """
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        fetcher = AuthFetcher(self.token, self.timeout_s)
+        fetcher = AuthFetcher(self.token, self.timeout_s, urls=self.urls)
         body_before = self.downloader.stats.bytes_received
         up = self._updater(fetcher)
         try:
