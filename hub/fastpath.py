@@ -153,7 +153,7 @@ class FastPath:
                 raise
 
 
-_HOT_READS = ("/api/v1/device/", "/api/v1/tuf/", "/healthz")
+_HOT_READS = ("/api/v1/device/", "/api/v1/tuf/", "/api/v1/enroll", "/healthz")
 _HOT_WRITES = (
     "/api/v1/device/heartbeat",
     "/api/v1/device/samples/",

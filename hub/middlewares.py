@@ -14,10 +14,12 @@ from hub.api._common import (
     API,
     DB,
     IDENTITY,
+    PREREAD,
     UNAUTH_SLOTS,
     Identity,
     hash_token,
     one_line,
+    read_capped,
 )
 from hub.errors import (
     AuthError,
@@ -49,6 +51,8 @@ _POLICY: tuple[tuple[str, frozenset[str]], ...] = (
     (f"{API}/admin/", frozenset({"admin", "annotator", "viewer"})),
 )
 _READ = frozenset({"GET", "HEAD"})
+_SMALL_BODIES = frozenset({f"{API}/enroll", f"{API}/device/challenge", f"{API}/device/refresh"})
+_SMALL_BODY_CAP = 16 * 1024  # above what each of them accepts (their own caps still apply)
 # An annotator works on samples and annotations only (reading and writing them).
 _ANNOTATOR_PREFIXES = (
     f"{API}/admin/samples",
@@ -129,6 +133,13 @@ async def auth_middleware(
         slots = request.app[UNAUTH_SLOTS]
         if slots.locked():
             raise Busy("too many unauthenticated requests; try again later")
+        if request.path in _SMALL_BODIES:
+            # The slot guards the body's arrival, not the work: enrolment, challenge and
+            # refresh bodies are small, read whole under the slot, then served without it (so a
+            # fleet enrolling at once is not refused while the database works).
+            async with slots:
+                request[PREREAD] = await read_capped(request, _SMALL_BODY_CAP, "body")
+            return await handler(request)
         async with slots:
             return await handler(request)
     who = await _identify(request)

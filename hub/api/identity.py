@@ -20,6 +20,7 @@ import hmac
 import logging
 import secrets
 import time
+from typing import NoReturn
 
 from aiohttp import web
 from pydantic import Field
@@ -38,6 +39,7 @@ from hub.api._common import (
     read_capped,
 )
 from hub.errors import AuthError, BadRequest, Conflict
+from hub.storage import HubDB
 from runtime.identity import parse_public_key, refresh_message, verify_signature
 
 log = logging.getLogger(__name__)
@@ -141,20 +143,21 @@ async def enroll(request: web.Request) -> web.Response:
         if secret is None:
             raise AuthError("wrong or spent enrollment secret")
         cohort = secret.cohort or cohort
+    token = secrets.token_urlsafe(32)
+    if minted is None:
+        # The fleet secret: one trip for a new device (the common case, a fleet enrolling).
+        if await db.call(
+            db.enroll_new_device, body.device_id, cohort, hash_token(token), body.public_key
+        ):
+            log.info("device %s enrolled (cohort %s)", body.device_id, cohort)
+            return web.json_response({"device_token": token})
+        await _refuse_enrolled(db, body)
     if await db.call(db.device_exists, body.device_id):
         key = await db.call(db.device_key, body.device_id)
         if key is None or not key.reset:
-            if body.public_key is not None and (key is None or key.public_key != body.public_key):
-                await db.call(db.set_pending_key, body.device_id, body.public_key)
-                log.warning("enrolment of enrolled id %s with a new key: pending", body.device_id)
-            raise Conflict(
-                f"device {body.device_id} is enrolled: it refreshes its token with its own key "
-                "(POST /device/refresh), or an admin approves a new key (leanloop identity "
-                "approve) or resets it"
-            )
+            await _refuse_enrolled(db, body)
     if minted is not None and not await db.call(db.take_enroll_secret, minted, now):
         raise AuthError("wrong or spent enrollment secret")
-    token = secrets.token_urlsafe(32)
     if not await db.call(
         db.enroll_new_device, body.device_id, cohort, hash_token(token), body.public_key
     ):
@@ -163,6 +166,19 @@ async def enroll(request: web.Request) -> web.Response:
         raise Conflict(f"device {body.device_id} was enrolled meanwhile")
     log.info("device %s enrolled (cohort %s)", body.device_id, cohort)
     return web.json_response({"device_token": token})
+
+
+async def _refuse_enrolled(db: HubDB, body: EnrollRequest) -> NoReturn:
+    """409 for an enrolled id (not reset); a new public key it brings is kept as pending."""
+    key = await db.call(db.device_key, body.device_id)
+    if body.public_key is not None and (key is None or key.public_key != body.public_key):
+        await db.call(db.set_pending_key, body.device_id, body.public_key)
+        log.warning("enrolment of enrolled id %s with a new key: pending", body.device_id)
+    raise Conflict(
+        f"device {body.device_id} is enrolled: it refreshes its token with its own key "
+        "(POST /device/refresh), or an admin approves a new key (leanloop identity "
+        "approve) or resets it"
+    )
 
 
 @routes.post(f"{API}/device/challenge")
