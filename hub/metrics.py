@@ -1,13 +1,15 @@
 """The hub's Prometheus metrics (prometheus-client), one registry per app.
 
 Counted by :func:`metrics_middleware` for every request: ``leanloop_hub_requests_total``
-(method, route, status) and ``leanloop_hub_request_seconds`` (route). Read from the database
+(method, route, status; 499 when the client hung up before the answer) and
+``leanloop_hub_request_seconds`` (route). Read from the database
 when scraped: devices by cohort, rollouts by status, whether this replica leads. Request lines are
 logged at debug level (``leanloop.hub.requests``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +50,7 @@ class HubMetrics:
 
 
 METRICS = web.AppKey("metrics", HubMetrics)
+CLIENT_CLOSED = 499
 
 
 def _route(request: web.Request) -> str:
@@ -68,6 +71,11 @@ async def metrics_middleware(
         return resp
     except web.HTTPException as e:
         status = e.status
+        raise
+    except asyncio.CancelledError:
+        # The client went away mid-request (aiohttp cancels its handler): its doing, not an
+        # error of the hub. Counted as nginx's 499 "client closed request", never as a 5xx.
+        status = CLIENT_CLOSED
         raise
     finally:
         dt = time.perf_counter() - t0
