@@ -106,7 +106,7 @@ async def test_upload_when_the_client_hangs_up_mid_body_is_not_a_server_error(
     server = hub.client.server
 
     async def hang_up(cut: int, reset: bool) -> None:
-        reader, writer = await asyncio.open_connection(server.host, server.port)
+        _reader, writer = await asyncio.open_connection(server.host, server.port)
         head = (
             f"PUT {API}/device/samples/s-cut HTTP/1.1\r\nHost: hub\r\n"
             f"Authorization: {device['Authorization']}\r\n"
