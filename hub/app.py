@@ -127,6 +127,8 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB] = await asyncio.to_thread(HubDB, database)  # migrations run here
     await asyncio.to_thread(_open_shared_state, app)
     app[UPLOADS] = PartialUploads(data / "uploads")
+    if cfg.database_url is not None:  # partial uploads live in the database (hub.api.uploads)
+        await app[DB].call(app[DB].drop_stale_upload_parts, 7 * 86400)
     app[FASTPATH] = FastPath(app[DB], cfg.cache_check_s, cfg.heartbeat_flush_s)
     await app[FASTPATH].start()
     yield

@@ -159,9 +159,19 @@ async def upload_status(request: web.Request) -> web.Response:
     sample_id = _sample_id(request)
     sha256 = check_sha256(request.query.get("sha256", ""))
     device_id = device_id_of(request)
-    if await _known_sample(request.app[DB], device_id, sample_id):
+    db = request.app[DB]
+    if await _known_sample(db, device_id, sample_id):
         return _upload_answer("stored", 0)
+    if _parts_in_database(request.app):
+        held = await db.call(db.upload_held, device_id, sample_id, sha256)
+        return _upload_answer("partial", held)
     return _upload_answer("partial", request.app[UPLOADS].offset(device_id, sample_id, sha256))
+
+
+def _parts_in_database(app: web.Application) -> bool:
+    """Whether partial uploads live in the database (PostgreSQL: replicas share them) rather
+    than in files of this hub's data dir (the embedded hub)."""
+    return app[CONFIG].database_url is not None
 
 
 def _int_header(request: web.Request, name: str) -> int:
@@ -201,6 +211,8 @@ async def upload_part(request: web.Request) -> web.Response:
         raise BadRequest("Content-Length is required and must not run past Upload-Length")
     if await _known_sample(app[DB], device_id, sample_id):
         return _upload_answer("duplicate", length)
+    if _parts_in_database(app):
+        return await _part_to_database(request, device_id, sample_id, sha256, offset, length)
     uploads = app[UPLOADS]
     path = uploads.path(device_id, sample_id, sha256, length)
     uploads.drop(device_id, sample_id, keep=path)  # a different payload of the same sample
@@ -247,6 +259,71 @@ async def upload_part(request: web.Request) -> web.Response:
     finally:
         if writers.get(key) is me:
             del writers[key]
+
+
+async def _part_to_database(
+    request: web.Request, device_id: str, sample_id: str, sha256: str, offset: int, length: int
+) -> web.Response:
+    """:func:`upload_part` with the bytes kept in the shared database, piece by piece as they
+    arrive (:mod:`hub.storage.uploads`), so any replica can take the upload over. Pieces at an
+    offset agree whoever sent them, so a request superseded on another replica does no harm;
+    on this replica the newer request still stops the older one."""
+    app = request.app
+    db = app[DB]
+    await db.call(db.drop_upload_parts, device_id, sample_id, (sha256, length))
+    held = await db.call(db.upload_held, device_id, sample_id, sha256, length)
+    if not held:
+        await db.call(db.make_upload_room, device_id, sample_id, _PARTS_PER_DEVICE)
+    if offset > held:
+        raise Conflict(f"offset {offset} is past the {held} bytes the hub holds; ask again")
+    key = (device_id, sample_id)
+    me = object()
+    writers = app[UPLOAD_WRITERS]
+    writers[key] = me
+    size = offset
+    try:
+        try:
+            async for chunk in body_chunks(request, "sample part", None):
+                if writers.get(key) is not me:
+                    raise Conflict("a newer request took over this upload")
+                if size + len(chunk) > length:
+                    raise BadRequest("body runs past Upload-Length")
+                await db.call(db.add_upload_part, device_id, sample_id, sha256, length, size, chunk)
+                size += len(chunk)
+        except (ConnectionError, aiohttp.ClientPayloadError):
+            if writers.get(key) is me:
+                rest = unread_bytes(request)[: length - size]
+                await db.call(db.add_upload_part, device_id, sample_id, sha256, length, size, rest)
+                size += len(rest)
+            log.info("upload of %s cut at %d of %d bytes", sample_id, size, length)
+            return _upload_answer("partial", size)
+        held = await db.call(db.upload_held, device_id, sample_id, sha256, length)
+        if held < length:
+            return _upload_answer("partial", held)
+        if writers.get(key) is not me:
+            raise Conflict("a newer request took over this upload")
+        payload = await db.call(db.upload_payload, device_id, sample_id, sha256, length)
+        if await _known_sample(db, device_id, sample_id):
+            return _upload_answer("duplicate", length)
+        try:
+            if hashlib.sha256(payload).hexdigest() != sha256:
+                raise BadRequest(
+                    f"sample {sample_id}: payload does not hash to Upload-Sha256; send again"
+                )
+            try:
+                meta, image = decode_payload(payload)
+            except ValueError as e:
+                raise BadRequest(f"sample {sample_id}: {e}") from e
+            status = await _store_sample(app, device_id, sample_id, meta, image)
+        finally:
+            await db.call(db.drop_upload_parts, device_id, sample_id)
+        return _upload_answer(status, length)
+    finally:
+        if writers.get(key) is me:
+            del writers[key]
+
+
+_PARTS_PER_DEVICE = 16  # partial uploads a device may hold at once (as PartialUploads)
 
 
 async def _complete(

@@ -21,7 +21,11 @@ the writer):
 - ``datasets``, ``dataset_items``: imported datasets, one immutable version per import
   (:mod:`hub.storage.datasets`);
 - ``ontologies``: ontology versions with their explicit changes; a change remaps the samples
-  in the same transaction (:mod:`hub.storage.ontologies`).
+  in the same transaction (:mod:`hub.storage.ontologies`);
+- ``upload_parts``: resumable sample uploads in progress, on PostgreSQL (replicas share them;
+  :mod:`hub.storage.uploads`); the embedded hub keeps them as files in ``<data>/uploads``;
+- ``hub_generations``: change counters bumped by triggers, for the hub's caches
+  (:mod:`hub.fastpath`).
 
 That is the embedded default. The same :class:`HubDB` runs on PostgreSQL (``database_url`` in
 the hub config; :mod:`hub.storage._db` adapts placeholders and DDL) and the blobs in an
@@ -52,6 +56,7 @@ from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
 from hub.storage.shadow import ShadowTables
 from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
+from hub.storage.uploads import UploadPartTables
 from hub.storage.web import WebSession, WebTables, Work
 
 __all__ = [
@@ -125,6 +130,7 @@ class HubDB(
     DatasetTables,
     OntologyTables,
     WebTables,
+    UploadPartTables,
 ):
     """The hub's rows in SQLite or PostgreSQL: every table group's methods on one database.
 

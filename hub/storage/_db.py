@@ -8,7 +8,7 @@ Every table group is a mixin class whose methods run portable SQL through ``self
   not be shared across threads mid-statement), a busy timeout so writers queue instead of failing;
 - ``PostgresDatabase`` (psycopg 3): one connection per thread, autocommit outside transactions;
   ``?`` becomes ``%s`` and the DDL of migrations is translated (``REAL`` → ``DOUBLE PRECISION``,
-  ``INTEGER PRIMARY KEY AUTOINCREMENT`` → ``BIGSERIAL PRIMARY KEY``).
+  ``BLOB`` → ``BYTEA``, ``INTEGER PRIMARY KEY AUTOINCREMENT`` → ``BIGSERIAL PRIMARY KEY``).
 
 The app never calls the database on the event loop: :meth:`DBBase.call` runs a method in the
 database's own thread pool (its size bounds the connections), e.g.
@@ -143,6 +143,7 @@ def pg_ddl(sql: str) -> str:
     sql = re.sub(
         r"\bINTEGER\s+PRIMARY\s+KEY\s+AUTOINCREMENT\b", "BIGSERIAL PRIMARY KEY", sql, flags=re.I
     )
+    sql = re.sub(r"\bBLOB\b", "BYTEA", sql)
     return re.sub(r"\bREAL\b", "DOUBLE PRECISION", sql)
 
 

@@ -5,6 +5,7 @@ database, not in the replica's data dir)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -18,7 +19,9 @@ from hub.client import HubAdminClient
 from hub.testing import make_bundle
 from hub.testservers import HubProcess
 from runtime.config import DownloadSettings
+from runtime.hubclient import HubClient
 from runtime.trust import BundleFetcher
+from runtime.uploader import encode_payload
 
 # Bigger than what loopback socket buffers hold (the kernel still delivers what a killed hub had
 # written), and read slowly enough (~4 s) to kill the hub midway.
@@ -100,6 +103,52 @@ def test_bundle_download_when_the_first_replica_dies_midway_finishes_from_the_ot
         again = fresh.fetch("big", 1, tmp_path / "slot2")
         assert (tmp_path / "slot2" / "big.bin").read_bytes() == data
         assert again.fetched == 1 and fresh.urls.current == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_resumable_upload_when_started_on_one_replica_finishes_on_the_other(
+    tmp_path: Path, keys: Path, replica_storage: dict[str, Any]
+) -> None:
+    a, b = _replicas(tmp_path, keys, replica_storage)
+    try:
+        token = _enroll(a.url, a.enroll_token, "cam-1")
+        meta = {
+            "id": "s-1", "device_id": "cam-1", "created": 1.0, "frame_id": "f1",
+            "bundle": "digits", "bundle_version": 1, "ontology_version": 1,
+            "image_format": "jpeg", "prediction": {"stages": {}}, "scores": {"margin": 0.5},
+            "priority": 0.5,
+        }  # fmt: skip
+        payload = encode_payload(meta, b"\xff\xd8" + os.urandom(200_000) + b"\xff\xd9")
+        sha = hashlib.sha256(payload).hexdigest()
+        half = len(payload) // 2
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Upload-Length": str(len(payload)),
+            "Upload-Sha256": sha,
+        }
+        url = "/api/v1/device/samples/s-1/upload"
+        r = urllib3.request(
+            "PATCH", a.url + url, body=payload[:half], headers={**headers, "Upload-Offset": "0"}
+        )
+        assert r.status == 200 and r.json() == {"status": "partial", "offset": half}, r.data
+        a.kill()
+        # The device asks the other replica how far it got, and sends the rest there.
+        r = urllib3.request("GET", f"{b.url}{url}?sha256={sha}", headers=headers)
+        assert r.json() == {"status": "partial", "offset": half}, r.data
+        r = urllib3.request(
+            "PATCH",
+            b.url + url,
+            body=payload[half:],
+            headers={**headers, "Upload-Offset": str(half)},
+        )
+        assert r.status == 200 and r.json()["status"] == "stored", r.data
+        admin = HubAdminClient(b.url, b.admin_token)
+        assert [s["id"] for s in admin.samples()] == ["s-1"]
+        # The device's own client does the same through its fallback URL.
+        client = HubClient(a.url, token, fallback_urls=[b.url])
+        assert client.desired().bundle is None
     finally:
         a.stop()
         b.stop()
