@@ -114,15 +114,15 @@ def _echo_server() -> tuple[socket.socket, threading.Thread]:
 def test_proxy_delays_each_direction_in_order_when_delays_are_set() -> None:
     lst, _ = _echo_server()
     port = lst.getsockname()[1]
-    with FaultProxy("127.0.0.1", port, delay_up_s=0.15, delay_down_s=0.1, jitter_s=0.02) as p:
-        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
-            f = s.makefile("rwb")
-            t0 = time.monotonic()
-            lines = [f"line {i}\n".encode() for i in range(20)]
-            f.write(b"".join(lines))
-            f.flush()
-            got = [f.readline() for _ in lines]
-            rtt = time.monotonic() - t0
+    proxy = FaultProxy("127.0.0.1", port, delay_up_s=0.15, delay_down_s=0.1, jitter_s=0.02)
+    with proxy as p, socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        f = s.makefile("rwb")
+        t0 = time.monotonic()
+        lines = [f"line {i}\n".encode() for i in range(20)]
+        f.write(b"".join(lines))
+        f.flush()
+        got = [f.readline() for _ in lines]
+        rtt = time.monotonic() - t0
     lst.close()
     assert got == lines  # nothing reordered by the jitter
     assert 0.2 <= rtt < 1.5  # 0.15 up + 0.1 down, minus at most 2 x 0.02 jitter
