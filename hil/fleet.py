@@ -62,6 +62,7 @@ class FleetSettings:
     drop_rate: float = 0.05  # share of connections reset at a random point
     stall_rate: float = 0.0  # share of relayed chunks preceded by a freeze of stall_s
     stall_s: float = 0.0
+    outage_s: float = 0.0  # every link down this long while v2 downloads (then back)
     frames: int = 4  # per device, before and again during the v2 update
     hidden: int = 16  # classifier width (bundle size: ~50 KB at 16)
     timeout_s: float = 180.0  # per phase
@@ -277,27 +278,19 @@ def _loop(
     phases["upload_samples"] = _wait("samples at the hub", all_stored_uploaded, devices,
                                      s.timeout_s)  # fmt: skip
     t0 = time.monotonic()
+    operators = {}  # one operator per device, at the same time
+    entries = admin.samples(limit=10_000)
     for d in devices:
-        sample = next(e for e in admin.samples(limit=1000) if e.get("device_id") == d.id)
-        r = subprocess.run(
-            _cli(
-                "feedback",
-                "correct",
-                sample["id"],
-                "--label",
-                "7",
-                "--who",
-                "hil",
-                "--config",
-                str(d.config),
-                "--json",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        sample = next(e for e in entries if e.get("device_id") == d.id)
+        argv = _cli("feedback", "correct", sample["id"], "--label", "7", "--who", "hil",
+                    "--config", str(d.config), "--json")  # fmt: skip
+        operators[d.id] = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        if r.returncode != 0:
-            raise RuntimeError(f"feedback correct on {d.id}: {r.stderr.strip()}")
+    for dev_id, proc in operators.items():
+        _out, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"feedback correct on {dev_id}: {err.strip()}")
 
     def corrections_at_hub() -> bool:
         fb = admin.feedback_metrics()["devices"]
@@ -310,6 +303,15 @@ def _loop(
     admin.rollout("digits", 2)
     for d in devices:  # frames keep coming while v2 downloads and swaps in
         d.feed(s.frames, golden_frame(60))
+    if s.outage_s:  # the links go away mid-update (and mid-upload) and come back
+        all_on_v2 = everyone(_committed(2))
+        _wait("v2 under way", lambda: any(d.status().get("download") for d in devices)
+              or all_on_v2(), devices, s.timeout_s)  # fmt: skip
+        for d in devices:
+            d.proxy.link_down()
+        time.sleep(s.outage_s)
+        for d in devices:
+            d.proxy.link_up()
     _wait("v2 committed", everyone(_committed(2)), devices, s.timeout_s)
     _wait("the last samples at the hub", all_stored_uploaded, devices, s.timeout_s)
     phases["install_v2"] = round(time.monotonic() - t0, 2)
@@ -344,7 +346,7 @@ def _report(
     at_hub = _hub_samples(admin)
     stored = {d.id: (d.status().get("writer") or {}).get("stored", 0) for d in devices}
     wire = {"down": 0, "up": 0}
-    faults = {"connections": 0, "drops": 0, "stalls": 0}
+    faults = {"connections": 0, "drops": 0, "stalls": 0, "refused": 0}
     for d in devices:
         for k, v in d.link.counters().items():
             wire[k] += v
@@ -383,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=250.0, help="delay each way")
     p.add_argument("--jitter-ms", type=float, default=50.0)
     p.add_argument("--drop", type=float, default=0.05, help="share of connections reset")
+    p.add_argument("--stall", type=float, default=0.0, help="share of chunks after a 1-s stall")
+    p.add_argument("--outage-s", type=float, default=0.0, help="links down this long mid-v2")
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--hidden", type=int, default=16, help="classifier width (bundle size)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -394,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shape = LinkShape(a.kbit, a.kbit) if a.kbit else None
     s = FleetSettings(devices=a.devices, shape=shape, delay_s=a.delay_ms / 1000,
-                      jitter_s=a.jitter_ms / 1000, drop_rate=a.drop, frames=a.frames,
+                      jitter_s=a.jitter_ms / 1000, drop_rate=a.drop, stall_rate=a.stall,
+                      stall_s=1.0, outage_s=a.outage_s, frames=a.frames,
                       hidden=a.hidden)  # fmt: skip
     report = run_fleet(s)
     print(json.dumps(report, indent=2, default=str))

@@ -1,7 +1,8 @@
 """The whole loop on a bad network, short: 3 real devices in network namespaces behind
-256 kbit/s tc-shaped links and the fault proxy (delay, jitter, dropped connections), a real hub
-process. Every stored sample reaches the hub, every fed frame is served, v2 comes by delta.
-The long run with figures is ``python -m bench --only hil``."""
+256 kbit/s tc-shaped links and the fault proxy (delay, jitter, dropped connections, stalls, a
+2-s outage mid-update), a real hub process. Every stored sample reaches the hub, every fed
+frame is served, v2 comes by delta. The long run with figures: ``python -m bench --only hil``.
+Skips, saying why, where network namespaces or tc cannot run (not root, no iproute2)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def test_fleet_converges_and_loses_no_sample_when_links_are_slow_and_lossy(tmp_p
         delay_s=0.1,
         jitter_s=0.02,
         drop_rate=0.1,
+        stall_rate=0.02,
+        stall_s=0.5,
+        outage_s=2.0,  # every link down for 2 s while v2 is under way
         frames=frames,
         timeout_s=60.0,
     )
@@ -35,6 +39,7 @@ def test_fleet_converges_and_loses_no_sample_when_links_are_slow_and_lossy(tmp_p
     assert report["samples"] == {"stored": 3 * 2 * frames, "at_hub": 3 * 2 * frames, "lost": 0}
     # Every byte crossed the shaped links and the proxy: the kernel counted the bundle going down.
     assert report["faults"]["connections"] >= 3
+    assert report["faults"]["drops"] + report["faults"]["refused"] >= 1  # the outage bit
     assert report["wire_bytes"]["down"] >= sum(report["downloaded_v1_bytes"].values())
     for dev, v2 in report["downloaded_v2_bytes"].items():
         assert report["v2_files_by_delta"][dev] >= 1
