@@ -7,7 +7,8 @@
 
 * ``unshaped``: no tc shaping, the fault proxy relays without faults (the anchor);
 * ``shaped``: 256 kbit/s each way (``tc tbf``), 250 ms each way ±50 ms (500 ms round trips),
-  8 % of connections reset at a random point, 2 % of chunks preceded by a 1 s stall.
+  8 % of connections reset at a random point, 2 % of chunks preceded by a 1 s stall, and
+  every link down for 5 s while v2 is under way.
 
 Printed and written to ``<out>/hil.json``: time to converge and per phase (enrol + install
 v1, upload the samples, feedback to the hub, install v2 by delta), bytes on the wire each way
@@ -61,6 +62,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         drop_rate=0.08,
         stall_rate=0.02,
         stall_s=1.0,
+        outage_s=5.0,
         frames=frames,
         timeout_s=300.0,
     )
@@ -69,8 +71,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     print(
         f"\nHIL: {devices} device processes in network namespaces, a hub process; the loop "
         "(enrol + v1, uploads, feedback, v2 by delta) to convergence.\nshaped: 256 kbit/s "
-        "each way (tc tbf), 250±50 ms each way, 8 % of connections reset, 2 % 1-s stalls "
-        "(fault proxy). Bytes per device."
+        "each way (tc tbf), 250±50 ms each way, 8 % of connections reset, 2 % 1-s stalls, "
+        "a 5-s outage mid-update (fault proxy). Bytes per device."
     )
     print(
         f"{'run':<9} {'conv s':>8} {'x':>6} {'wire down':>10} {'wire up':>10} {'v1 dl':>8} "

@@ -6,6 +6,10 @@ Skips, saying why, where network namespaces or tc cannot run (not root, no iprou
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +48,18 @@ def test_fleet_converges_and_loses_no_sample_when_links_are_slow_and_lossy(tmp_p
     for dev, v2 in report["downloaded_v2_bytes"].items():
         assert report["v2_files_by_delta"][dev] >= 1
         assert 0 < v2 < report["downloaded_v1_bytes"][dev] / 2
+
+
+def test_shaped_links_say_why_not_when_the_user_is_not_root() -> None:
+    probe = "from hil.netns import netns_unavailable_reason as r; print(r())"
+    if os.geteuid() != 0:
+        reason = netns_unavailable_reason()
+    elif shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed: cannot drop root for this check")
+    else:
+        nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        run = subprocess.run([*nobody, sys.executable, "-c", probe], capture_output=True,
+                             text=True, timeout=60, cwd=Path(__file__).parents[2])  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        reason = run.stdout.strip()
+    assert reason == "shaped links need root (ip netns add, tc qdisc add)"
