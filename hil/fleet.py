@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import urllib3
@@ -47,6 +47,9 @@ import yaml
 
 from hil.faultproxy import FaultProxy
 from hil.netns import LinkShape, ShapedLink
+
+if TYPE_CHECKING:
+    from hub.client import HubAdminClient
 
 __all__ = ["FleetSettings", "run_fleet"]
 
@@ -217,7 +220,7 @@ def _bundle_bytes(folder: Path) -> int:
 def run_fleet(settings: FleetSettings, work: Path | None = None) -> dict[str, Any]:
     """Run the loop once; the report (see the module docstring). Raises RuntimeError when
     the loop does not converge (with the devices' state), OSError when links cannot be made."""
-    from hil.models import build_fleet_bundles, golden_frame
+    from hil.models import build_fleet_bundles
     from hub.client import HubAdminClient
     from hub.signing import init_keys
 
@@ -237,7 +240,7 @@ def run_fleet(settings: FleetSettings, work: Path | None = None) -> dict[str, An
                 links.append(ShapedLink(i, settings.shape).open())
                 devices.append(_Device(i, root, hub, root / "keys" / "root.json", settings,
                                        links[-1]))  # fmt: skip
-            return _loop(settings, admin, root, bundles, devices, t_start, golden_frame)
+            return _loop(settings, admin, root, bundles, devices, t_start)
         finally:
             for d in devices:
                 d.stop()
@@ -248,13 +251,14 @@ def run_fleet(settings: FleetSettings, work: Path | None = None) -> dict[str, An
 
 def _loop(
     s: FleetSettings,
-    admin: Any,
+    admin: HubAdminClient,
     root: Path,
     bundles: dict[int, Path],
     devices: list[_Device],
     t_start: float,
-    golden_frame: Callable[..., Any],
 ) -> dict[str, Any]:
+    from hil.models import golden_frame
+
     phases: dict[str, float] = {}
 
     def everyone(pred: Callable[[dict[str, Any]], bool]) -> Callable[[], bool]:
@@ -319,7 +323,7 @@ def _loop(
     return _report(s, admin, bundles, devices, phases, converge_s, v1_bytes)
 
 
-def _hub_samples(admin: Any) -> dict[str, int]:
+def _hub_samples(admin: HubAdminClient) -> dict[str, int]:
     """Samples the hub holds, per device (unique ids)."""
     ids: dict[str, set[str]] = {}
     for e in admin.samples(limit=10_000):
@@ -336,7 +340,7 @@ def _delta_files(log: str) -> int:
 
 def _report(
     s: FleetSettings,
-    admin: Any,
+    admin: HubAdminClient,
     bundles: dict[int, Path],
     devices: list[_Device],
     phases: dict[str, float],
