@@ -93,20 +93,27 @@ class _Hub:
                     "--keys", str(keys))  # fmt: skip
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            self._wait_healthy(work / "hub.log")
+        except BaseException:
+            self.stop()
+            raise
+        self.admin_token = (self.data / "admin.token").read_text().strip()
+        self.enroll_token = (self.data / "enroll.token").read_text().strip()
+
+    def _wait_healthy(self, log: Path) -> None:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited: {(work / 'hub.log').read_text()[-2000:]}")
+                raise RuntimeError(f"hub exited: {log.read_text()[-2000:]}")
             try:
                 if urllib3.request("GET", self.url + "/healthz", timeout=2.0).status == 200:
-                    break
+                    return
             except urllib3.exceptions.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("hub did not answer /healthz within 60 s")
             time.sleep(0.2)
-        self.admin_token = (self.data / "admin.token").read_text().strip()
-        self.enroll_token = (self.data / "enroll.token").read_text().strip()
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -166,7 +173,12 @@ class _Device:
         self.fed = 0
         self.log = open(self.dir / "device.log", "wb")  # noqa: SIM115  (closed in stop)
         argv = [*link.prefix, *_cli("device", "run", "--config", str(self.config))]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        except OSError:
+            self.log.close()
+            self.proxy.stop()
+            raise
 
     def status(self) -> dict[str, Any]:
         try:

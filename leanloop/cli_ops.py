@@ -82,7 +82,8 @@ def watch_download(
     terminal (``leanloop status --watch``); the device's status after it.
 
     The bar ends at 100 % when the download ended without a new update error: reused files
-    and deltas make a download finish below its full size (``total_bytes``). Raises
+    and deltas make a download finish below its full size (``total_bytes``). A service that
+    is not running (or stops) ends the watch at once, without a bar at 100 %. Raises
     LeanloopError when it is still running after ``timeout_s``.
     """
     import time
@@ -92,7 +93,7 @@ def watch_download(
 
     st = device_status(state_dir)
     dl = st.get("download")
-    if not dl:
+    if not dl or not st.get("running"):  # a stopped service's status file is not live
         return st
     error_before, total = st.get("last_update_error"), int(dl["total_bytes"])
     deadline = time.monotonic() + timeout_s
@@ -104,6 +105,8 @@ def watch_download(
             time.sleep(poll_s)
             st = device_status(state_dir)
             now = st.get("download")
+            if not st.get("running"):
+                return st
             if not now or (now["bundle"], now["version"]) != (dl["bundle"], dl["version"]):
                 break
             progress.update(bar, completed=min(int(now["bytes"]), total))

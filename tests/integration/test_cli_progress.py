@@ -83,3 +83,20 @@ def test_publish_and_status_watch_when_at_a_terminal_draw_bars_to_100_percent(
     assert as_json.returncode == 0 and err == "", err
     assert json.loads(out)["download"] is None  # the status once the download ended
     dev.wait("v1 committed", committed(1))
+
+
+def test_status_watch_when_the_service_is_stopped_returns_at_once_without_a_bar(
+    tmp_path: Path,
+) -> None:
+    # A status file left by a service stopped mid-download: not live, nothing to follow.
+    dl = {"bundle": "digits", "version": 2, "bytes": 10, "total_bytes": 100, "percent": 10.0,
+          "rate_bps": 5.0}  # fmt: skip
+    stale = {"download": dl}
+    (tmp_path / "status.json").write_text(json.dumps(stale))
+    cmd = ["status", "--watch", "--timeout", "5", "--state-dir", str(tmp_path)]
+    r = CliRunner().invoke(app, [*cmd, "--json"], env=TERMINAL)
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    assert json.loads(r.stdout)["download"]["bytes"] == 10
+    r = CliRunner().invoke(app, cmd, env=TERMINAL)
+    assert r.exit_code == 0 and "download digits" not in r.stderr, r.output
+    assert "not running" in r.stdout
