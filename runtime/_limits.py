@@ -59,8 +59,8 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # What PyYAML's safe constructor lets escape for an explicitly tagged scalar it cannot convert
 # (found by fuzzing: ``!!float f`` ValueError, ``!!timestamp x`` AttributeError, ``!!bool x``
-# KeyError; a 5000-digit ``!!int`` ValueError).
-_CONSTRUCT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, OverflowError)
+# KeyError, an empty ``!!int`` IndexError; a 5000-digit ``!!int`` ValueError).
+_CONSTRUCT_ERRORS = (ValueError, TypeError, AttributeError, LookupError, OverflowError)
 
 
 def safe_yaml(data: bytes | str) -> Any:

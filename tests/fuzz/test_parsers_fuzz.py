@@ -157,7 +157,14 @@ def test_tuf_targets_are_refused_when_they_parse_but_have_no_canonical_form() ->
 
 @pytest.mark.parametrize(
     "tagged",
-    [b"!!float f", b"!!timestamp x", b"!!timestamp 2002-13-45", b"!!bool x", b"!!int 0x"],
+    [
+        b"!!float f",
+        b"!!timestamp x",
+        b"!!timestamp 2002-13-45",
+        b"!!bool x",
+        b"!!int 0x",
+        b"!!int ",
+    ],
 )
 def test_yaml_parsers_refuse_cleanly_when_a_tagged_scalar_cannot_be_converted(
     tagged: bytes, tmp_path: Path
