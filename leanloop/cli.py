@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from leanloop._cli_common import _fail, _state_dir, admin_client, handled
+from leanloop.cli_device_key import rotate_key
 from leanloop.cli_identity import identity_app
 from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows, watch_download
 from leanloop.cli_train import train as train_command
@@ -97,6 +98,7 @@ def device_run(
 
 
 device_app.command("metrics")(handled(device_metrics))
+device_app.command("rotate-key")(handled(rotate_key))
 
 
 @app.command("infer")
