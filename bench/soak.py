@@ -10,9 +10,14 @@ start-up spread, plus 5 uploads/s):
 4. ``replicas``: two hubs on that PostgreSQL + S3; half-way, one is killed (SIGKILL); devices
    retry the other. Counts device requests that failed after that retry.
 
+The simulator runs in this process, each hub in its own; every phase reports the CPU share of
+both (``hub_cpu_pct``, ``sim_cpu_pct``, % of one core) and the load average, so a simulator that
+became the bottleneck, or a machine busy with other work, shows in the figures.
+
 Prints p50/p99 latency, 5xx count and the ratio to the anchor; writes ``soak.json``. The routine
-run is 3 minutes per hub phase (``--soak-minutes 30`` for the long one); ``--quick`` is a smoke
-run (1,000 devices, 30 s).
+run is 3 minutes per hub phase (``python -m bench --only soak``); the goal's long run is
+``python -m bench --only soak --soak-minutes 30``; ``--quick`` is a smoke run (1,000 devices,
+30 s).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -117,6 +123,34 @@ def server_latency(url: str) -> dict[str, Any]:
     return out
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _measured(pids: list[int], run: Any) -> dict[str, Any]:
+    """``run()``'s summary with the CPU share of the hub process(es) and of the simulator (this
+    process: it runs nothing else meanwhile), in % of one core, and the load average after."""
+    t0, sim0, hub0 = time.monotonic(), _own_cpu_s(), [_cpu_s(p) for p in pids]
+    out: dict[str, Any] = run().summary()
+    wall = max(1e-9, time.monotonic() - t0)
+    out["sim_cpu_pct"] = round(100 * (_own_cpu_s() - sim0) / wall, 1)
+    out["hub_cpu_pct"] = round(
+        100 * sum(_cpu_s(p) - c for p, c in zip(pids, hub0, strict=True)) / wall, 1
+    )
+    out["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
 def _sim(hubs: list[str], token: str, devices: int, seconds: float, bare: bool = False) -> Any:
     cfg = SimConfig(
         hubs=hubs,
@@ -138,10 +172,16 @@ def _line(name: str, s: dict[str, Any], anchor: dict[str, Any] | None) -> str:
     server = ""
     if s.get("server_p99_ms_le") is not None:
         server = f"  [hub-side p50 ≤{s['server_p50_ms_le']} ms, p99 ≤{s['server_p99_ms_le']} ms]"
+    cpu = ""
+    if "sim_cpu_pct" in s:
+        cpu = (
+            f"  cpu: hub {s['hub_cpu_pct']}%, simulator {s['sim_cpu_pct']}% of a core; "
+            f"load {s['load_avg'][0]}"
+        )
     return (
         f"{name:9s} {s['requests']:8d} req ({s['rate_per_s']:.0f}/s)  p50 {s['p50_ms']} ms  "
         f"p99 {s['p99_ms']} ms  5xx {s['status_5xx']}  failed {s['failed']} "
-        f"({s['failed_fraction']:.3%}){ratio}{server}"
+        f"({s['failed_fraction']:.3%}){ratio}{server}{cpu}"
     )
 
 
@@ -170,8 +210,10 @@ def run(
         try:
             _wait_http(f"http://127.0.0.1:{port}/")
             anchor_s = min(seconds, 60.0) if not quick else seconds
-            stats = _sim([f"http://127.0.0.1:{port}"], "x", devices, anchor_s, bare=True)
-            report["bare"] = anchor = stats.summary()
+            report["bare"] = anchor = _measured(
+                [bare.proc.pid],
+                lambda: _sim([f"http://127.0.0.1:{port}"], "x", devices, anchor_s, bare=True),
+            )
         finally:
             bare.stop()
         print(_line("bare", anchor, None), flush=True)
@@ -179,7 +221,9 @@ def run(
         hub, url = _hub(work, "sqlite", keys, {})
         try:
             token = (work / "sqlite" / "enroll.token").read_text().strip()
-            report["sqlite"] = _sim([url], token, devices, seconds).summary()
+            report["sqlite"] = _measured(
+                [hub.proc.pid], lambda: _sim([url], token, devices, seconds)
+            )
             report["sqlite"].update(server_latency(url))
         finally:
             hub.stop()
@@ -229,7 +273,7 @@ def _pg_phases(
     hub, url = _hub(work, "pg", keys, _storage(pg, s3, pg.new_database()))
     try:
         token = (work / "pg" / "enroll.token").read_text().strip()
-        out["postgres"] = _sim([url], token, devices, seconds).summary()
+        out["postgres"] = _measured([hub.proc.pid], lambda: _sim([url], token, devices, seconds))
         out["postgres"].update(server_latency(url))
     finally:
         hub.stop()
