@@ -234,6 +234,39 @@ def test_fetch_when_server_is_down_retries_then_gives_up(tmp_path: Path) -> None
         d.fetch("http://127.0.0.1:9/blob", len(DATA), SHA, tmp_path / "out.bin")
 
 
+def test_fetch_when_a_mirror_is_given_moves_on_at_once_and_resumes_there(
+    server: _Server, tmp_path: Path
+) -> None:
+    # The first hub brings 100,000 bytes, then fails (500): the next attempt goes to the mirror
+    # at once (no backoff sleep) and resumes from the partial.
+    first = _Server()
+    t = threading.Thread(target=first.serve_forever, args=(0.02,), daemon=True)
+    t.start()
+    first.script = ["cut:100000", "500"]
+    slept: list[float] = []
+    d = Downloader(
+        tmp_path / "downloads", "tok", DownloadSettings(backoff_base_s=5.0), sleep=slept.append
+    )
+    try:
+        out = d.fetch(_url(first), len(DATA), SHA, tmp_path / "out.bin", mirrors=[_url(server)])
+    finally:
+        first.shutdown()
+        first.server_close()
+    assert out.read_bytes() == DATA
+    assert d.last_url == _url(server)
+    assert [r.get("Range") for r in server.requests] == ["bytes=100000-"]
+    assert d.stats.bytes_received == len(DATA) and slept == []
+
+
+def test_fetch_when_every_mirror_is_down_gives_up_after_trying_each(tmp_path: Path) -> None:
+    d = _downloader(tmp_path, max_attempts=1, connect_timeout_s=1.0)
+    with pytest.raises(DownloadError, match="gave up after 2 attempts"):
+        d.fetch(
+            "http://127.0.0.1:9/blob", len(DATA), SHA, tmp_path / "out.bin",
+            mirrors=["http://127.0.0.1:7/blob"],
+        )  # fmt: skip
+
+
 def test_fetch_when_hook_set_reports_every_written_chunk(server: _Server, tmp_path: Path) -> None:
     seen: list[tuple[str, int]] = []
     download._on_bytes = lambda kind, n: seen.append((kind, n))
