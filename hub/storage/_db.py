@@ -75,6 +75,10 @@ class Conn(Protocol):
 
     def execute(self, sql: str, params: Any = ()) -> Cursor: ...
 
+    def executemany(self, sql: str, rows: list[Any]) -> None:
+        """One write statement for many parameter rows (PostgreSQL: one pipelined trip)."""
+        ...
+
     def script(self, sql: str) -> None: ...
 
     def transaction(self) -> contextlib.AbstractContextManager[None]: ...
@@ -109,6 +113,10 @@ class _SqliteConn:
             return self._c.execute(sql, params)
         with self._lock:
             return self._c.execute(sql, params)
+
+    def executemany(self, sql: str, rows: list[Any]) -> None:
+        with self._lock:
+            self._c.executemany(sql, rows)
 
     def script(self, sql: str) -> None:
         with self._lock:
@@ -158,6 +166,10 @@ class _PgConn:
 
     def execute(self, sql: str, params: Any = ()) -> Cursor:
         return self._c.execute(_pg_sql(sql), params or None)
+
+    def executemany(self, sql: str, rows: list[Any]) -> None:
+        with self._c.cursor() as cur:
+            cur.executemany(_pg_sql(sql), rows)
 
     def script(self, sql: str) -> None:
         self._c.execute(pg_ddl(sql).encode())  # no parameters: several statements at once

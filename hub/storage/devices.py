@@ -87,17 +87,15 @@ class DeviceTables(DBBase):
     def touch_devices(self, seen: list[tuple[str, float, dict[str, Any] | None]]) -> None:
         """Record many devices' last contact at once: (device id, when, status or None to keep
         the stored status). One transaction: what the hub's heartbeat write-behind flushes."""
+        bare = [(when, d) for d, when, status in seen if status is None]
+        full = [(when, json.dumps(s), d) for d, when, s in seen if s is not None]
         with self._transaction():
-            for device_id, when, status in seen:
-                if status is None:
-                    self._db.execute(
-                        "UPDATE devices SET last_seen = ? WHERE id = ?", (when, device_id)
-                    )
-                else:
-                    self._db.execute(
-                        "UPDATE devices SET last_seen = ?, status_json = ? WHERE id = ?",
-                        (when, json.dumps(status), device_id),
-                    )
+            if bare:
+                self._db.executemany("UPDATE devices SET last_seen = ? WHERE id = ?", bare)
+            if full:
+                self._db.executemany(
+                    "UPDATE devices SET last_seen = ?, status_json = ? WHERE id = ?", full
+                )
 
     def generations(self) -> dict[str, int]:
         """The change counters the triggers of migration 0011 bump (``tokens``, ``desired``)."""
