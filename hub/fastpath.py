@@ -108,6 +108,8 @@ class FastPath:
     def remember_token(self, digest: str, generation: int, who: Any) -> None:
         """Cache who a token is; ``generation`` is the counter read *before* the lookup, so a
         change committed meanwhile leaves an entry the next refresh forgets."""
+        if generation < 0:
+            return  # no counters (not read yet): nothing would ever drop the entry
         if len(self._tokens) >= self._max:
             self._tokens.clear()
         self._tokens[digest] = (generation, who)
@@ -121,6 +123,8 @@ class FastPath:
 
     def remember_desired(self, device_id: str, generation: int, body: bytes) -> None:
         """Cache an answer read under ``generation`` (read before the database was)."""
+        if generation < 0:
+            return
         if len(self._desired) >= self._max:
             self._desired.clear()
         self._desired[device_id] = (generation, body)
@@ -173,7 +177,10 @@ async def fastpath_middleware(
     path = request.path
     fp = request.app[FASTPATH]
     if not path.startswith(_HOT_READS):
-        await fp.flush()
+        try:
+            await fp.flush()
+        except Exception:  # the request goes on; the periodic flush tries again
+            log.exception("could not write pending heartbeats before %s %s", request.method, path)
     if request.method in _READ_METHODS or path.startswith(_HOT_WRITES):
         return await handler(request)
     try:
