@@ -249,7 +249,6 @@ def run(
 def _storage(pg: PostgresCluster, s3: S3Server, url: str) -> dict[str, Any]:
     return {
         "database_url": url,
-        "db_threads": 16,
         "s3": {
             "bucket": s3.create_bucket(),
             "endpoint_url": s3.url,
