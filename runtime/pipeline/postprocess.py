@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import PipelineError
+from runtime.pipeline._few_boxes import FEW_BOXES, finish_few, xyxy_from_cxcywh
 from runtime.pipeline.graph import BoxPost, ClassifyPost, PluginPost, YoloPost
 from runtime.pipeline.prediction import Item
 from runtime.pipeline.preprocess import Letterbox
@@ -268,7 +269,39 @@ def _single(output: np.ndarray, what: str, width: int) -> np.ndarray:
 def _passing(scores: np.ndarray, spec: BoxPost) -> np.ndarray:
     """Indices of the candidates scoring at least the threshold. Decoders convert only these
     boxes: a detector head has hundreds of candidates and keeps a handful."""
-    return np.flatnonzero(scores >= spec.score_threshold)
+    return (scores >= spec.score_threshold).nonzero()[0]  # np.flatnonzero for 1-D, 2 calls less
+
+
+def _few(n: int, letterbox: Letterbox) -> bool:
+    """Whether ``n`` candidates take the plain-Python tail (:mod:`runtime.pipeline._few_boxes`)."""
+    return n <= FEW_BOXES and letterbox.scale_x != 0 and letterbox.scale_y != 0
+
+
+def _finish_few(
+    boxes: list[list[float]],
+    scores: list[float],
+    class_ids: list[int],
+    spec: BoxPost,
+    classes: Sequence[str],
+    letterbox: Letterbox,
+    image_size: tuple[int, int],
+    keypoints: list[list[list[float]]] | None = None,
+    suppress: bool = True,
+) -> list[Item]:
+    lb = letterbox
+    return finish_few(
+        boxes,
+        scores,
+        class_ids,
+        (lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y),
+        image_size,
+        spec.classes if spec.classes is not None else classes,
+        spec.nms_iou,
+        spec.class_agnostic,
+        spec.max_detections,
+        keypoints,
+        suppress,
+    )
 
 
 def _finish(
@@ -285,7 +318,25 @@ def _finish(
     """Shared tail for the boxes that passed the score threshold (see :func:`_passing`): map
     to source pixels, clamp, NMS (unless ``suppress`` is False: the model did it), cap, build
     items. ``keypoints`` (``M×K×2`` x, y in input pixels, one row per box) are mapped to source
-    pixels too (not clamped) and carried on the items."""
+    pixels too (not clamped) and carried on the items. A few float32 boxes take the
+    plain-Python tail, which gives the same items."""
+    if (
+        _few(len(boxes), letterbox)
+        and boxes.dtype == np.float32
+        and scores.dtype == np.float32
+        and (keypoints is None or keypoints.dtype == np.float32)
+    ):
+        return _finish_few(
+            boxes.tolist(),
+            scores.tolist(),
+            class_ids.tolist(),
+            spec,
+            classes,
+            letterbox,
+            image_size,
+            None if keypoints is None else keypoints.tolist(),
+            suppress,
+        )
     w, h = image_size
     # Letterbox.to_source then a clip to (w, h, w, h), in place and fused: the same float32
     # arithmetic per element ((v - pad) / scale, then max 0, min side) in 4 ufunc calls
@@ -359,6 +410,17 @@ def decode_yolo_v8(
         if not keep.size:
             return []
         kept_ids = cls_scores[:, keep].argmax(axis=0)
+    if pred.dtype == np.float32 and _few(keep.size, letterbox):
+        cx, cy, w, h = pred[:4, keep].tolist()
+        return _finish_few(
+            xyxy_from_cxcywh(cx, cy, w, h),
+            scores[keep].tolist(),
+            kept_ids.tolist(),
+            spec,
+            classes,
+            letterbox,
+            image_size,
+        )
     boxes = _cxcywh_to_xyxy(pred[:4, keep].T)
     return _finish(boxes, scores[keep], kept_ids, spec, classes, letterbox, image_size)
 
