@@ -167,26 +167,40 @@ def test_yolo_v8_decodes_few_candidates_like_the_numpy_path_when_boxes_are_few(
 
 
 def _reference_top_k(probs: np.ndarray, k: int) -> list[list[int]]:
-    """The take_along_axis form the classifier decoder used before."""
-    if k == 1:
-        return probs.argmax(axis=1)[:, None].tolist()
-    part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(probs, part, axis=1)
-    order = np.take_along_axis(part, np.argsort(-part_scores, axis=1, kind="stable"), axis=1)
-    return order.tolist()
+    """The rule: best first, equal scores by the lower class id (a stable descending sort)."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k].tolist()
 
 
+@pytest.mark.parametrize("n_classes", [12, 300])  # a plain sort per row; numpy partition first
 @pytest.mark.parametrize("top_k", [1, 2, 3, 7])
-def test_classify_top_k_matches_the_reference_when_scores_tie(top_k: int) -> None:
+def test_classify_top_k_orders_ties_by_class_id_when_scores_tie(n_classes: int, top_k: int) -> None:
     rng = np.random.default_rng(3)
-    rows = np.round(rng.random((6, 12)) * 4).astype(np.float32)  # many exact ties
+    rows = np.round(rng.random((6, n_classes)) * 4).astype(np.float32)  # many exact ties
+    rows[5] = 1.0  # every class ties
     spec = ClassifyPost(type="identity", top_k=top_k)
-    items = classify([rows], spec, [str(i) for i in range(12)])
+    items = classify([rows], spec, [str(i) for i in range(n_classes)])
     ids = [[int(label) for label, _ in item.top_k] for item in items]
     assert ids == _reference_top_k(rows, top_k)
+    assert [item.class_id for item in items] == rows.argmax(axis=1).tolist()
     assert [[s for _, s in item.top_k] for item in items] == [
         [float(rows[r, i]) for i in row] for r, row in enumerate(ids)
     ]
+
+
+def test_softmax_equals_the_plain_float32_formula_when_given_any_dtype() -> None:
+    rng = np.random.default_rng(4)
+    for x in (rng.normal(size=(3, 10)) * 20, rng.normal(size=(2, 1000)).astype(np.float16)):
+        z = x.astype(np.float32)
+        z = z - z.max(axis=1, keepdims=True)
+        want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        got = post.softmax(x, axis=1)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_classify_top_k_still_answers_when_scores_are_not_numbers() -> None:
+    rows = np.full((1, 100), np.nan, np.float32)
+    items = classify([rows], ClassifyPost(type="identity", top_k=3), [])
+    assert len(items) == 1 and len(items[0].top_k) == 3
 
 
 # ---- batched pre-processing -----------------------------------------------------------------
