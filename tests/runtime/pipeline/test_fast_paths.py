@@ -207,6 +207,9 @@ def test_classify_top_k_still_answers_when_scores_are_not_numbers() -> None:
 
 _SPECS: list[dict[str, Any]] = [
     {"resize": (28, 28), "color": "gray", "scale": 1 / 255},
+    {"resize": (20, 24), "color": "gray", "layout": "nhwc", "scale": 1 / 255, "mean": [0.5],
+     "std": [0.25]},
+    {"resize": (12, 10), "color": "gray", "mean": [100.0]},
     {"resize": (32, 24), "color": "rgb", "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25]},
     {"resize": (16, 20), "color": "bgr", "layout": "nhwc", "dtype": "uint8"},
     {"resize": (20, 16), "mode": "letterbox", "color": "rgb", "dtype": "uint8", "scale": 0.5},
