@@ -44,14 +44,23 @@ def f32(v: float) -> float:
 def _iou_at_most(a: list[float], b: list[float], area_a: float, area_b: float, th: float) -> bool:
     """Whether the IoU of ``a`` and ``b`` (x1, y1, x2, y2) is at most ``th``, computed as
     :func:`runtime.pipeline.postprocess._nms_matrix` does in float32."""
-    w = f32(min(a[2], b[2]) - max(a[0], b[0]))
-    h = f32(min(a[3], b[3]) - max(a[1], b[1]))
-    inter = f32((w if w > 0.0 else 0.0) * (h if h > 0.0 else 0.0))
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0.0 or h <= 0.0:
+        # No overlap: the IoU is 0 (rounding keeps a difference's sign, and its zero), and
+        # the threshold is > 0. Boxes here are finite: clamped to the frame.
+        return True
+    inter = f32(f32(w) * f32(h))
     union = f32(f32(area_a + area_b) - inter)
     return f32(inter / (union if union > _EPS else _EPS)) <= th
 
 
 _EPS = f32(1e-9)
+
+
+def _area(b: list[float]) -> float:
+    w, h = f32(b[2] - b[0]), f32(b[3] - b[1])
+    return f32((w if w > 0.0 else 0.0) * (h if h > 0.0 else 0.0))
 
 
 def _nms(
@@ -79,10 +88,7 @@ def _nms(
         boxes = moved
     if n == 1:
         return [0]
-    areas = []
-    for x1, y1, x2, y2 in boxes:
-        w, h = f32(x2 - x1), f32(y2 - y1)
-        areas.append(f32((w if w > 0.0 else 0.0) * (h if h > 0.0 else 0.0)))
+    areas = [_area(b) for b in boxes]
     th = f32(iou)
     removed = [False] * n
     keep: list[int] = []
@@ -123,7 +129,7 @@ def finish_few(
         row = []
         for v, pad, scale, side in ((x1, px, sx, fw), (y1, py, sy, fh), (x2, px, sx, fw),
                                     (y2, py, sy, fh)):  # fmt: skip
-            v = f32(f32(v - pad) / scale)
+            v = f32((f32(v - pad) if pad else v) / scale)  # v - 0.0 is v
             # np.maximum(v, 0) then np.minimum(v, side): NaN stays NaN.
             if not v > 0.0 and v == v:
                 v = 0.0
