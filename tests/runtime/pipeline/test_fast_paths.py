@@ -172,7 +172,7 @@ def _reference_top_k(probs: np.ndarray, k: int) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("n_classes", [12, 300])  # a plain sort per row; numpy partition first
-@pytest.mark.parametrize("top_k", [1, 2, 3, 7])
+@pytest.mark.parametrize("top_k", [1, 2, 3, 7, 8, 12])
 def test_classify_top_k_orders_ties_by_class_id_when_scores_tie(n_classes: int, top_k: int) -> None:
     rng = np.random.default_rng(3)
     rows = np.round(rng.random((6, n_classes)) * 4).astype(np.float32)  # many exact ties
@@ -195,6 +195,14 @@ def test_softmax_equals_the_plain_float32_formula_when_given_any_dtype() -> None
         want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         got = post.softmax(x, axis=1)
         assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("top_k", [3, 12])
+def test_classify_top_k_orders_ties_by_class_id_when_scores_are_minus_infinity(top_k: int) -> None:
+    rows = np.full((2, 100), -np.inf, np.float32)
+    rows[1, 50] = 1.0
+    items = classify([rows], ClassifyPost(type="identity", top_k=top_k), [])
+    assert [[int(label) for label, _ in i.top_k] for i in items] == _reference_top_k(rows, top_k)
 
 
 def test_classify_top_k_still_answers_when_scores_are_not_numbers() -> None:
