@@ -12,9 +12,12 @@ the annotation queue (:mod:`hub.storage.queue`) and the ingest (:mod:`hub.storag
    images" scene descriptor, so brightness and contrast drop out). A payload Pillow cannot
    decode, or one over :data:`MAX_PIXELS`, has no signature and is grouped by its exact bytes.
 2. **near-duplicate groups** — two images of a bundle whose hashes differ in at most
-   :data:`DUP_BITS` bits are one group (measured on crops of real photos: recompression,
-   noise, ×0.5 resize, +20 % brightness and most 3 % shifts stay within 6 bits, distinct
-   scenes are 22 bits or more apart). Candidates are found through :func:`bands`: the hash cut
+   :data:`DUP_BITS` bits *and* whose tiny images lie within :data:`DUP_FEATURE` are one group
+   (:func:`is_duplicate`). Measured on crops of real photos (``tests/hub/scenes.py``):
+   recompression, noise, ×0.5 resize and +20 % brightness stay within 4 bits and 0.29;
+   distinct scenes are 22 bits or more apart. The second test is for sparse scenes: among
+   6 × 300 of the demo's digit frames, 39 pairs of *different* frames hash within 6 bits, none
+   passes both tests. Candidates are found through :func:`bands`: the hash cut
    in 8 bytes, indexed; two hashes within 7 bits share at least one byte (pigeonhole), so the
    lookup is exact for any threshold below 8.
 3. **queue order** (:func:`rank`) — within a tier (needs review, corrected, unreviewed,
@@ -33,6 +36,10 @@ the annotation queue (:mod:`hub.storage.queue`) and the ingest (:mod:`hub.storag
       else the model's most confident label);
    d. the database's order (higher priority, older, id).
 
+   A sample the device kept at random (:func:`is_random`) is never a repeat and its value is
+   its priority alone: a random baseline (the demo's ``rnd`` arm, the random slice) must stay
+   random; it still counts as listed for the novelty of the others.
+
    Novelty and class counts are updated after each pick, so the second copy of a scene loses
    its place the moment the first one is listed.
 """
@@ -50,6 +57,7 @@ import numpy as np
 
 __all__ = [
     "DUP_BITS",
+    "DUP_FEATURE",
     "MAX_PIXELS",
     "NOVEL_AT",
     "REPEAT_BELOW",
@@ -61,6 +69,8 @@ __all__ = [
     "decode_feature",
     "encode_feature",
     "hamming",
+    "is_duplicate",
+    "is_random",
     "label_of",
     "rank",
     "scale_boxes",
@@ -69,8 +79,10 @@ __all__ = [
 
 log = logging.getLogger("leanloop.hub.ranking")
 
-DUP_BITS = 6
-"""Hamming distance (of 64 bits) at or below which two images are near duplicates (< 8)."""
+DUP_BITS = 4
+"""Hamming distance (of 64 bits) at or below which two images may be near duplicates (< 8)."""
+DUP_FEATURE = 0.32
+"""Tiny-image distance (0..2) at or below which a hash-close pair is a near duplicate."""
 MAX_PIXELS = 40_000_000
 """Images larger than this get no signature (the decode would cost more than it tells)."""
 NOVEL_AT = 0.8
@@ -118,6 +130,13 @@ def signature_of(image: bytes) -> ImageSignature | None:
 def hamming(a: int, b: int) -> int:
     """Bits that differ between two 64-bit hashes."""
     return (a ^ b).bit_count()
+
+
+def is_duplicate(sig: ImageSignature, phash: int, feature: np.ndarray | None) -> bool:
+    """Whether a stored image (its hash and tiny image) is a near duplicate of ``sig``."""
+    if hamming(sig.phash, phash) > DUP_BITS or feature is None:
+        return False
+    return float(np.linalg.norm(sig.feature - feature)) <= DUP_FEATURE
 
 
 def bands(phash: int) -> list[tuple[int, int]]:
@@ -185,6 +204,16 @@ class Candidate:
     order: int
     feature: np.ndarray | None = None
     label: str | None = None
+    plain: bool = False  # kept at random: ranked by priority alone (see is_random)
+
+
+def is_random(meta: dict[str, Any]) -> bool:
+    """A sample the device kept at random (its random slice, or a ``random`` strategy alone):
+    the hub orders it by its priority alone, so that a random baseline stays random."""
+    scores = meta.get("scores") or {}
+    return bool(meta.get("random_slice")) or (
+        isinstance(scores, dict) and set(scores) == {"random"}
+    )
 
 
 @dataclass(frozen=True)
@@ -260,7 +289,8 @@ def _rank_tier(
     class_bundle = np.array([bundles.index(b) for b, _ in classes], np.int64)
     per_bundle = np.bincount(class_bundle, minlength=len(bundles)).astype(np.float64)
     lab_of = np.array([-1 if c.label is None else slot[(c.bundle, c.label)] for c in cands])
-    labelled = lab_of >= 0
+    plain = np.array([c.plain for c in cands], bool)
+    labelled = (lab_of >= 0) & ~plain
     dim = _TINY * _TINY
     feats = np.stack([c.feature if c.feature is not None else np.zeros(dim, np.float32)
                       for c in cands]) if n else np.zeros((0, dim), np.float32)  # fmt: skip
@@ -268,7 +298,7 @@ def _rank_tier(
     out: list[Ranked] = []
     while left.any() and (limit is None or len(out) < limit):
         novelty = np.where(has_feat & np.isfinite(dist), np.minimum(1.0, dist / NOVEL_AT), 1.0)
-        repeat = has_feat & (dist < REPEAT_BELOW)
+        repeat = has_feat & (dist < REPEAT_BELOW) & ~plain
         mean = np.bincount(class_bundle, weights=count, minlength=len(bundles)) / np.maximum(
             per_bundle, 1.0
         )
@@ -276,7 +306,7 @@ def _rank_tier(
         if labelled.any():
             ratio = (mean[bundle_of[labelled]] + 1.0) / (count[lab_of[labelled]] + 1.0)
             balance[labelled] = np.clip(np.sqrt(ratio), 0.5, 2.0)
-        value = prio * novelty * balance
+        value = prio * np.where(plain, 1.0, novelty) * balance
         idx = np.flatnonzero(left)
         # np.lexsort sorts by the last key first.
         keys = (order[idx], -value[idx], picks[dev_of[idx]], repeat[idx].astype(np.int64))

@@ -3,8 +3,8 @@
 At ingest the app computes the image's :class:`~hub.ranking.ImageSignature` (off the event
 loop) and calls :meth:`GroupTables.add_signature`: in one transaction (on PostgreSQL under an
 advisory lock per bundle, so two replicas cannot open two groups for one scene) the sample
-joins the group of its nearest stored image within :data:`~hub.ranking.DUP_BITS` bits, or opens
-its own. A group shows once in the annotation queue. When any member is annotated
+joins the group of its nearest stored near duplicate (:func:`~hub.ranking.is_duplicate`), or
+opens its own. A group shows once in the annotation queue. When any member is annotated
 (:meth:`propagate_annotation`, called by ``annotate``), every pending member, and every member
 whose annotation was inherited, takes the same annotation (boxes scaled to its image size,
 ``inherited_from`` naming the sample a human annotated); a member that joins later inherits it
@@ -18,7 +18,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hub.ranking import DUP_BITS, ImageSignature, bands, encode_feature, hamming, scale_boxes
+from hub.ranking import (
+    ImageSignature,
+    bands,
+    decode_feature,
+    encode_feature,
+    hamming,
+    is_duplicate,
+    scale_boxes,
+)
 from hub.storage._db import DBBase
 
 __all__ = ["GroupJoin", "GroupTables"]
@@ -56,15 +64,17 @@ class GroupTables(DBBase):
             keys = bands(sig.phash)
             where = " OR ".join("(b.band = ? AND b.value = ?)" for _ in keys)
             rows = self._db.execute(
-                "SELECT DISTINCT g.sample_id, g.phash, g.group_id, s.created"
+                "SELECT DISTINCT g.sample_id, g.phash, g.feature, g.group_id, s.created"
                 " FROM sample_hash_bands b JOIN sample_signatures g ON g.sample_id = b.sample_id"
                 f" JOIN samples s ON s.id = g.sample_id WHERE b.bundle = ? AND ({where})",
                 (bundle, *[v for k in keys for v in k]),
             ).fetchall()
             near = sorted(
-                (hamming(sig.phash, int(r["phash"], 16)), r["created"], r["group_id"]) for r in rows
+                (hamming(sig.phash, int(r["phash"], 16)), r["created"], r["group_id"])
+                for r in rows
+                if is_duplicate(sig, int(r["phash"], 16), decode_feature(r["feature"]))
             )
-            distance = near[0][0] if near and near[0][0] <= DUP_BITS else None
+            distance = near[0][0] if near else None
             group_id = near[0][2] if distance is not None else sample_id
             self._db.execute(
                 "INSERT INTO sample_signatures (sample_id, bundle, phash, width, height, feature,"

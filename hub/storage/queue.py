@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hub.ranking import Candidate, References, decode_feature, label_of, rank
+from hub.ranking import Candidate, References, decode_feature, is_random, label_of, rank
 from hub.storage._db import Row
 from hub.storage.samples import Sample, SampleTables
 
@@ -105,6 +105,7 @@ class QueueTables(SampleTables):
             args.append(max(4 * limit, 200))
         rows = self._db.execute(sql, args).fetchall()
         feedback = [self._group_feedback(r) for r in rows]
+        metas = [json.loads(r["meta_json"]) for r in rows]
         cands = [
             Candidate(
                 id=r["id"],
@@ -114,9 +115,10 @@ class QueueTables(SampleTables):
                 priority=float(r["priority"]),
                 order=i,
                 feature=decode_feature(r["feature"]),
-                label=label_of(json.loads(r["meta_json"]), fb),
+                label=label_of(meta, fb),
+                plain=is_random(meta),
             )
-            for i, (r, fb) in enumerate(zip(rows, feedback, strict=True))
+            for i, (r, meta, fb) in enumerate(zip(rows, metas, feedback, strict=True))
         ]
         refs = self._references({r["bundle"] for r in rows})
         out = []

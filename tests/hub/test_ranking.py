@@ -135,3 +135,37 @@ def test_groups_when_copies_arrive_share_one_group_and_annotation(
     assert db.add_signature("s4", "b", sig(copy_of(im, "noise"))).group_id == "s1"  # again
     assert [e.sample.id for e in db.annotation_queue("b", None)] == ["s3"]
     db.close()
+
+
+def test_is_duplicate_when_sparse_frames_hash_alike_tells_them_apart() -> None:
+    """Digit frames (dark, sparse) sometimes hash within DUP_BITS of a different frame; the
+    tiny-image test keeps them apart, while a recompressed copy still groups."""
+    import cv2
+
+    from hub.ranking import is_duplicate
+    from trainer.data import LAB_STYLE, compose_frame, load_mnist
+
+    images, labels = load_mnist()
+    rng = np.random.default_rng(0)
+    frames = [compose_frame(rng, images[:2000], labels[:2000], LAB_STYLE) for _ in range(300)]
+    sigs = [sig(cv2.imencode(".png", f.image)[1].tobytes()) for f in frames]
+    close = [
+        (a, b)
+        for i, a in enumerate(sigs)
+        for b in sigs[i + 1 :]
+        if hamming(a.phash, b.phash) <= DUP_BITS
+    ]
+    assert close  # the hash alone would group different frames ...
+    assert not [p for p in close if is_duplicate(p[0], p[1].phash, p[1].feature)]  # ... not both
+    copy = sig(cv2.imencode(".jpg", frames[0].image, [cv2.IMWRITE_JPEG_QUALITY, 60])[1].tobytes())
+    assert is_duplicate(sigs[0], copy.phash, copy.feature)
+
+
+def test_rank_when_samples_were_kept_at_random_orders_them_by_priority_alone() -> None:
+    refs = {"b": References(ids=["done"], features=[_feat(7)], counts={"cat": 20, "dog": 0})}
+    cands = [
+        cand(0, "a", 0.9, feature=_feat(7, 0.05), label="cat", plain=True),
+        cand(1, "b", 0.5, feature=_feat(30), label="dog", plain=True),
+    ]
+    ranked = rank(cands, refs, None)
+    assert [(r.candidate.id, r.similar_to) for r in ranked] == [("s0", None), ("s1", None)]
