@@ -257,6 +257,12 @@ def rank(
     return out
 
 
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between the rows of ``a`` and of ``b``."""
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
 def _rank_tier(
     cands: list[Candidate],
     seen_ids: dict[str, list[str]],
@@ -268,12 +274,18 @@ def _rank_tier(
     dist = np.full(n, np.inf, np.float32)  # to the nearest annotated / picked image
     near: list[str | None] = [None] * n
     has_feat = np.array([c.feature is not None for c in cands], bool)
-    for i, c in enumerate(cands):
-        known = seen_feats.get(c.bundle)
-        if c.feature is not None and known:
-            d = np.linalg.norm(np.stack(known) - c.feature, axis=1)
-            j = int(np.argmin(d))
-            dist[i], near[i] = float(d[j]), seen_ids[c.bundle][j]
+    for b in {c.bundle for c in cands}:
+        known = seen_feats.get(b)
+        mine = [i for i, c in enumerate(cands) if c.bundle == b and c.feature is not None]
+        if not known or not mine:
+            continue
+        ref = np.stack(known)
+        for start in range(0, len(mine), 512):  # bounded memory: 512 × refs distances at once
+            rows = mine[start : start + 512]
+            d = _distances(np.stack([cands[i].feature for i in rows]), ref)  # type: ignore[misc]
+            best = np.argmin(d, axis=1)
+            for k, i in enumerate(rows):
+                dist[i], near[i] = float(d[k, best[k]]), seen_ids[b][int(best[k])]
     prio = np.array([min(1.0, max(0.0, c.priority)) for c in cands], np.float64) + 0.01
     order = np.array([c.order for c in cands], np.int64)
     bundles = sorted({c.bundle for c in cands})

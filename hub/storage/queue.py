@@ -104,7 +104,9 @@ class QueueTables(SampleTables):
             sql += " LIMIT ?"
             args.append(max(4 * limit, 200))
         rows = self._db.execute(sql, args).fetchall()
-        feedback = [self._group_feedback(r) for r in rows]
+        feedback = [
+            self._group_feedback(r) if r["corrected"] or r["confirmed"] else None for r in rows
+        ]
         metas = [json.loads(r["meta_json"]) for r in rows]
         cands = [
             Candidate(
