@@ -436,8 +436,11 @@ class JobRunner:
             "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})
         }
         if params.get("init_from") is not None:
+            ckpt = self.checkpoint(int(params["init_from"]))
             key = "classifier" if spec.task == "classify" else "detector"
-            update["warm_start"] = self.checkpoint(int(params["init_from"])) / f"{key}.pt"
+            update["warm_start"] = ckpt / f"{key}.pt"
+            if spec.task == "detect_then_classify":  # both stages start from the earlier job
+                update["crop_warm_start"] = ckpt / "classifier.pt"
         spec = spec.model_copy(update=update)
         (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
         return [

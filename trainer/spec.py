@@ -184,7 +184,14 @@ class TrainingSpec(_Strict):
         default="auto", description="auto: a CUDA GPU when present, else the CPU"
     )
     warm_start: Path | None = Field(
-        default=None, description="a torch state dict (.pt/.pth) or an ONNX model (.onnx)"
+        default=None,
+        description="a torch state dict (.pt/.pth) or an ONNX model (.onnx); for "
+        "detect_then_classify, the detector's",
+    )
+    crop_warm_start: Path | None = Field(
+        default=None,
+        description="detect_then_classify: the crop classifier's state dict (.pt/.pth) or ONNX "
+        "model, e.g. an earlier source's checkpoint/classifier.pt",
     )
     export: list[Literal["onnx", "openvino", "tflite"]] = Field(
         default_factory=lambda: ["onnx", "openvino", "tflite"],  # type: ignore[arg-type]
@@ -199,6 +206,8 @@ class TrainingSpec(_Strict):
             raise ValueError("export must include onnx (every other format is checked against it)")
         if self.crop_model is not None and self.task != "detect_then_classify":
             raise ValueError("crop_model is for task detect_then_classify only")
+        if self.crop_warm_start is not None and self.task != "detect_then_classify":
+            raise ValueError("crop_warm_start is for task detect_then_classify only")
         return self
 
     def resolved(self, base: Path) -> TrainingSpec:
@@ -208,6 +217,8 @@ class TrainingSpec(_Strict):
             upd["dataset"] = self.dataset.model_copy(update={"path": base / self.dataset.path})
         if self.warm_start is not None and not self.warm_start.is_absolute():
             upd["warm_start"] = base / self.warm_start
+        if self.crop_warm_start is not None and not self.crop_warm_start.is_absolute():
+            upd["crop_warm_start"] = base / self.crop_warm_start
         return self.model_copy(update=upd)
 
 
