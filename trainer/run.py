@@ -34,7 +34,7 @@ import yaml
 from runtime.errors import LeanloopError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
 from trainer.card import build_card, write_card
-from trainer.dataset_types import Dataset
+from trainer.datasets.model import Dataset
 from trainer.engine import EpochReport, select_device
 from trainer.errors import TrainerError
 from trainer.spec import SpecError, TrainingSpec, load_spec, load_spec_dataset

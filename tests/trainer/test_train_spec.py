@@ -15,7 +15,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from runtime.bundle.build import build_bundle
-from trainer.dataset_types import DatasetError
+from trainer.datasets.model import DatasetError
 from trainer.errors import TrainerError
 from trainer.export_formats import tflite_unavailable_reason
 from trainer.run import RunOutput, run_spec

@@ -16,7 +16,7 @@ import torch
 from runtime.pipeline.graph import ClassifyPost, CropSpec, PipelineSpec, StageSpec
 from runtime.pipeline.preprocess import crop_box
 from trainer.arch import FcosDetector, build_classifier, build_detector
-from trainer.dataset_types import Dataset, DatasetError
+from trainer.datasets.model import Dataset, DatasetError
 from trainer.spec import ModelSpec, TrainingSpec
 from trainer.tasks import classify, detect
 from trainer.tasks._common import (
