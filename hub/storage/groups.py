@@ -1,4 +1,4 @@
-"""Near-duplicate groups of sample images (migration 0011; the rules in :mod:`hub.ranking`).
+"""Near-duplicate groups of sample images (migration 0013; the rules in :mod:`hub.ranking`).
 
 At ingest the app computes the image's :class:`~hub.ranking.ImageSignature` (off the event
 loop) and calls :meth:`GroupTables.add_signature`: in one transaction (on PostgreSQL under an
