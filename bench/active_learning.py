@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STRATEGIES", "Protocol", "curve", "labels_to_reach", "run_all", "summarise"]
+from trainer.selection import labels_to_reach
+
+__all__ = ["STRATEGIES", "Protocol", "curve", "run_all", "summarise"]
 
 STRATEGIES: tuple[str, ...] = ("random", "margin", "kcenter", "cluster_margin", "margin+balance")
 """Bench names: a :data:`trainer.selection.STRATEGIES` name, ``+balance`` for class balance."""
@@ -94,19 +96,6 @@ def curve(strategy: str, dataset: str, seed: int, proto: Protocol) -> list[tuple
             )
         pick = select(name, pool, k, seed=seed * 1009 + len(labelled), balance=extra == "balance")
         labelled.extend(int(i) for i in unlabelled[pick])
-
-
-def labels_to_reach(points: list[tuple[int, float]], target: float) -> float | None:
-    """Labels at which the curve first reaches ``target``, interpolated; None if never."""
-    prev: tuple[int, float] | None = None
-    for labels, acc in points:
-        if acc >= target:
-            if prev is None or acc == prev[1]:
-                return float(labels)
-            frac = (target - prev[1]) / (acc - prev[1])
-            return prev[0] + frac * (labels - prev[0])
-        prev = (labels, acc)
-    return None
 
 
 def summarise(curves: dict[str, list[tuple[int, float]]], budget: int) -> dict[str, Any]:

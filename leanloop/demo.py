@@ -52,6 +52,7 @@ from leanloop.demo_view import (
     Phases,
     export_seconds,
     job_line,
+    label_efficiency,
     print_parts,
     print_phases,
     print_rows,
@@ -641,6 +642,7 @@ def run_demo(s: DemoSettings) -> tuple[list[Row], dict[str, Any]]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
         "rows": [asdict(r) for r in rows],
         "phases": phases,
+        "label_efficiency": label_efficiency(rows),
         "total_s": round(total, 1),
         "goal_s": GOAL_S,
     }

@@ -22,6 +22,12 @@ the *predicted* classes (the true ones are unknown before labelling), the class 
 labels so far (``labelled_classes``) served first, each class's best-ranked sample by the
 strategy's own order. A class the model never predicts gets nothing: balance cannot invent one.
 
+**Label efficiency** (:func:`label_ratio`, the figure the bench and the demo print): given
+learning curves — ``(labels, accuracy)`` after each round — of a strategy and of random
+selection on the same budget, the *target* is the accuracy random reaches with its whole budget;
+the figure is the number of labels the strategy needed to first reach it (linearly interpolated
+between the two rounds around the crossing) over random's budget. 0.5 means half the labels.
+
 Everything is deterministic for a given ``seed`` (ties are broken by index; random draws come
 from ``numpy.random.default_rng(seed)``). Only numpy and scikit-learn are imported, so the hub,
 the demo and the benches can all use it without torch; the device keeps its own per-frame
@@ -44,6 +50,8 @@ __all__ = [
     "SelectionError",
     "entropy_scores",
     "kcenter_greedy",
+    "label_ratio",
+    "labels_to_reach",
     "least_confidence_scores",
     "margin_scores",
     "select",
@@ -286,3 +294,35 @@ def select(
     if balance:
         return _balanced(order, pool, k)
     return order[:k].astype(np.int64)
+
+
+def labels_to_reach(points: Sequence[tuple[float, float]], target: float) -> float | None:
+    """Labels at which a ``(labels, accuracy)`` curve first reaches ``target``, linearly
+    interpolated from the round before; None if it never does."""
+    prev: tuple[float, float] | None = None
+    for labels, acc in points:
+        if acc >= target:
+            if prev is None or acc <= prev[1]:
+                return float(labels)
+            frac = (target - prev[1]) / (acc - prev[1])
+            return float(prev[0] + frac * (labels - prev[0]))
+        prev = (labels, acc)
+    return None
+
+
+def label_ratio(
+    strategy: Sequence[tuple[float, float]], random: Sequence[tuple[float, float]], start: float = 0
+) -> float | None:
+    """Labels ``strategy`` needs to reach random's final accuracy, over random's final labels.
+
+    Both curves count labels the same way; ``start`` (e.g. a seed set both got for free) is
+    taken off both before dividing. None when the strategy never reaches the target.
+    Raises SelectionError for an empty random curve or one that spent no labels past ``start``.
+    """
+    if not random:
+        raise SelectionError("label ratio: the random curve is empty")
+    budget, target = random[-1]
+    if budget - start <= 0:
+        raise SelectionError("label ratio: random spent no labels beyond the start")
+    need = labels_to_reach(strategy, target)
+    return None if need is None else max(0.0, need - start) / (budget - start)

@@ -11,6 +11,8 @@ from trainer.selection import (
     SelectionError,
     entropy_scores,
     kcenter_greedy,
+    label_ratio,
+    labels_to_reach,
     least_confidence_scores,
     margin_scores,
     select,
@@ -165,3 +167,20 @@ def test_k_beyond_the_pool_returns_all_and_zero_returns_none() -> None:
 def test_bad_requests_raise_selection_error(call: object, message: str) -> None:
     with pytest.raises(SelectionError, match=message):
         call()  # type: ignore[operator]
+
+
+def test_labels_to_reach_interpolates_between_rounds() -> None:
+    curve = [(20, 0.5), (60, 0.7), (100, 0.9)]
+    assert labels_to_reach(curve, 0.8) == pytest.approx(80.0)
+    assert labels_to_reach(curve, 0.4) == 20.0
+    assert labels_to_reach(curve, 0.95) is None
+
+
+def test_label_ratio_against_random_final_accuracy() -> None:
+    rnd = [(20, 0.5), (220, 0.8), (420, 0.9)]
+    fast = [(20, 0.5), (120, 0.85), (220, 0.95)]
+    assert label_ratio(fast, rnd) == pytest.approx(170 / 420)
+    assert label_ratio(fast, rnd, start=20) == pytest.approx(150 / 400)
+    assert label_ratio([(20, 0.5), (420, 0.6)], rnd) is None
+    with pytest.raises(SelectionError, match="no labels"):
+        label_ratio(fast, [(20, 0.5)], start=20)
