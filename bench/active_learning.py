@@ -132,8 +132,12 @@ def run_all(
     workers = workers or min(2, os.cpu_count() or 1)
     curves: dict[str, dict[int, dict[str, list[tuple[int, float]]]]] = {}
     with ProcessPoolExecutor(max_workers=workers) as ex:
-        for strategy, dataset, seed, pts in ex.map(_job, jobs):
+        for done, (strategy, dataset, seed, pts) in enumerate(ex.map(_job, jobs), 1):
             curves.setdefault(dataset, {}).setdefault(seed, {})[strategy] = pts
+            _say(
+                f"(active) [{done}/{len(jobs)}] {dataset} seed {seed} {strategy}: "
+                + " ".join(f"{n}:{a:.3f}" for n, a in pts)
+            )
     results: dict[str, Any] = {
         "protocol": proto.__dict__,
         "learner": "small convnet (bench/al_model.py), retrained from scratch each round",

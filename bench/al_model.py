@@ -52,6 +52,17 @@ class SmallConvNet(nn.Module):
         return self.head(self.embed(x))
 
 
+def _shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image moved by up to ``shift`` pixels each way (zero border): the one augmentation
+    that helps both sets (a digit or a texture is the same a few pixels over)."""
+    side = x.shape[-1]
+    padded = nn.functional.pad(x, (shift, shift, shift, shift))
+    offs = torch.randint(0, 2 * shift + 1, (len(x), 2), generator=gen).tolist()
+    return torch.stack(
+        [padded[i, :, dy : dy + side, dx : dx + side] for i, (dy, dx) in enumerate(offs)]
+    )
+
+
 def fit_predict(
     x: np.ndarray,
     y: np.ndarray,
@@ -60,12 +71,15 @@ def fit_predict(
     seed: int,
     steps: int = 200,
     batch: int = 32,
-    lr: float = 5e-3,
+    lr: float = 1e-2,
+    shift: int = 2,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Train on ``(x, y)``; (probabilities, embeddings) of each array in ``others``.
 
     Adam with a one-cycle learning-rate schedule (peak ``lr``), ``steps`` batches of ``batch``
-    images drawn with replacement.
+    images drawn with replacement, each image shifted by up to ``shift`` pixels. The defaults
+    were chosen on a validation split carved from the pool (random labels: 60, 200, 400), never
+    on the test split: shifts took the digits from 0.33 to 0.72 at 60 labels.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -76,7 +90,8 @@ def fit_predict(
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(xt), (min(batch, len(xt)),), generator=gen)
-        loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+        xb = _shifted(xt[idx], shift, gen) if shift else xt[idx]
+        loss = nn.functional.cross_entropy(model(xb), yt[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
