@@ -20,6 +20,7 @@ __all__ = [
     "JobView",
     "Phases",
     "job_line",
+    "label_efficiency",
     "parts_lines",
     "print_parts",
     "print_phases",
@@ -133,6 +134,29 @@ def print_rows(rows: list[Row], it: int, stderr: bool) -> None:
     Console(stderr=stderr).print(t)
 
 
+def label_efficiency(rows: list[Row]) -> dict[str, Any] | None:
+    """This run's label efficiency: the labels (beyond the seed batch) the uncertainty arm
+    needed to reach the random arm's final accuracy, over random's (the metric of
+    :func:`trainer.selection.label_ratio`); None before a second iteration."""
+    from trainer.selection import label_ratio
+
+    curves = {
+        arm: [(float(r.labels), r.frame_accuracy) for r in rows if r.arm == arm]
+        for arm in ("unc", "rnd")
+    }
+    if min(len(c) for c in curves.values()) < 2:
+        return None
+    start = curves["rnd"][0][0]
+    if curves["rnd"][-1][0] <= start:
+        return None
+    ratio = label_ratio(curves["unc"], curves["rnd"], start=start)
+    return {
+        "ratio": ratio,
+        "target": curves["rnd"][-1][1],
+        "random_labels": curves["rnd"][-1][0] - start,
+    }
+
+
 def print_summary(rows: list[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -152,6 +176,12 @@ def print_summary(rows: list[Row]) -> None:
             f"{u.bytes_per_device:,}",
         )
     Console().print(t)
+    if (eff := label_efficiency(rows)) is not None:
+        got = "never, within the run" if eff["ratio"] is None else f"{eff['ratio']:.2f}×"
+        Console().print(
+            f"label efficiency: uncertainty reached random's final {eff['target']:.1%} with "
+            f"{got} random's {eff['random_labels']:.0f} labels (beyond the seed batch)"
+        )
 
 
 def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from leanloop.demo import Row
-from leanloop.demo_view import Phases, export_seconds, job_line, parts_lines, rollout_cell
+from leanloop.demo_view import (
+    Phases,
+    export_seconds,
+    job_line,
+    label_efficiency,
+    parts_lines,
+    rollout_cell,
+)
 
 
 def test_phases_when_timed_twice_sum_and_count() -> None:
@@ -49,3 +58,21 @@ def test_parts_lines_when_gate_rollout_and_correction_ran_has_one_line_each() ->
     assert lines["staged rollout (canary first)"] == "unc v2: canary 1/1 → 2/2 done"
     assert "3 → 8" in lines["operator correction → hub"]
     assert rollout_cell(None) == "-"
+
+
+def test_label_efficiency_when_uncertainty_gets_there_first() -> None:
+    def row(it: int, arm: str, acc: float, labels: int) -> Row:
+        return Row(it, arm, it + 1, acc, acc, labels, 0, 0.0)
+
+    rows = [
+        row(0, "unc", 0.40, 300), row(0, "rnd", 0.40, 300),
+        row(1, "unc", 0.70, 400), row(1, "rnd", 0.55, 400),
+        row(2, "unc", 0.80, 500), row(2, "rnd", 0.60, 500),
+    ]  # fmt: skip
+    eff = label_efficiency(rows)
+    assert eff is not None and eff["target"] == 0.60 and eff["random_labels"] == 200
+    # unc crosses 0.60 two thirds of the way from 0.40 (300) to 0.70 (400): 66.7 labels
+    assert eff["ratio"] == pytest.approx((200 / 3) / 200)
+    worse = [r if r.arm == "rnd" else row(r.iteration, "unc", 0.5, r.labels) for r in rows]
+    assert label_efficiency(worse) == {"ratio": None, "target": 0.60, "random_labels": 200}
+    assert label_efficiency(rows[:2]) is None
