@@ -188,7 +188,7 @@ def publish_command(
 
     if token is None:
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
-    from leanloop.progress import byte_progress
+    from runtime.console import byte_progress
 
     client = HubAdminClient(hub_url, token)
     try:

@@ -88,7 +88,7 @@ def watch_download(
     """
     import time
 
-    from leanloop.progress import byte_progress
+    from runtime.console import byte_progress
     from runtime.operator import status as device_status
 
     st = device_status(state_dir)

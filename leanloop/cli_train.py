@@ -71,7 +71,7 @@ def _local(spec: Any, out: Path, as_json: bool) -> None:
     dataset_at[0].check()
     from rich.progress import TextColumn
 
-    from leanloop.progress import step_progress
+    from runtime.console import step_progress
     from trainer.engine import EpochReport
     from trainer.run import run_spec
 
@@ -107,7 +107,7 @@ def _on_hub(
     spec: Any, hub: str, token: str | None, bundle: str, version: int, out: Path, as_json: bool
 ) -> None:
     from hub.client import HubAdminClient
-    from leanloop.progress import step_progress
+    from runtime.console import step_progress
 
     if not token:
         _fail("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN", 2)

@@ -1,5 +1,9 @@
 """Progress bars of the ``leanloop`` command: on stderr, only for a person at a terminal.
 
+Both the device commands (``leanloop/``) and the hub's (``hub/cli.py``) draw them, so they live
+here at the bottom of the layering (``rich`` is a base dependency; nothing here needs a device
+extra).
+
 Bars are drawn by rich on a stderr console, and only when that stderr is a terminal and the
 command was not asked for ``--json``: stdout stays the command's result (a pipe or a script
 sees exactly the same bytes with or without bars), and a log file never fills with redraws.
