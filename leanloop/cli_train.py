@@ -75,7 +75,7 @@ def _local(spec: Any, out: Path, as_json: bool) -> None:
     from trainer.engine import EpochReport
     from trainer.run import run_spec
 
-    # Bars on stderr, only at a terminal and without --json (leanloop/progress.py).
+    # Bars on stderr, only at a terminal and without --json (runtime/console.py).
     with step_progress(as_json, TextColumn("{task.fields[info]}")) as progress:
         bars: dict[str, Any] = {}
 
@@ -150,7 +150,7 @@ def train(
 ) -> None:
     """Train a classifier, detector or two-stage model from a training spec; write a bundle
     source with a model card (see docs/training.md)."""
-    from trainer.dataset_types import DatasetError
+    from trainer.datasets.report import DatasetError
     from trainer.spec import SpecError, load_spec
 
     try:
