@@ -20,6 +20,7 @@ __all__ = [
     "JobView",
     "Phases",
     "job_line",
+    "ontology_cell",
     "parts_lines",
     "print_parts",
     "print_phases",
@@ -173,6 +174,8 @@ def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
                 f"{r.arm} devices ran v{sh['version']} (the random arm's model) beside "
                 f"v{r.version}: agreement {sh['agreement']:.1%} on the last segment",
             ))  # fmt: skip
+        if onto := r.extra.get("ontology"):
+            out.append(("ontology change", ontology_cell(onto, rows, r.iteration)))
         if fix := r.extra.get("correction"):
             out.append((
                 "operator correction → hub",
@@ -180,6 +183,23 @@ def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
                 f"{fix['item']}), in the hub's feedback metrics",
             ))  # fmt: skip
     return out
+
+
+def ontology_cell(onto: dict[str, Any], rows: list[Row], iteration: int) -> str:
+    """What the ontology change did, from the hub to the devices' stores and to their answers
+    in the segment of ``iteration`` (the first one served after it)."""
+    v = onto["version"]
+    seg = [r for r in rows if r.iteration == iteration]
+    served = sum(int(r.extra.get("ontology_served", {}).get(v, 0)) for r in seg)
+    total = sum(sum(int(n) for n in r.extra.get("ontology_served", {}).values()) for r in seg)
+    bundles = ", ".join(f"{a} v{n}" for a, n in onto["bundles"].items())
+    return (
+        f"digits v{v - 1} → v{v} through the hub's API (rename 0 → zero): "
+        f"{onto['hub_remapped']} hub samples remapped; {bundles} trained in v{v}; "
+        f"{onto['devices']} devices serve v{v} ({served}/{total} frames of the next segment); "
+        f"on the devices {onto['device_records']} stored and {onto['device_uploads']} uploaded "
+        "samples remapped"
+    )
 
 
 def print_parts(rows: list[Row]) -> None:
