@@ -31,8 +31,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from leanloop.demo_view import (
     Phases,
     export_seconds,
     job_line,
+    markdown,
     print_parts,
     print_phases,
     print_rows,
@@ -212,6 +215,7 @@ class Demo:
         self.phases = Phases()
         self.rollouts: dict[tuple[str, int], int] = {}  # (arm, version) -> staged rollout id
         self.jobs_at_once = 1 if s.full else len(ARMS)
+        self._signing = threading.Lock()
         self.class_names: dict[int, list[str]] = {1: DIGITS}  # ontology version -> names
         self.ontology: dict[str, Any] | None = None  # the ontology change, once devices run it
 
@@ -592,9 +596,10 @@ class Demo:
             build_bundle(src, out, name=f"digits-{arm}", version=version)
         with self.phases.time("replay gate"):
             reason = gate(self, arm, out, version)  # None: blessed
-        with self.phases.time("publish (sign, deltas) + rollout"):
+        # One signer at a time: each publish signs the next targets metadata version.
+        with self._signing, self.phases.time("publish (sign, deltas) + rollout"):
             self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
-            if version == 1:  # no device is enrolled yet: v1 is the cohort's desired bundle
+            if version == 1:  # v1 is the cohort's desired bundle (the devices wait for one)
                 self.hub.rollout(
                     f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo"
                 )
@@ -604,6 +609,16 @@ class Demo:
                     "waves": [{"count": 1}, {"percent": 100}], "soak_s": 1.0}  # fmt: skip
             r = self.hub.create_rollout(spec, force_reason=reason, who="demo")
             self.rollouts[(arm, version)] = int(r["id"])
+
+    def publish_arms(self, sources: dict[str, Path]) -> None:
+        """Each arm's candidate built, gated, signed and rolled out, the arms side by side
+        (the replay gates run at once, each in its own worker process; signing takes turns)."""
+        wall = "build + gate + publish (wall, arms in parallel)"
+        with self.phases.time(wall), ThreadPoolExecutor(len(sources)) as pool:
+            done = [pool.submit(self.publish, arm, src, self.version[arm])
+                    for arm, src in sources.items()]  # fmt: skip
+            for f in done:
+                f.result()
 
     def run(self) -> list[Row]:
         with self.phases.time("setup (data, hub, seed import)"):
@@ -616,8 +631,7 @@ class Demo:
         # The devices start (and enrol) while v1 trains; they wait for their cohort's bundle.
         src = self.train(["unc"], 1, then=self.start_devices)["unc"]
         self.last_job["rnd"] = self.last_job["unc"]
-        for arm in ARMS:
-            self.publish(arm, src, 1)
+        self.publish_arms(dict.fromkeys(ARMS, src))
         with self.phases.time("device catch-up (v1)"):
             self.wait_versions()
         self.say("v1 is live on every device")
@@ -650,9 +664,7 @@ class Demo:
                     n, used = self.annotate(arm)
                     self.version[arm] += 1
                     self.say(f"{arm}: oracle labelled {used} digits in {n} frames")
-            srcs = self.train(list(ARMS), self.version["unc"])
-            for arm in ARMS:
-                self.publish(arm, srcs[arm], self.version[arm])
+            self.publish_arms(self.train(list(ARMS), self.version["unc"]))
             with self.phases.time("device catch-up"):
                 self.wait_versions()
                 if change is not None:
@@ -676,6 +688,7 @@ def run_demo(s: DemoSettings) -> tuple[list[Row], dict[str, Any]]:
         "phases": phases,
         "total_s": round(total, 1),
         "goal_s": GOAL_S,
+        "markdown": markdown(rows, phases, total),
     }
     (demo.work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if not s.quiet:

@@ -6,6 +6,7 @@ Kept apart from :mod:`leanloop.demo` (which runs the loop) so that the loop read
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ __all__ = [
     "JobView",
     "Phases",
     "job_line",
+    "markdown",
     "ontology_cell",
     "parts_lines",
     "print_parts",
@@ -39,10 +41,12 @@ class Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.count: dict[str, int] = {}
+        self._lock = threading.Lock()  # the arms publish from two threads
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        self.count[name] = self.count.get(name, 0) + 1
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.count[name] = self.count.get(name, 0) + 1
 
     @contextmanager
     def time(self, name: str) -> Iterator[None]:
@@ -225,3 +229,23 @@ def print_phases(phases: dict[str, dict[str, float]], total_s: float, goal_s: fl
     for name, v in phases.items():
         t.add_row(name, str(int(v["n"])), f"{v['s']:.1f}", f"{v['s'] / max(total_s, 1e-9):.0%}")
     Console().print(t)
+
+
+def markdown(rows: list[Row], phases: dict[str, dict[str, float]], total_s: float) -> str:
+    """The README's demo tables from a run, to paste as they are: production accuracy per
+    iteration and arm, one line per loop part, and the wall time per phase."""
+    out = [
+        "| iteration | labels | uncertainty | random | bytes per device (cumulative) |",
+        "|---|---|---|---|---|",
+    ]
+    for it in sorted({r.iteration for r in rows}):
+        u = next(r for r in rows if r.iteration == it and r.arm == "unc")
+        r_ = next(r for r in rows if r.iteration == it and r.arm == "rnd")
+        name = f"{it} (v1: seed batch only)" if it == 0 else str(it)
+        out.append(f"| {name} | {u.labels} | {u.frame_accuracy:.1%} | {r_.frame_accuracy:.1%} "
+                   f"| {u.bytes_per_device:,} |")  # fmt: skip
+    out += ["", "| part of the loop | what happened in this run |", "|---|---|"]
+    out += [f"| {part} | {what} |" for part, what in parts_lines(rows)]
+    out += ["", f"| phase ({total_s:.0f} s wall in all) | times | wall s |", "|---|---|---|"]
+    out += [f"| {name.strip()} | {int(v['n'])} | {v['s']:.1f} |" for name, v in phases.items()]
+    return "\n".join(out) + "\n"

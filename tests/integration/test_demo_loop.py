@@ -115,6 +115,12 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
     lines = dict(parts_lines(rows))
     assert "rename 0 → zero" in lines["ontology change"]
     assert f"2 devices serve v2 ({2 * s.frames}/{2 * s.frames} frames" in lines["ontology change"]
+    # The README's tables, as the report (and `python -m bench --only demo`) give them.
+    md = out["markdown"].splitlines()
+    assert md[0].startswith("| iteration | labels | uncertainty | random |")
+    assert md[2].startswith(f"| 0 (v1: seed batch only) | {first.labels} | ")
+    assert f"| ontology change | {lines['ontology change']} |" in md
+    assert any(line.startswith("| training v1 | 1 | ") for line in md)
     # Devices uploaded samples, and every sample the oracle labelled came from a device.
     hub_db = tmp_path / "demo" / "hub" / "hub.sqlite3"
     assert hub_db.exists()
