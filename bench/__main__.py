@@ -19,6 +19,9 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``training.json``: training throughput of our loop vs a plain torch loop on the same model
   (classification, detection), and the Optuna search's overhead (#13);
 - ``demo.json``: ``leanloop demo`` wall time per phase against its ≤ 5-minute goal (#18);
+- ``hil.json``: the whole loop (enrol, install, uploads, feedback, a delta update) with real
+  device processes in network namespaces behind 256 kbit/s / 500 ms / lossy links vs unshaped:
+  time to converge, bytes on the wire, samples lost (#17);
 - ``active.json``: labels margin / entropy / least-confidence need to reach random
   sampling's accuracy on the real MNIST digits, 3 seeds (#5).
 
@@ -111,6 +114,13 @@ def _demo(out: Path, quick: bool) -> int:
     return 0
 
 
+def _hil(out: Path, quick: bool) -> int:
+    from bench.hil import run as hil_run
+
+    hil_run(out, quick=quick)
+    return 0
+
+
 SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "inference": _inference,
     "delta": _delta,
@@ -123,6 +133,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "soak": _soak,
     "training": _training,
     "demo": _demo,
+    "hil": _hil,
 }
 
 

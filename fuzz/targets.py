@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "Target", "seeds"]
+__all__ = ["TARGETS", "Target", "dictionary", "seeds"]
 
 _NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -226,6 +226,60 @@ TARGETS: dict[str, Target] = {
         Target("range", _range, "hub.api.tuf.parse_range"),
     ]
 }
+
+
+# ---- dictionaries -------------------------------------------------------------------------
+
+# YAML's own syntax: tags, anchors, merge keys, block scalars, flow collections, the implicit
+# scalars the resolver turns into ints, floats, booleans, nulls and timestamps.
+_YAML_WORDS = [
+    *("---", "...", "- ", ": ", "? ", "{", "}", "[", "]", ", ", "|", ">", "|-", ">+", "#"),
+    *("&a ", "*a", "<<: ", "<<: *a", "!!str ", "!!int ", "!!float ", "!!bool ", "!!null "),
+    *("!!binary ", "!!timestamp ", "!!set ", "!!omap ", "!!pairs ", "!!seq ", "!!map ", "!x "),
+    *("~", "null", "true", "False", "yes", "0x1F", "0o17", "0b101", "1_000", "1e3", ".inf"),
+    *("-.Inf", ".nan", "2001-12-14t21:59:43.10-05:00", "2002-12-14", "'", '"', "\\u00e9"),
+]
+
+
+def _model_words(*models: Any) -> list[str]:
+    """Every field name (``name: ``) and literal value of pydantic models, nested included."""
+    import typing
+
+    words: set[str] = set()
+    seen: set[Any] = set()
+
+    def walk(tp: Any) -> None:
+        if typing.get_origin(tp) is typing.Literal:
+            words.update(str(v) for v in typing.get_args(tp))
+        for arg in typing.get_args(tp):
+            walk(arg)
+        fields = getattr(tp, "model_fields", None)
+        if isinstance(tp, type) and fields and tp not in seen:
+            seen.add(tp)
+            for name, f in fields.items():
+                words.add(f"{f.alias or name}: ")
+                walk(f.annotation)
+
+    for m in models:
+        walk(m)
+    return sorted(words)
+
+
+def dictionary(name: str) -> list[bytes]:
+    """libFuzzer dictionary words for a target (its format's keys and syntax), maybe none.
+
+    Text formats parsed by a library whose code is not ours get their structure this way:
+    mutations then build YAML that reaches our validators instead of refusals of bad syntax.
+    """
+    if name == "pipeline":
+        from runtime.pipeline.graph import PipelineSpec
+
+        return [w.encode() for w in [*_YAML_WORDS, *_model_words(PipelineSpec)]]
+    if name == "ontology":
+        from runtime.bundle.manifest import Ontology
+
+        return [w.encode() for w in [*_YAML_WORDS, *_model_words(Ontology)]]
+    return []
 
 
 # ---- seeds --------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from hub.api._common import (
     hash_token,
 )
 from hub.config import HubConfig
+from hub.connections import request_done_middleware, serve_forever
 from hub.jobs import JobRunner
 from hub.leader import Leader
 from hub.metrics import METRICS, HubMetrics, metrics_middleware
@@ -194,7 +195,12 @@ def create_app(config: HubConfig) -> web.Application:
     )
     app = web.Application(
         client_max_size=cap,
-        middlewares=[metrics_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_done_middleware,  # hub.connections: heads of later requests get a deadline
+            metrics_middleware,
+            error_middleware,
+            auth_middleware,
+        ],
     )
     app[METRICS] = HubMetrics()
     app[CONFIG] = config
@@ -211,8 +217,10 @@ def create_app(config: HubConfig) -> web.Application:
 
 
 # How each connection is served: a refused request's unread body is drained for at most 2 s
-# (aiohttp's default is 10 s), so a client that trickles one cannot keep its connection.
-SERVER_ARGS: dict[str, Any] = {"lingering_time": 2.0}
+# (aiohttp's default is 10 s), so a client that trickles one cannot keep its connection; an
+# idle keep-alive connection is closed after 75 s (web.run_app's default). Request heads have
+# their own deadline (config header_timeout_s, hub.connections).
+SERVER_ARGS: dict[str, Any] = {"lingering_time": 2.0, "keepalive_timeout": 75.0}
 
 
 def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
@@ -226,12 +234,17 @@ def ssl_context(config: HubConfig) -> ssl.SSLContext | None:
 
 
 def run(config: HubConfig) -> None:
-    """Serve the hub until interrupted (HTTPS when the config names a certificate)."""
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        ssl_context=ssl_context(config),
-        access_log=None,  # hub.metrics logs each request at debug level
-        **SERVER_ARGS,
+    """Serve the hub until SIGINT/SIGTERM (HTTPS when the config names a certificate)."""
+    app = create_app(config)
+    asyncio.run(
+        serve_forever(
+            app,
+            config.host,
+            config.port,
+            config.header_timeout_s,
+            ssl_context(config),
+            on_close=app[METRICS].slow_heads.inc,
+            access_log=None,  # hub.metrics logs each request at debug level
+            **SERVER_ARGS,
+        )
     )

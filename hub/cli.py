@@ -188,9 +188,19 @@ def publish_command(
 
     if token is None:
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
+    from leanloop.progress import byte_progress
+
     client = HubAdminClient(hub_url, token)
     try:
-        version = client.publish_bundle(bundle_dir, keys_dir, force_reason=force_reason)
+        # A bar on stderr at a terminal (not with --json): the upload of the bundle's files.
+        with byte_progress(as_json) as progress:
+            bar = progress.add_task(f"upload {bundle_dir.name}", total=None)
+            version = client.publish_bundle(
+                bundle_dir,
+                keys_dir,
+                force_reason=force_reason,
+                on_progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            )
         manifest = Manifest.model_validate_json((bundle_dir / MANIFEST_NAME).read_bytes())
         n = None
         if cohort is not None:

@@ -31,7 +31,7 @@ import json
 import logging
 import tarfile
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
@@ -135,6 +135,21 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+class _ProgressReader(io.BytesIO):
+    """A request body that tells how much of it was read (sent); seekable, so urllib3 can
+    rewind it for a retry."""
+
+    def __init__(self, data: bytes, on_read: Callable[[int], None]) -> None:
+        super().__init__(data)
+        self._on_read = on_read
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        if data:
+            self._on_read(self.tell())
+        return data
+
+
 class HubAdminClient:
     """The admin's view of one hub, authenticated with the admin token."""
 
@@ -153,7 +168,7 @@ class HubAdminClient:
         method: str,
         path: str,
         *,
-        body: bytes | None = None,
+        body: bytes | _ProgressReader | None = None,
         json_body: Any = None,
         fields: dict[str, tuple[str, bytes, str]] | None = None,
         query: dict[str, Any] | None = None,
@@ -171,6 +186,9 @@ class HubAdminClient:
             else:
                 if body is not None:
                     headers["Content-Type"] = "application/octet-stream"
+                    # a reader has no length urllib3 can see: without it, it would send chunked
+                    headers["Content-Length"] = str(len(body.getbuffer()) if isinstance(
+                        body, _ProgressReader) else len(body))  # fmt: skip
                 resp = self._http.request(method, url, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as e:
             raise HubUnavailable(f"{method} {url} failed: {e}") from e
@@ -191,10 +209,14 @@ class HubAdminClient:
 
     # -- bundles -------------------------------------------------------------------------------
 
-    def put_blob(self, data: bytes) -> bool:
-        """Upload bytes as a blob; return True if the hub did not have them yet."""
+    def put_blob(self, data: bytes, on_sent: Callable[[int], None] | None = None) -> bool:
+        """Upload bytes as a blob; return True if the hub did not have them yet.
+
+        ``on_sent(n)`` is called as the body goes out, ``n`` the bytes of it sent so far.
+        """
         sha256 = hashlib.sha256(data).hexdigest()
-        return bool(self._json("PUT", f"/admin/blobs/{sha256}", body=data)["stored"])
+        body = data if on_sent is None else _ProgressReader(data, on_sent)
+        return bool(self._json("PUT", f"/admin/blobs/{sha256}", body=body)["stored"])
 
     def current_targets(self) -> bytes | None:
         """The hub's current signed targets metadata (None before the first publish)."""
@@ -221,11 +243,13 @@ class HubAdminClient:
         expires_days: int = 365,
         force_reason: str | None = None,
         who: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Upload a built bundle folder and sign it into the hub's targets; return that version.
 
         A hub that requires blessings refuses (Conflict) a bundle without one unless
-        ``force_reason`` is given.
+        ``force_reason`` is given. ``on_progress(sent, total)`` follows the upload of the
+        bundle's files and manifest (deltas, made afterwards, are not counted).
 
         Raises BundleError (manifest invalid, a file missing or not matching it), TrustError
         (the hub's current targets are not signed by our targets key), HubError subclasses.
@@ -237,6 +261,13 @@ class HubAdminClient:
         except (OSError, ValueError) as e:
             raise BundleError(f"{bundle_dir}/{MANIFEST_NAME} is not a valid manifest: {e}") from e
         additions: dict[str, TargetAddition] = {}
+        total = sum(e.size for e in manifest.files.values()) + len(manifest_bytes)
+        done = 0
+
+        def sent(n: int) -> None:
+            if on_progress is not None:
+                on_progress(done + n, total)
+
         for rel, entry in manifest.files.items():
             path = bundle_dir / rel
             try:
@@ -245,9 +276,10 @@ class HubAdminClient:
                 raise BundleError(f"bundle file {path} cannot be read: {e}") from e
             if (sha256, size) != (entry.sha256, entry.size):
                 raise BundleError(f"bundle file {path} does not match its manifest entry")
-            self.put_blob(path.read_bytes())
+            self.put_blob(path.read_bytes(), sent)
+            done += size
             additions[manifest.target_name(rel)] = (sha256, size, None)
-        self.put_blob(manifest_bytes)
+        self.put_blob(manifest_bytes, sent)
         additions[manifest.target_name(MANIFEST_NAME)] = (
             hashlib.sha256(manifest_bytes).hexdigest(),
             len(manifest_bytes),

@@ -63,6 +63,12 @@ class HubConfig(BaseModel):
     rollout_tick_s: float = Field(
         default=10, gt=0, description="how often staged rollouts are stepped (halts, next waves)"
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a request line and headers must arrive whole within this of their first "
+        "byte (or of the connection opening), else the connection is closed (slow headers)",
+    )
     body_idle_timeout_s: float = Field(
         default=30.0,
         gt=0,

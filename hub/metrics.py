@@ -42,6 +42,11 @@ class HubMetrics:
         self.rollouts = Gauge(
             "leanloop_hub_rollouts", "rollouts by status", ["status"], registry=self.registry
         )
+        self.slow_heads = Counter(
+            "leanloop_hub_slow_heads_closed",
+            "connections closed because a request head did not arrive within header_timeout_s",
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "leanloop_hub_leader", "1 if this replica leads", registry=self.registry
         )

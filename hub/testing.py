@@ -22,6 +22,8 @@ from aiohttp.test_utils import TestClient
 
 from hub.app import ADMIN_TOKEN, ENROLL_TOKEN, SERVER_ARGS, create_app, ssl_context
 from hub.config import HubConfig
+from hub.connections import HeadGuard, start_serving
+from hub.metrics import METRICS
 from hub.signing import TargetAddition, sign_targets
 from runtime.bundle.manifest import MANIFEST_NAME
 
@@ -149,21 +151,31 @@ class LiveHub:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.app = create_app(config)
+        self.guard: HeadGuard | None = None  # counts connections closed for a late head
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         runner = web.AppRunner(self.app, **SERVER_ARGS)
         try:
             self._loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context(self.config))
-            self._loop.run_until_complete(site.start())
-            self.port = runner.addresses[0][1]
+            server, self.guard = self._loop.run_until_complete(
+                start_serving(
+                    runner,
+                    "127.0.0.1",
+                    0,
+                    self.config.header_timeout_s,
+                    ssl_context(self.config),
+                    on_close=self.app[METRICS].slow_heads.inc,
+                )
+            )
+            self.port = server.sockets[0].getsockname()[1]
         except BaseException as e:
             self._error = e
             self._ready.set()
             return
         self._ready.set()
         self._loop.run_forever()
+        server.close()
         self._loop.run_until_complete(runner.cleanup())
         self._loop.close()
 

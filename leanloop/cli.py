@@ -18,8 +18,9 @@ from typing import Annotated
 import typer
 
 from leanloop._cli_common import _fail, _state_dir, admin_client, handled
+from leanloop.cli_device_key import rotate_key
 from leanloop.cli_identity import identity_app
-from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows
+from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows, watch_download
 from leanloop.cli_train import train as train_command
 from runtime.errors import ConfigError, first_line
 
@@ -97,6 +98,7 @@ def device_run(
 
 
 device_app.command("metrics")(handled(device_metrics))
+device_app.command("rotate-key")(handled(rotate_key))
 
 
 @app.command("infer")
@@ -139,11 +141,19 @@ def status(
     config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="follow a bundle download to its end (a bar on a terminal)"),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="--watch: give up after this many s")] = 3600.0,
 ) -> None:
     """Operator view of the device: versions, update state, health, fps, latency, store."""
     from runtime.operator import status as device_status
 
-    st = device_status(_state_dir(config, state_dir))
+    if watch:
+        st = watch_download(_state_dir(config, state_dir), as_json, timeout)
+    else:
+        st = device_status(_state_dir(config, state_dir))
     if as_json:
         typer.echo(json.dumps(st, indent=2, sort_keys=True))
         return

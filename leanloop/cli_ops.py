@@ -10,7 +10,7 @@ import typer
 
 from runtime.errors import LeanloopError
 
-__all__ = ["device_metrics", "status_rows"]
+__all__ = ["device_metrics", "status_rows", "watch_download"]
 
 
 def _bytes(n: float | None) -> str:
@@ -73,6 +73,51 @@ def status_rows(st: dict[str, Any]) -> list[tuple[str, str]]:
     for name, s in sorted((st.get("sinks") or {}).items()):
         rows.append((f"sink {name}", ", ".join(f"{k} {v}" for k, v in sorted(s.items()))))
     return rows
+
+
+def watch_download(
+    state_dir: Path, as_json: bool, timeout_s: float, poll_s: float = 0.5, console: Any = None
+) -> dict[str, Any]:
+    """Follow the bundle download in progress (if any) until it ends, with a bar on a
+    terminal (``leanloop status --watch``); the device's status after it.
+
+    The bar ends at 100 % when the download ended without a new update error: reused files
+    and deltas make a download finish below its full size (``total_bytes``). A service that
+    is not running (or stops) ends the watch at once, without a bar at 100 %. Raises
+    LeanloopError when it is still running after ``timeout_s``.
+    """
+    import time
+
+    from leanloop.progress import byte_progress
+    from runtime.operator import status as device_status
+
+    st = device_status(state_dir)
+    dl = st.get("download")
+    if not dl or not st.get("running"):  # a stopped service's status file is not live
+        return st
+    error_before, total = st.get("last_update_error"), int(dl["total_bytes"])
+    deadline = time.monotonic() + timeout_s
+    with byte_progress(as_json, console) as progress:
+        bar = progress.add_task(
+            f"download {dl['bundle']} v{dl['version']}", total=total, completed=dl["bytes"]
+        )
+        while True:
+            time.sleep(poll_s)
+            st = device_status(state_dir)
+            now = st.get("download")
+            if not st.get("running"):
+                return st
+            if not now or (now["bundle"], now["version"]) != (dl["bundle"], dl["version"]):
+                break
+            progress.update(bar, completed=min(int(now["bytes"]), total))
+            if time.monotonic() > deadline:
+                raise LeanloopError(
+                    f"the download of {dl['bundle']} v{dl['version']} still runs after "
+                    f"{timeout_s:g} s ({now['bytes']} of {total} bytes)"
+                )
+        if st.get("last_update_error") == error_before:
+            progress.update(bar, completed=total)
+    return st
 
 
 def device_metrics(

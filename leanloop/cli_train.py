@@ -69,20 +69,14 @@ def _local(spec: Any, out: Path, as_json: bool) -> None:
 
     dataset_at = load_spec_dataset(spec)  # a bad dataset fails before torch is even imported
     dataset_at[0].check()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TextColumn
 
+    from leanloop.progress import step_progress
     from trainer.engine import EpochReport
     from trainer.run import run_spec
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        disable=as_json,
-        transient=False,
-    ) as progress:
+    # Bars on stderr, only at a terminal and without --json (leanloop/progress.py).
+    with step_progress(as_json, TextColumn("{task.fields[info]}")) as progress:
         bars: dict[str, Any] = {}
 
         def on_epoch(key: str, r: EpochReport) -> None:
@@ -112,9 +106,8 @@ def _local(spec: Any, out: Path, as_json: bool) -> None:
 def _on_hub(
     spec: Any, hub: str, token: str | None, bundle: str, version: int, out: Path, as_json: bool
 ) -> None:
-    from rich.progress import Progress
-
     from hub.client import HubAdminClient
+    from leanloop.progress import step_progress
 
     if not token:
         _fail("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN", 2)
@@ -122,7 +115,7 @@ def _on_hub(
     body = spec.model_dump(mode="json", exclude={"dataset"})
     job = client.start_train(bundle, version, spec=body)
     status: dict[str, Any] = {}
-    with Progress(disable=as_json) as progress:
+    with step_progress(as_json) as progress:
         bar = progress.add_task(f"hub job {job}", total=spec.epochs)
         while True:
             status = client.job(job)

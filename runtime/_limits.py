@@ -57,6 +57,24 @@ def read_bounded(path: Path | str, limit: int) -> bytes:
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# What PyYAML's safe constructor lets escape for an explicitly tagged scalar it cannot convert
+# (found by fuzzing: ``!!float f`` ValueError, ``!!timestamp x`` AttributeError, ``!!bool x``
+# KeyError, an empty ``!!int`` IndexError; a 5000-digit ``!!int`` ValueError).
+_CONSTRUCT_ERRORS = (ValueError, TypeError, AttributeError, LookupError, OverflowError)
+
+
 def safe_yaml(data: bytes | str) -> Any:
-    """``yaml.safe_load`` with libyaml when available. Raises yaml.YAMLError (or ValueError)."""
-    return yaml.load(data, Loader=_SafeLoader)
+    """``yaml.safe_load`` with libyaml when available. Raises yaml.YAMLError for every input
+    it cannot load (also for values PyYAML's constructor cannot convert)."""
+    try:
+        return yaml.load(data, Loader=_SafeLoader)
+    except yaml.YAMLError:
+        raise
+    except _CONSTRUCT_ERRORS as e:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot load a value: {type(e).__name__}: {_first_line(e)}"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0]

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from runtime._limits import safe_yaml
 from runtime.config import DeviceConfig
 from runtime.sources import FolderSourceSettings
 
@@ -162,7 +163,7 @@ def check_config(path: Path) -> list[Finding]:
         return [Finding("error", "", None, f"cannot read: {e}")]
     try:
         node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

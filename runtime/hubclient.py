@@ -28,11 +28,11 @@ from pydantic import ValidationError
 from runtime._atomic import atomic_write_json
 from runtime._limits import MAX_STATE_BYTES, read_bounded
 from runtime.errors import HubError
-from runtime.identity import DeviceKey, refresh_message
+from runtime.identity import DeviceKey, KeyFiles, new_key_message, refresh_message
 from runtime.protocol import Desired, Heartbeat, ShadowTelemetry, UploadAnswer, validation_reason
 from runtime.uploader import PartAnswer
 
-__all__ = ["HubClient", "load_or_enroll"]
+__all__ = ["HubClient", "load_or_enroll", "token_saver"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class HubClient:
         self.key = key
         self.device_id = device_id
         self.on_token = on_token  # persists a token a refresh brought
+        self.key_files: KeyFiles | None = None  # the keys on disk, tried when the hub refuses
         # Hub replicas to try in turn when the current one is unreachable or answers 502-504.
         self._urls = [self.url, *(u.rstrip("/") for u in fallback_urls or [])]
         self._current = 0
@@ -156,11 +157,12 @@ class HubClient:
         self.token = token
         return token
 
-    def refresh(self, new_key: DeviceKey | None = None) -> str:
-        """Get a new token by signing a fresh hub challenge with the device key (and move to
-        ``new_key`` if given). Raises HubError (401 when the hub does not accept the key)."""
-        if self.key is None or self.device_id is None:
-            raise HubError("refresh: this client has no device key")
+    def answer_challenge(self, signer: DeviceKey, new_key: DeviceKey | None = None) -> str:
+        """A new token for a fresh hub challenge signed by ``signer`` (with ``new_key``: the
+        hub moves the device to it; both keys sign). Stores nothing. Raises HubError (401 when
+        the hub does not accept the key)."""
+        if self.device_id is None:
+            raise HubError("refresh: this client has no device id")
         hdr = {"Content-Type": "application/json"}
         got = self._request(
             "POST", "/device/challenge", body=json.dumps({"device_id": self.device_id}), headers=hdr
@@ -172,20 +174,60 @@ class HubClient:
         body: dict[str, Any] = {
             "device_id": self.device_id,
             "challenge": challenge,
-            "signature": self.key.sign(refresh_message(self.device_id, challenge, new_pub)),
+            "signature": signer.sign(refresh_message(self.device_id, challenge, new_pub)),
         }
-        if new_pub is not None:
+        if new_key is not None and new_pub is not None:
             body["new_public_key"] = new_pub
+            body["new_key_signature"] = new_key.sign(
+                new_key_message(self.device_id, challenge, new_pub)
+            )
         data = self._request("POST", "/device/refresh", body=json.dumps(body), headers=hdr)
         token = data.get("device_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise HubError("refresh: hub gave no device token")
+        return token
+
+    def adopt(self, token: str, key: DeviceKey) -> None:
+        """Speak with ``token`` from now on (the hub knows the device by ``key``); persist it."""
         self.token = token
-        if new_key is not None:
-            self.key = new_key
+        self.key = key
         if self.on_token is not None:
             self.on_token(token)
-        return token
+
+    def refresh(self) -> str:
+        """Get a new token by signing a fresh hub challenge with the device key.
+
+        When the hub refuses the key and the client has its :class:`KeyFiles`, the keys on
+        disk are tried too (a ``leanloop device rotate-key`` that ran beside the service, or
+        was killed after the hub swapped keys); the one that works becomes current. Raises
+        HubError (401 when the hub accepts none).
+        """
+        if self.key is None:
+            raise HubError("refresh: this client has no device key")
+        try:
+            token = self.answer_challenge(self.key)
+            self.adopt(token, self.key)
+            return token
+        except HubError as e:
+            if e.http_status != 401 or self.key_files is None:
+                raise
+            refused = e
+        tried = {self.key.public_b64}
+        for key in self.key_files.candidates():
+            if key.public_b64 in tried:
+                continue
+            tried.add(key.public_b64)
+            try:
+                token = self.answer_challenge(key)
+            except HubError as e:
+                if e.http_status != 401:
+                    raise
+                continue
+            log.warning("the hub knows this device by key %s now: using it", key.public_b64)
+            self.key_files.promote(key)
+            self.adopt(token, key)
+            return token
+        raise refused
 
     def register_key(self) -> None:
         """Register the device key for an id enrolled without one (proved by the token)."""
@@ -342,20 +384,9 @@ def load_or_enroll(
     """
     path = Path(state_dir) / "device.json"
     client.key = DeviceKey.load_or_create(state_dir)
+    client.key_files = KeyFiles(state_dir)
     client.device_id = device_id
-
-    def save(token: str, key_registered: bool = True) -> None:
-        atomic_write_json(
-            path,
-            {
-                "device_id": device_id,
-                "hub": client.url,
-                "device_token": token,
-                "key_registered": key_registered,
-            },
-            mode=0o600,
-        )
-
+    save = token_saver(client, state_dir, device_id)
     client.on_token = save
     if path.exists():
         try:
@@ -392,3 +423,22 @@ def load_or_enroll(
             f"({e}); an admin approves this device's key (leanloop identity approve) or "
             "resets the id"
         ) from e
+
+
+def token_saver(client: HubClient, state_dir: Path, device_id: str) -> Callable[..., None]:
+    """What stores a token for this device and hub in ``<state>/device.json`` (0600, atomic)."""
+    path = Path(state_dir) / "device.json"
+
+    def save(token: str, key_registered: bool = True) -> None:
+        atomic_write_json(
+            path,
+            {
+                "device_id": device_id,
+                "hub": client.url,
+                "device_token": token,
+                "key_registered": key_registered,
+            },
+            mode=0o600,
+        )
+
+    return save

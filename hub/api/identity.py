@@ -38,7 +38,12 @@ from hub.api._common import (
     read_capped,
 )
 from hub.errors import AuthError, BadRequest, Conflict
-from runtime.identity import parse_public_key, refresh_message, verify_signature
+from runtime.identity import (
+    new_key_message,
+    parse_public_key,
+    refresh_message,
+    verify_signature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,9 @@ class RefreshRequest(Body):
     challenge: str = Field(max_length=200)
     signature: str = Field(max_length=200)
     new_public_key: str | None = Field(default=None, pattern=_B64_KEY)
+    new_key_signature: str | None = Field(
+        default=None, max_length=200, description="the new key's signature (new_key_message)"
+    )
 
 
 class KeyRequest(Body):
@@ -179,8 +187,11 @@ async def challenge(request: web.Request) -> web.Response:
 async def refresh(request: web.Request) -> web.Response:
     """A new token for a device that signed a fresh challenge with its registered key.
 
-    With ``new_public_key`` (signed too) the device moves to a new key. Every refusal is the
-    same 401, whatever the reason.
+    With ``new_public_key`` the device moves to a new key: the current key signs the request
+    naming it and the new key signs :func:`new_key_message` over the same challenge
+    (``new_key_signature``); the swap and the new token are one transaction, and the move is
+    logged and written to the audit log. Every refusal is the same 401, whatever the reason
+    (wrong key, unknown id, stale or replayed challenge, missing proof of the new key).
     """
     body = parse_body(RefreshRequest, await read_capped(request, 2048, "refresh"), "refresh")
     _check_key(body.new_public_key)
@@ -192,14 +203,24 @@ async def refresh(request: web.Request) -> web.Response:
     message = refresh_message(body.device_id, body.challenge, body.new_public_key)
     if not verify_signature(key.public_key, message, body.signature):
         raise AuthError(_REFUSED)
+    new = body.new_public_key
+    if new is not None and not verify_signature(
+        new,
+        new_key_message(body.device_id, body.challenge, new),
+        body.new_key_signature or "",
+    ):
+        raise AuthError(_REFUSED)  # a move needs the new key's proof too
     token = secrets.token_urlsafe(32)
     if not await db.call(
-        db.refresh_device, body.device_id, issued, hash_token(token), body.new_public_key
+        db.refresh_device, body.device_id, issued, hash_token(token), new, key.public_key
     ):
         raise AuthError(_REFUSED)
-    log.info(
-        "device %s refreshed its token%s", body.device_id, " and key" * bool(body.new_public_key)
-    )
+    if new is None or new == key.public_key:
+        log.info("device %s refreshed its token", body.device_id)
+    else:
+        log.warning("device %s moved to key %s (was %s)", body.device_id, new, key.public_key)
+        detail = {"device_id": body.device_id, "old_key": key.public_key, "new_key": new}
+        await db.call(db.audit, "device-key-rotated", None, None, body.device_id, None, detail)
     return web.json_response({"device_token": token})
 
 

@@ -135,18 +135,20 @@ class IdentityTables(DBBase):
         )
 
     def refresh_device(
-        self, device_id: str, issued: float, token_hash: str, new_key: str | None
+        self, device_id: str, issued: float, token_hash: str, new_key: str | None, signed_by: str
     ) -> bool:
-        """Give a device a new token (and key) for a challenge issued at ``issued``.
+        """Give a device a new token (and key) for a challenge issued at ``issued``, answered
+        with ``signed_by`` (compared and swapped in one transaction).
 
-        False when a challenge issued at or after it was already used (a replay).
+        False when a challenge issued at or after it was already used (a replay), or the key
+        changed meanwhile.
         """
         with self._transaction():
             cur = self._db.execute(
                 "UPDATE device_keys SET refresh_issued = ?, "
                 "public_key = COALESCE(?, public_key) "
-                "WHERE device_id = ? AND refresh_issued < ? AND public_key IS NOT NULL",
-                (issued, new_key, device_id, issued),
+                "WHERE device_id = ? AND refresh_issued < ? AND public_key = ?",
+                (issued, new_key, device_id, issued, signed_by),
             )
             if cur.rowcount != 1:
                 return False

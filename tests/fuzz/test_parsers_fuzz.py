@@ -153,3 +153,32 @@ def test_tuf_targets_are_refused_when_they_parse_but_have_no_canonical_form() ->
     with pytest.raises(TrustError, match="no canonical form"):
         check_targets(_trusted_root()[0], json.dumps(seed).encode(), _NOW, "targets.json")
     TARGETS["tuf_targets"].run(json.dumps(seed).encode())
+
+
+@pytest.mark.parametrize(
+    "tagged",
+    [
+        b"!!float f",
+        b"!!timestamp x",
+        b"!!timestamp 2002-13-45",
+        b"!!bool x",
+        b"!!int 0x",
+        b"!!int ",
+    ],
+)
+def test_yaml_parsers_refuse_cleanly_when_a_tagged_scalar_cannot_be_converted(
+    tagged: bytes, tmp_path: Path
+) -> None:
+    """Found by atheris (with the YAML dictionary): PyYAML's safe constructor lets ValueError,
+    AttributeError or KeyError escape for such scalars, which went past every caller that
+    catches YAMLError (pipeline.yaml, ontology.yaml, the device config)."""
+    from runtime.config import load_config
+    from runtime.errors import ConfigError
+
+    for name in ("pipeline", "ontology"):
+        TARGETS[name].run(tagged)
+        TARGETS[name].run(b"stages:\n- name: " + tagged + b"\n")
+    config = tmp_path / "device.yaml"
+    config.write_bytes(b"device_id: " + tagged + b"\n")
+    with pytest.raises(ConfigError, match="not readable YAML"):
+        load_config(config)

@@ -21,7 +21,7 @@ from hub.testing import API, LiveHub
 from hub.testing import HubTestSession as Hub
 from runtime.errors import ConfigError, HubError
 from runtime.hubclient import HubClient
-from runtime.identity import KEY_NAME, DeviceKey, refresh_message
+from runtime.identity import KEY_NAME, DeviceKey, new_key_message, refresh_message
 
 
 async def _enroll(
@@ -51,7 +51,10 @@ async def _refresh(
     signer: DeviceKey,
     challenge: str | None = None,
     new_key: DeviceKey | None = None,
+    new_signer: DeviceKey | bool | None = True,
 ) -> tuple[int, dict[str, Any]]:
+    """Answer a challenge; with ``new_key`` move to it, its proof signed by ``new_signer``
+    (True: the new key itself; None: no proof sent)."""
     challenge = challenge or await _challenge(hub, device_id)
     new_pub = new_key.public_b64 if new_key is not None else None
     body: dict[str, Any] = {
@@ -59,8 +62,13 @@ async def _refresh(
         "challenge": challenge,
         "signature": signer.sign(refresh_message(device_id, challenge, new_pub)),
     }
-    if new_pub is not None:
+    if new_key is not None and new_pub is not None:
         body["new_public_key"] = new_pub
+        proof_by = new_key if new_signer is True else new_signer
+        if isinstance(proof_by, DeviceKey):
+            body["new_key_signature"] = proof_by.sign(
+                new_key_message(device_id, challenge, new_pub)
+            )
     resp = await hub.client.post(f"{API}/device/refresh", json=body)
     return resp.status, await resp.json()
 
@@ -131,9 +139,34 @@ async def test_device_moves_to_a_new_key_only_when_its_current_key_signs_the_mov
     me, new, thief = DeviceKey.generate(), DeviceKey.generate(), DeviceKey.generate()
     await _enroll(hub, "cam-1", me)
     assert (await _refresh(hub, "cam-1", thief, new_key=thief))[0] == 401
+    # The new key must prove itself too: no proof, or a proof by another key, is refused.
+    assert (await _refresh(hub, "cam-1", me, new_key=new, new_signer=None))[0] == 401
+    assert (await _refresh(hub, "cam-1", me, new_key=new, new_signer=thief))[0] == 401
+    assert (await _refresh(hub, "cam-1", new))[0] == 401  # nothing moved
     assert (await _refresh(hub, "cam-1", me, new_key=new))[0] == 200
     assert (await _refresh(hub, "cam-1", me))[0] == 401  # the old key is no longer it
+    assert (await _refresh(hub, "cam-1", me, new_key=DeviceKey.generate()))[0] == 401
     assert (await _refresh(hub, "cam-1", new))[0] == 200
+    # The admin sees the move in the audit log (and the hub log).
+    resp = await hub.client.get(f"{API}/admin/audit", headers=hub.admin)
+    moves = [e for e in await resp.json() if e["action"] == "device-key-rotated"]
+    assert [m["detail"] for m in moves] == [
+        {"device_id": "cam-1", "old_key": me.public_b64, "new_key": new.public_b64}
+    ]
+    assert moves[0]["who"] == "cam-1"
+
+
+@pytest.mark.asyncio
+async def test_moving_another_devices_key_is_refused_like_a_missing_device(hub: Hub) -> None:
+    victim, thief, thief_new = DeviceKey.generate(), DeviceKey.generate(), DeviceKey.generate()
+    await _enroll(hub, "cam-1", victim)
+    await _enroll(hub, "cam-2", thief)
+    # The thief signs a move of cam-1 with its own keys (both proofs valid for what it holds).
+    on_victim = await _refresh(hub, "cam-1", thief, new_key=thief_new)
+    on_missing = await _refresh(hub, "nobody", thief, new_key=thief_new)
+    assert on_victim == on_missing == (401, {"error": identity_api._REFUSED})
+    assert (await _refresh(hub, "cam-1", victim))[0] == 200  # the victim keeps its key
+    assert (await _refresh(hub, "cam-1", thief_new))[0] == 401
 
 
 # ---- admin approve / reset ----------------------------------------------------------------
