@@ -109,7 +109,11 @@ def rollout_cell(r: dict[str, Any] | None) -> str:
     """``canary 1/1 → 2/2 done``: devices running it per wave, and the rollout's status."""
     if not r:
         return "-"
-    waves = [f"{w['succeeded']}/{w['target']}" for w in r["waves"]]
+    # A wave's target counts every device reached so far, its succeeded only its own devices.
+    ran, waves = 0, []
+    for w in r["waves"]:
+        ran += int(w["succeeded"])
+        waves.append(f"{ran}/{w['target']}")
     return f"canary {' → '.join(waves)} {r['status']}"
 
 
@@ -247,5 +251,7 @@ def markdown(rows: list[Row], phases: dict[str, dict[str, float]], total_s: floa
     out += ["", "| part of the loop | what happened in this run |", "|---|---|"]
     out += [f"| {part} | {what} |" for part, what in parts_lines(rows)]
     out += ["", f"| phase ({total_s:.0f} s wall in all) | times | wall s |", "|---|---|---|"]
-    out += [f"| {name.strip()} | {int(v['n'])} | {v['s']:.1f} |" for name, v in phases.items()]
+    for name, v in phases.items():  # an indented phase is a part of the one above it
+        shown = f"– {name.strip()}" if name.startswith(" ") else name
+        out.append(f"| {shown} | {int(v['n'])} | {v['s']:.1f} |")
     return "\n".join(out) + "\n"
