@@ -115,7 +115,7 @@ def _throughput(task: str, reps: int, quick: bool) -> dict[str, Any]:
     else:
         import tempfile
 
-        from trainer.dataset_types import load_dataset
+        from trainer.datasets.native import load_dataset
         from trainer.synthetic import shapes_dataset
 
         spec = _spec("detect", 64, 2 if quick else 3, 16)
@@ -170,7 +170,7 @@ def _throughput(task: str, reps: int, quick: bool) -> dict[str, Any]:
 def _search_overhead(trials: int, quick: bool) -> dict[str, Any]:
     import tempfile
 
-    from trainer.dataset_types import load_dataset
+    from trainer.datasets.native import load_dataset
     from trainer.run import train_once
     from trainer.search import run_search
     from trainer.spec import parse_spec

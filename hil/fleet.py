@@ -1,6 +1,7 @@
 """The whole loop on a bad network: a real hub, N real devices behind shaped links.
 
-``python -m hil.fleet [--devices 3] [--kbit 256] [--delay-ms 250] [--drop 0.05] [--json]``
+``python -m hil.fleet [--devices 3] [--kbit 256] [--delay-ms 250] [--drop 0.05] [--outage-s 5]
+[--json]`` (as root; a summary, or the whole report with ``--json``)
 
 What runs (every part a real process, every byte through a real socket):
 
@@ -18,9 +19,10 @@ device's control socket) and the correction reaches the hub; **v2** (a fine-tune
 published while more frames arrive, and every device installs it through signed deltas.
 
 The report: time per phase and to converge, bytes on the wire both ways (the kernel's
-counters of each veth: headers, retransmissions and TUF metadata included), bytes the devices
-downloaded per bundle and how many files came by delta, the proxy's faults, frames fed vs
-served, and samples stored on the devices vs received by the hub (lost = stored − received).
+counters of each veth: headers, retransmissions and TUF metadata included) beside the bytes
+the proxies relayed (the application's), bytes the devices downloaded per bundle and how many
+files came by delta, the proxy's faults, frames fed vs served, and samples stored on the
+devices vs received by the hub (lost = stored − received).
 ``tests/hil/test_fleet.py`` runs a short fleet; ``python -m bench --only hil`` the long one
 against an unshaped run.
 """
@@ -363,11 +365,14 @@ def _report(
     stored = {d.id: (d.status().get("writer") or {}).get("stored", 0) for d in devices}
     wire = {"down": 0, "up": 0}
     faults = {"connections": 0, "drops": 0, "stalls": 0, "refused": 0}
+    relayed = {"down": 0, "up": 0}  # application bytes through the proxies
     for d in devices:
         for k, v in d.link.counters().items():
             wire[k] += v
         for k in faults:
             faults[k] += getattr(d.proxy.stats, k)
+        relayed["down"] += d.proxy.stats.bytes_down
+        relayed["up"] += d.proxy.stats.bytes_up
     v2_bytes = {
         d.id: d.status()["counters"].get("bytes_downloaded", 0) - v1_bytes[d.id] for d in devices
     }
@@ -378,6 +383,7 @@ def _report(
         "phases_s": phases,
         "wire_bytes": wire,
         "wire_bytes_per_device": {k: v // len(devices) for k, v in wire.items()},
+        "relayed_bytes": relayed,
         "bundle_bytes": {v: _bundle_bytes(p) for v, p in bundles.items()},
         "downloaded_v1_bytes": v1_bytes,
         "downloaded_v2_bytes": v2_bytes,
@@ -417,8 +423,21 @@ def main(argv: list[str] | None = None) -> int:
                       jitter_s=a.jitter_ms / 1000, drop_rate=a.drop, stall_rate=a.stall,
                       stall_s=1.0, outage_s=a.outage_s, frames=a.frames,
                       hidden=a.hidden)  # fmt: skip
-    report = run_fleet(s)
-    print(json.dumps(report, indent=2, default=str))
+    try:
+        report = run_fleet(s)
+    except RuntimeError as e:  # did not converge: the devices' state is in the message
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    n, smp = a.devices, report["samples"]
+    print(f"converged in {report['converge_s']} s: " + ", ".join(
+        f"{k} {v} s" for k, v in report["phases_s"].items()))  # fmt: skip
+    print(f"wire per device: {report['wire_bytes']['down'] // n} B down, "
+          f"{report['wire_bytes']['up'] // n} B up; faults {report['faults']}")  # fmt: skip
+    print(f"frames {report['frames']['served']}/{report['frames']['fed']} served; samples "
+          f"{smp['at_hub']}/{smp['stored']} at the hub, {smp['lost']} lost")  # fmt: skip
     return 0
 
 

@@ -77,7 +77,7 @@ def export_dataset(
     name: str,
     ontology: tuple[str, int] | None = None,
 ) -> int:
-    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`),
+    """Write annotated samples as a native dataset folder (:mod:`trainer.datasets.native`),
     labelled in ``ontology`` (id, version) when known. Returns the number of items. Raises
     trainer's DatasetError listing labels outside ``classes``, or naming samples labelled
     under another ontology version (docs/datasets.md: no mapping, no mixing)."""
@@ -85,7 +85,8 @@ def export_dataset(
     import numpy as np
 
     from hub.ontology import mixed_versions
-    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem, save_dataset
+    from trainer.datasets.model import Box, Dataset, DatasetError, Item
+    from trainer.datasets.native import save_dataset
 
     mixed = mixed_versions([s.meta for s in samples], ontology[1] if ontology else None)
     if mixed:
@@ -99,13 +100,14 @@ def export_dataset(
         if img is None:
             continue  # an undecodable upload is no training example
         rows = (sample.annotation or {}).get("boxes", [])
-        boxes = [BoxLabel.of(r) for r in rows]
+        boxes = [Box.of(r) for r in rows]
         labels = {b.label for b in boxes}
         seen |= labels
         items.append(
-            DatasetItem(
+            Item(
                 id=sample.id,
-                image=data,
+                path=f"images/{sample.id}{_image_suffix(data)}",
+                data=data,
                 width=img.shape[1],
                 height=img.shape[0],
                 label=next(iter(labels)) if len(labels) == 1 else None,
@@ -114,6 +116,7 @@ def export_dataset(
         )
     onto_id, onto_version = ontology or ("default", 1)
     ds = Dataset(
+        task="detection",
         name=name,
         version=str(len(items)),
         ontology_id=onto_id,
@@ -123,6 +126,10 @@ def export_dataset(
     )
     save_dataset(ds.check(), folder)
     return len(items)
+
+
+def _image_suffix(data: bytes) -> str:
+    return ".png" if data[:4] == b"\x89PNG" else ".jpg"
 
 
 def stamp_source(source: Path, history_file: Path) -> None:
@@ -445,8 +452,11 @@ class JobRunner:
             "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})
         }
         if params.get("init_from") is not None:
+            ckpt = self.checkpoint(int(params["init_from"]))
             key = "classifier" if spec.task == "classify" else "detector"
-            update["warm_start"] = self.checkpoint(int(params["init_from"])) / f"{key}.pt"
+            update["warm_start"] = ckpt / f"{key}.pt"
+            if spec.task == "detect_then_classify":  # both stages start from the earlier job
+                update["crop_warm_start"] = ckpt / "classifier.pt"
         spec = spec.model_copy(update=update)
         (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
         return [

@@ -150,7 +150,7 @@ def train(
 ) -> None:
     """Train a classifier, detector or two-stage model from a training spec; write a bundle
     source with a model card (see docs/training.md)."""
-    from trainer.dataset_types import DatasetError
+    from trainer.datasets.report import DatasetError
     from trainer.spec import SpecError, load_spec
 
     try:

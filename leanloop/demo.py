@@ -52,11 +52,13 @@ from leanloop.demo_parts import (
     shadow_result,
     start_shadow,
 )
+from leanloop.demo_select import check_selection, order_queue
 from leanloop.demo_view import (
     JobView,
     Phases,
     export_seconds,
     job_line,
+    label_efficiency,
     markdown,
     print_parts,
     print_phases,
@@ -99,6 +101,8 @@ class DemoSettings:
     """Overrides of the trainer's parameters (on top of DEMO_TRAINING, or FULL_TRAINING)."""
     full: bool = False
     """Today's larger run: every export format, jobs one after the other on both cores."""
+    selection: str = "hub"
+    """How the uncertainty arm orders the hub's queue (:mod:`leanloop.demo_select`)."""
 
 
 @dataclass
@@ -202,6 +206,7 @@ class _Procs:
 
 class Demo:
     def __init__(self, s: DemoSettings) -> None:
+        check_selection(s.selection)
         self.s = s
         self.work = Path(s.workdir).resolve()
         self.procs = _Procs()
@@ -209,6 +214,7 @@ class Demo:
         self.gt: dict[str, tuple[list[list[float]], list[int]]] = {}  # frame name -> truth
         self.rows: list[Row] = []
         self.labels = dict.fromkeys(ARMS, 0)
+        self.digits_labelled: dict[str, list[int]] = {arm: [] for arm in ARMS}
         self.version = dict.fromkeys(ARMS, 1)
         self.last_job: dict[str, int] = {}
         self.gates: dict[tuple[str, int], dict[str, Any]] = {}  # (arm, version) -> gate decision
@@ -363,6 +369,7 @@ class Demo:
                 self.hub.import_sample(meta, png.tobytes(), boxes)
             n = sum(len(f.labels) for f in self.seed_frames)
             self.labels[arm] = n
+            self.digits_labelled[arm] = [int(x) for f in self.seed_frames for x in f.labels]
         self.say(f"seed batch: {len(self.seed_frames)} lab frames, {n} labelled digits per arm")
 
     def segment_frames(self, it: int) -> None:
@@ -511,6 +518,8 @@ class Demo:
         """
         queue = self.hub.samples(f"digits-{arm}", state="pending", limit=4 * self.s.budget)
         names = self.class_names[max(self.class_names)]  # the hub's current class names
+        if arm == "unc":
+            queue = order_queue(queue, self.s.selection, self.digits_labelled[arm])
         left, frames = self.s.budget, 0
         for meta in queue:
             if left <= 0:
@@ -526,6 +535,7 @@ class Demo:
             )
             left -= len(labels)
             frames += 1
+            self.digits_labelled[arm].extend(int(x) for x in labels)
         used = self.s.budget - left
         self.labels[arm] += used
         return frames, used
@@ -686,6 +696,7 @@ def run_demo(s: DemoSettings) -> tuple[list[Row], dict[str, Any]]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
         "rows": [asdict(r) for r in rows],
         "phases": phases,
+        "label_efficiency": label_efficiency(rows),
         "total_s": round(total, 1),
         "goal_s": GOAL_S,
         "markdown": markdown(rows, phases, total),

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = [
     "JobView",
     "Phases",
+    "efficiency_text",
     "job_line",
+    "label_efficiency",
     "markdown",
     "ontology_cell",
     "parts_lines",
@@ -142,6 +144,29 @@ def print_rows(rows: list[Row], it: int, stderr: bool) -> None:
     Console(stderr=stderr).print(t)
 
 
+def label_efficiency(rows: list[Row]) -> dict[str, Any] | None:
+    """This run's label efficiency: the labels (beyond the seed batch) the uncertainty arm
+    needed to reach the random arm's final accuracy, over random's (the metric of
+    :func:`trainer.selection.label_ratio`); None before a second iteration."""
+    from trainer.selection import label_ratio
+
+    curves = {
+        arm: [(float(r.labels), r.frame_accuracy) for r in rows if r.arm == arm]
+        for arm in ("unc", "rnd")
+    }
+    if min(len(c) for c in curves.values()) < 2:
+        return None
+    start = curves["rnd"][0][0]
+    if curves["rnd"][-1][0] <= start:
+        return None
+    ratio = label_ratio(curves["unc"], curves["rnd"], start=start)
+    return {
+        "ratio": ratio,
+        "target": curves["rnd"][-1][1],
+        "random_labels": curves["rnd"][-1][0] - start,
+    }
+
+
 def print_summary(rows: list[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -161,6 +186,17 @@ def print_summary(rows: list[Row]) -> None:
             f"{u.bytes_per_device:,}",
         )
     Console().print(t)
+    if (eff := label_efficiency(rows)) is not None:
+        Console().print(efficiency_text(eff))
+
+
+def efficiency_text(eff: dict[str, Any]) -> str:
+    """The label-efficiency sentence of the summary (and of the README's tables)."""
+    got = "never, within the run" if eff["ratio"] is None else f"{eff['ratio']:.2f}×"
+    return (
+        f"label efficiency: uncertainty reached random's final {eff['target']:.1%} with "
+        f"{got} random's {eff['random_labels']:.0f} labels (beyond the seed batch)"
+    )
 
 
 def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
@@ -248,6 +284,8 @@ def markdown(rows: list[Row], phases: dict[str, dict[str, float]], total_s: floa
         name = f"{it} (v1: seed batch only)" if it == 0 else str(it)
         out.append(f"| {name} | {u.labels} | {u.frame_accuracy:.1%} | {r_.frame_accuracy:.1%} "
                    f"| {u.bytes_per_device:,} |")  # fmt: skip
+    if (eff := label_efficiency(rows)) is not None:
+        out += ["", efficiency_text(eff)]
     out += ["", "| part of the loop | what happened in this run |", "|---|---|"]
     out += [f"| {part} | {what} |" for part, what in parts_lines(rows)]
     out += ["", f"| phase ({total_s:.0f} s wall in all) | times | wall s |", "|---|---|---|"]

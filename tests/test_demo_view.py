@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from leanloop.demo import Row
 from leanloop.demo_view import (
     Phases,
     export_seconds,
     job_line,
+    label_efficiency,
     markdown,
     ontology_cell,
     parts_lines,
@@ -76,5 +79,24 @@ def test_ontology_line_and_markdown_when_a_change_reached_the_devices() -> None:
     md = markdown(rows, {"training v1": {"s": 30.0, "n": 1}, "  of which": {"s": 2.0, "n": 1}}, 99)
     assert "| 0 (v1: seed batch only) | 304 | 46.0% | 46.0% | 10 |" in md
     assert "| 1 | 404 | 65.0% | 60.0% | 20 |" in md
+    assert "label efficiency: uncertainty reached random's final 60.0% with" in md
     assert f"| ontology change | {line} |" in md
     assert "| training v1 | 1 | 30.0 |" in md and "| – of which | 1 | 2.0 |" in md
+
+
+def test_label_efficiency_when_uncertainty_gets_there_first() -> None:
+    def row(it: int, arm: str, acc: float, labels: int) -> Row:
+        return Row(it, arm, it + 1, acc, acc, labels, 0, 0.0)
+
+    rows = [
+        row(0, "unc", 0.40, 300), row(0, "rnd", 0.40, 300),
+        row(1, "unc", 0.70, 400), row(1, "rnd", 0.55, 400),
+        row(2, "unc", 0.80, 500), row(2, "rnd", 0.60, 500),
+    ]  # fmt: skip
+    eff = label_efficiency(rows)
+    assert eff is not None and eff["target"] == 0.60 and eff["random_labels"] == 200
+    # unc crosses 0.60 two thirds of the way from 0.40 (300) to 0.70 (400): 66.7 labels
+    assert eff["ratio"] == pytest.approx((200 / 3) / 200)
+    worse = [r if r.arm == "rnd" else row(r.iteration, "unc", 0.5, r.labels) for r in rows]
+    assert label_efficiency(worse) == {"ratio": None, "target": 0.60, "random_labels": 200}
+    assert label_efficiency(rows[:2]) is None

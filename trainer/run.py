@@ -34,7 +34,7 @@ import yaml
 from runtime.errors import LeanloopError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
 from trainer.card import build_card, write_card
-from trainer.dataset_types import Dataset
+from trainer.datasets.model import Dataset
 from trainer.engine import EpochReport, select_device
 from trainer.errors import TrainerError
 from trainer.spec import SpecError, TrainingSpec, load_spec, load_spec_dataset
@@ -51,13 +51,27 @@ class RunOutput(dict[str, Any]):
 
 
 def _initial_model(spec: TrainingSpec, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
-    """The network to start from when ``spec.warm_start`` is given, and the report."""
-    if spec.warm_start is None:
-        return None, None
+    """The network to start from when ``spec.warm_start`` is given, and the report. For
+    ``detect_then_classify``: a ``ModuleDict`` of the warm-started stages (``detector`` from
+    ``warm_start``, ``classifier`` from ``crop_warm_start``) and a report per stage."""
     from trainer.arch import build_classifier, build_detector
     from trainer.warm import onnx_module, warm_start
 
     n = len(dataset.classes)
+    if spec.task == "detect_then_classify":
+        from trainer.tasks.detect_then_classify import DEFAULT_CROP_MODEL
+
+        nets: dict[str, torch.nn.Module] = {}
+        report: dict[str, Any] = {}
+        if spec.warm_start is not None:
+            nets["detector"] = build_detector(spec.model, 1)
+            report["detector"] = dict(warm_start(nets["detector"], spec.warm_start))
+        if spec.crop_warm_start is not None:
+            nets["classifier"] = build_classifier(spec.crop_model or DEFAULT_CROP_MODEL, n)
+            report["classifier"] = dict(warm_start(nets["classifier"], spec.crop_warm_start))
+        return (torch.nn.ModuleDict(nets), report) if nets else (None, None)
+    if spec.warm_start is None:
+        return None, None
     if spec.task == "classify" and spec.warm_start.suffix.lower() == ".onnx":
         module = onnx_module(spec.warm_start)
         w, h = spec.model.input_size
@@ -72,10 +86,8 @@ def _initial_model(spec: TrainingSpec, dataset: Dataset) -> tuple[Any, dict[str,
         return module, {"source": str(spec.warm_start), "kind": "onnx", "whole_graph": True}
     if spec.task == "classify":
         model: torch.nn.Module = build_classifier(spec.model, n)
-    elif spec.task == "detect":
-        model = build_detector(spec.model, n)
     else:
-        model = build_detector(spec.model, 1)
+        model = build_detector(spec.model, n)
     return model, dict(warm_start(model, spec.warm_start))
 
 

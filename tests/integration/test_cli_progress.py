@@ -44,7 +44,7 @@ def test_publish_and_status_watch_when_at_a_terminal_draw_bars_to_100_percent(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    big = random.Random(1).randbytes(600_000)  # random: does not compress, takes ~4 s below
+    big = random.Random(1).randbytes(600_000)  # random: does not compress, takes ~5 s below
     v1 = make_bundle(1, BOXES, extra={"data.bin": big})
     common = ["--hub", live_hub.url, "--keys", str(keys), "--token", live_hub.admin_token]
     r = CliRunner().invoke(app, ["bundle", "publish", str(v1), *common], env=TERMINAL)
@@ -56,14 +56,17 @@ def test_publish_and_status_watch_when_at_a_terminal_draw_bars_to_100_percent(
     r = CliRunner().invoke(app, ["bundle", "publish", str(v2), *common, "--json"], env=TERMINAL)
     assert r.exit_code == 0 and r.stderr == "", r.output
     assert json.loads(r.stdout)["version"] == 2
+    v3 = make_bundle(3, BOXES, extra={"data.bin": big[1:]})
+    r = CliRunner().invoke(app, ["bundle", "publish", str(v3), *common])  # stderr: a pipe
+    assert r.exit_code == 0 and r.stderr == "", r.output
 
     admin.rollout("digits", 1)
-    with FaultProxy("127.0.0.1", live_hub.port, rate_bps=150_000) as link:
+    with FaultProxy("127.0.0.1", live_hub.port, rate_bps=120_000) as link:
         # The device reaches the hub through the slow link only.
         behind_link = cast(
             LiveHub, SimpleNamespace(url=link.url, enroll_token=live_hub.enroll_token)
         )
-        dev = Device(tmp_path / "devices", behind_link, keys / "root.json")
+        dev = Device(tmp_path / "devices", behind_link, keys / "root.json", status_interval_s=0.2)
         request.addfinalizer(dev.stop)
         dev.wait("the download under way", lambda st: bool(st.get("download")), timeout=30)
         cmd = ["status", "--watch", "--config", str(dev.config)]
@@ -81,7 +84,7 @@ def test_publish_and_status_watch_when_at_a_terminal_draw_bars_to_100_percent(
     assert "100%" in bar, r.stderr
     assert "active" in r.stdout and "download digits" not in r.stdout
     assert as_json.returncode == 0 and err == "", err
-    assert json.loads(out)["download"] is None  # the status once the download ended
+    assert json.loads(out)["download"] is None, out  # the status once the download ended
     dev.wait("v1 committed", committed(1))
 
 

@@ -103,6 +103,16 @@ def test_device_quarantines_what_the_hub_refuses_and_uploads_the_rest(
     )
     assert r.exit_code == 2 and r.output.startswith("error: bad feedback: item:"), r.output
     assert r.output.count("\n") == 1
+    n_items = len(rows[0]["summary"].split())  # "label:score label:score"
+    r = runner.invoke(
+        app, ["feedback", "correct", rows[0]["id"], "--label", "3", "--item", str(n_items), *cfg]
+    )
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    has = f"items 0..{n_items - 1}" if n_items else "no items"
+    assert r.output.startswith(f"error: sample {rows[0]['id']} has {has}"), r.output
+    assert f"there is no item {n_items}" in r.output
+    after = json.loads(runner.invoke(app, ["samples", "list", *cfg, "--json"]).stdout)
+    assert after[0]["id"] == rows[0]["id"] and not after[0].get("feedback")  # nothing stored
     store = SampleStore(dev.state / "samples", max_bytes=MAX_BYTES)  # LMDB: shared with the service
     planted = _foreign_record("cam-9")
     store.put(planted)

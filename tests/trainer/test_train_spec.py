@@ -15,7 +15,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from runtime.bundle.build import build_bundle
-from trainer.dataset_types import DatasetError
+from trainer.datasets.model import DatasetError
 from trainer.errors import TrainerError
 from trainer.export_formats import tflite_unavailable_reason
 from trainer.run import RunOutput, run_spec
@@ -122,6 +122,23 @@ def test_detect_then_classify_when_trained_writes_two_stages(shapes: Path, tmp_p
     assert stages[1]["for_each"] == "detector"
     assert set(out["card"]["metrics"]) == {"detector", "classifier"}
     build_bundle(tmp_path / "source", tmp_path / "bundle", "shapes2", 1)
+
+    # Warm start of both stages from the source's checkpoint (what a hub job's init_from does).
+    ckpt = tmp_path / "source" / "checkpoint"
+    warm_spec = spec.model_copy(
+        update={"epochs": 1, "warm_start": ckpt / "detector.pt",
+                "crop_warm_start": ckpt / "classifier.pt"}
+    )  # fmt: skip
+    card = run_spec(warm_spec, tmp_path / "warm")["card"]
+    warm = json.loads(card["warm_start"])
+    assert set(warm) == {"detector", "classifier"}
+    assert warm["classifier"]["kept_fresh"] == [] and warm["classifier"]["copied"] > 0
+    assert warm["detector"]["kept_fresh"] == []
+    # The crop classifier starts where the first run ended, not from scratch.
+    first = out["card"]["training"]["classifier"]["history"]
+    assert card["training"]["classifier"]["history"][0]["loss"] < first[0]["loss"]
+    with pytest.raises(SpecError, match="crop_warm_start is for task detect_then_classify"):
+        _spec(task="classify", dataset={"path": str(shapes)}, crop_warm_start=str(ckpt))
 
 
 def test_warm_start_when_given_a_state_dict_copies_its_tensors(
