@@ -341,6 +341,15 @@ class JobRunner:
             ]  # fmt: skip
             if job.params.get("init_from") is not None:
                 argv += ["--init-from", str(self.checkpoint(int(job.params["init_from"])))]
+            # A hub-managed ontology fixes the class names (the samples were remapped to its
+            # latest version); its history lets the source be stamped for the devices' remap.
+            labelled_in = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
+            if labelled_in is not None and labelled_in[3]:
+                onto_id, onto_version, classes, versions = labelled_in
+                onto = {"id": onto_id, "version": onto_version, "classes": classes}
+                (job_dir / "ontology.json").write_text(json.dumps(onto))
+                (job_dir / "ontology_history.json").write_text(json.dumps(versions))
+                argv += ["--ontology", str(job_dir / "ontology.json")]
             if job.params.get("params"):
                 argv += ["--params", json.dumps(job.params["params"])]
         if count == 0 or not argv:

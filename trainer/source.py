@@ -80,19 +80,22 @@ def write_bundle_source(
     golden_frames: list[np.ndarray],
     notes: dict[str, Any],
     formats: tuple[str, ...] = ALTERNATE_FORMATS,
+    ontology: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle source folder ``out_dir`` (replacing it) and return it.
 
     ``golden_frames`` are BGR uint8 frames saved as ``golden/000.png`` …; ``notes`` are merged
     with the training metrics into ``notes.json`` (values turned into strings). ``formats``
     are the model formats written beside ONNX (``openvino``, ``tflite``; ``()`` for ONNX only);
-    bundle build records them as each model's ``alternates``.
+    bundle build records them as each model's ``alternates``. ``ontology`` (``id``, ``version``,
+    ``classes`` in the classifier's output order) is written as ``ontology.yaml``; default:
+    digits version 1, "0".."9".
     Raises TrainerError (export or validation failed) or OSError (disk).
     """
     out_dir = Path(out_dir)
     with replaced_folder(out_dir) as tmp:
         (tmp / "pipeline.yaml").write_text(pipeline_yaml())
-        ontology = {"id": ONTOLOGY_ID, "version": ONTOLOGY_VERSION, "classes": CLASSES}
+        ontology = ontology or {"id": ONTOLOGY_ID, "version": ONTOLOGY_VERSION, "classes": CLASSES}
         (tmp / "ontology.yaml").write_text(yaml.safe_dump(ontology, sort_keys=False))
         diffs = export_models(models, tmp / "models")
         alt_diffs, skipped = export_alternates(models, tmp / "models", formats)

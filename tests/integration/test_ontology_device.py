@@ -44,6 +44,10 @@ def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(loop:
     loop.publish(2, bundle=v2)
     dev.feed(3)
     dev.wait("v2 committed", committed(2))
+    # The operator's status says what the remap did (the demo's ontology line reads it).
+    remap = dev.wait("remap in status", lambda st: bool(st.get("ontology_remap")))["ontology_remap"]
+    assert remap["ontology"] == "digits" and (remap["from_version"], remap["to_version"]) == (1, 2)
+    assert remap["records"] >= 3 and remap["needs_review"] >= 1
     # Feedback given now with a label of version 1: converted when it has one successor,
     # refused with what became of it otherwise.
     r = runner.invoke(app, ["feedback", "correct", untouched, "--label", "0", "--item", "1", *cfg])
