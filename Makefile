@@ -50,14 +50,18 @@ test: install-test sysdeps labelstudio fuzz-deps
 		|| echo "note: atheris not installed, coverage-guided fuzzing skipped"
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes, FUZZ_SECONDS each.
-FUZZ_SECONDS ?= 60
+# Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes: each runs until
+# it has tried FUZZ_INPUTS inputs, at most FUZZ_SECONDS (exit 1 on a crash, or a parser short of
+# its inputs within the time), FUZZ_JOBS at once; a table per parser at the end.
+FUZZ_INPUTS ?= 1000000
+FUZZ_SECONDS ?= 900
+FUZZ_JOBS ?= 2
 fuzz-deps: install-test
 	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris \
 		|| echo "note: atheris does not install here"
 
 fuzz: fuzz-deps
-	$(PY) -m fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+	$(PY) -m fuzz --inputs $(FUZZ_INPUTS) --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) $(FUZZ_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

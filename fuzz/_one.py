@@ -12,7 +12,9 @@ the run with a crash file.
 
 from __future__ import annotations
 
+import resource
 import sys
+import time
 from pathlib import Path
 
 import atheris
@@ -58,6 +60,9 @@ def main() -> None:
         dict_file.write_text("\n".join(_dict_line(w) for w in words) + "\n")
         args.append(f"-dict={dict_file}")
     atheris.Setup(args, target.run)
+    setup = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = setup.ru_utime + setup.ru_stime
+    print(f"setup-done: cpu {cpu:.3f} at {time.time():.3f}", file=sys.stderr, flush=True)
     atheris.Fuzz()
 
 

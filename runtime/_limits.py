@@ -63,17 +63,42 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CONSTRUCT_ERRORS = (ValueError, TypeError, AttributeError, LookupError, OverflowError)
 
 
+MAX_YAML_VALUES = 100_000
+"""Values a YAML document may hold once its aliases are expanded: a few hundred bytes of
+nested aliases stand for billions of values ("billion laughs"), which whoever walks or dumps
+the result would pay for."""
+
+
 def safe_yaml(data: bytes | str) -> Any:
     """``yaml.safe_load`` with libyaml when available. Raises yaml.YAMLError for every input
-    it cannot load (also for values PyYAML's constructor cannot convert)."""
+    it cannot load (also for values PyYAML's constructor cannot convert, and for documents of
+    more than :data:`MAX_YAML_VALUES` values with aliases expanded)."""
     try:
-        return yaml.load(data, Loader=_SafeLoader)
+        loaded = yaml.load(data, Loader=_SafeLoader)
     except yaml.YAMLError:
         raise
     except _CONSTRUCT_ERRORS as e:
         raise yaml.constructor.ConstructorError(
             None, None, f"cannot load a value: {type(e).__name__}: {_first_line(e)}"
         ) from e
+    _check_expanded_size(loaded)
+    return loaded
+
+
+def _check_expanded_size(obj: Any) -> None:
+    stack, seen = [obj], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"more than {MAX_YAML_VALUES} values once aliases are expanded"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set):
+            stack.extend(item)
 
 
 def _first_line(e: BaseException) -> str:

@@ -305,11 +305,11 @@ def test_head_deadline_holds_for_each_request_but_not_for_an_idle_keepalive_conn
             assert _answer(s).split()[1] == b"200"
             s.sendall(full[:5])  # the next head trickles: closed
             t0 = time.monotonic()
-            assert _closed_within(s, 3.0)
-            assert 0.4 <= time.monotonic() - t0 <= 2.0
+            assert _closed_within(s, 8.0)
+            assert 0.4 <= time.monotonic() - t0 <= 6.0  # far below the 75 s keep-alive
         with socket.create_connection(addr, timeout=5) as s:  # blank lines do not end a head
             s.sendall(b"\r\n\r\n\r\nGE")
-            assert _closed_within(s, 3.0)
+            assert _closed_within(s, 8.0)
         with socket.create_connection(addr, timeout=5) as s:  # nothing at all: closed too
-            assert _closed_within(s, 3.0)
+            assert _closed_within(s, 8.0)
         assert hub.guard is not None and hub.guard.closed == 3
