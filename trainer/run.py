@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 import yaml
 
 from runtime.errors import LeanloopError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
+from trainer._folder import replaced_folder, write_golden
 from trainer.card import build_card, write_card
 from trainer.datasets.model import Dataset
 from trainer.engine import EpochReport, select_device
@@ -155,10 +153,7 @@ def write_source(
     warm: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Export and write the bundle source at ``out_dir`` (replaced atomically); return the card."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with replaced_folder(Path(out_dir)) as tmp:
         (tmp / "pipeline.yaml").write_text(_pipeline_yaml(result))
         onto = {
             "id": dataset.ontology_id,
@@ -169,12 +164,7 @@ def write_source(
         t0 = time.perf_counter()
         diffs, skipped = _export(result, tmp / "models", list(spec.export))
         seconds = {**seconds, "export": time.perf_counter() - t0}
-        (tmp / "golden").mkdir()
-        for i, img in enumerate(result.golden):
-            ok, png = cv2.imencode(".png", img)
-            if not ok:
-                raise TrainerError(f"golden image {i} cannot be encoded as PNG")
-            (tmp / "golden" / f"{i:03d}.png").write_bytes(png.tobytes())
+        write_golden(tmp / "golden", result.golden)
         ck = tmp / "checkpoint"
         ck.mkdir()
         for key, net in result.nets.items():
@@ -182,17 +172,6 @@ def write_source(
         (ck / "spec.json").write_text(spec.model_dump_json(indent=1))
         card = build_card(spec, dataset, result, diffs, skipped, seconds, search, _warm_text(warm))
         write_card(tmp, card)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 

@@ -29,6 +29,12 @@ def _spec(**kw: Any) -> TrainingSpec:
     return parse_spec({"threads": 1, "batch": 16, **kw})
 
 
+def _classify(data: Path, **kw: Any) -> TrainingSpec:
+    """A classify spec on the dataset at ``data`` with the tiny 32×32 network."""
+    model = {**TINY, "input_size": [32, 32]}
+    return _spec(task="classify", dataset={"path": str(data)}, model=model, **kw)
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return digits_dataset(tmp_path_factory.mktemp("digits"))
@@ -42,10 +48,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def classified(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> RunOutput:
     formats = ["onnx", "openvino"] + ([] if tflite_unavailable_reason() else ["tflite"])
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
+    spec = _classify(
+        digits,
         epochs=20,
         lr=0.01,
         augment=[{"name": "Affine", "params": {"rotate": [-10, 10], "p": 0.5}}],
@@ -141,41 +145,24 @@ def test_detect_then_classify_when_trained_writes_two_stages(shapes: Path, tmp_p
         _spec(task="classify", dataset={"path": str(shapes)}, crop_warm_start=str(ckpt))
 
 
-def test_warm_start_when_given_a_state_dict_copies_its_tensors(
-    classified: RunOutput, digits: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("rel", "expect"),
+    [
+        ("checkpoint/classifier.pt", {"kind": "state_dict", "kept_fresh": []}),  # every tensor
+        ("models/classifier.onnx", {"kind": "onnx"}),  # the converted graph is fine-tuned
+    ],
+    ids=["state_dict", "onnx"],
+)
+def test_warm_start_when_given_a_trained_classifier_starts_from_it(
+    classified: RunOutput, digits: Path, tmp_path: Path, rel: str, expect: dict[str, Any]
 ) -> None:
-    ckpt = Path(classified["source"]) / "checkpoint" / "classifier.pt"
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
-        epochs=1,
-        lr=1e-4,
-        warm_start=str(ckpt),
-        export=["onnx"],
+    spec = _classify(
+        digits, epochs=1, lr=1e-4, warm_start=str(Path(classified["source"]) / rel), export=["onnx"]
     )
     card = run_spec(spec, tmp_path / "source")["card"]
     warm = json.loads(card["warm_start"])
-    assert warm["kind"] == "state_dict" and warm["kept_fresh"] == []
+    assert {k: warm[k] for k in expect} == expect
     # Starting from a trained network, one gentle epoch keeps it accurate.
-    assert card["metrics"]["classifier"]["overall"]["accuracy"] >= 0.8
-
-
-def test_warm_start_when_given_an_onnx_model_fine_tunes_the_converted_graph(
-    classified: RunOutput, digits: Path, tmp_path: Path
-) -> None:
-    onnx_file = Path(classified["source"]) / "models" / "classifier.onnx"
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
-        epochs=1,
-        lr=1e-4,
-        warm_start=str(onnx_file),
-        export=["onnx"],
-    )
-    card = run_spec(spec, tmp_path / "source")["card"]
-    assert json.loads(card["warm_start"])["kind"] == "onnx"
     assert card["metrics"]["classifier"]["overall"]["accuracy"] >= 0.8
 
 
@@ -189,13 +176,7 @@ def test_warm_start_when_onnx_has_an_unsupported_op_names_it(digits: Path, tmp_p
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "custom.onnx")
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
-        epochs=1,
-        warm_start=str(tmp_path / "custom.onnx"),
-    )
+    spec = _classify(digits, epochs=1, warm_start=str(tmp_path / "custom.onnx"))
     with pytest.raises(TrainerError, match="MyCustomOp"):
         run_spec(spec, tmp_path / "source")
     assert not (tmp_path / "source").exists()
@@ -205,10 +186,8 @@ def test_warm_start_when_onnx_has_an_unsupported_op_names_it(digits: Path, tmp_p
 def test_search_when_budget_is_four_trials_prunes_and_keeps_results(
     digits: Path, tmp_path: Path, pruner: str
 ) -> None:
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
+    spec = _classify(
+        digits,
         epochs=5,
         batch=8,
         export=["onnx"],
