@@ -17,7 +17,7 @@ no training noise. The standardised features are also the embedding the diversit
 work on. Chosen on a validation split carved from the pool (1,000 of 4,000 patches, seeds 0
 and 1; never the test split): random labels reached 0.82–0.84 there at 400 labels, rising
 over the whole budget, against 0.80 / 0.74 for the convnet on the same splits (0.78 / 0.74
-already at 200 labels); C = 10 was no better for margin.
+already at 200 labels); C = 0.3 and C = 10 were no better for the strategies.
 """
 
 from __future__ import annotations
