@@ -25,7 +25,8 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``active.json``: labels margin, k-centre core-set, cluster-margin and class-balanced margin
   (``trainer.selection``) need to reach random's accuracy at a 400-label budget, as a ratio of
   random's labels, on the real MNIST digits and on texture patches of scikit-image's
-  photographs, a small convnet retrained each round, 3 seeds (#5, #13; docs/active-learning.md).
+  photographs, a convnet / texture-descriptor learner refitted each round, 3 seeds (#5, #13;
+  docs/active-learning.md).
 
 Ratios are against anchors measured in the same run; nothing here asserts a number.
 """

