@@ -22,8 +22,11 @@ Each benchmark prints its table and writes JSON under ``--out``:
 - ``hil.json``: the whole loop (enrol, install, uploads, feedback, a delta update) with real
   device processes in network namespaces behind 256 kbit/s / 500 ms / lossy links vs unshaped:
   time to converge, bytes on the wire, samples lost (#17);
-- ``active.json``: labels margin / entropy / least-confidence need to reach random
-  sampling's accuracy on the real MNIST digits, 3 seeds (#5).
+- ``active.json``: labels margin, k-centre core-set, cluster-margin and class-balanced margin
+  (``trainer.selection``) need to reach random's accuracy at a 400-label budget, as a ratio of
+  random's labels, on the real MNIST digits and on texture patches of scikit-image's
+  photographs, a convnet / texture-descriptor learner refitted each round, 3 seeds (#5, #13;
+  docs/active-learning.md).
 
 Ratios are against anchors measured in the same run; nothing here asserts a number.
 """

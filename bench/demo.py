@@ -6,6 +6,8 @@ small segments) in a temporary folder and prints where the time went: setup, tra
 publish (signing, deltas) and rollout, device catch-up, the devices serving each segment and
 uploading. The goal is the whole run's wall time after the install; the anchor measured in the
 same run is the v1 training job alone, so the table also reads as "training jobs' worth".
+Then it prints the README's demo tables as Markdown (also in ``demo.md``): accuracy per
+iteration and arm, one line per loop part, wall time per phase.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def run(out: Path, quick: bool = False) -> dict[str, Any]:
                   f"{v['s'] / anchor:.2f}")  # fmt: skip
     Console().print(t)
     result = {"quick": quick, "total_s": total, "goal_s": GOAL_S, "phases": phases,
-              "rows": report["rows"]}  # fmt: skip
+              "rows": report["rows"], "markdown": report["markdown"]}  # fmt: skip
     (out / "demo.json").write_text(json.dumps(result, indent=2))
+    (out / "demo.md").write_text(report["markdown"])
+    print(f"\nthe README's demo tables ({out / 'demo.md'}):\n\n{report['markdown']}")
     return result

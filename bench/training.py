@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,15 @@ def _spec(task: str, size: int, epochs: int, batch: int) -> Any:
     )
 
 
-def _plain_classify(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, spec: Any) -> float:
+def _plain_train(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    spec: Any,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> float:
+    """Images/s of a hand-written AdamW loop over ``x``; ``loss_of(images, indices)`` is the
+    batch's loss."""
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).float() / 255.0
-    yt = torch.from_numpy(y)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     gen = torch.Generator().manual_seed(0)
     steps = len(x) // spec.batch
@@ -74,32 +81,27 @@ def _plain_classify(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, spec: 
         order = torch.randperm(len(x), generator=gen)
         for s in range(steps):
             idx = order[s * spec.batch : (s + 1) * spec.batch]
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            loss = loss_of(xt[idx], idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return spec.epochs * steps * spec.batch / (time.perf_counter() - t0)
+
+
+def _plain_classify(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, spec: Any) -> float:
+    yt = torch.from_numpy(y)
+    return _plain_train(
+        model, x, spec, lambda xb, idx: torch.nn.functional.cross_entropy(model(xb), yt[idx])
+    )
 
 
 def _plain_detect(model: Any, x: np.ndarray, t: list[Any], spec: Any) -> float:
     from trainer.tasks.detect import detection_loss
 
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).float() / 255.0
     tt = [(torch.from_numpy(b), torch.from_numpy(c)) for b, c in t]
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    gen = torch.Generator().manual_seed(0)
-    steps = len(x) // spec.batch
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(spec.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for s in range(steps):
-            idx = order[s * spec.batch : (s + 1) * spec.batch]
-            loss = detection_loss(model, xt[idx], [tt[i] for i in idx], None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return spec.epochs * steps * spec.batch / (time.perf_counter() - t0)
+    return _plain_train(
+        model, x, spec, lambda xb, idx: detection_loss(model, xb, [tt[i] for i in idx], None)
+    )
 
 
 def _throughput(task: str, reps: int, quick: bool) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def _throughput(task: str, reps: int, quick: bool) -> dict[str, Any]:
     else:
         import tempfile
 
-        from trainer.dataset_types import load_dataset
+        from trainer.datasets.native import load_dataset
         from trainer.synthetic import shapes_dataset
 
         spec = _spec("detect", 64, 2 if quick else 3, 16)
@@ -170,7 +172,7 @@ def _throughput(task: str, reps: int, quick: bool) -> dict[str, Any]:
 def _search_overhead(trials: int, quick: bool) -> dict[str, Any]:
     import tempfile
 
-    from trainer.dataset_types import load_dataset
+    from trainer.datasets.native import load_dataset
     from trainer.run import train_once
     from trainer.search import run_search
     from trainer.spec import parse_spec

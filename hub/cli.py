@@ -11,24 +11,16 @@ leanloop errors are printed on one line and exit with status 1.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from hub.signing import ROLES, init_keys, rotate_root
+from runtime.console import JsonFlag, say
 from runtime.errors import LeanloopError, first_line
 
 __all__ = ["hub_app", "keys_app", "publish_command"]
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
-
-
-def say(as_json: bool, data: dict[str, Any], text: str) -> None:
-    """The command's result: ``data`` as one JSON object with ``--json``, else ``text``."""
-    typer.echo(json.dumps(data, sort_keys=True, default=str) if as_json else text)
-
 
 hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage the signing keys (TUF roles).", no_args_is_help=True)
@@ -188,7 +180,7 @@ def publish_command(
 
     if token is None:
         raise typer.BadParameter("give --token or set LEANLOOP_ADMIN_TOKEN", param_hint="--token")
-    from leanloop.progress import byte_progress
+    from runtime.console import byte_progress
 
     client = HubAdminClient(hub_url, token)
     try:

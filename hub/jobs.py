@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -77,7 +78,7 @@ def export_dataset(
     name: str,
     ontology: tuple[str, int] | None = None,
 ) -> int:
-    """Write annotated samples as a native dataset folder (:mod:`trainer.dataset_types`),
+    """Write annotated samples as a native dataset folder (:mod:`trainer.datasets.native`),
     labelled in ``ontology`` (id, version) when known. Returns the number of items. Raises
     trainer's DatasetError listing labels outside ``classes``, or naming samples labelled
     under another ontology version (docs/datasets.md: no mapping, no mixing)."""
@@ -85,7 +86,8 @@ def export_dataset(
     import numpy as np
 
     from hub.ontology import mixed_versions
-    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem, save_dataset
+    from trainer.datasets.model import Box, Dataset, DatasetError, Item
+    from trainer.datasets.native import save_dataset
 
     mixed = mixed_versions([s.meta for s in samples], ontology[1] if ontology else None)
     if mixed:
@@ -99,13 +101,14 @@ def export_dataset(
         if img is None:
             continue  # an undecodable upload is no training example
         rows = (sample.annotation or {}).get("boxes", [])
-        boxes = [BoxLabel.of(r) for r in rows]
+        boxes = [Box.of(r) for r in rows]
         labels = {b.label for b in boxes}
         seen |= labels
         items.append(
-            DatasetItem(
+            Item(
                 id=sample.id,
-                image=data,
+                path=f"images/{sample.id}{_image_suffix(data)}",
+                data=data,
                 width=img.shape[1],
                 height=img.shape[0],
                 label=next(iter(labels)) if len(labels) == 1 else None,
@@ -114,6 +117,7 @@ def export_dataset(
         )
     onto_id, onto_version = ontology or ("default", 1)
     ds = Dataset(
+        task="detection",
         name=name,
         version=str(len(items)),
         ontology_id=onto_id,
@@ -123,6 +127,10 @@ def export_dataset(
     )
     save_dataset(ds.check(), folder)
     return len(items)
+
+
+def _image_suffix(data: bytes) -> str:
+    return ".png" if data[:4] == b"\x89PNG" else ".jpg"
 
 
 def stamp_source(source: Path, history_file: Path) -> None:
@@ -334,6 +342,15 @@ class JobRunner:
             ]  # fmt: skip
             if job.params.get("init_from") is not None:
                 argv += ["--init-from", str(self.checkpoint(int(job.params["init_from"])))]
+            # A hub-managed ontology fixes the class names (the samples were remapped to its
+            # latest version); its history lets the source be stamped for the devices' remap.
+            labelled_in = await self._db.call(self._db.bundle_ontology, job.params["bundle"])
+            if labelled_in is not None and labelled_in[3]:
+                onto_id, onto_version, classes, versions = labelled_in
+                onto = {"id": onto_id, "version": onto_version, "classes": classes}
+                (job_dir / "ontology.json").write_text(json.dumps(onto))
+                (job_dir / "ontology_history.json").write_text(json.dumps(versions))
+                argv += ["--ontology", str(job_dir / "ontology.json")]
             if job.params.get("params"):
                 argv += ["--params", json.dumps(job.params["params"])]
         if count == 0 or not argv:
@@ -347,8 +364,11 @@ class JobRunner:
         with open(log_path, "ab") as log_file:
             log_file.write(f"$ {' '.join(argv)}\n{count} annotated samples\n".encode())
             log_file.flush()
+            # OpenMP's idle threads spin by default; on a busy 2-core hub that made a training
+            # step cost 5x its CPU (measured in the demo). A user's own setting wins.
+            env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=log_file, stderr=asyncio.subprocess.STDOUT, cwd=job_dir
+                *argv, stdout=log_file, stderr=asyncio.subprocess.STDOUT, cwd=job_dir, env=env
             )
             try:
                 rc = await asyncio.wait_for(proc.wait(), self._timeout_s)
@@ -436,8 +456,11 @@ class JobRunner:
             "dataset": spec.dataset.model_copy(update={"path": job_dir / "dataset"})
         }
         if params.get("init_from") is not None:
+            ckpt = self.checkpoint(int(params["init_from"]))
             key = "classifier" if spec.task == "classify" else "detector"
-            update["warm_start"] = self.checkpoint(int(params["init_from"])) / f"{key}.pt"
+            update["warm_start"] = ckpt / f"{key}.pt"
+            if spec.task == "detect_then_classify":  # both stages start from the earlier job
+                update["crop_warm_start"] = ckpt / "classifier.pt"
         spec = spec.model_copy(update=update)
         (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
         return [

@@ -5,13 +5,31 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from runtime.errors import ConfigError, LeanloopError, PipelineError
 
-__all__ = ["_fail", "_state_dir", "admin_client", "handled"]
+__all__ = [
+    "HUB_URL",
+    "AdminToken",
+    "DeviceConfig",
+    "HubUrl",
+    "StateDir",
+    "_fail",
+    "_state_dir",
+    "admin_client",
+    "handled",
+]
+
+# The options that point a device command at its device (``--config`` / ``--state-dir``).
+DeviceConfig = Annotated[Path | None, typer.Option(help="device config YAML")]
+StateDir = Annotated[Path | None, typer.Option(help="device state folder")]
+# The options of a hub admin command (``--hub`` / ``--token``, or LEANLOOP_ADMIN_TOKEN).
+HUB_URL = "http://127.0.0.1:8470"
+HubUrl = Annotated[str, typer.Option(help="hub URL")]
+AdminToken = Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INPUT_ERRORS = (ConfigError, PipelineError, FileNotFoundError)

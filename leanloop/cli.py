@@ -17,11 +17,22 @@ from typing import Annotated
 
 import typer
 
-from leanloop._cli_common import _fail, _state_dir, admin_client, handled
+from leanloop._cli_common import (
+    HUB_URL,
+    AdminToken,
+    DeviceConfig,
+    HubUrl,
+    StateDir,
+    _fail,
+    _state_dir,
+    admin_client,
+    handled,
+)
 from leanloop.cli_device_key import rotate_key
 from leanloop.cli_identity import identity_app
-from leanloop.cli_ops import JsonFlag, device_metrics, say, status_rows, watch_download
+from leanloop.cli_ops import device_metrics, status_rows, watch_download
 from leanloop.cli_train import train as train_command
+from runtime.console import JsonFlag, say
 from runtime.errors import ConfigError, first_line
 
 __all__ = ["app", "main"]
@@ -81,7 +92,7 @@ def _setup_logging(verbose: bool) -> None:
 @device_app.command("run")
 @handled
 def device_run(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    config: DeviceConfig = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the device service (what the systemd unit starts)."""
@@ -138,9 +149,9 @@ def _store_bytes(config: Path | None) -> int:
 @app.command("status")
 @handled
 def status(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
+    as_json: JsonFlag = False,
     watch: Annotated[
         bool,
         typer.Option("--watch", help="follow a bundle download to its end (a bar on a terminal)"),
@@ -204,8 +215,8 @@ def status(
 @app.command("rollback")
 @handled
 def rollback(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -224,10 +235,10 @@ def rollback(
 @samples_app.command("list")
 @handled
 def samples_list(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
     top: Annotated[int, typer.Option(help="how many")] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """What the sample store holds, most valuable first."""
     from runtime.operator import list_samples
@@ -286,15 +297,21 @@ def _feedback(
             typer.echo(f"{sample_id}: {what}; priority now {out['priority']:.3f}")
 
 
+# The options both feedback commands take (typer wants one function per command).
+SampleId = Annotated[str, typer.Argument(help="sample id (leanloop samples list)")]
+Who = Annotated[str | None, typer.Option(help="operator name (default: login)")]
+Item = Annotated[int | None, typer.Option(help="which detection (default: whole frame)")]
+
+
 @feedback_app.command("confirm")
 @handled
 def feedback_confirm(
-    sample_id: Annotated[str, typer.Argument(help="sample id (leanloop samples list)")],
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
-    who: Annotated[str | None, typer.Option(help="operator name (default: login)")] = None,
-    item: Annotated[int | None, typer.Option(help="which detection (default: whole frame)")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    sample_id: SampleId,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
+    who: Who = None,
+    item: Item = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """The stored prediction is right."""
     _feedback(config, state_dir, sample_id, None, who, item, as_json)
@@ -303,13 +320,13 @@ def feedback_confirm(
 @feedback_app.command("correct")
 @handled
 def feedback_correct(
-    sample_id: Annotated[str, typer.Argument(help="sample id (leanloop samples list)")],
+    sample_id: SampleId,
     label: Annotated[str, typer.Option(help="the right label (a class of the ontology)")],
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
-    who: Annotated[str | None, typer.Option(help="operator name (default: login)")] = None,
-    item: Annotated[int | None, typer.Option(help="which detection (default: whole frame)")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
+    who: Who = None,
+    item: Item = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """The stored prediction is wrong; record the right label (top upload priority)."""
     _feedback(config, state_dir, sample_id, label, who, item, as_json)
@@ -318,9 +335,9 @@ def feedback_correct(
 @shadow_app.command("report")
 @handled
 def shadow_report(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """The shadow candidate: status, agreement, flips, latency, shed frames (shadow.json)."""
     from runtime.shadow.report import REPORT_NAME, load_report
@@ -396,10 +413,8 @@ _admin_client = admin_client
 def shadow_assign(
     bundle: Annotated[str, typer.Argument(help="bundle name")],
     version: Annotated[int, typer.Argument(help="published bundle version (the candidate)")],
-    hub: Annotated[str, typer.Option(help="hub URL")] = "http://127.0.0.1:8470",
-    token: Annotated[
-        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
-    ] = None,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
     cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
     device: Annotated[list[str] | None, typer.Option(help="only these devices")] = None,
     min_frames: Annotated[int, typer.Option(help="frames both models must answer")] = 500,
@@ -428,12 +443,10 @@ def shadow_assign(
 @shadow_app.command("fleet")
 @handled
 def shadow_fleet(
-    hub: Annotated[str, typer.Option(help="hub URL")] = "http://127.0.0.1:8470",
-    token: Annotated[
-        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
-    ] = None,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
     cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Hub admin: shadow telemetry per cohort (and per device with --json)."""
     view = _admin_client(hub, token).shadow(cohort)
@@ -572,11 +585,9 @@ def bundle_verify(
 @handled
 def bundle_publish(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
-    hub: Annotated[str, typer.Option(help="hub URL")],
+    hub: HubUrl,
     keys: Annotated[Path, typer.Option(help="keys folder from `leanloop keys init`")],
-    token: Annotated[
-        str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
-    ] = None,
+    token: AdminToken = None,
     cohort: Annotated[str | None, typer.Option(help="roll out to this cohort")] = None,
     force: Annotated[bool, typer.Option("--force", help="publish even if not blessed")] = False,
     reason: Annotated[str | None, typer.Option(help="why (--force; audited)")] = None,

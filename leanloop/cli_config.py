@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from leanloop._cli_common import _state_dir, handled
-from leanloop.cli_ops import JsonFlag, say
+from leanloop._cli_common import DeviceConfig, StateDir, _state_dir, handled
+from runtime.console import JsonFlag, say
 
 __all__ = ["config_app", "mark_good"]
 
@@ -20,7 +20,7 @@ config_app = typer.Typer(help="The device configuration file.", no_args_is_help=
 @handled
 def config_check(
     file: Annotated[Path, typer.Argument(help="device config YAML")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
     strict: Annotated[bool, typer.Option(help="warnings fail the check too")] = False,
 ) -> None:
     """Every error of a device config at once (with its line and "did you mean"), and warnings
@@ -55,8 +55,8 @@ def mark_good(
     bundle: Annotated[
         str | None, typer.Option(help="bundle name (default: the active one)")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Let the device install VERSION again after an operator rollback (or a failure there):

@@ -27,19 +27,15 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from leanloop._cli_common import HUB_URL, AdminToken, HubUrl, handled
 from leanloop._cli_common import admin_client as _admin_client
-from leanloop._cli_common import handled
+from runtime.console import JsonFlag
 from runtime.errors import ConfigError
 
 __all__ = ["dataset_app", "ontology_app", "parse_change"]
 
 dataset_app = typer.Typer(help="Datasets in and out: COCO, YOLO, Label Studio, folder-per-class.")
 ontology_app = typer.Typer(help="Ontology versions and explicit class changes.")
-
-HUB = "http://127.0.0.1:8470"
-HubOpt = Annotated[str, typer.Option(help="hub URL")]
-TokenOpt = Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
 
 
 def _busy(what: str) -> Any:
@@ -84,15 +80,12 @@ def dataset_check(
         str, typer.Argument(metavar="FORMAT", help="coco | yolo | labelstudio | folder")
     ],
     path: Annotated[Path, typer.Argument(help="dataset folder (or its JSON file)")],
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Read and validate a dataset; list every problem."""
     ds = _read(fmt, path)
     s = _summary(ds)
-    if as_json:
-        typer.echo(json.dumps(s, indent=2))
-    else:
-        typer.echo(f"{s['items']} images, {s['task']}, classes: {s['counts']}")
+    _say(as_json, s, f"{s['items']} images, {s['task']}, classes: {s['counts']}")
 
 
 @dataset_app.command("convert")
@@ -102,7 +95,7 @@ def dataset_convert(
     path: Annotated[Path, typer.Argument()],
     to: Annotated[str, typer.Option(help="output format")],
     out: Annotated[Path, typer.Option(help="output folder (must not exist)")],
-    as_json: JsonOpt = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Convert a dataset from one format to another, locally."""
     from trainer.datasets import DatasetError, write_dataset
@@ -127,9 +120,9 @@ def dataset_import(
     fmt: Annotated[str, typer.Argument(metavar="FORMAT")],
     path: Annotated[Path, typer.Argument()],
     name: Annotated[str, typer.Option(help="dataset name on the hub")],
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Validate a dataset here, then store it on the hub as the next version of NAME."""
     ds = _read(fmt, path)
@@ -139,10 +132,8 @@ def dataset_import(
         tar.add(root, arcname=".")
     with _busy(f"uploading {len(buf.getvalue()) >> 10} KiB; the hub validates it again"):
         answer = _admin_client(hub, token).import_dataset(name, fmt, buf.getvalue())
-    if as_json:
-        typer.echo(json.dumps(answer, indent=2))
-    else:
-        typer.echo(f"{name} v{answer['version']}: {len(ds.items)} images, {answer['counts']}")
+    text = f"{name} v{answer['version']}: {len(ds.items)} images, {answer['counts']}"
+    _say(as_json, answer, text)
 
 
 @dataset_app.command("export")
@@ -152,9 +143,9 @@ def dataset_export(
     path: Annotated[Path, typer.Argument(help="output folder (must not exist)")],
     name: Annotated[str, typer.Option(help="dataset name on the hub")],
     version: Annotated[int | None, typer.Option(help="version (default: latest)")] = None,
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write a hub dataset version to PATH in FORMAT."""
     from hub.datasets import unpack_archive
@@ -174,7 +165,9 @@ def dataset_export(
 
 @dataset_app.command("list")
 @handled
-def dataset_list(hub: HubOpt = HUB, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+def dataset_list(
+    hub: HubUrl = HUB_URL, token: AdminToken = None, as_json: JsonFlag = False
+) -> None:
     """Dataset versions stored on the hub."""
     rows = _admin_client(hub, token).datasets()
     if as_json:
@@ -203,8 +196,8 @@ def dataset_merge(
     hub: Annotated[
         str | None, typer.Option(help="take the ontology history from this hub instead")
     ] = None,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """One training set from several datasets under the newest ontology version; datasets of
     different versions are refused unless the history (the mapping) is known."""
@@ -329,9 +322,9 @@ def ontology_create(
     onto_id: Annotated[str, typer.Argument(metavar="ID")],
     classes: Annotated[list[str], typer.Argument(help="class names, in model output order")],
     version: Annotated[int, typer.Option(help="first version number")] = 1,
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Start an ontology on the hub."""
     got = _admin_client(hub, token).create_ontology(onto_id, classes, version)
@@ -342,9 +335,9 @@ def ontology_create(
 @handled
 def ontology_show(
     onto_id: Annotated[str, typer.Argument(metavar="ID")],
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Every version of an ontology with its changes."""
     versions = _admin_client(hub, token).ontology(onto_id)
@@ -368,9 +361,9 @@ def ontology_change(
     source: Annotated[
         Path | None, typer.Option(help="change this bundle source's ontology.yaml instead")
     ] = None,
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create, rename, merge, split or delete classes: the next ontology version."""
     parsed = [parse_change(c) for c in changes]
@@ -424,9 +417,9 @@ def ontology_stamp(
             help="ontology history YAML (list of {version, classes, changes}) instead of the hub's"
         ),
     ] = None,
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write the ontology version (number, changes, mapping) whose classes a bundle source has
     into its ontology.yaml, so devices remap their store when they commit the bundle."""
@@ -451,9 +444,9 @@ def ontology_stamp(
 def ontology_weakness(
     onto_id: Annotated[str, typer.Argument(metavar="ID")],
     top: Annotated[int, typer.Option(help="most-confused pairs to list")] = 10,
-    hub: HubOpt = HUB,
-    token: TokenOpt = None,
-    as_json: JsonOpt = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Per class: predicted vs annotated vs corrected across the fleet; most-confused pairs."""
     rep = _admin_client(hub, token).ontology_weakness(onto_id, top)

@@ -6,18 +6,14 @@ did not answer (run it again: an interrupted move is completed first), 2 bad con
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
-
-from leanloop.cli_ops import JsonFlag, say
+from leanloop._cli_common import DeviceConfig
+from runtime.console import JsonFlag, say
 
 __all__ = ["rotate_key"]
 
 
 def rotate_key(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
+    config: DeviceConfig = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Move this device to a new ed25519 key: both keys prove themselves to the hub, which

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from leanloop._cli_common import HUB_URL, AdminToken, HubUrl
+from runtime.console import JsonFlag
 from runtime.errors import ConfigError, LeanloopError
 
 __all__ = ["fleet_app", "rollout_app"]
@@ -29,11 +31,6 @@ rollout_app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-Hub = Annotated[str, typer.Option(help="hub URL")]
-Token = Annotated[str | None, typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")]
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
-DEFAULT_HUB = "http://127.0.0.1:8470"
 
 
 def _client(hub: str, token: str | None) -> Any:
@@ -93,10 +90,10 @@ def _running(d: dict[str, Any]) -> str:
 @fleet_app.command("list")
 @handled
 def fleet_list(
-    hub: Hub = DEFAULT_HUB,
-    token: Token = None,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
     cohort: Annotated[str | None, typer.Option(help="only this cohort")] = None,
-    as_json: AsJson = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Every device: cohort, what it runs, what it was told to run, last contact."""
     devices = [d for d in _client(hub, token).devices() if cohort is None or d["cohort"] == cohort]
@@ -122,9 +119,9 @@ def fleet_list(
 @handled
 def fleet_show(
     device: Annotated[str, typer.Argument(help="device id")],
-    hub: Hub = DEFAULT_HUB,
-    token: Token = None,
-    as_json: AsJson = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """One device: its last status report and its latest update events."""
     found = [d for d in _client(hub, token).devices() if d["device_id"] == device]
@@ -204,8 +201,8 @@ def _window(text: str) -> dict[str, Any]:
 def rollout_create(
     bundle: Annotated[str, typer.Argument(help="bundle name")],
     version: Annotated[int, typer.Argument(help="published version to roll out")],
-    hub: Hub = DEFAULT_HUB,
-    token: Token = None,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
     cohort: Annotated[
         str | None, typer.Option(help="only this cohort (default: the fleet)")
     ] = None,
@@ -220,7 +217,7 @@ def rollout_create(
         list[str] | None, typer.Option(help="maintenance window HH:MM-HH:MM or 0,1@HH:MM-HH:MM")
     ] = None,
     pin: Annotated[list[str] | None, typer.Option(help="device the rollout leaves alone")] = None,
-    as_json: AsJson = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Start a staged rollout: canary, then waves, halting on failures."""
     spec = {
@@ -243,9 +240,9 @@ def rollout_create(
 @handled
 def rollout_status(
     rollout_id: Annotated[int | None, typer.Argument(help="rollout id (default: all)")] = None,
-    hub: Hub = DEFAULT_HUB,
-    token: Token = None,
-    as_json: AsJson = False,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Per-wave counts, halts and their reasons."""
     c = _client(hub, token)
@@ -263,9 +260,9 @@ def _action(action: str) -> Callable[..., None]:
     @handled
     def command(
         rollout_id: Annotated[int, typer.Argument(help="rollout id")],
-        hub: Hub = DEFAULT_HUB,
-        token: Token = None,
-        as_json: AsJson = False,
+        hub: HubUrl = HUB_URL,
+        token: AdminToken = None,
+        as_json: JsonFlag = False,
     ) -> None:
         r = _client(hub, token).rollout_action(rollout_id, action)
         _print_json(r) if as_json else _show_rollout(r)
@@ -288,14 +285,14 @@ def rollout_rollback(
     bundle: Annotated[str, typer.Argument(help="bundle name")],
     to: Annotated[int, typer.Option("--to", help="the earlier version whose content to restore")],
     keys: Annotated[Path, typer.Option(help="keys folder from `leanloop keys init`")],
-    hub: Hub = DEFAULT_HUB,
-    token: Token = None,
+    hub: HubUrl = HUB_URL,
+    token: AdminToken = None,
     cohort: Annotated[
         str | None, typer.Option(help="only this cohort (default: the fleet)")
     ] = None,
     waves: Annotated[str, typer.Option(help="cumulative percentages")] = "100",
     soak: Annotated[float, typer.Option(help="seconds a wave runs before the next")] = 0,
-    as_json: AsJson = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Order a cohort or the fleet back to an earlier release's content (a new signed version
     re-pointing to the old files; devices install it as an order, not a failure)."""

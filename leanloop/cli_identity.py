@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from leanloop._cli_common import AdminToken, HubUrl
+from runtime.console import JsonFlag
 from runtime.errors import LeanloopError
 
 if TYPE_CHECKING:
@@ -23,9 +25,6 @@ identity_app = typer.Typer(
     help="Device identity: enrolment secrets, approve or reset a device's key.",
     no_args_is_help=True,
 )
-
-_HUB = typer.Option(help="hub URL")
-_TOKEN = typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
 
 
 def _client(hub: str, token: str | None) -> HubAdminClient:
@@ -44,12 +43,12 @@ def _fail(e: LeanloopError) -> typer.Exit:
 
 @identity_app.command("mint-secret")
 def mint_secret(
-    hub: Annotated[str, _HUB],
-    token: Annotated[str | None, _TOKEN] = None,
+    hub: HubUrl,
+    token: AdminToken = None,
     uses: Annotated[int, typer.Option(min=1, help="enrolments it pays for")] = 1,
     ttl: Annotated[float, typer.Option(min=1, help="seconds until it expires")] = 86400.0,
     cohort: Annotated[str | None, typer.Option(help="cohort the devices join")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Mint an enrolment secret (one-time by default, expiring after --ttl seconds)."""
     try:
@@ -62,12 +61,12 @@ def mint_secret(
 @identity_app.command("approve")
 def approve(
     device: Annotated[str, typer.Argument(help="device id")],
-    hub: Annotated[str, _HUB],
-    token: Annotated[str | None, _TOKEN] = None,
+    hub: HubUrl,
+    token: AdminToken = None,
     key: Annotated[
         str | None, typer.Option(help="public key (base64); default: the pending one")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Accept a key for a device; its old token stops working, its key then gets a new one."""
     try:
@@ -83,9 +82,9 @@ def approve(
 @identity_app.command("reset")
 def reset(
     device: Annotated[str, typer.Argument(help="device id")],
-    hub: Annotated[str, _HUB],
-    token: Annotated[str | None, _TOKEN] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    hub: HubUrl,
+    token: AdminToken = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Forget a device's key and token; it may then enrol again with an enrolment secret."""
     try:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from leanloop._cli_common import handled
+from runtime.console import JsonFlag
 from runtime.errors import ConfigError
 
 __all__ = ["model_app"]
@@ -64,7 +65,7 @@ def model_import(
     golden: Annotated[
         list[Path] | None, typer.Option(help="images for the health check (default: synthetic)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write pipeline.yaml, ontology.yaml, models/ and golden/ for `leanloop bundle build`."""
     from trainer.model_import import ImportOptions, import_model

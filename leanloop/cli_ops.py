@@ -4,10 +4,11 @@ describe its source, engines, uploads and downloads (``leanloop status``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
+from leanloop._cli_common import DeviceConfig, StateDir
 from runtime.errors import LeanloopError
 
 __all__ = ["device_metrics", "status_rows", "watch_download"]
@@ -88,7 +89,7 @@ def watch_download(
     """
     import time
 
-    from leanloop.progress import byte_progress
+    from runtime.console import byte_progress
     from runtime.operator import status as device_status
 
     st = device_status(state_dir)
@@ -121,8 +122,8 @@ def watch_download(
 
 
 def device_metrics(
-    config: Annotated[Path | None, typer.Option(help="device config YAML")] = None,
-    state_dir: Annotated[Path | None, typer.Option(help="device state folder")] = None,
+    config: DeviceConfig = None,
+    state_dir: StateDir = None,
 ) -> None:
     """Print the running device's Prometheus metrics (text exposition format)."""
     from runtime.config import load_config
@@ -133,16 +134,3 @@ def device_metrics(
     if live is None:
         raise LeanloopError(f"no device service is running on {sd} (metrics come from it)")
     typer.echo(str(live["text"]), nl=False)
-
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
-
-
-def say(as_json: bool, data: dict[str, Any], text: str) -> None:
-    """The command's result: ``data`` as one JSON object with ``--json``, else ``text``."""
-    if as_json:
-        import json
-
-        typer.echo(json.dumps(data, sort_keys=True, default=str))
-    else:
-        typer.echo(text)

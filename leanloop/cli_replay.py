@@ -22,15 +22,14 @@ from typing import Annotated, Any
 
 import typer
 
+from leanloop._cli_common import AdminToken, HubUrl, handled
 from leanloop._cli_common import admin_client as _admin_client
-from leanloop._cli_common import handled
 from runtime.errors import BundleError, ConfigError, LeanloopError
 
 __all__ = ["replay_app"]
 
 replay_app = typer.Typer()
 
-_TOKEN = typer.Option(envvar="LEANLOOP_ADMIN_TOKEN", help="admin token")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -113,7 +112,7 @@ def replay(
         bool, typer.Option("--on-hub", help="run it as a job on --hub (its history, its CPUs)")
     ] = False,
     who: Annotated[str, typer.Option(help="who blesses")] = "admin",
-    token: Annotated[str | None, _TOKEN] = None,
+    token: AdminToken = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Replay CANDIDATE and the baseline on production history and judge the gate."""
@@ -215,9 +214,9 @@ def _replay_on_hub(
 @handled
 def bless_report(
     report: Annotated[Path, typer.Argument(help="report folder (report.json, report.html)")],
-    hub: Annotated[str, typer.Option(help="hub URL")],
+    hub: HubUrl,
     who: Annotated[str, typer.Option(help="who blesses")],
-    token: Annotated[str | None, _TOKEN] = None,
+    token: AdminToken = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the blessing as JSON")] = False,
 ) -> None:
     """Upload a replay report to the hub and bless its candidate (the gate must have passed)."""
@@ -238,14 +237,14 @@ def bless_report(
 @replay_app.command("metrics")
 @handled
 def metrics(
-    hub: Annotated[str, typer.Option(help="hub URL")],
+    hub: HubUrl,
     by: Annotated[
         str, typer.Option(help="group by: cohort,version,device,bundle")
     ] = "cohort,version",
     window: Annotated[str, typer.Option(help="window: 90s, 15m, 6h, 1d, 2w")] = "1d",
     events: Annotated[str, typer.Option(help="event classes, comma-separated")] = "",
     now: Annotated[str | None, typer.Option(help="end of the window (default: now)")] = None,
-    token: Annotated[str | None, _TOKEN] = None,
+    token: AdminToken = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Comparative metrics per group: this window beside the previous one."""

@@ -71,11 +71,11 @@ def _local(spec: Any, out: Path, as_json: bool) -> None:
     dataset_at[0].check()
     from rich.progress import TextColumn
 
-    from leanloop.progress import step_progress
+    from runtime.console import step_progress
     from trainer.engine import EpochReport
     from trainer.run import run_spec
 
-    # Bars on stderr, only at a terminal and without --json (leanloop/progress.py).
+    # Bars on stderr, only at a terminal and without --json (runtime/console.py).
     with step_progress(as_json, TextColumn("{task.fields[info]}")) as progress:
         bars: dict[str, Any] = {}
 
@@ -107,7 +107,7 @@ def _on_hub(
     spec: Any, hub: str, token: str | None, bundle: str, version: int, out: Path, as_json: bool
 ) -> None:
     from hub.client import HubAdminClient
-    from leanloop.progress import step_progress
+    from runtime.console import step_progress
 
     if not token:
         _fail("no admin token: pass --token or set LEANLOOP_ADMIN_TOKEN", 2)
@@ -150,7 +150,7 @@ def train(
 ) -> None:
     """Train a classifier, detector or two-stage model from a training spec; write a bundle
     source with a model card (see docs/training.md)."""
-    from trainer.dataset_types import DatasetError
+    from trainer.datasets.report import DatasetError
     from trainer.spec import SpecError, load_spec
 
     try:

@@ -31,7 +31,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,17 +44,22 @@ import numpy as np
 import yaml
 
 from leanloop.demo_parts import (
+    change_ontology,
     gate,
+    ontology_result,
     operator_correction,
     rollout_summary,
     shadow_result,
     start_shadow,
 )
+from leanloop.demo_select import check_selection, order_queue
 from leanloop.demo_view import (
     JobView,
     Phases,
     export_seconds,
     job_line,
+    label_efficiency,
+    markdown,
     print_parts,
     print_phases,
     print_rows,
@@ -93,6 +101,8 @@ class DemoSettings:
     """Overrides of the trainer's parameters (on top of DEMO_TRAINING, or FULL_TRAINING)."""
     full: bool = False
     """Today's larger run: every export format, jobs one after the other on both cores."""
+    selection: str = "hub"
+    """How the uncertainty arm orders the hub's queue (:mod:`leanloop.demo_select`)."""
 
 
 @dataclass
@@ -122,21 +132,28 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+DIGITS = [str(d) for d in range(10)]
+
+
 def score_frame(
-    pred: dict[str, Any], gt_boxes: list[list[float]], gt_labels: list[int]
+    pred: dict[str, Any],
+    gt_boxes: list[list[float]],
+    gt_labels: list[int],
+    names: list[str] = DIGITS,
 ) -> tuple[bool, int]:
     """(whole frame read right, digits right) for one prediction against the ground truth.
 
     The frame is right when the digits read left to right equal the true ones (what a reader
     of serial numbers needs); a digit is right when a predicted box overlaps it (IoU ≥ 0.5)
-    with the right class.
+    with the right class. ``names[d]`` is digit ``d``'s class name in the ontology version
+    the prediction was made in.
     """
     stages = pred.get("stages") or {}
     if pred.get("error") or not stages:
         return False, 0
     items = list(stages.values())[-1]["items"]
     got = sorted((it["box"][0], it["label"]) for it in items if it.get("box"))
-    want = sorted(zip((b[0] for b in gt_boxes), (str(x) for x in gt_labels), strict=True))
+    want = sorted(zip((b[0] for b in gt_boxes), (names[x] for x in gt_labels), strict=True))
     frame_ok = [lbl for _, lbl in got] == [lbl for _, lbl in want]
     right, used = 0, set()
     for box, lbl in zip(gt_boxes, gt_labels, strict=True):
@@ -145,7 +162,7 @@ def score_frame(
                 continue
             if _iou(tuple(box), tuple(it["box"])) >= 0.5:
                 used.add(j)
-                right += int(it["label"] == str(lbl))
+                right += int(it["label"] == names[lbl])
                 break
     return frame_ok, right
 
@@ -159,7 +176,10 @@ class _Procs:
     def start(self, name: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         f = open(log, "ab")  # noqa: SIM115 - the child keeps it
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        # Idle OpenMP threads sleep instead of spinning: on 2 shared cores a spinning torch
+        # thread of one job burnt the CPU the other job (and the devices) needed.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
         p = subprocess.Popen(
             args, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -186,6 +206,7 @@ class _Procs:
 
 class Demo:
     def __init__(self, s: DemoSettings) -> None:
+        check_selection(s.selection)
         self.s = s
         self.work = Path(s.workdir).resolve()
         self.procs = _Procs()
@@ -193,12 +214,16 @@ class Demo:
         self.gt: dict[str, tuple[list[list[float]], list[int]]] = {}  # frame name -> truth
         self.rows: list[Row] = []
         self.labels = dict.fromkeys(ARMS, 0)
+        self.digits_labelled: dict[str, list[int]] = {arm: [] for arm in ARMS}
         self.version = dict.fromkeys(ARMS, 1)
         self.last_job: dict[str, int] = {}
         self.gates: dict[tuple[str, int], dict[str, Any]] = {}  # (arm, version) -> gate decision
         self.phases = Phases()
         self.rollouts: dict[tuple[str, int], int] = {}  # (arm, version) -> staged rollout id
         self.jobs_at_once = 1 if s.full else len(ARMS)
+        self._signing = threading.Lock()
+        self.class_names: dict[int, list[str]] = {1: DIGITS}  # ontology version -> names
+        self.ontology: dict[str, Any] | None = None  # the ontology change, once devices run it
 
     def say(self, msg: str) -> None:
         if not self.s.quiet:
@@ -290,9 +315,9 @@ class Demo:
                     "store": {"max_bytes": 2 << 20, "jpeg_quality": 95, "max_rate": 0},
                     "sampling": {"weights": weights, "seed": self.s.seed},
                     "upload": {"interval_s": 0.5, "batch": 64, "only_when_idle_s": 1.0},
-                    # No frames come between segments: the trial ends after 3 s on the health
+                    # No frames come between segments: the trial ends after 1 s on the health
                     # check and the frames seen (60 s by default: a minute per update here).
-                    "update": {"trial_frames": 10, "trial_s": 3.0},
+                    "update": {"trial_frames": 10, "trial_s": 1.0},
                     "shadow": {"report_interval_s": 0.5},
                 }
                 (d / "device.yaml").write_text(yaml.safe_dump(cfg))
@@ -344,6 +369,7 @@ class Demo:
                 self.hub.import_sample(meta, png.tobytes(), boxes)
             n = sum(len(f.labels) for f in self.seed_frames)
             self.labels[arm] = n
+            self.digits_labelled[arm] = [int(x) for f in self.seed_frames for x in f.labels]
         self.say(f"seed batch: {len(self.seed_frames)} lab frames, {n} labelled digits per arm")
 
     def segment_frames(self, it: int) -> None:
@@ -450,12 +476,15 @@ class Demo:
         for arm in ARMS:
             frames = right = digits = 0
             bytes_dl = []
+            served: dict[int, int] = {}  # ontology version -> frames answered in it
             for k, dev in enumerate(self.device_ids(arm)):
                 for fid, pred in self.results(dev).items():
                     if not fid.startswith(prefix):
                         continue
                     boxes, labels = self.gt[f"{k + 1}/{fid}"]
-                    fok, r = score_frame(pred, boxes, labels)
+                    onto = int(pred.get("ontology_version") or 1)
+                    served[onto] = served.get(onto, 0) + 1
+                    fok, r = score_frame(pred, boxes, labels, self.class_names[onto])
                     frames += int(fok)
                     right += r
                     digits += len(labels)
@@ -476,6 +505,7 @@ class Demo:
                     extra={
                         "gate": self.gates.get((arm, self.version[arm])),
                         "rollout": rollout_summary(self, arm, self.version[arm]),
+                        "ontology_served": served,
                     },
                 )
             )
@@ -487,6 +517,9 @@ class Demo:
         annotation effort whatever frames their ranking picks. Returns (frames, labels).
         """
         queue = self.hub.samples(f"digits-{arm}", state="pending", limit=4 * self.s.budget)
+        names = self.class_names[max(self.class_names)]  # the hub's current class names
+        if arm == "unc":
+            queue = order_queue(queue, self.s.selection, self.digits_labelled[arm])
         left, frames = self.s.budget, 0
         for meta in queue:
             if left <= 0:
@@ -497,11 +530,12 @@ class Demo:
                 continue  # a smaller frame further down may still fit
             self.hub.annotate(
                 meta["id"],
-                [[*b, str(lbl)] for b, lbl in zip(boxes, labels, strict=True)],
+                [[*b, names[lbl]] for b, lbl in zip(boxes, labels, strict=True)],
                 annotator="oracle",
             )
             left -= len(labels)
             frames += 1
+            self.digits_labelled[arm].extend(int(x) for x in labels)
         used = self.s.budget - left
         self.labels[arm] += used
         return frames, used
@@ -510,9 +544,12 @@ class Demo:
         base = FULL_TRAINING if self.s.full else DEMO_TRAINING
         return {**base, "threads": threads, **self.s.train_params}
 
-    def train(self, arms: list[str], version: int) -> dict[str, Path]:
+    def train(
+        self, arms: list[str], version: int, then: Callable[[], None] | None = None
+    ) -> dict[str, Path]:
         """One training job per arm, submitted at once (the hub runs ``jobs_at_once`` of them
-        in parallel, each on ``2 / jobs_at_once`` torch threads); their bundle sources."""
+        in parallel, each on ``2 / jobs_at_once`` torch threads); their bundle sources.
+        ``then`` runs once the jobs are submitted, while they train."""
         threads = max(1, 2 // min(len(arms), self.jobs_at_once))
         jobs = {
             arm: self.hub.start_train(
@@ -521,6 +558,8 @@ class Demo:
             for arm in arms
         }
         t0 = time.monotonic()
+        if then is not None:
+            then()
         took: dict[str, float] = {}
         infos: dict[str, dict[str, Any]] = {}
         with JobView(not self.s.quiet, f"training v{version}") as view:
@@ -567,9 +606,10 @@ class Demo:
             build_bundle(src, out, name=f"digits-{arm}", version=version)
         with self.phases.time("replay gate"):
             reason = gate(self, arm, out, version)  # None: blessed
-        with self.phases.time("publish (sign, deltas) + rollout"):
+        # One signer at a time: each publish signs the next targets metadata version.
+        with self._signing, self.phases.time("publish (sign, deltas) + rollout"):
             self.hub.publish_bundle(out, self.work / "keys", force_reason=reason, who="demo")
-            if version == 1:  # no device is enrolled yet: v1 is the cohort's desired bundle
+            if version == 1:  # v1 is the cohort's desired bundle (the devices wait for one)
                 self.hub.rollout(
                     f"digits-{arm}", version, cohort=arm, force_reason=reason, who="demo"
                 )
@@ -580,6 +620,16 @@ class Demo:
             r = self.hub.create_rollout(spec, force_reason=reason, who="demo")
             self.rollouts[(arm, version)] = int(r["id"])
 
+    def publish_arms(self, sources: dict[str, Path]) -> None:
+        """Each arm's candidate built, gated, signed and rolled out, the arms side by side
+        (the replay gates run at once, each in its own worker process; signing takes turns)."""
+        wall = "build + gate + publish (wall, arms in parallel)"
+        with self.phases.time(wall), ThreadPoolExecutor(len(sources)) as pool:
+            done = [pool.submit(self.publish, arm, src, self.version[arm])
+                    for arm, src in sources.items()]  # fmt: skip
+            for f in done:
+                f.result()
+
     def run(self) -> list[Row]:
         with self.phases.time("setup (data, hub, seed import)"):
             self.prepare_workdir()
@@ -588,12 +638,11 @@ class Demo:
             self.start_hub()
             self.import_seed()
         self.say("training the minimum viable model (v1) on the seed batch")
-        src = self.train(["unc"], 1)["unc"]
+        # The devices start (and enrol) while v1 trains; they wait for their cohort's bundle.
+        src = self.train(["unc"], 1, then=self.start_devices)["unc"]
         self.last_job["rnd"] = self.last_job["unc"]
-        for arm in ARMS:
-            self.publish(arm, src, 1)
-        with self.phases.time("device start + catch-up"):
-            self.start_devices()
+        self.publish_arms(dict.fromkeys(ARMS, src))
+        with self.phases.time("device catch-up (v1)"):
             self.wait_versions()
         self.say("v1 is live on every device")
         for it in range(self.s.iterations + 1):
@@ -610,20 +659,26 @@ class Demo:
             if it == 0:
                 with self.phases.time("operator correction → hub"):
                     self.rows[-2].extra["correction"] = operator_correction(self, "unc")
+            if self.ontology is not None and "ontology" not in self.rows[-1].extra:
+                self.rows[-1].extra["ontology"] = self.ontology  # its first segment served
             if not self.s.quiet:
                 print_rows(self.rows, it, stderr=False)
             if it == self.s.iterations:
                 break
+            change = None
+            if it == self.s.iterations - 1:  # the last candidates are trained in a new version
+                with self.phases.time("ontology change (hub API, remap)"):
+                    change = change_ontology(self)
             with self.phases.time("oracle labelling"):
                 for arm in ARMS:
                     n, used = self.annotate(arm)
                     self.version[arm] += 1
                     self.say(f"{arm}: oracle labelled {used} digits in {n} frames")
-            srcs = self.train(list(ARMS), self.version["unc"])
-            for arm in ARMS:
-                self.publish(arm, srcs[arm], self.version[arm])
+            self.publish_arms(self.train(list(ARMS), self.version["unc"]))
             with self.phases.time("device catch-up"):
                 self.wait_versions()
+                if change is not None:
+                    self.ontology = ontology_result(self, change, dict(self.version))
             self.say(f"v{self.version['unc']} is live on every device")
         return self.rows
 
@@ -641,8 +696,10 @@ def run_demo(s: DemoSettings) -> tuple[list[Row], dict[str, Any]]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
         "rows": [asdict(r) for r in rows],
         "phases": phases,
+        "label_efficiency": label_efficiency(rows),
         "total_s": round(total, 1),
         "goal_s": GOAL_S,
+        "markdown": markdown(rows, phases, total),
     }
     (demo.work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     if not s.quiet:

@@ -14,7 +14,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from leanloop.demo import Demo
 
-__all__ = ["gate", "operator_correction", "rollout_summary", "shadow_result", "start_shadow"]
+__all__ = [
+    "ONTOLOGY_CHANGE",
+    "change_ontology",
+    "gate",
+    "ontology_result",
+    "operator_correction",
+    "rollout_summary",
+    "shadow_result",
+    "start_shadow",
+]
+
+ONTOLOGY_CHANGE = {"op": "rename", "old": "0", "new": "zero"}
+"""The demo's ontology change: the class "0" becomes "zero", so that a reader of serial numbers
+that mix letters and digits never takes it for the letter O. A rename keeps the class (and the
+classifier's output) where it was, so the next candidates warm-start as before."""
 
 
 def gate(demo: Demo, arm: str, bundle: Path, version: int) -> str | None:
@@ -159,3 +173,47 @@ def rollout_summary(demo: Demo, arm: str, version: int) -> dict[str, Any] | None
     r = demo.hub.rollout_status(rid)
     waves = [{k: w[k] for k in ("target", "succeeded", "failed")} for w in r["waves"]]
     return {"id": rid, "status": r["status"], "waves": waves}
+
+
+def change_ontology(demo: Demo) -> dict[str, Any]:
+    """The admin adopts the bundles' ontology on the hub (``digits`` v1, "0".."9") and changes
+    it through the hub's API: version 2 renames "0". The hub remaps every stored sample of the
+    demo's bundles in the same transaction (annotations, predictions, feedback); the next
+    training jobs train in version 2 and their sources are stamped with its mapping."""
+    classes = [str(d) for d in range(10)]
+    demo.hub.create_ontology("digits", classes)
+    got = demo.hub.change_ontology("digits", [ONTOLOGY_CHANGE], base_version=1)
+    names = [ONTOLOGY_CHANGE["new"] if c == ONTOLOGY_CHANGE["old"] else c for c in classes]
+    if got["classes"] != names:
+        from leanloop.demo import DemoError
+
+        raise DemoError(f"the hub's ontology v{got['version']} has classes {got['classes']}")
+    demo.class_names[int(got["version"])] = names
+    demo.say(
+        f"ontology digits v1 → v{got['version']} (rename 0 → zero): the hub remapped "
+        f"{got['remapped']} samples"
+    )
+    return {"version": int(got["version"]), "hub_remapped": int(got["remapped"])}
+
+
+def ontology_result(demo: Demo, change: dict[str, Any], versions: dict[str, int]) -> dict[str, Any]:
+    """Once the devices run the bundles trained in the new version: what each one's remap did
+    (its ``status.json``: ``ontology_remap``): records of its sample store still waiting to go
+    (the demo's devices upload nearly all before each update) and the labels it remembers of
+    samples already uploaded (its feedback outbox), both LMDB."""
+    want = change["version"]
+    devs = [d for arm in versions for d in demo.device_ids(arm)]
+
+    def remapped() -> bool:
+        return all(
+            (demo._status(d).get("ontology_remap") or {}).get("to_version") == want for d in devs
+        )
+
+    demo.wait("the devices' store remap", remapped, timeout=60)
+    reports = {d: demo._status(d)["ontology_remap"] for d in devs}
+    records = sum(int(r["records"]) for r in reports.values())
+    sent = sum(int(r.get("outbox_remapped", 0)) for r in reports.values())
+    demo.say(f"devices committed ontology v{want}: {records} store records and {sent} "
+             "remembered uploads remapped")  # fmt: skip
+    return {**change, "bundles": versions, "devices": len(devs), "device_records": records,
+            "device_uploads": sent, "per_device": reports}  # fmt: skip

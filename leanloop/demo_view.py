@@ -6,6 +6,7 @@ Kept apart from :mod:`leanloop.demo` (which runs the loop) so that the loop read
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,11 @@ if TYPE_CHECKING:
 __all__ = [
     "JobView",
     "Phases",
+    "efficiency_text",
     "job_line",
+    "label_efficiency",
+    "markdown",
+    "ontology_cell",
     "parts_lines",
     "print_parts",
     "print_phases",
@@ -38,10 +43,12 @@ class Phases:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.count: dict[str, int] = {}
+        self._lock = threading.Lock()  # the arms publish from two threads
 
     def add(self, name: str, seconds: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-        self.count[name] = self.count.get(name, 0) + 1
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self.count[name] = self.count.get(name, 0) + 1
 
     @contextmanager
     def time(self, name: str) -> Iterator[None]:
@@ -104,7 +111,11 @@ def rollout_cell(r: dict[str, Any] | None) -> str:
     """``canary 1/1 → 2/2 done``: devices running it per wave, and the rollout's status."""
     if not r:
         return "-"
-    waves = [f"{w['succeeded']}/{w['target']}" for w in r["waves"]]
+    # A wave's target counts every device reached so far, its succeeded only its own devices.
+    ran, waves = 0, []
+    for w in r["waves"]:
+        ran += int(w["succeeded"])
+        waves.append(f"{ran}/{w['target']}")
     return f"canary {' → '.join(waves)} {r['status']}"
 
 
@@ -133,6 +144,29 @@ def print_rows(rows: list[Row], it: int, stderr: bool) -> None:
     Console(stderr=stderr).print(t)
 
 
+def label_efficiency(rows: list[Row]) -> dict[str, Any] | None:
+    """This run's label efficiency: the labels (beyond the seed batch) the uncertainty arm
+    needed to reach the random arm's final accuracy, over random's (the metric of
+    :func:`trainer.selection.label_ratio`); None before a second iteration."""
+    from trainer.selection import label_ratio
+
+    curves = {
+        arm: [(float(r.labels), r.frame_accuracy) for r in rows if r.arm == arm]
+        for arm in ("unc", "rnd")
+    }
+    if min(len(c) for c in curves.values()) < 2:
+        return None
+    start = curves["rnd"][0][0]
+    if curves["rnd"][-1][0] <= start:
+        return None
+    ratio = label_ratio(curves["unc"], curves["rnd"], start=start)
+    return {
+        "ratio": ratio,
+        "target": curves["rnd"][-1][1],
+        "random_labels": curves["rnd"][-1][0] - start,
+    }
+
+
 def print_summary(rows: list[Row]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -152,6 +186,17 @@ def print_summary(rows: list[Row]) -> None:
             f"{u.bytes_per_device:,}",
         )
     Console().print(t)
+    if (eff := label_efficiency(rows)) is not None:
+        Console().print(efficiency_text(eff))
+
+
+def efficiency_text(eff: dict[str, Any]) -> str:
+    """The label-efficiency sentence of the summary (and of the README's tables)."""
+    got = "never, within the run" if eff["ratio"] is None else f"{eff['ratio']:.2f}×"
+    return (
+        f"label efficiency: uncertainty reached random's final {eff['target']:.1%} with "
+        f"{got} random's {eff['random_labels']:.0f} labels (beyond the seed batch)"
+    )
 
 
 def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
@@ -173,6 +218,8 @@ def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
                 f"{r.arm} devices ran v{sh['version']} (the random arm's model) beside "
                 f"v{r.version}: agreement {sh['agreement']:.1%} on the last segment",
             ))  # fmt: skip
+        if onto := r.extra.get("ontology"):
+            out.append(("ontology change", ontology_cell(onto, rows, r.iteration)))
         if fix := r.extra.get("correction"):
             out.append((
                 "operator correction → hub",
@@ -180,6 +227,23 @@ def parts_lines(rows: list[Row]) -> list[tuple[str, str]]:
                 f"{fix['item']}), in the hub's feedback metrics",
             ))  # fmt: skip
     return out
+
+
+def ontology_cell(onto: dict[str, Any], rows: list[Row], iteration: int) -> str:
+    """What the ontology change did, from the hub to the devices' stores and to their answers
+    in the segment of ``iteration`` (the first one served after it)."""
+    v = onto["version"]
+    seg = [r for r in rows if r.iteration == iteration]
+    served = sum(int(r.extra.get("ontology_served", {}).get(v, 0)) for r in seg)
+    total = sum(sum(int(n) for n in r.extra.get("ontology_served", {}).values()) for r in seg)
+    bundles = ", ".join(f"{a} v{n}" for a, n in onto["bundles"].items())
+    return (
+        f"digits v{v - 1} → v{v} through the hub's API (rename 0 → zero): "
+        f"{onto['hub_remapped']} hub samples remapped; {bundles} trained in v{v}; "
+        f"{onto['devices']} devices serve v{v} ({served}/{total} frames of the next segment); "
+        f"on the devices {onto['device_records']} stored and {onto['device_uploads']} uploaded "
+        "samples remapped"
+    )
 
 
 def print_parts(rows: list[Row]) -> None:
@@ -205,3 +269,27 @@ def print_phases(phases: dict[str, dict[str, float]], total_s: float, goal_s: fl
     for name, v in phases.items():
         t.add_row(name, str(int(v["n"])), f"{v['s']:.1f}", f"{v['s'] / max(total_s, 1e-9):.0%}")
     Console().print(t)
+
+
+def markdown(rows: list[Row], phases: dict[str, dict[str, float]], total_s: float) -> str:
+    """The README's demo tables from a run, to paste as they are: production accuracy per
+    iteration and arm, one line per loop part, and the wall time per phase."""
+    out = [
+        "| iteration | labels | uncertainty | random | bytes per device (cumulative) |",
+        "|---|---|---|---|---|",
+    ]
+    for it in sorted({r.iteration for r in rows}):
+        u = next(r for r in rows if r.iteration == it and r.arm == "unc")
+        r_ = next(r for r in rows if r.iteration == it and r.arm == "rnd")
+        name = f"{it} (v1: seed batch only)" if it == 0 else str(it)
+        out.append(f"| {name} | {u.labels} | {u.frame_accuracy:.1%} | {r_.frame_accuracy:.1%} "
+                   f"| {u.bytes_per_device:,} |")  # fmt: skip
+    if (eff := label_efficiency(rows)) is not None:
+        out += ["", efficiency_text(eff)]
+    out += ["", "| part of the loop | what happened in this run |", "|---|---|"]
+    out += [f"| {part} | {what} |" for part, what in parts_lines(rows)]
+    out += ["", f"| phase ({total_s:.0f} s wall in all) | times | wall s |", "|---|---|---|"]
+    for name, v in phases.items():  # an indented phase is a part of the one above it
+        shown = f"– {name.strip()}" if name.startswith(" ") else name
+        out.append(f"| {shown} | {int(v['n'])} | {v['s']:.1f} |")
+    return "\n".join(out) + "\n"

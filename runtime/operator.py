@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,17 +350,40 @@ def resolve_sample_id(store: Any, sample_id: str) -> str:
     return found[0] if found else sample_id
 
 
+def _final_labels(prediction: dict[str, Any]) -> list[str]:
+    stages = prediction.get("stages") or {}
+    if not isinstance(stages, dict) or not stages:
+        return []
+    last = list(stages.values())[-1]
+    items = last.get("items") if isinstance(last, dict) else None
+    return [str(i.get("label", "?")) for i in items or [] if isinstance(i, dict)]
+
+
+def _check_item(sample_id: str, item: int | None, labels: Sequence[str]) -> None:
+    """Refuse feedback on an item the sample's prediction does not have. Raises ConfigError."""
+    if item is None or item < len(labels):
+        return
+    has = f"items 0..{len(labels) - 1}" if labels else "no items"
+    raise ConfigError(f"sample {sample_id} has {has} in its final stage: there is no item {item}")
+
+
 def _record_feedback(
     state_dir: Path, store: Any, outbox: Any, sample_id: str, fb: Any
 ) -> dict[str, Any]:
     from runtime.feedback_stats import LEDGER_NAME, FeedbackLedger, forget_summary
 
     sample_id = resolve_sample_id(store, sample_id)
+    held = store.get(sample_id)
+    if held is not None:
+        _check_item(sample_id, fb.item, _final_labels(held.prediction))
     try:
         rec = store.set_feedback(sample_id, fb)
     except StoreError:
         if outbox is None or store.get(sample_id) is not None:
             raise  # not a sample that went home: the store's own error
+        sent = outbox.sent(sample_id)
+        if sent is not None:
+            _check_item(sample_id, fb.item, sent.labels)
         before = outbox.enqueue(sample_id, fb)  # StoreError if the device never had it
         old = before.feedback
         FeedbackLedger(state_dir / LEDGER_NAME).replace(

@@ -107,6 +107,7 @@ class DeviceService:
         }
         self.latency = _Latency()
         self._started = time.time()
+        self._last_remap: dict[str, Any] | None = None  # status: the last ontology remap
         self.installer.start()
 
         self.store, self.writer = open_store_and_writer(cfg, self.state_dir / "samples")
@@ -279,7 +280,9 @@ class DeviceService:
     def _remap_store(self, old: Ontology, new: Ontology) -> None:
         """An update committed: remap the store and the outbox to a new ontology version."""
         try:
-            remap_store(self.store, self.outbox, old, new)
+            report = remap_store(self.store, self.outbox, old, new)
+            if report is not None:
+                self._last_remap = {"ontology": new.id, **report.to_dict()}
         except StoreError as e:  # the bundle stays committed; records keep their old labels
             log.error("could not remap the sample store to the new ontology: %s", e)
 
@@ -378,6 +381,7 @@ class DeviceService:
             "feedback": feedback_summary(self.store, self.state_dir),
             "upload": self.uploader.status() if self.uploader is not None else None,
             "quarantine": self.quarantine.summary(),
+            "ontology_remap": self._last_remap,
         }
 
     def _feedback(self, req: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,21 @@
-"""Architecture boundaries: runtime never imports hub/trainer/torch; bsdiff imports none of ours."""
+"""Architecture boundaries (docs/architecture.md, "Parts and boundaries").
+
+runtime never imports hub/trainer/leanloop/torch; bsdiff imports none of ours; the layers above
+only look down: trainer never imports hub or leanloop, and hub never imports leanloop (the
+``leanloop`` command package mounts the hub's commands, not the other way round). The first two
+import the package with the others blocked; the layering is also read from the source, so a lazy
+import inside a function cannot slip through.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +56,32 @@ def test_runtime_imports_when_hub_trainer_and_torch_are_absent() -> None:
 def test_bsdiff_imports_when_every_other_package_is_absent() -> None:
     r = _import_all("bsdiff", "hub,trainer,leanloop,runtime,torch")
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# package -> the packages of ours it must never import, not even lazily inside a function
+_NEVER = {
+    "bsdiff": {"runtime", "hub", "trainer", "leanloop"},
+    "runtime": {"hub", "trainer", "leanloop"},
+    "trainer": {"hub", "leanloop"},
+    "hub": {"leanloop"},
+}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("package", sorted(_NEVER))
+def test_no_module_imports_a_higher_layer_when_read_statically(package: str) -> None:
+    bad = [
+        f"{path.relative_to(ROOT)} imports {sorted(_imported_roots(path) & _NEVER[package])}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if _imported_roots(path) & _NEVER[package]
+    ]
+    assert not bad, "\n".join(bad)

@@ -7,7 +7,8 @@ imports this package. Heavy modules (torch) load only when their submodule is im
 The training service (``docs/training.md``):
 
 * :mod:`trainer.spec` — the training spec (``leanloop.train/1``)
-* :mod:`trainer.dataset_types` — the in-memory dataset the tasks read (``dataset.json``)
+* :mod:`trainer.datasets` — the one dataset model (:mod:`trainer.datasets.model`), the native
+  folder the tasks read (``dataset.json``, :mod:`trainer.datasets.native`), formats in and out
 * :mod:`trainer.tasks` — ``classify``, ``detect``, ``detect_then_classify``
 * :mod:`trainer.arch` — torchvision MobileNetV3 / ResNet classifiers, the FCOS-style detector
 * :mod:`trainer.engine` — the shared loop: device, augmentation, class weights, early stopping
@@ -16,7 +17,6 @@ The training service (``docs/training.md``):
 * :mod:`trainer.card` — the model card
 * :mod:`trainer.run` — ``run_spec`` and ``python -m trainer.run`` (the hub's spec jobs)
 * :mod:`trainer.synthetic` — small local datasets (digits, digit frames, shapes)
-* :mod:`trainer.datasets` — dataset formats in and out (COCO, YOLO, Label Studio, folder)
 
 The demo's digit reader (its own trainer, run by hub jobs without a spec):
 

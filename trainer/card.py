@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.dataset_types import Dataset
+from trainer.datasets.model import Dataset
 from trainer.spec import TrainingSpec
 from trainer.tasks._common import TaskResult
 

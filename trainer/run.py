@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 import yaml
 
 from runtime.errors import LeanloopError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
+from trainer._folder import replaced_folder, write_golden
 from trainer.card import build_card, write_card
-from trainer.dataset_types import Dataset
+from trainer.datasets.model import Dataset
 from trainer.engine import EpochReport, select_device
 from trainer.errors import TrainerError
 from trainer.spec import SpecError, TrainingSpec, load_spec, load_spec_dataset
@@ -51,13 +49,27 @@ class RunOutput(dict[str, Any]):
 
 
 def _initial_model(spec: TrainingSpec, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
-    """The network to start from when ``spec.warm_start`` is given, and the report."""
-    if spec.warm_start is None:
-        return None, None
+    """The network to start from when ``spec.warm_start`` is given, and the report. For
+    ``detect_then_classify``: a ``ModuleDict`` of the warm-started stages (``detector`` from
+    ``warm_start``, ``classifier`` from ``crop_warm_start``) and a report per stage."""
     from trainer.arch import build_classifier, build_detector
     from trainer.warm import onnx_module, warm_start
 
     n = len(dataset.classes)
+    if spec.task == "detect_then_classify":
+        from trainer.tasks.detect_then_classify import DEFAULT_CROP_MODEL
+
+        nets: dict[str, torch.nn.Module] = {}
+        report: dict[str, Any] = {}
+        if spec.warm_start is not None:
+            nets["detector"] = build_detector(spec.model, 1)
+            report["detector"] = dict(warm_start(nets["detector"], spec.warm_start))
+        if spec.crop_warm_start is not None:
+            nets["classifier"] = build_classifier(spec.crop_model or DEFAULT_CROP_MODEL, n)
+            report["classifier"] = dict(warm_start(nets["classifier"], spec.crop_warm_start))
+        return (torch.nn.ModuleDict(nets), report) if nets else (None, None)
+    if spec.warm_start is None:
+        return None, None
     if spec.task == "classify" and spec.warm_start.suffix.lower() == ".onnx":
         module = onnx_module(spec.warm_start)
         w, h = spec.model.input_size
@@ -72,10 +84,8 @@ def _initial_model(spec: TrainingSpec, dataset: Dataset) -> tuple[Any, dict[str,
         return module, {"source": str(spec.warm_start), "kind": "onnx", "whole_graph": True}
     if spec.task == "classify":
         model: torch.nn.Module = build_classifier(spec.model, n)
-    elif spec.task == "detect":
-        model = build_detector(spec.model, n)
     else:
-        model = build_detector(spec.model, 1)
+        model = build_detector(spec.model, n)
     return model, dict(warm_start(model, spec.warm_start))
 
 
@@ -143,10 +153,7 @@ def write_source(
     warm: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Export and write the bundle source at ``out_dir`` (replaced atomically); return the card."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with replaced_folder(Path(out_dir)) as tmp:
         (tmp / "pipeline.yaml").write_text(_pipeline_yaml(result))
         onto = {
             "id": dataset.ontology_id,
@@ -157,12 +164,7 @@ def write_source(
         t0 = time.perf_counter()
         diffs, skipped = _export(result, tmp / "models", list(spec.export))
         seconds = {**seconds, "export": time.perf_counter() - t0}
-        (tmp / "golden").mkdir()
-        for i, img in enumerate(result.golden):
-            ok, png = cv2.imencode(".png", img)
-            if not ok:
-                raise TrainerError(f"golden image {i} cannot be encoded as PNG")
-            (tmp / "golden" / f"{i:03d}.png").write_bytes(png.tobytes())
+        write_golden(tmp / "golden", result.golden)
         ck = tmp / "checkpoint"
         ck.mkdir()
         for key, net in result.nets.items():
@@ -170,17 +172,6 @@ def write_source(
         (ck / "spec.json").write_text(spec.model_dump_json(indent=1))
         card = build_card(spec, dataset, result, diffs, skipped, seconds, search, _warm_text(warm))
         write_card(tmp, card)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 

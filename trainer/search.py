@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.dataset_types import Dataset
+from trainer.datasets.model import Dataset
 from trainer.engine import EpochReport
 from trainer.errors import TrainerError
 from trainer.spec import SearchParam, TrainingSpec

@@ -21,17 +21,15 @@ end, so a crashed or failed run never leaves a half-written source that a build 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import yaml
 
 from runtime.errors import PipelineError
 from runtime.pipeline.graph import PIPELINE_FORMAT, load_pipeline_spec
+from trainer._folder import replaced_folder, write_golden
 from trainer.errors import TrainerError
 from trainer.export import ALTERNATE_FORMATS, export_alternates, export_models
 from trainer.stages import CLASSES, ONTOLOGY_ID, ONTOLOGY_VERSION, pipeline_spec
@@ -82,31 +80,26 @@ def write_bundle_source(
     golden_frames: list[np.ndarray],
     notes: dict[str, Any],
     formats: tuple[str, ...] = ALTERNATE_FORMATS,
+    ontology: dict[str, Any] | None = None,
 ) -> Path:
     """Write the bundle source folder ``out_dir`` (replacing it) and return it.
 
     ``golden_frames`` are BGR uint8 frames saved as ``golden/000.png`` …; ``notes`` are merged
     with the training metrics into ``notes.json`` (values turned into strings). ``formats``
     are the model formats written beside ONNX (``openvino``, ``tflite``; ``()`` for ONNX only);
-    bundle build records them as each model's ``alternates``.
+    bundle build records them as each model's ``alternates``. ``ontology`` (``id``, ``version``,
+    ``classes`` in the classifier's output order) is written as ``ontology.yaml``; default:
+    digits version 1, "0".."9".
     Raises TrainerError (export or validation failed) or OSError (disk).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with replaced_folder(out_dir) as tmp:
         (tmp / "pipeline.yaml").write_text(pipeline_yaml())
-        ontology = {"id": ONTOLOGY_ID, "version": ONTOLOGY_VERSION, "classes": CLASSES}
+        ontology = ontology or {"id": ONTOLOGY_ID, "version": ONTOLOGY_VERSION, "classes": CLASSES}
         (tmp / "ontology.yaml").write_text(yaml.safe_dump(ontology, sort_keys=False))
         diffs = export_models(models, tmp / "models")
         alt_diffs, skipped = export_alternates(models, tmp / "models", formats)
-        golden = tmp / "golden"
-        golden.mkdir()
-        for i, frame in enumerate(golden_frames):
-            ok, png = cv2.imencode(".png", frame)
-            if not ok:
-                raise TrainerError(f"golden frame {i} cannot be encoded as PNG")
-            (golden / f"{i:03d}.png").write_bytes(png.tobytes())
+        write_golden(tmp / "golden", golden_frames)
         all_notes: dict[str, Any] = {f"train.{k}": v for k, v in models.metrics.items()}
         all_notes.update({f"onnx_max_diff.{k}": v for k, v in diffs.items()})
         all_notes.update({f"max_diff.{k}": v for k, v in alt_diffs.items()})
@@ -115,15 +108,4 @@ def write_bundle_source(
         (tmp / "notes.json").write_text(json.dumps(_flat_notes(all_notes), indent=1) + "\n")
         models.save_checkpoint(tmp / CHECKPOINT_DIR)
         (tmp / CHECKPOINT_DIR / "README.txt").write_text(_CHECKPOINT_README)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -5,7 +5,7 @@
 description doubles as the operator documentation (``docs/training.md`` shows a full example).
 
 A spec names a **task** (``classify``, ``detect``, ``detect_then_classify``), a **dataset**
-(a native dataset folder, see :mod:`trainer.dataset_types`), a **model** (architecture, size
+(a native dataset folder, see :mod:`trainer.datasets.native`), a **model** (architecture, size
 knob, input size), the **optimisation** (epochs, batch, optimiser, learning rate, early
 stopping, class weighting, seed), **augmentation** (albumentations transforms by name), an
 optional **warm start** (a torch state dict or an ONNX model given by the user), the **export**
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from trainer.errors import TrainerError
 
 if TYPE_CHECKING:
-    from trainer.dataset_types import Dataset
+    from trainer.datasets.model import Dataset
 
 __all__ = [
     "ARCHITECTURES",
@@ -184,7 +184,14 @@ class TrainingSpec(_Strict):
         default="auto", description="auto: a CUDA GPU when present, else the CPU"
     )
     warm_start: Path | None = Field(
-        default=None, description="a torch state dict (.pt/.pth) or an ONNX model (.onnx)"
+        default=None,
+        description="a torch state dict (.pt/.pth) or an ONNX model (.onnx); for "
+        "detect_then_classify, the detector's",
+    )
+    crop_warm_start: Path | None = Field(
+        default=None,
+        description="detect_then_classify: the crop classifier's state dict (.pt/.pth) or ONNX "
+        "model, e.g. an earlier source's checkpoint/classifier.pt",
     )
     export: list[Literal["onnx", "openvino", "tflite"]] = Field(
         default_factory=lambda: ["onnx", "openvino", "tflite"],  # type: ignore[arg-type]
@@ -199,6 +206,8 @@ class TrainingSpec(_Strict):
             raise ValueError("export must include onnx (every other format is checked against it)")
         if self.crop_model is not None and self.task != "detect_then_classify":
             raise ValueError("crop_model is for task detect_then_classify only")
+        if self.crop_warm_start is not None and self.task != "detect_then_classify":
+            raise ValueError("crop_warm_start is for task detect_then_classify only")
         return self
 
     def resolved(self, base: Path) -> TrainingSpec:
@@ -208,6 +217,8 @@ class TrainingSpec(_Strict):
             upd["dataset"] = self.dataset.model_copy(update={"path": base / self.dataset.path})
         if self.warm_start is not None and not self.warm_start.is_absolute():
             upd["warm_start"] = base / self.warm_start
+        if self.crop_warm_start is not None and not self.crop_warm_start.is_absolute():
+            upd["crop_warm_start"] = base / self.crop_warm_start
         return self.model_copy(update=upd)
 
 
@@ -243,38 +254,20 @@ def load_spec_dataset(spec: TrainingSpec) -> tuple[Dataset, Path]:  # torch-free
     in memory; their data version is a digest of their content. Raises DatasetError."""
     ref = spec.dataset
     if ref.format == "native":
-        from trainer.dataset_types import load_dataset
+        from trainer.datasets.native import load_dataset
 
         return load_dataset(ref.path)
     import hashlib
 
-    from trainer.dataset_types import BoxLabel, Dataset, DatasetError, DatasetItem
-    from trainer.datasets import DatasetError as ImportedDatasetError
     from trainer.datasets import read_dataset
 
-    try:
-        imported = read_dataset(ref.format, ref.path)
-    except ImportedDatasetError as e:
-        problems = [str(p) for p in e.problems] or [str(e)]
-        raise DatasetError(problems) from e
-    items = [
-        DatasetItem(
-            id=it.path,
-            image=it.source or (ref.path / it.path),
-            width=it.width,
-            height=it.height,
-            label=it.label,
-            boxes=[BoxLabel(x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2, label=b.label) for b in it.boxes],
-        )
-        for it in imported.items
-    ]
+    imported = read_dataset(ref.format, ref.path)
     digest = hashlib.sha256(repr(imported.content()).encode()).hexdigest()[:12]
-    ds = Dataset(
-        name=ref.path.name or "dataset",
-        version=f"{ref.format}-{digest}",
-        ontology_id=imported.ontology_id or "default",
-        ontology_version=imported.ontology_version,
-        classes=list(imported.classes),
-        items=items,
+    ds = imported.model_copy(
+        update={
+            "name": ref.path.name or "dataset",
+            "version": f"{ref.format}-{digest}",
+            "ontology_id": imported.ontology_id or "default",
+        }
     )
     return ds, ref.path

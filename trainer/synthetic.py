@@ -19,7 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trainer.dataset_types import BoxLabel, Dataset, DatasetItem, save_dataset
+from trainer.datasets.model import Box, Dataset, Item
+from trainer.datasets.native import save_dataset
 
 __all__ = ["SHAPES", "digit_frames_dataset", "digits_dataset", "main", "shapes_dataset"]
 
@@ -46,9 +47,17 @@ def digits_dataset(folder: Path, classes: tuple[int, ...] = (0, 1, 7), per_class
                 cv2.resize(img, (32, 32), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR
             )
             items.append(
-                DatasetItem(id=f"d{c}_{k}", image=_png(img), width=32, height=32, label=str(c))
+                Item(
+                    path=f"images/d{c}_{k}.png",
+                    id=f"d{c}_{k}",
+                    data=_png(img),
+                    width=32,
+                    height=32,
+                    label=str(c),
+                )
             )
     ds = Dataset(
+        task="classification",
         name="digits-small",
         version="7",
         ontology_id="digits",
@@ -75,7 +84,7 @@ def shapes_dataset(
     items = []
     for k in range(n):
         img = rng.normal(40, 8, (size, size, 3)).clip(0, 255).astype(np.uint8)
-        boxes: list[BoxLabel] = []
+        boxes: list[Box] = []
         for _ in range(int(rng.integers(1, 3))):
             s = int(rng.integers(12, 22))
             for _try in range(20):
@@ -93,9 +102,25 @@ def shapes_dataset(
             else:  # a triangle standing on its base, filling the box
                 tri = np.array([[x + s // 2, y], [x, y + s - 1], [x + s - 1, y + s - 1]])
                 cv2.fillPoly(img, [tri.astype(np.int32)], colour)
-            boxes.append(BoxLabel(x1=x, y1=y, x2=x + s, y2=y + s, label=kind))
-        items.append(DatasetItem(id=f"s{k}", image=_png(img), width=size, height=size, boxes=boxes))
-    ds = Dataset(name="shapes", version="1", ontology_id="shapes", classes=list(kinds), items=items)
+            boxes.append(Box(x1=x, y1=y, x2=x + s, y2=y + s, label=kind))
+        items.append(
+            Item(
+                path=f"images/s{k}.png",
+                id=f"s{k}",
+                data=_png(img),
+                width=size,
+                height=size,
+                boxes=boxes,
+            )
+        )
+    ds = Dataset(
+        task="detection",
+        name="shapes",
+        version="1",
+        ontology_id="shapes",
+        classes=list(kinds),
+        items=items,
+    )
     save_dataset(ds.check(), folder)
     return folder
 
@@ -110,12 +135,22 @@ def digit_frames_dataset(folder: Path, n: int = 300, seed: int = 0) -> Path:
     for k in range(n):
         fr = compose_frame(rng, images, labels, LAB_STYLE)
         boxes = [
-            BoxLabel(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=str(c))
+            Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=str(c))
             for b, c in zip(fr.boxes, fr.labels, strict=True)
         ]
         h, w = fr.image.shape[:2]
-        items.append(DatasetItem(id=f"f{k}", image=_png(fr.image), width=w, height=h, boxes=boxes))
+        items.append(
+            Item(
+                path=f"images/f{k}.png",
+                id=f"f{k}",
+                data=_png(fr.image),
+                width=w,
+                height=h,
+                boxes=boxes,
+            )
+        )
     ds = Dataset(
+        task="detection",
         name="digit-frames",
         version=f"lab-{seed}-{n}",
         ontology_id="digits",

@@ -210,6 +210,17 @@ async def store_blob(app: web.Application, data: bytes) -> str:
     return sha256
 
 
+async def group_sample(app: web.Application, sample_id: str, bundle: str, image: bytes) -> None:
+    """Put a just-stored sample in its near-duplicate group (:mod:`hub.storage.groups`); the
+    decode runs off the event loop. An image Pillow cannot decode is grouped by its bytes."""
+    from hub.ranking import signature_of
+
+    sig = await asyncio.get_running_loop().run_in_executor(None, signature_of, image)
+    if sig is not None:
+        db = app[DB]
+        await db.call(db.add_signature, sample_id, bundle, sig)
+
+
 async def person_of_token(request: web.Request, token: str) -> tuple[str, str] | None:
     """(name, role) of a person's token; None for unknown, revoked and device tokens."""
     if hmac.compare_digest(token.encode(), request.app[ADMIN_TOKEN].encode()):

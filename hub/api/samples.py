@@ -18,6 +18,7 @@ from hub.api._common import (
     JOBS,
     NAME_PATTERN,
     Body,
+    group_sample,
     parse_body,
     read_capped,
     read_parts,
@@ -86,6 +87,8 @@ async def import_sample(request: web.Request) -> web.Response:
         sample_id, meta.bundle, meta.device_id, meta.priority, stored_meta, image_sha256,
         annotation=_annotation(annotation),
     )  # fmt: skip
+    if stored:
+        await group_sample(request.app, sample_id, meta.bundle, parts["image"])
     return web.json_response({"status": "stored" if stored else "duplicate", "id": sample_id})
 
 
@@ -113,7 +116,15 @@ async def list_samples(request: web.Request) -> web.Response:
                     "state": e.sample.state,
                     "annotation": None,
                     "feedback": e.feedback or e.sample.meta.get("feedback"),
-                    "queue": {"tier": e.tier, "device_rank": e.device_rank, "copies": e.copies},
+                    "queue": {
+                        "tier": e.tier,
+                        "device_rank": e.device_rank,
+                        "copies": e.copies,
+                        "group": e.group,
+                        "novelty": None if e.novelty is None else round(e.novelty, 3),
+                        "similar_to": e.similar_to,
+                        "round": e.round,
+                    },
                 }
                 for e in await db.call(db.annotation_queue, q.get("bundle"), limit)
             ]

@@ -22,6 +22,7 @@ from hub.api._common import (
     UPLOADS,
     body_chunks,
     device_id_of,
+    group_sample,
     json_object,
     parse_body,
     read_capped,
@@ -122,6 +123,7 @@ async def _store_sample(
         await _record_feedback(db, sample_id, device_id, meta)
     if stored:  # from a device on an older ontology version: converted now (docs/datasets.md)
         await db.call(db.to_current_ontology, sample_id)
+        await group_sample(app, sample_id, record.bundle, image)
     return "stored" if stored else "duplicate"
 
 

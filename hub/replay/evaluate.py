@@ -25,6 +25,7 @@ from hub.replay.metrics import build_counts, metric_names, object_pairs
 from hub.replay.runner import (
     MISSING_IMAGE,
     ReplayCounts,
+    baseline_in_candidate_ontology,
     bundle_digest,
     prepare_frames,
     replay_bundle,
@@ -140,6 +141,7 @@ def run_replay(
             else None
         )
         outs[label] = replay_bundle(bundle, frames, history.images, work, workers, progress=advance)
+    outs["baseline"] = baseline_in_candidate_ontology(outs["baseline"], base_m, cand_m)
     keep = []
     for k in range(len(frames)):
         errors = {lbl: outs[lbl][k].error for lbl in outs if outs[lbl][k].error}

@@ -37,6 +37,7 @@ from runtime.bundle.manifest import Manifest
 __all__ = [
     "MISSING_IMAGE",
     "ReplayCounts",
+    "baseline_in_candidate_ontology",
     "bundle_digest",
     "load_for_replay",
     "outcome_of",
@@ -102,6 +103,25 @@ def prepare_frames(
             f = HistoryFrame(**{**f.__dict__, "truth": truth, "ontology_version": onto.version})
         kept.append(f)
     return kept
+
+
+def baseline_in_candidate_ontology(
+    outcomes: Sequence[Outcome], baseline: Manifest, candidate: Manifest
+) -> list[Outcome]:
+    """The baseline's outcomes with its labels in the candidate's ontology: when the baseline
+    serves the previous version of the candidate's ontology, its labels go through the
+    candidate's ``mapping_from_previous`` (a renamed class is still the same class), so both
+    bundles are judged against the same truth. Unchanged otherwise."""
+    b, c = baseline.ontology, candidate.ontology
+    mapping = c.mapping_from_previous
+    if b.id != c.id or b.version != c.version - 1 or not mapping:
+        return list(outcomes)
+
+    def item(it: PredItem) -> PredItem:
+        guesses = tuple(Guess(mapping.get(g.label, g.label), g.score) for g in it.top_k)
+        return PredItem(mapping.get(it.label, it.label), it.score, it.box, guesses)
+
+    return [Outcome(tuple(item(it) for it in o.items), o.error, o.latency_ms) for o in outcomes]
 
 
 def outcome_of(prediction: Any) -> Outcome:

@@ -20,6 +20,9 @@ the writer):
   records and the devices' prediction stream (:mod:`hub.storage.replay`).
 - ``datasets``, ``dataset_items``: imported datasets, one immutable version per import
   (:mod:`hub.storage.datasets`);
+- ``sample_signatures``, ``sample_hash_bands``: each sample image's perceptual hash, size,
+  tiny image and near-duplicate group (:mod:`hub.storage.groups`, ranking in
+  :mod:`hub.ranking` and :mod:`hub.storage.queue`);
 - ``ontologies``: ontology versions with their explicit changes; a change remaps the samples
   in the same transaction (:mod:`hub.storage.ontologies`);
 - ``upload_parts``: resumable sample uploads in progress, on PostgreSQL (replicas share them;
@@ -50,9 +53,10 @@ from hub.storage.devices import FLEET, Device, DeviceTables
 from hub.storage.identity import DeviceKey, EnrollSecret, IdentityTables
 from hub.storage.jobs import Job, JobState, JobTables
 from hub.storage.ontologies import OntologyTables
+from hub.storage.queue import QueueEntry, QueueTables
 from hub.storage.replay import ReplayTables
 from hub.storage.rollouts import Rollout, RolloutTables
-from hub.storage.samples import QueueEntry, Sample, SampleState, SampleTables
+from hub.storage.samples import Sample, SampleState
 from hub.storage.shadow import ShadowTables
 from hub.storage.shared import SharedFileTables
 from hub.storage.tokens import ApiToken, Role, TokenTables
@@ -120,7 +124,7 @@ class HubDB(
     IdentityTables,
     DeviceTables,
     ShadowTables,
-    SampleTables,
+    QueueTables,
     BundleTables,
     JobTables,
     RolloutTables,

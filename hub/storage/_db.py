@@ -334,6 +334,7 @@ class DBBase:
         if isinstance(database, Path):
             database = SqliteDatabase(database)
         self.database = database
+        self._tx_depth = threading.local()
         legacy = "".join(c.__dict__.get("TABLES", "") for c in reversed(type(self).__mro__))
         database.migrate(legacy)
 
@@ -355,8 +356,22 @@ class DBBase:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
+        """One transaction; inside another one of this thread, it joins the outer one (so a
+        method that needs a transaction can be called from one that holds it)."""
+        depth = getattr(self._tx_depth, "n", 0)
+        if depth:
+            self._tx_depth.n = depth + 1
+            try:
+                yield
+            finally:
+                self._tx_depth.n = depth
+            return
         with self._db.transaction():
-            yield
+            self._tx_depth.n = 1
+            try:
+                yield
+            finally:
+                self._tx_depth.n = 0
 
     async def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` (a method of this database) in the database's threads."""

@@ -13,8 +13,14 @@ with numpy dtype names (``tensor(float)`` -> ``float32``) and dynamic axes as st
 session is then warmed up with zero tensors (dynamic axes set to 1) so the first real frame
 does not pay for lazy initialisation.
 
-``run`` is the hot path: output names are pre-computed and the call goes straight to
-``session.run``; the only extra cost is the ``try`` that wraps ORT's exceptions.
+``run`` is the hot path: output names are pre-computed and, on the CPU provider, the call goes
+straight to the C++ session (``InferenceSession._sess.run``). ORT's Python ``Session.run``
+re-checks on every call what is fixed for a device: that every required input is fed (done
+here with one set test against the names read at load), that no ``OrtValue`` of another
+session is passed (the pipeline feeds numpy arrays) and that WebGPU graph capture is off; it
+also retries on another provider after an ``EPFail``, which only a GPU provider raises, so
+any other provider list keeps the public ``run``. The only extra cost left is the ``try`` that
+wraps ORT's exceptions.
 """
 
 from __future__ import annotations
@@ -154,6 +160,13 @@ class OrtBackend(EngineBackend):
             ) from e
         self._output_names = [o.name for o in self._outputs]
         self.providers: list[str] = list(self._session.get_providers())
+        self._required = frozenset(
+            a.name for a in self._session.get_inputs() if not a.type.startswith("optional")
+        )
+        self._run_direct: Any = None
+        direct = getattr(getattr(self._session, "_sess", None), "run", None)
+        if self.providers == ["CPUExecutionProvider"] and callable(direct):
+            self._run_direct = direct
         self.threads = so.intra_op_num_threads
         self.warmup(options.warmup_runs)
 
@@ -165,6 +178,9 @@ class OrtBackend(EngineBackend):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run once; outputs in signature order. Raises BackendError."""
         try:
+            if self._run_direct is not None and self._required <= inputs.keys():
+                return self._run_direct(self._output_names, inputs, None)
+            # A missing input (or a GPU provider): the public run, for its checks and message.
             return self._session.run(self._output_names, inputs)
         except Exception as e:
             if self._session is None:
@@ -174,6 +190,7 @@ class OrtBackend(EngineBackend):
     def close(self) -> None:
         """Release the session. Further ``run`` calls raise BackendError."""
         self._session = None
+        self._run_direct = None
 
 
 def load(path: Path, options: BackendOptions) -> OrtBackend:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import PipelineError
+from runtime.pipeline._few_boxes import FEW_BOXES, finish_few, xyxy_from_cxcywh
 from runtime.pipeline.graph import BoxPost, ClassifyPost, PluginPost, YoloPost
 from runtime.pipeline.prediction import Item
 from runtime.pipeline.preprocess import Letterbox
@@ -84,10 +85,11 @@ def label_of(class_id: int, classes: Sequence[str]) -> str:
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float32."""
-    z = x.astype(np.float32, copy=True)
-    z -= z.max(axis=axis, keepdims=True)
+    # The ufuncs' own reductions: ndarray.max/.sum are Python wrappers around these very calls.
+    z = x.astype(np.float32, copy=False)
+    z = np.subtract(z, np.maximum.reduce(z, axis=axis, keepdims=True))  # a new array
     np.exp(z, out=z)
-    z /= z.sum(axis=axis, keepdims=True)
+    np.divide(z, np.add.reduce(z, axis=axis, keepdims=True), out=z)
     return z
 
 
@@ -128,39 +130,88 @@ def classify(
 ) -> list[Item]:
     """Scores per batch row -> one item per row: best class, top-k and the full score vector.
 
+    The top-k is best first; equal scores are ordered by class id (the lower first).
+
     Raises PipelineError when the selected output does not exist.
     """
     raw = np.asarray(select_output(outputs, spec.output, names))
-    rows = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
+    logits = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
     if spec.type == "softmax":
-        probs = softmax(rows, axis=1)
+        probs = softmax(logits, axis=1)
     elif spec.type == "sigmoid":
-        probs = sigmoid(rows)
+        probs = sigmoid(logits)
     else:
-        probs = rows.astype(np.float32, copy=False)
+        probs = logits.astype(np.float32, copy=False)
     n_classes = probs.shape[1]
     k = min(spec.top_k, n_classes)
-    if k == 1:
-        order = probs.argmax(axis=1)[:, None]
+    rows = probs.tolist()
+    if n_classes <= _SORT_MAX:
+        orders = [sorted(range(n_classes), key=row.__getitem__, reverse=True)[:k] for row in rows]
     else:
-        # Plain fancy indexing: the same picks as take_along_axis at a fraction of its cost.
-        r = np.arange(probs.shape[0])[:, None]
-        part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        order = part[r, np.argsort(-probs[r, part], axis=1, kind="stable")]
+        orders = _top_k(probs, k)
     items: list[Item] = []
-    for row, ids in zip(probs.tolist(), order.tolist(), strict=True):
-        scores = [row[i] for i in ids]
+    for row, ids in zip(rows, orders, strict=True):
         best = ids[0]
         items.append(
             Item(
                 class_id=best,
                 label=label_of(best, classes),
-                score=scores[0],
+                score=row[best],
                 scores=row,
-                top_k=[(label_of(i, classes), s) for i, s in zip(ids, scores, strict=True)],
+                top_k=[(label_of(i, classes), row[i]) for i in ids],
             )
         )
     return items
+
+
+_SORT_MAX = 64
+"""Up to this many classes the top-k is a plain sort of each row's Python list (a few
+microseconds); beyond, numpy partitions first."""
+
+
+_PICK_MAX = 8
+"""Up to this many picks per row, many classes take one ``argmax`` per pick; beyond, a
+partition first."""
+
+
+def _top_k(probs: np.ndarray, k: int) -> list[list[int]]:
+    """Per row, the ``k`` best class ids, best first, ties by the lower id: the first ``k`` of a
+    stable descending sort, without sorting every class.
+
+    A few picks are ``argmax`` calls (the first of equal maxima is the lowest id), each pick
+    then masked with -inf: right after an engine call has pushed numpy's code out of the CPU
+    caches, the same call k times costs a fraction of a partition and a sort (MobileNet's
+    1,000 classes, top-5: ~30 against ~150 us). A row whose picks reach -inf or NaN, and more
+    picks, go through a partition: the k-th best score, then every class scoring at least
+    that much (in id order), sorted stably."""
+    out = []
+    if k <= _PICK_MAX:
+        for row in probs:
+            p = row.copy()
+            ids = []
+            for _ in range(k):
+                i = int(p.argmax())
+                if not p[i] > -np.inf:  # -inf or NaN: a mask could be picked again
+                    break
+                ids.append(i)
+                p[i] = -np.inf
+            else:
+                out.append(ids)
+                continue
+            out.append(_sorted_top(row, k))
+        return out
+    kth = np.partition(probs, probs.shape[1] - k, axis=1)[:, -k]
+    for row, low in zip(probs, kth.tolist(), strict=True):
+        ids_ = (row >= low).nonzero()[0]
+        if len(ids_) < k:  # NaN scores compare false
+            out.append(_sorted_top(row, k))
+            continue
+        out.append(ids_[np.argsort(-row[ids_], kind="stable")[:k]].tolist())
+    return out
+
+
+def _sorted_top(row: np.ndarray, k: int) -> list[int]:
+    return np.argsort(-row, kind="stable")[:k].tolist()
 
 
 # ---- NMS ------------------------------------------------------------------------------------
@@ -268,7 +319,39 @@ def _single(output: np.ndarray, what: str, width: int) -> np.ndarray:
 def _passing(scores: np.ndarray, spec: BoxPost) -> np.ndarray:
     """Indices of the candidates scoring at least the threshold. Decoders convert only these
     boxes: a detector head has hundreds of candidates and keeps a handful."""
-    return np.flatnonzero(scores >= spec.score_threshold)
+    return (scores >= spec.score_threshold).nonzero()[0]  # np.flatnonzero for 1-D, 2 calls less
+
+
+def _few(n: int, letterbox: Letterbox) -> bool:
+    """Whether ``n`` candidates take the plain-Python tail (:mod:`runtime.pipeline._few_boxes`)."""
+    return n <= FEW_BOXES and letterbox.scale_x != 0 and letterbox.scale_y != 0
+
+
+def _finish_few(
+    boxes: list[list[float]],
+    scores: list[float],
+    class_ids: list[int],
+    spec: BoxPost,
+    classes: Sequence[str],
+    letterbox: Letterbox,
+    image_size: tuple[int, int],
+    keypoints: list[list[list[float]]] | None = None,
+    suppress: bool = True,
+) -> list[Item]:
+    lb = letterbox
+    return finish_few(
+        boxes,
+        scores,
+        class_ids,
+        (lb.scale_x, lb.scale_y, lb.pad_x, lb.pad_y),
+        image_size,
+        spec.classes if spec.classes is not None else classes,
+        spec.nms_iou,
+        spec.class_agnostic,
+        spec.max_detections,
+        keypoints,
+        suppress,
+    )
 
 
 def _finish(
@@ -285,7 +368,25 @@ def _finish(
     """Shared tail for the boxes that passed the score threshold (see :func:`_passing`): map
     to source pixels, clamp, NMS (unless ``suppress`` is False: the model did it), cap, build
     items. ``keypoints`` (``M×K×2`` x, y in input pixels, one row per box) are mapped to source
-    pixels too (not clamped) and carried on the items."""
+    pixels too (not clamped) and carried on the items. A few float32 boxes take the
+    plain-Python tail, which gives the same items."""
+    if (
+        _few(len(boxes), letterbox)
+        and boxes.dtype == np.float32
+        and scores.dtype == np.float32
+        and (keypoints is None or keypoints.dtype == np.float32)
+    ):
+        return _finish_few(
+            boxes.tolist(),
+            scores.tolist(),
+            class_ids.tolist(),
+            spec,
+            classes,
+            letterbox,
+            image_size,
+            None if keypoints is None else keypoints.tolist(),
+            suppress,
+        )
     w, h = image_size
     # Letterbox.to_source then a clip to (w, h, w, h), in place and fused: the same float32
     # arithmetic per element ((v - pad) / scale, then max 0, min side) in 4 ufunc calls
@@ -359,6 +460,17 @@ def decode_yolo_v8(
         if not keep.size:
             return []
         kept_ids = cls_scores[:, keep].argmax(axis=0)
+    if pred.dtype == np.float32 and _few(keep.size, letterbox):
+        cx, cy, w, h = pred[:4, keep].tolist()
+        return _finish_few(
+            xyxy_from_cxcywh(cx, cy, w, h),
+            scores[keep].tolist(),
+            kept_ids.tolist(),
+            spec,
+            classes,
+            letterbox,
+            image_size,
+        )
     boxes = _cxcywh_to_xyxy(pred[:4, keep].T)
     return _finish(boxes, scores[keep], kept_ids, spec, classes, letterbox, image_size)
 

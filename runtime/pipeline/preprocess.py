@@ -121,7 +121,7 @@ def crop_region(
     clamped region is smaller than ``spec.min_size`` on a side.
     """
     w, h = image_size
-    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, y1, x2, y2 = float(box[0]), float(box[1]), float(box[2]), float(box[3])
     bw, bh = x2 - x1, y2 - y1
     if spec.square:
         side = max(bw, bh)
@@ -193,6 +193,7 @@ class Preprocessor:
         "color",
         "div",
         "general",
+        "gray_float",
         "int_dtype",
         "interp",
         "nchw",
@@ -238,6 +239,7 @@ class Preprocessor:
                 per_channel.append(None)
                 self.general = True
         mean, std = per_channel
+        self.gray_float = spec.color == "gray" and spec.dtype == "float32" and not self.general
         self.planes = [
             (None if mean is None else mean[c], None if std is None else std[c])
             for c in range(self.channels)
@@ -298,6 +300,8 @@ class Preprocessor:
     def tensor(self, batch: np.ndarray) -> np.ndarray:
         """Colour, scale/normalise, quantise and lay out an ``N×H×W×3`` BGR uint8 batch."""
         n, th, tw = batch.shape[:3]
+        if self.gray_float:
+            return self._gray(batch, n, th, tw)
         if self.color == "gray":
             # BGR -> gray is per pixel, so one call over the N images stacked row-wise is the
             # same as one call per image.
@@ -317,6 +321,25 @@ class Preprocessor:
             return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
         q = np.clip(np.rint(x / self.quant_scale + self.quant_zero_point), -128, 127)
         return np.ascontiguousarray(q.astype(np.int8))
+
+    def _gray(self, batch: np.ndarray, n: int, th: int, tw: int) -> np.ndarray:
+        """The gray float32 case in five calls: the N images stacked row-wise go through one
+        BGR -> gray conversion (it is per pixel), and the float32 arithmetic of
+        :meth:`_planes` writes straight into the output, whose one channel makes either
+        layout the same ``(N·H)×W`` block of memory."""
+        x = np.empty((n, 1, th, tw) if self.nchw else (n, th, tw, 1), dtype=np.float32)
+        flat = x.reshape(n * th, tw)
+        gray = cv2.cvtColor(batch.reshape(n * th, tw, 3), cv2.COLOR_BGR2GRAY)
+        if self.scale is not None:
+            np.multiply(gray, self.scale, out=flat, dtype=np.float32)
+        else:
+            flat[...] = gray
+        mean, std = self.planes[0]
+        if mean is not None:
+            flat -= mean
+        if std is not None:
+            flat /= std
+        return x
 
     def _planes(self, batch: np.ndarray, chw: np.ndarray) -> np.ndarray:
         """``(float32(pixel) * scale - mean[c]) / std[c]`` one channel plane at a time, written

@@ -11,7 +11,8 @@ it). Every sample record still labelled under the previous version is rewritten 
   with the reason, so nothing is lost and the hub's queue asks a human again;
 - ``ontology_version`` becomes the new version (so a second call changes nothing).
 
-The feedback outbox gets the same treatment: remembered labels are converted, and queued
+The feedback outbox gets the same treatment: remembered labels of uploaded samples are
+converted (counted as ``outbox_remapped``), and queued
 feedback that cannot be converted is dropped with a warning naming the sample and the reason.
 """
 
@@ -53,6 +54,8 @@ class RemapReport:
     feedback_converted: int = 0
     feedback_refused: list[tuple[str, str]] = field(default_factory=list)  # (sample id, why)
     outbox_dropped: int = 0
+    outbox_remapped: int = 0
+    """Remembered uploads (the outbox's labels of samples already sent) that were converted."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,7 @@ class RemapReport:
             "feedback_converted": self.feedback_converted,
             "feedback_refused": [list(x) for x in self.feedback_refused],
             "outbox_dropped": self.outbox_dropped,
+            "outbox_remapped": self.outbox_remapped,
         }
 
 
@@ -223,6 +227,9 @@ def _remap_outbox(outbox: FeedbackOutbox, mapping: Mapping, report: RemapReport)
         for lbl in labels:
             conv = mapping.convert(lbl) if lbl in mapping.old_classes else None
             out.append(conv.label if conv is not None and conv.ok and conv.label else lbl)
+        if out == labels:
+            return entry
+        report.outbox_remapped += 1
         return {**entry, "labels": out, "labels_before_remap": labels}
 
     def queued_fn(sample_id: str, fb: dict[str, Any]) -> dict[str, Any] | None:

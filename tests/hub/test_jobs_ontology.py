@@ -13,7 +13,8 @@ import yaml
 
 from hub.jobs import export_dataset, stamp_source
 from hub.storage import BlobStore, Sample
-from trainer.dataset_types import DatasetError, load_dataset
+from trainer.datasets.model import DatasetError
+from trainer.datasets.native import load_dataset
 
 HISTORY = [
     {"id": "things", "version": 1, "classes": ["cat", "dog", "car"], "changes": []},

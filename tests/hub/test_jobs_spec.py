@@ -151,3 +151,20 @@ def test_cli_train_when_given_a_hub_trains_there_and_downloads_the_source(
     out = json.loads(run.stdout)
     assert out["card"]["data"]["items"] == 8
     assert (tmp_path / "src" / "models" / "classifier.onnx").is_file()
+
+
+def test_spec_job_when_two_stage_and_init_from_warm_starts_both_stages(tmp_path: Path) -> None:
+    from hub.jobs import JobRunner
+    from hub.storage import BlobStore, HubDB
+
+    db = HubDB(tmp_path / "hub.sqlite3")
+    runner = JobRunner(db, BlobStore(tmp_path / "blobs"), tmp_path / "jobs", [sys.executable])
+    spec = {**SPEC, "task": "detect_then_classify", "dataset": {"path": "unused"}}
+    job_dir = tmp_path / "jobs" / "9"
+    job_dir.mkdir(parents=True)
+    runner._spec_job({"bundle": "b", "spec": spec, "init_from": 3}, [], job_dir, True)
+    written = json.loads((job_dir / "spec.json").read_text())
+    ckpt = runner.checkpoint(3)
+    assert written["warm_start"] == str(ckpt / "detector.pt")
+    assert written["crop_warm_start"] == str(ckpt / "classifier.pt")
+    db.close()

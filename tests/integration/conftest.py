@@ -5,6 +5,7 @@ from loopkit import (  # noqa: F401  (pytest finds fixtures by name)
     classifier_onnx,
     keys,
     live_hub,
+    loop,
     make_bundle,
     start_device,
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopkit import BundleMaker
+from loopkit import BOXES, BundleMaker, Loop
 from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
@@ -28,7 +28,6 @@ from runtime.config import load_config
 from runtime.errors import BundleError, ConfigError, PipelineError
 from runtime.pipeline.graph import load_pipeline_spec
 
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 ESCAPES = ["../../etc/passwd", "/etc/passwd", "golden/../../x.png", "golden\\x.png"]
 
 
@@ -76,17 +75,10 @@ def test_hub_refuses_at_publish_when_the_health_check_reads_outside_the_bundle(
 
 
 def test_cli_verify_exits_1_when_the_folder_holds_a_file_the_manifest_does_not_list(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    tmp_path: Path,
+    loop: Loop,
 ) -> None:
-    b = make_bundle(1, BOXES)
-    admin.publish_bundle(b, keys)
-    targets = tmp_path / "t.json"
-    targets.write_bytes(admin.current_targets() or b"")
-    argv = ["bundle", "verify", str(b), "--root", str(keys / "root.json")]
+    b, targets = loop.signed_bundle()
+    argv = ["bundle", "verify", str(b), "--root", str(loop.keys / "root.json")]
     argv += ["--targets", str(targets)]
     runner = CliRunner()
     assert runner.invoke(app, argv).exit_code == 0

@@ -7,19 +7,15 @@ from pathlib import Path
 
 import cv2
 import pytest
-from loopkit import BundleMaker, painted_frame
+from loopkit import BOXES, BundleMaker, Loop, painted_frame
 from typer.testing import CliRunner
 
-from hub.client import HubAdminClient
 from hub.signing import init_keys
-from hub.testing import LiveHub
 from leanloop.cli import app
 from runtime.bundle.health import run_health_check
 from runtime.bundle.loader import file_sha256, load_bundle, verify_bundle_dir
 from runtime.bundle.verify import verify_offline
 from runtime.errors import BundleError, TrustError
-
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 
 
 def _rehash(bundle: Path, rel: str) -> None:
@@ -77,16 +73,10 @@ def test_health_check_fails_when_outputs_differ_from_golden(make_bundle: BundleM
 
 
 def test_offline_verify_accepts_signed_bundle_and_rejects_wrong_root_when_keys_differ(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    tmp_path: Path,
+    loop: Loop, tmp_path: Path
 ) -> None:
-    b = make_bundle(1, BOXES)
-    admin.publish_bundle(b, keys)
-    targets = tmp_path / "targets.json"
-    targets.write_bytes(admin.current_targets() or b"")
+    b, targets = loop.signed_bundle()
+    keys = loop.keys
     assert verify_offline(b, keys / "root.json", targets).version == 1
     init_keys(tmp_path / "other")
     with pytest.raises(TrustError, match="signature does not verify"):
@@ -97,28 +87,15 @@ def test_offline_verify_accepts_signed_bundle_and_rejects_wrong_root_when_keys_d
         verify_offline(b, keys / "root.json", targets)
 
 
-def test_cli_verify_exits_1_with_one_line_when_bundle_is_tampered(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    tmp_path: Path,
-) -> None:
-    b = make_bundle(1, BOXES)
-    admin.publish_bundle(b, keys)
-    targets = tmp_path / "t.json"
-    targets.write_bytes(admin.current_targets() or b"")
+def test_cli_verify_exits_1_with_one_line_when_bundle_is_tampered(loop: Loop) -> None:
+    b, targets = loop.signed_bundle()
+    argv = ["bundle", "verify", str(b), "--root", str(loop.keys / "root.json")]
+    argv += ["--targets", str(targets)]
     runner = CliRunner()
-    ok = runner.invoke(
-        app,
-        ["bundle", "verify", str(b), "--root", str(keys / "root.json"), "--targets", str(targets)],
-    )
+    ok = runner.invoke(app, argv)
     assert ok.exit_code == 0, ok.output
     (b / "golden" / "000.png").write_bytes(b"not a png")
-    bad = runner.invoke(
-        app,
-        ["bundle", "verify", str(b), "--root", str(keys / "root.json"), "--targets", str(targets)],
-    )
+    bad = runner.invoke(app, argv)
     assert bad.exit_code == 1
     lines = [ln for ln in bad.output.splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "golden/000.png" in lines[0]

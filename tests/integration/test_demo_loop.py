@@ -7,8 +7,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 from leanloop.demo import DemoSettings, run_demo, score_frame
+from leanloop.demo_view import parts_lines
 
 FAST_TRAINING = {
     "detector_steps": 120,
@@ -35,6 +37,9 @@ def test_score_frame_reads_digits_left_to_right_when_boxes_overlap_truth() -> No
     assert score_frame(pred, boxes, [1, 7]) == (True, 2)
     assert score_frame(pred, boxes, [1, 2]) == (False, 1)
     assert score_frame({"error": "corrupt", "stages": {}}, boxes, [1, 7]) == (False, 0)
+    renamed = [str(d) for d in range(10)]
+    renamed[7] = "seven"  # the prediction was made in an ontology version that renamed 7
+    assert score_frame(pred, boxes, [1, 7], renamed) == (False, 1)
 
 
 @pytest.mark.integration
@@ -95,6 +100,27 @@ def test_loop_publishes_updates_and_retrains_when_run_for_one_iteration(tmp_path
     assert sh["version"] == 3 and sh["compared"] > 0 and 0.0 <= sh["agreement"] <= 1.0
     assert rows[2].version == 2  # production stayed on v2
     assert (tmp_path / "demo" / "replay" / "unc-v2" / "report" / "report.html").exists()
+    # Before the last training the ontology changed through the hub's API (0 renamed "zero"):
+    # the hub remapped its samples, v2 was trained and stamped in ontology v2, the devices
+    # committed it, remapped their stores and answered the last segment in v2's names.
+    onto = next(r.extra["ontology"] for r in rows if r.extra.get("ontology"))
+    assert onto["version"] == 2 and onto["bundles"] == {"unc": 2, "rnd": 2}
+    assert onto["hub_remapped"] > 0 and onto["devices"] == 2
+    assert onto["device_records"] + onto["device_uploads"] > 0
+    for r in rows[2:]:
+        assert r.extra["ontology_served"] == {2: s.frames}, r.extra
+    src = yaml.safe_load((tmp_path / "demo" / "sources" / "rnd-v2" / "ontology.yaml").read_text())
+    assert src["version"] == 2 and src["previous_version"] == 1 and "zero" in src["classes"]
+    assert src["mapping_from_previous"]["0"] == "zero"
+    lines = dict(parts_lines(rows))
+    assert "rename 0 → zero" in lines["ontology change"]
+    assert f"2 devices serve v2 ({2 * s.frames}/{2 * s.frames} frames" in lines["ontology change"]
+    # The README's tables, as the report (and `python -m bench --only demo`) give them.
+    md = out["markdown"].splitlines()
+    assert md[0].startswith("| iteration | labels | uncertainty | random |")
+    assert md[2].startswith(f"| 0 (v1: seed batch only) | {first.labels} | ")
+    assert f"| ontology change | {lines['ontology change']} |" in md
+    assert any(line.startswith("| training v1 | 1 | ") for line in md)
     # Devices uploaded samples, and every sample the oracle labelled came from a device.
     hub_db = tmp_path / "demo" / "hub" / "hub.sqlite3"
     assert hub_db.exists()

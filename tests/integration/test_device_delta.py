@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
-from pathlib import Path
 
-from loopkit import BundleMaker, Device, committed, delta_targets, flip_blob_byte, publish
+from loopkit import BOXES, BOXES_NEW, Device, Loop, committed, delta_targets, flip_blob_byte
 
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from runtime.bundle.loader import file_sha256, read_manifest
 
-BOXES_V1 = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
-BOXES_V2 = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 DETECTOR = "models/detector.onnx"
 DATA = "anchors.bin"
 DATA_V1 = random.Random(4).randbytes(400_000)
@@ -33,36 +27,27 @@ def _counts(log: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _update_to_v2(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-    corrupt_deltas: bool,
-) -> tuple[Device, int, int]:
+def _update_to_v2(loop: Loop, corrupt_deltas: bool) -> tuple[Device, int, int]:
     """Serve v1, publish v2 (detector and data changed), roll it out.
 
     Returns (device, bytes downloaded for v2, number of delta targets of v2).
     """
-    publish(admin, keys, make_bundle(1, BOXES_V1, extra={DATA: DATA_V1}), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
+    dev = loop.serving_device(bundle=loop.make_bundle(1, BOXES, extra={DATA: DATA_V1}))
     first = dev.status()["counters"]["bytes_downloaded"]
-    v2 = make_bundle(2, BOXES_V2, extra={DATA: DATA_V2})
-    admin.publish_bundle(v2, keys)
+    v2 = loop.make_bundle(2, BOXES_NEW, extra={DATA: DATA_V2})
+    loop.admin.publish_bundle(v2, loop.keys)
     manifest = read_manifest(v2)
     n_deltas = 0
     for rel in manifest.files:
-        for info in delta_targets(admin, manifest.target_name(rel)).values():
+        for info in delta_targets(loop.admin, manifest.target_name(rel)).values():
             n_deltas += 1
             assert info["custom"]["leanloop"]["result_sha256"] == manifest.files[rel].sha256
             assert info["length"] < 0.9 * manifest.files[rel].size
             if corrupt_deltas:
-                flip_blob_byte(live_hub, info["hashes"]["sha256"])
-    assert delta_targets(admin, f"digits/2/{DETECTOR}")
-    assert delta_targets(admin, f"digits/2/{DATA}")
-    admin.rollout("digits", 2)
+                flip_blob_byte(loop.hub, info["hashes"]["sha256"])
+    assert delta_targets(loop.admin, f"digits/2/{DETECTOR}")
+    assert delta_targets(loop.admin, f"digits/2/{DATA}")
+    loop.admin.rollout("digits", 2)
     dev.feed(4)
     st = dev.wait("v2 committed", committed(2))
     slot = dev.state / "slots" / st["active"]["slot"]
@@ -72,31 +57,15 @@ def _update_to_v2(
     return dev, st["counters"]["bytes_downloaded"] - first, n_deltas
 
 
-def test_device_fetches_changed_files_through_deltas_when_v2_is_published(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    dev, v2_bytes, n_deltas = _update_to_v2(
-        live_hub, admin, keys, make_bundle, start_device, corrupt_deltas=False
-    )
+def test_device_fetches_changed_files_through_deltas_when_v2_is_published(loop: Loop) -> None:
+    dev, v2_bytes, n_deltas = _update_to_v2(loop, corrupt_deltas=False)
     print(f"v2 through deltas: {v2_bytes} bytes (data file {len(DATA_V2)} bytes)")
     assert v2_bytes < len(DATA_V2) // 10
     assert _counts(dev.tail()) == (n_deltas, 0)
 
 
-def test_device_falls_back_to_full_files_when_delta_blobs_are_corrupted(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    dev, v2_bytes, n_deltas = _update_to_v2(
-        live_hub, admin, keys, make_bundle, start_device, corrupt_deltas=True
-    )
+def test_device_falls_back_to_full_files_when_delta_blobs_are_corrupted(loop: Loop) -> None:
+    dev, v2_bytes, n_deltas = _update_to_v2(loop, corrupt_deltas=True)
     print(f"v2 after delta fallbacks: {v2_bytes} bytes (data file {len(DATA_V2)} bytes)")
     assert v2_bytes > len(DATA_V2)
     log = dev.tail()

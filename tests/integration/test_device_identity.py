@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loopkit import BundleMaker, Device, committed, publish
+from loopkit import BundleMaker, Device, committed, publish, wait_until
 
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
@@ -28,15 +28,6 @@ def _seen(admin: HubAdminClient, device_id: str) -> dict[str, Any]:
     return next(d for d in admin.devices() if d["device_id"] == device_id)
 
 
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_identity_holds_when_another_device_starts_under_its_id_and_its_token_is_revoked(
     live_hub: LiveHub,
     admin: HubAdminClient,
@@ -45,35 +36,37 @@ def test_identity_holds_when_another_device_starts_under_its_id_and_its_token_is
     start_device: Callable[..., Device],
 ) -> None:
     victim = start_device("cam-1")
-    _wait(lambda: _seen_ok(admin, "cam-1"), "the victim's first heartbeat")
+    wait_until("the victim's first heartbeat", lambda: _seen_ok(admin, "cam-1"))
     key = DeviceKey.load_or_create(victim.state)
     token_before = json.loads((victim.state / "device.json").read_text())["device_token"]
 
     # Another enrolled device of the fleet restarts under the victim's id, with its own key
     # and the fleet secret (and asks for another cohort).
     thief = start_device("thief")
-    _wait(lambda: _seen_ok(admin, "thief"), "the thief's own enrolment")
+    wait_until("the thief's own enrolment", lambda: _seen_ok(admin, "thief"))
     thief.reconfigure(device_id="cam-1", hub={**_hub(live_hub), "cohort": "evil"})
-    _wait(lambda: "is enrolled" in thief.tail(), "the thief's refused enrolment")
+    wait_until("the thief's refused enrolment", lambda: "is enrolled" in thief.tail())
     stolen = json.loads((thief.state / "device.json").read_text())
     assert stolen["device_id"] == "thief"  # it got no token for cam-1
     seen = _seen(admin, "cam-1")
     assert seen["cohort"] is None
     last = seen["last_seen"]
-    _wait(lambda: _seen(admin, "cam-1")["last_seen"] > last, "the victim still heartbeating")
+    wait_until("the victim still heartbeating", lambda: _seen(admin, "cam-1")["last_seen"] > last)
     thief.stop()
 
     # The hub revokes the victim's token (an admin approves its own key again): the device
     # recovers by signing a challenge, never by enrolling again.
     assert admin.approve_device("cam-1", key.public_b64) == key.public_b64
-    _wait(
+    wait_until(
+        "the refreshed token",
         lambda: (
             json.loads((victim.state / "device.json").read_text())["device_token"] != token_before
         ),
-        "the refreshed token",
     )
     approved = time.time()
-    _wait(lambda: (_seen(admin, "cam-1")["last_seen"] or 0) > approved + 0.5, "heartbeats again")
+    wait_until(
+        "heartbeats again", lambda: (_seen(admin, "cam-1")["last_seen"] or 0) > approved + 0.5
+    )
     publish(admin, keys, make_bundle(1, BOXES), 1)  # fetched with the new token
     victim.wait("bundle 1 committed", committed(1), timeout=90)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from loopkit import Device
+from loopkit import Device, wait_until
 
 from hub.client import HubAdminClient
 from hub.testing import LiveHub
@@ -63,19 +63,10 @@ def _last_seen(admin: HubAdminClient) -> float:
     return float(seen[0] or 0) if seen else 0.0
 
 
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _served_after(admin: HubAdminClient, dev: Device) -> None:
     """The device service authenticates (heartbeats) after now."""
     t = time.time()
-    _wait(lambda: _last_seen(admin) > t + 0.3, f"heartbeats after {t}; log={dev.tail()}")
+    wait_until(f"heartbeats after {t}; log={dev.tail()}", lambda: _last_seen(admin) > t + 0.3)
 
 
 def _moves(admin: HubAdminClient) -> list[dict[str, str]]:
@@ -87,7 +78,7 @@ def test_device_moves_to_a_new_key_and_authenticates_when_killed_after_each_step
 ) -> None:
     dev = start_device("cam-1")
     files = KeyFiles(dev.state)
-    _wait(lambda: _last_seen(admin) > 0, "the first heartbeat")
+    wait_until("the first heartbeat", lambda: _last_seen(admin) > 0)
     k0 = files.current()
 
     # Killed after the new key was written: the hub still knows k0, the service goes on.
@@ -103,9 +94,9 @@ def test_device_moves_to_a_new_key_and_authenticates_when_killed_after_each_step
     assert r.returncode == -signal.SIGKILL, r.stderr
     (move,) = _moves(admin)  # the hub swapped: k0 is refused from now on
     assert move["old_key"] == k0.public_b64 and _refused(live_hub, k0)
-    _wait(  # (the service may have taken it already: it polls every 0.3 s)
-        lambda: files.next() is None and files.current().public_b64 == move["new_key"],
+    wait_until(  # (the service may have taken it already: it polls every 0.3 s)
         f"the service taking the new key; log={dev.tail()}",
+        lambda: files.next() is None and files.current().public_b64 == move["new_key"],
     )
     k1 = files.current()
     assert "the hub knows this device by key" in (dev.dir / "device.log").read_text()
@@ -136,7 +127,7 @@ def test_rotate_key_of_another_device_is_refused_like_a_missing_device(
     live_hub: LiveHub, admin: HubAdminClient, start_device: Callable[..., Device]
 ) -> None:
     victim = start_device("cam-1")
-    _wait(lambda: _last_seen(admin) > 0, "the victim's first heartbeat")
+    wait_until("the victim's first heartbeat", lambda: _last_seen(admin) > 0)
     victim_key = KeyFiles(victim.state).current()
     answers = []
     for claimed in ("cam-1", "nobody"):  # a thief with its own key claims an id

@@ -4,29 +4,10 @@ tampered files and bad signatures with a one-line reason while serving the bundl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 
-from loopkit import BundleMaker, Device, committed, delta_targets, flip_blob_byte, publish
+from loopkit import BOXES, BOXES_NEW, Device, Loop, committed, delta_targets, flip_blob_byte
 
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from runtime.bundle.loader import read_manifest
-
-BOXES_V1 = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
-BOXES_V2 = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
-
-
-def _serve_v1(
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> Device:
-    publish(admin, keys, make_bundle(1, BOXES_V1), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
-    return dev
 
 
 def _assert_refused_and_serving_v1(dev: Device, reason: str) -> None:
@@ -41,14 +22,8 @@ def _assert_refused_and_serving_v1(dev: Device, reason: str) -> None:
     assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
 
 
-def test_device_installs_serves_and_uploads_when_bundle_is_signed(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    dev = _serve_v1(admin, keys, make_bundle, start_device)
+def test_device_installs_serves_and_uploads_when_bundle_is_signed(loop: Loop) -> None:
+    dev = loop.serving_device()
     names = dev.feed(6)
     dev.wait("frames processed", lambda st: st["counters"]["frames"] >= 6)
     res = dev.results()
@@ -58,62 +33,44 @@ def test_device_installs_serves_and_uploads_when_bundle_is_signed(
     assert labels == ["2", "7"]  # brightness 60 -> 2, 200 -> 7
     dev.wait("trial committed", lambda st: st["active"]["status"] == "committed")
     dev.wait("samples uploaded", lambda st: st["counters"]["uploaded"] >= 1)
-    assert admin.samples("digits", state="pending", limit=50)
+    assert loop.admin.samples("digits", state="pending", limit=50)
 
 
 def test_device_refuses_tampered_file_and_keeps_serving_when_hub_blob_is_altered(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
+    loop: Loop,
 ) -> None:
-    dev = _serve_v1(admin, keys, make_bundle, start_device)
-    v2 = make_bundle(2, BOXES_V2)
-    admin.publish_bundle(v2, keys)
+    dev = loop.serving_device()
+    v2 = loop.make_bundle(2, BOXES_NEW)
+    loop.admin.publish_bundle(v2, loop.keys)
     sha = read_manifest(v2).files["models/detector.onnx"].sha256
-    flip_blob_byte(live_hub, sha)
+    flip_blob_byte(loop.hub, sha)
     # The delta from v1 is corrupted too, so the device falls back to the (bad) full file.
-    deltas = delta_targets(admin, "digits/2/models/detector.onnx")
+    deltas = delta_targets(loop.admin, "digits/2/models/detector.onnx")
     assert deltas
     for info in deltas.values():
-        flip_blob_byte(live_hub, info["hashes"]["sha256"])
-    admin.rollout("digits", 2)
+        flip_blob_byte(loop.hub, info["hashes"]["sha256"])
+    loop.admin.rollout("digits", 2)
     _assert_refused_and_serving_v1(dev, "digits v2 refused")
     slots = json.loads((dev.state / "slots.json").read_text())
     assert all(s["status"] != "staging" for s in slots["slots"].values())
 
 
-def test_device_refuses_metadata_and_keeps_serving_when_signature_is_bad(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    dev = _serve_v1(admin, keys, make_bundle, start_device)
-    admin.publish_bundle(make_bundle(2, BOXES_V2), keys)
-    ts = live_hub.config.data_dir / "tuf" / "timestamp.json"
+def test_device_refuses_metadata_and_keeps_serving_when_signature_is_bad(loop: Loop) -> None:
+    dev = loop.serving_device()
+    loop.admin.publish_bundle(loop.make_bundle(2, BOXES_NEW), loop.keys)
+    ts = loop.hub.config.data_dir / "tuf" / "timestamp.json"
     md = json.loads(ts.read_text())
     sig = md["signatures"][0]["sig"]
     md["signatures"][0]["sig"] = ("0" if sig[0] != "0" else "1") + sig[1:]
     ts.write_text(json.dumps(md))
-    admin.rollout("digits", 2)
+    loop.admin.rollout("digits", 2)
     _assert_refused_and_serving_v1(dev, "signed metadata rejected")
 
 
-def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    dev = _serve_v1(admin, keys, make_bundle, start_device)
+def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(loop: Loop) -> None:
+    dev = loop.serving_device()
     first = dev.status()["counters"]["bytes_downloaded"]
-    v2 = make_bundle(2, BOXES_V2)
-    admin.publish_bundle(v2, keys)
-    admin.rollout("digits", 2)
+    v2 = loop.publish(2, BOXES_NEW)
     dev.feed(4)
     st = dev.wait("v2 committed", committed(2))
     clf = read_manifest(v2).files["models/classifier.onnx"].size
@@ -126,19 +83,13 @@ def test_device_updates_and_reuses_unchanged_files_when_v2_is_signed(
 
 
 def test_device_skips_model_files_of_other_engines_when_bundle_carries_several_formats(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
+    loop: Loop,
 ) -> None:
     tflite = b"TFL3" + bytes(300_000)  # an alternate format this ONNX Runtime device never reads
-    b = make_bundle(1, BOXES_V1, extra={"models/detector.tflite": tflite})
+    b = loop.make_bundle(1, BOXES, extra={"models/detector.tflite": tflite})
     assert read_manifest(b).models["detector"].alternates == {"tflite": "models/detector.tflite"}
-    admin.publish_bundle(b, keys)
-    admin.rollout("digits", 1)
-    dev = start_device()
-    st = dev.wait("v1 committed", committed(1))
+    dev = loop.serving_device(bundle=b)
+    st = dev.status()
     assert st["counters"]["bytes_downloaded"] < 300_000
     slot = dev.state / "slots" / st["active"]["slot"]
     assert not (slot / "models" / "detector.tflite").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopkit import BundleMaker, Device, committed
+from loopkit import BOXES, BOXES_NEW, BundleMaker, Device, committed, wait_until
 from typer.testing import CliRunner
 
 from hub.config import HubConfig
@@ -28,9 +28,6 @@ from hub.testing import LiveHub
 from leanloop.cli import app
 
 pytestmark = pytest.mark.integration
-
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
-BOXES_NEW = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 
 
 @pytest.fixture
@@ -50,15 +47,6 @@ def live_hub(tmp_path: Path, keys: Path, hub_storage: dict[str, Any]) -> Iterato
 @pytest.fixture
 def fleet(live_hub: LiveHub) -> FleetClient:
     return FleetClient(live_hub.url, live_hub.admin_token)
-
-
-def _until(what: str, cond: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _start_on_v1(
@@ -108,7 +96,7 @@ def test_canary_when_a_device_fails_its_trial_halts_and_no_one_else_installs(
     assert r["id"] == 1 and r["waves"][0]["ordered"] == 2
     assert bad.wait_exit() == -9  # killed in its trial by the test hook
     bad.restart()  # comes back on v1 and reports the rolled-back trial
-    _until("the halt", lambda: fleet.rollout_status(1)["status"] == "halted")
+    wait_until("the halt", lambda: fleet.rollout_status(1)["status"] == "halted")
     st = fleet.rollout_status(1)
     assert "in wave 0" in st["reason"] and st["waves"][0]["failed"] == 1
     assert st["waves"][1]["ordered"] == 0
@@ -148,7 +136,7 @@ def test_rollout_when_paused_resumes_walks_all_waves_then_rollback_converges(
     assert res.exit_code == 0, res.output
     for dev in devices.values():
         dev.wait("v2 committed", committed(2))
-    _until("done", lambda: fleet.rollout_status(rid)["status"] == "done")
+    wait_until("done", lambda: fleet.rollout_status(rid)["status"] == "done")
     st = fleet.rollout_status(rid)
     assert [w["ordered"] for w in st["waves"]] == [1, 1, 2]
     assert all(w["failed"] == 0 for w in st["waves"])
@@ -165,7 +153,7 @@ def test_rollout_when_paused_resumes_walks_all_waves_then_rollback_converges(
     for dev in devices.values():
         dev.wait("v3 committed", committed(3))
     assert fleet.manifest("digits", 3)["files"] == fleet.manifest("digits", 1)["files"]
-    _until("rollback done", lambda: fleet.rollout_status(rb["id"])["status"] == "done")
+    wait_until("rollback done", lambda: fleet.rollout_status(rb["id"])["status"] == "done")
     for d in fleet.devices():
         assert not [e for e in d.get("events") or [] if e.get("version") == 3], d["events"]
     res = cli.invoke(app, ["fleet", "list", *auth, "--json"])

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
-from pathlib import Path
 
-from loopkit import BundleMaker, Device, committed, publish
+from loopkit import Device, Loop
 from typer.testing import CliRunner
 
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from leanloop.cli import app
-
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 
 
 def declaring_png(w: int, h: int) -> bytes:
@@ -42,16 +36,10 @@ def _drop(dev: Device, name: str, data: bytes) -> None:
 
 
 def test_device_goes_on_when_frames_make_the_decoder_raise_or_declare_too_many_pixels(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
+    loop: Loop,
 ) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
     # A pixel limit above OpenCV's own: the 60000x60000 frame reaches cv2.imdecode, which raises.
-    dev = start_device(inference={"max_frame_pixels": 10**10})
-    dev.wait("v1 committed", committed(1))
+    dev = loop.serving_device(inference={"max_frame_pixels": 10**10})
     _drop(dev, "a0.png", declaring_png(60000, 60000))
     _drop(dev, "a1.png", declaring_png(60000, 60000))
     dev.feed(1)  # f000000.png, after the bad ones in name order

@@ -4,20 +4,15 @@ its sample store is remapped at commit, and feedback that cannot be converted is
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import yaml
-from loopkit import BundleMaker, Device, committed, publish
+from loopkit import BOXES, Loop, committed
 from typer.testing import CliRunner
 
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from leanloop.cli import app
 from runtime.store.lmdb_store import SampleStore
 
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 CHANGES = [
     {"op": "merge", "sources": ["0", "1"], "into": "low"},
     {"op": "split", "source": "9", "into": ["9a", "9b"]},
@@ -33,16 +28,8 @@ V2 = {
 }
 
 
-def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device(upload={"interval_s": 3600})  # keep samples on the device
-    dev.wait("v1 committed", committed(1))
+def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(loop: Loop) -> None:
+    dev = loop.serving_device(upload={"interval_s": 3600})  # keep samples on the device
     dev.feed(3)
     dev.wait("stored", lambda st: st["writer"]["stored"] >= 3)
     runner = CliRunner()
@@ -53,10 +40,14 @@ def test_device_remaps_its_store_when_a_bundle_with_a_new_ontology_commits(
         r = runner.invoke(app, ["feedback", "correct", sid, "--label", label, "--item", "0", *cfg])
         assert r.exit_code == 0, r.output
 
-    v2 = make_bundle(2, BOXES, extra={"ontology.yaml": yaml.safe_dump(V2).encode()})
-    publish(admin, keys, v2, 2)
+    v2 = loop.make_bundle(2, BOXES, extra={"ontology.yaml": yaml.safe_dump(V2).encode()})
+    loop.publish(2, bundle=v2)
     dev.feed(3)
     dev.wait("v2 committed", committed(2))
+    # The operator's status says what the remap did (the demo's ontology line reads it).
+    remap = dev.wait("remap in status", lambda st: bool(st.get("ontology_remap")))["ontology_remap"]
+    assert remap["ontology"] == "digits" and (remap["from_version"], remap["to_version"]) == (1, 2)
+    assert remap["records"] >= 3 and remap["needs_review"] >= 1
     # Feedback given now with a label of version 1: converted when it has one successor,
     # refused with what became of it otherwise.
     r = runner.invoke(app, ["feedback", "correct", untouched, "--label", "0", "--item", "1", *cfg])

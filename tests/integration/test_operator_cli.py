@@ -4,29 +4,18 @@ rollback, both through the control socket (service running) and on disk (service
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
 
-from loopkit import BundleMaker, Device, committed, publish
+from loopkit import Loop, committed
 from typer.testing import CliRunner
 
 from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from leanloop.cli import app
 
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
+BOXES_V2 = [(25.0, 25.0, 28.0, 28.0)]
 
 
-def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device(upload={"interval_s": 3600})  # keep samples on the device
-    dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
+def test_operator_sees_samples_and_corrects_them_when_the_service_runs(loop: Loop) -> None:
+    dev = loop.serving_device(upload={"interval_s": 3600})  # keep samples on the device
     dev.feed(5)
     dev.wait("stored", lambda st: st["writer"]["stored"] >= 5)
     runner = CliRunner()
@@ -63,17 +52,9 @@ def test_operator_sees_samples_and_corrects_them_when_the_service_runs(
     assert r.exit_code == 1 and "no previous committed bundle" in r.output
 
 
-def test_rollback_swaps_back_between_frames_when_the_service_runs(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
-    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+def test_rollback_swaps_back_between_frames_when_the_service_runs(loop: Loop) -> None:
+    dev = loop.serving_device()
+    loop.publish(2, BOXES_V2)
     dev.feed(3)
     dev.wait("v2 committed", committed(2))
     r = CliRunner().invoke(app, ["rollback", "--yes", "--config", str(dev.config)])
@@ -93,7 +74,7 @@ def test_rollback_swaps_back_between_frames_when_the_service_runs(
         "rollback reported to the hub",
         lambda st: any(
             e["cause"] == "operator" and e["version"] == 2
-            for e in _device_record(admin, "cam-1").get("events", [])
+            for e in _device_record(loop.admin, "cam-1").get("events", [])
         ),
     )
 
@@ -102,17 +83,9 @@ def _device_record(admin: HubAdminClient, device_id: str) -> dict:  # type: igno
     return next(d for d in admin.devices() if d["device_id"] == device_id)
 
 
-def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device(upload={"interval_s": 3600})
-    dev.wait("v1 committed", committed(1))
-    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(loop: Loop) -> None:
+    dev = loop.serving_device(upload={"interval_s": 3600})
+    loop.publish(2, BOXES_V2)
     dev.wait("v2 committed", committed(2))
     dev.feed(2)
     dev.wait("stored", lambda st: st["writer"]["stored"] >= 2)
@@ -134,18 +107,10 @@ def test_rollback_returns_to_previous_bundle_when_the_service_is_stopped(
     assert "digits" not in slots["bad_versions"]
 
 
-def test_rollback_ends_the_trial_and_swaps_back_when_asked_during_trial(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
+def test_rollback_ends_the_trial_and_swaps_back_when_asked_during_trial(loop: Loop) -> None:
+    dev = loop.serving_device()
     dev.reconfigure(update={"trial_frames": 100_000, "trial_s": 600})  # v2's trial won't end
-    publish(admin, keys, make_bundle(2, [(25.0, 25.0, 28.0, 28.0)]), 2)
+    loop.publish(2, BOXES_V2)
     dev.wait("v2 on trial", lambda st: st["update_state"] == "trial")
     names = dev.feed(2)
     dev.wait("v2 serving", lambda st: all(n in dev.results() for n in names))

@@ -12,35 +12,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import yaml
-from loopkit import BundleMaker, Device, committed, publish
+from loopkit import BOXES, BOXES_NEW, Loop, committed
 from typer.testing import CliRunner
 
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from leanloop.cli import app
 from runtime.store.lmdb_store import SampleStore
 from runtime.store.record import SampleRecord, new_sample_id
 
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
-BOXES_NEW = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 MAX_BYTES = 64 << 20
 
 
-def test_device_refuses_a_misspelt_engine_at_load_and_never_marks_a_bundle_bad(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
-    publish(admin, keys, make_bundle(2, BOXES_NEW), 2)  # waiting for the device
+def test_device_refuses_a_misspelt_engine_at_load_and_never_marks_a_bundle_bad(loop: Loop) -> None:
+    dev = loop.serving_device()
+    loop.publish(2, BOXES_NEW)  # waiting for the device
     dev.stop(close_log=False)
     before = (dev.state / "slots.json").read_bytes()
     dev.reconfigure(inference={"backend": "onnxruntme"})
@@ -83,16 +69,8 @@ def _foreign_record(device_id: str) -> SampleRecord:
     )
 
 
-def test_device_quarantines_what_the_hub_refuses_and_uploads_the_rest(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device(upload={"interval_s": 3600})
-    dev.wait("v1 committed", committed(1))
+def test_device_quarantines_what_the_hub_refuses_and_uploads_the_rest(loop: Loop) -> None:
+    dev = loop.serving_device(upload={"interval_s": 3600})
     dev.feed(3)
     dev.wait("stored", lambda st: st["writer"]["stored"] >= 3)
     runner = CliRunner()
@@ -103,6 +81,16 @@ def test_device_quarantines_what_the_hub_refuses_and_uploads_the_rest(
     )
     assert r.exit_code == 2 and r.output.startswith("error: bad feedback: item:"), r.output
     assert r.output.count("\n") == 1
+    n_items = len(rows[0]["summary"].split())  # "label:score label:score"
+    r = runner.invoke(
+        app, ["feedback", "correct", rows[0]["id"], "--label", "3", "--item", str(n_items), *cfg]
+    )
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    has = f"items 0..{n_items - 1}" if n_items else "no items"
+    assert r.output.startswith(f"error: sample {rows[0]['id']} has {has}"), r.output
+    assert f"there is no item {n_items}" in r.output
+    after = json.loads(runner.invoke(app, ["samples", "list", *cfg, "--json"]).stdout)
+    assert after[0]["id"] == rows[0]["id"] and not after[0].get("feedback")  # nothing stored
     store = SampleStore(dev.state / "samples", max_bytes=MAX_BYTES)  # LMDB: shared with the service
     planted = _foreign_record("cam-9")
     store.put(planted)
@@ -119,7 +107,7 @@ def test_device_quarantines_what_the_hub_refuses_and_uploads_the_rest(
     kept = json.loads((dev.state / "quarantine" / f"sample-{planted.id}.json").read_text())
     assert kept["record"]["device_id"] == "cam-9"
     assert (dev.state / "quarantine" / kept["image"]).read_bytes() == planted.image
-    hub_ids = {s["id"] for s in admin.samples(limit=100)}
+    hub_ids = {s["id"] for s in loop.admin.samples(limit=100)}
     assert planted.id not in hub_ids and {r["id"] for r in rows} <= hub_ids
     assert st["counters"]["upload_errors"] == 0
     shown = runner.invoke(app, ["status", *cfg])
@@ -127,16 +115,10 @@ def test_device_quarantines_what_the_hub_refuses_and_uploads_the_rest(
 
 
 def test_operator_rollback_holds_the_version_until_mark_good_and_shadow_says_why_it_waits(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
+    loop: Loop,
 ) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
-    publish(admin, keys, make_bundle(2, BOXES_NEW), 2)
+    dev = loop.serving_device()
+    loop.publish(2, BOXES_NEW)
     dev.feed(3)
     dev.wait("v2 committed", committed(2))
     runner = CliRunner()
@@ -145,8 +127,8 @@ def test_operator_rollback_holds_the_version_until_mark_good_and_shadow_says_why
     assert r.exit_code == 0, r.output
     st = dev.wait("rolled back", lambda st: st["update_state"] == "rolled_back")
     assert st["rolled_back_by_operator"] is True and st["held_back"] == {"digits": [2]}
-    admin.publish_bundle(make_bundle(3, BOXES), keys)
-    admin.shadow_rollout("digits", 3, devices=["cam-1"])
+    loop.admin.publish_bundle(loop.make_bundle(3, BOXES), loop.keys)
+    loop.admin.shadow_rollout("digits", 3, devices=["cam-1"])
     st = dev.wait(
         "candidate waits", lambda st: "waits" in ((st.get("shadow") or {}).get("reason") or "")
     )

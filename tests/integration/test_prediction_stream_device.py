@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from loopkit import BundleMaker, Device, publish
+from loopkit import Loop
 from typer.testing import CliRunner
 
-from hub.client import HubAdminClient
 from hub.testing import LiveHub
 from leanloop.cli import app
-
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 
 
 def metrics(hub: LiveHub) -> dict[str, Any]:
@@ -29,21 +24,15 @@ def metrics(hub: LiveHub) -> dict[str, Any]:
     return dict(json.loads(res.stdout))
 
 
-def test_device_streams_predictions_and_metrics_show_them_per_version(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()  # enrolled without a cohort: its group is "-"
+def test_device_streams_predictions_and_metrics_show_them_per_version(loop: Loop) -> None:
+    loop.publish(1)
+    dev = loop.start_device()  # enrolled without a cohort: its group is "-"
     dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
     dev.feed(6)
     deadline = time.monotonic() + 60
     groups: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        groups = metrics(live_hub)["groups"]
+        groups = metrics(loop.hub)["groups"]
         if groups and groups[0]["current"]["frames"] >= 6:
             break
         time.sleep(0.3)
@@ -55,7 +44,7 @@ def test_device_streams_predictions_and_metrics_show_them_per_version(
     st = dev.wait("stream drained", lambda st: (st.get("upload") or {}).get("predictions"))
     assert st["upload"]["predictions"]["shed"] == 0
     shown = CliRunner().invoke(
-        app, ["metrics", "--hub", live_hub.url, "--window", "1h"],
-        env={"LEANLOOP_ADMIN_TOKEN": live_hub.admin_token},
+        app, ["metrics", "--hub", loop.hub.url, "--window", "1h"],
+        env={"LEANLOOP_ADMIN_TOKEN": loop.hub.admin_token},
     )  # fmt: skip
     assert shown.exit_code == 0 and "6 [0]" in shown.stdout  # frames, previous window

@@ -17,13 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loopkit import Device, committed
+import pytest
+from loopkit import Device, Loop, committed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "shadow"))
 from shadowkit import build
-
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 
 SHADOW = {"frame_timeout_s": 10.0, "report_interval_s": 0.2, "nice": 5}
 HANG_TIMEOUT = {**SHADOW, "frame_timeout_s": 1.0}
@@ -58,9 +56,13 @@ def wait_report(
     raise AssertionError(f"timed out waiting for {what}: {report(dev)}; log={dev.tail()}")
 
 
-def _production(admin: HubAdminClient, keys: Path, root: Path, clf: Path) -> None:
-    admin.publish_bundle(build(root, clf, 1), keys)
-    admin.rollout("digits", 1)
+Candidate = Callable[..., Path]
+
+
+@pytest.fixture
+def candidate(tmp_path: Path, classifier_onnx: Path) -> Candidate:
+    """Build shadowkit's bundle ``version`` (``plugin=``, ``swap=`` as ``build`` takes them)."""
+    return lambda version, **kw: build(tmp_path, classifier_onnx, version, **kw)
 
 
 def _served(dev: Device) -> dict[str, dict[str, Any]]:
@@ -76,17 +78,11 @@ def _served(dev: Device) -> dict[str, dict[str, Any]]:
 
 
 def test_shadow_promotes_through_trial_when_identical_candidate_agrees(
-    tmp_path: Path,
-    admin: HubAdminClient,
-    keys: Path,
-    classifier_onnx: Path,
-    start_device: Callable[..., Device],
+    loop: Loop, candidate: Candidate
 ) -> None:
-    _production(admin, keys, tmp_path, classifier_onnx)
-    dev = start_device(shadow=SHADOW)
-    dev.wait("v1 committed", committed(1))
-    admin.publish_bundle(build(tmp_path, classifier_onnx, 2), keys)
-    assert admin.shadow_rollout("digits", 2, rule={"min_frames": 6, "min_agreement": 1.0}) == 1
+    dev = loop.serving_device(shadow=SHADOW, bundle=candidate(1))
+    loop.admin.publish_bundle(candidate(2), loop.keys)
+    assert loop.admin.shadow_rollout("digits", 2, rule={"min_frames": 6, "min_agreement": 1.0}) == 1
     rep = wait_report(dev, "promoted", lambda r: r["status"] == "promoted", feed=(60, 200))
     stats = rep["stats"]
     assert stats["compared"] >= 6 and stats["agreed"] == stats["compared"]
@@ -95,33 +91,26 @@ def test_shadow_promotes_through_trial_when_identical_candidate_agrees(
     st = dev.wait("v2 committed", committed(2))
     assert st["previous"]["version"] == 1
     # The hub saw it and now wants v2 on this device.
-    view = admin.shadow()
+    view = loop.admin.shadow()
     [mine] = view["devices"]
     assert mine["report"]["status"] == "promoted" and mine["report"]["agreement"] == 1.0
     assert "seen" not in mine["report"]
     [group] = view["cohorts"]
     assert group["agreement"] == 1.0 and group["candidate"] == {"bundle": "digits", "version": 2}
-    [d] = admin.devices()
+    [d] = loop.admin.devices()
     assert d["desired"] == {"bundle": "digits", "version": 2}
 
 
 def test_shadow_rejects_and_shows_the_flips_when_candidate_swaps_two_labels(
-    tmp_path: Path,
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    classifier_onnx: Path,
-    start_device: Callable[..., Device],
+    loop: Loop, candidate: Candidate
 ) -> None:
-    _production(admin, keys, tmp_path, classifier_onnx)
-    dev = start_device(shadow=SHADOW)
-    dev.wait("v1 committed", committed(1))
-    admin.publish_bundle(build(tmp_path, classifier_onnx, 2, swap=("2", "7")), keys)
+    dev = loop.serving_device(shadow=SHADOW, bundle=candidate(1))
+    loop.admin.publish_bundle(candidate(2, swap=("2", "7")), loop.keys)
     out = subprocess.run(
         [sys.executable, "-m", "leanloop.cli", "shadow", "assign", "digits", "2",
-         "--hub", live_hub.url, "--min-frames", "4", "--min-agreement", "0.9"],
+         "--hub", loop.hub.url, "--min-frames", "4", "--min-agreement", "0.9"],
         capture_output=True, text=True, check=True,
-        env={**os.environ, "LEANLOOP_ADMIN_TOKEN": live_hub.admin_token},
+        env={**os.environ, "LEANLOOP_ADMIN_TOKEN": loop.hub.admin_token},
     )  # fmt: skip
     assert out.stdout.strip() == "digits v2 in shadow on 1 device(s)"
     rep = wait_report(dev, "rejected", lambda r: r["status"] == "rejected", feed=(60, 200))
@@ -152,7 +141,7 @@ def test_shadow_rejects_and_shows_the_flips_when_candidate_swaps_two_labels(
     while time.monotonic() < deadline:
         flagged = [
             m["prediction"]["shadow"]
-            for m in admin.samples("digits", limit=1000)
+            for m in loop.admin.samples("digits", limit=1000)
             if m["prediction"].get("shadow")
         ]
         if flagged:
@@ -164,24 +153,20 @@ def test_shadow_rejects_and_shows_the_flips_when_candidate_swaps_two_labels(
 
 
 def test_shadow_leaves_production_output_identical_when_candidate_crashes_or_hangs(
-    tmp_path: Path,
-    admin: HubAdminClient,
-    keys: Path,
-    classifier_onnx: Path,
-    start_device: Callable[..., Device],
+    loop: Loop, candidate: Candidate
 ) -> None:
-    _production(admin, keys, tmp_path, classifier_onnx)
-    admin.publish_bundle(build(tmp_path, classifier_onnx, 2, plugin="segv_on_poison"), keys)
-    admin.publish_bundle(build(tmp_path, classifier_onnx, 3, plugin="hang_on_poison"), keys)
-    base = start_device("plain")
+    loop.publish(1, bundle=candidate(1))
+    loop.admin.publish_bundle(candidate(2, plugin="segv_on_poison"), loop.keys)
+    loop.admin.publish_bundle(candidate(3, plugin="hang_on_poison"), loop.keys)
+    base = loop.start_device("plain")
     cases = {
-        name: (start_device(name, shadow=cfg), version)
+        name: (loop.start_device(name, shadow=cfg), version)
         for name, version, cfg in (("crash", 2, SHADOW), ("hang", 3, HANG_TIMEOUT))
     }
     for dev, _ in [*cases.values(), (base, 0)]:
         dev.wait("v1 committed", committed(1))
     for name, (_dev, version) in cases.items():
-        admin.shadow_rollout("digits", version, devices=[name], rule={"min_frames": 1000})
+        loop.admin.shadow_rollout("digits", version, devices=[name], rule={"min_frames": 1000})
     for dev, _ in cases.values():
         wait_report(dev, "candidate running", lambda r: r["status"] == "running")
     frames = [(60, 200)] * 3 + [POISON] + [(60, 200)] * 3 + [POISON] + [(60, 200)] * 2
@@ -202,25 +187,21 @@ def test_shadow_leaves_production_output_identical_when_candidate_crashes_or_han
     for name, (dev, _) in cases.items():
         assert _served(dev) == want, name
         assert dev.status()["counters"]["frame_errors"] == 0
-    reported = {d["device_id"]: d["report"] for d in admin.shadow()["devices"]}
+    reported = {d["device_id"]: d["report"] for d in loop.admin.shadow()["devices"]}
     assert reported["crash"]["status"] == reported["hang"]["status"] == "disabled"
     assert "plain" not in reported
 
 
 def test_shadow_promotion_rolls_back_when_promoted_candidate_fails_its_trial(
-    tmp_path: Path,
-    admin: HubAdminClient,
-    keys: Path,
-    classifier_onnx: Path,
-    start_device: Callable[..., Device],
+    loop: Loop, candidate: Candidate
 ) -> None:
-    _production(admin, keys, tmp_path, classifier_onnx)
-    dev = start_device(shadow=SHADOW, update={"trial_frames": 3, "trial_s": 60.0})
+    loop.publish(1, bundle=candidate(1))
+    dev = loop.start_device(shadow=SHADOW, update={"trial_frames": 3, "trial_s": 60.0})
     dev.wait("v1 on trial", lambda st: (st.get("active") or {}).get("version") == 1)
     dev.feed(3)
     dev.wait("v1 committed", committed(1))
-    admin.publish_bundle(build(tmp_path, classifier_onnx, 2, plugin="raise_on_poison"), keys)
-    admin.shadow_rollout("digits", 2, rule={"min_frames": 4, "min_agreement": 1.0})
+    loop.admin.publish_bundle(candidate(2, plugin="raise_on_poison"), loop.keys)
+    loop.admin.shadow_rollout("digits", 2, rule={"min_frames": 4, "min_agreement": 1.0})
     wait_report(dev, "promoting", lambda r: r["status"] == "promoting", feed=(60, 200))
     dev.wait(
         "v2 on trial",
@@ -239,10 +220,10 @@ def test_shadow_promotion_rolls_back_when_promoted_candidate_fails_its_trial(
     assert all(dev.results()[n]["bundle_version"] == 1 for n in names)
     # The hub heard it, and did not pin v2 on the device.
     deadline = time.monotonic() + 10
-    while admin.shadow()["devices"][0]["report"]["status"] != "rolled_back":
-        assert time.monotonic() < deadline, admin.shadow()
+    while loop.admin.shadow()["devices"][0]["report"]["status"] != "rolled_back":
+        assert time.monotonic() < deadline, loop.admin.shadow()
         time.sleep(0.2)
-    [d] = admin.devices()
+    [d] = loop.admin.devices()
     assert d["desired"] != {"bundle": "digits", "version": 2}
 
 
@@ -263,17 +244,11 @@ def _workers(parent: int) -> list[int]:
 
 
 def test_shadow_resumes_and_worker_exits_when_device_is_killed_mid_shadow(
-    tmp_path: Path,
-    admin: HubAdminClient,
-    keys: Path,
-    classifier_onnx: Path,
-    start_device: Callable[..., Device],
+    loop: Loop, candidate: Candidate
 ) -> None:
-    _production(admin, keys, tmp_path, classifier_onnx)
-    dev = start_device(shadow=SHADOW)
-    dev.wait("v1 committed", committed(1))
-    admin.publish_bundle(build(tmp_path, classifier_onnx, 2), keys)
-    admin.shadow_rollout("digits", 2, rule={"min_frames": 1000})
+    dev = loop.serving_device(shadow=SHADOW, bundle=candidate(1))
+    loop.admin.publish_bundle(candidate(2), loop.keys)
+    loop.admin.shadow_rollout("digits", 2, rule={"min_frames": 1000})
     before = wait_report(dev, "3 compared", lambda r: r["stats"]["compared"] >= 3, feed=(60, 200))
     [worker] = _workers(dev.proc.pid)
     dev.proc.kill()  # SIGKILL: no clean-up in the service

@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 import urllib3
 from aiohttp import web
-from loopkit import Device, committed, publish, write_source
+from loopkit import BOXES, BOXES_NEW, Loop, committed, write_source
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
@@ -47,8 +47,6 @@ from runtime.bundle.loader import file_sha256, read_manifest, verify_bundle_dir
 from runtime.errors import BundleError, LeanloopError
 from runtime.trust import BundleFetcher, delta_target_name
 
-BOXES_V1 = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
-BOXES_V2 = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 DATA = "anchors.bin"
 DATA_V1 = bytes(range(256)) * 800
 DATA_V2 = bytes(b ^ 0x5A if i % 4001 == 0 else b for i, b in enumerate(DATA_V1))
@@ -305,7 +303,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, classifier_onnx: Path) -> It
     keys = tmp / "keys"
     init_keys(keys)
     bundles = {}
-    for version, boxes, data in ((1, BOXES_V1, DATA_V1), (2, BOXES_V2, DATA_V2)):
+    for version, boxes, data in ((1, BOXES, DATA_V1), (2, BOXES_NEW, DATA_V2)):
         src = write_source(tmp / f"src-v{version}", boxes, classifier_onnx)
         (src / DATA).write_bytes(data)
         bundles[version] = tmp / f"bundle-v{version}"
@@ -714,15 +712,19 @@ def test_fetch_refuses_to_write_through_a_symlinked_folder_in_staging(
 # -- root rotation and key revocation ----------------------------------------------------------
 
 
-def _rotation_world(tmp_path: Path, keys: Path, hub: LiveHub, admin: HubAdminClient) -> World:
+@pytest.fixture
+def rotation_world(
+    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+) -> Iterator[World]:
     """A small world on the function's own hub (rotation changes keys and hub for good)."""
     from hub.testing import make_bundle
 
     v1 = make_bundle(tmp_path / "bundles", "digits", 1)
     v2 = make_bundle(tmp_path / "bundles", "digits", 2, **{"model.onnx": b"model v2 " * 200})
     admin.publish_bundle(v1, keys)
-    proxy = TamperProxy(upstream=hub.url).__enter__()
-    return World(tmp_path, keys, hub, admin, proxy, hub.admin_token, v1, v2, {}, tmp_path / "dev")
+    with TamperProxy(upstream=live_hub.url) as proxy:
+        token = live_hub.admin_token
+        yield World(tmp_path, keys, live_hub, admin, proxy, token, v1, v2, {}, tmp_path / "dev")
 
 
 def _pinned_device(w: World, name: str, pinned: Path) -> BundleFetcher:
@@ -730,101 +732,92 @@ def _pinned_device(w: World, name: str, pinned: Path) -> BundleFetcher:
 
 
 def test_device_pinned_to_root_v1_follows_rotations_when_keys_are_replaced(
-    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+    rotation_world: World, tmp_path: Path
 ) -> None:
-    w = _rotation_world(tmp_path, keys, live_hub, admin)
-    try:
-        pinned = tmp_path / "pinned-root-v1.json"  # what devices got at provisioning
-        shutil.copy(keys / "root.json", pinned)
-        old = _pinned_device(w, "old", pinned)
-        old.fetch("digits", 1, tmp_path / "old" / "v1")
+    w = rotation_world
+    pinned = tmp_path / "pinned-root-v1.json"  # what devices got at provisioning
+    shutil.copy(w.keys / "root.json", pinned)
+    old = _pinned_device(w, "old", pinned)
+    old.fetch("digits", 1, tmp_path / "old" / "v1")
 
-        rotate_root(keys, {"targets"})
-        assert admin.push_root(keys) == 2
-        rotate_root(keys, {"root", "snapshot", "timestamp"})
-        assert admin.push_root(keys) == 3
-        # The hub no longer takes targets signed with the revoked targets key.
-        forged = w.current("targets")
-        forged.signed.version += 1
-        with pytest.raises(BadRequest, match="not signed by the root's targets key"):
-            admin.post_targets(
-                _signed(forged, load_signer(keys / "retired" / "v1" / "targets.key"))
-            )
-        admin.publish_bundle(w.v2, keys)  # signed under root v3 by the new targets key
+    rotate_root(w.keys, {"targets"})
+    assert w.admin.push_root(w.keys) == 2
+    rotate_root(w.keys, {"root", "snapshot", "timestamp"})
+    assert w.admin.push_root(w.keys) == 3
+    # The hub no longer takes targets signed with the revoked targets key.
+    forged = w.current("targets")
+    forged.signed.version += 1
+    with pytest.raises(BadRequest, match="not signed by the root's targets key"):
+        w.admin.post_targets(
+            _signed(forged, load_signer(w.keys / "retired" / "v1" / "targets.key"))
+        )
+    w.admin.publish_bundle(w.v2, w.keys)  # signed under root v3 by the new targets key
 
-        res = old.fetch("digits", 2, tmp_path / "old" / "v2", reuse_dirs=[tmp_path / "old" / "v1"])
-        assert res.manifest.version == 2
-        assert (tmp_path / "old" / "tuf" / "root_history" / "3.root.json").exists()
-        fresh = _pinned_device(w, "fresh", pinned)  # never refreshed: walks 1 → 2 → 3 at once
-        assert fresh.fetch("digits", 2, tmp_path / "fresh" / "v2").manifest.version == 2
-    finally:
-        w.proxy.__exit__()
+    res = old.fetch("digits", 2, tmp_path / "old" / "v2", reuse_dirs=[tmp_path / "old" / "v1"])
+    assert res.manifest.version == 2
+    assert (tmp_path / "old" / "tuf" / "root_history" / "3.root.json").exists()
+    fresh = _pinned_device(w, "fresh", pinned)  # never refreshed: walks 1 → 2 → 3 at once
+    assert fresh.fetch("digits", 2, tmp_path / "fresh" / "v2").manifest.version == 2
 
 
 def test_device_refuses_bundle_when_signed_with_revoked_targets_key_after_rotation(
-    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+    rotation_world: World, tmp_path: Path
 ) -> None:
-    w = _rotation_world(tmp_path, keys, live_hub, admin)
-    try:
-        dev = _pinned_device(w, "dev", keys / "root.json")
-        dev.fetch("digits", 1, tmp_path / "dev" / "v1")
-        revoked = load_signer(keys / KEY_FILES["targets"])
-        rotate_root(keys, {"targets"})
-        admin.push_root(keys)
-        dev.fetch("digits", 1, tmp_path / "dev" / "v1-again")  # now trusts root v2
-        # Whoever kept the revoked key (and even holds the hub's online keys) signs a bundle.
-        manifest = _v3_manifest(w, {"model.onnx": b"evil"})
-        t = w.current("targets")
-        t.signed.version += 1
-        for path, data in {
-            "digits/3/manifest.json": manifest,
-            "digits/3/model.onnx": b"evil",
-        }.items():
-            t.signed.targets[path] = TargetFile(
-                len(data), {"sha256": hashlib.sha256(data).hexdigest()}, path
-            )
-        w.proxy.rules = _overlay(w, targets=_signed(t, revoked))
-        with pytest.raises(LeanloopError) as info:
-            dev.fetch("digits", 3, tmp_path / "dev" / "v3")
-        reason = str(info.value)
-        assert "\n" not in reason and "UnsignedMetadataError" in reason, reason
-        assert not (tmp_path / "dev" / "v3" / "model.onnx").exists()
-    finally:
-        w.proxy.__exit__()
+    w = rotation_world
+    dev = _pinned_device(w, "dev", w.keys / "root.json")
+    dev.fetch("digits", 1, tmp_path / "dev" / "v1")
+    revoked = load_signer(w.keys / KEY_FILES["targets"])
+    rotate_root(w.keys, {"targets"})
+    w.admin.push_root(w.keys)
+    dev.fetch("digits", 1, tmp_path / "dev" / "v1-again")  # now trusts root v2
+    # Whoever kept the revoked key (and even holds the hub's online keys) signs a bundle.
+    manifest = _v3_manifest(w, {"model.onnx": b"evil"})
+    t = w.current("targets")
+    t.signed.version += 1
+    for path, data in {
+        "digits/3/manifest.json": manifest,
+        "digits/3/model.onnx": b"evil",
+    }.items():
+        t.signed.targets[path] = TargetFile(
+            len(data), {"sha256": hashlib.sha256(data).hexdigest()}, path
+        )
+    w.proxy.rules = _overlay(w, targets=_signed(t, revoked))
+    with pytest.raises(LeanloopError) as info:
+        dev.fetch("digits", 3, tmp_path / "dev" / "v3")
+    reason = str(info.value)
+    assert "\n" not in reason and "UnsignedMetadataError" in reason, reason
+    assert not (tmp_path / "dev" / "v3" / "model.onnx").exists()
 
 
 def test_device_refuses_new_root_when_signed_only_by_new_keys(
-    tmp_path: Path, keys: Path, live_hub: LiveHub, admin: HubAdminClient
+    rotation_world: World, tmp_path: Path
 ) -> None:
-    w = _rotation_world(tmp_path, keys, live_hub, admin)
-    try:
-        dev = _pinned_device(w, "dev", keys / "root.json")
-        dev.fetch("digits", 1, tmp_path / "dev" / "v1")
-        # An attacker's root v2: every key replaced by theirs, signed only by their root key.
-        theirs = {role: CryptoSigner.generate_ed25519() for role in KEY_FILES}
+    w = rotation_world
+    dev = _pinned_device(w, "dev", w.keys / "root.json")
+    dev.fetch("digits", 1, tmp_path / "dev" / "v1")
+    # An attacker's root v2: every key replaced by theirs, signed only by their root key.
+    theirs = {role: CryptoSigner.generate_ed25519() for role in KEY_FILES}
 
-        def take_over(r: Root) -> None:
-            for role, signer in theirs.items():
-                for keyid in list(r.roles[role].keyids):
-                    r.revoke_key(keyid, role)
-                r.add_key(signer.public_key, role)
+    def take_over(r: Root) -> None:
+        for role, signer in theirs.items():
+            for keyid in list(r.roles[role].keyids):
+                r.revoke_key(keyid, role)
+            r.add_key(signer.public_key, role)
 
-        forged = _signed(_forged_root(w, 2, take_over), theirs["root"])
-        resp = urllib3.request(
-            "POST",
-            f"{live_hub.url}/api/v1/admin/tuf/root",
-            fields={"root": ("root.json", forged, "application/json")},
-            headers={"Authorization": f"Bearer {live_hub.admin_token}"},
-        )
-        assert resp.status == 400 and "root keys of version 1" in resp.json()["error"]
-        w.proxy.rules = {re.escape("metadata/2.root.json"): forged}
-        with pytest.raises(LeanloopError) as info:
-            dev.fetch("digits", 1, tmp_path / "dev" / "again")
-        reason = str(info.value)
-        assert "\n" not in reason and "root was signed by 0/1 keys" in reason, reason
-        assert not (tmp_path / "dev" / "tuf" / "root_history" / "2.root.json").exists()
-    finally:
-        w.proxy.__exit__()
+    forged = _signed(_forged_root(w, 2, take_over), theirs["root"])
+    resp = urllib3.request(
+        "POST",
+        f"{w.hub.url}/api/v1/admin/tuf/root",
+        fields={"root": ("root.json", forged, "application/json")},
+        headers={"Authorization": f"Bearer {w.hub.admin_token}"},
+    )
+    assert resp.status == 400 and "root keys of version 1" in resp.json()["error"]
+    w.proxy.rules = {re.escape("metadata/2.root.json"): forged}
+    with pytest.raises(LeanloopError) as info:
+        dev.fetch("digits", 1, tmp_path / "dev" / "again")
+    reason = str(info.value)
+    assert "\n" not in reason and "root was signed by 0/1 keys" in reason, reason
+    assert not (tmp_path / "dev" / "tuf" / "root_history" / "2.root.json").exists()
 
 
 # -- expiry on devices without a real-time clock -----------------------------------------------
@@ -906,22 +899,14 @@ def test_fetch_refuses_replayed_old_timestamp_when_clock_is_reset(
 # -- the device service ------------------------------------------------------------------------
 
 
-def test_device_refuses_older_bundle_version_when_hub_rolls_it_out_again(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: Callable[..., Path],
-    start_device: Callable[..., Device],
-) -> None:
+def test_device_refuses_older_bundle_version_when_hub_rolls_it_out_again(loop: Loop) -> None:
     """A rollback attack on the bundle: v1 is still validly signed, but the device has
     committed v2, so v1 is refused (versions never go down) and v2 keeps serving."""
-    publish(admin, keys, make_bundle(1, BOXES_V1), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
-    publish(admin, keys, make_bundle(2, BOXES_V2), 2)
+    dev = loop.serving_device()
+    loop.publish(2, BOXES_NEW)
     dev.feed(4)
     dev.wait("v2 committed", committed(2))
-    admin.rollout("digits", 1)
+    loop.admin.rollout("digits", 1)
     st = dev.wait("refusal", lambda st: bool(st.get("last_update_error")))
     reason = st["last_update_error"]
     assert "\n" not in reason and "v1" in reason and "v2" in reason, reason

@@ -9,14 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loopkit import BundleMaker, Device, committed, publish
+from loopkit import BOXES_NEW, Loop, committed
 
 from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from runtime.bundle.loader import file_sha256
-
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
-BOXES_NEW = [(25.0, 25.0, 28.0, 28.0), (70.0, 70.0, 38.0, 38.0)]
 
 
 def _tamper(bundle: Path, rel: str, change: Callable[[bytes], bytes]) -> None:
@@ -59,24 +55,18 @@ CASES: list[tuple[str, str, Callable[[Path], None] | None]] = [
 
 
 def test_device_rolls_back_and_reports_when_new_bundle_fails_to_load_check_or_trial(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
+    loop: Loop,
 ) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()
-    dev.wait("v1 committed", committed(1))
+    dev = loop.serving_device()
     for version, (cause, kind, spoil) in enumerate(CASES, start=2):
-        bundle = make_bundle(version, BOXES_NEW)
+        bundle = loop.make_bundle(version, BOXES_NEW)
         if spoil is not None:
             spoil(bundle)
         else:  # restart the device with a hook that SIGKILLs it once the trial is stored
             dev.stop(close_log=False)
             dev.restart(env={"LEANLOOP_TEST_KILL_AT": "state:trial"})
             dev.wait("v1 serving", committed(1))
-        publish(admin, keys, bundle, version)
+        loop.publish(version, bundle=bundle)
         if spoil is None:
             assert dev.wait_exit() == -9
             dev.restart()
@@ -97,9 +87,9 @@ def test_device_rolls_back_and_reports_when_new_bundle_fails_to_load_check_or_tr
         assert all(s["status"] not in ("staging", "staged") for s in slots["slots"].values())
         got = dev.wait(
             f"{cause} reported to the hub",
-            lambda st, v=version: any(e["version"] == v for e in _events(admin)),
+            lambda st, v=version: any(e["version"] == v for e in _events(loop.admin)),
         )
         del got
-        (event,) = [e for e in _events(admin) if e["version"] == version]
+        (event,) = [e for e in _events(loop.admin) if e["version"] == version]
         assert (event["kind"], event["cause"]) == (kind, cause), event
         assert event["bundle"] == "digits" and f"v{version}" in event["reason"]

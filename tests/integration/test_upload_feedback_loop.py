@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from loopkit import BundleMaker, Device, publish
+from loopkit import Loop
 from typer.testing import CliRunner
 
-from hub.client import HubAdminClient
-from hub.testing import LiveHub
 from leanloop.cli import app
 from runtime.operator import give_feedback, list_samples
-
-BOXES = [(25.0, 25.0, 30.0, 30.0), (70.0, 70.0, 40.0, 40.0)]
 
 
 def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30) -> Any:
@@ -30,15 +25,9 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float = 30) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
-) -> None:
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device(upload={"interval_s": 3600})  # keep the samples on the device for now
+def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(loop: Loop) -> None:
+    loop.publish(1)
+    dev = loop.start_device(upload={"interval_s": 3600})  # keep the samples on the device for now
     dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
     dev.feed(4)
     dev.wait("stored", lambda st: st["writer"]["stored"] >= 4)
@@ -57,7 +46,7 @@ def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
     wait_for(
         "the correction in a heartbeat at the hub",
         lambda: (
-            (admin.feedback_metrics()["devices"].get("cam-1", {}).get("reported") or {}).get(
+            (loop.admin.feedback_metrics()["devices"].get("cam-1", {}).get("reported") or {}).get(
                 "corrections"
             )
             == 1
@@ -66,12 +55,12 @@ def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
 
     # Open the uploads: restart the same device with a short upload interval.
     dev.reconfigure(upload={"interval_s": 0.3})
-    wait_for("samples at the hub", lambda: len(admin.samples(limit=100)) == 4)
-    queue = admin.samples(state="pending")
+    wait_for("samples at the hub", lambda: len(loop.admin.samples(limit=100)) == 4)
+    queue = loop.admin.samples(state="pending")
     # The frames are painted alike: one image, one queue entry, standing for its 4 copies.
     assert [e["queue"]["copies"] for e in queue] == [4]
     assert queue[0]["queue"]["tier"] == "corrected" and queue[0]["feedback"]["label"] == label
-    hub_view = admin.feedback_metrics()["devices"]["cam-1"]["hub"]
+    hub_view = loop.admin.feedback_metrics()["devices"]["cam-1"]["hub"]
     assert hub_view["confusion"] == {predicted: {label: 1}}
     st = dev.wait("store emptied", lambda st: st["store"]["count"] == 0 and st.get("upload"))
     assert st["feedback"]["corrections"] == 1  # the ledger kept it after the release
@@ -79,21 +68,17 @@ def test_correction_when_given_on_device_reaches_status_heartbeat_and_hub_queue(
 
 
 def test_correction_on_an_uploaded_sample_is_queued_on_the_device_and_reaches_the_hub(
-    live_hub: LiveHub,
-    admin: HubAdminClient,
-    keys: Path,
-    make_bundle: BundleMaker,
-    start_device: Callable[..., Device],
+    loop: Loop,
 ) -> None:
     from runtime.feedback_stats import predicted_label
 
-    publish(admin, keys, make_bundle(1, BOXES), 1)
-    dev = start_device()  # uploads every 0.3 s: samples leave the store at once
+    loop.publish(1)
+    dev = loop.start_device()  # uploads every 0.3 s: samples leave the store at once
     dev.wait("v1", lambda st: (st.get("active") or {}).get("version") == 1)
     dev.feed(2)
-    wait_for("samples at the hub", lambda: len(admin.samples(limit=100)) == 2)
+    wait_for("samples at the hub", lambda: len(loop.admin.samples(limit=100)) == 2)
     dev.wait("store emptied", lambda st: st["writer"]["stored"] == 2 and st["store"]["count"] == 0)
-    entry = admin.samples(limit=100)[0]
+    entry = loop.admin.samples(limit=100)[0]
     predicted = predicted_label(entry["prediction"], None)
     label = "0" if predicted != "0" else "1"
 
@@ -105,7 +90,9 @@ def test_correction_on_an_uploaded_sample_is_queued_on_the_device_and_reaches_th
     wait_for(
         "the correction at the hub",
         lambda: (
-            (admin.feedback_metrics()["devices"].get("cam-1", {}).get("hub") or {}).get("confusion")
+            (loop.admin.feedback_metrics()["devices"].get("cam-1", {}).get("hub") or {}).get(
+                "confusion"
+            )
             == {predicted: {label: 1}}
         ),
     )
@@ -132,7 +119,7 @@ def test_correction_on_an_uploaded_sample_is_queued_on_the_device_and_reaches_th
     wait_for(
         "the confirmation replacing the correction at the hub",
         lambda: (
-            (admin.feedback_metrics()["devices"].get("cam-1", {}).get("hub") or {}).get(
+            (loop.admin.feedback_metrics()["devices"].get("cam-1", {}).get("hub") or {}).get(
                 "confirmations"
             )
             == 1

@@ -15,7 +15,7 @@ import yaml
 from onnx import TensorProto, helper
 
 from runtime.bundle.build import build_bundle
-from trainer.dataset_types import DatasetError
+from trainer.datasets.model import DatasetError
 from trainer.errors import TrainerError
 from trainer.export_formats import tflite_unavailable_reason
 from trainer.run import RunOutput, run_spec
@@ -27,6 +27,12 @@ TINY = {"architecture": "mobilenet_v3_small", "width": 0.25}
 
 def _spec(**kw: Any) -> TrainingSpec:
     return parse_spec({"threads": 1, "batch": 16, **kw})
+
+
+def _classify(data: Path, **kw: Any) -> TrainingSpec:
+    """A classify spec on the dataset at ``data`` with the tiny 32×32 network."""
+    model = {**TINY, "input_size": [32, 32]}
+    return _spec(task="classify", dataset={"path": str(data)}, model=model, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +48,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def classified(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> RunOutput:
     formats = ["onnx", "openvino"] + ([] if tflite_unavailable_reason() else ["tflite"])
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
+    spec = _classify(
+        digits,
         epochs=20,
         lr=0.01,
         augment=[{"name": "Affine", "params": {"rotate": [-10, 10], "p": 0.5}}],
@@ -123,42 +127,42 @@ def test_detect_then_classify_when_trained_writes_two_stages(shapes: Path, tmp_p
     assert set(out["card"]["metrics"]) == {"detector", "classifier"}
     build_bundle(tmp_path / "source", tmp_path / "bundle", "shapes2", 1)
 
+    # Warm start of both stages from the source's checkpoint (what a hub job's init_from does).
+    ckpt = tmp_path / "source" / "checkpoint"
+    warm_spec = spec.model_copy(
+        update={"epochs": 1, "warm_start": ckpt / "detector.pt",
+                "crop_warm_start": ckpt / "classifier.pt"}
+    )  # fmt: skip
+    card = run_spec(warm_spec, tmp_path / "warm")["card"]
+    warm = json.loads(card["warm_start"])
+    assert set(warm) == {"detector", "classifier"}
+    assert warm["classifier"]["kept_fresh"] == [] and warm["classifier"]["copied"] > 0
+    assert warm["detector"]["kept_fresh"] == []
+    # The crop classifier starts where the first run ended, not from scratch.
+    first = out["card"]["training"]["classifier"]["history"]
+    assert card["training"]["classifier"]["history"][0]["loss"] < first[0]["loss"]
+    with pytest.raises(SpecError, match="crop_warm_start is for task detect_then_classify"):
+        _spec(task="classify", dataset={"path": str(shapes)}, crop_warm_start=str(ckpt))
 
-def test_warm_start_when_given_a_state_dict_copies_its_tensors(
-    classified: RunOutput, digits: Path, tmp_path: Path
+
+@pytest.mark.parametrize(
+    ("rel", "expect"),
+    [
+        ("checkpoint/classifier.pt", {"kind": "state_dict", "kept_fresh": []}),  # every tensor
+        ("models/classifier.onnx", {"kind": "onnx"}),  # the converted graph is fine-tuned
+    ],
+    ids=["state_dict", "onnx"],
+)
+def test_warm_start_when_given_a_trained_classifier_starts_from_it(
+    classified: RunOutput, digits: Path, tmp_path: Path, rel: str, expect: dict[str, Any]
 ) -> None:
-    ckpt = Path(classified["source"]) / "checkpoint" / "classifier.pt"
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
-        epochs=1,
-        lr=1e-4,
-        warm_start=str(ckpt),
-        export=["onnx"],
+    spec = _classify(
+        digits, epochs=1, lr=1e-4, warm_start=str(Path(classified["source"]) / rel), export=["onnx"]
     )
     card = run_spec(spec, tmp_path / "source")["card"]
     warm = json.loads(card["warm_start"])
-    assert warm["kind"] == "state_dict" and warm["kept_fresh"] == []
+    assert {k: warm[k] for k in expect} == expect
     # Starting from a trained network, one gentle epoch keeps it accurate.
-    assert card["metrics"]["classifier"]["overall"]["accuracy"] >= 0.8
-
-
-def test_warm_start_when_given_an_onnx_model_fine_tunes_the_converted_graph(
-    classified: RunOutput, digits: Path, tmp_path: Path
-) -> None:
-    onnx_file = Path(classified["source"]) / "models" / "classifier.onnx"
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
-        epochs=1,
-        lr=1e-4,
-        warm_start=str(onnx_file),
-        export=["onnx"],
-    )
-    card = run_spec(spec, tmp_path / "source")["card"]
-    assert json.loads(card["warm_start"])["kind"] == "onnx"
     assert card["metrics"]["classifier"]["overall"]["accuracy"] >= 0.8
 
 
@@ -172,13 +176,7 @@ def test_warm_start_when_onnx_has_an_unsupported_op_names_it(digits: Path, tmp_p
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "custom.onnx")
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
-        epochs=1,
-        warm_start=str(tmp_path / "custom.onnx"),
-    )
+    spec = _classify(digits, epochs=1, warm_start=str(tmp_path / "custom.onnx"))
     with pytest.raises(TrainerError, match="MyCustomOp"):
         run_spec(spec, tmp_path / "source")
     assert not (tmp_path / "source").exists()
@@ -188,10 +186,8 @@ def test_warm_start_when_onnx_has_an_unsupported_op_names_it(digits: Path, tmp_p
 def test_search_when_budget_is_four_trials_prunes_and_keeps_results(
     digits: Path, tmp_path: Path, pruner: str
 ) -> None:
-    spec = _spec(
-        task="classify",
-        dataset={"path": str(digits)},
-        model={**TINY, "input_size": [32, 32]},
+    spec = _classify(
+        digits,
         epochs=5,
         batch=8,
         export=["onnx"],

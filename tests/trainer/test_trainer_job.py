@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import yaml
 
 from trainer.data import LAB_STYLE, Frame, Style
 from trainer.job import main
@@ -153,3 +154,46 @@ def test_job_cli_when_init_from_is_missing_exits_2(
         ]
     )
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+def test_job_cli_when_given_a_renamed_ontology_reads_its_labels_and_writes_it(
+    make_frames: MakeFrames, tmp_path: Path
+) -> None:
+    ann, images = _export(make_frames("seed", LAB_STYLE, 4, 35), tmp_path)
+    label = json.loads(ann.read_text().splitlines()[0])["boxes"][0][4]
+    ann.write_text(ann.read_text().replace(f'"{label}"]', f'"digit-{label}"]'))  # hub remapped
+    classes = [f"digit-{d}" if str(d) == label else str(d) for d in range(10)]
+    onto = tmp_path / "ontology.json"
+    onto.write_text(json.dumps({"id": "digits", "version": 2, "classes": classes}))
+    args = ["--annotations", str(ann), "--images", str(images), "--params", TINY]
+    assert main([*args, "--out", str(tmp_path / "src"), "--ontology", str(onto)]) == 0
+    got = yaml.safe_load((tmp_path / "src" / "ontology.yaml").read_text())
+    assert got == {"id": "digits", "version": 2, "classes": classes}
+    # Without it the labels are not digits v1's: refused, as before.
+    assert main([*args, "--out", str(tmp_path / "src2")]) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"id": "digits", "version": 2, "classes": ["a", "b"]}',
+        '{"id": "digits", "version": 2, "classes": ["0","0","2","3","4","5","6","7","8","9"]}',
+        '{"id": "digits"}',
+        "[",
+    ],
+)
+def test_job_cli_when_the_ontology_file_is_bad_exits_2(
+    make_frames: MakeFrames,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+) -> None:
+    ann, images = _export(make_frames("seed", LAB_STYLE, 1, 36), tmp_path)
+    (tmp_path / "o.json").write_text(body)
+    code = main(
+        ["--annotations", str(ann), "--images", str(images), "--out", str(tmp_path / "out"),
+         "--ontology", str(tmp_path / "o.json")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

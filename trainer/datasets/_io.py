@@ -99,9 +99,13 @@ def copy_images(dataset: Dataset, out: Path, prefix: str = "images") -> None:
     """Copy every item's image to ``out/prefix/<path>``. Raises ValueError for an item
     whose bytes are nowhere."""
     for item in dataset.items:
+        dst = out / prefix / item.path if prefix else out / item.path
+        if item.data is not None:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(item.data)
+            continue
         if item.source is None:
             raise ValueError(f"{item.path}: no image bytes to export")
-        dst = out / prefix / item.path if prefix else out / item.path
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.resolve() != Path(item.source).resolve():
             shutil.copyfile(item.source, dst)

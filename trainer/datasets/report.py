@@ -15,34 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from trainer.datasets._errors import DatasetError, Problem
 from trainer.datasets.model import Dataset, Item
-from trainer.errors import TrainerError
 
 __all__ = ["DatasetError", "Problem", "Report", "check_dataset", "image_size"]
 
 _SHOWN_IN_MESSAGE = 3
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad thing in a dataset: where (file[:line] or file#id) and what."""
-
-    where: str
-    what: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.what}"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"where": self.where, "what": self.what}
-
-
-class DatasetError(TrainerError):
-    """A dataset cannot be read or imported; ``problems`` lists every reason with its place."""
-
-    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
-        super().__init__(message)
-        self.problems = list(problems or [])
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from runtime.pipeline.graph import ClassifyPost, PipelineSpec, StageSpec
 from trainer.arch import build_classifier
-from trainer.dataset_types import Dataset, DatasetError
+from trainer.datasets.model import Dataset, DatasetError
 from trainer.engine import EpochReport, FitResult, class_weights, fit, make_augment, to_tensor
 from trainer.spec import ModelSpec, TrainingSpec
 from trainer.tasks._common import (

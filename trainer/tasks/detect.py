@@ -22,7 +22,7 @@ from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigm
 
 from runtime.pipeline.graph import PipelineSpec, StageSpec, YoloPost
 from trainer.arch import FcosDetector, build_detector
-from trainer.dataset_types import Dataset, DatasetError
+from trainer.datasets.model import Dataset, DatasetError
 from trainer.engine import FitResult, class_weights, fit, make_augment, to_tensor
 from trainer.spec import ModelSpec, TrainingSpec
 from trainer.tasks._common import (

@@ -16,7 +16,7 @@ import torch
 from runtime.pipeline.graph import ClassifyPost, CropSpec, PipelineSpec, StageSpec
 from runtime.pipeline.preprocess import crop_box
 from trainer.arch import FcosDetector, build_classifier, build_detector
-from trainer.dataset_types import Dataset, DatasetError
+from trainer.datasets.model import Dataset, DatasetError
 from trainer.spec import ModelSpec, TrainingSpec
 from trainer.tasks import classify, detect
 from trainer.tasks._common import (
@@ -58,7 +58,8 @@ def train(
     init: torch.nn.Module | None = None,
     on_epoch: OnEpoch | None = None,
 ) -> TaskResult:
-    """Train both stages; ``init`` warm-starts the detector."""
+    """Train both stages. ``init`` warm-starts them: a detector, or a ``ModuleDict`` with a
+    ``detector`` and/or a ``classifier`` (:func:`trainer.run._initial_model`)."""
     classes = dataset.classes
     crop_spec = spec.crop_model or DEFAULT_CROP_MODEL
     x, targets, images = detect.box_targets(dataset, root, spec.model, agnostic=True)
@@ -67,7 +68,11 @@ def train(
         for i in range(len(targets))
     ]
     tr, va = stratified_split(keys, spec.dataset.val_fraction, spec.seed)
-    det = init if init is not None else build_detector(spec.model, 1)
+    stages: dict[str, torch.nn.Module | None] = (
+        dict(init.items()) if isinstance(init, torch.nn.ModuleDict) else {"detector": init}
+    )
+    det = stages.get("detector")
+    det = build_detector(spec.model, 1) if det is None else det
     if not isinstance(det, FcosDetector):
         raise DatasetError(
             ["a detector warm start must be a state dict of this trainer's detector"]
@@ -83,7 +88,8 @@ def train(
     )
     cx_tr, cy_tr = _crops(images, dataset, tr, crop_spec)
     cx_va, cy_va = _crops(images, dataset, va, crop_spec)
-    clf = build_classifier(crop_spec, len(classes))
+    clf = stages.get("classifier")
+    clf = build_classifier(crop_spec, len(classes)) if clf is None else clf
     cls_hook = None if on_epoch is None else (lambda r: on_epoch("classifier", r))
     cls_spec = spec.model_copy(update={"model": crop_spec})
     cls_fit = classify.fit_classifier(
@@ -95,7 +101,7 @@ def train(
     ch = 1 if spec.model.color == "gray" else 3
     cw, chh = crop_spec.input_size
     cch = 1 if crop_spec.color == "gray" else 3
-    stages = [
+    pipeline_stages = [
         detect.pipeline_stage(spec.model, ["object"], spec.score_threshold),
         StageSpec(
             name="classifier",
@@ -111,7 +117,7 @@ def train(
             "detector": ExportedNet(det, "images", "detections", (ch, h, w), spec.model),
             "classifier": ExportedNet(clf, "crops", "logits", (cch, chh, cw), crop_spec),
         },
-        pipeline=PipelineSpec(stages=stages),
+        pipeline=PipelineSpec(stages=pipeline_stages),
         classes=classes,
         metrics={"detector": det_eval, "classifier": cls_eval},
         fits={"detector": det_fit, "classifier": cls_fit},

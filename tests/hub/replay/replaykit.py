@@ -76,13 +76,14 @@ def make_bundle(
     centers: Sequence[float] = TRUE_CENTERS,
     ontology_version: int = 1,
     mapping: dict[str, str] | None = None,
+    classes: Sequence[str] = CLASSES,
 ) -> Path:
     src = root / f"src-v{version}"
     (src / "models").mkdir(parents=True)
     (src / "golden").mkdir()
     classifier_onnx(src / "models" / "fruit.onnx", centers)
     (src / "pipeline.yaml").write_text(yaml.safe_dump(PIPELINE))
-    onto = {"id": "fruit", "version": ontology_version, "classes": CLASSES}
+    onto = {"id": "fruit", "version": ontology_version, "classes": list(classes)}
     if mapping:
         onto["mapping_from_previous"] = mapping
     (src / "ontology.yaml").write_text(yaml.safe_dump(onto))

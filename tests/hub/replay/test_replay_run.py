@@ -117,3 +117,20 @@ def test_replay_counts_corrupt_missing_and_old_ontology_frames(tmp_path: Path) -
     assert report["decision"]["decision"] == "pass"
     assert report["metrics"]["candidate"]["top1_accuracy"] == 1.0
     assert set(report["confusion"]["candidate"][0]) and report["classes"] == CLASSES
+
+
+def test_replay_reads_a_baseline_of_the_previous_ontology_in_the_candidates_names(
+    tmp_path: Path,
+) -> None:
+    # v1 called cherries "plum"; v2 renamed the class. The same model under both names must
+    # score the same against v2's truth (not lose every cherry for its old name).
+    folder = tmp_path / "history"
+    frames = make_history(folder, {"north": spread(0, 255, 40)})
+    write_history(folder, [HistoryFrame(**{**f.__dict__, "ontology_version": 2}) for f in frames])
+    old = ["plum" if c == "cherry" else c for c in CLASSES]
+    base = make_bundle(tmp_path, 1, TRUE_CENTERS, ontology_version=1, classes=old)
+    cand = make_bundle(tmp_path, 2, TRUE_CENTERS, ontology_version=2, mapping={"plum": "cherry"})
+    report = run_replay(cand, base, HistoryDir(folder), SPEC, tmp_path / "work")
+    m = report["metrics"]
+    assert m["baseline"]["top1_accuracy"] == m["candidate"]["top1_accuracy"] == 1.0
+    assert report["decision"]["decision"] == "pass"

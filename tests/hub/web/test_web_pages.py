@@ -21,9 +21,9 @@ Hub = HubTestSession
 
 
 def _png(i: int = 0) -> bytes:
-    img = np.zeros((60, 80, 3), np.uint8)
+    # A distinct scene per sample: the queue keeps one entry per near-duplicate group.
+    img = np.random.default_rng(i).integers(0, 120, (60, 80, 3), dtype=np.uint8)
     img[10:30, 10:40] = 200
-    img[0, 0] = i  # a distinct image per sample (the queue keeps one entry per image)
     return cv2.imencode(".png", img)[1].tobytes()
 
 

@@ -120,3 +120,20 @@ def test_run_raises_backend_error_when_closed(float_model: Path) -> None:
     be.close()
     with pytest.raises(BackendError, match="closed"):
         be.run({"x": np.zeros((2, 3), np.float32)})
+
+
+def test_run_goes_straight_to_the_cpu_session_and_matches_session_run_when_on_cpu(
+    uint8_model: Path,
+) -> None:
+    be = load(uint8_model, BackendOptions(warmup_runs=0))
+    assert be._run_direct is not None  # the C++ session's run, without the Python re-checks
+    x = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    got = be.run({"image": x})
+    want = be.session.run(None, {"image": x})
+    assert [a.tolist() for a in got] == [a.tolist() for a in want]
+
+
+def test_run_names_the_missing_input_when_a_required_input_is_not_fed(float_model: Path) -> None:
+    be = load(float_model, BackendOptions())
+    with pytest.raises(BackendError, match=r"run failed: Required inputs \(\['x'\]\) are missing"):
+        be.run({})

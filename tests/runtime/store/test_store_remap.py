@@ -100,12 +100,13 @@ def test_store_records_are_remapped_when_the_ontology_changes(
     assert [sid for sid, _ in report.feedback_refused] == [recs["fb_split"].id, sent_bad.id]
     # The outbox: the correction was converted, the confirmation of a split class dropped.
     assert outbox.pending(10) == [(sent_ok.id, {**fb("correct", "animal").to_dict()})]
-    assert report.outbox_dropped == 1
+    assert report.outbox_dropped == 1 and report.outbox_remapped == 1  # "car" awaits review
     s = outbox.sent(sent_ok.id)
     assert s is not None and s.labels == ("animal",)
     # A second call (a crash after the first) changes nothing more.
     again = remap_store(store, outbox, OLD, NEW)
     assert again is not None and again.records == 0 and again.outbox_dropped == 0
+    assert again.outbox_remapped == 0
     outbox.close()
 
 
