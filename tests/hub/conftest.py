@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,28 @@ async def hub(
     """The real ``create_app`` behind aiohttp's test client."""
     client = await aiohttp_client(create_app(config))
     yield HubTestSession(client, config, keys_dir)
+
+
+@pytest.fixture
+def hub_on_backend(
+    aiohttp_client: Any, tmp_path: Path, keys_dir: Path, hub_backend: dict[str, Any]
+) -> Callable[..., Awaitable[HubTestSession]]:
+    """Factory: ``await hub_on_backend(**settings)``, a hub on each storage backend (the test runs
+    once per backend, see tests/conftest.py) with a trainer that does nothing."""
+
+    async def make(**settings: Any) -> HubTestSession:
+        config = HubConfig(
+            data_dir=tmp_path / "data",
+            keys_dir=keys_dir,
+            port=0,
+            trainer_command=[sys.executable, "-c", "pass"],
+            timestamp_check_interval_s=3600,
+            **settings,
+            **hub_backend,
+        )
+        return HubTestSession(await aiohttp_client(create_app(config)), config, keys_dir)
+
+    return make
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ them, within ``cache_check_s``; heartbeats written behind reach the database; on
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,9 @@ CHECK_S = 0.2
 
 @pytest_asyncio.fixture
 async def hub_on(
-    aiohttp_client: Any, tmp_path: Path, keys_dir: Path, hub_backend: dict[str, Any]
-) -> AsyncIterator[HubTestSession]:
-    config = HubConfig(
-        data_dir=tmp_path / "data",
-        keys_dir=keys_dir,
-        port=0,
-        trainer_command=[sys.executable, "-c", "pass"],
-        timestamp_check_interval_s=3600,
-        cache_check_s=CHECK_S,
-        heartbeat_flush_s=0.3,
-        **hub_backend,
-    )
-    yield HubTestSession(await aiohttp_client(create_app(config)), config, keys_dir)
+    hub_on_backend: Callable[..., Awaitable[HubTestSession]],
+) -> HubTestSession:
+    return await hub_on_backend(cache_check_s=CHECK_S, heartbeat_flush_s=0.3)
 
 
 def _other_replica(hub: HubTestSession) -> HubDB:

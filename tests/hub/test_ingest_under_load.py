@@ -8,16 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 import pytest_asyncio
 
-from hub.app import create_app
-from hub.config import HubConfig
 from hub.testing import API, HubTestSession, sample_form, sample_meta
 
 IMAGE = b"\xff\xd8" + bytes(range(256)) * 32 + b"\xff\xd9"  # the same image for every sample
@@ -25,17 +20,9 @@ IMAGE = b"\xff\xd8" + bytes(range(256)) * 32 + b"\xff\xd9"  # the same image for
 
 @pytest_asyncio.fixture
 async def hub_on(
-    aiohttp_client: Any, tmp_path: Path, keys_dir: Path, hub_backend: dict[str, Any]
-) -> AsyncIterator[HubTestSession]:
-    config = HubConfig(
-        data_dir=tmp_path / "data",
-        keys_dir=keys_dir,
-        port=0,
-        trainer_command=[sys.executable, "-c", "pass"],
-        timestamp_check_interval_s=3600,
-        **hub_backend,
-    )
-    yield HubTestSession(await aiohttp_client(create_app(config)), config, keys_dir)
+    hub_on_backend: Callable[..., Awaitable[HubTestSession]],
+) -> HubTestSession:
+    return await hub_on_backend()
 
 
 def _server_5xx(metrics: str) -> list[str]:

@@ -7,8 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest_asyncio
 import urllib3
 
 from hub.api._common import DB
-from hub.app import create_app
 from hub.config import HubConfig, load_hub_config
 from hub.testing import API, HubTestSession, LiveHub, sample_form, sample_meta
 
@@ -137,17 +135,9 @@ async def test_device_token_when_rotated_or_revoked_is_refused_on_the_next_reque
 
 @pytest_asyncio.fixture
 async def hub_on(
-    aiohttp_client: Any, tmp_path: Path, keys_dir: Path, hub_backend: dict[str, Any]
-) -> AsyncIterator[HubTestSession]:
-    config = HubConfig(
-        data_dir=tmp_path / "data",
-        keys_dir=keys_dir,
-        port=0,
-        trainer_command=[sys.executable, "-c", "pass"],
-        timestamp_check_interval_s=3600,
-        **hub_backend,
-    )
-    yield HubTestSession(await aiohttp_client(create_app(config)), config, keys_dir)
+    hub_on_backend: Callable[..., Awaitable[HubTestSession]],
+) -> HubTestSession:
+    return await hub_on_backend()
 
 
 @pytest.mark.asyncio

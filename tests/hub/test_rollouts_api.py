@@ -6,17 +6,13 @@ tests/integration/test_fleet_rollouts.py.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from hub.api._common import DB
-from hub.app import create_app
-from hub.config import HubConfig
 from hub.fastpath import FASTPATH
 from hub.rollouts.ticker import tick_all
 from hub.testing import API, HubTestSession
@@ -26,18 +22,9 @@ pytestmark = pytest.mark.asyncio
 
 @pytest_asyncio.fixture
 async def hub(
-    aiohttp_client: Any, tmp_path: Path, keys_dir: Path, hub_backend: dict[str, Any]
-) -> AsyncIterator[HubTestSession]:
-    config = HubConfig(
-        data_dir=tmp_path / "data",
-        keys_dir=keys_dir,
-        port=0,
-        trainer_command=[sys.executable, "-c", "pass"],
-        timestamp_check_interval_s=3600,
-        rollout_tick_s=3600,  # the test steps rollouts itself
-        **hub_backend,
-    )
-    yield HubTestSession(await aiohttp_client(create_app(config)), config, keys_dir)
+    hub_on_backend: Callable[..., Awaitable[HubTestSession]],
+) -> HubTestSession:
+    return await hub_on_backend(rollout_tick_s=3600)  # the test steps rollouts itself
 
 
 async def _fleet(hub: HubTestSession, n: int) -> dict[str, dict[str, str]]:
