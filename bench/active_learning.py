@@ -66,7 +66,9 @@ curves (a strategy's first 400 labels do not depend on the budget). The digits' 
 retraining per round, so they keep wave 1's 400."""
 
 REPORT_BUDGETS: tuple[int, ...] = (400,)
-"""Smaller budgets each set's figures are also given at (cut from the same curves)."""
+"""Smaller budgets each set's figures are also given at, cut from the same curves: a batch that
+would cross one stops short at it, as it does at the budget, so the first 400 labels of an
+800-label curve are exactly those of a 400-label one."""
 
 
 def _say(text: str) -> None:
@@ -149,7 +151,9 @@ def curve(
         out.append((len(labelled), acc))
         if len(labelled) >= proto.budget:
             return out
-        k = min(proto.batch, proto.budget - len(labelled))
+        # a batch stops short at a reported budget, so that the curve has a point there
+        stop = min(b for b in (*REPORT_BUDGETS, proto.budget) if b > len(labelled))
+        k = min(proto.batch, stop - len(labelled))
         if name == "random":
             pool = Pool(probs=np.ones((len(unlabelled), n_classes)))
         else:
