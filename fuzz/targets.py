@@ -144,7 +144,7 @@ def _upload(data: bytes) -> None:
 
 
 def _sample_record(data: bytes) -> None:
-    from runtime.store.lmdb_store import _Corrupt, _decode
+    from runtime.store._codec import _Corrupt, _decode
 
     try:
         _decode(b"0000000000000001-abcdef01", data)
@@ -221,7 +221,7 @@ TARGETS: dict[str, Target] = {
         Target("tuf_targets", _tuf_targets, "runtime.bundle.verify.check_targets"),
         Target("delta", _delta, "bsdiff.read_header + apply_patch"),
         Target("upload", _upload, "runtime.uploader.decode_payload + SampleRecord.from_meta"),
-        Target("sample_record", _sample_record, "runtime.store.lmdb_store._decode"),
+        Target("sample_record", _sample_record, "runtime.store._codec._decode"),
         Target("hub_json", _hub_json, "hub route body models (parse_body, json_object)"),
         Target("range", _range, "hub.api.tuf.parse_range"),
     ]
