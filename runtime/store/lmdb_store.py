@@ -402,9 +402,10 @@ class SampleStore:
 
         if not records and through is None:
             return []
+        what = f"put {records[0].id}" if records else f"source cursor of {source}"
         with self._lock:
             self._check_disk(sum(len(r.image) for r in records))
-            done = self._run(True, f"put {records[0].id}", write)
+            done = self._run(True, what, write)
             self._largest = max(self._largest, self._txn_bytes)
             self._rejected += done.count(False)
             return done
