@@ -27,7 +27,6 @@ import urllib3
 from hub import publish
 from hub.errors import HubUnavailable, NotFound, error_for_status
 from hub.publish import DELTA_BASE_VERSIONS, DELTA_MAX_RATIO, delta_bases
-from runtime.bundle.manifest import MANIFEST_NAME, Manifest
 from runtime.errors import BundleError
 
 __all__ = [
@@ -324,10 +323,12 @@ class HubAdminClient:
     ) -> str:
         """Upload a candidate bundle's files as blobs and start a replay job on the hub against
         a published ``baseline`` version; returns the job id (see :meth:`replay_job`).
-        ``kw``: since, cohort, workers, bless, who."""
+        ``kw``: since, cohort, workers, bless, who.
+
+        Raises BundleError before sending anything when the manifest is invalid or a file it
+        lists is missing or does not match it; HubError subclasses."""
         bundle_dir = Path(bundle_dir)
-        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
-        manifest = Manifest.model_validate_json(manifest_bytes)
+        manifest_bytes, manifest = publish.read_checked_bundle(bundle_dir)
         for rel in manifest.files:
             self.put_blob((bundle_dir / rel).read_bytes())
         self.put_blob(manifest_bytes)

@@ -50,6 +50,7 @@ __all__ = [
     "make_deltas",
     "publish_bundle",
     "push_root",
+    "read_checked_bundle",
     "running_versions",
 ]
 
@@ -106,6 +107,27 @@ def _sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+def read_checked_bundle(bundle_dir: Path) -> tuple[bytes, Manifest]:
+    """``manifest.json`` of a built bundle folder (its bytes and model), once every file it
+    lists was read and matches its sha256 and size. Raises BundleError naming the first that
+    does not (or an invalid manifest). Sends nothing."""
+    bundle_dir = Path(bundle_dir)
+    try:
+        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
+        manifest = Manifest.model_validate_json(manifest_bytes)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{bundle_dir}/{MANIFEST_NAME} is not a valid manifest: {e}") from e
+    for rel, entry in manifest.files.items():
+        path = bundle_dir / rel
+        try:
+            got = _sha256_file(path)
+        except OSError as e:
+            raise BundleError(f"bundle file {path} cannot be read: {e}") from e
+        if got != (entry.sha256, entry.size):
+            raise BundleError(f"bundle file {path} does not match its manifest entry")
+    return manifest_bytes, manifest
 
 
 def publish_bundle(
