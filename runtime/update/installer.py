@@ -18,7 +18,10 @@ is entered, recovered at start-up by one map):
   too, between two frames;
 - **shadow candidates** (:meth:`Installer.stage_candidate`, :meth:`Installer.promote`): the
   shadow manager stages its candidate through the same machine (``downloading → verifying →
-  shadow_staged``) and a promotion takes the ordinary hand-over and trial.
+  shadow_staged``) and a promotion takes the ordinary hand-over and trial;
+- **the operator with the service stopped** (:func:`rollback_offline`,
+  :func:`mark_good_offline`, called by :mod:`runtime.operator`): the same transitions on the
+  state folder.
 
 The frame loop and the update thread meet in :mod:`runtime.update.handover` (the hand-over,
 the frame events, the trial; no slot is written there); the checks around a staged slot folder
@@ -41,7 +44,7 @@ from runtime.bundle.health import run_health_check
 from runtime.bundle.loader import LoadedBundle, load_bundle
 from runtime.bundle.manifest import Manifest, Ontology
 from runtime.config import DeviceConfig
-from runtime.errors import LeanloopError, UpdateError, first_line
+from runtime.errors import ConfigError, LeanloopError, UpdateError, first_line
 from runtime.protocol import ReportKind
 from runtime.update._staging import check_space, deterministic, staging_error, verify_staged
 from runtime.update.handover import FrameEvent, FrameEventKind, Handover, Swap, SwapKind
@@ -67,6 +70,36 @@ def mark_good_message(bundle: str, version: int, found: bool) -> str:
     if found:
         return f"{bundle} v{version} marked good: the device installs it when the hub desires it"
     return f"{bundle} v{version} was neither held back nor marked bad here: nothing to do"
+
+
+def rollback_offline(state_dir: Path) -> str:
+    """The operator's rollback with the service stopped (its caller checked): settle an
+    interrupted update as a start would, then the same persisted rollback transitions the
+    service runs. Returns what it did. Raises UpdateError (nothing to roll back to)."""
+    slots = Slots(state_dir)
+    machine = InstallMachine(slots)
+    machine.recover()  # what the service would do at start: settle an interrupted update first
+    slots.recover()
+    machine.begin_rollback("operator rollback (service stopped)", by_operator=True)
+    slot = machine.finish_rollback()
+    assert slot is not None  # begin_rollback checked there is a committed previous slot
+    i = slots.info(slot)
+    return f"rolled back to {i.bundle} v{i.version} (slot {slot})"
+
+
+def mark_good_offline(state_dir: Path, version: int, bundle: str | None = None) -> str:
+    """The operator's mark-good with the service stopped (its caller checked): ``bundle``
+    (default: the active one) ``version`` may be installed again. Raises ConfigError."""
+    slots = Slots(state_dir)
+    if bundle is None:
+        act = slots.state.active
+        bundle = slots.info(act).bundle if act else None
+        if bundle is None:
+            raise ConfigError("no active bundle: say which bundle (--bundle)")
+    found = slots.mark_good_nosave(bundle, version)
+    if found:
+        slots.save(f"operator marked {bundle} v{version} good (service stopped)")
+    return mark_good_message(bundle, version, found)
 
 
 class _RollbackRequest:
