@@ -204,6 +204,26 @@ def _line(name: str, s: dict[str, Any], anchor: dict[str, Any] | None) -> str:
     )
 
 
+def _sharing_note() -> str | None:
+    """Why other work on the machine may stretch this run's latencies, or None. With the
+    kernel's autogroup scheduling on, each terminal session shares the CPU as one group, so a
+    ``nice`` given to this run (or to the other work) does not order them against each other."""
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load <= cpus:
+        return None
+    how = (
+        "sched_autogroup is on, so nice does not shield this run from other sessions"
+        if autogroup
+        else "run it at a lower nice value than the rest (e.g. nice -n -15) for a fair figure"
+    )
+    return f"note: load average {load:.1f} on {cpus} CPUs: other work competes with the hub; {how}"
+
+
 def run(
     out: Path, quick: bool = False, minutes: float = 3.0, devices: int = 10_000
 ) -> dict[str, Any]:
@@ -216,8 +236,11 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "devices": devices, "seconds_per_phase": seconds, "poll_s": 60, "uploads_per_s": 5,
-        "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(),
+        "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(), "nice": os.nice(0),
     }  # fmt: skip
+    if note := _sharing_note():
+        print(note, flush=True)
+        report["sharing_note"] = note
     with tempfile.TemporaryDirectory(prefix="leanloop-soak-") as tmp:
         work = Path(tmp)
         keys = work / "keys"
