@@ -82,6 +82,10 @@ class GroupTables(DBBase):
                 (sample_id, bundle, f"{sig.phash:016x}", sig.width, sig.height,
                  encode_feature(sig.feature), group_id),
             )  # fmt: skip
+            self._db.execute(
+                "UPDATE samples SET group_key = ?, signature_state = 'done' WHERE id = ?",
+                (group_id, sample_id),
+            )
             for band, value in keys:
                 self._db.execute(
                     "INSERT INTO sample_hash_bands (bundle, band, value, sample_id)"
@@ -98,6 +102,14 @@ class GroupTables(DBBase):
                 else:  # an annotated seed: its pending near duplicates take its annotation
                     self.propagate_annotation(sample_id, json.loads(me["annotation_json"]))
         return GroupJoin(group_id, distance, inherited)
+
+    def mark_unsigned(self, sample_id: str) -> None:
+        """Record that a sample's image has no signature (Pillow cannot decode it): it stays
+        grouped by its bytes, and the backfill (:mod:`hub.backfill`) does not try it again."""
+        self._db.execute(
+            "UPDATE samples SET signature_state = 'none' WHERE id = ? AND signature_state IS NULL",
+            (sample_id,),
+        )
 
     def _inherit(self, sample_id: str, bundle: str, group_id: str) -> str | None:
         """A pending sample takes its group's annotation (a human's own first)."""

@@ -22,6 +22,9 @@ __all__ = ["QueueEntry", "QueueTables", "Tier"]
 Tier = Literal["needs_review", "corrected", "unreviewed", "confirmed"]
 _TIERS: tuple[Tier, ...] = ("needs_review", "corrected", "unreviewed", "confirmed")
 REFERENCE_LIMIT = 5000
+WINDOW_MIN = 200
+"""The fewest candidates the database hands the ranking (``max(4 × limit, WINDOW_MIN)``)."""
+_IN_CHUNK = 500
 """Annotated samples (newest first) that novelty and class balance compare against."""
 
 
@@ -58,52 +61,52 @@ class QueueTables(SampleTables):
         """
         where, args = "", list[Any]()
         if bundle is not None:
-            where, args = " WHERE s.bundle = ?", [bundle]
+            where, args = " AND s.bundle = ?", [bundle]
+        # Narrow rows through the window functions (no meta, no image), indexed look-ups by
+        # group key (migration 0014); the full rows are read for the window only.
         sql = f"""
-        WITH keyed AS (
-            SELECT s.*, COALESCE(g.group_id, s.image_sha256) AS gkey, g.group_id AS grp,
-                   g.feature AS feature
-            FROM samples s LEFT JOIN sample_signatures g ON g.sample_id = s.id{where}
+        WITH pending AS (
+            SELECT s.id, s.bundle, s.device_id, s.priority, s.created, s.group_key,
+                   s.needs_review,
+                   COUNT(*) OVER (PARTITION BY s.bundle, s.group_key) AS copies,
+                   ROW_NUMBER() OVER (PARTITION BY s.bundle, s.group_key
+                                      ORDER BY s.priority DESC, s.created, s.id) AS copy_rank
+            FROM samples s
+            WHERE s.state = 'pending'{where}
+              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.bundle = s.bundle
+                              AND a.group_key = s.group_key AND a.state = 'annotated')
+              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.image_sha256 = s.image_sha256
+                              AND a.bundle = s.bundle AND a.state = 'annotated')
         ),
         fb AS (
-            SELECT k.bundle, k.gkey,
+            SELECT s.bundle, s.group_key,
                    MAX(CASE WHEN f.kind = 'correct' THEN 1 ELSE 0 END) AS corrected,
                    MAX(CASE WHEN f.kind = 'confirm' THEN 1 ELSE 0 END) AS confirmed
-            FROM sample_feedback f JOIN keyed k ON k.id = f.sample_id
-            GROUP BY k.bundle, k.gkey
-        ),
-        pending AS (
-            SELECT k.*,
-                   COUNT(*) OVER (PARTITION BY k.bundle, k.gkey) AS copies,
-                   ROW_NUMBER() OVER (PARTITION BY k.bundle, k.gkey
-                                      ORDER BY k.priority DESC, k.created, k.id) AS copy_rank
-            FROM keyed k
-            WHERE k.state = 'pending'
-              AND NOT EXISTS (SELECT 1 FROM keyed a WHERE a.state = 'annotated'
-                              AND a.bundle = k.bundle AND a.gkey = k.gkey)
-              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.state = 'annotated'
-                              AND a.bundle = k.bundle AND a.image_sha256 = k.image_sha256)
+            FROM sample_feedback f JOIN samples s ON s.id = f.sample_id
+            WHERE s.state = 'pending'{where}
+            GROUP BY s.bundle, s.group_key
         ),
         ranked AS (
             SELECT p.*, COALESCE(fb.corrected, 0) AS corrected,
-                   CASE WHEN p.meta_json LIKE ? THEN 1 ELSE 0 END AS needs_review,
                    COALESCE(fb.confirmed, 0) AS confirmed,
                    ROW_NUMBER() OVER (PARTITION BY p.bundle, p.device_id
                                       ORDER BY p.priority DESC, p.created, p.id) AS device_rank
-            FROM pending p LEFT JOIN fb ON fb.bundle = p.bundle AND fb.gkey = p.gkey
+            FROM pending p LEFT JOIN fb ON fb.bundle = p.bundle AND fb.group_key = p.group_key
             WHERE p.copy_rank = 1
         )
-        SELECT * FROM ranked
+        SELECT id, bundle, group_key, copies, corrected, confirmed, needs_review, device_rank
+        FROM ranked
         ORDER BY CASE WHEN needs_review = 1 THEN 0 WHEN corrected = 1 THEN 1
                       WHEN confirmed = 1 THEN 3 ELSE 2 END,
                  device_rank, priority DESC, created, id
         """
-        # meta is stored as json.dumps writes it; a LIKE on the flag runs on both databases.
-        args.append('%"needs_review": true%')
+        args = args + args
         if limit is not None:  # the window the ranking re-orders
             sql += " LIMIT ?"
-            args.append(max(4 * limit, 200))
-        rows = self._db.execute(sql, args).fetchall()
+            args.append(max(4 * limit, WINDOW_MIN))
+        keys = self._db.execute(sql, args).fetchall()
+        full = self._rows_by_id([k["id"] for k in keys])
+        rows = [{**full[k["id"]], **k} for k in keys if k["id"] in full]
         feedback = [
             self._group_feedback(r) if r["corrected"] or r["confirmed"] else None for r in rows
         ]
@@ -132,6 +135,20 @@ class QueueTables(SampleTables):
                 feedback[i], r["grp"], ranked.novelty, ranked.similar_to, ranked.round,
             )  # fmt: skip
             out.append(entry)
+        return out
+
+    def _rows_by_id(self, ids: list[str]) -> dict[str, Row]:
+        """Full sample rows (with the signature's tiny image and group id) by id."""
+        out: dict[str, Row] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            for r in self._db.execute(
+                "SELECT s.*, g.group_id AS grp, g.feature AS feature FROM samples s"
+                f" LEFT JOIN sample_signatures g ON g.sample_id = s.id WHERE s.id IN ({marks})",
+                chunk,
+            ):
+                out[r["id"]] = r
         return out
 
     def _references(self, bundles: set[str]) -> dict[str, References]:
@@ -165,10 +182,9 @@ class QueueTables(SampleTables):
         """The latest feedback on any sample of this group, corrections first."""
         fb = self._db.execute(
             "SELECT f.feedback_json FROM sample_feedback f JOIN samples s ON s.id = f.sample_id"
-            " LEFT JOIN sample_signatures g ON g.sample_id = s.id"
-            " WHERE s.bundle = ? AND COALESCE(g.group_id, s.image_sha256) = ?"
-            " ORDER BY f.kind = 'correct' DESC, f.received DESC LIMIT 1",
-            (row["bundle"], row["gkey"]),
+            " WHERE s.bundle = ? AND s.group_key = ?"
+            " ORDER BY CASE WHEN f.kind = 'correct' THEN 0 ELSE 1 END, f.received DESC LIMIT 1",
+            (row["bundle"], row["group_key"]),
         ).fetchone()
         return json.loads(fb["feedback_json"]) if fb else None
 
