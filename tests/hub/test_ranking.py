@@ -210,7 +210,8 @@ def _rank_by_the_rules(cands: list[Candidate], refs: dict[str, References]) -> l
         left = [c for c in cands if c.tier == tier]
         picks: dict[tuple[str, str], int] = {}
         while left:
-            best = min(left, key=lambda c, lf=left, p=picks: _rule_key(c, lf, seen, counts, p))
+            keys = [_rule_key(c, left, seen, counts, picks) for c in left]
+            best = left[keys.index(min(keys))]
             left.remove(best)
             out.append(best.id)
             picks[(best.bundle, best.device)] = picks.get((best.bundle, best.device), 0) + 1
