@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hub.ranking import Candidate, References, decode_feature, is_random, label_of, rank
-from hub.storage._db import Row
+from hub.storage._db import Row, loads
 from hub.storage.samples import Sample, SampleTables
 
 __all__ = ["QueueEntry", "QueueTables", "Tier"]
@@ -59,57 +59,12 @@ class QueueTables(SampleTables):
         3. **within a tier** (:func:`hub.ranking.rank`): repeats of annotated or earlier-listed
            scenes last, then round robin by device, then uncertainty × novelty × class balance.
         """
-        where, args = "", list[Any]()
-        if bundle is not None:
-            where, args = " AND s.bundle = ?", [bundle]
-        # Narrow rows through the window functions (no meta, no image), indexed look-ups by
-        # group key (migration 0014); the full rows are read for the window only.
-        sql = f"""
-        WITH pending AS (
-            SELECT s.id, s.bundle, s.device_id, s.priority, s.created, s.group_key,
-                   s.needs_review,
-                   COUNT(*) OVER (PARTITION BY s.bundle, s.group_key) AS copies,
-                   ROW_NUMBER() OVER (PARTITION BY s.bundle, s.group_key
-                                      ORDER BY s.priority DESC, s.created, s.id) AS copy_rank
-            FROM samples s
-            WHERE s.state = 'pending'{where}
-              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.bundle = s.bundle
-                              AND a.group_key = s.group_key AND a.state = 'annotated')
-              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.image_sha256 = s.image_sha256
-                              AND a.bundle = s.bundle AND a.state = 'annotated')
-        ),
-        fb AS (
-            SELECT s.bundle, s.group_key,
-                   MAX(CASE WHEN f.kind = 'correct' THEN 1 ELSE 0 END) AS corrected,
-                   MAX(CASE WHEN f.kind = 'confirm' THEN 1 ELSE 0 END) AS confirmed
-            FROM sample_feedback f JOIN samples s ON s.id = f.sample_id
-            WHERE s.state = 'pending'{where}
-            GROUP BY s.bundle, s.group_key
-        ),
-        ranked AS (
-            SELECT p.*, COALESCE(fb.corrected, 0) AS corrected,
-                   COALESCE(fb.confirmed, 0) AS confirmed,
-                   ROW_NUMBER() OVER (PARTITION BY p.bundle, p.device_id
-                                      ORDER BY p.priority DESC, p.created, p.id) AS device_rank
-            FROM pending p LEFT JOIN fb ON fb.bundle = p.bundle AND fb.group_key = p.group_key
-            WHERE p.copy_rank = 1
-        )
-        SELECT id, bundle, group_key, copies, corrected, confirmed, needs_review, device_rank
-        FROM ranked
-        ORDER BY CASE WHEN needs_review = 1 THEN 0 WHEN corrected = 1 THEN 1
-                      WHEN confirmed = 1 THEN 3 ELSE 2 END,
-                 device_rank, priority DESC, created, id
-        """
-        args = args + args
+        keys = self._candidates(bundle)
         if limit is not None:  # the window the ranking re-orders
-            sql += " LIMIT ?"
-            args.append(max(4 * limit, WINDOW_MIN))
-        keys = self._db.execute(sql, args).fetchall()
+            keys = keys[: max(4 * limit, WINDOW_MIN)]
         full = self._rows_by_id([k["id"] for k in keys])
         rows = [{**full[k["id"]], **k} for k in keys if k["id"] in full]
-        feedback = [
-            self._group_feedback(r) if r["corrected"] or r["confirmed"] else None for r in rows
-        ]
+        feedback = [loads(r.get("feedback_json")) for r in rows]
         metas = [json.loads(r["meta_json"]) for r in rows]
         cands = [
             Candidate(
@@ -136,6 +91,79 @@ class QueueTables(SampleTables):
             )  # fmt: skip
             out.append(entry)
         return out
+
+    def _candidates(self, bundle: str | None) -> list[Row]:
+        """Every pending group's best member, in the database's order (tier, device rank,
+        priority, age, id), with ``copies``, ``corrected``, ``confirmed`` and ``device_rank``.
+
+        The database hands over narrow rows (no meta, no image: index-only scans of
+        ``samples_cover``, migration 0014) and Python groups and orders them: one pass and two
+        sorts, where SQL window functions over the same rows cost several times more on SQLite.
+        A group with an annotated member (or an image a human annotated) is left out."""
+        where, args = "", list[Any]()
+        if bundle is not None:
+            where, args = " AND bundle = ?", [bundle]
+        # Four narrow reads, each an index-only scan of samples_cover (migration 0014).
+        closed = {
+            (r["bundle"], key)
+            for r in self._db.execute(
+                "SELECT bundle, group_key, image_sha256 FROM samples"
+                f" WHERE state = 'annotated'{where}",
+                args,
+            )
+            for key in (r["group_key"], "sha:" + r["image_sha256"])
+        }
+        feedback = {  # the pending samples' feedback: few rows (a device sent them one by one)
+            r["sample_id"]: r
+            for r in self._db.execute(
+                "SELECT f.sample_id, f.kind, f.received, f.feedback_json FROM sample_feedback f"
+                " JOIN samples s ON s.id = f.sample_id WHERE s.state = 'pending'"
+                + (" AND s.bundle = ?" if bundle is not None else ""),
+                args,
+            )
+        }
+        rows = [
+            r
+            for r in self._db.execute(
+                "SELECT id, bundle, device_id, priority, created, group_key, needs_review,"
+                f" image_sha256 FROM samples WHERE state = 'pending'{where}",
+                args,
+            ).fetchall()
+            if (r["bundle"], r["group_key"]) not in closed
+            and (r["bundle"], "sha:" + r["image_sha256"]) not in closed
+        ]
+        groups: dict[tuple[str, str], Row] = {}
+        for r in rows:
+            r["order"] = (-r["priority"], r["created"], r["id"])
+            g = groups.get((r["bundle"], r["group_key"]))
+            if g is None:
+                g = groups[(r["bundle"], r["group_key"])] = {
+                    **r,
+                    "copies": 0,
+                    "corrected": 0,
+                    "confirmed": 0,
+                }
+            elif r["order"] < g["order"]:
+                g.update(r)
+            g["copies"] += 1
+            fb = feedback.get(r["id"])
+            if fb is not None:
+                g["corrected"] |= fb["kind"] == "correct"
+                g["confirmed"] |= fb["kind"] == "confirm"
+                # The group's feedback: the latest correction, else the latest confirmation.
+                rank = (fb["kind"] != "correct", -fb["received"])
+                if "feedback_rank" not in g or rank < g["feedback_rank"]:
+                    g["feedback_rank"], g["feedback_json"] = rank, fb["feedback_json"]
+        best = sorted(groups.values(), key=lambda g: (g["bundle"], g["device_id"], g["order"]))
+        previous: Row = {}
+        for g in best:
+            same = (previous.get("bundle"), previous.get("device_id")) == (
+                g["bundle"],
+                g["device_id"],
+            )
+            g["device_rank"] = previous["device_rank"] + 1 if same else 1
+            previous = g
+        return sorted(best, key=lambda g: (_tier(g), g["device_rank"], g["order"]))
 
     def _rows_by_id(self, ids: list[str]) -> dict[str, Row]:
         """Full sample rows (with the signature's tiny image and group id) by id."""
@@ -177,16 +205,6 @@ class QueueTables(SampleTables):
                 for lbl in set(labels):
                     ref.counts[lbl] = ref.counts.get(lbl, 0) + 1
         return out
-
-    def _group_feedback(self, row: Row) -> dict[str, Any] | None:
-        """The latest feedback on any sample of this group, corrections first."""
-        fb = self._db.execute(
-            "SELECT f.feedback_json FROM sample_feedback f JOIN samples s ON s.id = f.sample_id"
-            " WHERE s.bundle = ? AND s.group_key = ?"
-            " ORDER BY CASE WHEN f.kind = 'correct' THEN 0 ELSE 1 END, f.received DESC LIMIT 1",
-            (row["bundle"], row["group_key"]),
-        ).fetchone()
-        return json.loads(fb["feedback_json"]) if fb else None
 
 
 def _tier(r: Row) -> int:

@@ -14,4 +14,7 @@ UPDATE samples SET needs_review = 1 WHERE meta_json LIKE '%"needs_review": true%
 UPDATE samples SET signature_state = 'done'
     WHERE id IN (SELECT sample_id FROM sample_signatures);
 CREATE INDEX IF NOT EXISTS samples_group ON samples(bundle, group_key, state);
+-- The queue's narrow reads are index-only scans of this one.
+CREATE INDEX IF NOT EXISTS samples_cover ON samples(bundle, state, group_key, priority, created,
+    id, device_id, needs_review, image_sha256);
 CREATE INDEX IF NOT EXISTS samples_unsigned ON samples(id) WHERE signature_state IS NULL;
