@@ -59,7 +59,11 @@ class GroupTables(DBBase):
             row = self._db.execute(
                 "SELECT group_id FROM sample_signatures WHERE sample_id = ?", (sample_id,)
             ).fetchone()
-            if row is not None:
+            if row is not None:  # grouped already (a retry, or the backfill after a crash)
+                self._db.execute(
+                    "UPDATE samples SET group_key = ?, signature_state = 'done' WHERE id = ?",
+                    (row["group_id"], sample_id),
+                )
                 return GroupJoin(row["group_id"], None, None)
             keys = bands(sig.phash)
             where = " OR ".join("(b.band = ? AND b.value = ?)" for _ in keys)
@@ -102,6 +106,16 @@ class GroupTables(DBBase):
                 else:  # an annotated seed: its pending near duplicates take its annotation
                     self.propagate_annotation(sample_id, json.loads(me["annotation_json"]))
         return GroupJoin(group_id, distance, inherited)
+
+    def unsigned_samples(self, before: float, limit: int) -> list[tuple[str, str, str]]:
+        """(id, bundle, image sha256) of up to ``limit`` samples created before ``before`` that
+        have no signature and were not found unsigned yet (oldest id first; :mod:`hub.backfill`)."""
+        rows = self._db.execute(
+            "SELECT id, bundle, image_sha256 FROM samples WHERE signature_state IS NULL"
+            " AND created < ? ORDER BY id LIMIT ?",
+            (before, limit),
+        )
+        return [(r["id"], r["bundle"], r["image_sha256"]) for r in rows]
 
     def mark_unsigned(self, sample_id: str) -> None:
         """Record that a sample's image has no signature (Pillow cannot decode it): it stays
