@@ -10,6 +10,7 @@ them by repeat / device round / uncertainty × novelty × class balance (docs/ar
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ __all__ = ["QueueEntry", "QueueTables", "Tier"]
 Tier = Literal["needs_review", "corrected", "unreviewed", "confirmed"]
 _TIERS: tuple[Tier, ...] = ("needs_review", "corrected", "unreviewed", "confirmed")
 REFERENCE_LIMIT = 5000
+REFERENCE_TTL_S = 10.0
+"""The longest a process keeps a bundle's references without reading them again."""
 WINDOW_MIN = 200
 """The fewest candidates the database hands the ranking (``max(4 × limit, WINDOW_MIN)``)."""
 _IN_CHUNK = 500
@@ -180,31 +183,55 @@ class QueueTables(SampleTables):
         return out
 
     def _references(self, bundles: set[str]) -> dict[str, References]:
-        """Per bundle: the newest annotated samples' tiny images and class counts."""
+        """Per bundle: the newest annotated samples' tiny images and class counts.
+
+        Kept per process and read again when the bundle's annotated samples change in number
+        or newest id (an index-only count), or after :data:`REFERENCE_TTL_S` (a changed label,
+        a signature the backfill added): decoding thousands of annotations per "next" would
+        cost more than the rest of the queue."""
+        cache: dict[str, tuple[tuple[Any, ...], float, References]] = self.__dict__.setdefault(
+            "_reference_cache", {}
+        )
         out: dict[str, References] = {}
+        now = time.monotonic()
         for b in sorted(bundles):
-            ref = out.setdefault(b, References())
-            rows = self._db.execute(
-                "SELECT s.id, s.annotation_json, g.feature FROM samples s"
-                " LEFT JOIN sample_signatures g ON g.sample_id = s.id"
-                " WHERE s.bundle = ? AND s.state = 'annotated' ORDER BY s.created DESC LIMIT ?",
-                (b, REFERENCE_LIMIT),
-            )
-            for r in rows:
-                feature = decode_feature(r["feature"])
-                if feature is not None:
-                    ref.ids.append(r["id"])
-                    ref.features.append(feature)
-                try:
-                    annotation = json.loads(r["annotation_json"] or "{}")
-                except ValueError:
-                    continue
-                labels = [str(x[4]) for x in annotation.get("boxes") or [] if len(x) >= 5]
-                if annotation.get("label"):
-                    labels.append(str(annotation["label"]))
-                for lbl in set(labels):
-                    ref.counts[lbl] = ref.counts.get(lbl, 0) + 1
+            mark = self._db.execute(
+                "SELECT COUNT(*) AS n, MAX(id) AS last FROM samples"
+                " WHERE bundle = ? AND state = 'annotated'",
+                (b,),
+            ).fetchone()
+            key = (mark["n"], mark["last"])
+            held = cache.get(b)
+            if held is not None and held[0] == key and now - held[1] < REFERENCE_TTL_S:
+                out[b] = held[2]
+                continue
+            out[b] = self._read_references(b)
+            cache[b] = (key, now, out[b])
         return out
+
+    def _read_references(self, b: str) -> References:
+        ref = References()
+        rows = self._db.execute(
+            "SELECT s.id, s.annotation_json, g.feature FROM samples s"
+            " LEFT JOIN sample_signatures g ON g.sample_id = s.id"
+            " WHERE s.bundle = ? AND s.state = 'annotated' ORDER BY s.created DESC LIMIT ?",
+            (b, REFERENCE_LIMIT),
+        )
+        for r in rows:
+            feature = decode_feature(r["feature"])
+            if feature is not None:
+                ref.ids.append(r["id"])
+                ref.features.append(feature)
+            try:
+                annotation = json.loads(r["annotation_json"] or "{}")
+            except ValueError:
+                continue
+            labels = [str(x[4]) for x in annotation.get("boxes") or [] if len(x) >= 5]
+            if annotation.get("label"):
+                labels.append(str(annotation["label"]))
+            for lbl in set(labels):
+                ref.counts[lbl] = ref.counts.get(lbl, 0) + 1
+        return ref
 
 
 def _tier(r: Row) -> int:
