@@ -164,11 +164,12 @@ def load(db: HubDB, fleet: list[FleetSample]) -> None:
     (the first flagged one by the bench, the others inherited). Schemas before migration 0014
     (a "before" run on an older checkout) get the columns they have."""
     from hub.ranking import bands, encode_feature
-    from hub.storage.samples import needs_review
 
     keyed = db._db.execute(
         "SELECT 1 FROM schema_migrations WHERE name = '0014_queue_keys'"
     ).fetchone()
+    if keyed:
+        from hub.storage.samples import needs_review
     seeds: dict[str, str] = {}
     for s in fleet:
         if s.annotated:
