@@ -50,3 +50,20 @@ def test_queue_keys_when_samples_join_groups_follow_the_writes(
     assert (row["group_key"], row["needs_review"]) == ("ab" * 32, 1)
     assert db.annotation_queue(BUNDLE, 1)[0].sample.id == "plain"  # needs review: first
     db.close()
+
+
+def test_next_when_the_top_is_held_by_others_claims_the_first_free_entry(tmp_path: Path) -> None:
+    from hub.web.annotate import NEXT_FIRST, _next_sample
+
+    db = HubDB(open_database(None, tmp_path))
+    load(db, make_fleet(300, seed=2))
+    queue = [e.sample.id for e in db.annotation_queue(BUNDLE, 40)]
+    held = queue[: NEXT_FIRST + 3]  # more than the first ranking pass looks at
+    for sid in held:
+        assert db.claim(sid, "someone", 600)
+    assert _next_sample(db, BUNDLE, "me", 600) == queue[NEXT_FIRST + 3]
+    assert _next_sample(db, BUNDLE, "me", 600) == queue[NEXT_FIRST + 3]  # mine now: again
+    for sid in queue[NEXT_FIRST + 4 :]:  # hold the rest too: nothing left for me but mine
+        db.claim(sid, "someone", 600)
+    assert _next_sample(db, "nothing-here", "me", 600) is None
+    db.close()
