@@ -9,6 +9,7 @@ them by repeat / device round / uncertainty × novelty × class balance (docs/ar
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from dataclasses import dataclass
@@ -62,9 +63,8 @@ class QueueTables(SampleTables):
         3. **within a tier** (:func:`hub.ranking.rank`): repeats of annotated or earlier-listed
            scenes last, then round robin by device, then uncertainty × novelty × class balance.
         """
-        keys = self._candidates(bundle)
-        if limit is not None:  # the window the ranking re-orders
-            keys = keys[: max(4 * limit, WINDOW_MIN)]
+        # The window the ranking re-orders.
+        keys = self._candidates(bundle, None if limit is None else max(4 * limit, WINDOW_MIN))
         full = self._rows_by_id([k["id"] for k in keys])
         rows = [{**full[k["id"]], **k} for k in keys if k["id"] in full]
         feedback = [loads(r.get("feedback_json")) for r in rows]
@@ -95,9 +95,10 @@ class QueueTables(SampleTables):
             out.append(entry)
         return out
 
-    def _candidates(self, bundle: str | None) -> list[Row]:
-        """Every pending group's best member, in the database's order (tier, device rank,
-        priority, age, id), with ``copies``, ``corrected``, ``confirmed`` and ``device_rank``.
+    def _candidates(self, bundle: str | None, window: int | None) -> list[Row]:
+        """The first ``window`` (None: all) pending groups' best members in the database's
+        order (tier, device rank, priority, age, id), with ``copies``, ``corrected``,
+        ``confirmed`` and ``device_rank``.
 
         The database hands over narrow rows (no meta, no image: index-only scans of
         ``samples_cover``, migration 0014) and Python groups and orders them: one pass and two
@@ -157,16 +158,17 @@ class QueueTables(SampleTables):
                 rank = (fb["kind"] != "correct", -fb["received"])
                 if "feedback_rank" not in g or rank < g["feedback_rank"]:
                     g["feedback_rank"], g["feedback_json"] = rank, fb["feedback_json"]
-        best = sorted(groups.values(), key=lambda g: (g["bundle"], g["device_id"], g["order"]))
-        previous: Row = {}
-        for g in best:
-            same = (previous.get("bundle"), previous.get("device_id")) == (
-                g["bundle"],
-                g["device_id"],
-            )
-            g["device_rank"] = previous["device_rank"] + 1 if same else 1
-            previous = g
-        return sorted(best, key=lambda g: (_tier(g), g["device_rank"], g["order"]))
+        by_device: dict[tuple[str, str], list[Row]] = {}
+        for g in groups.values():
+            by_device.setdefault((g["bundle"], g["device_id"]), []).append(g)
+        for mine in by_device.values():  # many short sorts: cheaper than one long one
+            mine.sort(key=_by_order)
+            for k, g in enumerate(mine, 1):
+                g["device_rank"] = k
+        key = lambda g: (_tier(g), g["device_rank"], g["order"])  # noqa: E731
+        if window is not None and window < len(groups):
+            return heapq.nsmallest(window, groups.values(), key=key)
+        return sorted(groups.values(), key=key)
 
     def _rows_by_id(self, ids: list[str]) -> dict[str, Row]:
         """Full sample rows (with the signature's tiny image and group id) by id."""
@@ -232,6 +234,10 @@ class QueueTables(SampleTables):
             for lbl in set(labels):
                 ref.counts[lbl] = ref.counts.get(lbl, 0) + 1
         return ref
+
+
+def _by_order(g: Row) -> Any:
+    return g["order"]
 
 
 def _tier(r: Row) -> int:
