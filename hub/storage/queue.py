@@ -24,12 +24,12 @@ __all__ = ["QueueEntry", "QueueTables", "Tier"]
 Tier = Literal["needs_review", "corrected", "unreviewed", "confirmed"]
 _TIERS: tuple[Tier, ...] = ("needs_review", "corrected", "unreviewed", "confirmed")
 REFERENCE_LIMIT = 5000
+"""Annotated samples (newest first) that novelty and class balance compare against."""
 REFERENCE_TTL_S = 10.0
 """The longest a process keeps a bundle's references without reading them again."""
 WINDOW_MIN = 200
 """The fewest candidates the database hands the ranking (``max(4 × limit, WINDOW_MIN)``)."""
-_IN_CHUNK = 500
-"""Annotated samples (newest first) that novelty and class balance compare against."""
+_IN_CHUNK = 500  # ids per IN (...) when reading the window's full rows
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,13 @@ class QueueTables(SampleTables):
         ``confirmed`` and ``device_rank``.
 
         The database hands over narrow rows (no meta, no image: index-only scans of
-        ``samples_cover``, migration 0014) and Python groups and orders them: one pass and two
+        ``samples_cover``, migration 0014) and Python groups and orders them: one pass and short
         sorts, where SQL window functions over the same rows cost several times more on SQLite.
         A group with an annotated member (or an image a human annotated) is left out."""
         where, args = "", list[Any]()
         if bundle is not None:
             where, args = " AND bundle = ?", [bundle]
-        # Four narrow reads, each an index-only scan of samples_cover (migration 0014).
+        # Three narrow reads, index-only scans of samples_cover (migration 0014).
         closed = {
             (r["bundle"], key)
             for r in self._db.execute(
