@@ -18,6 +18,9 @@ Each benchmark prints its table and writes JSON under ``--out``:
   endpoint (#15);
 - ``training.json``: training throughput of our loop vs a plain torch loop on the same model
   (classification, detection), and the Optuna search's overhead (#13);
+- ``ranking.json``: the hub's annotation queue (2,000 and 20,000 samples from many devices, near
+  duplicates; SQLite and PostgreSQL) vs a plain ``SELECT`` of the same page, and the ingest-time
+  cost of the image signature and grouping vs the ingest itself (#13);
 - ``demo.json``: ``leanloop demo`` wall time per phase against its ≤ 5-minute goal (#18);
 - ``hil.json``: the whole loop (enrol, install, uploads, feedback, a delta update) with real
   device processes in network namespaces behind 256 kbit/s / 500 ms / lossy links vs unshaped:
@@ -110,6 +113,13 @@ def _training(out: Path, quick: bool) -> int:
     return 0
 
 
+def _ranking(out: Path, quick: bool) -> int:
+    from bench.ranking import run as ranking_run
+
+    ranking_run(out, quick=quick)
+    return 0
+
+
 def _demo(out: Path, quick: bool) -> int:
     from bench.demo import run as demo_run
 
@@ -135,6 +145,7 @@ SECTIONS: dict[str, Callable[[Path, bool], int]] = {
     "replay": _replay,
     "soak": _soak,
     "training": _training,
+    "ranking": _ranking,
     "demo": _demo,
     "hil": _hil,
 }

@@ -50,6 +50,7 @@ from hub.api._common import (
     UPLOADS,
     hash_token,
 )
+from hub.backfill import backfill_ctx
 from hub.config import HubConfig
 from hub.connections import request_done_middleware, serve_forever
 from hub.fastpath import FASTPATH, FastPath, fastpath_middleware
@@ -217,6 +218,7 @@ def create_app(config: HubConfig) -> web.Application:
     app.cleanup_ctx.extend(
         [loop_lag_ctx, _storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx]
     )
+    app.cleanup_ctx.append(backfill_ctx)  # hub.backfill: signatures of samples stored before 0013
     for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)
     web_page.add_static(app)

@@ -115,6 +115,11 @@ class HubConfig(BaseModel):
     job_timeout_s: float | None = Field(
         default=None, gt=0, description="kill a training job after this long (None: never)"
     )
+    backfill_batch: int = Field(
+        default=200, ge=0, le=10_000,
+        description="samples stored without an image signature (before migration 0013) get "
+        "theirs at start-up, this many per batch, on the leader (hub/backfill.py); 0: off",
+    )  # fmt: skip
     web_session_ttl_s: float = Field(
         default=8 * 3600, gt=0, description="the web page's session ends after this long idle"
     )

@@ -288,41 +288,48 @@ def _rank_tier(
                 dist[i], near[i] = float(d[k, best[k]]), seen_ids[b][int(best[k])]
     prio = np.array([min(1.0, max(0.0, c.priority)) for c in cands], np.float64) + 0.01
     order = np.array([c.order for c in cands], np.int64)
-    bundles = sorted({c.bundle for c in cands})
-    bundle_of = np.array([bundles.index(c.bundle) for c in cands], np.int64)
-    devices = sorted({(c.bundle, c.device) for c in cands})
-    dev_of = np.array([devices.index((c.bundle, c.device)) for c in cands], np.int64)
+    bundles = {b: k for k, b in enumerate(sorted({c.bundle for c in cands}))}
+    bundle_of = np.array([bundles[c.bundle] for c in cands], np.int64)
+    devices = {d: k for k, d in enumerate(sorted({(c.bundle, c.device) for c in cands}))}
+    dev_of = np.array([devices[(c.bundle, c.device)] for c in cands], np.int64)
     picks = np.zeros(len(devices), np.int64)
     # Class counts as arrays: one slot per (bundle, class), the bundle's classes averaged.
     classes = sorted({(b, lbl) for b in bundles for lbl in counts.get(b, {})}
                      | {(c.bundle, c.label) for c in cands if c.label is not None})  # fmt: skip
     slot = {k: s for s, k in enumerate(classes)}
     count = np.array([counts.get(b, {}).get(lbl, 0) for b, lbl in classes], np.float64)
-    class_bundle = np.array([bundles.index(b) for b, _ in classes], np.int64)
-    per_bundle = np.bincount(class_bundle, minlength=len(bundles)).astype(np.float64)
+    class_bundle = np.array([bundles[b] for b, _ in classes], np.int64)
+    per_bundle = np.maximum(np.bincount(class_bundle, minlength=len(bundles)), 1.0)
     lab_of = np.array([-1 if c.label is None else slot[(c.bundle, c.label)] for c in cands])
     plain = np.array([c.plain for c in cands], bool)
-    labelled = (lab_of >= 0) & ~plain
+    labelled = np.flatnonzero((lab_of >= 0) & ~plain)
+    labelled_bundle, labelled_slot = bundle_of[labelled], lab_of[labelled]
     dim = _TINY * _TINY
     feats = np.stack([c.feature if c.feature is not None else np.zeros(dim, np.float32)
                       for c in cands]) if n else np.zeros((0, dim), np.float32)  # fmt: skip
+    sq = (feats * feats).sum(1)
+    # Novelty and repeat change only where a pick comes closer: kept, not recomputed.
+    novelty = np.where(has_feat & np.isfinite(dist), np.minimum(1.0, dist / NOVEL_AT), 1.0)
+    repeat = has_feat & (dist < REPEAT_BELOW) & ~plain
     left = np.ones(n, bool)
     out: list[Ranked] = []
     while left.any() and (limit is None or len(out) < limit):
-        novelty = np.where(has_feat & np.isfinite(dist), np.minimum(1.0, dist / NOVEL_AT), 1.0)
-        repeat = has_feat & (dist < REPEAT_BELOW) & ~plain
-        mean = np.bincount(class_bundle, weights=count, minlength=len(bundles)) / np.maximum(
-            per_bundle, 1.0
-        )
         balance = np.ones(n)
-        if labelled.any():
-            ratio = (mean[bundle_of[labelled]] + 1.0) / (count[lab_of[labelled]] + 1.0)
+        if labelled.size:
+            mean = np.bincount(class_bundle, weights=count, minlength=len(bundles)) / per_bundle
+            ratio = (mean[labelled_bundle] + 1.0) / (count[labelled_slot] + 1.0)
             balance[labelled] = np.clip(np.sqrt(ratio), 0.5, 2.0)
         value = prio * np.where(plain, 1.0, novelty) * balance
-        idx = np.flatnonzero(left)
-        # np.lexsort sorts by the last key first.
-        keys = (order[idx], -value[idx], picks[dev_of[idx]], repeat[idx].astype(np.int64))
-        i = int(idx[np.lexsort(keys)[0]])
+        # The best by (not a repeat, fewest picks of its device, highest value, lowest order),
+        # narrowed key by key: a few vector operations instead of a sort per pick.
+        pool = left & ~repeat
+        if not pool.any():
+            pool = left.copy()
+        device_picks = picks[dev_of]
+        pool &= device_picks == device_picks[pool].min()
+        best = np.where(pool, value, -np.inf)
+        ties = np.flatnonzero(pool & (best == best.max()))
+        i = int(ties[np.argmin(order[ties])])
         c = cands[i]
         out.append(
             Ranked(
@@ -342,9 +349,14 @@ def _rank_tier(
             seen_feats.setdefault(c.bundle, []).append(c.feature)
             same = np.flatnonzero(left & has_feat & (bundle_of == bundle_of[i]))
             if same.size:
-                d = np.linalg.norm(feats[same] - c.feature, axis=1)
-                closer = d < dist[same]
-                for t in same[closer]:
-                    near[int(t)] = c.id
-                dist[same[closer]] = d[closer]
+                d2 = sq[same] + sq[i] - 2.0 * (feats[same] @ feats[i])
+                d = np.sqrt(np.maximum(d2, 0.0))
+                nearer = d < dist[same]
+                closer = same[nearer]
+                if closer.size:
+                    for t in closer:
+                        near[int(t)] = c.id
+                    dist[closer] = d[nearer]
+                    novelty[closer] = np.minimum(1.0, dist[closer] / NOVEL_AT)
+                    repeat[closer] = (dist[closer] < REPEAT_BELOW) & ~plain[closer]
     return out

@@ -216,9 +216,11 @@ async def group_sample(app: web.Application, sample_id: str, bundle: str, image:
     from hub.ranking import signature_of
 
     sig = await asyncio.get_running_loop().run_in_executor(None, signature_of, image)
+    db = app[DB]
     if sig is not None:
-        db = app[DB]
         await db.call(db.add_signature, sample_id, bundle, sig)
+    else:
+        await db.call(db.mark_unsigned, sample_id)
 
 
 async def person_of_token(request: web.Request, token: str) -> tuple[str, str] | None:

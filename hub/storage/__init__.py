@@ -9,6 +9,8 @@ the writer):
 - ``devices``: enrolled devices, their cohort, the sha256 of their token (never the token), the
   desired bundle/version a rollout set, and the last status they reported;
 - ``samples``: uploaded or imported samples, ``pending`` until annotated, ranked by priority;
+  each row keeps the key of its near-duplicate group, its needs-review flag and whether its
+  image got a signature (migration 0014: the queue's index-only reads, the backfill);
 - ``device_keys``, ``enroll_secrets``: each device's registered public key (identity), and
   admin-minted enrolment secrets (one-time or expiring; :mod:`hub.storage.identity`);
 - ``sample_feedback``: the latest human feedback (confirm/correct) a device sent on a sample,

@@ -59,7 +59,11 @@ class GroupTables(DBBase):
             row = self._db.execute(
                 "SELECT group_id FROM sample_signatures WHERE sample_id = ?", (sample_id,)
             ).fetchone()
-            if row is not None:
+            if row is not None:  # grouped already (a retry, or the backfill after a crash)
+                self._db.execute(
+                    "UPDATE samples SET group_key = ?, signature_state = 'done' WHERE id = ?",
+                    (row["group_id"], sample_id),
+                )
                 return GroupJoin(row["group_id"], None, None)
             keys = bands(sig.phash)
             where = " OR ".join("(b.band = ? AND b.value = ?)" for _ in keys)
@@ -82,6 +86,10 @@ class GroupTables(DBBase):
                 (sample_id, bundle, f"{sig.phash:016x}", sig.width, sig.height,
                  encode_feature(sig.feature), group_id),
             )  # fmt: skip
+            self._db.execute(
+                "UPDATE samples SET group_key = ?, signature_state = 'done' WHERE id = ?",
+                (group_id, sample_id),
+            )
             for band, value in keys:
                 self._db.execute(
                     "INSERT INTO sample_hash_bands (bundle, band, value, sample_id)"
@@ -98,6 +106,24 @@ class GroupTables(DBBase):
                 else:  # an annotated seed: its pending near duplicates take its annotation
                     self.propagate_annotation(sample_id, json.loads(me["annotation_json"]))
         return GroupJoin(group_id, distance, inherited)
+
+    def unsigned_samples(self, before: float, limit: int) -> list[tuple[str, str, str]]:
+        """(id, bundle, image sha256) of up to ``limit`` samples created before ``before`` that
+        have no signature and were not found unsigned yet (oldest id first; :mod:`hub.backfill`)."""
+        rows = self._db.execute(
+            "SELECT id, bundle, image_sha256 FROM samples WHERE signature_state IS NULL"
+            " AND created < ? ORDER BY id LIMIT ?",
+            (before, limit),
+        )
+        return [(r["id"], r["bundle"], r["image_sha256"]) for r in rows]
+
+    def mark_unsigned(self, sample_id: str) -> None:
+        """Record that a sample's image has no signature (Pillow cannot decode it): it stays
+        grouped by its bytes, and the backfill (:mod:`hub.backfill`) does not try it again."""
+        self._db.execute(
+            "UPDATE samples SET signature_state = 'none' WHERE id = ? AND signature_state IS NULL",
+            (sample_id,),
+        )
 
     def _inherit(self, sample_id: str, bundle: str, group_id: str) -> str | None:
         """A pending sample takes its group's annotation (a human's own first)."""

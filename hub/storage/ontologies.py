@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.ontology import remap_sample
 from hub.storage._db import DBBase, loads
+from hub.storage.samples import needs_review
 from runtime.ontology import (
     Chain,
     Change,
@@ -170,12 +171,15 @@ class OntologyTables(DBBase):
             step,
             version,
         )
+        meta_json = json.dumps(change.meta)
         self._db.execute(
-            "UPDATE samples SET meta_json = ?, annotation_json = ?, state = ? WHERE id = ?",
+            "UPDATE samples SET meta_json = ?, annotation_json = ?, state = ?, needs_review = ?"
+            " WHERE id = ?",
             (
-                json.dumps(change.meta),
+                meta_json,
                 None if change.annotation is None else json.dumps(change.annotation),
                 change.state,
+                needs_review(meta_json),
                 r["id"],
             ),
         )

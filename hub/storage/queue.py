@@ -9,12 +9,14 @@ them by repeat / device round / uncertainty × novelty × class balance (docs/ar
 
 from __future__ import annotations
 
+import heapq
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from hub.ranking import Candidate, References, decode_feature, is_random, label_of, rank
-from hub.storage._db import Row
+from hub.storage._db import Row, loads
 from hub.storage.samples import Sample, SampleTables
 
 __all__ = ["QueueEntry", "QueueTables", "Tier"]
@@ -23,6 +25,11 @@ Tier = Literal["needs_review", "corrected", "unreviewed", "confirmed"]
 _TIERS: tuple[Tier, ...] = ("needs_review", "corrected", "unreviewed", "confirmed")
 REFERENCE_LIMIT = 5000
 """Annotated samples (newest first) that novelty and class balance compare against."""
+REFERENCE_TTL_S = 10.0
+"""The longest a process keeps a bundle's references without reading them again."""
+WINDOW_MIN = 200
+"""The fewest candidates the database hands the ranking (``max(4 × limit, WINDOW_MIN)``)."""
+_IN_CHUNK = 500  # ids per IN (...) when reading the window's full rows
 
 
 @dataclass(frozen=True)
@@ -56,57 +63,11 @@ class QueueTables(SampleTables):
         3. **within a tier** (:func:`hub.ranking.rank`): repeats of annotated or earlier-listed
            scenes last, then round robin by device, then uncertainty × novelty × class balance.
         """
-        where, args = "", list[Any]()
-        if bundle is not None:
-            where, args = " WHERE s.bundle = ?", [bundle]
-        sql = f"""
-        WITH keyed AS (
-            SELECT s.*, COALESCE(g.group_id, s.image_sha256) AS gkey, g.group_id AS grp,
-                   g.feature AS feature
-            FROM samples s LEFT JOIN sample_signatures g ON g.sample_id = s.id{where}
-        ),
-        fb AS (
-            SELECT k.bundle, k.gkey,
-                   MAX(CASE WHEN f.kind = 'correct' THEN 1 ELSE 0 END) AS corrected,
-                   MAX(CASE WHEN f.kind = 'confirm' THEN 1 ELSE 0 END) AS confirmed
-            FROM sample_feedback f JOIN keyed k ON k.id = f.sample_id
-            GROUP BY k.bundle, k.gkey
-        ),
-        pending AS (
-            SELECT k.*,
-                   COUNT(*) OVER (PARTITION BY k.bundle, k.gkey) AS copies,
-                   ROW_NUMBER() OVER (PARTITION BY k.bundle, k.gkey
-                                      ORDER BY k.priority DESC, k.created, k.id) AS copy_rank
-            FROM keyed k
-            WHERE k.state = 'pending'
-              AND NOT EXISTS (SELECT 1 FROM keyed a WHERE a.state = 'annotated'
-                              AND a.bundle = k.bundle AND a.gkey = k.gkey)
-              AND NOT EXISTS (SELECT 1 FROM samples a WHERE a.state = 'annotated'
-                              AND a.bundle = k.bundle AND a.image_sha256 = k.image_sha256)
-        ),
-        ranked AS (
-            SELECT p.*, COALESCE(fb.corrected, 0) AS corrected,
-                   CASE WHEN p.meta_json LIKE ? THEN 1 ELSE 0 END AS needs_review,
-                   COALESCE(fb.confirmed, 0) AS confirmed,
-                   ROW_NUMBER() OVER (PARTITION BY p.bundle, p.device_id
-                                      ORDER BY p.priority DESC, p.created, p.id) AS device_rank
-            FROM pending p LEFT JOIN fb ON fb.bundle = p.bundle AND fb.gkey = p.gkey
-            WHERE p.copy_rank = 1
-        )
-        SELECT * FROM ranked
-        ORDER BY CASE WHEN needs_review = 1 THEN 0 WHEN corrected = 1 THEN 1
-                      WHEN confirmed = 1 THEN 3 ELSE 2 END,
-                 device_rank, priority DESC, created, id
-        """
-        # meta is stored as json.dumps writes it; a LIKE on the flag runs on both databases.
-        args.append('%"needs_review": true%')
-        if limit is not None:  # the window the ranking re-orders
-            sql += " LIMIT ?"
-            args.append(max(4 * limit, 200))
-        rows = self._db.execute(sql, args).fetchall()
-        feedback = [
-            self._group_feedback(r) if r["corrected"] or r["confirmed"] else None for r in rows
-        ]
+        # The window the ranking re-orders.
+        keys = self._candidates(bundle, None if limit is None else max(4 * limit, WINDOW_MIN))
+        full = self._rows_by_id([k["id"] for k in keys])
+        rows = [{**full[k["id"]], **k} for k in keys if k["id"] in full]
+        feedback = [loads(r.get("feedback_json")) for r in rows]
         metas = [json.loads(r["meta_json"]) for r in rows]
         cands = [
             Candidate(
@@ -134,43 +95,149 @@ class QueueTables(SampleTables):
             out.append(entry)
         return out
 
-    def _references(self, bundles: set[str]) -> dict[str, References]:
-        """Per bundle: the newest annotated samples' tiny images and class counts."""
-        out: dict[str, References] = {}
-        for b in sorted(bundles):
-            ref = out.setdefault(b, References())
-            rows = self._db.execute(
-                "SELECT s.id, s.annotation_json, g.feature FROM samples s"
-                " LEFT JOIN sample_signatures g ON g.sample_id = s.id"
-                " WHERE s.bundle = ? AND s.state = 'annotated' ORDER BY s.created DESC LIMIT ?",
-                (b, REFERENCE_LIMIT),
+    def _candidates(self, bundle: str | None, window: int | None) -> list[Row]:
+        """The first ``window`` (None: all) pending groups' best members in the database's
+        order (tier, device rank, priority, age, id), with ``copies``, ``corrected``,
+        ``confirmed`` and ``device_rank``.
+
+        The database hands over narrow rows (no meta, no image: index-only scans of
+        ``samples_cover``, migration 0014) and Python groups and orders them: one pass and short
+        sorts, where SQL window functions over the same rows cost several times more on SQLite.
+        A group with an annotated member (or an image a human annotated) is left out."""
+        where, args = "", list[Any]()
+        if bundle is not None:
+            where, args = " AND bundle = ?", [bundle]
+        # Three narrow reads, index-only scans of samples_cover (migration 0014).
+        closed = {
+            (r["bundle"], key)
+            for r in self._db.execute(
+                "SELECT bundle, group_key, image_sha256 FROM samples"
+                f" WHERE state = 'annotated'{where}",
+                args,
             )
-            for r in rows:
-                feature = decode_feature(r["feature"])
-                if feature is not None:
-                    ref.ids.append(r["id"])
-                    ref.features.append(feature)
-                try:
-                    annotation = json.loads(r["annotation_json"] or "{}")
-                except ValueError:
-                    continue
-                labels = [str(x[4]) for x in annotation.get("boxes") or [] if len(x) >= 5]
-                if annotation.get("label"):
-                    labels.append(str(annotation["label"]))
-                for lbl in set(labels):
-                    ref.counts[lbl] = ref.counts.get(lbl, 0) + 1
+            for key in (r["group_key"], "sha:" + r["image_sha256"])
+        }
+        feedback = {  # the pending samples' feedback: few rows (a device sent them one by one)
+            r["sample_id"]: r
+            for r in self._db.execute(
+                "SELECT f.sample_id, f.kind, f.received, f.feedback_json FROM sample_feedback f"
+                " JOIN samples s ON s.id = f.sample_id WHERE s.state = 'pending'"
+                + (" AND s.bundle = ?" if bundle is not None else ""),
+                args,
+            )
+        }
+        rows = [
+            r
+            for r in self._db.execute(
+                "SELECT id, bundle, device_id, priority, created, group_key, needs_review,"
+                f" image_sha256 FROM samples WHERE state = 'pending'{where}",
+                args,
+            ).fetchall()
+            if (r["bundle"], r["group_key"]) not in closed
+            and (r["bundle"], "sha:" + r["image_sha256"]) not in closed
+        ]
+        groups: dict[tuple[str, str], Row] = {}
+        for r in rows:
+            r["order"] = (-r["priority"], r["created"], r["id"])
+            g = groups.get((r["bundle"], r["group_key"]))
+            if g is None:
+                g = groups[(r["bundle"], r["group_key"])] = {
+                    **r,
+                    "copies": 0,
+                    "corrected": 0,
+                    "confirmed": 0,
+                }
+            elif r["order"] < g["order"]:
+                g.update(r)
+            g["copies"] += 1
+            fb = feedback.get(r["id"])
+            if fb is not None:
+                g["corrected"] |= fb["kind"] == "correct"
+                g["confirmed"] |= fb["kind"] == "confirm"
+                # The group's feedback: the latest correction, else the latest confirmation.
+                rank = (fb["kind"] != "correct", -fb["received"])
+                if "feedback_rank" not in g or rank < g["feedback_rank"]:
+                    g["feedback_rank"], g["feedback_json"] = rank, fb["feedback_json"]
+        by_device: dict[tuple[str, str], list[Row]] = {}
+        for g in groups.values():
+            by_device.setdefault((g["bundle"], g["device_id"]), []).append(g)
+        for mine in by_device.values():  # many short sorts: cheaper than one long one
+            mine.sort(key=_by_order)
+            for k, g in enumerate(mine, 1):
+                g["device_rank"] = k
+        key = lambda g: (_tier(g), g["device_rank"], g["order"])  # noqa: E731
+        if window is not None and window < len(groups):
+            return heapq.nsmallest(window, groups.values(), key=key)
+        return sorted(groups.values(), key=key)
+
+    def _rows_by_id(self, ids: list[str]) -> dict[str, Row]:
+        """Full sample rows (with the signature's tiny image and group id) by id."""
+        out: dict[str, Row] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            for r in self._db.execute(
+                "SELECT s.*, g.group_id AS grp, g.feature AS feature FROM samples s"
+                f" LEFT JOIN sample_signatures g ON g.sample_id = s.id WHERE s.id IN ({marks})",
+                chunk,
+            ):
+                out[r["id"]] = r
         return out
 
-    def _group_feedback(self, row: Row) -> dict[str, Any] | None:
-        """The latest feedback on any sample of this group, corrections first."""
-        fb = self._db.execute(
-            "SELECT f.feedback_json FROM sample_feedback f JOIN samples s ON s.id = f.sample_id"
+    def _references(self, bundles: set[str]) -> dict[str, References]:
+        """Per bundle: the newest annotated samples' tiny images and class counts.
+
+        Kept per process and read again when the bundle's annotated samples change in number
+        or newest id (an index-only count), or after :data:`REFERENCE_TTL_S` (a changed label,
+        a signature the backfill added): decoding thousands of annotations per "next" would
+        cost more than the rest of the queue."""
+        cache: dict[str, tuple[tuple[Any, ...], float, References]] = self.__dict__.setdefault(
+            "_reference_cache", {}
+        )
+        out: dict[str, References] = {}
+        now = time.monotonic()
+        for b in sorted(bundles):
+            mark = self._db.execute(
+                "SELECT COUNT(*) AS n, MAX(id) AS last FROM samples"
+                " WHERE bundle = ? AND state = 'annotated'",
+                (b,),
+            ).fetchone()
+            key = (mark["n"], mark["last"])
+            held = cache.get(b)
+            if held is not None and held[0] == key and now - held[1] < REFERENCE_TTL_S:
+                out[b] = held[2]
+                continue
+            out[b] = self._read_references(b)
+            cache[b] = (key, now, out[b])
+        return out
+
+    def _read_references(self, b: str) -> References:
+        ref = References()
+        rows = self._db.execute(
+            "SELECT s.id, s.annotation_json, g.feature FROM samples s"
             " LEFT JOIN sample_signatures g ON g.sample_id = s.id"
-            " WHERE s.bundle = ? AND COALESCE(g.group_id, s.image_sha256) = ?"
-            " ORDER BY f.kind = 'correct' DESC, f.received DESC LIMIT 1",
-            (row["bundle"], row["gkey"]),
-        ).fetchone()
-        return json.loads(fb["feedback_json"]) if fb else None
+            " WHERE s.bundle = ? AND s.state = 'annotated' ORDER BY s.created DESC LIMIT ?",
+            (b, REFERENCE_LIMIT),
+        )
+        for r in rows:
+            feature = decode_feature(r["feature"])
+            if feature is not None:
+                ref.ids.append(r["id"])
+                ref.features.append(feature)
+            try:
+                annotation = json.loads(r["annotation_json"] or "{}")
+            except ValueError:
+                continue
+            labels = [str(x[4]) for x in annotation.get("boxes") or [] if len(x) >= 5]
+            if annotation.get("label"):
+                labels.append(str(annotation["label"]))
+            for lbl in set(labels):
+                ref.counts[lbl] = ref.counts.get(lbl, 0) + 1
+        return ref
+
+
+def _by_order(g: Row) -> Any:
+    return g["order"]
 
 
 def _tier(r: Row) -> int:

@@ -14,6 +14,13 @@ from hub.storage.groups import GroupTables
 SampleState = Literal["pending", "annotated"]
 
 
+def needs_review(meta_json: str) -> int:
+    """1 when a sample's meta (as ``json.dumps`` wrote it) asks for a human's review: an
+    ontology split left its label open (``needs_review``), or the device asked
+    (``extra.needs_review``). Kept in ``samples.needs_review`` for the queue's first tier."""
+    return int('"needs_review": true' in meta_json)
+
+
 @dataclass(frozen=True)
 class Sample:
     """A stored sample: the device's meta, its image blob, and the annotation once there."""
@@ -44,21 +51,25 @@ class SampleTables(GroupTables):
         image_sha256: str,
         annotation: dict[str, Any] | None = None,
     ) -> bool:
-        """Insert a sample; return False (and change nothing) if the id is already stored."""
+        """Insert a sample; return False (and change nothing) if the id is already stored. It
+        stands in the queue by its image bytes until :meth:`add_signature` groups it."""
+        meta_json = json.dumps(meta)
         cur = self._db.execute(
             "INSERT INTO samples (id, bundle, device_id, priority, meta_json, image_sha256, state,"
-            " annotation_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT(id) DO NOTHING",
+            " annotation_json, created, group_key, needs_review)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
             (
                 sample_id,
                 bundle,
                 device_id,
                 priority,
-                json.dumps(meta),
+                meta_json,
                 image_sha256,
                 "pending" if annotation is None else "annotated",
                 None if annotation is None else json.dumps(annotation),
                 time.time(),
+                image_sha256,
+                needs_review(meta_json),
             ),
         )
         return cur.rowcount == 1

@@ -64,6 +64,10 @@ def check_boxes(raw: Any, classes: list[str]) -> list[list[Any]]:
     return out
 
 
+NEXT_FIRST = 8
+"""Queue entries the "next" page ranks first (x 8 while all of them are held by others)."""
+
+
 def _next_sample(db: HubDB, bundle: str | None, who: str, ttl: float) -> str | None:
     """Claim and return the next sample for ``who``: one sent back to them first, then the
     queue's top that nobody else holds."""
@@ -71,11 +75,18 @@ def _next_sample(db: HubDB, bundle: str | None, who: str, ttl: float) -> str | N
         if work.claimed_by == who and db.claim(work.sample_id, who, ttl):
             return work.sample_id
     busy = db.busy_samples(who)
-    for entry in db.annotation_queue(bundle, 500):
-        sid = entry.sample.id
-        if sid not in busy and db.claim(sid, who, ttl):
-            return sid
-    return None
+    # Rank only the top of the queue (each pick costs a pass over the window), and more of it
+    # only while everything ranked is held by others.
+    limit = NEXT_FIRST
+    while True:
+        entries = db.annotation_queue(bundle, limit)
+        for entry in entries:
+            sid = entry.sample.id
+            if sid not in busy and db.claim(sid, who, ttl):
+                return sid
+        if len(entries) < limit:
+            return None
+        limit *= 8
 
 
 @routes.get("/ui/annotate")

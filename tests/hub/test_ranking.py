@@ -75,6 +75,11 @@ def _feat(k: int, jitter: float = 0.0) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    out: np.ndarray = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
 def cand(i: int, device: str, priority: float, **kw: Any) -> Candidate:
     return Candidate(id=f"s{i}", bundle="b", device=device, tier=2, priority=priority, order=i,
                      **kw)  # fmt: skip
@@ -169,3 +174,82 @@ def test_rank_when_samples_were_kept_at_random_orders_them_by_priority_alone() -
     ]
     ranked = rank(cands, refs, None)
     assert [(r.candidate.id, r.similar_to) for r in ranked] == [("s0", None), ("s1", None)]
+
+
+def _rule_key(
+    c: Candidate,
+    left: list[Candidate],
+    seen: dict[str, list[tuple[str, np.ndarray]]],
+    counts: dict[str, dict[str, int]],
+    picks: dict[tuple[str, str], int],
+) -> tuple[int, int, float, int]:
+    """(repeat, device round, -value, order) of one candidate, straight from the rules."""
+    from hub.ranking import NOVEL_AT, REPEAT_BELOW
+
+    dist = None
+    if c.feature is not None and seen.get(c.bundle):
+        dist = min(float(np.linalg.norm(c.feature - f)) for _, f in seen[c.bundle])
+    repeat = dist is not None and dist < REPEAT_BELOW and not c.plain
+    novelty = 1.0 if dist is None or c.plain else min(1.0, dist / NOVEL_AT)
+    balance = 1.0
+    have = counts.get(c.bundle, {})
+    labels = set(have) | {x.label for x in left if x.bundle == c.bundle and x.label}
+    if c.label is not None and not c.plain:
+        mean = sum(have.values()) / max(1, len(labels))
+        balance = min(2.0, max(0.5, ((mean + 1.0) / (have.get(c.label, 0) + 1.0)) ** 0.5))
+    value = (min(1.0, max(0.0, c.priority)) + 0.01) * novelty * balance
+    return (int(repeat), picks.get((c.bundle, c.device), 0), -value, c.order)
+
+
+def _rank_by_the_rules(cands: list[Candidate], refs: dict[str, References]) -> list[str]:
+    """The queue order as the docstring of hub.ranking states it, one full sort per pick."""
+    seen = {b: list(zip(r.ids, r.features, strict=True)) for b, r in refs.items()}
+    counts = {b: dict(r.counts) for b, r in refs.items()}
+    out: list[str] = []
+    for tier in sorted({c.tier for c in cands}):
+        left = [c for c in cands if c.tier == tier]
+        picks: dict[tuple[str, str], int] = {}
+        while left:
+            keys = [_rule_key(c, left, seen, counts, picks) for c in left]
+            best = left[keys.index(min(keys))]
+            left.remove(best)
+            out.append(best.id)
+            picks[(best.bundle, best.device)] = picks.get((best.bundle, best.device), 0) + 1
+            if best.label is not None:
+                counts.setdefault(best.bundle, {})
+                counts[best.bundle][best.label] = counts[best.bundle].get(best.label, 0) + 1
+            if best.feature is not None:
+                seen.setdefault(best.bundle, []).append((best.id, best.feature))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rank_when_candidates_are_random_follows_the_rules_one_by_one(seed: int) -> None:
+    """The vectorised greedy pass picks what the rules pick, on made-up fleets with repeats,
+    chatty devices, several bundles and tiers, random-slice samples and missing signatures."""
+    rng = np.random.default_rng(seed)
+    base = [_feat(int(k), float(j)) for k, j in zip(rng.integers(0, 64, 12),
+                                                    rng.random(12), strict=True)]  # fmt: skip
+    cands = []
+    for i in range(60):
+        f = base[int(rng.integers(12))] + rng.normal(0, rng.choice([0.01, 0.04, 0.08]), 64)
+        cands.append(Candidate(
+            id=f"s{i}", bundle=f"b{int(rng.integers(2))}", device=f"d{int(rng.integers(5))}",
+            tier=int(rng.choice([1, 2, 2, 2])), priority=float(rng.choice([0.2, 0.5, 0.9, 1.3])),
+            order=i, feature=None if rng.random() < 0.15 else _unit(f),
+            label=None if rng.random() < 0.2 else f"c{int(rng.integers(3))}",
+            plain=bool(rng.random() < 0.1),
+        ))  # fmt: skip
+    refs = {"b0": References(ids=["r0", "r1"], features=[base[0], base[1]],
+                             counts={"c0": 4, "c1": 1})}  # fmt: skip
+    want = _rank_by_the_rules(cands, refs)
+    assert [r.candidate.id for r in rank(cands, refs, None)] == want
+    assert [r.candidate.id for r in rank(cands, refs, 7)] == want[:7]
+
+
+def test_rank_when_every_candidate_is_a_repeat_lists_them_all() -> None:
+    refs = {"b": References(ids=["done"], features=[_feat(7)])}
+    cands = [cand(i, f"d{i % 2}", 0.5, feature=_feat(7, 0.01 * i)) for i in range(5)]
+    ranked = rank(cands, refs, None)
+    assert sorted(r.candidate.id for r in ranked) == [f"s{i}" for i in range(5)]
+    assert all(r.similar_to is not None for r in ranked)
