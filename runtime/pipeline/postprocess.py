@@ -37,14 +37,16 @@ result; it never stops the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from runtime.errors import PipelineError
-from runtime.pipeline._few_boxes import FEW_BOXES, finish_few, xyxy_from_cxcywh
+from runtime.pipeline._few_boxes import FEW_BOXES, f32, finish_few, xyxy_from_cxcywh
 from runtime.pipeline.graph import BoxPost, ClassifyPost, PluginPost, YoloPost
 from runtime.pipeline.prediction import Item
 from runtime.pipeline.preprocess import Letterbox
@@ -130,25 +132,30 @@ def classify(
 ) -> list[Item]:
     """Scores per batch row -> one item per row: best class, top-k and the full score vector.
 
-    The top-k is best first; equal scores are ordered by class id (the lower first).
+    The top-k is best first; equal scores are ordered by class id (the lower first). Beyond
+    :data:`_SORT_MAX` classes the full vector is left in numpy and made a list when an item's
+    ``scores`` is first read (the same values).
 
     Raises PipelineError when the selected output does not exist.
     """
     raw = np.asarray(select_output(outputs, spec.output, names))
     logits = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
-    if spec.type == "softmax":
-        probs = softmax(logits, axis=1)
-    elif spec.type == "sigmoid":
-        probs = sigmoid(logits)
-    else:
-        probs = logits.astype(np.float32, copy=False)
-    n_classes = probs.shape[1]
+    n_classes = logits.shape[1]
     k = min(spec.top_k, n_classes)
+    if n_classes > _SORT_MAX:
+        if spec.type == "softmax" and k < n_classes:
+            return _softmax_many(logits, k, classes)
+        # A copy for identity scores: the lazy vectors must not see the caller's array change.
+        probs = (
+            _scores(logits, spec.type) if spec.type != "identity" else np.array(logits, np.float32)
+        )
+        return [
+            _lazy_item(ids, row, row.tolist, classes)
+            for ids, row in zip(_top_k(probs, k), probs, strict=True)
+        ]
+    probs = _scores(logits, spec.type)
     rows = probs.tolist()
-    if n_classes <= _SORT_MAX:
-        orders = [sorted(range(n_classes), key=row.__getitem__, reverse=True)[:k] for row in rows]
-    else:
-        orders = _top_k(probs, k)
+    orders = [sorted(range(n_classes), key=row.__getitem__, reverse=True)[:k] for row in rows]
     items: list[Item] = []
     for row, ids in zip(rows, orders, strict=True):
         best = ids[0]
@@ -162,6 +169,92 @@ def classify(
             )
         )
     return items
+
+
+def _scores(logits: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "softmax":
+        return softmax(logits, axis=1)
+    if kind == "sigmoid":
+        return sigmoid(logits)
+    return logits.astype(np.float32, copy=False)
+
+
+def _lazy_item(
+    ids: list[int], row: np.ndarray, scores: Callable[[], list[float]], classes: Sequence[str]
+) -> Item:
+    """The item of one row of many classes, its top-k ``ids`` known; the vector left lazy."""
+    top = [(label_of(i, classes), float(row[i])) for i in ids]
+    best = ids[0]
+    return Item.with_lazy_scores(best, top[0][0], top[0][1], top, scores)
+
+
+def _divided(exps: np.ndarray, total: np.ndarray) -> list[float]:
+    """A softmax row from its exponentials and their sum, as :func:`softmax` divides them."""
+    return np.divide(exps, total).tolist()
+
+
+def _softmax_many(logits: np.ndarray, k: int, classes: Sequence[str]) -> list[Item]:
+    """:func:`classify`'s softmax items for many classes and ``k`` below their number, the
+    same items without dividing every class by the sum.
+
+    Per row, :func:`softmax`'s own steps up to the sum (shift by the maximum, exponentials,
+    one ``np.add.reduce``: the same float32 values) and the ``k + 1`` largest exponentials,
+    picked by ``argmax`` (ties: the lower class id). Their probabilities are divided in Python
+    and rounded to float32: one correctly rounded division of two float32 values, which is
+    what numpy's float32 division gives. Division by the same positive sum keeps the order
+    (ties may appear, never swaps), so no class left out can score more than the last pick;
+    the picks sorted by probability then class id give the top-k unless the last pick ties the
+    k-th, when a class left out may tie too. That row, and a row whose sum is not finite (NaN
+    or infinite logits), take the full path: every probability, :func:`_top_k`.
+
+    Right after the engine call numpy's code is out of the CPU caches and each numpy call
+    costs tens of microseconds: this path makes six of them (plus ``k + 1`` argmax calls,
+    warm after the first) where the full one makes about twenty, and it never turns the
+    1,000 probabilities into Python floats unless an item's ``scores`` is read.
+    """
+    z = logits.astype(np.float32, copy=False)
+    if len(z) == 1:
+        # The maximum from argmax: the same value (NaN when the row has one, as the reduction
+        # gives), and argmax's code is the one the picks below run anyway.
+        z = np.subtract(z, z[0, z.argmax()])
+    else:
+        z = np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True))
+    np.exp(z, out=z)
+    sums = np.add.reduce(z, axis=1, keepdims=True)
+    items = []
+    for r, total in enumerate(sums.ravel().tolist()):
+        exps = z[r]
+        picks = _picks(exps, k + 1, total) if math.isfinite(total) else None
+        if picks is None:
+            probs = np.divide(exps, sums[r])
+            items.append(_lazy_item(_top_k(probs[None], k)[0], probs, probs.tolist, classes))
+            continue
+        top = [(label_of(i, classes), p) for p, i in picks[:k]]
+        best = picks[0][1]
+        scores = partial(_divided, exps, sums[r])
+        items.append(Item.with_lazy_scores(best, top[0][0], top[0][1], top, scores))
+    return items
+
+
+def _picks(exps: np.ndarray, n: int, total: float) -> list[tuple[float, int]] | None:
+    """The ``n`` largest exponentials of a row as (probability, class id), best first and
+    ties by class id; None when the last one ties the one before it (see
+    :func:`_softmax_many`)."""
+    e = exps.copy()
+    found = []
+    for _ in range(n):
+        i = int(e.argmax())
+        found.append((f32(float(e[i]) / total), i))
+        e[i] = -1.0  # below every exponential (they are >= 0)
+    last = found.pop()
+    found.sort(key=_by_score_then_id)
+    if last[0] >= found[-1][0]:
+        return None
+    return found
+
+
+def _by_score_then_id(pick: tuple[float, int]) -> tuple[float, int]:
+    return -pick[0], pick[1]
 
 
 _SORT_MAX = 64
