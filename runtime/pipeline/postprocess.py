@@ -541,9 +541,21 @@ def decode_yolo_v8(
     if pred.shape[0] == 5:  # one class: its row is the score, no argmax to take
         scores = pred[4].astype(np.float32, copy=False)
         keep = _passing(scores, spec)
-        if not keep.size:
+        n = keep.size
+        if not n:
             return []
-        kept_ids = np.zeros(keep.size, dtype=np.intp)
+        if pred.dtype == np.float32 and _few(n, letterbox):
+            cx, cy, w, h, kept_scores = pred[:, keep].tolist()  # one call for all five rows
+            return _finish_few(
+                xyxy_from_cxcywh(cx, cy, w, h),
+                kept_scores,
+                [0] * n,
+                spec,
+                classes,
+                letterbox,
+                image_size,
+            )
+        kept_ids = np.zeros(n, dtype=np.intp)
     else:
         # The best score per candidate is a max; the argmax (a slow strided reduction over
         # [C, N]) is only needed for the few candidates that pass the threshold.
