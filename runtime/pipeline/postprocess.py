@@ -212,11 +212,12 @@ def _softmax_many(logits: np.ndarray, k: int, classes: Sequence[str]) -> list[It
     warm after the first) where the full one makes about twenty, and it never turns the
     1,000 probabilities into Python floats unless an item's ``scores`` is read.
     """
-    z = logits.astype(np.float32, copy=False)
+    z = logits if logits.dtype.char == "f" else logits.astype(np.float32)
     if len(z) == 1:
         # The maximum from argmax: the same value (NaN when the row has one, as the reduction
-        # gives), and argmax's code is the one the picks below run anyway.
-        z = np.subtract(z, z[0, z.argmax()])
+        # gives), and argmax's code is the one the picks below run anyway. A Python float
+        # subtracted from a float32 array is taken as float32 (exact here: it is one).
+        z = np.subtract(z, z.item(int(z.argmax())))
     else:
         z = np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True))
     np.exp(z, out=z)
@@ -244,7 +245,7 @@ def _picks(exps: np.ndarray, n: int, total: float) -> list[tuple[float, int]] | 
     found = []
     for _ in range(n):
         i = int(e.argmax())
-        found.append((f32(float(e[i]) / total), i))
+        found.append((f32(e.item(i) / total), i))
         e[i] = -1.0  # below every exponential (they are >= 0)
     last = found.pop()
     found.sort(key=_by_score_then_id)
