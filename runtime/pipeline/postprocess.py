@@ -88,7 +88,7 @@ def label_of(class_id: int, classes: Sequence[str]) -> str:
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float32."""
     # The ufuncs' own reductions: ndarray.max/.sum are Python wrappers around these very calls.
-    z = x.astype(np.float32, copy=False)
+    z = x if x.dtype.char == "f" else x.astype(np.float32)  # float32 already: no call
     z = np.subtract(z, np.maximum.reduce(z, axis=axis, keepdims=True))  # a new array
     np.exp(z, out=z)
     np.divide(z, np.add.reduce(z, axis=axis, keepdims=True), out=z)
@@ -400,7 +400,7 @@ def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
 
 def _single(output: np.ndarray, what: str, width: int) -> np.ndarray:
     """Drop the batch axis of a batch-of-one output and check its last axis."""
-    a = np.asarray(output)
+    a = output if type(output) is np.ndarray else np.asarray(output)
     if a.ndim == 3:
         if a.shape[0] != 1:
             raise PipelineError(f"{what}: expected a batch of one, got shape {a.shape}")
@@ -540,7 +540,7 @@ def decode_yolo_v8(
     if pred.shape[0] < 5:
         raise PipelineError(f"yolo_v8: expected [1, 4+C, N], got shape {np.shape(outputs[0])}")
     if pred.shape[0] == 5:  # one class: its row is the score, no argmax to take
-        scores = pred[4].astype(np.float32, copy=False)
+        scores = pred[4] if pred.dtype.char == "f" else pred[4].astype(np.float32)
         keep = _passing(scores, spec)
         n = keep.size
         if not n:
