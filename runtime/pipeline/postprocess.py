@@ -138,8 +138,11 @@ def classify(
 
     Raises PipelineError when the selected output does not exist.
     """
-    raw = np.asarray(select_output(outputs, spec.output, names))
-    logits = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
+    raw = select_output(outputs, spec.output, names)
+    if type(raw) is not np.ndarray or raw.ndim != 2:  # [B, C] as it is: no call
+        raw = np.asarray(raw)
+        raw = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
+    logits = raw
     n_classes = logits.shape[1]
     k = min(spec.top_k, n_classes)
     if n_classes > _SORT_MAX:
