@@ -122,7 +122,7 @@ def _nms(
             if w <= 0.0:
                 continue  # no overlap: the IoU is 0 (see _iou_at_most)
             h = (y2 if y2 < b[3] else b[3]) - (y1 if y1 > b[1] else b[1])
-            if h > 0.0 and not _iou_at_most(boxes[i], b, ai, areas[j], th):
+            if not h <= 0.0 and not _iou_at_most(boxes[i], b, ai, areas[j], th):
                 removed[j] = True
     return keep
 
