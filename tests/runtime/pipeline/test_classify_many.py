@@ -74,6 +74,7 @@ def _exact(item: Item) -> tuple[Any, ...]:
 
 
 def _row(rng: np.random.Generator, n: int, mode: str) -> np.ndarray:
+    row: np.ndarray
     if mode == "normal":
         return rng.normal(size=n) * rng.choice([0.01, 1.0, 10.0])
     if mode == "coarse":  # many exact ties, also on the top-k boundary
@@ -119,7 +120,7 @@ def test_classify_many_classes_gives_the_plain_items_when_rows_are_random(
     rng = np.random.default_rng(seed)
     with np.errstate(all="ignore"):
         logits = np.stack([_row(rng, n_classes, m) for m in modes]).astype(dtype)
-        spec = ClassifyPost(type=kind, top_k=top_k)  # type: ignore[arg-type]
+        spec = ClassifyPost(type=kind, top_k=top_k)
         classes = [f"c{i}" for i in range(n_classes - 3)]  # the last ids have no name
         want = [_exact(i) for i in _reference(logits, spec, classes)]
         got = classify([logits], spec, classes)
@@ -188,3 +189,14 @@ def test_lazy_scores_do_not_follow_the_callers_array_when_it_changes_later() -> 
     item = classify([logits], ClassifyPost(type="identity", top_k=2), [])[0]
     logits[:] = 0
     assert item.scores == want
+
+
+def test_items_compare_by_every_field_and_stay_unhashable_when_built_by_hand() -> None:
+    a = Item(1, "b", 0.5, box=(1.0, 2.0, 3.0, 4.0), scores=[0.5, 0.5], parent=0)
+    assert a == Item(1, "b", 0.5, box=(1.0, 2.0, 3.0, 4.0), scores=[0.5, 0.5], parent=0)
+    assert a != Item(1, "b", 0.5, box=(1.0, 2.0, 3.0, 4.0), scores=[0.5, 0.5], parent=1)
+    assert a != (1, "b", 0.5) and a.top_k == [] and Item(0, "a", 1.0).top_k is not a.top_k
+    assert repr(a).startswith("Item(class_id=1, label='b', score=0.5, box=(1.0, 2.0, 3.0, 4.0)")
+    with pytest.raises(TypeError):
+        hash(a)
+    assert Item.from_dict(a.to_dict()) == a
