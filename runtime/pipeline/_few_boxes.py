@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import struct
+from array import array
 from collections.abc import Callable, Sequence
 
 from runtime.pipeline.prediction import Item
 
-__all__ = ["FEW_BOXES", "f32", "finish_few", "xyxy_from_cxcywh"]
+__all__ = ["FEW_BOXES", "f32", "f32_all", "finish_few", "xyxy_from_cxcywh"]
 
 FEW_BOXES = 16
 """Candidates (boxes that passed the score threshold) up to which the Python tail runs."""
@@ -39,6 +40,12 @@ def f32(v: float) -> float:
         return _unpack(_pack(v))[0]
     except OverflowError:
         return math.copysign(math.inf, v)
+
+
+def f32_all(values: Sequence[float]) -> list[float]:
+    """Every value rounded as :func:`f32` does, in one call: ``array('f')`` stores each as a C
+    float (the same round to nearest, ±inf beyond the range, NaN kept)."""
+    return array("f", values).tolist()
 
 
 def _iou_at_most(a: list[float], b: list[float], area_a: float, area_b: float, th: float) -> bool:
@@ -58,9 +65,15 @@ def _iou_at_most(a: list[float], b: list[float], area_a: float, area_b: float, t
 _EPS = f32(1e-9)
 
 
-def _area(b: list[float]) -> float:
-    w, h = f32(b[2] - b[0]), f32(b[3] - b[1])
-    return f32((w if w > 0.0 else 0.0) * (h if h > 0.0 else 0.0))
+def _areas(boxes: list[list[float]]) -> list[float]:
+    """Per box ``max(x2 - x1, 0) * max(y2 - y1, 0)`` in float32."""
+    sides = f32_all([v for b in boxes for v in (b[2] - b[0], b[3] - b[1])])
+    return f32_all(
+        [
+            (w if w > 0.0 else 0.0) * (h if h > 0.0 else 0.0)
+            for w, h in zip(sides[::2], sides[1::2], strict=True)
+        ]
+    )
 
 
 def _nms(
@@ -81,26 +94,35 @@ def _nms(
     if ids is not None:
         # Each class moved to its own region: + class_id * span, in float32 like numpy.
         span = f32(float(f32(max(max(b) for b in boxes) - min(min(b) for b in boxes))) + 1.0)
-        moved = []
-        for b, c in zip(boxes, ids, strict=True):
-            shift = f32(f32(float(c)) * span)
-            moved.append([f32(v + shift) for v in b])
-        boxes = moved
+        shifts = f32_all([v * span for v in f32_all([float(c) for c in ids])])
+        flat = f32_all([v + shift for b, shift in zip(boxes, shifts, strict=True) for v in b])
+        boxes = [flat[i : i + 4] for i in range(0, 4 * n, 4)]
     if n == 1:
         return [0]
-    areas = [_area(b) for b in boxes]
+    areas = _areas(boxes)
     th = f32(iou)
+    order = sorted(range(n), key=scores.__getitem__, reverse=True)  # stable: ties by index
     removed = [False] * n
     keep: list[int] = []
-    for i in sorted(range(n), key=scores.__getitem__, reverse=True):  # stable: ties by index
+    for pos, i in enumerate(order):
         if removed[i]:
             continue
         keep.append(i)
         if len(keep) >= limit:
             break
-        bi, ai = boxes[i], areas[i]
-        for j in range(n):
-            if not removed[j] and not _iou_at_most(bi, boxes[j], ai, areas[j], th):
+        x1, y1, x2, y2 = boxes[i]
+        ai = areas[i]
+        # Only the boxes still to come: marking one already handled changes nothing.
+        for j in order[pos + 1 :]:
+            if removed[j]:
+                continue
+            b = boxes[j]
+            # min/max written out: the same values, without a builtin call each.
+            w = (x2 if x2 < b[2] else b[2]) - (x1 if x1 > b[0] else b[0])
+            if w <= 0.0:
+                continue  # no overlap: the IoU is 0 (see _iou_at_most)
+            h = (y2 if y2 < b[3] else b[3]) - (y1 if y1 > b[1] else b[1])
+            if not h <= 0.0 and not _iou_at_most(boxes[i], b, ai, areas[j], th):
                 removed[j] = True
     return keep
 
@@ -121,21 +143,28 @@ def finish_few(
     """:func:`runtime.pipeline.postprocess._finish` for float32 ``boxes`` (x1, y1, x2, y2 in
     model-input pixels) and ``scores`` given as lists; ``letterbox`` is (scale_x, scale_y,
     pad_x, pad_y), neither scale zero."""
-    sx, sy, px, py = (f32(v) for v in letterbox)
+    sx, sy, px, py = f32_all(letterbox)
     fw, fh = f32(image_size[0]), f32(image_size[1])
+    flat = [v for b in boxes for v in b]
+    if px or py:  # v - 0.0 is v
+        flat = f32_all(
+            [v - pad for v, pad in zip(flat, (px, py, px, py) * len(boxes), strict=True)]
+        )
+    flat = f32_all(
+        [v / scale for v, scale in zip(flat, (sx, sy, sx, sy) * len(boxes), strict=True)]
+    )
     src: list[list[float]] = []
     kept: list[int] = []
-    for r, (x1, y1, x2, y2) in enumerate(boxes):
-        row = []
-        for v, pad, scale, side in ((x1, px, sx, fw), (y1, py, sy, fh), (x2, px, sx, fw),
-                                    (y2, py, sy, fh)):  # fmt: skip
-            v = f32((f32(v - pad) if pad else v) / scale)  # v - 0.0 is v
+    for r in range(len(boxes)):
+        row = flat[4 * r : 4 * r + 4]
+        for c, side in enumerate((fw, fh, fw, fh)):
+            v = row[c]
             # np.maximum(v, 0) then np.minimum(v, side): NaN stays NaN.
             if not v > 0.0 and v == v:
                 v = 0.0
             if not v < side and v == v:
                 v = side
-            row.append(v)
+            row[c] = v
         if row[2] > row[0] and row[3] > row[1]:  # has area (NaN has none)
             src.append(row)
             kept.append(r)
@@ -153,9 +182,12 @@ def finish_few(
         items.append(Item(class_id=c, label=label, score=s[i], box=(b[0], b[1], b[2], b[3])))
     if keypoints is not None and keypoints and keypoints[0]:
         for item, i in zip(items, order, strict=True):
-            item.keypoints = [
-                (f32(f32(x - px) / sx), f32(f32(y - py) / sy)) for x, y in keypoints[kept[i]]
-            ]
+            points = keypoints[kept[i]]
+            moved = f32_all([v - pad for x, y in points for v, pad in ((x, px), (y, py))])
+            xy = f32_all(
+                [v / scale for v, scale in zip(moved, (sx, sy) * len(points), strict=True)]
+            )
+            item.keypoints = list(zip(xy[::2], xy[1::2], strict=True))
     return items
 
 
@@ -163,8 +195,13 @@ def xyxy_from_cxcywh(
     cx: list[float], cy: list[float], w: list[float], h: list[float]
 ) -> list[list[float]]:
     """Float32 centre/size columns -> x1, y1, x2, y2 rows, as ``_cxcywh_to_xyxy`` computes them."""
-    rows = []
-    for x, y, bw, bh in zip(cx, cy, w, h, strict=True):
-        hw, hh = f32(bw / 2), f32(bh / 2)
-        rows.append([f32(x - hw), f32(y - hh), f32(x + hw), f32(y + hh)])
-    return rows
+    n = len(cx)
+    halves = f32_all([v / 2 for v in w] + [v / 2 for v in h])
+    flat = f32_all(
+        [
+            v
+            for x, y, hw, hh in zip(cx, cy, halves[:n], halves[n:], strict=True)
+            for v in (x - hw, y - hh, x + hw, y + hh)
+        ]
+    )
+    return [flat[i : i + 4] for i in range(0, 4 * n, 4)]

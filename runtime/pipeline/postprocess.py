@@ -37,14 +37,16 @@ result; it never stops the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from runtime.errors import PipelineError
-from runtime.pipeline._few_boxes import FEW_BOXES, finish_few, xyxy_from_cxcywh
+from runtime.pipeline._few_boxes import FEW_BOXES, f32, finish_few, xyxy_from_cxcywh
 from runtime.pipeline.graph import BoxPost, ClassifyPost, PluginPost, YoloPost
 from runtime.pipeline.prediction import Item
 from runtime.pipeline.preprocess import Letterbox
@@ -86,7 +88,7 @@ def label_of(class_id: int, classes: Sequence[str]) -> str:
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax in float32."""
     # The ufuncs' own reductions: ndarray.max/.sum are Python wrappers around these very calls.
-    z = x.astype(np.float32, copy=False)
+    z = x if x.dtype.char == "f" else x.astype(np.float32)  # float32 already: no call
     z = np.subtract(z, np.maximum.reduce(z, axis=axis, keepdims=True))  # a new array
     np.exp(z, out=z)
     np.divide(z, np.add.reduce(z, axis=axis, keepdims=True), out=z)
@@ -130,25 +132,33 @@ def classify(
 ) -> list[Item]:
     """Scores per batch row -> one item per row: best class, top-k and the full score vector.
 
-    The top-k is best first; equal scores are ordered by class id (the lower first).
+    The top-k is best first; equal scores are ordered by class id (the lower first). Beyond
+    :data:`_SORT_MAX` classes the full vector is left in numpy and made a list when an item's
+    ``scores`` is first read (the same values).
 
     Raises PipelineError when the selected output does not exist.
     """
-    raw = np.asarray(select_output(outputs, spec.output, names))
-    logits = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
-    if spec.type == "softmax":
-        probs = softmax(logits, axis=1)
-    elif spec.type == "sigmoid":
-        probs = sigmoid(logits)
-    else:
-        probs = logits.astype(np.float32, copy=False)
-    n_classes = probs.shape[1]
+    raw = select_output(outputs, spec.output, names)
+    if type(raw) is not np.ndarray or raw.ndim != 2:  # [B, C] as it is: no call
+        raw = np.asarray(raw)
+        raw = raw.reshape(1, -1) if raw.ndim <= 1 else raw.reshape(raw.shape[0], -1)
+    logits = raw
+    n_classes = logits.shape[1]
     k = min(spec.top_k, n_classes)
+    if n_classes > _SORT_MAX:
+        if spec.type == "softmax" and k < n_classes:
+            return _softmax_many(logits, k, classes)
+        # A copy for identity scores: the lazy vectors must not see the caller's array change.
+        probs = (
+            _scores(logits, spec.type) if spec.type != "identity" else np.array(logits, np.float32)
+        )
+        return [
+            _lazy_item(ids, row, row.tolist, classes)
+            for ids, row in zip(_top_k(probs, k), probs, strict=True)
+        ]
+    probs = _scores(logits, spec.type)
     rows = probs.tolist()
-    if n_classes <= _SORT_MAX:
-        orders = [sorted(range(n_classes), key=row.__getitem__, reverse=True)[:k] for row in rows]
-    else:
-        orders = _top_k(probs, k)
+    orders = [sorted(range(n_classes), key=row.__getitem__, reverse=True)[:k] for row in rows]
     items: list[Item] = []
     for row, ids in zip(rows, orders, strict=True):
         best = ids[0]
@@ -164,9 +174,99 @@ def classify(
     return items
 
 
+def _scores(logits: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "softmax":
+        return softmax(logits, axis=1)
+    if kind == "sigmoid":
+        return sigmoid(logits)
+    return logits.astype(np.float32, copy=False)
+
+
+def _lazy_item(
+    ids: list[int], row: np.ndarray, scores: Callable[[], list[float]], classes: Sequence[str]
+) -> Item:
+    """The item of one row of many classes, its top-k ``ids`` known; the vector left lazy."""
+    top = [(label_of(i, classes), float(row[i])) for i in ids]
+    best = ids[0]
+    return Item.with_lazy_scores(best, top[0][0], top[0][1], top, scores)
+
+
+def _divided(exps: np.ndarray, total: np.ndarray) -> list[float]:
+    """A softmax row from its exponentials and their sum, as :func:`softmax` divides them."""
+    return np.divide(exps, total).tolist()
+
+
+def _softmax_many(logits: np.ndarray, k: int, classes: Sequence[str]) -> list[Item]:
+    """:func:`classify`'s softmax items for many classes and ``k`` below their number, the
+    same items without dividing every class by the sum.
+
+    Per row, :func:`softmax`'s own steps up to the sum (shift by the maximum, exponentials,
+    one ``np.add.reduce``: the same float32 values) and the ``k + 1`` largest exponentials,
+    picked by ``argmax`` (ties: the lower class id). Their probabilities are divided in Python
+    and rounded to float32: one correctly rounded division of two float32 values, which is
+    what numpy's float32 division gives. Division by the same positive sum keeps the order
+    (ties may appear, never swaps), so no class left out can score more than the last pick;
+    the picks sorted by probability then class id give the top-k unless the last pick ties the
+    k-th, when a class left out may tie too. That row, and a row whose sum is not finite (NaN
+    or infinite logits), take the full path: every probability, :func:`_top_k`.
+
+    Right after the engine call numpy's code is out of the CPU caches and each numpy call
+    costs tens of microseconds: this path makes about eight of them plus three small ones per
+    pick (warm after the first), never divides every class, and never turns the 1,000
+    probabilities into Python floats unless an item's ``scores`` is read (MobileNet's head,
+    top-5, measured right after the engine call on the bench machine: ~150-170 against
+    ~200-220 us).
+    """
+    z = logits if logits.dtype.char == "f" else logits.astype(np.float32)
+    if len(z) == 1:
+        # The maximum from argmax: the same value (NaN when the row has one, as the reduction
+        # gives), and argmax's code is the one the picks below run anyway. A Python float
+        # subtracted from a float32 array is taken as float32 (exact here: it is one).
+        z = np.subtract(z, z.item(int(z.argmax())))
+    else:
+        z = np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True))
+    np.exp(z, out=z)
+    sums = np.add.reduce(z, axis=1, keepdims=True)
+    items = []
+    for r, total in enumerate(sums.ravel().tolist()):
+        exps = z[r]
+        picks = _picks(exps, k + 1, total) if math.isfinite(total) else None
+        if picks is None:
+            probs = np.divide(exps, sums[r])
+            items.append(_lazy_item(_top_k(probs[None], k)[0], probs, probs.tolist, classes))
+            continue
+        top = [(label_of(i, classes), p) for p, i in picks[:k]]
+        best = picks[0][1]
+        scores = partial(_divided, exps, sums[r])
+        items.append(Item.with_lazy_scores(best, top[0][0], top[0][1], top, scores))
+    return items
+
+
+def _picks(exps: np.ndarray, n: int, total: float) -> list[tuple[float, int]] | None:
+    """The ``n`` largest exponentials of a row as (probability, class id), best first and
+    ties by class id; None when the last one ties the one before it (see
+    :func:`_softmax_many`)."""
+    e = exps.copy()
+    found = []
+    for _ in range(n):
+        i = int(e.argmax())
+        found.append((f32(e.item(i) / total), i))
+        e[i] = -1.0  # below every exponential (they are >= 0)
+    last = found.pop()
+    found.sort(key=_by_score_then_id)
+    if last[0] >= found[-1][0]:
+        return None
+    return found
+
+
+def _by_score_then_id(pick: tuple[float, int]) -> tuple[float, int]:
+    return -pick[0], pick[1]
+
+
 _SORT_MAX = 64
 """Up to this many classes the top-k is a plain sort of each row's Python list (a few
-microseconds); beyond, numpy partitions first."""
+microseconds); beyond, the scores stay in numpy, the top-k is picked there
+(:func:`_softmax_many`, :func:`_top_k`) and the full vector is made a list on first read."""
 
 
 _PICK_MAX = 8
@@ -306,7 +406,7 @@ def _cxcywh_to_xyxy(b: np.ndarray) -> np.ndarray:
 
 def _single(output: np.ndarray, what: str, width: int) -> np.ndarray:
     """Drop the batch axis of a batch-of-one output and check its last axis."""
-    a = np.asarray(output)
+    a = output if type(output) is np.ndarray else np.asarray(output)
     if a.ndim == 3:
         if a.shape[0] != 1:
             raise PipelineError(f"{what}: expected a batch of one, got shape {a.shape}")
@@ -446,11 +546,23 @@ def decode_yolo_v8(
     if pred.shape[0] < 5:
         raise PipelineError(f"yolo_v8: expected [1, 4+C, N], got shape {np.shape(outputs[0])}")
     if pred.shape[0] == 5:  # one class: its row is the score, no argmax to take
-        scores = pred[4].astype(np.float32, copy=False)
+        scores = pred[4] if pred.dtype.char == "f" else pred[4].astype(np.float32)
         keep = _passing(scores, spec)
-        if not keep.size:
+        n = keep.size
+        if not n:
             return []
-        kept_ids = np.zeros(keep.size, dtype=np.intp)
+        if pred.dtype == np.float32 and _few(n, letterbox):
+            cx, cy, w, h, kept_scores = pred[:, keep].tolist()  # one call for all five rows
+            return _finish_few(
+                xyxy_from_cxcywh(cx, cy, w, h),
+                kept_scores,
+                [0] * n,
+                spec,
+                classes,
+                letterbox,
+                image_size,
+            )
+        kept_ids = np.zeros(n, dtype=np.intp)
     else:
         # The best score per candidate is a max; the argmax (a slow strided reduction over
         # [C, N]) is only needed for the few candidates that pass the threshold.

@@ -13,24 +13,112 @@ prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Item", "Prediction", "StageResult"]
 
 
-@dataclass
 class Item:
-    """One result of one stage: a class (and box for detections)."""
+    """One result of one stage: a class (and box for detections).
 
-    class_id: int
-    label: str
-    score: float
-    box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in frame pixels
-    scores: list[float] | None = None  # full score vector where the head has one
-    parent: int | None = None  # index of the parent detection for for_each stages
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    keypoints: list[tuple[float, float]] | None = None  # regressed (x, y) in frame pixels
+    A plain class with ``__slots__`` rather than a dataclass: a frame builds several, and
+    the full score vector may be left to be built on first read (:meth:`with_lazy_scores`).
+    Items compare equal when every field does.
+    """
+
+    __slots__ = (
+        "_lazy_scores",
+        "_scores",
+        "box",
+        "class_id",
+        "keypoints",
+        "label",
+        "parent",
+        "score",
+        "top_k",
+    )
+
+    def __init__(
+        self,
+        class_id: int,
+        label: str,
+        score: float,
+        box: tuple[float, float, float, float] | None = None,
+        scores: list[float] | None = None,
+        parent: int | None = None,
+        top_k: list[tuple[str, float]] | None = None,
+        keypoints: list[tuple[float, float]] | None = None,
+    ) -> None:
+        self.class_id = class_id
+        self.label = label
+        self.score = score
+        self.box = box  # x1, y1, x2, y2 in frame pixels
+        self._scores = scores  # full score vector where the head has one
+        self._lazy_scores: Callable[[], list[float]] | None = None
+        self.parent = parent  # index of the parent detection for for_each stages
+        self.top_k: list[tuple[str, float]] = [] if top_k is None else top_k
+        self.keypoints = keypoints  # regressed (x, y) in frame pixels
+
+    @classmethod
+    def with_lazy_scores(
+        cls,
+        class_id: int,
+        label: str,
+        score: float,
+        top_k: list[tuple[str, float]],
+        scores: Callable[[], list[float]],
+    ) -> Item:
+        """An item whose full score vector is made by ``scores()`` when first read.
+
+        A 1000-class head's vector costs more to turn into Python floats than the rest of its
+        decoding; most frames are never asked for it."""
+        item = cls(class_id, label, score, top_k=top_k)
+        item._lazy_scores = scores
+        return item
+
+    @property
+    def scores(self) -> list[float] | None:
+        """The full score vector where the head has one (softmax probabilities, ...)."""
+        if self._lazy_scores is not None:
+            self._scores, self._lazy_scores = self._lazy_scores(), None
+        return self._scores
+
+    @scores.setter
+    def scores(self, value: list[float] | None) -> None:
+        self._scores, self._lazy_scores = value, None
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.class_id,
+            self.label,
+            self.score,
+            self.box,
+            self.scores,
+            self.parent,
+            self.top_k,
+            self.keypoints,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Item):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
+
+    def __repr__(self) -> str:
+        names = ("class_id", "label", "score", "box", "scores", "parent", "top_k", "keypoints")
+        return (
+            "Item("
+            + ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+            + ")"
+        )
+
+    def __reduce__(self) -> tuple[type[Item], tuple[Any, ...]]:
+        # copy/deepcopy/pickle see the plain fields, the score vector made.
+        return Item, self._fields()
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"class_id": self.class_id, "label": self.label, "score": self.score}

@@ -16,7 +16,7 @@ import pytest
 
 import runtime.pipeline.postprocess as post
 from runtime.errors import PipelineError
-from runtime.pipeline._few_boxes import f32
+from runtime.pipeline._few_boxes import f32, f32_all
 from runtime.pipeline.graph import ClassifyPost, PreSpec, YoloPost
 from runtime.pipeline.postprocess import _finish, classify, decode_yolo_v8, nms
 from runtime.pipeline.prediction import Item
@@ -71,6 +71,9 @@ def test_f32_rounds_like_numpy_when_values_are_ordinary_huge_or_not_numbers() ->
     assert [f32(v) for v in values] == np.array(values, dtype=np.float32).tolist()
     assert f32(3.5e38) == float("inf") and f32(-1e39) == -float("inf")  # numpy: inf + a warning
     assert np.isnan(f32(float("nan")))
+    assert f32_all(values) == [f32(v) for v in values]
+    assert f32_all([3.5e38, -1e39]) == [float("inf"), -float("inf")]
+    assert np.isnan(f32_all([float("nan")])[0])
 
 
 def _tail_case(rng: np.random.Generator, coarse: bool, huge: bool = False) -> dict[str, Any]:
