@@ -45,12 +45,15 @@ sysdeps:
 labelstudio:
 	@bash .ci/labelstudio
 
+# pytest-xdist: TEST_JOBS workers (most tests wait on processes and servers, so 2 nearly halve
+# the time on 2 cores); the grouping is in tests/conftest.py. TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= 2
 test: install-test sysdeps labelstudio fuzz-deps
 	@# A short coverage-guided pass over every parser first (make fuzz runs them for longer), so
 	@# that pytest's summary is the run's closing line.
 	@$(PY) -c "import atheris" 2>/dev/null && $(PY) -m fuzz --seconds 1 --jobs 4 \
 		|| echo "note: atheris not installed, coverage-guided fuzzing skipped"
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes: each runs until
 # it has tried FUZZ_INPUTS inputs, at most FUZZ_SECONDS (exit 1 on a crash, or a parser short of
