@@ -22,8 +22,15 @@ from hub.testservers import PostgresCluster, S3Server, ServerUnavailable
 
 BACKENDS = ("sqlite", "postgres")
 # Under xdist, the groups of these folders go first (their tests start processes, servers and
-# training runs; the many short unit tests behind them fill the workers' ends evenly).
-HEAVY_FIRST = ("tests/trainer/", "tests/integration/", "tests/hil/", "tests/systemd/", "tests/hub/")
+# training runs; the many short unit tests behind them fill the workers' ends evenly). The
+# shared training (`trained`) goes first of all, beside the integration tests rather than beside
+# the other trainer tests: two torch trainings at once on 2 cores slow each other down.
+HEAVY_FIRST = ("tests/integration/", "tests/trainer/", "tests/hil/", "tests/systemd/", "tests/hub/")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Idle OpenMP threads sleep instead of spinning (as the hub's training jobs do): torch in one
+    # worker must not burn the core the other worker's processes are waiting for. Set before
+    # anything imports torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
