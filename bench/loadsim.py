@@ -58,6 +58,9 @@ class LoadStats:
     requests: int = 0
     uploads_stored: int = 0
     window: tuple[float, float] = (0.0, 0.0)
+    # How late the simulator's own event loop ran a 50 ms timer: when this is large, the
+    # simulator (not the hub) stretched the measured latencies.
+    loop_lag_ms: list[float] = field(default_factory=list)
 
     def add(self, kind: str, ms: float) -> None:
         self.latency_ms.setdefault(kind, []).append(ms)
@@ -81,6 +84,8 @@ class LoadStats:
                 for k, v in sorted(self.latency_ms.items())
             },
             "uploads_stored": self.uploads_stored,
+            "client_lag_p99_ms": percentile(self.loop_lag_ms, 0.99),
+            "client_lag_max_ms": round(max(self.loop_lag_ms), 1) if self.loop_lag_ms else None,
             "rate_per_s": self.requests / max(1e-9, self.window[1] - self.window[0]),
         }
 
@@ -217,6 +222,12 @@ class _Sim:
         if got is not None and got.get("status") == "stored":
             self.stats.uploads_stored += 1
 
+    async def lag_probe(self, period_s: float = 0.05) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(period_s)
+            self.stats.loop_lag_ms.append((time.perf_counter() - t0 - period_s) * 1000)
+
     async def run(self) -> LoadStats:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         conn = aiohttp.TCPConnector(limit=self.cfg.connections, limit_per_host=0)
@@ -225,6 +236,7 @@ class _Sim:
             self.t_end = t0 + self.cfg.duration_s
             tasks = [asyncio.create_task(self.device_loop(s, d)) for d in self.devices]
             tasks.append(asyncio.create_task(self.uploads(s)))
+            tasks.append(asyncio.create_task(self.lag_probe()))
             await asyncio.sleep(self.cfg.duration_s)
             for t in [*tasks, *self.inflight]:
                 t.cancel()

@@ -102,25 +102,39 @@ def _hub(work: Path, name: str, keys: Path | None, extra: dict[str, Any]) -> tup
     return proc, url
 
 
-def server_latency(url: str) -> dict[str, Any]:
-    """p50/p99 as the hub itself measured them (its Prometheus histogram, summed over routes):
-    the upper bound of the bucket each quantile falls in. Free of the simulator's own delays."""
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+def _quantiles(text: str, metric: str) -> tuple[int, dict[str, float | None]]:
+    """Count and p50/p99/max of a Prometheus histogram (summed over its labels), each as the
+    upper bound (ms) of the bucket it falls in."""
     buckets: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith("leanloop_hub_request_seconds_bucket{"):
+        if line.startswith(metric + "_bucket{"):
             m = re.search(r'le="([^"]+)"', line)
             if m:
                 le = float(m.group(1))
                 buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
     total = buckets.get(float("inf"), 0.0)
-    out: dict[str, Any] = {"server_requests": int(total)}
-    for name, q in (("server_p50_ms_le", 0.5), ("server_p99_ms_le", 0.99)):
-        out[name] = next(
-            (round(le * 1000, 1) for le, n in sorted(buckets.items()) if total and n >= q * total),
-            None,
-        )
-    return out
+    ordered = sorted(buckets.items())
+
+    def at(q: float) -> float | None:
+        return next((round(le * 1000, 1) for le, n in ordered if total and n >= q * total), None)
+
+    return int(total), {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}
+
+
+def server_latency(url: str) -> dict[str, Any]:
+    """p50/p99 as the hub itself measured them (its Prometheus histogram, summed over routes):
+    the upper bound of the bucket each quantile falls in. Free of the simulator's own delays.
+    Beside them, the hub's event-loop lag (a stall no handler's own time shows)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    total, q = _quantiles(text, "leanloop_hub_request_seconds")
+    _, lag = _quantiles(text, "leanloop_hub_event_loop_lag_seconds")
+    return {
+        "server_requests": total,
+        "server_p50_ms_le": q["p50"],
+        "server_p99_ms_le": q["p99"],
+        "hub_lag_p99_ms_le": lag["p99"],
+        "hub_lag_max_ms_le": lag["max"],
+    }
 
 
 def _cpu_s(pid: int) -> float:
@@ -172,6 +186,11 @@ def _line(name: str, s: dict[str, Any], anchor: dict[str, Any] | None) -> str:
     server = ""
     if s.get("server_p99_ms_le") is not None:
         server = f"  [hub-side p50 ≤{s['server_p50_ms_le']} ms, p99 ≤{s['server_p99_ms_le']} ms]"
+    lag = ""
+    if s.get("client_lag_p99_ms") is not None:
+        lag = f"  loop lag p99/max: simulator {s['client_lag_p99_ms']}/{s['client_lag_max_ms']} ms"
+        if s.get("hub_lag_p99_ms_le") is not None:
+            lag += f", hub ≤{s['hub_lag_p99_ms_le']}/≤{s['hub_lag_max_ms_le']} ms"
     cpu = ""
     if "sim_cpu_pct" in s:
         cpu = (
@@ -181,7 +200,7 @@ def _line(name: str, s: dict[str, Any], anchor: dict[str, Any] | None) -> str:
     return (
         f"{name:9s} {s['requests']:8d} req ({s['rate_per_s']:.0f}/s)  p50 {s['p50_ms']} ms  "
         f"p99 {s['p99_ms']} ms  5xx {s['status_5xx']}  failed {s['failed']} "
-        f"({s['failed_fraction']:.3%}){ratio}{server}{cpu}"
+        f"({s['failed_fraction']:.3%}){ratio}{server}{lag}{cpu}"
     )
 
 

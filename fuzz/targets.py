@@ -131,7 +131,7 @@ def _delta(data: bytes) -> None:
 
 def _upload(data: bytes) -> None:
     from runtime.store.record import SampleRecord
-    from runtime.uploader import decode_payload
+    from runtime.upload_payload import decode_payload
 
     try:
         meta, image = decode_payload(data)
@@ -144,7 +144,7 @@ def _upload(data: bytes) -> None:
 
 
 def _sample_record(data: bytes) -> None:
-    from runtime.store.lmdb_store import _Corrupt, _decode
+    from runtime.store._codec import _Corrupt, _decode
 
     try:
         _decode(b"0000000000000001-abcdef01", data)
@@ -220,8 +220,8 @@ TARGETS: dict[str, Target] = {
         Target("ontology", _ontology, "runtime.bundle.build.parse_ontology"),
         Target("tuf_targets", _tuf_targets, "runtime.bundle.verify.check_targets"),
         Target("delta", _delta, "bsdiff.read_header + apply_patch"),
-        Target("upload", _upload, "runtime.uploader.decode_payload + SampleRecord.from_meta"),
-        Target("sample_record", _sample_record, "runtime.store.lmdb_store._decode"),
+        Target("upload", _upload, "runtime.upload_payload.decode_payload + SampleRecord.from_meta"),
+        Target("sample_record", _sample_record, "runtime.store._codec._decode"),
         Target("hub_json", _hub_json, "hub route body models (parse_body, json_object)"),
         Target("range", _range, "hub.api.tuf.parse_range"),
     ]
@@ -331,7 +331,7 @@ def _sample_meta() -> dict[str, Any]:
 
 
 def _seed_upload() -> list[bytes]:
-    from runtime.uploader import encode_payload
+    from runtime.upload_payload import encode_payload
 
     return [encode_payload(_sample_meta(), b"\xff\xd8jpeg\xff\xd9")]
 

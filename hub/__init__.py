@@ -2,7 +2,8 @@
 
 Modules: :mod:`hub.app` (``create_app``), :mod:`hub.config` (``HubConfig``), :mod:`hub.storage`
 (SQLite + blobs), :mod:`hub.repository` (online TUF roles), :mod:`hub.signing` (offline keys),
-:mod:`hub.jobs` (training jobs), :mod:`hub.client` (admin client), :mod:`hub.cli` (commands).
+:mod:`hub.jobs` (training jobs), :mod:`hub.client` (admin client), :mod:`hub.publish` (publishing
+and root pushes through it), :mod:`hub.cli` (commands).
 Import them directly; this package imports nothing so ``import hub`` stays cheap.
 """
 

@@ -55,7 +55,7 @@ from hub.connections import request_done_middleware, serve_forever
 from hub.fastpath import FASTPATH, FastPath, fastpath_middleware
 from hub.jobs import JobRunner
 from hub.leader import Leader
-from hub.metrics import METRICS, HubMetrics, metrics_middleware
+from hub.metrics import METRICS, HubMetrics, loop_lag_ctx, metrics_middleware
 from hub.middlewares import auth_middleware, error_middleware
 from hub.replicas import START_LOCK_KEY, SharedFiles, cluster_lock
 from hub.repository import TufRepository
@@ -214,7 +214,9 @@ def create_app(config: HubConfig) -> web.Application:
     app[PUBLISH_LOCK] = asyncio.Lock()
     app[UPLOAD_WRITERS] = {}
     app[UNAUTH_SLOTS] = asyncio.Semaphore(config.max_unauthenticated)
-    app.cleanup_ctx.extend([_storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx])
+    app.cleanup_ctx.extend(
+        [loop_lag_ctx, _storage_ctx, _leader_ctx, _timestamp_ctx, _jobs_ctx, _rollouts_ctx]
+    )
     for table in (*ROUTE_TABLES, *web_page.ROUTE_TABLES):
         app.add_routes(table)
     web_page.add_static(app)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["METRICS", "HubMetrics", "metrics_middleware"]
+__all__ = ["METRICS", "HubMetrics", "loop_lag_ctx", "metrics_middleware"]
 
 request_log = logging.getLogger("leanloop.hub.requests")
 
@@ -52,10 +52,34 @@ class HubMetrics:
         self.leader = Gauge(
             "leanloop_hub_leader", "1 if this replica leads", registry=self.registry
         )
+        self.loop_lag = Histogram(
+            "leanloop_hub_event_loop_lag_seconds",
+            "how late the event loop ran a 0.1 s timer (time no request could be served)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
 
 
 METRICS = web.AppKey("metrics", HubMetrics)
 CLIENT_CLOSED = 499
+LAG_PERIOD_S = 0.1
+
+
+async def loop_lag_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Measure the event loop's lag for as long as the app runs: a stall here (a blocking call,
+    a long garbage collection, a starved process) delays every request, yet no handler's own
+    time shows it."""
+
+    async def probe() -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(LAG_PERIOD_S)
+            app[METRICS].loop_lag.observe(max(0.0, time.perf_counter() - t0 - LAG_PERIOD_S))
+
+    task = asyncio.create_task(probe())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _route(request: web.Request) -> str:

@@ -234,7 +234,7 @@ class UploadSettings(_Strict):
     @field_validator("windows")
     @classmethod
     def _check_windows(cls, v: list[str]) -> list[str]:
-        from runtime.uploader import parse_window
+        from runtime.upload_policy import parse_window
 
         for w in v:
             parse_window(w)  # raises ValueError with a one-line reason

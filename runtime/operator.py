@@ -5,8 +5,9 @@ through its control socket (:mod:`runtime.control`): the status is live, a rollb
 bundles between two frames, feedback goes through the service's own sample store, mark-good is
 stored by the installer. With the service stopped they act on the state folder: ``status``
 reads ``status.json`` (or the slot state), ``rollback`` runs the same persisted install-machine
-transitions the service uses and ``mark-good`` edits the slot table (both refuse if a service
-is alive but does not answer: it owns the state then), ``feedback`` opens the store itself.
+transitions the service uses and ``mark-good`` edits the slot table, both through the installer
+(:mod:`runtime.update.installer`, the only writer of the slots; both refuse if a service is
+alive but does not answer: it owns the state then), ``feedback`` opens the store itself.
 """
 
 from __future__ import annotations
@@ -86,24 +87,16 @@ def offline_rollback(state_dir: Path) -> str:
             f"the service is running (pid {service_pid(state_dir)}); stop it first "
             "(systemctl stop leanloop), then roll back"
         )
-    from runtime.update.machine import InstallMachine
+    from runtime.update.installer import rollback_offline
 
-    slots = Slots(state_dir)
-    machine = InstallMachine(slots)
-    machine.recover()  # what the service would do at start: settle an interrupted update first
-    slots.recover()
-    machine.begin_rollback("operator rollback (service stopped)", by_operator=True)
-    slot = machine.finish_rollback()
-    assert slot is not None  # begin_rollback checked there is a committed previous slot
-    i = slots.info(slot)
-    return f"rolled back to {i.bundle} v{i.version} (slot {slot})"
+    return rollback_offline(state_dir)
 
 
 def mark_good(state_dir: Path, version: int, bundle: str | None = None) -> str:
     """Let ``bundle`` ``version`` be installed again after an operator rollback (or a failure),
     through the service when it runs. Raises UpdateError, ConfigError."""
     from runtime.control import request
-    from runtime.update.installer import mark_good_message
+    from runtime.update.installer import mark_good_offline
 
     if not state_dir.is_dir():
         raise ConfigError(f"{state_dir}: no such state folder")
@@ -114,16 +107,7 @@ def mark_good(state_dir: Path, version: int, bundle: str | None = None) -> str:
         raise UpdateError(
             f"the service is running (pid {service_pid(state_dir)}) but not answering"
         )
-    slots = Slots(state_dir)
-    if bundle is None:
-        act = slots.state.active
-        bundle = slots.info(act).bundle if act else None
-        if bundle is None:
-            raise ConfigError("no active bundle: say which bundle (--bundle)")
-    found = slots.mark_good_nosave(bundle, version)
-    if found:
-        slots.save(f"operator marked {bundle} v{version} good (service stopped)")
-    return mark_good_message(bundle, version, found)
+    return mark_good_offline(state_dir, version, bundle)
 
 
 def status(state_dir: Path) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from runtime.protocol import (
     validation_reason,
 )
 from runtime.store.record import SampleRecord
-from runtime.uploader import decode_payload
+from runtime.upload_payload import decode_payload
 
 log = logging.getLogger("leanloop.hub.uploads")
 
@@ -192,7 +192,7 @@ def _int_header(request: web.Request, name: str) -> int:
 async def upload_part(request: web.Request) -> web.Response:
     """Append bytes to a sample's payload at ``Upload-Offset``; store it once complete.
 
-    The payload (:func:`runtime.uploader.encode_payload`) has ``Upload-Length`` bytes hashing
+    The payload (:func:`runtime.upload_payload.encode_payload`) has ``Upload-Length`` bytes hashing
     to ``Upload-Sha256``. Bytes are kept as they arrive, so a part cut by the link still counts;
     an offset below what the hub holds rewinds to it (a device that lost track), one above is
     409. A later request for the same upload supersedes one still reading (a dead link). The

@@ -1,10 +1,11 @@
 """How the sample store lays a record out in LMDB and what it costs on disk.
 
-The pure part of :mod:`runtime.store.lmdb_store` (whose module story describes the layout):
-the record's bytes (a header, its meta JSON and its image, cut into chunks of exactly one LMDB
-page), the priority key whose byte order is the number order, the index entry the ``prio``
-sub-database keeps per record, and the footprint arithmetic the cap is enforced with
-(:func:`record_footprint`, :func:`reserve_bytes`). Nothing here touches LMDB or the disk.
+The pure part of :mod:`runtime.store.lmdb_store` (the layout is drawn in
+:mod:`runtime.store._tables`): the record's bytes (a header, its meta JSON and its image, cut
+into chunks of exactly one LMDB page), the priority key whose byte order is the number order,
+the index entry the ``prio`` sub-database keeps per record, and the footprint arithmetic the
+cap is enforced with (:func:`record_footprint`, :func:`reserve_bytes`). Nothing here touches
+LMDB or the disk.
 """
 
 from __future__ import annotations

@@ -33,38 +33,15 @@ and the pages freed by the last few write transactions, which copy-on-write cann
 transaction copies)) — see :func:`reserve_bytes`; :meth:`SampleStore.stats` reports it.
 Records are kept while the footprints sum to at most ``max_bytes - reserve``, so the data file
 stays at or under ``max_bytes`` (checked by a test and by ``python -m bench --only store``).
+A disk that fills first lowers the cap in force (:mod:`runtime.store._disk`).
 
-**A full disk** (the file system fills before the store reaches ``max_bytes``): before each
-write the store compares the disk's free space with what the write may need; when the disk
-cannot give it ``max_bytes`` any more, the cap in force drops to what it can (the data file's
-size plus the free space, less a margin), so inserts evict the lowest-priority records as at
-the cap and the disk never fills under LMDB's feet; the cap comes back when the disk has room.
-If something else fills the disk at once and a commit fails, nothing is written, the store
-reopens LMDB (a failed commit leaves it unusable) and says "disk full" in one line — see
-``_check_disk`` and ``_after_failed_write``.
-
-Layout (one LMDB environment, six named sub-databases)::
-
-    records  id + chunk number (2 bytes) -> one page of: header | meta JSON | image | padding
-             header = b"LLS2", priority key (8 bytes), meta length, image length (4 bytes each)
-    prio     priority key + id -> entry = flags (1 byte: protected, pending, random slice),
-                                  chunks (2), footprint (4), final class (UTF-8, rest)
-    evict    priority key + id -> b""        (unprotected ranked records: the eviction order)
-    cprio    class length (1) + class + priority key + id -> b""   (the same, per class)
-    rslice   id -> priority key                                     (random-slice records)
-    meta     b"format" | b"bytes" | b"pending" | b"evicted" | b"random_bytes"  -> 8-byte counters
-             b"c:" + class -> count (8) + footprint (8) of the class's ranked records
-             b"src:" + source -> the newest frame id of that source decided (put_many)
-
-The priority key is the IEEE-754 double mapped to 8 bytes whose byte order is the number order;
-ties sort by id, which is time-ordered, so among equals the oldest is evicted first and a
-newcomer beats an older record of the same priority. Eviction and quota eviction walk
-``evict``/``cprio`` from the low end, which hold only records that may be evicted, so the
-victims are the first keys: O(log n) to reach, O(1) per victim, whatever the number of
-protected or random-slice records. Top-K walks ``prio`` from the high end (O(log n + K), plus
-records of the other upload state it skips). The oldest random record is the first key of
-``rslice`` (a protected one there is skipped). The entries carry everything eviction, release
-and ``top`` filtering need, so none of them parses a record.
+The parts: this module is the store's public face (locking, transactions, errors, what to
+accept); :mod:`runtime.store._tables` the sub-databases (layout) and the steps one transaction
+takes on them; :mod:`runtime.store._evict` the eviction order (what makes room);
+:mod:`runtime.store._disk` the cap on a full disk; :mod:`runtime.store._check` the invariants;
+:mod:`runtime.store._codec` the record's bytes, the priority key and the footprint arithmetic.
+Top-K walks ``prio`` from the high end (O(log n + K), plus records of the other upload state it
+skips).
 
 Crash safety: every change — the chunks, their index entries, the counters, the evictions that
 made room — happens in **one** write transaction (:meth:`SampleStore.put_many` puts a batch in
@@ -89,40 +66,39 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
 from runtime.errors import StoreError
+from runtime.store import _walks
+from runtime.store._check import find_problems
 from runtime.store._codec import (
-    _CHUNK_NO,
-    _FLAG_PENDING,
-    _FLAG_PROTECTED,
-    _GARBAGE,
-    _HEADER,
     _LAG_TXNS,
-    _MAGIC,
     _MAX_CLASS,
     _PAGE_HEADER,
     FORMAT,
     _chunks_of,
     _class_bytes,
-    _class_prefix,
     _Corrupt,
-    _decode,
     _Entry,
     _flags,
     _footprint,
     _u64,
-    _unpack_entry,
     decode_priority_key,
     priority_key,
     record_footprint,
     reserve_bytes,
 )
+from runtime.store._disk import DiskGuard, full_disk_note
+from runtime.store._evict import ClassQuota, evict, evict_down_to, plan_room
+from runtime.store._tables import Tables
 from runtime.store.record import Feedback, SampleRecord
+
+if TYPE_CHECKING:
+    from runtime.store._tables import Txn
 
 __all__ = [
     "FORMAT",
@@ -140,14 +116,6 @@ _CURSOR = b"src:"  # meta key prefix: source name -> newest frame id decided (pu
 _MIB = 1 << 20
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ClassQuota:
-    """Most a final class may hold: a share of ``max_bytes`` and/or a record count."""
-
-    max_share: float | None = None
-    max_count: int | None = None
 
 
 class SampleStore:
@@ -194,7 +162,7 @@ class SampleStore:
         self._txn_bytes = 0
         self._largest_record = 0
         self._corrupt: set[str] = set()
-        self._disk_cap: int | None = None  # the cap in force while the disk is full
+        self._disk = DiskGuard(self.path, self.max_bytes)
         self._recovering = False
         self._closed = True
         self._open()
@@ -211,7 +179,7 @@ class SampleStore:
             except OSError as e:
                 raise StoreError(f"sample store {self.path}: cannot move aside: {e}") from e
             self._open()
-        self._run(True, "open", lambda t: t.put(b"format", _u64(FORMAT), db=self._meta))
+        self._run(True, "open", lambda t: t.put(b"format", _u64(FORMAT), db=self._t.meta))
 
     def _open(self) -> None:
         try:
@@ -226,12 +194,7 @@ class SampleStore:
             )
             # Slots of readers that died (kill -9) would pin old pages forever: clear them.
             self._env.reader_check()
-            self._records = self._env.open_db(b"records")
-            self._prio = self._env.open_db(b"prio")
-            self._cprio = self._env.open_db(b"cprio")
-            self._rslice = self._env.open_db(b"rslice")
-            self._evict = self._env.open_db(b"evict")
-            self._meta = self._env.open_db(b"meta")
+            self._t = Tables(self._env)
         except OSError as e:
             raise StoreError(f"sample store {self.path}: cannot open: {e}") from e
         except lmdb.Error as e:
@@ -241,15 +204,15 @@ class SampleStore:
         self._closed = False
 
     def _legacy(self) -> bool:
-        def look(txn: lmdb.Transaction[bytes]) -> bool:
-            fmt = txn.get(b"format", db=self._meta)
-            return fmt is None and txn.stat(self._records)["entries"] > 0
+        def look(txn: Txn) -> bool:
+            fmt = txn.get(b"format", db=self._t.meta)
+            return fmt is None and txn.stat(self._t.records)["entries"] > 0
 
         return self._run(False, "open", look)
 
     # ---- plumbing ----------------------------------------------------------------------
 
-    def _run(self, write: bool, what: str, fn: Callable[[lmdb.Transaction[bytes]], T]) -> T:
+    def _run(self, write: bool, what: str, fn: Callable[[Txn], T]) -> T:
         """Run ``fn`` in one transaction; commit if it returns, abort if it raises."""
         if self._closed:
             raise StoreError(f"sample store {self.path}: {what} after close")
@@ -267,20 +230,12 @@ class SampleStore:
                 f"sample store {self.path}: {what}: {note or f'LMDB error: {e}'}"
             ) from e
 
-    # ---- a full disk -------------------------------------------------------------------
+    # ---- a full disk (runtime.store._disk) -----------------------------------------------
 
-    def _cap(self) -> int:
-        """The cap in force: ``max_bytes``, or the data file's size while the disk is full."""
-        return self.max_bytes if self._disk_cap is None else min(self.max_bytes, self._disk_cap)
-
-    def _disk_room(self) -> tuple[int, int] | None:
-        """(bytes free on the store's file system, size of the data file), or None."""
-        try:
-            st = os.statvfs(self.path)
-            size = (self.path / "data.mdb").stat().st_size
-        except OSError:
-            return None
-        return st.f_bavail * st.f_frsize, size
+    def _check_disk(self, writing: int = 0) -> None:
+        """Before a write of ``writing`` bytes: lower the cap in force if the disk fills."""
+        need = reserve_bytes(max(self._largest, self._largest_record), self.page_size)
+        self._disk.check(need + writing)
 
     def _after_failed_write(self, error: lmdb.Error) -> str | None:
         """After a failed write transaction: reopen LMDB (a commit that could not write its
@@ -297,15 +252,11 @@ class SampleStore:
             except StoreError as e:
                 return f"LMDB error: {error}; reopening failed: {e}"
             self._check_disk()
-            room = self._disk_room()
-            if room is None or self._disk_cap is None:
+            room = self._disk.room()
+            if room is None or not self._disk.full:
                 return None  # not a full disk
             evicted = self._shrink()
-            return (
-                f"disk full ({room[0]} bytes free): nothing was written; the store now keeps "
-                f"within {self._disk_cap} bytes ({evicted} lowest-priority samples evicted to "
-                "make room), until the disk has room"
-            )
+            return full_disk_note(room[0], self._disk.cap(), evicted)
         finally:
             self._recovering = False
 
@@ -315,28 +266,13 @@ class SampleStore:
         from what it frees itself), then commit ``_LAG_TXNS`` empty-ish transactions so the
         freed pages can be reused. Returns how many were evicted (0 if that failed too: the
         next failed write tries again)."""
-        budget = self._cap() - reserve_bytes(self._largest, self.page_size)
-
-        def drop(txn: lmdb.Transaction[bytes]) -> int:
-            used = self._counter(txn, b"bytes")
-            victims: list[tuple[bytes, _Entry]] = []
-            cursor = txn.cursor(db=self._evict)
-            if cursor.first():
-                for k in cursor.iternext(keys=True, values=False):
-                    if used <= budget:
-                        break
-                    entry = self._entry_at(txn, bytes(k))
-                    victims.append((bytes(k), entry))
-                    used -= entry.footprint
-            for key, entry in victims:
-                self._remove(txn, key, entry)
-            self._bump(txn, b"evicted", len(victims))
-            return len(victims)
-
+        budget = self._disk.cap() - reserve_bytes(self._largest, self.page_size)
         try:
-            n = self._run(True, "make room on a full disk", drop)
+            n = self._run(
+                True, "make room on a full disk", lambda t: evict_down_to(self._t, t, budget)
+            )
             for _ in range(_LAG_TXNS):
-                self._run(True, "make room on a full disk", lambda t: self._bump(t, b"full", 1))
+                self._run(True, "make room on a full disk", lambda t: self._t.bump(t, b"full", 1))
         except StoreError as e:
             log.warning("sample store %s: %s", self.path, e)
             with contextlib.suppress(StoreError, lmdb.Error):
@@ -345,169 +281,13 @@ class SampleStore:
             return 0
         return n
 
-    def _check_disk(self, writing: int = 0) -> None:
-        """Before a write: keep the store within what the disk can still give it.
-
-        The data file may grow to ``size + free - need`` (``need``: the reserve plus this
-        write's ``writing`` bytes, kept free for LMDB's copy-on-write pages), so while that is
-        below ``max_bytes`` it is the cap in force: inserts evict the lowest-priority
-        unprotected records exactly as at the cap, and the kernel never has to say ENOSPC
-        unless something else fills the disk at once. A statvfs per write transaction.
-        """
-        room = self._disk_room()
-        if room is None:
-            return
-        free, size = room
-        need = reserve_bytes(max(self._largest, self._largest_record), self.page_size) + writing
-        limit = size + free - need
-        if limit >= self.max_bytes:
-            if self._disk_cap is not None:
-                log.warning(
-                    "sample store %s: the disk has room again: cap back to max_bytes", self.path
-                )
-            self._disk_cap = None
-            return
-        if self._disk_cap is None:
-            log.warning(
-                "sample store %s: disk nearly full (%d bytes free): keeping within %d bytes "
-                "instead of max_bytes %d, lowest priority out first",
-                self.path,
-                free,
-                max(0, limit),
-                self.max_bytes,
-            )
-        self._disk_cap = max(0, limit)
-
-    def _counter(self, txn: lmdb.Transaction[bytes], name: bytes) -> int:
-        raw = txn.get(name, db=self._meta)
-        return int.from_bytes(raw[:8], "big") if raw is not None else 0
-
-    def _bump(self, txn: lmdb.Transaction[bytes], name: bytes, delta: int) -> None:
-        if delta:
-            txn.put(name, _u64(self._counter(txn, name) + delta), db=self._meta)
-
-    def _class_counts(self, txn: lmdb.Transaction[bytes], cls: bytes) -> tuple[int, int]:
-        raw = txn.get(b"c:" + cls, db=self._meta)
-        if raw is None or len(raw) != 16:
-            return 0, 0
-        return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
-
-    def _bump_class(
-        self, txn: lmdb.Transaction[bytes], cls: bytes, count: int, nbytes: int
-    ) -> None:
-        c, b = self._class_counts(txn, cls)
-        c, b = c + count, b + nbytes
-        if c <= 0:
-            txn.delete(b"c:" + cls, db=self._meta)
-        else:
-            txn.put(b"c:" + cls, _u64(c) + _u64(b), db=self._meta)
-
     def _note_corrupt(self, rid: bytes, why: str) -> None:
         sid = rid.decode(errors="replace")
         if sid not in self._corrupt:
             self._corrupt.add(sid)
             log.warning("sample store %s: record %s is corrupt (%s); skipped", self.path, sid, why)
 
-    def _chunk_key(self, rid: bytes, n: int) -> bytes:
-        return rid + _CHUNK_NO.pack(n)
-
-    def _blob(self, txn: lmdb.Transaction[bytes], rid: bytes, upto: int | None = None) -> bytes:
-        """The concatenated chunks of ``rid`` (the first ``upto`` bytes or more); b"" if none."""
-        parts: list[bytes] = []
-        got = 0
-        cursor = txn.cursor(db=self._records)
-        if not cursor.set_range(rid + b"\0\0"):
-            return b""
-        n = len(rid)
-        for key, value in cursor.iternext(keys=True, values=True):
-            if len(key) != n + 2 or key[:n] != rid:
-                break
-            if _CHUNK_NO.unpack(key[n:])[0] != len(parts):
-                raise _Corrupt("a chunk is missing")
-            parts.append(value)
-            got += len(value)
-            if upto is not None and got >= upto:
-                break
-        return b"".join(parts)
-
-    def _read(self, txn: lmdb.Transaction[bytes], rid: bytes, with_image: bool) -> SampleRecord:
-        """Decode one record; raises _Corrupt."""
-        first = txn.get(rid + b"\0\0", db=self._records)
-        if first is None:
-            raise _Corrupt("indexed but missing")
-        if len(first) >= _HEADER.size:
-            _m, _k, meta_len, image_len = _HEADER.unpack_from(first)
-            upto = _HEADER.size + meta_len + (image_len if with_image else 0)
-        else:
-            upto = None
-        return _decode(rid, self._blob(txn, rid, upto), with_image)
-
-    def _entry_of(self, txn: lmdb.Transaction[bytes], rid: bytes) -> tuple[bytes, _Entry] | None:
-        """(index key, entry) of the record stored under ``rid``, or None."""
-        first = txn.get(rid + b"\0\0", db=self._records)
-        if first is None:
-            return None
-        key: bytes | None = None
-        if first is not None and len(first) >= _HEADER.size and first[:4] == _MAGIC:
-            key = bytes(first[4:12]) + rid
-            raw = txn.get(key, db=self._prio)
-            if raw is None:
-                key = None
-        if key is None:  # unreadable header or lost entry: scan the index for the id
-            for k in txn.cursor(db=self._prio).iternext(keys=True, values=False):
-                if k[8:] == rid:
-                    key = bytes(k)
-                    break
-            if key is None:
-                return None
-            raw = txn.get(key, db=self._prio)
-        try:
-            return key, _unpack_entry(raw if raw is not None else b"")
-        except _Corrupt:
-            return key, _GARBAGE
-
-    def _entry_at(self, txn: lmdb.Transaction[bytes], key: bytes) -> _Entry:
-        raw = txn.get(key, db=self._prio)
-        try:
-            return _unpack_entry(raw if raw is not None else b"")
-        except _Corrupt:
-            return _GARBAGE
-
-    def _sweep_chunks(self, txn: lmdb.Transaction[bytes], rid: bytes) -> None:
-        cursor = txn.cursor(db=self._records)
-        if not cursor.set_range(rid + b"\0\0"):
-            return
-        n = len(rid)
-        while True:
-            k = cursor.key()
-            if len(k) != n + 2 or k[:n] != rid:
-                return
-            if not cursor.delete():
-                return
-
-    def _remove(self, txn: lmdb.Transaction[bytes], key: bytes, entry: _Entry) -> None:
-        """Delete a record, its index entries and its share of the counters."""
-        rid = key[8:]
-        txn.delete(key, db=self._prio)
-        self._sweep_chunks(txn, rid)
-        if entry.random:
-            txn.delete(rid, db=self._rslice)
-            self._bump(txn, b"random_bytes", -entry.footprint)
-        elif entry is not _GARBAGE:
-            txn.delete(_class_prefix(entry.cls) + key, db=self._cprio)
-            txn.delete(key, db=self._evict)
-            self._bump_class(txn, entry.cls, -1, -entry.footprint)
-        else:
-            txn.delete(key, db=self._evict)
-        self._bump(txn, b"bytes", -entry.footprint)
-        self._bump(txn, b"pending", -int(entry.pending))
-
-    def _quota_for(self, cls: bytes) -> ClassQuota | None:
-        return self.quotas.get(cls, self.quotas.get(b"*"))
-
-    def _write_record(
-        self, txn: lmdb.Transaction[bytes], record: SampleRecord, below: bytes | None
-    ) -> bool:
+    def _write_record(self, txn: Txn, record: SampleRecord, below: bytes | None) -> bool:
         """Store ``record`` (replacing one with the same id), evicting as needed. False: no room.
 
         ``below`` None marks a protected write (feedback): it is never refused for a quota and
@@ -521,120 +301,39 @@ class SampleStore:
         if len(chunks) > 0xFFFF:
             return False
         cls = _class_bytes(record)
-        rnd = record.random_slice
-        fp = _footprint(len(rid), len(chunks), len(cls), rnd, self.page_size)
-        budget = self._cap() - reserve_bytes(
+        fp = _footprint(len(rid), len(chunks), len(cls), record.random_slice, self.page_size)
+        budget = self._disk.cap() - reserve_bytes(
             max(self._largest, self._txn_bytes + fp), self.page_size
         )
         if fp > budget:
             return False
-        old = self._entry_of(txn, rid)
+        old = self._t.entry_of(txn, rid)
         old_key, old_entry = old if old is not None else (None, None)
-        victims: dict[bytes, _Entry] = {}
-        freed = 0
-
-        def walk(
-            db: Any,
-            prefix: bytes,
-            need: Callable[[], bool],
-            ok: Callable[[_Entry], bool],
-            limit: bytes | None,
-        ) -> bool:
-            """Take victims from ``db`` in key order until ``need()`` is False."""
-            nonlocal freed
-            if not need():
-                return True
-            cursor = txn.cursor(db=db)
-            if prefix and not cursor.set_range(prefix):
-                return False
-            if not prefix and not cursor.first():
-                return False
-            for k in cursor.iternext(keys=True, values=False):
-                if prefix and not k.startswith(prefix):
-                    return False
-                if db is self._rslice:
-                    pk = txn.get(k, db=self._rslice)
-                    key = bytes(pk[:8]) + bytes(k) if pk is not None else b"\0" * 8 + bytes(k)
-                else:
-                    key = bytes(k[len(prefix) :])
-                    if limit is not None and key >= limit:
-                        return False
-                if key[8:] == rid or key in victims:
-                    continue
-                entry = self._entry_at(txn, key)
-                if entry.protected or not ok(entry):
-                    continue
-                victims[key] = entry
-                freed += entry.footprint
-                if not need():
-                    return True
+        victims = plan_room(
+            self._t,
+            txn,
+            rid=rid,
+            footprint=fp,
+            cls=cls,
+            random_slice=record.random_slice,
+            below=below,
+            old=old_entry,
+            budget=budget,
+            random_budget=int(self.random_share * self.max_bytes),
+            quota=self.quotas.get(cls, self.quotas.get(b"*")),
+            max_bytes=self.max_bytes,
+        )
+        if victims is None:
             return False
-
-        if rnd:
-            share = int(self.random_share * self.max_bytes)
-            rused = self._counter(txn, b"random_bytes")
-            if old_entry is not None and old_entry.random:
-                rused -= old_entry.footprint
-
-            def over_random() -> bool:
-                return rused + fp - sum(e.footprint for e in victims.values()) > share
-
-            if not walk(self._rslice, b"", over_random, lambda e: e.random, None):
-                return False
-        elif below is not None:
-            quota = self._quota_for(cls)
-            if quota is not None:
-                count, cbytes = self._class_counts(txn, cls)
-                if old_entry is not None and not old_entry.random and old_entry.cls == cls:
-                    count, cbytes = count - 1, cbytes - old_entry.footprint
-                cap_b = quota.max_share * self.max_bytes if quota.max_share is not None else None
-                cap_n = quota.max_count
-
-                def over_quota() -> bool:
-                    gone = [e for e in victims.values()]
-                    n = count + 1 - len(gone)
-                    b = cbytes + fp - sum(e.footprint for e in gone)
-                    return (cap_n is not None and n > cap_n) or (cap_b is not None and b > cap_b)
-
-                if not walk(self._cprio, _class_prefix(cls), over_quota, lambda e: True, below):
-                    return False
-        used = self._counter(txn, b"bytes") - (old_entry.footprint if old_entry else 0)
-
-        def over_cap() -> bool:
-            return used + fp - freed > budget
-
-        # ``evict`` holds exactly the unprotected ranked records, so this walk skips nothing.
-        # A random newcomer claims its reserved share from them whatever their priority.
-        anything: Callable[[_Entry], bool] = lambda e: True  # noqa: E731
-        limit = None if rnd or below is None else below
-        if not walk(self._evict, b"", over_cap, anything, limit):
-            if below is not None or rnd:
-                return False
-            # Feedback: the random slice's unprotected records may go too, oldest first.
-            if not walk(self._rslice, b"", over_cap, lambda e: e.random, None):
-                return False
-        for key, entry in victims.items():
-            self._remove(txn, key, entry)
-        self._bump(txn, b"evicted", len(victims))
+        evict(self._t, txn, victims)
         if old_key is not None and old_entry is not None:
-            self._remove(txn, old_key, old_entry)
+            self._t.remove(txn, old_key, old_entry)
         else:
-            self._sweep_chunks(txn, rid)  # leftovers of an unindexed record with this id
-        for i, chunk in enumerate(chunks):
-            txn.put(self._chunk_key(rid, i), chunk, db=self._records)
-        key = priority_key(record.priority) + rid
-        entry = _Entry(_flags(record), len(chunks), fp, cls)
-        txn.put(key, entry.pack(), db=self._prio)
-        if rnd:
-            txn.put(rid, key[:8], db=self._rslice)
-            self._bump(txn, b"random_bytes", fp)
-        else:
-            if not entry.protected:
-                txn.put(_class_prefix(cls) + key, b"", db=self._cprio)
-                txn.put(key, b"", db=self._evict)
-            self._bump_class(txn, cls, 1, fp)
-        self._bump(txn, b"bytes", fp)
-        self._bump(txn, b"pending", int(entry.pending))
+            self._t.sweep_chunks(txn, rid)  # leftovers of an unindexed record with this id
+        self._t.put_chunks(txn, rid, chunks)
+        self._t.index(
+            txn, priority_key(record.priority) + rid, _Entry(_flags(record), len(chunks), fp, cls)
+        )
         self._txn_bytes += fp
         self._largest_record = max(self._largest_record, fp)
         if victims:
@@ -677,16 +376,16 @@ class SampleStore:
         """
         ckey = _CURSOR + source.encode() if source is not None else None
 
-        def write(txn: lmdb.Transaction[bytes]) -> list[bool]:
+        def write(txn: Txn) -> list[bool]:
             self._txn_bytes = 0
             out = []
-            floor = txn.get(ckey, db=self._meta) if ckey is not None else None
+            floor = txn.get(ckey, db=self._t.meta) if ckey is not None else None
             for r in records:
                 if (
                     floor is not None
                     and r.frame_id.encode() <= bytes(floor)
                     and not r.prediction.get("shadow")
-                    and txn.get(r.id.encode() + b"\0\0", db=self._records) is None
+                    and txn.get(r.id.encode() + b"\0\0", db=self._t.records) is None
                 ):
                     self._duplicates += 1
                     out.append(False)
@@ -698,14 +397,15 @@ class SampleStore:
             if ckey is not None and through is not None:
                 new = through.encode()
                 if floor is None or new > bytes(floor):
-                    txn.put(ckey, new, db=self._meta)
+                    txn.put(ckey, new, db=self._t.meta)
             return out
 
         if not records and through is None:
             return []
+        what = f"put {records[0].id}" if records else f"source cursor of {source}"
         with self._lock:
             self._check_disk(sum(len(r.image) for r in records))
-            done = self._run(True, f"put {records[0].id}", write)
+            done = self._run(True, what, write)
             self._largest = max(self._largest, self._txn_bytes)
             self._rejected += done.count(False)
             return done
@@ -715,8 +415,8 @@ class SampleStore:
         :meth:`put_many`), or None."""
         key = _CURSOR + source.encode()
 
-        def read(txn: lmdb.Transaction[bytes]) -> str | None:
-            raw = txn.get(key, db=self._meta)
+        def read(txn: Txn) -> str | None:
+            raw = txn.get(key, db=self._t.meta)
             return None if raw is None else bytes(raw).decode(errors="replace")
 
         return self._run(False, "source cursor", read)
@@ -725,34 +425,19 @@ class SampleStore:
         """Up to ``limit`` ids of stored records that start with ``prefix`` (in id order), so
         an operator may type any unique prefix of an id."""
         want = prefix.encode()
-
-        def read(txn: lmdb.Transaction[bytes]) -> list[str]:
-            out: list[str] = []
-            cursor = txn.cursor(db=self._records)
-            if not want or not cursor.set_range(want):
-                return out
-            for key in cursor.iternext(keys=True, values=False):
-                k = bytes(key)
-                if not k.startswith(want):
-                    break
-                rid = k[:-2].decode(errors="replace")  # id + 2-byte chunk number
-                if not out or out[-1] != rid:
-                    out.append(rid)
-                    if len(out) >= limit:
-                        break
-            return out
-
-        return self._run(False, f"ids {prefix}", read)
+        return self._run(
+            False, f"ids {prefix}", lambda txn: _walks.ids_with_prefix(self._t, txn, want, limit)
+        )
 
     def get(self, sample_id: str) -> SampleRecord | None:
         """The record with this id, or None. Raises StoreError if it is stored but corrupt."""
         rid = sample_id.encode()
 
-        def read(txn: lmdb.Transaction[bytes]) -> SampleRecord | None:
-            if txn.get(rid + b"\0\0", db=self._records) is None:
+        def read(txn: Txn) -> SampleRecord | None:
+            if txn.get(rid + b"\0\0", db=self._t.records) is None:
                 return None
             try:
-                return self._read(txn, rid, with_image=True)
+                return self._t.read(txn, rid, with_image=True)
             except _Corrupt as e:
                 self._note_corrupt(rid, str(e))
                 raise StoreError(
@@ -767,31 +452,11 @@ class SampleStore:
         """Up to ``n`` records, highest priority first, whose ``upload_state`` is ``state``
         (None: any). ``with_image=False`` leaves ``image`` empty (listing, no copy of the
         pictures). Corrupt records are skipped and counted. Raises StoreError."""
-
-        def walk(txn: lmdb.Transaction[bytes]) -> list[SampleRecord]:
-            out: list[SampleRecord] = []
-            if n <= 0:
-                return out
-            for key, raw in txn.cursor(db=self._prio).iterprev(keys=True, values=True):
-                rid = key[8:]
-                if (
-                    state in ("pending", "uploaded")
-                    and len(raw) >= 1
-                    and bool(raw[0] & _FLAG_PENDING) != (state == "pending")
-                ):
-                    continue
-                try:
-                    rec = self._read(txn, rid, with_image)
-                except _Corrupt as e:
-                    self._note_corrupt(rid, str(e))
-                    continue
-                if state is None or rec.upload_state == state:
-                    out.append(rec)
-                    if len(out) >= n:
-                        break
-            return out
-
-        return self._run(False, "top", walk)
+        return self._run(
+            False,
+            "top",
+            lambda txn: _walks.top(self._t, txn, n, state, with_image, self._note_corrupt),
+        )
 
     def floor(self) -> float | None:
         """The priority a ranked newcomer must beat to get in, or None while there is room.
@@ -803,12 +468,12 @@ class SampleStore:
         """
         if self._largest_record == 0:
             return None
-        budget = self._cap() - reserve_bytes(self._largest, self.page_size)
+        budget = self._disk.cap() - reserve_bytes(self._largest, self.page_size)
 
-        def look(txn: lmdb.Transaction[bytes]) -> float | None:
-            if self._counter(txn, b"bytes") + self._largest_record <= budget:
+        def look(txn: Txn) -> float | None:
+            if self._t.counter(txn, b"bytes") + self._largest_record <= budget:
                 return None
-            cursor = txn.cursor(db=self._evict)
+            cursor = txn.cursor(db=self._t.evict)
             return decode_priority_key(cursor.key()) if cursor.first() else None
 
         return self._run(False, "floor", look)
@@ -819,22 +484,7 @@ class SampleStore:
         no record is decoded, so it costs O(log n + n) cursor steps. Raises StoreError."""
         if state not in (None, "pending", "uploaded"):
             raise StoreError(f"sample store {self.path}: unknown upload state {state!r}")
-
-        def walk(txn: lmdb.Transaction[bytes]) -> list[tuple[str, float]]:
-            out: list[tuple[str, float]] = []
-            if n <= 0:
-                return out
-            for key, raw in txn.cursor(db=self._prio).iterprev(keys=True, values=True):
-                if state is not None and bool(raw[:1] and raw[0] & _FLAG_PENDING) != (
-                    state == "pending"
-                ):
-                    continue
-                out.append((bytes(key[8:]).decode(errors="replace"), decode_priority_key(key)))
-                if len(out) >= n:
-                    break
-            return out
-
-        return self._run(False, "ranked", walk)
+        return self._run(False, "ranked", lambda txn: _walks.ranked(self._t, txn, n, state))
 
     def set_feedback(self, sample_id: str, feedback: Feedback) -> SampleRecord:
         """Attach a human's feedback; the record becomes protected and top priority.
@@ -847,11 +497,11 @@ class SampleStore:
         """
         rid = sample_id.encode()
 
-        def change(txn: lmdb.Transaction[bytes]) -> SampleRecord:
-            if txn.get(rid + b"\0\0", db=self._records) is None:
+        def change(txn: Txn) -> SampleRecord:
+            if txn.get(rid + b"\0\0", db=self._t.records) is None:
                 raise StoreError(f"sample store {self.path}: no sample {sample_id}")
             try:
-                old = self._read(txn, rid, with_image=True)
+                old = self._t.read(txn, rid, with_image=True)
             except _Corrupt as e:
                 self._note_corrupt(rid, str(e))
                 raise StoreError(
@@ -879,11 +529,11 @@ class SampleStore:
         when the id is unknown or nothing changed. Raises StoreError (nothing changed)."""
         rid = sample_id.encode()
 
-        def change(txn: lmdb.Transaction[bytes]) -> SampleRecord | None:
-            if txn.get(rid + b"\0\0", db=self._records) is None:
+        def change(txn: Txn) -> SampleRecord | None:
+            if txn.get(rid + b"\0\0", db=self._t.records) is None:
                 return None
             try:
-                old = self._read(txn, rid, with_image=True)
+                old = self._t.read(txn, rid, with_image=True)
             except _Corrupt as e:
                 self._note_corrupt(rid, str(e))
                 return None
@@ -911,21 +561,21 @@ class SampleStore:
         """
         wanted = list(ids)
 
-        def drop(txn: lmdb.Transaction[bytes]) -> int:
+        def drop(txn: Txn) -> int:
             n = 0
             for sid in wanted:
                 rid = sid.encode()
-                found = self._entry_of(txn, rid)
+                found = self._t.entry_of(txn, rid)
                 if found is None:
-                    if txn.get(rid + b"\0\0", db=self._records) is not None:
-                        self._sweep_chunks(txn, rid)  # unindexed leftovers
+                    if txn.get(rid + b"\0\0", db=self._t.records) is not None:
+                        self._t.sweep_chunks(txn, rid)  # unindexed leftovers
                         n += 1
                     continue
                 key, entry = found
                 expected = expected_priority.get(sid) if expected_priority is not None else None
                 if expected is not None and key[:8] != priority_key(expected):
                     continue  # changed since it was sent (feedback): keep it for the next cycle
-                self._remove(txn, key, entry)
+                self._t.remove(txn, key, entry)
                 n += 1
             return n
 
@@ -940,14 +590,14 @@ class SampleStore:
         (the part of max_bytes no record may use, now), ``disk_bytes`` (size of the LMDB
         data file) and ``cap`` (max_bytes, or less while the disk is full)."""
 
-        def read(txn: lmdb.Transaction[bytes]) -> dict[str, int]:
+        def read(txn: Txn) -> dict[str, int]:
             return {
-                "count": txn.stat(self._prio)["entries"],
-                "bytes": self._counter(txn, b"bytes"),
-                "pending": self._counter(txn, b"pending"),
-                "evicted": self._counter(txn, b"evicted"),
-                "random": txn.stat(self._rslice)["entries"],
-                "random_bytes": self._counter(txn, b"random_bytes"),
+                "count": txn.stat(self._t.prio)["entries"],
+                "bytes": self._t.counter(txn, b"bytes"),
+                "pending": self._t.counter(txn, b"pending"),
+                "evicted": self._t.counter(txn, b"evicted"),
+                "random": txn.stat(self._t.rslice)["entries"],
+                "random_bytes": self._t.counter(txn, b"random_bytes"),
             }
 
         out = self._run(False, "stats", read)
@@ -964,28 +614,13 @@ class SampleStore:
             page_size=self.page_size,
             reserve=reserve_bytes(self._largest, self.page_size),
             disk_bytes=disk,
-            cap=self._cap(),
+            cap=self._disk.cap(),
         )
         return out
 
     def class_stats(self) -> dict[str, dict[str, int]]:
         """Per final class of the ranked records: ``count`` and ``bytes`` (footprints)."""
-
-        def read(txn: lmdb.Transaction[bytes]) -> dict[str, dict[str, int]]:
-            out: dict[str, dict[str, int]] = {}
-            cursor = txn.cursor(db=self._meta)
-            if not cursor.set_range(b"c:"):
-                return out
-            for k, v in cursor.iternext(keys=True, values=True):
-                if not k.startswith(b"c:"):
-                    break
-                out[k[2:].decode(errors="replace")] = {
-                    "count": int.from_bytes(v[:8], "big"),
-                    "bytes": int.from_bytes(v[8:16], "big"),
-                }
-            return out
-
-        return self._run(False, "class stats", read)
+        return self._run(False, "class stats", lambda txn: _walks.class_stats(self._t, txn))
 
     def check(self) -> list[str]:
         """Verify the invariants; returns one line per problem (empty: consistent).
@@ -996,83 +631,14 @@ class SampleStore:
         at most ``max_bytes``. Raises StoreError on an LMDB failure.
         """
 
-        def scan(txn: lmdb.Transaction[bytes]) -> list[str]:
-            problems: list[str] = []
-            ids: list[bytes] = []
-            for k in txn.cursor(db=self._records).iternext(keys=True, values=False):
-                rid = bytes(k[:-2])
-                if not ids or ids[-1] != rid:
-                    ids.append(rid)
-            want_prio: dict[bytes, bytes] = {}
-            want_cprio: set[bytes] = set()
-            want_evict: set[bytes] = set()
-            want_rslice: dict[bytes, bytes] = {}
-            total = pending = rbytes = 0
-            classes: dict[bytes, list[int]] = {}
-            for rid in ids:
-                try:
-                    rec = self._read(txn, rid, with_image=True)
-                    nchunks = len(_chunks_of(rec, self._chunk_size))
-                    stored = len(self._blob(txn, rid)) // self._chunk_size
-                    if stored != nchunks:
-                        raise _Corrupt(f"{stored} chunks stored, {nchunks} expected")
-                except _Corrupt as e:
-                    problems.append(f"record {rid.decode(errors='replace')}: {e}")
-                    continue
-                cls = _class_bytes(rec)
-                fp = _footprint(len(rid), nchunks, len(cls), rec.random_slice, self.page_size)
-                key = priority_key(rec.priority) + rid
-                want_prio[key] = _Entry(_flags(rec), nchunks, fp, cls).pack()
-                total += fp
-                pending += rec.upload_state == "pending"
-                if rec.random_slice:
-                    want_rslice[rid] = key[:8]
-                    rbytes += fp
-                else:
-                    if not (_flags(rec) & _FLAG_PROTECTED):
-                        want_cprio.add(_class_prefix(cls) + key)
-                        want_evict.add(key)
-                    c = classes.setdefault(cls, [0, 0])
-                    c[0] += 1
-                    c[1] += fp
-            prio = dict(txn.cursor(db=self._prio).iternext(keys=True, values=True))
-            for key in sorted(set(want_prio) - set(prio)):
-                problems.append(f"record {key[8:].decode()}: not in the priority index")
-            for key in sorted(set(prio) - set(want_prio)):
-                problems.append(f"index entry {key[8:].decode(errors='replace')}: no such record")
-            for key in sorted(set(prio) & set(want_prio)):
-                if prio[key] != want_prio[key]:
-                    problems.append(f"record {key[8:].decode()}: index entry disagrees with it")
-            cprio = set(txn.cursor(db=self._cprio).iternext(keys=True, values=False))
-            if cprio != want_cprio:
-                problems.append(f"class index: {len(cprio ^ want_cprio)} entries differ")
-            evict = set(txn.cursor(db=self._evict).iternext(keys=True, values=False))
-            if evict != want_evict:
-                problems.append(f"eviction index: {len(evict ^ want_evict)} entries differ")
-            rslice = dict(txn.cursor(db=self._rslice).iternext(keys=True, values=True))
-            if rslice != want_rslice:
-                problems.append("random-slice index disagrees with the records")
-            for name, value in (
-                (b"bytes", total),
-                (b"pending", pending),
-                (b"random_bytes", rbytes),
-            ):
-                counted = self._counter(txn, name)
-                if counted != value:
-                    problems.append(f"{name.decode()} counter {counted} != sum {value}")
-            for cls, (n, b) in classes.items():
-                if self._class_counts(txn, cls) != (n, b):
-                    problems.append(f"class {cls.decode(errors='replace')!r}: counters disagree")
-            cursor = txn.cursor(db=self._meta)
-            if cursor.set_range(b"c:"):
-                for k in cursor.iternext(keys=True, values=False):
-                    if not k.startswith(b"c:"):
-                        break
-                    if bytes(k[2:]) not in classes:
-                        problems.append(f"class {k[2:].decode(errors='replace')!r}: stale counter")
-            if total > self.max_bytes:
-                problems.append(f"{total} bytes stored, above max_bytes {self.max_bytes}")
-            return problems
+        def scan(txn: Txn) -> list[str]:
+            return find_problems(
+                self._t,
+                txn,
+                chunk_size=self._chunk_size,
+                page_size=self.page_size,
+                max_bytes=self.max_bytes,
+            )
 
         return self._run(False, "check", scan)
 
@@ -1096,18 +662,6 @@ class SampleStore:
         Walks the priority index and decodes only the protected entries. Corrupt records are
         skipped. Raises StoreError.
         """
-
-        def walk(txn: lmdb.Transaction[bytes]) -> list[SampleRecord]:
-            out: list[SampleRecord] = []
-            for key, raw in txn.cursor(db=self._prio).iternext(keys=True, values=True):
-                try:
-                    if not _unpack_entry(bytes(raw)).protected:
-                        continue
-                    rec = self._read(txn, bytes(key[8:]), with_image=False)
-                except _Corrupt:
-                    continue
-                if rec.feedback is not None:
-                    out.append(rec)
-            return out
-
-        return self._run(False, "feedback records", walk)
+        return self._run(
+            False, "feedback records", lambda txn: _walks.feedback_records(self._t, txn)
+        )

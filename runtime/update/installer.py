@@ -18,44 +18,36 @@ is entered, recovered at start-up by one map):
   too, between two frames;
 - **shadow candidates** (:meth:`Installer.stage_candidate`, :meth:`Installer.promote`): the
   shadow manager stages its candidate through the same machine (``downloading → verifying →
-  shadow_staged``) and a promotion takes the ordinary hand-over and trial.
+  shadow_staged``) and a promotion takes the ordinary hand-over and trial;
+- **the operator with the service stopped** (:func:`rollback_offline`,
+  :func:`mark_good_offline`, called by :mod:`runtime.operator`): the same transitions on the
+  state folder.
 
-The frame loop and the update thread share three things, each under the lock: the hand-over
-(:class:`Swap`), the frame events, and the bundles the frame loop no longer serves (closed on
-the update thread). Failures and rollbacks are queued for the hub (:mod:`runtime.update.reports`).
+The frame loop and the update thread meet in :mod:`runtime.update.handover` (the hand-over,
+the frame events, the trial; no slot is written there); the checks around a staged slot folder
+(space, hashes, fsync, what a failure means) are :mod:`runtime.update._staging`. Failures and
+rollbacks are queued for the hub (:mod:`runtime.update.reports`).
 """
 
 from __future__ import annotations
 
-import enum
-import errno
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime._atomic import fsync_dir
 from runtime.backends.base import BackendOptions
 from runtime.bundle.health import run_health_check
-from runtime.bundle.loader import LoadedBundle, load_bundle, verify_bundle_dir
+from runtime.bundle.loader import LoadedBundle, load_bundle
 from runtime.bundle.manifest import Manifest, Ontology
 from runtime.config import DeviceConfig
-from runtime.errors import (
-    BackendError,
-    BundleError,
-    LeanloopError,
-    PipelineError,
-    TrustError,
-    UpdateError,
-    first_line,
-)
+from runtime.errors import ConfigError, LeanloopError, UpdateError, first_line
 from runtime.protocol import ReportKind
-from runtime.update import _testhooks
+from runtime.update._staging import check_space, deterministic, staging_error, verify_staged
+from runtime.update.handover import FrameEvent, FrameEventKind, Handover, Swap, SwapKind
 from runtime.update.machine import AT_REST, Event, InstallMachine, InstallState
 from runtime.update.reports import UpdateReports
 from runtime.update.slots import SlotName, Slots
@@ -72,53 +64,42 @@ __all__ = [
 log = logging.getLogger("leanloop.update")
 
 OPERATOR_ROLLBACK = "operator rollback"
-_BLOCK = 4096
-_SPACE_MARGIN = 2 * _BLOCK
-
-
-class SwapKind(enum.StrEnum):
-    """Why the frame loop is handed a bundle."""
-
-    UPDATE = "update"  # a new bundle: served on trial, the old one kept loaded
-    ROLLBACK = "rollback"  # the previous committed bundle: served at once
-
-
-@dataclass(frozen=True)
-class Swap:
-    """A loaded bundle handed to the frame loop, swapped in between two frames."""
-
-    kind: SwapKind
-    bundle: LoadedBundle
-
-
-class FrameEventKind(enum.StrEnum):
-    """What the frame loop tells the update thread (which stores it)."""
-
-    UPDATE_SWAPPED = "update_swapped"
-    ROLLBACK_SWAPPED = "rollback_swapped"
-    TRIAL_PASSED = "trial_passed"
-    TRIAL_FAILED = "trial_failed"
-
-
-@dataclass(frozen=True)
-class FrameEvent:
-    kind: FrameEventKind
-    reason: str = ""
-
-
-@dataclass
-class _Trial:
-    """The frame loop's count of a bundle on trial."""
-
-    frames: int = 0
-    errors: int = 0
-    t0: float = field(default_factory=time.monotonic)
 
 
 def mark_good_message(bundle: str, version: int, found: bool) -> str:
     if found:
         return f"{bundle} v{version} marked good: the device installs it when the hub desires it"
     return f"{bundle} v{version} was neither held back nor marked bad here: nothing to do"
+
+
+def rollback_offline(state_dir: Path) -> str:
+    """The operator's rollback with the service stopped (its caller checked): settle an
+    interrupted update as a start would, then the same persisted rollback transitions the
+    service runs. Returns what it did. Raises UpdateError (nothing to roll back to)."""
+    slots = Slots(state_dir)
+    machine = InstallMachine(slots)
+    machine.recover()  # what the service would do at start: settle an interrupted update first
+    slots.recover()
+    machine.begin_rollback("operator rollback (service stopped)", by_operator=True)
+    slot = machine.finish_rollback()
+    assert slot is not None  # begin_rollback checked there is a committed previous slot
+    i = slots.info(slot)
+    return f"rolled back to {i.bundle} v{i.version} (slot {slot})"
+
+
+def mark_good_offline(state_dir: Path, version: int, bundle: str | None = None) -> str:
+    """The operator's mark-good with the service stopped (its caller checked): ``bundle``
+    (default: the active one) ``version`` may be installed again. Raises ConfigError."""
+    slots = Slots(state_dir)
+    if bundle is None:
+        act = slots.state.active
+        bundle = slots.info(act).bundle if act else None
+        if bundle is None:
+            raise ConfigError("no active bundle: say which bundle (--bundle)")
+    found = slots.mark_good_nosave(bundle, version)
+    if found:
+        slots.save(f"operator marked {bundle} v{version} good (service stopped)")
+    return mark_good_message(bundle, version, found)
 
 
 class _RollbackRequest:
@@ -150,42 +131,6 @@ class Fetcher(Protocol):
     ) -> Any: ...
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush every file of a staged slot and its folders (the slot must survive a power cut)."""
-    dirs = [root]
-    for p in root.rglob("*"):
-        if p.is_dir():
-            dirs.append(p)
-        else:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for d in dirs:
-        fsync_dir(d)
-
-
-def _staging_error(e: Exception, slot_dir: Path) -> tuple[LeanloopError, str | None]:
-    """A staging failure as a LeanloopError, and the report cause it implies (None: keep)."""
-    if isinstance(e, OSError):
-        full = e.errno == errno.ENOSPC
-        what = "disk full" if full else "cannot write"
-        err = UpdateError(f"{what} while staging in {slot_dir}: {e.strerror}")
-        return err, "disk_full" if full else "write_failed"
-    if isinstance(e, LeanloopError):
-        return e, None
-    log.exception("staging: unexpected %s", type(e).__name__)
-    return UpdateError(f"unexpected {type(e).__name__} while staging: {first_line(e)}"), None
-
-
-def _deterministic(e: LeanloopError) -> bool:
-    """The same bundle would fail the same way again: mark the version bad."""
-    return isinstance(e, BundleError | BackendError | PipelineError) and not isinstance(
-        e, TrustError
-    )
-
-
 class Installer:
     """Slots, install machine, hand-over and trial of one device (see the module story)."""
 
@@ -203,24 +148,18 @@ class Installer:
             "update_errors": 0,
         }
         self.last_error: str | None = None
-        self.wake = threading.Event()  # set when the update thread has something to store
-        self._lock = threading.Lock()
-        self._next: Swap | None = None
-        self._events: list[FrameEvent] = []
-        self._retired: list[LoadedBundle] = []
+        self._frames = Handover(cfg.update)
+        self.wake = self._frames.wake  # set when the update thread has something to store
         self._requests: queue.Queue[_RollbackRequest] = queue.Queue()
         self._rollback_req: _RollbackRequest | None = None
         self._failed: dict[tuple[str, int], float] = {}
-        # Frame loop only:
-        self.serving: LoadedBundle | None = None
-        self._old: LoadedBundle | None = None  # the bundle a trial would fall back to
-        # (before, after) ontologies of the last update swap, for on_commit (set before the
-        # swap's event is posted, read by the update thread after it):
-        self._swapped_ontology: tuple[Ontology, Ontology] | None = None
         self.on_commit: Callable[[Ontology, Ontology], None] | None = None
         """Called on the update thread when an update commits: (old ontology, new ontology)."""
-        self._trial: _Trial | None = None
-        self._abort_trial: str | None = None
+
+    @property
+    def serving(self) -> LoadedBundle | None:
+        """The bundle the frame loop serves (frame loop only)."""
+        return self._frames.serving
 
     # ---- start-up ------------------------------------------------------------------------
 
@@ -239,8 +178,8 @@ class Installer:
         keep = rec.slot if rec.state is InstallState.SHADOW_STAGED else None
         for line in self.slots.recover(keep=keep):
             log.warning("recovery: %s", line)
-        self.serving = self._load_active()
-        return self.serving
+        self._frames.serving = self._load_active()
+        return self._frames.serving
 
     def _load_active(self) -> LoadedBundle | None:
         while self.slots.active_dir is not None:
@@ -281,94 +220,23 @@ class Installer:
     def between_frames(self) -> LoadedBundle | None:
         """Frame loop, between two frames: swap in a handed-over bundle (no I/O) and judge the
         trial. Returns the bundle to serve the next frame with (None: nothing to serve)."""
-        with self._lock:
-            nxt, self._next = self._next, None
-        if nxt is not None:
-            old, self.serving = self.serving, nxt.bundle
-            m = nxt.bundle.manifest
-            if nxt.kind is SwapKind.UPDATE:
-                # The old bundle stays loaded during the trial: a failed trial swaps back.
-                self._old = old
-                if old is not None:
-                    self._swapped_ontology = (old.manifest.ontology, m.ontology)
-                self._trial = _Trial()
-                log.info("serving %s v%s (trial)", m.name, m.version)
-                self._post(FrameEvent(FrameEventKind.UPDATE_SWAPPED))
-            else:
-                self._retire(old)
-                log.info("serving %s v%s (rollback)", m.name, m.version)
-                self._post(FrameEvent(FrameEventKind.ROLLBACK_SWAPPED))
-        self._judge_trial()
-        return self.serving
+        return self._frames.between_frames()
 
     def frame_served(self, failed: bool) -> None:
         """Frame loop: count a served frame for the trial (``failed``: the bundle failed it)."""
-        t = self._trial
-        if t is not None:
-            t.frames += 1
-            t.errors += int(failed)
-
-    def _judge_trial(self) -> None:
-        t = self._trial
-        if t is None:
-            return
-        if self._abort_trial is not None:
-            reason, self._abort_trial = self._abort_trial, None
-            self._end_trial(False, reason)
-            return
-        u = self.cfg.update
-        if t.frames < u.trial_frames and time.monotonic() - t.t0 < u.trial_s:
-            return
-        rate = t.errors / max(1, t.frames)
-        if rate > u.trial_max_error_rate:
-            self._end_trial(False, f"error rate {rate:.0%} over {t.frames} frames")
-        else:
-            self._end_trial(True, "trial passed")
-
-    def _end_trial(self, ok: bool, reason: str) -> None:
-        """End the trial in memory; the update thread stores the outcome."""
-        self._trial = None
-        if ok:
-            self._retire(self._old)
-            self._old = None
-            self._post(FrameEvent(FrameEventKind.TRIAL_PASSED, reason))
-            return
-        bad, self.serving, self._old = self.serving, self._old, None
-        self._retire(bad)
-        log.error("trial failed (%s); rolling back", reason)
-        self._post(FrameEvent(FrameEventKind.TRIAL_FAILED, reason))
-
-    def _retire(self, bundle: LoadedBundle | None) -> None:
-        """Hand a bundle the frame loop no longer uses to the update thread, which closes it."""
-        if bundle is not None:
-            with self._lock:
-                self._retired.append(bundle)
-
-    def _post(self, event: FrameEvent) -> None:
-        with self._lock:
-            self._events.append(event)
-        self.wake.set()
-
-    def _hand(self, swap: Swap) -> None:
-        with self._lock:
-            self._next = swap
-        self.wake.set()
+        self._frames.frame_served(failed)
 
     # ---- update thread -------------------------------------------------------------------
 
     @property
     def busy(self) -> bool:
         """An update is in flight (staging, handed over, on trial, rolling back)."""
-        with self._lock:
-            handed = self._next is not None
-        return handed or self.machine.state not in AT_REST
+        return self._frames.handed or self.machine.state not in AT_REST
 
     def advance(self) -> None:
         """Update thread: store what the frame loop did, close retired bundles, serve
         operator rollbacks."""
-        with self._lock:
-            events, self._events = self._events, []
-            retired, self._retired = self._retired, []
+        events, retired = self._frames.take()
         m = self.machine
         for ev in events:
             if ev.kind is FrameEventKind.UPDATE_SWAPPED:
@@ -378,11 +246,12 @@ class Installer:
                 m.fire(Event.TRIAL_PASSED)
                 m.fire(Event.COMMIT_DONE, apply=self.slots.commit_nosave)
                 log.info("committed %s v%s", m.record.bundle, m.record.version)
-                swapped, self._swapped_ontology = self._swapped_ontology, None
+                swapped = self._frames.take_swapped_ontology()
                 if self.on_commit is not None and swapped is not None:
                     self.on_commit(*swapped)
                 if self._rollback_req is not None:  # asked during the trial, which passed first
-                    req, self._rollback_req, self._abort_trial = self._rollback_req, None, None
+                    req, self._rollback_req = self._rollback_req, None
+                    self._frames.abort_trial = None
                     self._start_operator_rollback(req)
             elif ev.kind is FrameEventKind.TRIAL_FAILED:
                 rec = m.record
@@ -439,17 +308,7 @@ class Installer:
 
     def _check_space(self, manifest: Manifest, skipped: set[str]) -> None:
         """Refuse before writing when the slot folder cannot hold the planned files."""
-        if not _testhooks.space_check_enabled():
-            return
-        # Files take whole blocks; the manifest and the skip list take one or two more.
-        sizes = [f.size for rel, f in manifest.files.items() if rel not in skipped]
-        need = sum(-(-n // _BLOCK) * _BLOCK for n in sizes) + _SPACE_MARGIN
-        free = self.slots.free_bytes()
-        if need > free:
-            raise UpdateError(
-                f"not enough space for {manifest.name} v{manifest.version}: needs "
-                f"{need} bytes, {free} free in {self.slots.root / 'slots'}"
-            )
+        check_space(manifest, skipped, self.slots.free_bytes, self.slots.root / "slots")
 
     def _fetch_into(self, fetcher: Fetcher, name: str, version: int, slot: SlotName) -> Any:
         """Fetch (TUF) into ``slot``; fires FETCHED. Returns the fetch result."""
@@ -469,8 +328,7 @@ class Installer:
 
     def _verify(self, slot: SlotName) -> None:
         """Every file hashes as the signed manifest says; all of it flushed to disk."""
-        verify_bundle_dir(self.slots.dir(slot))
-        _fsync_tree(self.slots.dir(slot))
+        verify_staged(self.slots.dir(slot))
 
     def _stage(self, name: str, version: int, fetcher: Fetcher) -> None:
         """Fetch, verify, load and health-check in the inactive slot, then store the switch
@@ -498,9 +356,9 @@ class Installer:
         except Exception as raw:  # any failure must end the update in ``failed``
             if loaded is not None:
                 loaded.close()
-            e, why = _staging_error(raw, self.slots.dir(slot))
+            e, why = staging_error(raw, self.slots.dir(slot))
             cause = why or cause
-            bad = _deterministic(e)
+            bad = deterministic(e)
             reason = f"{name} v{version} refused: {first_line(e)}"
             m.fire(
                 Event.FAIL, apply=lambda: self.slots.discard_nosave(slot, bad=bad), reason=reason
@@ -526,7 +384,7 @@ class Installer:
         )
         # Store the switch (slot active, on trial) first; the frame loop swaps at the next frame.
         m.fire(Event.HANDED_OVER, apply=lambda: self.slots.activate_nosave(slot))
-        self._hand(Swap(SwapKind.UPDATE, loaded))
+        self._frames.hand(Swap(SwapKind.UPDATE, loaded))
 
     # ---- operator rollback ---------------------------------------------------------------
 
@@ -575,7 +433,7 @@ class Installer:
         m = self.machine
         if m.state is InstallState.TRIAL:
             self._rollback_req = req
-            self._abort_trial = OPERATOR_ROLLBACK
+            self._frames.abort_trial = OPERATOR_ROLLBACK
             return
         try:
             prev = m.begin_rollback(OPERATOR_ROLLBACK, by_operator=True)
@@ -596,7 +454,7 @@ class Installer:
             ReportKind.ROLLED_BACK, "operator", rec.bundle, rec.version, OPERATOR_ROLLBACK
         )
         self._rollback_req = req
-        self._hand(Swap(SwapKind.ROLLBACK, loaded))
+        self._frames.hand(Swap(SwapKind.ROLLBACK, loaded))
 
     def request_mark_good(
         self, version: int, bundle: str | None = None, timeout: float = 30.0
@@ -639,8 +497,8 @@ class Installer:
             self._fetch_into(fetcher, name, version, slot)
             self._verify(slot)
         except Exception as raw:
-            e, _ = _staging_error(raw, self.slots.dir(slot))
-            bad = _deterministic(e)
+            e, _ = staging_error(raw, self.slots.dir(slot))
+            bad = deterministic(e)
             m.fire(
                 Event.FAIL,
                 apply=lambda: self.slots.discard_nosave(slot, bad=bad),
@@ -667,7 +525,7 @@ class Installer:
             m.fire(ev)
         m.fire(Event.HEALTHY, apply=lambda: self.slots.mark_staged_nosave(slot))
         m.fire(Event.HANDED_OVER, apply=lambda: self.slots.activate_nosave(slot))
-        self._hand(Swap(SwapKind.UPDATE, loaded))
+        self._frames.hand(Swap(SwapKind.UPDATE, loaded))
 
     # ---- status and shutdown -------------------------------------------------------------
 
@@ -711,10 +569,4 @@ class Installer:
 
     def close(self) -> None:
         """Close the bundles still loaded (service shutdown, after the frame loop stopped)."""
-        with self._lock:
-            nxt, self._next = self._next, None
-            retired, self._retired = self._retired, []
-        for b in [self.serving, self._old, nxt.bundle if nxt else None, *retired]:
-            if b is not None:
-                b.close()
-        self.serving = self._old = None
+        self._frames.close()

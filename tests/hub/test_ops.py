@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ async def test_healthz_and_metrics_when_asked_without_a_token(hub: HubTestSessio
     assert 'leanloop_hub_devices{cohort="lab"} 1.0' in text
     assert "leanloop_hub_request_seconds_bucket" in text
     assert "leanloop_hub_leader 1.0" in text
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_event_loop_shows_in_the_lag_histogram(hub: HubTestSession) -> None:
+    await asyncio.sleep(0.15)  # the probe's timer is pending
+    time.sleep(0.4)  # a blocking call on the hub's loop: no request could be served meanwhile
+    await asyncio.sleep(0.25)
+    text = await (await hub.client.get("/metrics")).text()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("leanloop_hub_event_loop_lag_seconds")
+    }
+    within = values['leanloop_hub_event_loop_lag_seconds_bucket{le="0.25"}']
+    assert values["leanloop_hub_event_loop_lag_seconds_count"] > within >= 1
 
 
 @pytest.mark.asyncio

@@ -108,3 +108,20 @@ def test_oversized_yaml_and_json_are_refused_before_parsing_when_they_exceed_the
     cfg.write_bytes(flow)
     with pytest.raises(ConfigError, match="larger than"):
         load_config(cfg)
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_replay_job_refuses_a_candidate_when_a_listed_file_is_missing_or_changed(
+    make_bundle: BundleMaker, damage: str
+) -> None:
+    # Checked before anything is sent: the address below answers nothing, so a request would
+    # raise HubUnavailable (a missing file used to escape as a FileNotFoundError traceback).
+    b = make_bundle(1, BOXES)
+    rel = sorted(read_manifest(b).files)[-1]
+    if damage == "missing":
+        (b / rel).unlink()
+    else:
+        (b / rel).write_bytes((b / rel).read_bytes() + b"x")
+    client = HubAdminClient("http://127.0.0.1:9", "token", connect_timeout=1.0)
+    with pytest.raises(BundleError, match=rel):
+        client.start_replay_job(b, baseline=1)

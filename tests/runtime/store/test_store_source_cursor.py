@@ -68,3 +68,16 @@ def test_folder_source_resumes_after_store_cursor_when_its_own_lags(tmp_path: Pa
     src.resume_after("f0003.png")
     got = [f.id for f in iter(src.next, None)]
     assert got == ["f0004.png", "f0005.png"]
+
+
+def test_cursor_moves_when_batch_is_empty_and_through_is_given(tmp_path: Path) -> None:
+    # Every frame of a batch decided against without a record: only the cursor moves (this
+    # raised IndexError before, reading the first record's id to name the transaction).
+    store = SampleStore(tmp_path / "s", max_bytes=4 << 20)
+    assert store.put_many([], SRC, "f0007.png") == []
+    assert store.source_cursor(SRC) == "f0007.png"
+    assert store.put_many([], SRC, "f0002.png") == []
+    assert store.source_cursor(SRC) == "f0007.png"  # never goes back
+    assert store.put_many([]) == []
+    assert store.check() == []
+    store.close()
