@@ -11,6 +11,8 @@ TEST_STAMP := $(VENV)/.installed-test-$(HASH)
 LITERT_TORCH := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==0.10.0 \
 	ai-edge-litert==2.3.0 torchao==0.18.0 jax==0.10.2 jaxlib==0.10.2 opt-einsum==3.4.0 \
 	absl-py==2.5.1 immutabledict==4.2.1 tabulate==0.10.0
+# Installs go through uv when it installs (several times faster than pip), else pip: .ci/install.py.
+INSTALL := $(PY) .ci/install.py
 
 .PHONY: install install-test sysdeps labelstudio demo test lint bench fuzz fuzz-deps clean
 
@@ -19,13 +21,13 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[hub]'
+	$(INSTALL) -e '.[hub]'
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(INSTALL) -e '.[dev]'
 	@# --no-deps: litert-converter needs xdsl, which pins typing-extensions<4.13 and would downgrade pydantic.
-	$(PY) -m pip install -q --no-deps $(LITERT_TORCH)
+	$(INSTALL) --no-deps $(LITERT_TORCH)
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
@@ -43,12 +45,15 @@ sysdeps:
 labelstudio:
 	@bash .ci/labelstudio
 
+# pytest-xdist: TEST_JOBS workers (most tests wait on processes and servers, so 2 nearly halve
+# the time on 2 cores); the grouping is in tests/conftest.py. TEST_JOBS=0 runs in one process.
+TEST_JOBS ?= 2
 test: install-test sysdeps labelstudio fuzz-deps
 	@# A short coverage-guided pass over every parser first (make fuzz runs them for longer), so
 	@# that pytest's summary is the run's closing line.
 	@$(PY) -c "import atheris" 2>/dev/null && $(PY) -m fuzz --seconds 1 --jobs 4 \
 		|| echo "note: atheris not installed, coverage-guided fuzzing skipped"
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Coverage-guided fuzzing (atheris/libFuzzer) of every parser of outside bytes: each runs until
 # it has tried FUZZ_INPUTS inputs, at most FUZZ_SECONDS (exit 1 on a crash, or a parser short of

@@ -18,6 +18,7 @@ from trainer.data import (
     load_mnist,
     split_pools,
 )
+from trainer.source import write_bundle_source
 from trainer.train import AnnotatedFrame, TrainedModels, TrainParams, train_models
 
 Digits = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
@@ -88,3 +89,15 @@ def trained(
     ckpt = tmp_path_factory.mktemp("ckpt")
     models.save_checkpoint(ckpt)
     return models, ckpt
+
+
+@pytest.fixture(scope="session")
+def trained_source(
+    trained: tuple[TrainedModels, Path],
+    lab_holdout: list[Frame],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """``trained`` written once as a bundle source folder (every format; tests only read it)."""
+    models, _ = trained
+    out = tmp_path_factory.mktemp("src") / "source"
+    return write_bundle_source(out, models, [f.image for f in lab_holdout[:3]], {"run": "test"})

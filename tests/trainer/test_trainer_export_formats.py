@@ -25,7 +25,6 @@ from runtime.bundle.loader import load_bundle
 from trainer.data import Frame, load_mnist
 from trainer.errors import TrainerError
 from trainer.export_formats import export_openvino, export_tflite, tflite_unavailable_reason
-from trainer.source import write_bundle_source
 from trainer.train import TrainedModels
 
 pytestmark = pytest.mark.skipif(
@@ -38,15 +37,9 @@ N_DIGITS = 200
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def source(
-    trained: tuple[TrainedModels, Path],
-    lab_holdout: list[Frame],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    models, _ = trained
-    out = tmp_path_factory.mktemp("srcfmt") / "source"
-    return write_bundle_source(out, models, [f.image for f in lab_holdout[:2]], {})
+@pytest.fixture
+def source(trained_source: Path) -> Path:
+    return trained_source
 
 
 @pytest.fixture(scope="module")

@@ -10,22 +10,15 @@ import pytest
 import yaml
 
 from runtime.pipeline.graph import YoloPost, load_pipeline_spec
-from trainer.data import Frame
 from trainer.errors import TrainerError
 from trainer.source import write_bundle_source
 from trainer.stages import CLASSIFIER_CROP, CLASSIFIER_PRE, pipeline_spec
 from trainer.train import TrainedModels
 
 
-@pytest.fixture(scope="module")
-def source(
-    trained: tuple[TrainedModels, Path],
-    lab_holdout: list[Frame],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    models, _ = trained
-    out = tmp_path_factory.mktemp("src") / "source"
-    return write_bundle_source(out, models, [f.image for f in lab_holdout[:3]], {"run": "test"})
+@pytest.fixture
+def source(trained_source: Path) -> Path:
+    return trained_source
 
 
 def test_write_bundle_source_when_written_has_the_documented_layout(source: Path) -> None:
