@@ -48,6 +48,7 @@ from runtime.protocol import Heartbeat
 from runtime.quarantine import QUARANTINE_DIR, Quarantine
 from runtime.sdnotify import Notifier, Watchdog
 from runtime.shadow.manager import ShadowManager
+from runtime.signal_safe import SignalSafeEvent
 from runtime.sinks import FanoutSink, JsonlSink, NullSink, Sink, open_sink
 from runtime.sources import Source, open_source, source_key
 from runtime.store.remap import remap_store
@@ -92,10 +93,10 @@ class DeviceService:
         self.notifier = Notifier()
         self.notifier.extend_timeout(_START_TIMEOUT_S)
         self.watchdog = Watchdog(self.notifier)
-        self._reload = threading.Event()
+        self._reload = SignalSafeEvent()  # set by SIGHUP
         self.state_dir = cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._stop = threading.Event()
+        self._stop = SignalSafeEvent()  # set by SIGTERM/SIGINT
         # Slots, install machine, hand-over, trial, commit and rollback.
         self.installer = Installer(cfg)
         self.counters: dict[str, Any] = {

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from runtime.bundle.loader import LoadedBundle
 from runtime.bundle.manifest import Ontology
 from runtime.config import UpdateSettings
+from runtime.signal_safe import SignalSafeEvent
 
 __all__ = ["FrameEvent", "FrameEventKind", "Handover", "Swap", "SwapKind"]
 
@@ -75,7 +76,8 @@ class Handover:
 
     def __init__(self, update: UpdateSettings) -> None:
         self.update = update
-        self.wake = threading.Event()  # set when the update thread has something to store
+        # Set when the update thread has something to store, and by SIGTERM (runtime.signal_safe).
+        self.wake = SignalSafeEvent()
         self._lock = threading.Lock()
         self._next: Swap | None = None
         self._events: list[FrameEvent] = []
