@@ -109,16 +109,20 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def _read_manifest(bundle_dir: Path) -> tuple[bytes, Manifest]:
+    try:
+        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
+        return manifest_bytes, Manifest.model_validate_json(manifest_bytes)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{bundle_dir}/{MANIFEST_NAME} is not a valid manifest: {e}") from e
+
+
 def read_checked_bundle(bundle_dir: Path) -> tuple[bytes, Manifest]:
     """``manifest.json`` of a built bundle folder (its bytes and model), once every file it
     lists was read and matches its sha256 and size. Raises BundleError naming the first that
     does not (or an invalid manifest). Sends nothing."""
     bundle_dir = Path(bundle_dir)
-    try:
-        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
-        manifest = Manifest.model_validate_json(manifest_bytes)
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{bundle_dir}/{MANIFEST_NAME} is not a valid manifest: {e}") from e
+    manifest_bytes, manifest = _read_manifest(bundle_dir)
     for rel, entry in manifest.files.items():
         path = bundle_dir / rel
         try:
@@ -149,11 +153,7 @@ def publish_bundle(
     (the hub's current targets are not signed by our targets key), HubError subclasses.
     """
     bundle_dir = Path(bundle_dir)
-    try:
-        manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
-        manifest = Manifest.model_validate_json(manifest_bytes)
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{bundle_dir}/{MANIFEST_NAME} is not a valid manifest: {e}") from e
+    manifest_bytes, manifest = _read_manifest(bundle_dir)
     additions: dict[str, TargetAddition] = {}
     total = sum(e.size for e in manifest.files.values()) + len(manifest_bytes)
     done = 0
