@@ -16,18 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.models import conv_bn_relu
+
 __all__ = ["WIDTH", "SmallConvNet", "fit_predict"]
 
 WIDTH = 64
 """Embedding size (channels of the last block, global-average-pooled)."""
-
-
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class SmallConvNet(nn.Module):
@@ -37,9 +31,9 @@ class SmallConvNet(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             # Strided convolutions, not conv + pooling: a third of the cost on a CPU.
-            _block(1, 16, 2),  # 14
-            _block(16, 32, 2),  # 7
-            _block(32, WIDTH),
+            conv_bn_relu(1, 16, 2),  # 14
+            conv_bn_relu(16, 32, 2),  # 7
+            conv_bn_relu(32, WIDTH),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
